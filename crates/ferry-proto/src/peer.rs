@@ -1,0 +1,138 @@
+//! Messages between the two peers.
+//!
+//! They travel only inside sealed mailbox bodies (see [`crate::pairing`]),
+//! so the rendezvous server never reads them.
+//!
+//! ```text
+//! sender                                   receiver
+//!   | version {protocol, agent} --------->  |   first sealed message: key confirmation
+//!   | <--------- version {protocol, agent}  |
+//!   | hello {cert_fingerprint, candidates}> |
+//!   | <-- hello {cert_fingerprint, candidates}
+//!   | abort {reason} (either side, any time)|
+//! ```
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// A message from one peer to the other, JSON inside a sealed body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum PeerToPeer {
+    /// First sealed message of each side: proves both hold the same key.
+    Version {
+        /// The sender's protocol version.
+        protocol: u32,
+        /// Free-form software description, e.g. `ferry/0.1.0`.
+        agent: String,
+    },
+    /// The side's TLS certificate fingerprint (hex SHA-256 of the DER) and
+    /// its connection candidates.
+    Hello {
+        /// Lowercase hex SHA-256 of the side's certificate DER.
+        cert_fingerprint: String,
+        /// Where the side can be reached.
+        candidates: Vec<Candidate>,
+    },
+    /// The side gives up; `reason` is shown to the user.
+    Abort {
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+/// One address at which a peer may be reachable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// The address to connect or punch to.
+    pub addr: SocketAddr,
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// How the address was learnt.
+    pub kind: CandidateKind,
+    /// Higher is tried first.
+    pub priority: u32,
+}
+
+/// The transport of a [`Candidate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// TCP (TLS on top).
+    Tcp,
+    /// UDP (QUIC on top).
+    Udp,
+}
+
+/// How a [`Candidate`] address was learnt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CandidateKind {
+    /// A local interface address.
+    Host,
+    /// The address the rendezvous server saw on the signalling connection.
+    ServerObserved,
+    /// A public UDP mapping learnt by STUN.
+    Stun,
+    /// A port mapped on the gateway by UPnP IGD.
+    Upnp,
+    /// A relay address.
+    Relay,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_hello() {
+        let msg = PeerToPeer::Hello {
+            cert_fingerprint: "ab01".into(),
+            candidates: vec![Candidate {
+                addr: "192.168.1.2:4000".parse().unwrap(),
+                transport: Transport::Udp,
+                kind: CandidateKind::ServerObserved,
+                priority: 100,
+            }],
+        };
+        let json = serde_json::to_string(&msg).unwrap();
+        assert_eq!(
+            json,
+            "{\"type\":\"hello\",\"cert_fingerprint\":\"ab01\",\"candidates\":[{\"addr\":\"192.168.1.2:4000\",\"transport\":\"udp\",\"kind\":\"server-observed\",\"priority\":100}]}"
+        );
+        assert_eq!(serde_json::from_str::<PeerToPeer>(&json).unwrap(), msg);
+    }
+
+    #[test]
+    fn snapshot_version_and_abort() {
+        assert_eq!(
+            serde_json::to_string(&PeerToPeer::Version {
+                protocol: 1,
+                agent: "ferry/0.1.0".into()
+            })
+            .unwrap(),
+            "{\"type\":\"version\",\"protocol\":1,\"agent\":\"ferry/0.1.0\"}"
+        );
+        assert_eq!(
+            serde_json::to_string(&PeerToPeer::Abort {
+                reason: "cancelled".into()
+            })
+            .unwrap(),
+            "{\"type\":\"abort\",\"reason\":\"cancelled\"}"
+        );
+    }
+
+    #[test]
+    fn ipv6_candidate_roundtrip() {
+        let c = Candidate {
+            addr: "[fd00::1]:443".parse().unwrap(),
+            transport: Transport::Tcp,
+            kind: CandidateKind::Relay,
+            priority: 1,
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains("\"[fd00::1]:443\""));
+        assert_eq!(serde_json::from_str::<Candidate>(&json).unwrap(), c);
+    }
+}

@@ -1,0 +1,488 @@
+//! Signalling between a client and the rendezvous server.
+//!
+//! One TCP connection per client carries newline-delimited JSON frames, each
+//! at most [`MAX_FRAME`] bytes including the newline.
+//!
+//! ```text
+//! sender                      server                      receiver
+//!   | hello ------------------> |                             |
+//!   | <----------------- welcome |                             |
+//!   | allocate ---------------> |                             |
+//!   | <------- allocated {7}     |                             |
+//!   |                            | <------------------- hello  |
+//!   |                            | welcome ------------------> |
+//!   |                            | <--------------- claim {7}  |
+//!   | <------------ peer-joined  | claimed {7} --------------> |
+//!   | send {body} ------------> | message {body} -----------> |
+//!   | <----------- message {..}  | <------------- send {body}  |
+//!   | release ----------------> | peer-left ----------------> |
+//! ```
+//!
+//! Either side may send `ping {id}` at any time; the other answers
+//! `pong {id}`. The server drops clients silent for three heartbeats.
+//!
+//! The first frame of a connection says what the connection is for: `hello`
+//! starts signalling. A later stage adds a relay first frame on the same
+//! listener, so servers dispatch on the first frame.
+
+use bytes::{BufMut, BytesMut};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The signalling protocol version carried in `hello` and `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame, in bytes, newline included.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// A frame sent by a client to the rendezvous server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ClientToServer {
+    /// Must be the first frame of a signalling connection.
+    Hello {
+        /// The client's [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// Free-form client description, e.g. `ferry/0.1.0`.
+        agent: String,
+    },
+    /// Allocate a fresh nameplate and claim it.
+    Allocate,
+    /// Allocate this particular nameplate (for a code the user chose) and
+    /// claim it; `nameplate-taken` when it is in use.
+    Reserve {
+        /// The nameplate number from the chosen code.
+        nameplate: u32,
+    },
+    /// Claim the nameplate another client allocated.
+    Claim {
+        /// The nameplate number from the code phrase.
+        nameplate: u32,
+    },
+    /// Forward `body` to the other side of the nameplate. Opaque to the server.
+    Send {
+        /// The mailbox body.
+        body: String,
+    },
+    /// Leave the nameplate. Reason `"bad-code"` burns it at once.
+    Release {
+        /// Why the client leaves, passed on to the other side.
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Liveness probe; the server answers with `pong`.
+    Ping {
+        /// Echoed in the answer.
+        id: u64,
+    },
+    /// Answer to a server `ping`.
+    Pong {
+        /// The id of the ping being answered.
+        id: u64,
+    },
+}
+
+/// A frame sent by the rendezvous server to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ServerToClient {
+    /// Answer to `hello`.
+    Welcome {
+        /// The server's [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// The client's address as the server saw it (`ip:port`): the
+        /// client's public TCP mapping.
+        observed_addr: String,
+        /// How often the server pings, in seconds; clients should ping at
+        /// the same rate and give up after three silent intervals.
+        heartbeat_secs: u32,
+    },
+    /// Answer to `allocate`: the client now holds this nameplate.
+    Allocated {
+        /// The allocated nameplate.
+        nameplate: u32,
+    },
+    /// Answer to `claim`: the client is the second side of this nameplate.
+    Claimed {
+        /// The claimed nameplate.
+        nameplate: u32,
+    },
+    /// Sent to the allocator when the second side claims the nameplate.
+    PeerJoined,
+    /// A body the other side sent.
+    Message {
+        /// The mailbox body, as the other side sent it.
+        body: String,
+    },
+    /// The other side released the nameplate or vanished.
+    PeerLeft {
+        /// The reason the other side gave, or the server's explanation.
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// A request failed; `message` says what to do.
+    Error {
+        /// Machine-readable error kind.
+        code: ErrorCode,
+        /// Human-readable text for the user.
+        message: String,
+    },
+    /// Liveness probe; the client answers with `pong`.
+    Ping {
+        /// Echoed in the answer.
+        id: u64,
+    },
+    /// Answer to a client `ping`.
+    Pong {
+        /// The id of the ping being answered.
+        id: u64,
+    },
+}
+
+/// Machine-readable kinds of [`ServerToClient::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The nameplate already has two sides.
+    NameplateTaken,
+    /// Nobody allocated this nameplate (or it expired or was burnt).
+    UnknownNameplate,
+    /// The client speaks another protocol version.
+    ProtocolVersion,
+    /// A frame was larger than [`MAX_FRAME`].
+    FrameTooLarge,
+    /// A frame was not valid JSON of the expected shape, or came out of order.
+    BadFrame,
+    /// `send` or `release` without holding a nameplate.
+    NotClaimed,
+    /// `allocate` or `claim` while already holding a nameplate.
+    AlreadyClaimed,
+    /// The server has no room for more nameplates or connections.
+    ServerFull,
+    /// Too many messages are waiting for a peer that has not joined yet.
+    QueueFull,
+    /// The nameplate lived longer than the server allows.
+    Expired,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// An error code this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Errors from [`encode_frame`] and [`decode_frame`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The frame would be, or the buffer already is, [`MAX_FRAME`] bytes
+    /// without a newline.
+    #[error("frame larger than {limit} bytes")]
+    FrameTooLarge {
+        /// The limit that was exceeded.
+        limit: usize,
+    },
+    /// A complete line that is not a valid message. The line was consumed.
+    #[error("malformed frame: {reason}")]
+    BadFrame {
+        /// What was wrong, from the JSON parser.
+        reason: String,
+    },
+    /// The message could not be serialized (should not happen for ferry's types).
+    #[error("could not encode frame: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// Appends `msg` as one JSON line to `dst`.
+///
+/// Fails with [`FrameError::FrameTooLarge`], leaving `dst` untouched, when
+/// the line would exceed [`MAX_FRAME`] bytes.
+pub fn encode_frame<T: Serialize>(msg: &T, dst: &mut BytesMut) -> Result<(), FrameError> {
+    let json = serde_json::to_vec(msg).map_err(FrameError::Encode)?;
+    // serde_json escapes control characters, so `json` holds no newline.
+    if json.len() + 1 > MAX_FRAME {
+        return Err(FrameError::FrameTooLarge { limit: MAX_FRAME });
+    }
+    dst.reserve(json.len() + 1);
+    dst.put_slice(&json);
+    dst.put_u8(b'\n');
+    Ok(())
+}
+
+/// Takes one JSON line off the front of `src`.
+///
+/// Returns `Ok(None)` when no complete line is buffered yet. Fails with
+/// [`FrameError::FrameTooLarge`] as soon as `src` holds [`MAX_FRAME`] bytes
+/// without a newline, so a caller that reads only after this returns
+/// `Ok(None)` never buffers more than `MAX_FRAME` bytes. A line that does
+/// not parse is consumed and reported as [`FrameError::BadFrame`]. A `\r`
+/// before the newline is tolerated.
+pub fn decode_frame<T: DeserializeOwned>(src: &mut BytesMut) -> Result<Option<T>, FrameError> {
+    let window = src.len().min(MAX_FRAME);
+    let Some(newline) = src[..window].iter().position(|&b| b == b'\n') else {
+        if src.len() >= MAX_FRAME {
+            return Err(FrameError::FrameTooLarge { limit: MAX_FRAME });
+        }
+        return Ok(None);
+    };
+    let line = src.split_to(newline + 1);
+    let mut body = &line[..newline];
+    if let Some(stripped) = body.strip_suffix(b"\r") {
+        body = stripped;
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| FrameError::BadFrame {
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encoded<T: Serialize>(msg: &T) -> String {
+        let mut buf = BytesMut::new();
+        encode_frame(msg, &mut buf).unwrap();
+        String::from_utf8(buf.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn snapshot_client_frames() {
+        assert_eq!(
+            encoded(&ClientToServer::Hello {
+                protocol: 1,
+                agent: "ferry/0.1.0".into()
+            }),
+            "{\"type\":\"hello\",\"protocol\":1,\"agent\":\"ferry/0.1.0\"}\n"
+        );
+        assert_eq!(
+            encoded(&ClientToServer::Allocate),
+            "{\"type\":\"allocate\"}\n"
+        );
+        assert_eq!(
+            encoded(&ClientToServer::Claim { nameplate: 7 }),
+            "{\"type\":\"claim\",\"nameplate\":7}\n"
+        );
+        assert_eq!(
+            encoded(&ClientToServer::Send {
+                body: "a\nb".into()
+            }),
+            "{\"type\":\"send\",\"body\":\"a\\nb\"}\n"
+        );
+        assert_eq!(
+            encoded(&ClientToServer::Release {
+                reason: Some("bad-code".into())
+            }),
+            "{\"type\":\"release\",\"reason\":\"bad-code\"}\n"
+        );
+        assert_eq!(
+            encoded(&ClientToServer::Ping { id: 3 }),
+            "{\"type\":\"ping\",\"id\":3}\n"
+        );
+    }
+
+    #[test]
+    fn snapshot_server_frames() {
+        assert_eq!(
+            encoded(&ServerToClient::Welcome {
+                protocol: 1,
+                observed_addr: "203.0.113.5:40000".into(),
+                heartbeat_secs: 5
+            }),
+            "{\"type\":\"welcome\",\"protocol\":1,\"observed_addr\":\"203.0.113.5:40000\",\"heartbeat_secs\":5}\n"
+        );
+        assert_eq!(
+            encoded(&ServerToClient::PeerJoined),
+            "{\"type\":\"peer-joined\"}\n"
+        );
+        assert_eq!(
+            encoded(&ServerToClient::PeerLeft { reason: None }),
+            "{\"type\":\"peer-left\",\"reason\":null}\n"
+        );
+        assert_eq!(
+            encoded(&ServerToClient::Error {
+                code: ErrorCode::NameplateTaken,
+                message: "x".into()
+            }),
+            "{\"type\":\"error\",\"code\":\"nameplate-taken\",\"message\":\"x\"}\n"
+        );
+    }
+
+    #[test]
+    fn release_without_reason_field_parses() {
+        let mut buf = BytesMut::from(&b"{\"type\":\"release\"}\r\n"[..]);
+        let msg: Option<ClientToServer> = decode_frame(&mut buf).unwrap();
+        assert_eq!(msg, Some(ClientToServer::Release { reason: None }));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn unknown_error_code_is_tolerated() {
+        let mut buf = BytesMut::from(
+            &b"{\"type\":\"error\",\"code\":\"from-the-future\",\"message\":\"m\"}\n"[..],
+        );
+        let msg: Option<ServerToClient> = decode_frame(&mut buf).unwrap();
+        assert_eq!(
+            msg,
+            Some(ServerToClient::Error {
+                code: ErrorCode::Unknown,
+                message: "m".into()
+            })
+        );
+    }
+
+    #[test]
+    fn partial_then_complete() {
+        let mut buf = BytesMut::from(&b"{\"type\":\"allo"[..]);
+        assert!(decode_frame::<ClientToServer>(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(b"cate\"}\n{\"type\":\"ping\",\"id\":1}\n");
+        assert_eq!(
+            decode_frame::<ClientToServer>(&mut buf).unwrap(),
+            Some(ClientToServer::Allocate)
+        );
+        assert_eq!(
+            decode_frame::<ClientToServer>(&mut buf).unwrap(),
+            Some(ClientToServer::Ping { id: 1 })
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn bad_frame_is_consumed() {
+        let mut buf = BytesMut::from(&b"not json\n{\"type\":\"allocate\"}\n"[..]);
+        assert!(matches!(
+            decode_frame::<ClientToServer>(&mut buf),
+            Err(FrameError::BadFrame { .. })
+        ));
+        assert_eq!(
+            decode_frame::<ClientToServer>(&mut buf).unwrap(),
+            Some(ClientToServer::Allocate)
+        );
+    }
+
+    #[test]
+    fn too_large_without_newline() {
+        let mut buf = BytesMut::from(&vec![b'a'; MAX_FRAME - 1][..]);
+        assert!(decode_frame::<ClientToServer>(&mut buf).unwrap().is_none());
+        buf.put_u8(b'a');
+        assert!(matches!(
+            decode_frame::<ClientToServer>(&mut buf),
+            Err(FrameError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn frame_of_exactly_max_size_decodes() {
+        let overhead = encoded(&ClientToServer::Send {
+            body: String::new(),
+        })
+        .len();
+        let body = "x".repeat(MAX_FRAME - overhead);
+        let msg = ClientToServer::Send { body };
+        let mut buf = BytesMut::new();
+        encode_frame(&msg, &mut buf).unwrap();
+        assert_eq!(buf.len(), MAX_FRAME);
+        assert_eq!(decode_frame::<ClientToServer>(&mut buf).unwrap(), Some(msg));
+    }
+
+    #[test]
+    fn encode_refuses_oversized() {
+        let msg = ClientToServer::Send {
+            body: "x".repeat(MAX_FRAME),
+        };
+        let mut buf = BytesMut::new();
+        assert!(matches!(
+            encode_frame(&msg, &mut buf),
+            Err(FrameError::FrameTooLarge { .. })
+        ));
+        assert!(buf.is_empty());
+    }
+
+    fn any_client_msg() -> impl Strategy<Value = ClientToServer> {
+        prop_oneof![
+            (any::<u32>(), ".*")
+                .prop_map(|(protocol, agent)| ClientToServer::Hello { protocol, agent }),
+            Just(ClientToServer::Allocate),
+            any::<u32>().prop_map(|nameplate| ClientToServer::Reserve { nameplate }),
+            any::<u32>().prop_map(|nameplate| ClientToServer::Claim { nameplate }),
+            ".*".prop_map(|body| ClientToServer::Send { body }),
+            proptest::option::of(".*").prop_map(|reason| ClientToServer::Release { reason }),
+            any::<u64>().prop_map(|id| ClientToServer::Ping { id }),
+            any::<u64>().prop_map(|id| ClientToServer::Pong { id }),
+        ]
+    }
+
+    fn any_server_msg() -> impl Strategy<Value = ServerToClient> {
+        prop_oneof![
+            (any::<u32>(), ".*", any::<u32>()).prop_map(
+                |(protocol, observed_addr, heartbeat_secs)| {
+                    ServerToClient::Welcome {
+                        protocol,
+                        observed_addr,
+                        heartbeat_secs,
+                    }
+                }
+            ),
+            any::<u32>().prop_map(|nameplate| ServerToClient::Allocated { nameplate }),
+            any::<u32>().prop_map(|nameplate| ServerToClient::Claimed { nameplate }),
+            Just(ServerToClient::PeerJoined),
+            ".*".prop_map(|body| ServerToClient::Message { body }),
+            proptest::option::of(".*").prop_map(|reason| ServerToClient::PeerLeft { reason }),
+            ".*".prop_map(|message| ServerToClient::Error {
+                code: ErrorCode::BadFrame,
+                message
+            }),
+            any::<u64>().prop_map(|id| ServerToClient::Ping { id }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn client_roundtrip(msgs in proptest::collection::vec(any_client_msg(), 1..5)) {
+            let mut buf = BytesMut::new();
+            for m in &msgs {
+                encode_frame(m, &mut buf).unwrap();
+            }
+            for m in &msgs {
+                let got = decode_frame::<ClientToServer>(&mut buf).unwrap();
+                prop_assert_eq!(got.as_ref(), Some(m));
+            }
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn server_roundtrip(msg in any_server_msg()) {
+            let mut buf = BytesMut::new();
+            encode_frame(&msg, &mut buf).unwrap();
+            prop_assert_eq!(decode_frame::<ServerToClient>(&mut buf).unwrap(), Some(msg));
+        }
+
+        #[test]
+        fn decode_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            // Drain until incomplete or an error that leaves the buffer alone.
+            for _ in 0..bytes.len() + 1 {
+                let before = buf.len();
+                match decode_frame::<ClientToServer>(&mut buf) {
+                    Ok(None) | Err(FrameError::FrameTooLarge { .. }) => break,
+                    Ok(Some(_)) | Err(_) => prop_assert!(buf.len() < before),
+                }
+            }
+        }
+
+        #[test]
+        fn never_ok_after_max_frame_without_newline(
+            extra in 0usize..1024,
+            byte in any::<u8>().prop_filter("no newline", |b| *b != b'\n'),
+        ) {
+            let mut buf = BytesMut::from(&vec![byte; MAX_FRAME + extra][..]);
+            buf.extend_from_slice(b"\n");
+            let too_large = matches!(
+                decode_frame::<ClientToServer>(&mut buf),
+                Err(FrameError::FrameTooLarge { .. })
+            );
+            prop_assert!(too_large);
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! The tokio client of the rendezvous server.
+//!
+//! ```text
+//! SignalClient::connect("host:port")  -- TCP connect, hello, welcome (10 s)
+//!   background task owns the socket:
+//!     answers server pings, pings the server every heartbeat,
+//!     gives up (ServerGone) after 3 silent heartbeats,
+//!     hands other frames to the SignalClient over a bounded channel
+//!   allocate() / claim(n)  -- request, wait for the answer (10 s)
+//!   send(body)             -- queue a mailbox body
+//!   recv()                 -- next PeerJoined / Message / PeerLeft (cancel-safe)
+//!   release(reason)        -- leave the nameplate and close
+//! ```
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferry_proto::signal::{
+    ClientToServer, ErrorCode, FrameError, MAX_FRAME, PROTOCOL_VERSION, ServerToClient,
+    decode_frame, encode_frame,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
+use tracing::debug;
+
+/// Connect plus hello must finish within this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Allocate and claim answers must arrive within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames from the server waiting for [`SignalClient::recv`]; beyond this the
+/// connection is given up.
+pub const INCOMING_QUEUE: usize = 1024;
+
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_CHUNK: usize = 8 * 1024;
+const AGENT: &str = concat!("ferry/", env!("CARGO_PKG_VERSION"));
+
+/// What the server told us on connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Welcome {
+    /// Our address as the server saw it: the public TCP mapping.
+    pub observed_addr: SocketAddr,
+    /// The server address we are connected to.
+    pub server_addr: SocketAddr,
+    /// Our end of the signalling connection.
+    pub local_addr: SocketAddr,
+}
+
+/// Something the other side of the nameplate did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalEvent {
+    /// The receiver claimed our nameplate.
+    PeerJoined,
+    /// A mailbox body from the other side.
+    Message(String),
+    /// The other side left; the reason it or the server gave.
+    PeerLeft(Option<String>),
+}
+
+/// Errors of [`SignalClient`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignalError {
+    /// The server name did not resolve.
+    #[error(
+        "could not resolve the rendezvous server {server}: {reason}; check --server or FERRY_SERVER"
+    )]
+    Resolve {
+        /// The `host:port` given.
+        server: String,
+        /// Why.
+        reason: String,
+    },
+    /// No TCP connection could be made.
+    #[error(
+        "could not reach the rendezvous server at {server}: {reason}; is `ferry serve` running there? set --server or FERRY_SERVER"
+    )]
+    Connect {
+        /// The `host:port` given.
+        server: String,
+        /// Why, e.g. "connection refused".
+        reason: String,
+    },
+    /// The server did not answer in time.
+    #[error("the rendezvous server at {server} did not answer {what} within {secs} s")]
+    Timeout {
+        /// The server.
+        server: String,
+        /// What we waited for.
+        what: &'static str,
+        /// How long we waited.
+        secs: u64,
+    },
+    /// The server closed the connection or stopped answering.
+    #[error("lost the connection to the rendezvous server at {server}: {reason}")]
+    ServerGone {
+        /// The server.
+        server: String,
+        /// Why, e.g. "no answer for 15 s".
+        reason: String,
+    },
+    /// The nameplate already has two sides.
+    #[error("{message}")]
+    NameplateTaken {
+        /// The nameplate.
+        nameplate: u32,
+        /// The server's explanation.
+        message: String,
+    },
+    /// Nobody is waiting under this nameplate.
+    #[error("{message}")]
+    UnknownNameplate {
+        /// The nameplate.
+        nameplate: u32,
+        /// The server's explanation.
+        message: String,
+    },
+    /// Any other error the server reported.
+    #[error("the rendezvous server said: {message}")]
+    Server {
+        /// The server's error code.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server sent something this client does not understand.
+    #[error("the rendezvous server at {server} broke the protocol: {reason}")]
+    Protocol {
+        /// The server.
+        server: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A body too large to fit one frame.
+    #[error("message of {len} bytes does not fit in a {limit}-byte frame")]
+    TooLarge {
+        /// The frame size the message would need.
+        len: usize,
+        /// [`MAX_FRAME`].
+        limit: usize,
+    },
+}
+
+/// A connection to the rendezvous server.
+#[derive(Debug)]
+pub struct SignalClient {
+    server: String,
+    commands: mpsc::Sender<Command>,
+    incoming: mpsc::Receiver<Result<ServerToClient, SignalError>>,
+    /// Events that arrived while waiting for a request's answer.
+    stash: VecDeque<SignalEvent>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+enum Command {
+    Frame(ClientToServer),
+    Close(oneshot::Sender<()>),
+}
+
+impl SignalClient {
+    /// Connects to `server` ("host:port"), says hello and waits for welcome.
+    pub async fn connect(server: &str) -> Result<(SignalClient, Welcome), SignalError> {
+        let name = server.to_string();
+        let timed_out = || SignalError::Timeout {
+            server: name.clone(),
+            what: "connect and hello",
+            secs: CONNECT_TIMEOUT.as_secs(),
+        };
+        let (stream, input, welcome, heartbeat) = timeout(CONNECT_TIMEOUT, handshake(server))
+            .await
+            .map_err(|_| timed_out())??;
+        let (commands, command_rx) = mpsc::channel(64);
+        let (incoming_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
+        let task = tokio::spawn(run(
+            name.clone(),
+            stream,
+            input,
+            heartbeat,
+            command_rx,
+            incoming_tx,
+        ));
+        let client = SignalClient {
+            server: name,
+            commands,
+            incoming,
+            stash: VecDeque::new(),
+            task,
+        };
+        Ok((client, welcome))
+    }
+
+    /// Asks the server for a fresh nameplate, which we then hold.
+    pub async fn allocate(&mut self) -> Result<u32, SignalError> {
+        self.command(ClientToServer::Allocate).await?;
+        self.answer("allocated", |msg| match msg {
+            ServerToClient::Allocated { nameplate } => Some(*nameplate),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Allocates the nameplate of a code the user chose, which we then hold.
+    pub async fn reserve(&mut self, nameplate: u32) -> Result<(), SignalError> {
+        self.command(ClientToServer::Reserve { nameplate }).await?;
+        self.answer("allocated", |msg| match msg {
+            ServerToClient::Allocated { nameplate: n } if *n == nameplate => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Claims the nameplate the sender allocated.
+    pub async fn claim(&mut self, nameplate: u32) -> Result<(), SignalError> {
+        self.command(ClientToServer::Claim { nameplate }).await?;
+        let result = self
+            .answer("claimed", |msg| match msg {
+                ServerToClient::Claimed { nameplate: n } if *n == nameplate => Some(()),
+                _ => None,
+            })
+            .await;
+        match result {
+            Err(SignalError::Server { code, message }) => Err(match code {
+                ErrorCode::NameplateTaken => SignalError::NameplateTaken { nameplate, message },
+                ErrorCode::UnknownNameplate => SignalError::UnknownNameplate { nameplate, message },
+                code => SignalError::Server { code, message },
+            }),
+            other => other,
+        }
+    }
+
+    /// Sends a mailbox body to the other side.
+    pub async fn send(&mut self, body: String) -> Result<(), SignalError> {
+        let msg = ClientToServer::Send { body };
+        let mut probe = BytesMut::new();
+        if let Err(FrameError::FrameTooLarge { .. }) = encode_frame(&msg, &mut probe) {
+            let len = serde_json::to_vec(&msg)
+                .map(|v| v.len() + 1)
+                .unwrap_or(usize::MAX);
+            return Err(SignalError::TooLarge {
+                len,
+                limit: MAX_FRAME,
+            });
+        }
+        self.command(msg).await
+    }
+
+    /// The next event from the other side. Cancel-safe: dropping the future
+    /// loses nothing.
+    pub async fn recv(&mut self) -> Result<SignalEvent, SignalError> {
+        if let Some(event) = self.stash.pop_front() {
+            return Ok(event);
+        }
+        loop {
+            let Some(next) = self.incoming.recv().await else {
+                return Err(self.gone("connection closed"));
+            };
+            match next? {
+                ServerToClient::PeerJoined => return Ok(SignalEvent::PeerJoined),
+                ServerToClient::Message { body } => return Ok(SignalEvent::Message(body)),
+                ServerToClient::PeerLeft { reason } => return Ok(SignalEvent::PeerLeft(reason)),
+                ServerToClient::Error { code, message } => {
+                    return Err(SignalError::Server { code, message });
+                }
+                other => debug!(?other, "unexpected frame from the server ignored"),
+            }
+        }
+    }
+
+    /// Leaves the nameplate (reason `"bad-code"` burns it) and closes.
+    pub async fn release(self, reason: Option<&str>) -> Result<(), SignalError> {
+        let release = ClientToServer::Release {
+            reason: reason.map(str::to_string),
+        };
+        self.command(release).await?;
+        let (ack_tx, ack_rx) = oneshot::channel();
+        if self.commands.send(Command::Close(ack_tx)).await.is_ok() {
+            let _ = timeout(WRITE_TIMEOUT, ack_rx).await;
+        }
+        self.task.abort();
+        Ok(())
+    }
+
+    async fn command(&self, msg: ClientToServer) -> Result<(), SignalError> {
+        self.commands
+            .send(Command::Frame(msg))
+            .await
+            .map_err(|_| self.gone("connection closed"))
+    }
+
+    /// Waits for the answer `pick` accepts, stashing peer events meanwhile.
+    async fn answer<T>(
+        &mut self,
+        what: &'static str,
+        pick: impl Fn(&ServerToClient) -> Option<T>,
+    ) -> Result<T, SignalError> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.incoming.recv())
+                .await
+                .map_err(|_| SignalError::Timeout {
+                    server: self.server.clone(),
+                    what,
+                    secs: REQUEST_TIMEOUT.as_secs(),
+                })?;
+            let Some(next) = next else {
+                return Err(self.gone("connection closed"));
+            };
+            let msg = next?;
+            if let Some(answer) = pick(&msg) {
+                return Ok(answer);
+            }
+            match msg {
+                ServerToClient::Error { code, message } => {
+                    return Err(SignalError::Server { code, message });
+                }
+                ServerToClient::PeerJoined => self.stash.push_back(SignalEvent::PeerJoined),
+                ServerToClient::Message { body } => {
+                    self.stash.push_back(SignalEvent::Message(body))
+                }
+                ServerToClient::PeerLeft { reason } => {
+                    self.stash.push_back(SignalEvent::PeerLeft(reason));
+                }
+                other => debug!(?other, "unexpected frame from the server ignored"),
+            }
+        }
+    }
+
+    fn gone(&self, reason: &str) -> SignalError {
+        SignalError::ServerGone {
+            server: self.server.clone(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl Drop for SignalClient {
+    fn drop(&mut self) {
+        // Closing the command channel ends the task too; abort makes it prompt.
+        self.task.abort();
+    }
+}
+
+/// Resolves, connects, says hello, reads welcome.
+async fn handshake(server: &str) -> Result<(TcpStream, BytesMut, Welcome, Duration), SignalError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| SignalError::Resolve {
+            server: server.to_string(),
+            reason: e.to_string(),
+        })?
+        .collect();
+    let mut last_error = String::from("no addresses found");
+    let mut connected = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                connected = Some(stream);
+                break;
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    let Some(mut stream) = connected else {
+        return Err(SignalError::Connect {
+            server: server.to_string(),
+            reason: last_error,
+        });
+    };
+    let _ = stream.set_nodelay(true);
+    let gone = |reason: String| SignalError::ServerGone {
+        server: server.to_string(),
+        reason,
+    };
+    let protocol = |reason: String| SignalError::Protocol {
+        server: server.to_string(),
+        reason,
+    };
+    let mut output = BytesMut::new();
+    let hello = ClientToServer::Hello {
+        protocol: PROTOCOL_VERSION,
+        agent: AGENT.to_string(),
+    };
+    encode_frame(&hello, &mut output).map_err(|e| protocol(e.to_string()))?;
+    stream
+        .write_all(&output)
+        .await
+        .map_err(|e| gone(e.to_string()))?;
+    let mut input = BytesMut::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let first = loop {
+        match decode_frame::<ServerToClient>(&mut input) {
+            Ok(Some(msg)) => break msg,
+            Ok(None) => {}
+            Err(e) => return Err(protocol(e.to_string())),
+        }
+        let limit = READ_CHUNK.min(MAX_FRAME - input.len());
+        match stream.read(&mut chunk[..limit]).await {
+            Ok(0) => return Err(gone("closed before welcome".into())),
+            Ok(n) => input.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(gone(e.to_string())),
+        }
+    };
+    let (observed, heartbeat_secs) = match first {
+        ServerToClient::Welcome {
+            observed_addr,
+            heartbeat_secs,
+            ..
+        } => (observed_addr, heartbeat_secs),
+        ServerToClient::Error { code, message } => {
+            return Err(SignalError::Server { code, message });
+        }
+        other => return Err(protocol(format!("expected welcome, got {other:?}"))),
+    };
+    let observed_addr = observed
+        .parse()
+        .map_err(|_| protocol(format!("bad observed address {observed:?}")))?;
+    let welcome = Welcome {
+        observed_addr,
+        server_addr: stream.peer_addr().map_err(|e| gone(e.to_string()))?,
+        local_addr: stream.local_addr().map_err(|e| gone(e.to_string()))?,
+    };
+    let heartbeat = Duration::from_secs(u64::from(heartbeat_secs.clamp(1, 300)));
+    Ok((stream, input, welcome, heartbeat))
+}
+
+/// The background task owning the socket.
+async fn run(
+    server: String,
+    mut stream: TcpStream,
+    mut input: BytesMut,
+    heartbeat: Duration,
+    mut commands: mpsc::Receiver<Command>,
+    incoming: mpsc::Sender<Result<ServerToClient, SignalError>>,
+) {
+    let fail = |reason: String| {
+        let _ = incoming.try_send(Err(SignalError::ServerGone {
+            server: server.clone(),
+            reason,
+        }));
+    };
+    let mut ticker = interval_at(Instant::now() + heartbeat, heartbeat);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut next_ping: u64 = 1;
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut output = BytesMut::new();
+    loop {
+        // Deliver complete frames; answer pings ourselves.
+        loop {
+            match decode_frame::<ServerToClient>(&mut input) {
+                Ok(Some(ServerToClient::Ping { id })) => {
+                    let _ = encode_frame(&ClientToServer::Pong { id }, &mut output);
+                }
+                Ok(Some(ServerToClient::Pong { .. })) => {}
+                Ok(Some(msg)) => {
+                    if incoming.try_send(Ok(msg)).is_err() {
+                        fail(format!("more than {INCOMING_QUEUE} unread messages"));
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = incoming.try_send(Err(SignalError::Protocol {
+                        server: server.clone(),
+                        reason: e.to_string(),
+                    }));
+                    return;
+                }
+            }
+        }
+        if !output.is_empty() {
+            match timeout(WRITE_TIMEOUT, stream.write_all(&output)).await {
+                Ok(Ok(())) => output.clear(),
+                Ok(Err(e)) => return fail(e.to_string()),
+                Err(_) => return fail("write timed out".into()),
+            }
+        }
+        let limit = READ_CHUNK.min(MAX_FRAME - input.len());
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(Command::Frame(msg)) => {
+                    if let Err(e) = encode_frame(&msg, &mut output) {
+                        debug!(%e, "frame not sent");
+                    }
+                }
+                Some(Command::Close(ack)) => {
+                    let _ = timeout(WRITE_TIMEOUT, stream.shutdown()).await;
+                    let _ = ack.send(());
+                    return;
+                }
+                None => return,
+            },
+            read = stream.read(&mut chunk[..limit]) => match read {
+                Ok(0) => return fail("the server closed the connection".into()),
+                Ok(n) => {
+                    last_heard = Instant::now();
+                    input.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) => return fail(e.to_string()),
+            },
+            _ = ticker.tick() => {
+                let silent = last_heard.elapsed();
+                if silent >= heartbeat * 3 {
+                    return fail(format!("no answer for {} s", silent.as_secs()));
+                }
+                let _ = encode_frame(&ClientToServer::Ping { id: next_ping }, &mut output);
+                next_ping += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! ferry-rendezvous: the rendezvous server that pairs two ferry peers under
+//! a nameplate and forwards their mailbox messages, and the client side that
+//! talks to it.
+//!
+//! - [`state`]: the server logic as a sans-IO state machine (no sockets, no
+//!   clock: time and the rng seed are arguments).
+//! - [`server`]: the tokio driver around it: [`serve`] on a bound listener.
+//! - [`client`]: [`SignalClient`], the tokio client used by `ferry send` and
+//!   `ferry receive`.
+//!
+//! ```text
+//!  accept loop --spawn--> connection task (one per TCP connection)
+//!                           | frames in (64 KiB limit)   ^ frames out (bounded queue)
+//!                           v                            |
+//!                        actor (owns state::Rendezvous, one timer)
+//! ```
+//!
+//! The server never learns the code words: it sees nameplates and opaque
+//! mailbox bodies only.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod server;
+pub mod state;
+
+pub use client::{SignalClient, SignalError, SignalEvent, Welcome};
+pub use server::{ServerConfig, serve};
+pub use state::{ClientId, Config, Rendezvous};

@@ -1,0 +1,412 @@
+//! The tokio driver of the rendezvous server.
+//!
+//! ```text
+//! serve(): accept loop
+//!   - Semaphore caps connections; a per-IP count caps each address;
+//!     refused connections get one error frame and are closed
+//!   - accept errors back off (up to 1 s)
+//!   - spawns connection(), one task per TCP connection
+//! connection(): reads frames (64 KiB limit, checked before buffering more)
+//!   -> ActorMsg to the actor; writes the frames the actor queues for it
+//!   (bounded queue; a client that does not keep up is dropped)
+//! actor(): owns state::Rendezvous, the only place decisions are made;
+//!   one timer re-armed from poll_timeout()
+//! shutdown: the accept loop stops, the actor sends every client an
+//!   `error {shutting-down}` and closes it; tasks get 5 s to finish.
+//! ```
+//!
+//! The first frame of a connection decides what it is for. Today only
+//! `hello` (signalling) exists; the relay stage adds its own first frame and
+//! a branch in the connection task before the actor sees the connection.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferry_proto::signal::{
+    ClientToServer, ErrorCode, FrameError, MAX_FRAME, ServerToClient, decode_frame, encode_frame,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tracing::{debug, info, warn};
+
+use crate::state::{ClientId, Config, Rendezvous};
+
+/// Frames queued for one client before it counts as too slow and is dropped.
+pub const OUTBOUND_QUEUE: usize = 256;
+
+/// How long one write may take before the client counts as dead.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing connection drains unread input (so the kernel sends
+/// FIN, not RST, and the client reads our last error frame).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+const INBOX: usize = 1024;
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Settings of [`serve`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Nameplate and heartbeat settings.
+    pub rendezvous: Config,
+    /// Connections served at once (default 1024).
+    pub max_connections: usize,
+    /// Connections served at once from one IP address (default 16).
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            rendezvous: Config::default(),
+            max_connections: 1024,
+            max_connections_per_ip: 16,
+        }
+    }
+}
+
+/// Serves signalling on an already-bound listener until `shutdown`
+/// resolves, then closes connections gracefully.
+///
+/// Returns an error only if the listener's address cannot be read.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    info!(%local, "rendezvous server listening");
+    let seed = rand::random::<u64>();
+    let core = Rendezvous::new(config.rendezvous.clone(), seed);
+    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let actor = tokio::spawn(actor(core, inbox_rx, stop_rx));
+
+    let semaphore = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let mut tasks = JoinSet::new();
+    let mut next_id: ClientId = 1;
+    let mut backoff = Duration::from_millis(10);
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, addr) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Usually out of file descriptors: wait for some to free up.
+                        warn!(%error, "accept failed; backing off {backoff:?}");
+                        sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                backoff = Duration::from_millis(10);
+                let Ok(permit) = semaphore.clone().try_acquire_owned() else {
+                    debug!(%addr, "connection limit reached");
+                    tasks.spawn(refuse(stream, "the server is at its connection limit; try again later"));
+                    continue;
+                };
+                let Some(slot) = IpSlot::take(&per_ip, addr.ip(), config.max_connections_per_ip) else {
+                    debug!(%addr, "per-address connection limit reached");
+                    tasks.spawn(refuse(stream, "too many connections from your address; try again later"));
+                    continue;
+                };
+                let id = next_id;
+                next_id += 1;
+                tasks.spawn(connection(id, stream, addr, inbox_tx.clone(), permit, slot));
+            }
+        }
+    }
+
+    info!("rendezvous server shutting down");
+    drop(listener);
+    let _ = stop_tx.send(());
+    let drain = async {
+        let _ = actor.await;
+        while tasks.join_next().await.is_some() {}
+    };
+    if timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        debug!("connections still open after the grace period; aborting them");
+        tasks.abort_all();
+    }
+    Ok(())
+}
+
+/// Messages from connection tasks to the actor.
+enum ActorMsg {
+    Connect {
+        id: ClientId,
+        addr: SocketAddr,
+        out: mpsc::Sender<Out>,
+    },
+    Frame {
+        id: ClientId,
+        msg: ClientToServer,
+    },
+    FrameError {
+        id: ClientId,
+        error: FrameError,
+    },
+    Disconnect {
+        id: ClientId,
+    },
+}
+
+/// Messages from the actor to one connection task.
+enum Out {
+    Frame(ServerToClient),
+    /// Flush what is queued, then close.
+    Close,
+}
+
+async fn actor(
+    mut core: Rendezvous,
+    mut inbox: mpsc::Receiver<ActorMsg>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut conns: HashMap<ClientId, mpsc::Sender<Out>> = HashMap::new();
+    loop {
+        let deadline = core.poll_timeout().map(Instant::from_std);
+        let timer = async {
+            match deadline {
+                Some(deadline) => sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            msg = inbox.recv() => {
+                let Some(msg) = msg else { break };
+                let now = Instant::now().into_std();
+                match msg {
+                    ActorMsg::Connect { id, addr, out } => {
+                        conns.insert(id, out);
+                        core.handle_connect(now, id, addr);
+                    }
+                    ActorMsg::Frame { id, msg } => core.handle_message(now, id, msg),
+                    ActorMsg::FrameError { id, error } => core.handle_frame_error(now, id, &error),
+                    ActorMsg::Disconnect { id } => {
+                        conns.remove(&id);
+                        core.handle_disconnect(now, id);
+                    }
+                }
+            }
+            _ = timer => core.handle_timeout(Instant::now().into_std()),
+        }
+        flush(&mut core, &mut conns);
+    }
+    for (_, out) in conns.drain() {
+        let _ = out.try_send(Out::Frame(ServerToClient::Error {
+            code: ErrorCode::ShuttingDown,
+            message: "the rendezvous server is shutting down; try again in a moment".into(),
+        }));
+        let _ = out.try_send(Out::Close);
+    }
+}
+
+/// Hands the core's frames and closes to the connection tasks.
+fn flush(core: &mut Rendezvous, conns: &mut HashMap<ClientId, mpsc::Sender<Out>>) {
+    loop {
+        while let Some((id, msg)) = core.poll_transmit() {
+            let Some(out) = conns.get(&id) else { continue };
+            if out.try_send(Out::Frame(msg)).is_err() {
+                debug!(
+                    client = id,
+                    "client does not keep up with its frames; dropping it"
+                );
+                // Dropping the sender makes the connection task close.
+                conns.remove(&id);
+                core.handle_disconnect(Instant::now().into_std(), id);
+            }
+        }
+        let Some(id) = core.poll_close() else { break };
+        if let Some(out) = conns.remove(&id) {
+            // If the queue is full, dropping `out` closes the connection anyway.
+            let _ = out.try_send(Out::Close);
+        }
+    }
+}
+
+/// One signalling connection: frames in to the actor, frames out to the socket.
+async fn connection(
+    id: ClientId,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    inbox: mpsc::Sender<ActorMsg>,
+    _permit: OwnedSemaphorePermit,
+    _slot: IpSlot,
+) {
+    let _ = stream.set_nodelay(true);
+    let (out_tx, mut out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    if inbox
+        .send(ActorMsg::Connect {
+            id,
+            addr,
+            out: out_tx,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut input = BytesMut::with_capacity(READ_CHUNK);
+    let mut output = BytesMut::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut reading = true;
+    'conn: loop {
+        // Hand every complete frame to the actor.
+        while reading {
+            match decode_frame::<ClientToServer>(&mut input) {
+                Ok(Some(msg)) => {
+                    // First-frame dispatch point: the relay stage checks here
+                    // for its own first frame before the actor sees any;
+                    // everything else is signalling, whose core insists on
+                    // `hello` first.
+                    if inbox.send(ActorMsg::Frame { id, msg }).await.is_err() {
+                        break 'conn;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    // The core answers with an error frame and a close.
+                    reading = false;
+                    if inbox
+                        .send(ActorMsg::FrameError { id, error })
+                        .await
+                        .is_err()
+                    {
+                        break 'conn;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            out = out_rx.recv() => {
+                let mut close = false;
+                let mut next = out;
+                // Batch whatever is queued into one write.
+                loop {
+                    match next {
+                        Some(Out::Frame(msg)) => {
+                            if let Err(error) = encode_frame(&msg, &mut output) {
+                                debug!(client = id, %error, "could not encode frame");
+                            }
+                        }
+                        Some(Out::Close) | None => { close = true; break; }
+                    }
+                    match out_rx.try_recv() {
+                        Ok(msg) => next = Some(msg),
+                        Err(_) => break,
+                    }
+                }
+                if !output.is_empty() {
+                    match timeout(WRITE_TIMEOUT, stream.write_all(&output)).await {
+                        Ok(Ok(())) => output.clear(),
+                        Ok(Err(error)) => {
+                            debug!(client = id, %error, "write failed");
+                            break 'conn;
+                        }
+                        Err(_) => {
+                            debug!(client = id, "write timed out");
+                            break 'conn;
+                        }
+                    }
+                }
+                if close {
+                    linger(&mut stream).await;
+                    break 'conn;
+                }
+            }
+            read = stream.read(&mut chunk[..READ_CHUNK.min(MAX_FRAME.saturating_sub(input.len()).max(1))]), if reading => {
+                match read {
+                    Ok(0) => break 'conn,
+                    Ok(n) => input.extend_from_slice(&chunk[..n]),
+                    Err(error) => {
+                        debug!(client = id, %error, "read failed");
+                        break 'conn;
+                    }
+                }
+            }
+        }
+    }
+    let _ = inbox.send(ActorMsg::Disconnect { id }).await;
+}
+
+/// Half-closes and discards input for a moment, so our last frame is not
+/// lost to a reset caused by unread data.
+async fn linger(stream: &mut TcpStream) {
+    let _ = timeout(LINGER, stream.shutdown()).await;
+    let mut discard = vec![0u8; READ_CHUNK];
+    let mut total = 0;
+    let _ = timeout(LINGER, async {
+        while total < LINGER_BYTES {
+            match stream.read(&mut discard).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// Sends one `server-full` error frame and closes.
+async fn refuse(mut stream: TcpStream, message: &'static str) {
+    let mut frame = BytesMut::new();
+    let msg = ServerToClient::Error {
+        code: ErrorCode::ServerFull,
+        message: message.into(),
+    };
+    if encode_frame(&msg, &mut frame).is_ok() {
+        let _ = timeout(Duration::from_secs(2), stream.write_all(&frame)).await;
+    }
+    linger(&mut stream).await;
+}
+
+/// One connection's share of its IP address's limit; released on drop.
+struct IpSlot {
+    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn take(map: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, limit: usize) -> Option<IpSlot> {
+        let mut guard = map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = guard.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            map: map.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut guard = self
+            .map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = guard.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                guard.remove(&self.ip);
+            }
+        }
+    }
+}

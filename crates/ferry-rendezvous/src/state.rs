@@ -1,0 +1,983 @@
+//! The rendezvous server's logic, sans-IO.
+//!
+//! The driver feeds connections, frames, disconnects and timeouts in with the
+//! current time, then drains [`Rendezvous::poll_transmit`] (frames to send)
+//! before [`Rendezvous::poll_close`] (connections to close after their queued
+//! frames are flushed), and sleeps until [`Rendezvous::poll_timeout`].
+//!
+//! ```text
+//! connect -> hello -> welcome{observed_addr}
+//!   allocate -> allocated{n}            (side 0 of nameplate n)
+//!   claim{n} -> claimed{n}              (side 1); side 0 gets peer-joined
+//!   send{body} -> other side gets message{body}
+//!                 (queued, up to MAX_PENDING_MESSAGES, while side 1 has not come)
+//!   release{reason} / disconnect / silence for 3 heartbeats
+//!              -> other side gets peer-left{reason}
+//!   nameplate freed when no side is left in it; reason "bad-code" burns it
+//!   at once (both sides closed); nameplates expire after the TTL.
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ferry_proto::signal::{
+    ClientToServer, ErrorCode, FrameError, PROTOCOL_VERSION, ServerToClient,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tracing::{debug, info};
+
+/// Identifies one client connection; the driver never reuses an id.
+pub type ClientId = u64;
+
+/// How many `send` bodies are held for a side that has not claimed yet.
+pub const MAX_PENDING_MESSAGES: usize = 16;
+
+/// A client silent for this many heartbeat intervals is dropped.
+pub const MISSED_HEARTBEATS: u32 = 3;
+
+/// The release reason that burns a nameplate at once.
+pub const BAD_CODE: &str = "bad-code";
+
+/// The reason given to the peer of a client that stopped answering.
+pub const PEER_VANISHED: &str = "peer vanished";
+
+/// The reason given to the peer of a client whose connection closed.
+pub const PEER_DISCONNECTED: &str = "peer disconnected";
+
+/// Limits and timers of the rendezvous logic.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long a nameplate lives, paired or not (default 30 minutes).
+    pub nameplate_ttl: Duration,
+    /// How many nameplates may exist at once (default 10 000).
+    pub max_nameplates: usize,
+    /// Ping interval (default 5 s); clients silent for three intervals are dropped.
+    pub heartbeat: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            nameplate_ttl: Duration::from_secs(30 * 60),
+            max_nameplates: 10_000,
+            heartbeat: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The rendezvous state machine.
+#[derive(Debug)]
+pub struct Rendezvous {
+    config: Config,
+    rng: StdRng,
+    clients: HashMap<ClientId, Client>,
+    nameplates: HashMap<u32, Nameplate>,
+    transmits: VecDeque<(ClientId, ServerToClient)>,
+    closes: VecDeque<ClientId>,
+    next_ping_id: u64,
+}
+
+#[derive(Debug)]
+struct Client {
+    addr: SocketAddr,
+    greeted: bool,
+    nameplate: Option<u32>,
+    last_heard: Instant,
+    next_ping: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Nobody has taken this side yet.
+    Open,
+    Here(ClientId),
+    /// A client held this side and left; nobody else may take it.
+    Gone,
+}
+
+#[derive(Debug)]
+struct Nameplate {
+    /// `[allocator, claimer]`.
+    sides: [Side; 2],
+    expires: Instant,
+    /// Bodies the allocator sent before the claimer came.
+    pending: VecDeque<String>,
+}
+
+impl Rendezvous {
+    /// A fresh server state; `rng_seed` drives nameplate choice.
+    pub fn new(config: Config, rng_seed: u64) -> Self {
+        Rendezvous {
+            config,
+            rng: StdRng::seed_from_u64(rng_seed),
+            clients: HashMap::new(),
+            nameplates: HashMap::new(),
+            transmits: VecDeque::new(),
+            closes: VecDeque::new(),
+            next_ping_id: 1,
+        }
+    }
+
+    /// A new connection from `peer_addr`. It must say hello within three
+    /// heartbeats.
+    pub fn handle_connect(&mut self, now: Instant, client: ClientId, peer_addr: SocketAddr) {
+        if self.clients.contains_key(&client) {
+            debug!(client, "duplicate connect ignored");
+            return;
+        }
+        self.clients.insert(
+            client,
+            Client {
+                addr: peer_addr,
+                greeted: false,
+                nameplate: None,
+                last_heard: now,
+                next_ping: now + self.config.heartbeat,
+            },
+        );
+    }
+
+    /// A frame from `client`.
+    pub fn handle_message(&mut self, now: Instant, client: ClientId, msg: ClientToServer) {
+        let Some(state) = self.clients.get_mut(&client) else {
+            return;
+        };
+        state.last_heard = now;
+        if !state.greeted {
+            match msg {
+                ClientToServer::Hello { protocol, agent } if protocol == PROTOCOL_VERSION => {
+                    state.greeted = true;
+                    debug!(client, addr = %state.addr, agent, "hello");
+                    let welcome = ServerToClient::Welcome {
+                        protocol: PROTOCOL_VERSION,
+                        observed_addr: state.addr.to_string(),
+                        heartbeat_secs: heartbeat_secs(self.config.heartbeat),
+                    };
+                    self.transmits.push_back((client, welcome));
+                }
+                ClientToServer::Hello { protocol, .. } => {
+                    debug!(client, protocol, "wrong protocol version");
+                    let message = format!(
+                        "this server speaks ferry protocol {PROTOCOL_VERSION}, you sent {protocol}; \
+                         use the same ferry version as the server"
+                    );
+                    self.fail(now, client, ErrorCode::ProtocolVersion, message);
+                }
+                _ => {
+                    debug!(client, "frame before hello");
+                    let message = "the first frame must be hello".to_string();
+                    self.fail(now, client, ErrorCode::BadFrame, message);
+                }
+            }
+            return;
+        }
+        match msg {
+            ClientToServer::Hello { .. } => {
+                debug!(client, "second hello");
+                self.fail(now, client, ErrorCode::BadFrame, "hello sent twice".into());
+            }
+            ClientToServer::Allocate => self.allocate(now, client, None),
+            ClientToServer::Reserve { nameplate } => self.allocate(now, client, Some(nameplate)),
+            ClientToServer::Claim { nameplate } => self.claim(client, nameplate),
+            ClientToServer::Send { body } => self.send(client, body),
+            ClientToServer::Release { reason } => {
+                self.remove_client(client, reason);
+                self.closes.push_back(client);
+            }
+            ClientToServer::Ping { id } => {
+                self.transmits
+                    .push_back((client, ServerToClient::Pong { id }));
+            }
+            ClientToServer::Pong { .. } => {}
+        }
+    }
+
+    /// The driver could not decode a frame from `client`: answer with an
+    /// error and close the connection.
+    pub fn handle_frame_error(&mut self, now: Instant, client: ClientId, error: &FrameError) {
+        if !self.clients.contains_key(&client) {
+            return;
+        }
+        debug!(client, %error, "bad frame");
+        let (code, message) = match error {
+            FrameError::FrameTooLarge { limit } => (
+                ErrorCode::FrameTooLarge,
+                format!("frames are limited to {limit} bytes"),
+            ),
+            other => (
+                ErrorCode::BadFrame,
+                format!("could not read your frame: {other}"),
+            ),
+        };
+        self.fail(now, client, code, message);
+    }
+
+    /// The connection of `client` closed.
+    pub fn handle_disconnect(&mut self, _now: Instant, client: ClientId) {
+        self.remove_client(client, Some(PEER_DISCONNECTED.to_string()));
+    }
+
+    /// Time passed: send pings, drop silent clients, expire nameplates.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let silence = self.config.heartbeat * MISSED_HEARTBEATS;
+        let silent: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| now >= c.last_heard + silence)
+            .map(|(id, _)| *id)
+            .collect();
+        for client in silent {
+            debug!(
+                client,
+                "client silent for {MISSED_HEARTBEATS} heartbeats, dropping"
+            );
+            self.remove_client(client, Some(PEER_VANISHED.to_string()));
+            self.closes.push_back(client);
+        }
+        for (id, client) in &mut self.clients {
+            if client.greeted && now >= client.next_ping {
+                client.next_ping = now + self.config.heartbeat;
+                let ping = ServerToClient::Ping {
+                    id: self.next_ping_id,
+                };
+                self.next_ping_id += 1;
+                self.transmits.push_back((*id, ping));
+            }
+        }
+        let expired: Vec<u32> = self
+            .nameplates
+            .iter()
+            .filter(|(_, n)| now >= n.expires)
+            .map(|(n, _)| *n)
+            .collect();
+        for number in expired {
+            let Some(nameplate) = self.nameplates.remove(&number) else {
+                continue;
+            };
+            info!(nameplate = number, "nameplate expired");
+            let minutes = self.config.nameplate_ttl.as_secs() / 60;
+            for side in nameplate.sides {
+                if let Side::Here(client) = side {
+                    if let Some(state) = self.clients.get_mut(&client) {
+                        state.nameplate = None;
+                    }
+                    let message = format!(
+                        "nameplate {number} expired after {minutes} minutes; start again with a new code"
+                    );
+                    self.fail(now, client, ErrorCode::Expired, message);
+                }
+            }
+        }
+    }
+
+    /// The next frame to send.
+    pub fn poll_transmit(&mut self) -> Option<(ClientId, ServerToClient)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next client to disconnect, once its queued frames are sent.
+    pub fn poll_close(&mut self) -> Option<ClientId> {
+        self.closes.pop_front()
+    }
+
+    /// When [`Rendezvous::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let silence = self.config.heartbeat * MISSED_HEARTBEATS;
+        let clients = self.clients.values().map(|c| {
+            let vanish = c.last_heard + silence;
+            if c.greeted {
+                vanish.min(c.next_ping)
+            } else {
+                vanish
+            }
+        });
+        let nameplates = self.nameplates.values().map(|n| n.expires);
+        clients.chain(nameplates).min()
+    }
+
+    /// How many nameplates exist.
+    pub fn nameplate_count(&self) -> usize {
+        self.nameplates.len()
+    }
+
+    /// How many clients are connected.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Allocates a fresh nameplate, or `wanted` when the user chose the code.
+    fn allocate(&mut self, now: Instant, client: ClientId, wanted: Option<u32>) {
+        if self.nameplate_of(client).is_some() {
+            self.error(
+                client,
+                ErrorCode::AlreadyClaimed,
+                "you already hold a nameplate".into(),
+            );
+            return;
+        }
+        if self.nameplates.len() >= self.config.max_nameplates {
+            debug!(client, "no room for another nameplate");
+            let message = "the server has too many transfers waiting; try again later".into();
+            self.error(client, ErrorCode::ServerFull, message);
+            return;
+        }
+        if let Some(number) = wanted {
+            if number == 0 || self.nameplates.contains_key(&number) {
+                let message = format!(
+                    "nameplate {number} is in use or invalid; choose another code, or let ferry pick one"
+                );
+                self.error(client, ErrorCode::NameplateTaken, message);
+                return;
+            }
+        }
+        let Some(number) = wanted.or_else(|| self.pick_nameplate()) else {
+            self.error(
+                client,
+                ErrorCode::ServerFull,
+                "no free nameplate; try again later".into(),
+            );
+            return;
+        };
+        self.nameplates.insert(
+            number,
+            Nameplate {
+                sides: [Side::Here(client), Side::Open],
+                expires: now + self.config.nameplate_ttl,
+                pending: VecDeque::new(),
+            },
+        );
+        if let Some(state) = self.clients.get_mut(&client) {
+            state.nameplate = Some(number);
+        }
+        info!(nameplate = number, client, "nameplate allocated");
+        self.transmits
+            .push_back((client, ServerToClient::Allocated { nameplate: number }));
+    }
+
+    fn claim(&mut self, client: ClientId, number: u32) {
+        if self.nameplate_of(client).is_some() {
+            self.error(
+                client,
+                ErrorCode::AlreadyClaimed,
+                "you already hold a nameplate".into(),
+            );
+            return;
+        }
+        let Some(nameplate) = self.nameplates.get_mut(&number) else {
+            let message = format!(
+                "no transfer is waiting under {number}; check the code or ask for a new one"
+            );
+            self.error(client, ErrorCode::UnknownNameplate, message);
+            return;
+        };
+        if nameplate.sides[1] != Side::Open {
+            let message = format!(
+                "nameplate {number} is in use by two peers already; ask the sender for a new code"
+            );
+            self.error(client, ErrorCode::NameplateTaken, message);
+            return;
+        }
+        nameplate.sides[1] = Side::Here(client);
+        let allocator = nameplate.sides[0];
+        let pending = std::mem::take(&mut nameplate.pending);
+        if let Some(state) = self.clients.get_mut(&client) {
+            state.nameplate = Some(number);
+        }
+        info!(nameplate = number, client, "nameplate claimed");
+        self.transmits
+            .push_back((client, ServerToClient::Claimed { nameplate: number }));
+        if let Side::Here(allocator) = allocator {
+            self.transmits
+                .push_back((allocator, ServerToClient::PeerJoined));
+        }
+        for body in pending {
+            self.transmits
+                .push_back((client, ServerToClient::Message { body }));
+        }
+    }
+
+    fn send(&mut self, client: ClientId, body: String) {
+        let Some(number) = self.nameplate_of(client) else {
+            let message = "claim or allocate a nameplate before sending".into();
+            self.error(client, ErrorCode::NotClaimed, message);
+            return;
+        };
+        let Some(nameplate) = self.nameplates.get_mut(&number) else {
+            return;
+        };
+        let other = if nameplate.sides[0] == Side::Here(client) {
+            nameplate.sides[1]
+        } else {
+            nameplate.sides[0]
+        };
+        match other {
+            Side::Here(other) => {
+                self.transmits
+                    .push_back((other, ServerToClient::Message { body }));
+            }
+            Side::Open if nameplate.pending.len() < MAX_PENDING_MESSAGES => {
+                nameplate.pending.push_back(body);
+            }
+            Side::Open => {
+                debug!(client, "too many messages for an absent peer");
+                let message = "too many messages are waiting for the other side to join".into();
+                self.error(client, ErrorCode::QueueFull, message);
+            }
+            Side::Gone => debug!(client, "message for a peer that left dropped"),
+        }
+    }
+
+    /// Sends an error and closes `client`.
+    fn fail(&mut self, _now: Instant, client: ClientId, code: ErrorCode, message: String) {
+        self.error(client, code, message);
+        let reason = match code {
+            ErrorCode::Expired => Some("nameplate expired".to_string()),
+            _ => Some(PEER_DISCONNECTED.to_string()),
+        };
+        self.remove_client(client, reason);
+        self.closes.push_back(client);
+    }
+
+    fn error(&mut self, client: ClientId, code: ErrorCode, message: String) {
+        self.transmits
+            .push_back((client, ServerToClient::Error { code, message }));
+    }
+
+    fn nameplate_of(&self, client: ClientId) -> Option<u32> {
+        self.clients.get(&client).and_then(|c| c.nameplate)
+    }
+
+    /// Forgets `client` and takes it out of its nameplate; the other side
+    /// hears `reason`.
+    fn remove_client(&mut self, client: ClientId, reason: Option<String>) {
+        let Some(state) = self.clients.remove(&client) else {
+            return;
+        };
+        let Some(number) = state.nameplate else {
+            return;
+        };
+        let Some(nameplate) = self.nameplates.get_mut(&number) else {
+            return;
+        };
+        let Some(index) = nameplate
+            .sides
+            .iter()
+            .position(|s| *s == Side::Here(client))
+        else {
+            return;
+        };
+        nameplate.sides[index] = Side::Gone;
+        let other = nameplate.sides[1 - index];
+        let burn = reason.as_deref() == Some(BAD_CODE);
+        if let Side::Here(other) = other {
+            self.transmits.push_back((
+                other,
+                ServerToClient::PeerLeft {
+                    reason: reason.clone(),
+                },
+            ));
+            if burn {
+                // The other side learns the code was wrong, then leaves too.
+                self.clients.remove(&other);
+                self.closes.push_back(other);
+            } else {
+                return;
+            }
+        }
+        self.nameplates.remove(&number);
+        if burn {
+            info!(nameplate = number, "nameplate burnt after a wrong code");
+        } else {
+            info!(nameplate = number, "nameplate freed");
+        }
+    }
+
+    /// A free number, at random, from the smallest range with room:
+    /// 1-99, then 100-999, then 1000-9999, ...
+    fn pick_nameplate(&mut self) -> Option<u32> {
+        let mut low: u64 = 1;
+        let mut high: u64 = 99;
+        while low <= u64::from(u32::MAX) {
+            let high_clamped = high.min(u64::from(u32::MAX));
+            let size = high_clamped - low + 1;
+            let used = self
+                .nameplates
+                .keys()
+                .filter(|n| (low..=high_clamped).contains(&u64::from(**n)))
+                .count() as u64;
+            if used < size {
+                for _ in 0..32 {
+                    let candidate = self.rng.gen_range(low..=high_clamped) as u32;
+                    if !self.nameplates.contains_key(&candidate) {
+                        return Some(candidate);
+                    }
+                }
+                // Crowded range: scan from a random start.
+                let start = self.rng.gen_range(0..size);
+                for step in 0..size {
+                    let candidate = (low + (start + step) % size) as u32;
+                    if !self.nameplates.contains_key(&candidate) {
+                        return Some(candidate);
+                    }
+                }
+            }
+            low = high + 1;
+            high = high * 10 + 9;
+        }
+        None
+    }
+}
+
+fn heartbeat_secs(heartbeat: Duration) -> u32 {
+    let secs = heartbeat.as_secs() + u64::from(heartbeat.subsec_nanos() > 0);
+    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([198, 51, 100, 7], port))
+    }
+
+    struct Harness {
+        core: Rendezvous,
+        now: Instant,
+    }
+
+    impl Harness {
+        fn new(config: Config) -> Self {
+            Harness {
+                core: Rendezvous::new(config, 7),
+                now: Instant::now(),
+            }
+        }
+
+        fn greet(&mut self, client: ClientId) {
+            self.core
+                .handle_connect(self.now, client, addr(40000 + client as u16));
+            self.msg(
+                client,
+                ClientToServer::Hello {
+                    protocol: PROTOCOL_VERSION,
+                    agent: "test".into(),
+                },
+            );
+            let out = self.drain();
+            assert_eq!(
+                out,
+                vec![(
+                    client,
+                    ServerToClient::Welcome {
+                        protocol: PROTOCOL_VERSION,
+                        observed_addr: format!("198.51.100.7:{}", 40000 + client as u16),
+                        heartbeat_secs: 5,
+                    }
+                )]
+            );
+        }
+
+        fn msg(&mut self, client: ClientId, msg: ClientToServer) {
+            self.core.handle_message(self.now, client, msg);
+        }
+
+        fn drain(&mut self) -> Vec<(ClientId, ServerToClient)> {
+            std::iter::from_fn(|| self.core.poll_transmit()).collect()
+        }
+
+        fn closes(&mut self) -> Vec<ClientId> {
+            std::iter::from_fn(|| self.core.poll_close()).collect()
+        }
+
+        fn advance(&mut self, by: Duration) {
+            self.now += by;
+            self.core.handle_timeout(self.now);
+        }
+
+        /// Allocates with client 1 and claims with client 2.
+        fn paired(&mut self) -> u32 {
+            self.greet(1);
+            self.greet(2);
+            self.msg(1, ClientToServer::Allocate);
+            let [(1, ServerToClient::Allocated { nameplate })] = self.drain()[..] else {
+                panic!("no allocation");
+            };
+            self.msg(2, ClientToServer::Claim { nameplate });
+            assert_eq!(
+                self.drain(),
+                vec![
+                    (2, ServerToClient::Claimed { nameplate }),
+                    (1, ServerToClient::PeerJoined)
+                ]
+            );
+            nameplate
+        }
+    }
+
+    fn error_code(out: &[(ClientId, ServerToClient)]) -> Vec<(ClientId, ErrorCode)> {
+        out.iter()
+            .filter_map(|(c, m)| match m {
+                ServerToClient::Error { code, .. } => Some((*c, *code)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn allocate_claim_forward() {
+        let mut h = Harness::new(Config::default());
+        let n = h.paired();
+        assert!((1..=99).contains(&n));
+        h.msg(
+            1,
+            ClientToServer::Send {
+                body: "to receiver".into(),
+            },
+        );
+        h.msg(
+            2,
+            ClientToServer::Send {
+                body: "to sender".into(),
+            },
+        );
+        assert_eq!(
+            h.drain(),
+            vec![
+                (
+                    2,
+                    ServerToClient::Message {
+                        body: "to receiver".into()
+                    }
+                ),
+                (
+                    1,
+                    ServerToClient::Message {
+                        body: "to sender".into()
+                    }
+                ),
+            ]
+        );
+        h.msg(1, ClientToServer::Ping { id: 9 });
+        assert_eq!(h.drain(), vec![(1, ServerToClient::Pong { id: 9 })]);
+    }
+
+    #[test]
+    fn messages_before_claim_are_queued_and_bounded() {
+        let mut h = Harness::new(Config::default());
+        h.greet(1);
+        h.greet(2);
+        h.msg(1, ClientToServer::Allocate);
+        let [(1, ServerToClient::Allocated { nameplate })] = h.drain()[..] else {
+            panic!()
+        };
+        for i in 0..MAX_PENDING_MESSAGES {
+            h.msg(
+                1,
+                ClientToServer::Send {
+                    body: format!("m{i}"),
+                },
+            );
+        }
+        assert!(h.drain().is_empty());
+        h.msg(
+            1,
+            ClientToServer::Send {
+                body: "overflow".into(),
+            },
+        );
+        assert_eq!(error_code(&h.drain()), vec![(1, ErrorCode::QueueFull)]);
+        h.msg(2, ClientToServer::Claim { nameplate });
+        let out = h.drain();
+        assert_eq!(out.len(), 2 + MAX_PENDING_MESSAGES);
+        assert_eq!(out[2], (2, ServerToClient::Message { body: "m0".into() }));
+    }
+
+    #[test]
+    fn third_claimant_is_refused() {
+        let mut h = Harness::new(Config::default());
+        let n = h.paired();
+        h.greet(3);
+        h.msg(3, ClientToServer::Claim { nameplate: n });
+        let out = h.drain();
+        assert_eq!(error_code(&out), vec![(3, ErrorCode::NameplateTaken)]);
+        let ServerToClient::Error { message, .. } = &out[0].1 else {
+            panic!()
+        };
+        assert!(message.contains("in use by two peers"), "{message}");
+        // The pair is undisturbed.
+        h.msg(1, ClientToServer::Send { body: "x".into() });
+        assert_eq!(
+            h.drain(),
+            vec![(2, ServerToClient::Message { body: "x".into() })]
+        );
+    }
+
+    #[test]
+    fn unknown_nameplate() {
+        let mut h = Harness::new(Config::default());
+        h.greet(1);
+        h.msg(1, ClientToServer::Claim { nameplate: 4242 });
+        let out = h.drain();
+        assert_eq!(error_code(&out), vec![(1, ErrorCode::UnknownNameplate)]);
+        assert!(
+            h.closes().is_empty(),
+            "a typo should not cost the connection"
+        );
+    }
+
+    #[test]
+    fn release_frees_when_both_left() {
+        let mut h = Harness::new(Config::default());
+        let n = h.paired();
+        h.msg(
+            2,
+            ClientToServer::Release {
+                reason: Some("done".into()),
+            },
+        );
+        assert_eq!(
+            h.drain(),
+            vec![(
+                1,
+                ServerToClient::PeerLeft {
+                    reason: Some("done".into())
+                }
+            )]
+        );
+        assert_eq!(h.closes(), vec![2]);
+        assert_eq!(h.core.nameplate_count(), 1, "the sender is still there");
+        // Nobody else can take the freed side.
+        h.greet(3);
+        h.msg(3, ClientToServer::Claim { nameplate: n });
+        assert_eq!(error_code(&h.drain()), vec![(3, ErrorCode::NameplateTaken)]);
+        h.core.handle_disconnect(h.now, 1);
+        assert!(h.drain().is_empty());
+        assert_eq!(h.core.nameplate_count(), 0);
+        h.msg(3, ClientToServer::Claim { nameplate: n });
+        assert_eq!(
+            error_code(&h.drain()),
+            vec![(3, ErrorCode::UnknownNameplate)]
+        );
+    }
+
+    #[test]
+    fn allocator_leaving_alone_frees() {
+        let mut h = Harness::new(Config::default());
+        h.greet(1);
+        h.msg(1, ClientToServer::Allocate);
+        h.drain();
+        h.msg(1, ClientToServer::Release { reason: None });
+        assert_eq!(h.core.nameplate_count(), 0);
+    }
+
+    #[test]
+    fn bad_code_burns_at_once() {
+        let mut h = Harness::new(Config::default());
+        let n = h.paired();
+        h.msg(
+            2,
+            ClientToServer::Release {
+                reason: Some(BAD_CODE.into()),
+            },
+        );
+        assert_eq!(
+            h.drain(),
+            vec![(
+                1,
+                ServerToClient::PeerLeft {
+                    reason: Some(BAD_CODE.into())
+                }
+            )]
+        );
+        let mut closes = h.closes();
+        closes.sort();
+        assert_eq!(closes, vec![1, 2]);
+        assert_eq!(h.core.nameplate_count(), 0);
+        assert_eq!(h.core.client_count(), 0);
+        h.greet(3);
+        h.msg(3, ClientToServer::Claim { nameplate: n });
+        assert_eq!(
+            error_code(&h.drain()),
+            vec![(3, ErrorCode::UnknownNameplate)]
+        );
+    }
+
+    #[test]
+    fn nameplates_expire_after_ttl() {
+        let config = Config {
+            nameplate_ttl: Duration::from_secs(60),
+            ..Config::default()
+        };
+        let mut h = Harness::new(config);
+        h.greet(1);
+        h.msg(1, ClientToServer::Allocate);
+        h.drain();
+        let deadline = h.core.poll_timeout().unwrap();
+        assert!(deadline <= h.now + Duration::from_secs(5));
+        // Keep the client alive with pongs while time passes.
+        for _ in 0..11 {
+            h.advance(Duration::from_secs(5));
+            h.msg(1, ClientToServer::Pong { id: 0 });
+        }
+        assert_eq!(h.core.nameplate_count(), 1);
+        h.drain();
+        h.advance(Duration::from_secs(5));
+        assert_eq!(h.core.nameplate_count(), 0);
+        assert_eq!(error_code(&h.drain()), vec![(1, ErrorCode::Expired)]);
+        assert_eq!(h.closes(), vec![1]);
+    }
+
+    #[test]
+    fn silent_client_is_dropped_and_peer_told() {
+        let mut h = Harness::new(Config::default());
+        h.paired();
+        for _ in 0..2 {
+            h.advance(Duration::from_secs(5));
+            let pings = h.drain();
+            assert_eq!(pings.len(), 2, "both are pinged: {pings:?}");
+            h.msg(1, ClientToServer::Pong { id: 0 });
+        }
+        // Client 2 never answered: after 3 heartbeats it is gone.
+        let next = h.core.poll_timeout().unwrap();
+        h.now = next;
+        h.core.handle_timeout(h.now);
+        let out = h.drain();
+        assert!(
+            out.contains(&(
+                1,
+                ServerToClient::PeerLeft {
+                    reason: Some(PEER_VANISHED.into())
+                }
+            )),
+            "{out:?}"
+        );
+        assert_eq!(h.closes(), vec![2]);
+        assert_eq!(h.core.client_count(), 1);
+    }
+
+    #[test]
+    fn messages_before_hello_close() {
+        let mut h = Harness::new(Config::default());
+        h.core.handle_connect(h.now, 1, addr(1));
+        h.msg(1, ClientToServer::Allocate);
+        assert_eq!(error_code(&h.drain()), vec![(1, ErrorCode::BadFrame)]);
+        assert_eq!(h.closes(), vec![1]);
+        // Later frames from the closed client are ignored.
+        h.msg(1, ClientToServer::Allocate);
+        assert!(h.drain().is_empty());
+    }
+
+    #[test]
+    fn protocol_version_mismatch_closes() {
+        let mut h = Harness::new(Config::default());
+        h.core.handle_connect(h.now, 1, addr(1));
+        h.msg(
+            1,
+            ClientToServer::Hello {
+                protocol: 99,
+                agent: "future".into(),
+            },
+        );
+        let out = h.drain();
+        assert_eq!(error_code(&out), vec![(1, ErrorCode::ProtocolVersion)]);
+        assert_eq!(h.closes(), vec![1]);
+    }
+
+    #[test]
+    fn client_without_hello_times_out() {
+        let mut h = Harness::new(Config::default());
+        h.core.handle_connect(h.now, 1, addr(1));
+        assert_eq!(h.core.poll_timeout(), Some(h.now + Duration::from_secs(15)));
+        h.advance(Duration::from_secs(15));
+        assert_eq!(h.closes(), vec![1]);
+    }
+
+    #[test]
+    fn frame_errors_close() {
+        let mut h = Harness::new(Config::default());
+        h.greet(1);
+        h.core
+            .handle_frame_error(h.now, 1, &FrameError::FrameTooLarge { limit: 65536 });
+        assert_eq!(error_code(&h.drain()), vec![(1, ErrorCode::FrameTooLarge)]);
+        assert_eq!(h.closes(), vec![1]);
+    }
+
+    #[test]
+    fn send_without_nameplate_and_double_allocate() {
+        let mut h = Harness::new(Config::default());
+        h.greet(1);
+        h.msg(1, ClientToServer::Send { body: "x".into() });
+        assert_eq!(error_code(&h.drain()), vec![(1, ErrorCode::NotClaimed)]);
+        h.msg(1, ClientToServer::Allocate);
+        h.drain();
+        h.msg(1, ClientToServer::Allocate);
+        assert_eq!(error_code(&h.drain()), vec![(1, ErrorCode::AlreadyClaimed)]);
+    }
+
+    #[test]
+    fn reserve_takes_the_chosen_nameplate_once() {
+        let mut h = Harness::new(Config::default());
+        h.greet(1);
+        h.greet(2);
+        h.greet(3);
+        h.msg(1, ClientToServer::Reserve { nameplate: 4242 });
+        assert_eq!(
+            h.drain(),
+            vec![(1, ServerToClient::Allocated { nameplate: 4242 })]
+        );
+        h.msg(2, ClientToServer::Reserve { nameplate: 4242 });
+        assert_eq!(error_code(&h.drain()), vec![(2, ErrorCode::NameplateTaken)]);
+        h.msg(2, ClientToServer::Reserve { nameplate: 0 });
+        assert_eq!(error_code(&h.drain()), vec![(2, ErrorCode::NameplateTaken)]);
+        h.msg(3, ClientToServer::Claim { nameplate: 4242 });
+        assert_eq!(
+            h.drain(),
+            vec![
+                (3, ServerToClient::Claimed { nameplate: 4242 }),
+                (1, ServerToClient::PeerJoined)
+            ]
+        );
+    }
+
+    #[test]
+    fn allocation_fills_small_range_first_then_grows() {
+        let config = Config {
+            max_nameplates: 200,
+            ..Config::default()
+        };
+        let mut h = Harness::new(config);
+        let mut numbers = Vec::new();
+        for client in 1..=150 {
+            h.greet(client);
+            h.msg(client, ClientToServer::Allocate);
+            match h.drain()[..] {
+                [(_, ServerToClient::Allocated { nameplate })] => numbers.push(nameplate),
+                ref other => panic!("{other:?}"),
+            }
+        }
+        let mut first: Vec<u32> = numbers[..99].to_vec();
+        first.sort();
+        assert_eq!(first, (1..=99).collect::<Vec<_>>());
+        assert!(numbers[99..].iter().all(|n| (100..=999).contains(n)));
+        // Random, not sequential.
+        assert_ne!(numbers[..10], (1..=10).collect::<Vec<u32>>()[..]);
+    }
+
+    #[test]
+    fn server_full() {
+        let config = Config {
+            max_nameplates: 1,
+            ..Config::default()
+        };
+        let mut h = Harness::new(config);
+        h.greet(1);
+        h.greet(2);
+        h.msg(1, ClientToServer::Allocate);
+        h.drain();
+        h.msg(2, ClientToServer::Allocate);
+        assert_eq!(error_code(&h.drain()), vec![(2, ErrorCode::ServerFull)]);
+    }
+}

@@ -1,0 +1,205 @@
+//! Errors of ferry-connect.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything that can go wrong while setting up a direct connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The throw-away certificate could not be generated.
+    #[error("could not create a certificate for this transfer: {reason}")]
+    Identity {
+        /// What the certificate generator reported.
+        reason: String,
+    },
+
+    /// The peer's fingerprint is not 64 hexadecimal digits.
+    #[error(
+        "the peer's certificate fingerprint {fingerprint:?} is not a SHA-256 in hex; \
+         the peer may run an incompatible version of ferry"
+    )]
+    InvalidFingerprint {
+        /// The fingerprint as received.
+        fingerprint: String,
+    },
+
+    /// The TLS configuration could not be built.
+    #[error("could not set up TLS: {source}")]
+    Tls {
+        /// The underlying rustls error.
+        #[source]
+        source: rustls::Error,
+    },
+
+    /// No TCP listener could be opened for the peer to connect to.
+    #[error(
+        "could not open a TCP port for direct connections: {source}; \
+         check that this process may open network sockets"
+    )]
+    Bind {
+        /// The underlying socket error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// No peer completed the pinned TLS handshake before the deadline.
+    #[error(
+        "the peer did not connect directly within {waited:?} ({rejected} connection attempt{} \
+         failed the secure handshake); the peers may be on networks that cannot reach each other",
+        if *.rejected == 1 { "" } else { "s" }
+    )]
+    AcceptTimeout {
+        /// How long we waited.
+        waited: Duration,
+        /// How many incoming connections failed the handshake (wrong
+        /// certificate, garbage, scanners) and were dropped.
+        rejected: usize,
+    },
+
+    /// The peer's candidate list had no TCP address to try.
+    #[error(
+        "the peer offered no TCP address for a direct connection; \
+         the peer may run an incompatible version of ferry"
+    )]
+    NoCandidates,
+
+    /// Every candidate failed.
+    #[error(
+        "no direct connection to the peer: tried {} address{} ({}); {}",
+        .failures.len(),
+        if .failures.len() == 1 { "" } else { "es" },
+        list_failures(.failures),
+        hint(.failures)
+    )]
+    AllFailed {
+        /// Each candidate and why it failed, best candidate first.
+        failures: Vec<CandidateFailure>,
+    },
+}
+
+/// Why one candidate address failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateFailure {
+    /// The address that was tried.
+    pub addr: SocketAddr,
+    /// What went wrong.
+    pub reason: FailureReason,
+}
+
+/// What went wrong with one candidate address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureReason {
+    /// Nothing listens there (TCP RST).
+    Refused,
+    /// No answer in time (packets dropped by a firewall or NAT, or a slow path).
+    TimedOut,
+    /// No route to that network or host.
+    Unreachable,
+    /// The address cannot be connected to (unspecified, multicast...).
+    NotConnectable,
+    /// Someone answered, but with a certificate other than the peer's.
+    WrongCertificate,
+    /// The other end rejected our certificate.
+    RejectedByPeer,
+    /// The other end closed the connection without confirming it (it chose
+    /// another connection, or is not a ferry peer).
+    ClosedByPeer,
+    /// Something answered, but not as a ferry peer (no `ferry/1` ALPN, no
+    /// confirmation).
+    NotFerry,
+    /// Another TLS failure.
+    Tls(String),
+    /// Another socket error.
+    Io(String),
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureReason::Refused => f.write_str("refused"),
+            FailureReason::TimedOut => f.write_str("timed out"),
+            FailureReason::Unreachable => f.write_str("unreachable"),
+            FailureReason::NotConnectable => f.write_str("not a connectable address"),
+            FailureReason::WrongCertificate => f.write_str("wrong certificate"),
+            FailureReason::RejectedByPeer => f.write_str("our certificate was rejected"),
+            FailureReason::ClosedByPeer => f.write_str("closed without confirmation"),
+            FailureReason::NotFerry => f.write_str("not a ferry peer"),
+            FailureReason::Tls(message) => write!(f, "TLS error: {message}"),
+            FailureReason::Io(message) => write!(f, "{message}"),
+        }
+    }
+}
+
+impl fmt::Display for CandidateFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.addr, self.reason)
+    }
+}
+
+fn list_failures(failures: &[CandidateFailure]) -> String {
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn hint(failures: &[CandidateFailure]) -> &'static str {
+    let certificate_trouble = failures.iter().any(|f| {
+        matches!(
+            f.reason,
+            FailureReason::WrongCertificate | FailureReason::RejectedByPeer
+        )
+    });
+    if certificate_trouble {
+        "something other than the paired peer answered; if this repeats, \
+         start over with a new code"
+    } else {
+        "the peers may be on networks that cannot reach each other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_failed_lists_every_candidate_and_reason() {
+        let error = ConnectError::AllFailed {
+            failures: vec![
+                CandidateFailure {
+                    addr: "10.0.0.2:4100".parse().unwrap(),
+                    reason: FailureReason::Refused,
+                },
+                CandidateFailure {
+                    addr: "203.0.113.5:4100".parse().unwrap(),
+                    reason: FailureReason::TimedOut,
+                },
+            ],
+        };
+        assert_eq!(
+            error.to_string(),
+            "no direct connection to the peer: tried 2 addresses (10.0.0.2:4100 refused, \
+             203.0.113.5:4100 timed out); the peers may be on networks that cannot reach each other"
+        );
+    }
+
+    #[test]
+    fn certificate_failures_get_a_different_hint() {
+        let error = ConnectError::AllFailed {
+            failures: vec![CandidateFailure {
+                addr: "127.0.0.1:4100".parse().unwrap(),
+                reason: FailureReason::WrongCertificate,
+            }],
+        };
+        let text = error.to_string();
+        assert!(
+            text.contains("tried 1 address (127.0.0.1:4100 wrong certificate)"),
+            "{text}"
+        );
+        assert!(text.contains("new code"), "{text}");
+    }
+}

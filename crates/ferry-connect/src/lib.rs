@@ -1,0 +1,41 @@
+//! ferry-connect: direct connections between two paired peers.
+//!
+//! After SPAKE2 pairing over the rendezvous mailbox, each side makes a
+//! throw-away certificate ([`Identity::generate`]) and sends its
+//! [fingerprint](Identity::fingerprint) to the peer under the shared key.
+//! The sender binds a [`DirectListener`] and sends its
+//! [candidates](DirectListener::candidates); the receiver calls
+//! [`connect_first`], which tries all of them at once and keeps the first
+//! connection that completes the TLS 1.3 handshake with the pinned peer.
+//!
+//! ```text
+//! sender                                          receiver
+//! id = Identity::generate()                       id = Identity::generate()
+//!   ──────── fingerprints, under the SPAKE2 key ────────▶ / ◀
+//! listener = DirectListener::bind()
+//!   ──────── listener.candidates() ──────────────────────▶
+//! listener.accept(tls_acceptor(id, peer_fp))      connect_first(candidates,
+//!                                                   tls_connector(id, peer_fp))
+//!   ◀════════ TLS 1.3 stream, both certificates pinned ══▶
+//! ```
+//!
+//! Modules: [`tls`] (identities, pinned rustls configurations) and
+//! [`direct`] (the TCP listener and the candidate race). Hole punching, QUIC,
+//! TCP simultaneous open and the race against the relay come later in their
+//! own modules. What this crate does not do: signalling, key agreement,
+//! NAT discovery (see `ferry-nat`), relaying, or the transfer itself.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+#![deny(missing_docs)]
+
+mod address;
+pub mod direct;
+mod error;
+pub mod tls;
+
+pub use direct::{DirectListener, connect_first};
+pub use error::{CandidateFailure, ConnectError, FailureReason};
+pub use ferry_proto::peer::{Candidate, CandidateKind, Transport};
+pub use tls::{Identity, certificate_fingerprint, tls_acceptor, tls_connector};

@@ -22,7 +22,8 @@
 //! Modules: [`tls`] (identities, pinned rustls configurations) and
 //! [`direct`] (the TCP listener and the candidate race). Hole punching, QUIC,
 //! TCP simultaneous open and the race against the relay come later in their
-//! own modules. What this crate does not do: signalling, key agreement,
+//! own modules. [`session`] glues signalling, pairing and the direct path
+//! together for one side. What this crate does not do: key agreement,
 //! NAT discovery (see `ferry-nat`), relaying, or the transfer itself.
 
 #![forbid(unsafe_code)]
@@ -33,9 +34,11 @@
 mod address;
 pub mod direct;
 mod error;
+pub mod session;
 pub mod tls;
 
 pub use direct::{DirectListener, connect_first};
 pub use error::{CandidateFailure, ConnectError, FailureReason};
 pub use ferry_proto::peer::{Candidate, CandidateKind, Transport};
+pub use session::{PeerLink, SessionError};
 pub use tls::{Identity, certificate_fingerprint, tls_acceptor, tls_connector};

@@ -28,4 +28,4 @@ pub mod state;
 
 pub use client::{SignalClient, SignalError, SignalEvent, Welcome};
 pub use server::{ServerConfig, serve};
-pub use state::{ClientId, Config, Rendezvous};
+pub use state::{BAD_CODE, ClientId, Config, PEER_DISCONNECTED, PEER_VANISHED, Rendezvous};

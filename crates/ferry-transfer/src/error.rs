@@ -1,0 +1,124 @@
+//! The error type of this crate.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::codec::CodecError;
+use crate::path::UnsafePath;
+
+/// Everything that can go wrong in a transfer. Messages are meant to be
+/// shown to the user as they are.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// A local file-system operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading from or writing to the connection failed.
+    #[error("connection failed: {0}")]
+    Stream(#[source] io::Error),
+    /// The connection was idle for too long.
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    /// The offer contains a path that could land outside the output
+    /// directory or is otherwise unacceptable.
+    #[error("refusing unsafe path {path:?}: {reason}")]
+    UnsafePath {
+        /// The path as offered.
+        path: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A file of the offer already exists in the output directory.
+    #[error(
+        "{} already exists; pass --overwrite to replace it or choose another directory with --out",
+        path.display()
+    )]
+    Exists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// Not enough free space for the offer.
+    #[error("not enough free space: need {needed} bytes, {available} available")]
+    NoSpace {
+        /// Bytes still to be received.
+        needed: u64,
+        /// Bytes available on the output file system.
+        available: u64,
+    },
+    /// The disk filled up while writing; the `.ferry-part` file is kept so
+    /// a later run can resume.
+    #[error("disk full while writing {}; free some space and run again to resume", path.display())]
+    DiskFull {
+        /// The file being written.
+        path: PathBuf,
+    },
+    /// A chunk did not match its hash (corruption in transit).
+    #[error("{path}: chunk at offset {offset} failed verification")]
+    ChunkMismatch {
+        /// The file (manifest path).
+        path: String,
+        /// Offset of the chunk in the file.
+        offset: u64,
+    },
+    /// The whole file did not match its hash; nothing was kept.
+    #[error("{path}: file failed verification")]
+    FileMismatch {
+        /// The file (manifest path).
+        path: String,
+    },
+    /// The receiver declined the offer.
+    #[error("the receiver declined: {0}")]
+    Declined(String),
+    /// The peer broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The peer closed the connection early.
+    #[error("the peer closed the connection")]
+    PeerClosed,
+    /// The peer reported an error and gave up.
+    #[error("the peer reported: {0}")]
+    PeerError(String),
+    /// A bug or a crashed worker thread on our side.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl TransferError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether we should tell the peer about this error (not when the peer
+    /// is gone or is the one who failed).
+    pub(crate) fn worth_reporting(&self) -> bool {
+        !matches!(
+            self,
+            Self::Stream(_) | Self::PeerClosed | Self::PeerError(_) | Self::Timeout(_)
+        )
+    }
+}
+
+impl From<UnsafePath> for TransferError {
+    fn from(e: UnsafePath) -> Self {
+        Self::UnsafePath {
+            path: e.path,
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<CodecError> for TransferError {
+    fn from(e: CodecError) -> Self {
+        Self::Protocol(e.to_string())
+    }
+}

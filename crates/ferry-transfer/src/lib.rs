@@ -1,0 +1,102 @@
+//! ferry-transfer: chunked, BLAKE3-verified file transfer with resume over
+//! any `AsyncRead + AsyncWrite` stream (in practice the TLS stream between
+//! the two peers). It does not connect, encrypt or authenticate: that is
+//! `ferry-connect`'s job.
+//!
+//! Layers:
+//! - [`codec`]: pure frame codec `[u8 kind][u32 BE length][payload]`.
+//! - [`message`]: JSON control messages and the [`Manifest`].
+//! - [`protocol`]: sans-IO state machines ([`SenderCore`], [`ReceiverCore`]).
+//! - [`path`]: receiver-side path safety.
+//! - [`scan()`], [`send()`], [`receive_offer`] + [`Incoming`]: the file-system side
+//!   and thin tokio drivers.
+//!
+//! Message flow:
+//!
+//! ```text
+//! sender                                          receiver
+//!   | -- Offer{Files(manifest) | Text(msg)} ---------> |  sanitize paths, check
+//!   |                                                  |  existing files
+//!   | <-- Accept{files:[{offset, prefix_hash}]} ------ |  .ferry-part lengths + BLAKE3
+//!   |     (Text: Ack)   or   Decline{reason}           |  of their bytes; free space
+//!   | for every file, in manifest order:               |
+//!   |   hash own first `offset` bytes; match -> resume |
+//!   | -- FileStart{index, offset | 0 = restart} -----> |  truncate part if 0
+//!   | -- Data[32-byte BLAKE3(chunk) | chunk] * n ----> |  verify, write NAME.ferry-part
+//!   | -- FileEnd[32-byte BLAKE3(whole file)] --------> |  verify, fsync, chmod, rename
+//!   | <---------------------------------- Done{ok} --- |
+//!   either side, at any time: Error{message}, then close
+//! ```
+//!
+//! The whole-file hash is computed while streaming (only a resumed prefix
+//! is hashed before its file's first byte moves). On both sides a blocking
+//! disk thread and the network task are connected by a bounded channel of
+//! [`PIPELINE_DEPTH`] chunks, so hashing, disk and network overlap.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+#![deny(missing_docs)]
+
+pub mod codec;
+mod error;
+mod io;
+pub mod message;
+pub mod path;
+pub mod protocol;
+mod receive;
+mod scan;
+mod send;
+
+use std::time::Duration;
+
+pub use codec::{CodecError, DEFAULT_CHUNK, Frame, MAX_CHUNK, MAX_CONTROL_LEN, MAX_DATA_LEN};
+pub use error::TransferError;
+pub use io::{ANSWER_TIMEOUT, FINISH_TIMEOUT, IO_TIMEOUT, PIPELINE_DEPTH, WRITE_TIMEOUT};
+pub use message::{Control, Entry, EntryKind, Manifest, Offer, ResumePoint};
+pub use path::{RelativePath, UnsafePath, sanitize};
+pub use protocol::{PART_SUFFIX, ReceiverCore, SenderCore};
+pub use receive::{Incoming, ReceiveOptions, receive_offer};
+pub use scan::{Source, scan};
+pub use send::{SendOutcome, send};
+
+/// Progress of a transfer, reported to the caller's callback: file
+/// boundaries always, [`Event::Progress`] at most about ten times a second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A file starts (possibly resumed).
+    FileStarted {
+        /// Manifest path.
+        path: String,
+        /// File size.
+        size: u64,
+        /// Bytes the receiver already had.
+        resumed_from: u64,
+    },
+    /// Bytes done over the whole transfer, resumed bytes included.
+    Progress {
+        /// Bytes done (resumed or moved).
+        bytes_done: u64,
+        /// Bytes in the whole transfer.
+        bytes_total: u64,
+    },
+    /// A file is complete (sender: all sent; receiver: verified and renamed).
+    FileDone {
+        /// Manifest path.
+        path: String,
+    },
+}
+
+/// Summary of a completed file transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Number of files.
+    pub files: usize,
+    /// Size of all files.
+    pub bytes_total: u64,
+    /// Bytes actually moved over the connection this time.
+    pub bytes_transferred: u64,
+    /// Bytes that were already on the receiver and not sent again.
+    pub bytes_resumed: u64,
+    /// Time from the start of the call to the end.
+    pub elapsed: Duration,
+}

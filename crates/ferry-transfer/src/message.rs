@@ -1,0 +1,145 @@
+//! The control messages of the transfer protocol and the manifest they carry.
+//!
+//! These are the JSON payloads of control frames (see [`crate::codec`]).
+//! Bulk data never travels as JSON.
+
+use serde::{Deserialize, Serialize};
+
+/// What a sender offers: a set of files and directories, or a text message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Offer {
+    /// Files and directories, described by their manifest.
+    Files(Manifest),
+    /// A short text message (bounded by the control frame limit).
+    Text(String),
+}
+
+/// The list of entries a sender offers, in the order the files are sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Manifest {
+    /// Every file and directory, with relative `/`-separated paths.
+    pub entries: Vec<Entry>,
+}
+
+/// One file or directory of a [`Manifest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative path, components separated by `/`. Untrusted on the receiver:
+    /// always pass it through [`crate::path::sanitize`].
+    pub path: String,
+    /// File (with size) or directory.
+    pub kind: EntryKind,
+}
+
+/// Whether an [`Entry`] is a file or a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A regular file.
+    File {
+        /// Size in bytes.
+        size: u64,
+        /// Unix permission bits (masked to `0o777` on apply).
+        mode: u32,
+    },
+    /// A directory (listed so that empty directories survive).
+    Dir {
+        /// Unix permission bits (masked to `0o777` on apply).
+        mode: u32,
+    },
+}
+
+impl Manifest {
+    /// Number of file entries.
+    pub fn file_count(&self) -> usize {
+        self.files().count()
+    }
+
+    /// Number of directory entries.
+    pub fn dir_count(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::Dir { .. }))
+            .count()
+    }
+
+    /// Sum of all file sizes (saturating, a hostile manifest cannot overflow it).
+    pub fn total_bytes(&self) -> u64 {
+        self.files()
+            .fold(0u64, |acc, (_, size, _)| acc.saturating_add(size))
+    }
+
+    /// The file entries in send order as `(path, size, mode)`. The n-th item
+    /// is file index `n` in [`Control::FileStart`] and [`Control::Accept`].
+    pub fn files(&self) -> impl Iterator<Item = (&str, u64, u32)> {
+        self.entries.iter().filter_map(|e| match e.kind {
+            EntryKind::File { size, mode } => Some((e.path.as_str(), size, mode)),
+            EntryKind::Dir { .. } => None,
+        })
+    }
+}
+
+/// How much of one file the receiver already holds (from a `.ferry-part`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoint {
+    /// Bytes already held; 0 for a fresh start.
+    pub offset: u64,
+    /// Hex BLAKE3 of those `offset` bytes (empty when `offset` is 0).
+    pub prefix_hash: String,
+}
+
+impl ResumePoint {
+    /// A fresh start at offset 0.
+    pub fn fresh() -> Self {
+        Self {
+            offset: 0,
+            prefix_hash: String::new(),
+        }
+    }
+}
+
+/// A JSON control message. The direction each one travels is documented on
+/// the variant; see the flow diagram in the crate docs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// Sender → receiver, first message.
+    Offer {
+        /// What is offered.
+        offer: Offer,
+    },
+    /// Receiver → sender: go ahead; one [`ResumePoint`] per file, in
+    /// manifest file order.
+    Accept {
+        /// Resume points, one per file entry.
+        files: Vec<ResumePoint>,
+    },
+    /// Receiver → sender: refused.
+    Decline {
+        /// Human-readable reason.
+        reason: String,
+    },
+    /// Receiver → sender: text message received.
+    Ack,
+    /// Sender → receiver: the data frames that follow belong to file `index`
+    /// starting at `offset`; `offset` is either the receiver's resume offset
+    /// (prefix matched) or 0 (restart: the receiver truncates its part file).
+    FileStart {
+        /// Index among the manifest's files.
+        index: usize,
+        /// Where the data frames start.
+        offset: u64,
+    },
+    /// Receiver → sender: everything written and verified.
+    Done {
+        /// Whether all files verified.
+        ok: bool,
+    },
+    /// Either direction: the peer gives up, with its reason.
+    Error {
+        /// Human-readable reason.
+        message: String,
+    },
+}

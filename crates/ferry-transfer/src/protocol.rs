@@ -1,0 +1,774 @@
+//! The transfer protocol as two sans-IO state machines, [`SenderCore`] and
+//! [`ReceiverCore`]: frames in, control messages and events out. They do no
+//! IO, hashing of file data, or time keeping; the drivers in
+//! [`crate::send`](crate::send()) and [`crate::receive_offer`] do.
+//!
+//! ```text
+//! sender                                   receiver
+//!   | -- Control::Offer{Files|Text} ------------> |  validate paths
+//!   | <-- Accept{files:[{offset,prefix_hash}]} -- |  (Text: Ack; or Decline)
+//!   |   for each file, in manifest order:         |
+//!   | -- Control::FileStart{index, offset} -----> |  offset = resume offset if the
+//!   | -- Data[hash|chunk] * n ------------------> |  prefix hash matched, else 0
+//!   | -- FileEnd[hash of whole file] -----------> |  verify, fsync, chmod, rename
+//!   | <-------------------------- Done{ok:true} --|
+//!   either side, at any time: Control::Error{message}, then close
+//! ```
+
+use bytes::Bytes;
+use std::collections::{BTreeSet, HashSet};
+
+use crate::codec::{Frame, HASH_LEN};
+use crate::error::TransferError;
+use crate::message::{Control, EntryKind, Manifest, Offer, ResumePoint};
+use crate::path::{RelativePath, sanitize};
+
+/// Suffix of partially received files.
+pub const PART_SUFFIX: &str = ".ferry-part";
+
+/// Where the sender starts a file, given the receiver's resume point, the
+/// file size and the BLAKE3 of the sender's own first `point.offset` bytes:
+/// the resume offset when the hashes match, otherwise 0 (restart).
+pub fn resume_offset(point: &ResumePoint, size: u64, local_prefix: &[u8; HASH_LEN]) -> u64 {
+    if point.offset == 0 || point.offset > size {
+        return 0;
+    }
+    match parse_hash(&point.prefix_hash) {
+        Some(h) if &h == local_prefix => point.offset,
+        _ => 0,
+    }
+}
+
+/// Parses a hex BLAKE3 hash.
+pub fn parse_hash(hex_str: &str) -> Option<[u8; HASH_LEN]> {
+    let mut out = [0u8; HASH_LEN];
+    hex::decode_to_slice(hex_str, &mut out).ok()?;
+    Some(out)
+}
+
+/// Checks every path of an offered manifest and its consistency: safe
+/// relative paths, no duplicates, no entry below a file, no file whose part
+/// name collides with another entry. Returns the sanitized paths in entry
+/// order.
+pub fn validate_manifest(manifest: &Manifest) -> Result<Vec<RelativePath>, TransferError> {
+    let mut paths = Vec::with_capacity(manifest.entries.len());
+    let mut seen = HashSet::with_capacity(manifest.entries.len());
+    let mut files = BTreeSet::new();
+    for entry in &manifest.entries {
+        let rel = sanitize(&entry.path)?;
+        if !seen.insert(entry.path.as_str()) {
+            return Err(unsafe_path(&entry.path, "listed twice in the offer"));
+        }
+        if matches!(entry.kind, EntryKind::File { .. }) {
+            files.insert(entry.path.as_str());
+        }
+        paths.push(rel);
+    }
+    for rel in &paths {
+        if let Some(parent) = rel.ancestors().find(|a| files.contains(a)) {
+            return Err(unsafe_path(
+                rel.as_str(),
+                &format!("its parent {parent:?} is offered as a file"),
+            ));
+        }
+        if let Some(base) = rel.as_str().strip_suffix(PART_SUFFIX) {
+            if files.contains(base) {
+                return Err(unsafe_path(
+                    rel.as_str(),
+                    "collides with the part file of another entry",
+                ));
+            }
+        }
+    }
+    Ok(paths)
+}
+
+fn unsafe_path(path: &str, reason: &str) -> TransferError {
+    TransferError::UnsafePath {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn protocol(msg: impl Into<String>) -> TransferError {
+    TransferError::Protocol(msg.into())
+}
+
+/// What the receiver answered to an offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Files accepted, with validated resume points (one per file).
+    Accepted(Vec<ResumePoint>),
+    /// Text message received.
+    TextAcked,
+    /// Offer declined, with the reason.
+    Declined(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SenderState {
+    AwaitAnswer,
+    Sending,
+    Finished,
+}
+
+/// Sender side: validates what the receiver says.
+#[derive(Debug)]
+pub struct SenderCore {
+    /// `None` for a text offer, else the file sizes in order.
+    sizes: Option<Vec<u64>>,
+    state: SenderState,
+}
+
+impl SenderCore {
+    /// Starts a sender for `offer`; returns it and the message to send first.
+    pub fn new(offer: Offer) -> (Self, Control) {
+        let sizes = match &offer {
+            Offer::Files(m) => Some(m.files().map(|(_, size, _)| size).collect()),
+            Offer::Text(_) => None,
+        };
+        (
+            Self {
+                sizes,
+                state: SenderState::AwaitAnswer,
+            },
+            Control::Offer { offer },
+        )
+    }
+
+    /// Handles the receiver's answer to the offer.
+    pub fn handle_answer(&mut self, frame: Frame) -> Result<Answer, TransferError> {
+        if self.state != SenderState::AwaitAnswer {
+            return Err(protocol("answer handled twice"));
+        }
+        let msg = match frame {
+            Frame::Control(msg) => msg,
+            _ => return Err(protocol("data frame instead of an answer")),
+        };
+        self.state = SenderState::Finished;
+        match (msg, &self.sizes) {
+            (Control::Error { message }, _) => Err(TransferError::PeerError(message)),
+            (Control::Decline { reason }, _) => Ok(Answer::Declined(reason)),
+            (Control::Ack, None) => Ok(Answer::TextAcked),
+            (Control::Accept { files }, Some(sizes)) => {
+                if files.len() != sizes.len() {
+                    return Err(protocol(format!(
+                        "accept lists {} files, offer has {}",
+                        files.len(),
+                        sizes.len()
+                    )));
+                }
+                for (point, &size) in files.iter().zip(sizes) {
+                    if point.offset > size {
+                        return Err(protocol("resume offset beyond the end of a file"));
+                    }
+                    if point.offset > 0 && parse_hash(&point.prefix_hash).is_none() {
+                        return Err(protocol("resume point without a valid prefix hash"));
+                    }
+                }
+                self.state = SenderState::Sending;
+                Ok(Answer::Accepted(files))
+            }
+            (other, _) => Err(protocol(format!("unexpected answer {}", name(&other)))),
+        }
+    }
+
+    /// Handles the receiver's last message after all files were sent (or
+    /// an early error frame while sending).
+    pub fn handle_final(&mut self, frame: Frame) -> Result<(), TransferError> {
+        if self.state != SenderState::Sending {
+            return Err(protocol("unexpected frame"));
+        }
+        self.state = SenderState::Finished;
+        match frame {
+            Frame::Control(Control::Done { ok: true }) => Ok(()),
+            Frame::Control(Control::Done { ok: false }) => Err(TransferError::PeerError(
+                "the receiver could not complete the transfer".into(),
+            )),
+            Frame::Control(Control::Error { message }) => Err(TransferError::PeerError(message)),
+            Frame::Control(other) => Err(protocol(format!("unexpected {}", name(&other)))),
+            _ => Err(protocol("data frame from the receiver")),
+        }
+    }
+}
+
+/// What a frame means to the receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiverEvent {
+    /// The offer arrived and passed validation ([`ReceiverCore::paths`]).
+    Offer(Offer),
+    /// Data for file `index` starts at `offset` (0 = truncate the part).
+    FileStart {
+        /// File index (manifest file order).
+        index: usize,
+        /// Start offset.
+        offset: u64,
+    },
+    /// A chunk of file `index` at `offset`, not yet verified.
+    Chunk {
+        /// File index.
+        index: usize,
+        /// Offset of the chunk in the file.
+        offset: u64,
+        /// Claimed BLAKE3 of the chunk.
+        hash: [u8; HASH_LEN],
+        /// The bytes.
+        chunk: Bytes,
+    },
+    /// File `index` is complete; its claimed whole-file hash.
+    FileEnd {
+        /// File index.
+        index: usize,
+        /// Claimed BLAKE3 of the whole file.
+        hash: [u8; HASH_LEN],
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ReceiverState {
+    AwaitOffer,
+    Deciding {
+        text: bool,
+    },
+    /// Waiting for `FileStart` of file `next` (`current` = None) or inside
+    /// file `current = (index, position)`.
+    Receiving {
+        next: usize,
+        current: Option<(usize, u64)>,
+    },
+    /// All files ended; nothing more may arrive.
+    Complete,
+    Closed,
+}
+
+/// Receiver side: checks the order and bounds of everything the sender
+/// sends.
+#[derive(Debug)]
+pub struct ReceiverCore {
+    state: ReceiverState,
+    paths: Vec<RelativePath>,
+    sizes: Vec<u64>,
+    offered: Vec<u64>,
+}
+
+impl Default for ReceiverCore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReceiverCore {
+    /// A receiver waiting for an offer.
+    pub fn new() -> Self {
+        Self {
+            state: ReceiverState::AwaitOffer,
+            paths: Vec::new(),
+            sizes: Vec::new(),
+            offered: Vec::new(),
+        }
+    }
+
+    /// The sanitized paths of the offered manifest, in entry order.
+    pub fn paths(&self) -> &[RelativePath] {
+        &self.paths
+    }
+
+    /// Feeds one frame from the sender.
+    pub fn handle_frame(&mut self, frame: Frame) -> Result<ReceiverEvent, TransferError> {
+        if let Frame::Control(Control::Error { message }) = frame {
+            self.state = ReceiverState::Closed;
+            return Err(TransferError::PeerError(message));
+        }
+        match (&mut self.state, frame) {
+            (ReceiverState::AwaitOffer, Frame::Control(Control::Offer { offer })) => {
+                let text = match &offer {
+                    Offer::Files(m) => {
+                        self.paths = validate_manifest(m)?;
+                        self.sizes = m.files().map(|(_, size, _)| size).collect();
+                        false
+                    }
+                    Offer::Text(_) => true,
+                };
+                self.state = ReceiverState::Deciding { text };
+                Ok(ReceiverEvent::Offer(offer))
+            }
+            (ReceiverState::AwaitOffer, _) => Err(protocol("expected an offer")),
+            (ReceiverState::Deciding { .. }, _) => {
+                Err(protocol("frame before the offer was accepted"))
+            }
+            (
+                ReceiverState::Receiving {
+                    next,
+                    current: current @ None,
+                },
+                Frame::Control(Control::FileStart { index, offset }),
+            ) => {
+                if index != *next {
+                    return Err(protocol(format!(
+                        "file {index} started, expected file {next}"
+                    )));
+                }
+                if offset != 0 && offset != self.offered[index] {
+                    return Err(protocol("file started at an offset that was not offered"));
+                }
+                *next += 1;
+                *current = Some((index, offset));
+                Ok(ReceiverEvent::FileStart { index, offset })
+            }
+            (
+                ReceiverState::Receiving {
+                    current: Some((index, pos)),
+                    ..
+                },
+                Frame::Data { hash, chunk },
+            ) => {
+                let index = *index;
+                let offset = *pos;
+                let end = offset
+                    .checked_add(chunk.len() as u64)
+                    .filter(|&end| end <= self.sizes[index])
+                    .ok_or_else(|| protocol("data beyond the end of the file"))?;
+                *pos = end;
+                Ok(ReceiverEvent::Chunk {
+                    index,
+                    offset,
+                    hash,
+                    chunk,
+                })
+            }
+            (
+                ReceiverState::Receiving {
+                    next,
+                    current: current @ Some(_),
+                },
+                Frame::FileEnd { hash },
+            ) => {
+                let Some((index, pos)) = *current else {
+                    return Err(protocol("file end outside a file"));
+                };
+                if pos != self.sizes[index] {
+                    return Err(protocol("file ended before all its bytes arrived"));
+                }
+                *current = None;
+                if *next == self.sizes.len() {
+                    self.state = ReceiverState::Complete;
+                }
+                Ok(ReceiverEvent::FileEnd { index, hash })
+            }
+            (ReceiverState::Receiving { current: None, .. }, Frame::Data { .. }) => {
+                Err(protocol("data for no file"))
+            }
+            (ReceiverState::Receiving { .. }, Frame::Control(other)) => Err(protocol(format!(
+                "unexpected {} during transfer",
+                name(&other)
+            ))),
+            (ReceiverState::Receiving { .. }, _) => Err(protocol("file end outside a file")),
+            (ReceiverState::Complete | ReceiverState::Closed, _) => {
+                Err(protocol("frame after the transfer was complete"))
+            }
+        }
+    }
+
+    /// Accepts the offer. For files, `resume` has one point per file (what
+    /// the receiver already holds); returns the message to send.
+    pub fn accept(&mut self, resume: Vec<ResumePoint>) -> Result<Control, TransferError> {
+        match self.state {
+            ReceiverState::Deciding { text: true } => {
+                self.state = ReceiverState::Closed;
+                Ok(Control::Ack)
+            }
+            ReceiverState::Deciding { text: false } => {
+                if resume.len() != self.sizes.len() {
+                    return Err(protocol("one resume point per file required"));
+                }
+                self.offered = resume.iter().map(|p| p.offset).collect();
+                self.state = if self.sizes.is_empty() {
+                    ReceiverState::Complete
+                } else {
+                    ReceiverState::Receiving {
+                        next: 0,
+                        current: None,
+                    }
+                };
+                Ok(Control::Accept { files: resume })
+            }
+            _ => Err(protocol("no offer to accept")),
+        }
+    }
+
+    /// Declines the offer; returns the message to send.
+    pub fn decline(&mut self, reason: &str) -> Control {
+        self.state = ReceiverState::Closed;
+        Control::Decline {
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// Whether the next frame must start a file (the sender may first hash
+    /// a long resumed prefix, so drivers wait longer here).
+    pub fn awaiting_file_start(&self) -> bool {
+        matches!(self.state, ReceiverState::Receiving { current: None, .. })
+    }
+
+    /// Whether every file has ended (time to send [`ReceiverCore::finish`]).
+    pub fn is_complete(&self) -> bool {
+        self.state == ReceiverState::Complete
+    }
+
+    /// The final message once every file is written and verified.
+    pub fn finish(&mut self) -> Result<Control, TransferError> {
+        if self.state != ReceiverState::Complete {
+            return Err(protocol("transfer not complete"));
+        }
+        self.state = ReceiverState::Closed;
+        Ok(Control::Done { ok: true })
+    }
+}
+
+fn name(msg: &Control) -> &'static str {
+    match msg {
+        Control::Offer { .. } => "offer",
+        Control::Accept { .. } => "accept",
+        Control::Decline { .. } => "decline",
+        Control::Ack => "ack",
+        Control::FileStart { .. } => "file start",
+        Control::Done { .. } => "done",
+        Control::Error { .. } => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Entry;
+
+    fn file(path: &str, size: u64) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File { size, mode: 0o644 },
+        }
+    }
+
+    fn dir(path: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::Dir { mode: 0o755 },
+        }
+    }
+
+    fn offer(entries: Vec<Entry>) -> Frame {
+        Frame::Control(Control::Offer {
+            offer: Offer::Files(Manifest { entries }),
+        })
+    }
+
+    fn start(index: usize, offset: u64) -> Frame {
+        Frame::Control(Control::FileStart { index, offset })
+    }
+
+    fn data(n: usize) -> Frame {
+        Frame::Data {
+            hash: [0; 32],
+            chunk: Bytes::from(vec![1u8; n]),
+        }
+    }
+
+    const END: Frame = Frame::FileEnd { hash: [0; 32] };
+
+    fn accepted(entries: Vec<Entry>, resume: Vec<ResumePoint>) -> ReceiverCore {
+        let mut r = ReceiverCore::new();
+        assert!(matches!(
+            r.handle_frame(offer(entries)),
+            Ok(ReceiverEvent::Offer(_))
+        ));
+        r.accept(resume).unwrap();
+        r
+    }
+
+    fn point(offset: u64, hash: &[u8; 32]) -> ResumePoint {
+        ResumePoint {
+            offset,
+            prefix_hash: hex::encode(hash),
+        }
+    }
+
+    #[test]
+    fn manifest_counts() {
+        let m = Manifest {
+            entries: vec![dir("d"), file("d/a", 3), file("b", u64::MAX), dir("e")],
+        };
+        assert_eq!(m.file_count(), 2);
+        assert_eq!(m.dir_count(), 2);
+        assert_eq!(m.total_bytes(), u64::MAX);
+    }
+
+    #[test]
+    fn resume_offset_match_and_mismatch() {
+        let h = *blake3::hash(b"hello").as_bytes();
+        let other = *blake3::hash(b"hellx").as_bytes();
+        assert_eq!(resume_offset(&point(5, &h), 10, &h), 5);
+        assert_eq!(
+            resume_offset(&point(5, &h), 10, &other),
+            0,
+            "mismatch restarts"
+        );
+        assert_eq!(resume_offset(&point(11, &h), 10, &h), 0, "beyond the end");
+        assert_eq!(resume_offset(&ResumePoint::fresh(), 10, &h), 0);
+        let bad = ResumePoint {
+            offset: 5,
+            prefix_hash: "zz".into(),
+        };
+        assert_eq!(resume_offset(&bad, 10, &h), 0);
+    }
+
+    #[test]
+    fn full_receive_sequence() {
+        let h = [3u8; 32];
+        let mut r = accepted(
+            vec![dir("d"), file("d/a", 5), file("z", 0)],
+            vec![point(2, &h), ResumePoint::fresh()],
+        );
+        assert_eq!(r.paths().len(), 3);
+        assert_eq!(
+            r.handle_frame(start(0, 2)).unwrap(),
+            ReceiverEvent::FileStart {
+                index: 0,
+                offset: 2
+            }
+        );
+        match r.handle_frame(data(3)).unwrap() {
+            ReceiverEvent::Chunk { index, offset, .. } => assert_eq!((index, offset), (0, 2)),
+            e => panic!("{e:?}"),
+        }
+        assert!(matches!(
+            r.handle_frame(END),
+            Ok(ReceiverEvent::FileEnd { index: 0, .. })
+        ));
+        assert!(!r.is_complete());
+        assert!(r.awaiting_file_start());
+        r.handle_frame(start(1, 0)).unwrap();
+        assert!(!r.awaiting_file_start());
+        assert!(matches!(
+            r.handle_frame(END),
+            Ok(ReceiverEvent::FileEnd { index: 1, .. })
+        ));
+        assert!(r.is_complete());
+        assert_eq!(r.finish().unwrap(), Control::Done { ok: true });
+    }
+
+    #[test]
+    fn restart_at_zero_after_offered_resume_is_allowed() {
+        let mut r = accepted(vec![file("a", 5)], vec![point(2, &[1; 32])]);
+        assert_eq!(
+            r.handle_frame(start(0, 0)).unwrap(),
+            ReceiverEvent::FileStart {
+                index: 0,
+                offset: 0
+            }
+        );
+        r.handle_frame(data(5)).unwrap();
+        r.handle_frame(END).unwrap();
+        assert!(r.is_complete());
+    }
+
+    #[test]
+    fn start_at_unoffered_offset_is_rejected() {
+        let mut r = accepted(vec![file("a", 5)], vec![point(2, &[1; 32])]);
+        assert!(matches!(
+            r.handle_frame(start(0, 3)),
+            Err(TransferError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn data_before_accept_is_rejected() {
+        let mut r = ReceiverCore::new();
+        assert!(matches!(
+            r.handle_frame(data(1)),
+            Err(TransferError::Protocol(_))
+        ));
+        let mut r = ReceiverCore::new();
+        r.handle_frame(offer(vec![file("a", 1)])).unwrap();
+        assert!(matches!(
+            r.handle_frame(data(1)),
+            Err(TransferError::Protocol(_))
+        ));
+        assert!(matches!(
+            r.handle_frame(start(0, 0)),
+            Err(TransferError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn data_for_no_file_is_rejected() {
+        let mut r = accepted(vec![file("a", 1)], vec![ResumePoint::fresh()]);
+        assert!(matches!(
+            r.handle_frame(data(1)),
+            Err(TransferError::Protocol(_))
+        ));
+        let mut r = accepted(vec![file("a", 1)], vec![ResumePoint::fresh()]);
+        assert!(matches!(
+            r.handle_frame(END),
+            Err(TransferError::Protocol(_))
+        ));
+        let mut r = accepted(vec![file("a", 1)], vec![ResumePoint::fresh()]);
+        assert!(matches!(
+            r.handle_frame(start(1, 0)),
+            Err(TransferError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn too_much_or_too_little_data_is_rejected() {
+        let mut r = accepted(vec![file("a", 4)], vec![ResumePoint::fresh()]);
+        r.handle_frame(start(0, 0)).unwrap();
+        r.handle_frame(data(3)).unwrap();
+        assert!(matches!(
+            r.handle_frame(data(2)),
+            Err(TransferError::Protocol(_))
+        ));
+        let mut r = accepted(vec![file("a", 4)], vec![ResumePoint::fresh()]);
+        r.handle_frame(start(0, 0)).unwrap();
+        r.handle_frame(data(3)).unwrap();
+        assert!(matches!(
+            r.handle_frame(END),
+            Err(TransferError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn frame_after_done_is_rejected() {
+        let mut r = accepted(vec![file("a", 1)], vec![ResumePoint::fresh()]);
+        r.handle_frame(start(0, 0)).unwrap();
+        r.handle_frame(data(1)).unwrap();
+        r.handle_frame(END).unwrap();
+        assert!(matches!(
+            r.handle_frame(data(1)),
+            Err(TransferError::Protocol(_))
+        ));
+        r.finish().unwrap();
+        assert!(matches!(
+            r.handle_frame(start(0, 0)),
+            Err(TransferError::Protocol(_))
+        ));
+        // Empty offers are complete as soon as accepted.
+        let mut r = accepted(vec![dir("d")], vec![]);
+        assert!(r.is_complete());
+        assert!(matches!(
+            r.handle_frame(END),
+            Err(TransferError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn peer_error_is_surfaced_in_any_state() {
+        let mut r = accepted(vec![file("a", 1)], vec![ResumePoint::fresh()]);
+        let e = r
+            .handle_frame(Frame::Control(Control::Error {
+                message: "disk on fire".into(),
+            }))
+            .unwrap_err();
+        assert!(matches!(e, TransferError::PeerError(m) if m == "disk on fire"));
+    }
+
+    #[test]
+    fn unsafe_and_inconsistent_manifests_are_rejected() {
+        for entries in [
+            vec![file("../escape", 1)],
+            vec![file("/etc/x", 1)],
+            vec![file("a", 1), file("a", 2)],
+            vec![dir("a"), file("a", 2)],
+            vec![file("a", 1), file("a/b", 2)],
+            vec![file("a", 1), file("a.ferry-part", 2)],
+        ] {
+            let mut r = ReceiverCore::new();
+            let e = r.handle_frame(offer(entries.clone())).unwrap_err();
+            assert!(
+                matches!(e, TransferError::UnsafePath { .. }),
+                "{entries:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn sender_validates_answers() {
+        let m = Manifest {
+            entries: vec![file("a", 10), file("b", 0)],
+        };
+        let (mut s, first) = SenderCore::new(Offer::Files(m.clone()));
+        assert!(matches!(first, Control::Offer { .. }));
+        let h = [9u8; 32];
+        let good = vec![point(4, &h), ResumePoint::fresh()];
+        assert_eq!(
+            s.handle_answer(Frame::Control(Control::Accept {
+                files: good.clone()
+            }))
+            .unwrap(),
+            Answer::Accepted(good)
+        );
+        assert!(
+            s.handle_final(Frame::Control(Control::Done { ok: true }))
+                .is_ok()
+        );
+
+        for bad in [
+            Control::Accept { files: vec![] },
+            Control::Accept {
+                files: vec![point(11, &h), ResumePoint::fresh()],
+            },
+            Control::Accept {
+                files: vec![
+                    ResumePoint {
+                        offset: 3,
+                        prefix_hash: String::new(),
+                    },
+                    ResumePoint::fresh(),
+                ],
+            },
+            Control::Ack,
+            Control::Done { ok: true },
+        ] {
+            let (mut s, _) = SenderCore::new(Offer::Files(m.clone()));
+            assert!(
+                matches!(
+                    s.handle_answer(Frame::Control(bad.clone())),
+                    Err(TransferError::Protocol(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let (mut s, _) = SenderCore::new(Offer::Text("hi".into()));
+        assert_eq!(
+            s.handle_answer(Frame::Control(Control::Ack)).unwrap(),
+            Answer::TextAcked
+        );
+        let (mut s, _) = SenderCore::new(Offer::Text("hi".into()));
+        assert_eq!(
+            s.handle_answer(Frame::Control(Control::Decline {
+                reason: "no".into()
+            }))
+            .unwrap(),
+            Answer::Declined("no".into())
+        );
+        let (mut s, _) = SenderCore::new(Offer::Files(m));
+        assert!(matches!(
+            s.handle_answer(Frame::Control(Control::Error {
+                message: "x".into()
+            })),
+            Err(TransferError::PeerError(_))
+        ));
+    }
+
+    #[test]
+    fn sender_rejects_early_done_and_data() {
+        let (mut s, _) = SenderCore::new(Offer::Files(Manifest::default()));
+        assert!(
+            s.handle_final(Frame::Control(Control::Done { ok: true }))
+                .is_err()
+        );
+        assert!(matches!(
+            s.handle_answer(data(1)),
+            Err(TransferError::Protocol(_))
+        ));
+    }
+}

@@ -1,0 +1,663 @@
+//! Receiver driver: read and check the offer, then (if the user agrees)
+//! resume, receive, verify and rename.
+//!
+//! ```text
+//! network task                               disk thread (spawn_blocking)
+//!  read frame, ReceiverCore checks order ──►  verify chunk hash, write to
+//!  and bounds, emit progress         bounded  NAME.ferry-part, update the
+//!                                    channel  whole-file hash; at FileEnd
+//!  FileDone events                 ◄──────── compare, fsync, chmod, rename
+//! ```
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::codec::{Frame, HASH_LEN};
+use crate::error::TransferError;
+use crate::io::{
+    FINISH_TIMEOUT, FrameReader, IO_TIMEOUT, PIPELINE_DEPTH, Progress, close, flush, report_error,
+    timed, write_frame,
+};
+use crate::message::{EntryKind, Offer, ResumePoint};
+use crate::path::{RelativePath, check_within};
+use crate::protocol::{PART_SUFFIX, ReceiverCore, ReceiverEvent};
+use crate::{Event, Report};
+
+/// Where and how to receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiveOptions {
+    /// Output directory (created if missing). Every received path lands
+    /// below it.
+    pub out_dir: PathBuf,
+    /// Replace existing files instead of failing with
+    /// [`TransferError::Exists`].
+    pub overwrite: bool,
+}
+
+/// An offer that was read and checked, waiting for the user's decision.
+pub struct Incoming<S> {
+    reader: FrameReader<S>,
+    core: ReceiverCore,
+    offer: Offer,
+    opts: ReceiveOptions,
+    started: Instant,
+}
+
+impl<S> std::fmt::Debug for Incoming<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("offer", &self.offer)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the offer, sanitizes every path and checks conflicts with
+/// existing files (an error names the file and suggests `--overwrite` or
+/// `--out`). Nothing is written and nothing expensive is computed yet. On
+/// an error the sender is told the reason.
+pub async fn receive_offer<S>(stream: S, opts: ReceiveOptions) -> Result<Incoming<S>, TransferError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let started = Instant::now();
+    let mut reader = FrameReader::new(stream);
+    let mut core = ReceiverCore::new();
+    let result = read_offer(&mut reader, &mut core, &opts).await;
+    match result {
+        Ok(offer) => Ok(Incoming {
+            reader,
+            core,
+            offer,
+            opts,
+            started,
+        }),
+        Err(e) => {
+            report_error(reader.get_mut(), &e).await;
+            Err(e)
+        }
+    }
+}
+
+async fn read_offer<S: AsyncRead + Unpin>(
+    reader: &mut FrameReader<S>,
+    core: &mut ReceiverCore,
+    opts: &ReceiveOptions,
+) -> Result<Offer, TransferError> {
+    let frame = timed("waiting for the offer", IO_TIMEOUT, reader.next()).await?;
+    let event = core.handle_frame(frame).inspect_err(|e| {
+        debug!(error = %e, "sender's offer rejected");
+    })?;
+    let ReceiverEvent::Offer(offer) = event else {
+        return Err(TransferError::Protocol("expected an offer".into()));
+    };
+    if let Offer::Files(manifest) = &offer {
+        let targets = targets(manifest, core.paths());
+        let opts = opts.clone();
+        tokio::task::spawn_blocking(move || check_targets(&opts, &targets))
+            .await
+            .map_err(|e| TransferError::Internal(format!("checking targets: {e}")))??;
+    }
+    Ok(offer)
+}
+
+impl<S> Incoming<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// What the sender offers.
+    pub fn offer(&self) -> &Offer {
+        &self.offer
+    }
+
+    /// Accepts. For files: finds `.ferry-part` files and hashes their
+    /// prefixes, checks free space, sends `Accept`, receives, verifies and
+    /// renames every file, then confirms with `Done`. For text: acknowledges
+    /// (the text is in [`Incoming::offer`]).
+    pub async fn accept(
+        mut self,
+        mut events: impl FnMut(Event) + Send,
+    ) -> Result<Report, TransferError> {
+        let result = self.run_accept(&mut events).await;
+        match &result {
+            Err(e) => report_error(self.reader.get_mut(), e).await,
+            Ok(_) => close(self.reader.get_mut()).await,
+        }
+        result
+    }
+
+    /// Declines with `reason`, which the sender shows to its user.
+    pub async fn decline(mut self, reason: &str) -> Result<(), TransferError> {
+        let msg = self.core.decline(reason);
+        let w = self.reader.get_mut();
+        write_frame(w, &Frame::Control(msg)).await?;
+        flush(w).await?;
+        close(w).await;
+        Ok(())
+    }
+
+    async fn run_accept(
+        &mut self,
+        events: &mut (impl FnMut(Event) + Send),
+    ) -> Result<Report, TransferError> {
+        let manifest = match &self.offer {
+            Offer::Text(text) => {
+                let ack = self.core.accept(Vec::new())?;
+                let w = self.reader.get_mut();
+                write_frame(w, &Frame::Control(ack)).await?;
+                flush(w).await?;
+                return Ok(Report {
+                    files: 0,
+                    bytes_total: text.len() as u64,
+                    bytes_transferred: text.len() as u64,
+                    bytes_resumed: 0,
+                    elapsed: self.started.elapsed(),
+                });
+            }
+            Offer::Files(manifest) => manifest.clone(),
+        };
+        let targets = targets(&manifest, self.core.paths());
+        let opts = self.opts.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare(&opts, targets))
+            .await
+            .map_err(|e| TransferError::Internal(format!("preparing: {e}")))??;
+        let accept = self.core.accept(prepared.resume.clone())?;
+        let w = self.reader.get_mut();
+        write_frame(w, &Frame::Control(accept)).await?;
+        flush(w).await?;
+
+        let total = manifest.total_bytes();
+        let names: Vec<(String, u64)> = prepared
+            .files
+            .iter()
+            .map(|f| (f.rel.clone(), f.size))
+            .collect();
+        let mut report = Report {
+            files: names.len(),
+            bytes_total: total,
+            bytes_transferred: 0,
+            bytes_resumed: 0,
+            elapsed: Default::default(),
+        };
+        let mut progress = Progress::new(total);
+        let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let overwrite = self.opts.overwrite;
+        let writer =
+            tokio::task::spawn_blocking(move || write_files(prepared, overwrite, rx, done_tx));
+
+        let emit_done = |done_rx: &mut mpsc::UnboundedReceiver<usize>,
+                         progress: &mut Progress,
+                         events: &mut (dyn FnMut(Event) + Send)| {
+            while let Ok(index) = done_rx.try_recv() {
+                let path = names.get(index).map(|n| n.0.clone()).unwrap_or_default();
+                events(Event::FileDone { path });
+                progress.advance(0, true, &mut *events);
+            }
+        };
+        let mut loop_result = Ok(());
+        while !self.core.is_complete() {
+            let step = async {
+                let limit = if self.core.awaiting_file_start() {
+                    FINISH_TIMEOUT
+                } else {
+                    IO_TIMEOUT
+                };
+                let frame = timed("waiting for data", limit, self.reader.next()).await?;
+                let event = self.core.handle_frame(frame).inspect_err(|e| {
+                    debug!(error = %e, "sender misbehaved");
+                })?;
+                let cmd = match event {
+                    ReceiverEvent::Offer(_) => {
+                        return Err(TransferError::Protocol("second offer".into()));
+                    }
+                    ReceiverEvent::FileStart { index, offset } => {
+                        let (path, size) = names.get(index).cloned().unwrap_or_default();
+                        report.bytes_resumed += offset;
+                        events(Event::FileStarted {
+                            path,
+                            size,
+                            resumed_from: offset,
+                        });
+                        progress.advance(offset, offset > 0, &mut *events);
+                        Cmd::Start { index, offset }
+                    }
+                    ReceiverEvent::Chunk {
+                        index,
+                        offset,
+                        hash,
+                        chunk,
+                    } => {
+                        report.bytes_transferred += chunk.len() as u64;
+                        progress.advance(chunk.len() as u64, false, &mut *events);
+                        Cmd::Chunk {
+                            index,
+                            offset,
+                            hash,
+                            chunk,
+                        }
+                    }
+                    ReceiverEvent::FileEnd { index, hash } => Cmd::End { index, hash },
+                };
+                Ok(tx.send(cmd).await.is_ok())
+            };
+            match step.await {
+                Ok(true) => emit_done(&mut done_rx, &mut progress, &mut *events),
+                // The disk thread stopped: its error is the one to report.
+                Ok(false) => break,
+                Err(e) => {
+                    loop_result = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| TransferError::Internal(format!("file writer thread: {e}")))?;
+        emit_done(&mut done_rx, &mut progress, &mut *events);
+        written?;
+        loop_result?;
+        let done = self.core.finish()?;
+        let w = self.reader.get_mut();
+        write_frame(w, &Frame::Control(done)).await?;
+        flush(w).await?;
+        report.elapsed = self.started.elapsed();
+        Ok(report)
+    }
+}
+
+/// One manifest entry and where it lands.
+#[derive(Debug, Clone)]
+struct Target {
+    rel: RelativePath,
+    kind: EntryKind,
+}
+
+fn targets(manifest: &crate::message::Manifest, paths: &[RelativePath]) -> Vec<Target> {
+    manifest
+        .entries
+        .iter()
+        .zip(paths)
+        .map(|(e, rel)| Target {
+            rel: rel.clone(),
+            kind: e.kind,
+        })
+        .collect()
+}
+
+/// No symlink tricks, no overwriting unless asked.
+fn check_targets(opts: &ReceiveOptions, targets: &[Target]) -> Result<(), TransferError> {
+    for t in targets {
+        let path = check_within(&opts.out_dir, &t.rel)?;
+        let existing = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(TransferError::io(path, e)),
+        };
+        let clash = match t.kind {
+            EntryKind::Dir { .. } => !existing.is_dir(),
+            EntryKind::File { .. } => existing.is_dir() || !opts.overwrite,
+        };
+        if clash {
+            return Err(TransferError::Exists { path });
+        }
+    }
+    Ok(())
+}
+
+/// Everything the disk thread needs.
+struct Prepared {
+    files: Vec<WriteFile>,
+    /// Directories and their modes, applied once all files are in.
+    dirs: Vec<(PathBuf, u32)>,
+    resume: Vec<ResumePoint>,
+}
+
+struct WriteFile {
+    rel: String,
+    final_path: PathBuf,
+    part_path: PathBuf,
+    size: u64,
+    mode: u32,
+    /// The whole-file hash state after the resumable prefix.
+    prefix: Option<blake3::Hasher>,
+}
+
+/// Re-checks the targets, finds resumable parts, checks free space and
+/// creates the directories.
+fn prepare(opts: &ReceiveOptions, targets: Vec<Target>) -> Result<Prepared, TransferError> {
+    check_targets(opts, &targets)?;
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    let mut resume = Vec::new();
+    let mut needed = 0u64;
+    for t in &targets {
+        let final_path = t.rel.join_to(&opts.out_dir);
+        match t.kind {
+            EntryKind::Dir { mode } => dirs.push((final_path, mode)),
+            EntryKind::File { size, mode } => {
+                let mut part_name = final_path.clone().into_os_string();
+                part_name.push(PART_SUFFIX);
+                let part_path = PathBuf::from(part_name);
+                let (point, prefix) = find_part(&part_path, size)?;
+                needed = needed.saturating_add(size - point.offset);
+                resume.push(point);
+                files.push(WriteFile {
+                    rel: t.rel.as_str().to_owned(),
+                    final_path,
+                    part_path,
+                    size,
+                    mode,
+                    prefix,
+                });
+            }
+        }
+    }
+    fs::create_dir_all(&opts.out_dir).map_err(|e| TransferError::io(&opts.out_dir, e))?;
+    let available =
+        fs4::available_space(&opts.out_dir).map_err(|e| TransferError::io(&opts.out_dir, e))?;
+    if needed > available {
+        return Err(TransferError::NoSpace { needed, available });
+    }
+    let mut created = HashSet::new();
+    for t in &targets {
+        let dirs_to_make = t.rel.ancestors().chain(match t.kind {
+            EntryKind::Dir { .. } => Some(t.rel.as_str()),
+            EntryKind::File { .. } => None,
+        });
+        for dir in dirs_to_make {
+            if created.insert(dir.to_owned()) {
+                make_dir(&opts.out_dir.join(dir))?;
+            }
+        }
+    }
+    Ok(Prepared {
+        files,
+        dirs,
+        resume,
+    })
+}
+
+/// Creates one directory without following a symlink in its place.
+fn make_dir(path: &Path) -> Result<(), TransferError> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let meta = fs::symlink_metadata(path).map_err(|e| TransferError::io(path, e))?;
+            if meta.is_dir() {
+                Ok(())
+            } else {
+                Err(TransferError::UnsafePath {
+                    path: path.display().to_string(),
+                    reason: "exists and is not a directory".into(),
+                })
+            }
+        }
+        Err(e) => Err(TransferError::io(path, e)),
+    }
+}
+
+/// A resumable `.ferry-part`: its length and the hash of its bytes.
+fn find_part(
+    part: &Path,
+    size: u64,
+) -> Result<(ResumePoint, Option<blake3::Hasher>), TransferError> {
+    let meta = match fs::symlink_metadata(part) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((ResumePoint::fresh(), None)),
+        Err(e) => return Err(TransferError::io(part, e)),
+    };
+    if !meta.is_file() {
+        return Err(TransferError::UnsafePath {
+            path: part.display().to_string(),
+            reason: "exists and is not a regular file".into(),
+        });
+    }
+    let len = meta.len();
+    if len == 0 || len > size {
+        return Ok((ResumePoint::fresh(), None));
+    }
+    let mut hasher = blake3::Hasher::new();
+    let file = File::open(part).map_err(|e| TransferError::io(part, e))?;
+    let read = io::copy(&mut io::Read::take(file, len), &mut hasher)
+        .map_err(|e| TransferError::io(part, e))?;
+    if read != len {
+        return Ok((ResumePoint::fresh(), None));
+    }
+    let point = ResumePoint {
+        offset: len,
+        prefix_hash: hasher.finalize().to_hex().to_string(),
+    };
+    Ok((point, Some(hasher)))
+}
+
+/// What the network task hands to the disk thread.
+enum Cmd {
+    Start {
+        index: usize,
+        offset: u64,
+    },
+    Chunk {
+        index: usize,
+        offset: u64,
+        hash: [u8; HASH_LEN],
+        chunk: Bytes,
+    },
+    End {
+        index: usize,
+        hash: [u8; HASH_LEN],
+    },
+}
+
+struct Open {
+    index: usize,
+    file: File,
+    hasher: blake3::Hasher,
+}
+
+/// The disk thread: verifies and writes chunks, finishes files. Stops at
+/// the first error; the `.ferry-part` then holds only verified bytes.
+fn write_files(
+    mut prepared: Prepared,
+    overwrite: bool,
+    mut rx: mpsc::Receiver<Cmd>,
+    done: mpsc::UnboundedSender<usize>,
+) -> Result<(), TransferError> {
+    let mut open: Option<Open> = None;
+    let mut finished = 0;
+    while let Some(cmd) = rx.blocking_recv() {
+        match cmd {
+            Cmd::Start { index, offset } => {
+                let f = file_at(&mut prepared.files, index)?;
+                open = Some(open_part(f, index, offset)?);
+            }
+            Cmd::Chunk {
+                index,
+                offset,
+                hash,
+                chunk,
+            } => {
+                let cur = current(&mut open, index)?;
+                let f = file_at(&mut prepared.files, index)?;
+                if blake3::hash(&chunk).as_bytes() != &hash {
+                    debug!(path = %f.rel, offset, "chunk failed verification");
+                    return Err(TransferError::ChunkMismatch {
+                        path: f.rel.clone(),
+                        offset,
+                    });
+                }
+                cur.file
+                    .write_all(&chunk)
+                    .map_err(|e| write_error(&f.final_path, &f.part_path, e))?;
+                cur.hasher.update(&chunk);
+            }
+            Cmd::End { index, hash } => {
+                let cur = current(&mut open, index)?;
+                let f = file_at(&mut prepared.files, index)?;
+                if cur.hasher.finalize().as_bytes() != &hash {
+                    drop(open.take());
+                    let _ = fs::remove_file(&f.part_path);
+                    return Err(TransferError::FileMismatch {
+                        path: f.rel.clone(),
+                    });
+                }
+                if let Some(cur) = open.take() {
+                    finish_file(f, cur.file, overwrite)?;
+                }
+                finished += 1;
+                let _ = done.send(index);
+            }
+        }
+    }
+    if finished == prepared.files.len() {
+        apply_dir_modes(&mut prepared.dirs)?;
+    }
+    Ok(())
+}
+
+fn file_at(files: &mut [WriteFile], index: usize) -> Result<&mut WriteFile, TransferError> {
+    files
+        .get_mut(index)
+        .ok_or_else(|| TransferError::Internal(format!("no file {index}")))
+}
+
+fn current(open: &mut Option<Open>, index: usize) -> Result<&mut Open, TransferError> {
+    open.as_mut()
+        .filter(|o| o.index == index)
+        .ok_or_else(|| TransferError::Internal(format!("file {index} is not open")))
+}
+
+fn open_part(f: &mut WriteFile, index: usize, offset: u64) -> Result<Open, TransferError> {
+    let io_err = |e| TransferError::io(&f.part_path, e);
+    // Never write through a symlink planted in place of the part file.
+    match fs::symlink_metadata(&f.part_path) {
+        Ok(meta) if !meta.is_file() => {
+            return Err(TransferError::UnsafePath {
+                path: f.part_path.display().to_string(),
+                reason: "exists and is not a regular file".into(),
+            });
+        }
+        _ => {}
+    }
+    let (mut file, hasher) = if offset == 0 {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&f.part_path)
+            .map_err(io_err)?;
+        (file, blake3::Hasher::new())
+    } else {
+        let hasher = f
+            .prefix
+            .take()
+            .ok_or_else(|| TransferError::Internal("resume without a prefix".into()))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&f.part_path)
+            .map_err(io_err)?;
+        file.set_len(offset).map_err(io_err)?;
+        (file, hasher)
+    };
+    file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+    Ok(Open {
+        index,
+        file,
+        hasher,
+    })
+}
+
+fn finish_file(f: &WriteFile, file: File, overwrite: bool) -> Result<(), TransferError> {
+    let io_err = |e| TransferError::io(&f.part_path, e);
+    file.sync_all()
+        .map_err(|e| write_error(&f.final_path, &f.part_path, e))?;
+    drop(file);
+    set_mode(&f.part_path, f.mode)?;
+    if !overwrite && fs::symlink_metadata(&f.final_path).is_ok() {
+        return Err(TransferError::Exists {
+            path: f.final_path.clone(),
+        });
+    }
+    fs::rename(&f.part_path, &f.final_path).map_err(io_err)?;
+    Ok(())
+}
+
+fn apply_dir_modes(dirs: &mut [(PathBuf, u32)]) -> Result<(), TransferError> {
+    // Deepest first, so a read-only parent does not block its children.
+    dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+    for (path, mode) in dirs.iter() {
+        set_mode(path, *mode)?;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> Result<(), TransferError> {
+    use std::os::unix::fs::PermissionsExt;
+    // Only permission bits: never setuid, setgid or sticky.
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o777))
+        .map_err(|e| TransferError::io(path, e))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> Result<(), TransferError> {
+    Ok(())
+}
+
+fn write_error(final_path: &Path, part_path: &Path, e: io::Error) -> TransferError {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) {
+        TransferError::DiskFull {
+            path: final_path.to_path_buf(),
+        }
+    } else {
+        TransferError::io(part_path, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_disk_maps_to_disk_full_and_other_errors_to_io() {
+        let enospc = io::Error::from_raw_os_error(28);
+        assert!(matches!(
+            write_error(Path::new("out/f"), Path::new("out/f.ferry-part"), enospc),
+            TransferError::DiskFull { path } if path == Path::new("out/f")
+        ));
+        let other = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert!(matches!(
+            write_error(Path::new("out/f"), Path::new("out/f.ferry-part"), other),
+            TransferError::Io { path, .. } if path == Path::new("out/f.ferry-part")
+        ));
+    }
+
+    #[test]
+    fn part_files_are_found_and_hashed() {
+        let t = tempfile::tempdir().unwrap();
+        let part = t.path().join("f.ferry-part");
+        assert_eq!(find_part(&part, 10).unwrap().0, ResumePoint::fresh());
+        fs::write(&part, b"hello").unwrap();
+        let (point, hasher) = find_part(&part, 10).unwrap();
+        assert_eq!(point.offset, 5);
+        assert_eq!(
+            point.prefix_hash,
+            blake3::hash(b"hello").to_hex().to_string()
+        );
+        assert_eq!(hasher.unwrap().finalize(), blake3::hash(b"hello"));
+        // Longer than the offered file: start over.
+        assert_eq!(find_part(&part, 4).unwrap().0, ResumePoint::fresh());
+    }
+}

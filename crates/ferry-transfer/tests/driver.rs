@@ -1,0 +1,664 @@
+//! The send/receive drivers over an in-memory duplex stream with real files.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferry_transfer::codec::{self, Frame};
+use ferry_transfer::{
+    Control, Entry, EntryKind, Event, Incoming, Manifest, Offer, ReceiveOptions, Report,
+    SendOutcome, Source, TransferError, receive_offer, scan, send,
+};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+const BUF: usize = 4 << 20;
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Deterministic pseudo-random bytes.
+fn random_bytes(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+fn opts(out: &Path, overwrite: bool) -> ReceiveOptions {
+    ReceiveOptions {
+        out_dir: out.to_path_buf(),
+        overwrite,
+    }
+}
+
+async fn receive_all(
+    stream: DuplexStream,
+    opts: ReceiveOptions,
+) -> (Result<Report, TransferError>, Vec<Event>) {
+    let mut events = Vec::new();
+    let result = match receive_offer(stream, opts).await {
+        Ok(incoming) => incoming.accept(|e| events.push(e)).await,
+        Err(e) => Err(e),
+    };
+    (result, events)
+}
+
+struct Outcome {
+    sent: Result<SendOutcome, TransferError>,
+    send_events: Vec<Event>,
+    received: Result<Report, TransferError>,
+    receive_events: Vec<Event>,
+}
+
+/// Runs a whole transfer of `source` into `out`.
+async fn transfer_source(source: Source, out: &Path, overwrite: bool) -> Outcome {
+    let (a, b) = tokio::io::duplex(BUF);
+    let receiver = tokio::spawn(receive_all(b, opts(out, overwrite)));
+    let mut send_events = Vec::new();
+    let sent = tokio::time::timeout(LIMIT, send(a, source, |e| send_events.push(e)))
+        .await
+        .expect("send hung");
+    let (received, receive_events) = tokio::time::timeout(LIMIT, receiver)
+        .await
+        .expect("receive hung")
+        .unwrap();
+    Outcome {
+        sent,
+        send_events,
+        received,
+        receive_events,
+    }
+}
+
+async fn transfer(paths: &[PathBuf], out: &Path, overwrite: bool) -> Outcome {
+    transfer_source(scan(paths).unwrap(), out, overwrite).await
+}
+
+fn files_report(outcome: &Outcome) -> Report {
+    match &outcome.sent {
+        Ok(SendOutcome::Files(r)) => r.clone(),
+        other => panic!("send: {other:?}, receive: {:?}", outcome.received),
+    }
+}
+
+async fn send_file_of(len: usize) {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    let data = random_bytes("file", len);
+    let path = src.path().join("f.bin");
+    fs::write(&path, &data).unwrap();
+    let o = transfer(&[path], out.path(), false).await;
+    let sent = files_report(&o);
+    let received = o.received.as_ref().unwrap();
+    assert_eq!(fs::read(out.path().join("f.bin")).unwrap(), data);
+    assert!(!out.path().join("f.bin.ferry-part").exists());
+    for r in [&sent, received] {
+        assert_eq!(r.files, 1);
+        assert_eq!(r.bytes_total, len as u64);
+        assert_eq!(r.bytes_transferred, len as u64);
+        assert_eq!(r.bytes_resumed, 0);
+    }
+    // Events: start, done, and a last progress with everything.
+    for events in [&o.send_events, &o.receive_events] {
+        assert_eq!(
+            events.first(),
+            Some(&Event::FileStarted {
+                path: "f.bin".into(),
+                size: len as u64,
+                resumed_from: 0
+            })
+        );
+        assert!(events.contains(&Event::FileDone {
+            path: "f.bin".into()
+        }));
+        let last_progress = events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::Progress {
+                    bytes_done,
+                    bytes_total,
+                } => Some((*bytes_done, *bytes_total)),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(last_progress, (len as u64, len as u64));
+    }
+}
+
+#[tokio::test]
+async fn zero_byte_file() {
+    send_file_of(0).await;
+}
+
+#[tokio::test]
+async fn one_byte_file() {
+    send_file_of(1).await;
+}
+
+#[tokio::test]
+async fn few_mib_random_file() {
+    send_file_of(3 * 1024 * 1024 + 12345).await;
+}
+
+#[tokio::test]
+async fn tree_with_nested_and_empty_dirs_and_modes() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    let root = src.path().join("photos");
+    fs::create_dir_all(root.join("2024/summer")).unwrap();
+    fs::create_dir_all(root.join("empty/deeper-empty")).unwrap();
+    fs::write(root.join("a.txt"), b"alpha").unwrap();
+    fs::write(root.join("2024/summer/b.bin"), random_bytes("b", 700_000)).unwrap();
+    fs::write(root.join("2024/zero"), b"").unwrap();
+    let single = src.path().join("notes.md");
+    fs::write(&single, b"# notes").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(root.join("a.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(&single, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(root.join("2024"), fs::Permissions::from_mode(0o750)).unwrap();
+    }
+    let o = transfer(&[root.clone(), single], out.path(), false).await;
+    let r = files_report(&o);
+    assert_eq!(r.files, 4);
+    o.received.as_ref().unwrap();
+    let got = out.path().join("photos");
+    assert_eq!(fs::read(got.join("a.txt")).unwrap(), b"alpha");
+    assert_eq!(
+        fs::read(got.join("2024/summer/b.bin")).unwrap(),
+        random_bytes("b", 700_000)
+    );
+    assert_eq!(fs::read(got.join("2024/zero")).unwrap(), b"");
+    assert!(got.join("empty/deeper-empty").is_dir());
+    assert_eq!(fs::read(out.path().join("notes.md")).unwrap(), b"# notes");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&got.join("a.txt")), 0o600);
+        assert_eq!(mode(&out.path().join("notes.md")), 0o755);
+        assert_eq!(mode(&got.join("2024")), 0o750);
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn setuid_bits_are_never_applied() {
+    use std::os::unix::fs::PermissionsExt;
+    let out = TempDir::new().unwrap();
+    let manifest = Manifest {
+        entries: vec![Entry {
+            path: "x".into(),
+            kind: EntryKind::File {
+                size: 0,
+                mode: 0o4777,
+            },
+        }],
+    };
+    let (a, b) = tokio::io::duplex(BUF);
+    let receiver = tokio::spawn(receive_all(b, opts(out.path(), false)));
+    let mut s = RawSender::new(a);
+    s.offer(manifest).await;
+    s.expect_accept().await;
+    s.control(Control::FileStart {
+        index: 0,
+        offset: 0,
+    })
+    .await;
+    s.frame(Frame::FileEnd {
+        hash: *blake3::hash(b"").as_bytes(),
+    })
+    .await;
+    receiver.await.unwrap().0.unwrap();
+    let mode = fs::metadata(out.path().join("x"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o777);
+}
+
+#[tokio::test]
+async fn text_message() {
+    let (a, b) = tokio::io::duplex(BUF);
+    let out = TempDir::new().unwrap();
+    let opts = opts(out.path(), false);
+    let receiver = tokio::spawn(async move {
+        let incoming = receive_offer(b, opts).await.unwrap();
+        let text = match incoming.offer() {
+            Offer::Text(t) => t.clone(),
+            other => panic!("{other:?}"),
+        };
+        incoming.accept(|_| {}).await.unwrap();
+        text
+    });
+    let sent = send(a, Source::Text("hello, ferry".into()), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(sent, SendOutcome::TextDelivered);
+    assert_eq!(receiver.await.unwrap(), "hello, ferry");
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn decline() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    fs::write(src.path().join("f"), b"data").unwrap();
+    let (a, b) = tokio::io::duplex(BUF);
+    let opts = opts(out.path(), false);
+    let receiver = tokio::spawn(async move {
+        let incoming = receive_offer(b, opts).await.unwrap();
+        match incoming.offer() {
+            Offer::Files(m) => assert_eq!((m.file_count(), m.total_bytes()), (1, 4)),
+            other => panic!("{other:?}"),
+        }
+        incoming.decline("not today").await.unwrap();
+    });
+    let sent = send(a, scan(&[src.path().join("f")]).unwrap(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(sent, SendOutcome::Declined("not today".into()));
+    receiver.await.unwrap();
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn existing_file_without_overwrite_is_not_touched() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    fs::write(src.path().join("f"), b"new").unwrap();
+    fs::write(out.path().join("f"), b"old").unwrap();
+    let o = transfer(&[src.path().join("f")], out.path(), false).await;
+    match &o.received {
+        Err(TransferError::Exists { path }) => assert_eq!(path, &out.path().join("f")),
+        other => panic!("{other:?}"),
+    }
+    let msg = o.received.as_ref().unwrap_err().to_string();
+    assert!(
+        msg.contains("--overwrite") && msg.contains("--out"),
+        "{msg}"
+    );
+    assert!(
+        matches!(&o.sent, Err(TransferError::PeerError(m)) if m.contains("already exists")),
+        "{:?}",
+        o.sent
+    );
+    assert_eq!(fs::read(out.path().join("f")).unwrap(), b"old");
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn existing_file_with_overwrite_is_replaced() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    fs::write(src.path().join("f"), b"new").unwrap();
+    fs::write(out.path().join("f"), b"old, longer").unwrap();
+    let o = transfer(&[src.path().join("f")], out.path(), true).await;
+    files_report(&o);
+    assert_eq!(fs::read(out.path().join("f")).unwrap(), b"new");
+}
+
+#[tokio::test]
+async fn resume_from_correct_part_file() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    let len = 2 * 1024 * 1024 + 999;
+    let data = random_bytes("resume", len);
+    fs::write(src.path().join("big"), &data).unwrap();
+    let half = len / 2;
+    fs::write(out.path().join("big.ferry-part"), &data[..half]).unwrap();
+    let o = transfer(&[src.path().join("big")], out.path(), false).await;
+    let sent = files_report(&o);
+    let received = o.received.as_ref().unwrap();
+    for r in [&sent, received] {
+        assert_eq!(r.bytes_resumed, half as u64);
+        assert_eq!(r.bytes_transferred, (len - half) as u64);
+    }
+    assert_eq!(
+        o.receive_events.first(),
+        Some(&Event::FileStarted {
+            path: "big".into(),
+            size: len as u64,
+            resumed_from: half as u64
+        })
+    );
+    assert_eq!(fs::read(out.path().join("big")).unwrap(), data);
+    assert!(!out.path().join("big.ferry-part").exists());
+}
+
+#[tokio::test]
+async fn wrong_part_file_restarts_from_zero() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    let len = 1024 * 1024 + 5;
+    let data = random_bytes("restart", len);
+    fs::write(src.path().join("big"), &data).unwrap();
+    let mut wrong = data[..len / 2].to_vec();
+    wrong[100] ^= 1;
+    fs::write(out.path().join("big.ferry-part"), &wrong).unwrap();
+    let o = transfer(&[src.path().join("big")], out.path(), false).await;
+    let sent = files_report(&o);
+    let received = o.received.as_ref().unwrap();
+    for r in [&sent, received] {
+        assert_eq!(r.bytes_resumed, 0);
+        assert_eq!(r.bytes_transferred, len as u64);
+    }
+    assert_eq!(fs::read(out.path().join("big")).unwrap(), data);
+}
+
+#[tokio::test]
+async fn part_longer_than_file_restarts() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    fs::write(src.path().join("f"), b"short").unwrap();
+    fs::write(
+        out.path().join("f.ferry-part"),
+        b"much longer than the file",
+    )
+    .unwrap();
+    let o = transfer(&[src.path().join("f")], out.path(), false).await;
+    assert_eq!(files_report(&o).bytes_resumed, 0);
+    assert_eq!(fs::read(out.path().join("f")).unwrap(), b"short");
+}
+
+/// Forwards sender → receiver frame by frame, flipping one byte in the
+/// payload of the `nth` data frame; receiver → sender verbatim.
+async fn corrupting_proxy(sender_side: DuplexStream, receiver_side: DuplexStream, nth: usize) {
+    let (mut s_rd, mut s_wr) = tokio::io::split(sender_side);
+    let (mut r_rd, mut r_wr) = tokio::io::split(receiver_side);
+    let back = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut r_rd, &mut s_wr).await;
+        let _ = s_wr.shutdown().await;
+    });
+    let mut buf = BytesMut::new();
+    let mut data_frames = 0;
+    'outer: loop {
+        while let Some(frame) = codec::decode(&mut buf).unwrap() {
+            let frame = match frame {
+                Frame::Data { hash, chunk } => {
+                    data_frames += 1;
+                    let mut chunk = chunk.to_vec();
+                    if data_frames == nth {
+                        chunk[1000] ^= 0x40;
+                    }
+                    Frame::Data {
+                        hash,
+                        chunk: chunk.into(),
+                    }
+                }
+                other => other,
+            };
+            let mut out = BytesMut::new();
+            codec::encode(&frame, &mut out);
+            if r_wr.write_all(&out).await.is_err() {
+                break 'outer;
+            }
+        }
+        match s_rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let _ = r_wr.shutdown().await;
+    let _ = back.await;
+}
+
+#[tokio::test]
+async fn corrupted_chunk_fails_and_keeps_only_verified_bytes() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    let len = 5 * 256 * 1024 + 17;
+    let data = random_bytes("corrupt", len);
+    fs::write(src.path().join("f"), &data).unwrap();
+    let (a, a_proxy) = tokio::io::duplex(BUF);
+    let (b_proxy, b) = tokio::io::duplex(BUF);
+    let proxy = tokio::spawn(corrupting_proxy(a_proxy, b_proxy, 3));
+    let receiver = tokio::spawn(receive_all(b, opts(out.path(), false)));
+    let sent = tokio::time::timeout(
+        LIMIT,
+        send(a, scan(&[src.path().join("f")]).unwrap(), |_| {}),
+    )
+    .await
+    .unwrap();
+    let (received, _) = receiver.await.unwrap();
+    proxy.await.unwrap();
+    match &received {
+        Err(TransferError::ChunkMismatch { path, offset }) => {
+            assert_eq!(path, "f");
+            assert_eq!(*offset, 2 * 256 * 1024);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(&sent, Err(TransferError::PeerError(m)) if m.contains("verification")),
+        "{sent:?}"
+    );
+    assert!(!out.path().join("f").exists());
+    let part = fs::read(out.path().join("f.ferry-part")).unwrap();
+    assert_eq!(part, data[..2 * 256 * 1024]);
+
+    // Running again resumes from the verified bytes and completes.
+    let o = transfer(&[src.path().join("f")], out.path(), false).await;
+    assert_eq!(files_report(&o).bytes_resumed, 2 * 256 * 1024);
+    assert_eq!(fs::read(out.path().join("f")).unwrap(), data);
+}
+
+/// A hand-written sender speaking raw frames.
+struct RawSender {
+    stream: DuplexStream,
+    buf: BytesMut,
+}
+
+impl RawSender {
+    fn new(stream: DuplexStream) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn frame(&mut self, frame: Frame) {
+        let mut out = BytesMut::new();
+        codec::encode(&frame, &mut out);
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    async fn control(&mut self, msg: Control) {
+        self.frame(Frame::Control(msg)).await;
+    }
+
+    async fn offer(&mut self, manifest: Manifest) {
+        self.control(Control::Offer {
+            offer: Offer::Files(manifest),
+        })
+        .await;
+    }
+
+    async fn read(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(f) = codec::decode(&mut self.buf).unwrap() {
+                return Some(f);
+            }
+            if self.stream.read_buf(&mut self.buf).await.unwrap() == 0 {
+                return None;
+            }
+        }
+    }
+
+    async fn expect_accept(&mut self) {
+        match self.read().await {
+            Some(Frame::Control(Control::Accept { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn file_entry(path: &str, size: u64) -> Entry {
+    Entry {
+        path: path.into(),
+        kind: EntryKind::File { size, mode: 0o644 },
+    }
+}
+
+#[tokio::test]
+async fn malicious_offer_paths_are_refused() {
+    for bad in ["../escape", "/etc/x", "a/../../b", "ok/../../escape"] {
+        let top = TempDir::new().unwrap();
+        let out = top.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let (a, b) = tokio::io::duplex(BUF);
+        let mut s = RawSender::new(a);
+        s.offer(Manifest {
+            entries: vec![file_entry("fine", 1), file_entry(bad, 5)],
+        })
+        .await;
+        let got = receive_offer(b, opts(&out, false)).await;
+        match got {
+            Err(TransferError::UnsafePath { path, .. }) => assert_eq!(path, bad),
+            other => panic!("{bad}: {other:?}"),
+        }
+        // The sender is told why.
+        match s.read().await {
+            Some(Frame::Control(Control::Error { message })) => {
+                assert!(message.contains("unsafe"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let names: Vec<_> = fs::read_dir(top.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["out"]);
+        assert_eq!(fs::read_dir(&out).unwrap().count(), 0);
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn symlink_in_out_dir_cannot_redirect_writes() {
+    let top = TempDir::new().unwrap();
+    let out = top.path().join("out");
+    let outside = top.path().join("outside");
+    fs::create_dir(&out).unwrap();
+    fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, out.join("link")).unwrap();
+    let (a, b) = tokio::io::duplex(BUF);
+    let mut s = RawSender::new(a);
+    s.offer(Manifest {
+        entries: vec![file_entry("link/x", 3)],
+    })
+    .await;
+    assert!(matches!(
+        receive_offer(b, opts(&out, true)).await,
+        Err(TransferError::UnsafePath { .. })
+    ));
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn whole_file_mismatch_leaves_nothing() {
+    let out = TempDir::new().unwrap();
+    let (a, b) = tokio::io::duplex(BUF);
+    let receiver = tokio::spawn(receive_all(b, opts(out.path(), false)));
+    let mut s = RawSender::new(a);
+    s.offer(Manifest {
+        entries: vec![file_entry("f", 4)],
+    })
+    .await;
+    s.expect_accept().await;
+    s.control(Control::FileStart {
+        index: 0,
+        offset: 0,
+    })
+    .await;
+    s.frame(Frame::Data {
+        hash: *blake3::hash(b"abcd").as_bytes(),
+        chunk: bytes::Bytes::from_static(b"abcd"),
+    })
+    .await;
+    s.frame(Frame::FileEnd {
+        hash: *blake3::hash(b"abce").as_bytes(),
+    })
+    .await;
+    let (received, _) = receiver.await.unwrap();
+    assert!(
+        matches!(&received, Err(TransferError::FileMismatch { path }) if path == "f"),
+        "{received:?}"
+    );
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn not_enough_space_is_refused_before_writing() {
+    let out = TempDir::new().unwrap();
+    let (a, b) = tokio::io::duplex(BUF);
+    let mut s = RawSender::new(a);
+    s.offer(Manifest {
+        entries: vec![
+            Entry {
+                path: "d".into(),
+                kind: EntryKind::Dir { mode: 0o755 },
+            },
+            file_entry("d/huge", u64::MAX / 4),
+        ],
+    })
+    .await;
+    let incoming: Incoming<_> = receive_offer(b, opts(out.path(), false)).await.unwrap();
+    match incoming.accept(|_| {}).await {
+        Err(e @ TransferError::NoSpace { needed, available }) => {
+            assert_eq!(needed, u64::MAX / 4);
+            assert!(available < needed);
+            assert!(e.to_string().contains("free space"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+    assert!(matches!(
+        s.read().await,
+        Some(Frame::Control(Control::Error { .. }))
+    ));
+}
+
+#[tokio::test]
+async fn missing_source_file_is_reported_to_the_receiver() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    fs::write(src.path().join("a"), b"aaa").unwrap();
+    fs::write(src.path().join("b"), b"bbb").unwrap();
+    let source = scan(&[src.path().join("a"), src.path().join("b")]).unwrap();
+    fs::remove_file(src.path().join("b")).unwrap();
+    let o = transfer_source(source, out.path(), false).await;
+    match &o.sent {
+        Err(TransferError::Io { path, .. }) => assert_eq!(path, &src.path().join("b")),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(&o.received, Err(TransferError::PeerError(m)) if m.contains("/b")),
+        "{:?}",
+        o.received
+    );
+    // The file that made it is complete and verified.
+    assert_eq!(fs::read(out.path().join("a")).unwrap(), b"aaa");
+    assert!(!out.path().join("b").exists());
+}
+
+#[tokio::test]
+async fn receiver_that_vanishes_fails_the_sender() {
+    let src = TempDir::new().unwrap();
+    fs::write(src.path().join("a"), b"aaa").unwrap();
+    let (a, b) = tokio::io::duplex(BUF);
+    drop(b);
+    let sent = send(a, scan(&[src.path().join("a")]).unwrap(), |_| {}).await;
+    assert!(
+        matches!(
+            sent,
+            Err(TransferError::Stream(_) | TransferError::PeerClosed)
+        ),
+        "{sent:?}"
+    );
+}

@@ -1,0 +1,161 @@
+//! Command-line arguments. The doc comments are the `--help` text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes, shown at the end of `ferry --help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    success
+  1    an error not covered below
+  2    bad command-line usage
+  3    the code did not match (pairing failed); ask for a new code
+  4    could not reach the rendezvous server or the peer
+  5    data failed verification (a chunk or a whole file did not match its BLAKE3 hash)
+  6    the transfer was declined, or the peer went away or cancelled
+  7    a local file problem: would overwrite, unsafe path, no space, disk full, unreadable
+  130  interrupted (Ctrl-C); a partial file is kept as NAME.ferry-part for resume
+
+Environment:
+  FERRY_SERVER   rendezvous server HOST:PORT, used when --server is not given
+  RUST_LOG       log filter (e.g. ferry=debug), overrides -v
+  NO_COLOR       disable colours";
+
+/// ferry: send files and folders between two computers, even behind NATs.
+///
+/// One side runs `ferry send PATH...` and reads out the code it prints;
+/// the other runs `ferry receive CODE`. Both meet at a rendezvous server
+/// (`ferry serve`, self-hosted), agree on a key from the code (SPAKE2),
+/// then connect directly with TLS 1.3 and move the files in
+/// BLAKE3-verified chunks. An interrupted transfer resumes when you run
+/// the same send and receive again.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, after_help = EXIT_CODES_HELP, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Print one JSON object per line on stdout (events: code, offer,
+    /// path, progress, done, error) instead of human output.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send files, folders or a text message; prints a code for the receiver.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Send(SendArgs),
+    /// Receive what a sender offers under CODE.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Receive(ReceiveArgs),
+    /// Run the rendezvous server (self-hosted) that peers meet at.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Serve(ServeArgs),
+}
+
+/// Where the rendezvous server is.
+#[derive(Debug, Args, Clone)]
+pub struct ServerArg {
+    /// Rendezvous server as HOST:PORT (port 443 when left out). Run one
+    /// with `ferry serve`.
+    #[arg(long, short = 's', env = "FERRY_SERVER", value_name = "HOST:PORT")]
+    pub server: Option<String>,
+}
+
+/// `ferry send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Files and folders to send (folders recursively, keeping relative
+    /// paths, empty folders and file modes).
+    #[arg(
+        value_name = "PATH",
+        required_unless_present = "text",
+        conflicts_with = "text"
+    )]
+    pub paths: Vec<PathBuf>,
+
+    /// Send this short text message instead of files; the receiver prints it.
+    #[arg(long, value_name = "MESSAGE")]
+    pub text: Option<String>,
+
+    /// Use this code instead of a generated one, e.g. 7-orbit-lantern
+    /// (a number, then two words from ferry's word list).
+    #[arg(long, value_name = "CODE")]
+    pub code: Option<String>,
+
+    /// Cap the sending rate, in bytes per second: 10M, 512k, 1.5G.
+    #[arg(long, value_name = "RATE", value_parser = crate::throttle::parse_rate)]
+    pub limit_rate: Option<u64>,
+
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+/// `ferry receive`.
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// The code the sender printed, e.g. 7-orbit-lantern.
+    pub code: String,
+
+    /// Folder to save into (created if missing).
+    #[arg(long, short = 'o', default_value = ".", value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Accept the offer without asking.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// Replace files that already exist in the output folder.
+    #[arg(long)]
+    pub overwrite: bool,
+
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+/// `ferry serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and TCP port for rendezvous signalling. Ports below 1024
+    /// need root or CAP_NET_BIND_SERVICE.
+    #[arg(long, default_value = "0.0.0.0:443", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+
+    /// How long an unclaimed or idle nameplate lives, in seconds.
+    #[arg(long, default_value_t = 1800, value_name = "SECONDS")]
+    pub nameplate_ttl: u64,
+
+    /// Most simultaneous client connections.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_connections: usize,
+
+    /// Most simultaneous client connections from one IP address.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub max_connections_per_ip: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn send_needs_paths_or_text() {
+        assert!(Cli::try_parse_from(["ferry", "send"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "send", "--text", "hi"]).is_ok());
+        assert!(Cli::try_parse_from(["ferry", "send", "a", "--text", "hi"]).is_err());
+    }
+}

@@ -1,0 +1,79 @@
+//! The `ferry` command-line tool: parses arguments, installs logging and
+//! calls the subcommand. All protocol logic lives in the library crates.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod cli;
+mod exit;
+mod output;
+mod receive;
+mod send;
+mod serve;
+mod session;
+mod throttle;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+use crate::output::Output;
+
+fn main() {
+    let cli = Cli::parse();
+    install_logging(cli.verbose, matches!(cli.command, Command::Serve(_)));
+    let mut out = Output::new(cli.json);
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            out.error(&format!("cannot start the async runtime: {e}"), exit::OTHER);
+            std::process::exit(exit::OTHER);
+        }
+    };
+    let code = runtime.block_on(async {
+        let work = async {
+            match cli.command {
+                Command::Send(args) => send::run(args, &mut out).await,
+                Command::Receive(args) => receive::run(args, &mut out).await,
+                Command::Serve(args) => serve::run(args, &mut out).await,
+            }
+        };
+        tokio::select! {
+            result = work => match result {
+                Ok(()) => exit::OK,
+                Err(err) => {
+                    let (code, message) = exit::classify(&err);
+                    tracing::debug!(?err, "failed");
+                    Output::new(cli.json).error(&message, code);
+                    code
+                }
+            },
+            _ = tokio::signal::ctrl_c() => {
+                Output::new(cli.json).error(
+                    "interrupted; run the same command again to resume (partial files are kept as .ferry-part)",
+                    exit::INTERRUPTED,
+                );
+                exit::INTERRUPTED
+            }
+        }
+    });
+    // Do not wait for stuck blocking tasks (e.g. a prompt on stdin).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    std::process::exit(code);
+}
+
+/// Logs go to stderr. `RUST_LOG` wins; otherwise -v raises the level.
+fn install_logging(verbose: u8, server: bool) {
+    let default = match (verbose, server) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
+        (2, _) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        .init();
+}

@@ -1,0 +1,194 @@
+//! What the user sees: human lines, an indicatif progress bar on a TTY, or
+//! one JSON object per line (`--json`) for scripts.
+//!
+//! JSON events (field `event`):
+//! - `code`: `{code, command}` (sender: the code and the receiver's command)
+//! - `offer`: `{kind: "files"|"text", files, dirs, bytes, names}`
+//! - `path`: `{path, local, remote, connect_secs}` (how the peers connected)
+//! - `resume`: `{path, offset}` for each file resumed from a `.ferry-part`
+//! - `progress`: `{bytes_done, bytes_total}`
+//! - `text`: `{text}` (receiver of a text message)
+//! - `done`: `{files, bytes_total, bytes_transferred, bytes_resumed, secs, rate_bytes_per_sec, path}`
+//! - `error`: `{message, exit_code}`
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Value, json};
+
+/// The output sink for one command.
+pub struct Output {
+    json: bool,
+    tty: bool,
+    bar: Option<ProgressBar>,
+    last_plain: Option<Instant>,
+}
+
+impl Output {
+    /// `json`: machine output; otherwise human output, animated only when
+    /// stdout is a terminal.
+    pub fn new(json: bool) -> Self {
+        Output {
+            json,
+            tty: std::io::stdout().is_terminal(),
+            bar: None,
+            last_plain: None,
+        }
+    }
+
+    /// Whether `--json` is on.
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// A human line (suppressed in JSON mode).
+    pub fn say(&self, line: impl AsRef<str>) {
+        if self.json {
+            return;
+        }
+        match &self.bar {
+            Some(bar) => bar.println(line.as_ref()),
+            None => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", line.as_ref());
+                let _ = out.flush();
+            }
+        }
+    }
+
+    /// A JSON event (suppressed in human mode).
+    pub fn event(&self, name: &str, mut fields: Value) {
+        if !self.json {
+            return;
+        }
+        if let Value::Object(map) = &mut fields {
+            map.insert("event".into(), Value::String(name.into()));
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{fields}");
+        let _ = out.flush();
+    }
+
+    /// Progress of the whole transfer.
+    pub fn progress(&mut self, done: u64, total: u64) {
+        if self.json {
+            self.event(
+                "progress",
+                json!({"bytes_done": done, "bytes_total": total}),
+            );
+            return;
+        }
+        if self.tty {
+            let bar = self.bar.get_or_insert_with(|| {
+                let bar = ProgressBar::with_draw_target(
+                    Some(total),
+                    ProgressDrawTarget::stdout_with_hz(10),
+                );
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{bar:40.cyan/blue} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar
+            });
+            bar.set_length(total);
+            bar.set_position(done);
+        } else {
+            // Not a terminal: a plain line every few seconds, no animation.
+            let now = Instant::now();
+            let due = self
+                .last_plain
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5));
+            if due && total > 0 && done < total {
+                self.last_plain = Some(now);
+                self.say(format!(
+                    "progress: {} of {} ({}%)",
+                    HumanBytes(done),
+                    HumanBytes(total),
+                    done * 100 / total
+                ));
+            }
+        }
+    }
+
+    /// Ends the progress bar, if any.
+    pub fn finish_progress(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// Reports a fatal error (stderr for humans, an `error` event for scripts).
+    pub fn error(&mut self, message: &str, exit_code: i32) {
+        self.finish_progress();
+        if self.json {
+            self.event("error", json!({"message": message, "exit_code": exit_code}));
+        } else {
+            eprintln!("error: {message}");
+        }
+    }
+}
+
+/// "12.3 MiB/s" from bytes and seconds.
+pub fn rate(bytes: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    format!("{}/s", HumanBytes((bytes as f64 / secs) as u64))
+}
+
+/// Tells how the peers connected.
+pub fn announce_path(link: &ferry_connect::PeerLink, out: &Output) {
+    out.event(
+        "path",
+        json!({
+            "path": link.path,
+            "local": link.local.to_string(),
+            "remote": link.remote.to_string(),
+            "connect_secs": link.connect_time.as_secs_f64(),
+        }),
+    );
+    out.say(format!(
+        "Connected: {}, {} ⇄ {}, in {:.2} s",
+        link.path,
+        link.local,
+        link.remote,
+        link.connect_time.as_secs_f64()
+    ));
+}
+
+/// The closing summary of a file transfer.
+pub fn announce_done(report: &ferry_transfer::Report, path: &str, verb: &str, out: &mut Output) {
+    out.finish_progress();
+    let secs = report.elapsed.as_secs_f64();
+    out.event(
+        "done",
+        json!({
+            "kind": "files",
+            "files": report.files,
+            "bytes_total": report.bytes_total,
+            "bytes_transferred": report.bytes_transferred,
+            "bytes_resumed": report.bytes_resumed,
+            "secs": secs,
+            "rate_bytes_per_sec": (report.bytes_transferred as f64 / secs.max(1e-3)) as u64,
+            "path": path,
+        }),
+    );
+    let resumed = if report.bytes_resumed > 0 {
+        format!(
+            " (resumed: {} were already there)",
+            HumanBytes(report.bytes_resumed)
+        )
+    } else {
+        String::new()
+    };
+    out.say(format!(
+        "{verb} {} file{}, {}{resumed} over {path} in {:.1} s at {}; all verified (BLAKE3).",
+        report.files,
+        if report.files == 1 { "" } else { "s" },
+        HumanBytes(report.bytes_total),
+        secs,
+        rate(report.bytes_transferred, report.elapsed),
+    ));
+}

@@ -1,0 +1,117 @@
+//! `ferry receive`.
+
+use std::io::BufRead;
+
+use anyhow::{Context, Result};
+use ferry_proto::code::Code;
+use ferry_transfer::{Offer, ReceiveOptions};
+use indicatif::HumanBytes;
+use serde_json::json;
+
+use crate::cli::ReceiveArgs;
+use crate::exit::Failure;
+use crate::output::{self, Output};
+use crate::send::{plural, show_event};
+use crate::session;
+
+/// Runs `ferry receive`.
+pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
+    let server = session::server_address(&args.server.server)?;
+    let code: Code = args.code.parse().map_err(|e| {
+        Failure::usage(format!(
+            "{:?} is not a ferry code ({e}); it looks like 7-orbit-lantern",
+            args.code
+        ))
+    })?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create the output folder {}", args.out.display()))
+        .map_err(|e| Failure::local(format!("{e:#}")))?;
+
+    let link = session::receiver(&server, &code).await?;
+    output::announce_path(&link, out);
+    let path = link.path.clone();
+    let incoming = ferry_transfer::receive_offer(
+        link.stream,
+        ReceiveOptions {
+            out_dir: args.out.clone(),
+            overwrite: args.overwrite,
+        },
+    )
+    .await
+    .context("cannot take the offer")?;
+
+    match incoming.offer() {
+        Offer::Text(text) => {
+            let text = text.clone();
+            incoming.accept(|_| {}).await?;
+            out.event("text", json!({"text": text}));
+            if out.is_json() {
+                out.event("done", json!({"kind": "text", "path": path}));
+            } else {
+                println!("{text}");
+            }
+            Ok(())
+        }
+        Offer::Files(manifest) => {
+            let names: Vec<String> = manifest
+                .entries
+                .iter()
+                .take(20)
+                .map(|e| e.path.clone())
+                .collect();
+            out.event(
+                "offer",
+                json!({
+                    "kind": "files",
+                    "files": manifest.file_count(),
+                    "dirs": manifest.dir_count(),
+                    "bytes": manifest.total_bytes(),
+                    "names": names,
+                }),
+            );
+            out.say(format!(
+                "Offered: {} file{} and {} folder{}, {} in all:",
+                manifest.file_count(),
+                plural(manifest.file_count()),
+                manifest.dir_count(),
+                plural(manifest.dir_count()),
+                HumanBytes(manifest.total_bytes())
+            ));
+            for name in names.iter().take(10) {
+                out.say(format!("    {name}"));
+            }
+            if manifest.entries.len() > 10 {
+                out.say(format!("    ... and {} more", manifest.entries.len() - 10));
+            }
+            if !args.yes {
+                let question = format!("Accept into {}? [y/N] ", args.out.display());
+                if !ask(question).await? {
+                    incoming.decline("the receiver said no").await?;
+                    return Err(Failure::peer_gone(
+                        "declined: nothing was written (use --yes to accept without asking)",
+                    ));
+                }
+            }
+            let report = incoming
+                .accept(|event| show_event(out, event))
+                .await
+                .context("the transfer failed")?;
+            output::announce_done(&report, &path, "Received", out);
+            Ok(())
+        }
+    }
+}
+
+/// Asks a yes/no question on the terminal; no answer (end of input) is no.
+async fn ask(question: String) -> Result<bool> {
+    eprint!("{question}");
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map(|_| line)
+    })
+    .await??;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}

@@ -1,0 +1,83 @@
+//! `ferry send`.
+
+use anyhow::{Context, Result};
+use ferry_transfer::{Event, SendOutcome, Source};
+use indicatif::HumanBytes;
+use serde_json::json;
+
+use crate::cli::SendArgs;
+use crate::exit::Failure;
+use crate::output::{self, Output};
+use crate::session;
+use crate::throttle::Throttled;
+
+/// Runs `ferry send`.
+pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
+    let server = session::server_address(&args.server.server)?;
+    let source = match args.text {
+        Some(text) => Source::Text(text),
+        None => ferry_transfer::scan(&args.paths).context("cannot send")?,
+    };
+    match &source {
+        Source::Text(text) => out.say(format!("Sending a text message ({} bytes)", text.len())),
+        Source::Files { manifest, .. } => out.say(format!(
+            "Sending {} file{} and {} folder{}, {}",
+            manifest.file_count(),
+            plural(manifest.file_count()),
+            manifest.dir_count(),
+            plural(manifest.dir_count()),
+            HumanBytes(manifest.total_bytes())
+        )),
+    }
+
+    let link = session::sender(&server, args.code.as_deref(), out).await?;
+    output::announce_path(&link, out);
+
+    let path = link.path.clone();
+    let events = |event| show_event(out, event);
+    let outcome = match args.limit_rate {
+        Some(rate) => ferry_transfer::send(Throttled::new(link.stream, rate), source, events).await,
+        None => ferry_transfer::send(link.stream, source, events).await,
+    }
+    .context("the transfer failed")?;
+    out.finish_progress();
+    match outcome {
+        SendOutcome::TextDelivered => {
+            out.event("done", json!({"kind": "text", "path": path}));
+            out.say("Text message delivered.");
+            Ok(())
+        }
+        SendOutcome::Declined(reason) => Err(Failure::peer_gone(format!(
+            "the receiver declined the offer ({reason})"
+        ))),
+        SendOutcome::Files(report) => {
+            output::announce_done(&report, &path, "Sent", out);
+            Ok(())
+        }
+    }
+}
+
+/// Progress events to the output (both sides).
+pub fn show_event(out: &mut Output, event: Event) {
+    match event {
+        Event::Progress {
+            bytes_done,
+            bytes_total,
+        } => out.progress(bytes_done, bytes_total),
+        Event::FileStarted {
+            path, resumed_from, ..
+        } if resumed_from > 0 => {
+            out.event("resume", json!({"path": path, "offset": resumed_from}));
+            out.say(format!(
+                "Resuming {path} from {} already received",
+                HumanBytes(resumed_from)
+            ));
+        }
+        _ => {}
+    }
+}
+
+/// "s" for plurals.
+pub fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}

@@ -1,0 +1,154 @@
+//! `--limit-rate`: a token-bucket cap on how fast we write to the peer, for
+//! shared links (and for tests that need a transfer to take a while).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// A stream whose writes are capped at `rate` bytes per second.
+pub struct Throttled<S> {
+    inner: S,
+    rate: f64,
+    burst: f64,
+    allowance: f64,
+    last: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Throttled<S> {
+    /// Caps writes to `rate` bytes per second (at least 1 KiB/s).
+    pub fn new(inner: S, rate: u64) -> Self {
+        let rate = rate.max(1024) as f64;
+        let burst = (rate / 20.0).max(16.0 * 1024.0);
+        Throttled {
+            inner,
+            rate,
+            burst,
+            allowance: burst,
+            last: Instant::now(),
+            sleep: None,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Throttled<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Throttled<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        loop {
+            if let Some(sleep) = this.sleep.as_mut() {
+                ready!(sleep.as_mut().poll(cx));
+                this.sleep = None;
+            }
+            let now = Instant::now();
+            let elapsed = now.duration_since(this.last).as_secs_f64();
+            this.last = now;
+            this.allowance = (this.allowance + elapsed * this.rate).min(this.burst);
+            if this.allowance >= 1.0 {
+                break;
+            }
+            let wait = (1024.0_f64.min(this.burst) - this.allowance) / this.rate;
+            this.sleep = Some(Box::pin(tokio::time::sleep(Duration::from_secs_f64(wait))));
+        }
+        let n = buf.len().min(this.allowance as usize).max(1);
+        let written = ready!(Pin::new(&mut this.inner).poll_write(cx, &buf[..n]))?;
+        this.allowance -= written as f64;
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Parses "10M", "512k", "1.5G", "1000" (bytes per second; k/M/G are 1024-based).
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let number: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate such as 10M, 512k or 1000"))?;
+    let factor = match unit
+        .trim()
+        .trim_end_matches("/s")
+        .trim_end_matches(['B', 'b'])
+    {
+        "" => 1.0,
+        "k" | "K" | "Ki" => 1024.0,
+        "m" | "M" | "Mi" => 1024.0 * 1024.0,
+        "g" | "G" | "Gi" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown unit {other:?} in {text:?}; use k, M or G")),
+    };
+    let rate = number * factor;
+    if !(rate.is_finite() && rate >= 1024.0) {
+        return Err(format!(
+            "{text:?} is too small; the least is 1k (1024 bytes per second)"
+        ));
+    }
+    Ok(rate as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("1000k"), Ok(1_024_000));
+        assert_eq!(parse_rate("10M"), Ok(10 * 1024 * 1024));
+        assert_eq!(parse_rate("1.5G"), Ok(1024 * 1024 * 1536));
+        assert_eq!(parse_rate("2048"), Ok(2048));
+        assert_eq!(parse_rate("10MB/s"), Ok(10 * 1024 * 1024));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("10X").is_err());
+        assert!(parse_rate("10").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_are_capped() {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let reader = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut b, &mut sink)
+                .await
+                .unwrap();
+            sink.len()
+        });
+        let mut throttled = Throttled::new(a, 100 * 1024);
+        let start = Instant::now();
+        throttled.write_all(&vec![7u8; 300 * 1024]).await.unwrap();
+        throttled.shutdown().await.unwrap();
+        drop(throttled);
+        let took = start.elapsed();
+        assert_eq!(reader.await.unwrap(), 300 * 1024);
+        // 300 KiB at 100 KiB/s with a 16 KiB burst: close to 2.84 s of virtual time.
+        assert!(took >= Duration::from_millis(2700), "{took:?}");
+        assert!(took <= Duration::from_millis(3100), "{took:?}");
+    }
+}

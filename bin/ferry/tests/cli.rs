@@ -1,0 +1,301 @@
+//! End to end on loopback: a real `ferry serve` and real `ferry send` /
+//! `ferry receive` processes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn sends_empty_one_byte_and_100_mib_files() {
+    let server = Server::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("empty"), b"").unwrap();
+    fs::write(src.path().join("one"), b"x").unwrap();
+    random_file(&src.path().join("big.bin"), 100 * 1024 * 1024);
+
+    let paths: Vec<String> = ["empty", "one", "big.bin"]
+        .iter()
+        .map(|n| src.path().join(n).to_string_lossy().into_owned())
+        .collect();
+    let args: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let (mut send, code) = start_send(&server, &args);
+    let mut recv = start_receive(&server, &code, dst.path(), &["--yes"]);
+
+    let offer = recv.wait_event("offer", Duration::from_secs(30));
+    assert_eq!(offer["files"], 3);
+    assert_eq!(offer["bytes"], 100 * 1024 * 1024 + 1);
+    assert_eq!(
+        recv.finish(),
+        0,
+        "receiver: {:?} {}",
+        recv.seen,
+        recv.stderr_text()
+    );
+    assert_eq!(
+        send.finish(),
+        0,
+        "sender: {:?} {}",
+        send.seen,
+        send.stderr_text()
+    );
+
+    for name in ["empty", "one", "big.bin"] {
+        assert_same_file(&src.path().join(name), &dst.path().join(name));
+    }
+    let done = recv.events("done");
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0]["files"], 3);
+    assert_eq!(done[0]["bytes_resumed"], 0);
+    assert_eq!(recv.events("path")[0]["path"], "direct TCP");
+    assert_eq!(send.events("done")[0]["bytes_total"], 100 * 1024 * 1024 + 1);
+    // No leftovers.
+    let names: Vec<_> = fs::read_dir(dst.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+}
+
+#[test]
+fn sends_a_tree_with_nested_and_empty_directories_and_modes() {
+    let server = Server::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let root = src.path().join("album");
+    fs::create_dir_all(root.join("2024/summer")).unwrap();
+    fs::create_dir_all(root.join("empty/deeper-empty")).unwrap();
+    random_file(&root.join("2024/summer/beach.jpg"), 300_000);
+    fs::write(root.join("readme.txt"), b"hello").unwrap();
+    fs::write(root.join("run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(root.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(root.join("readme.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+
+    let (mut send, code) = start_send(&server, &[root.to_str().unwrap()]);
+    let mut recv = start_receive(&server, &code, dst.path(), &["--yes"]);
+    assert_eq!(
+        recv.finish(),
+        0,
+        "receiver: {:?} {}",
+        recv.seen,
+        recv.stderr_text()
+    );
+    assert_eq!(send.finish(), 0, "sender: {:?}", send.seen);
+
+    let got = dst.path().join("album");
+    assert_same_file(
+        &root.join("2024/summer/beach.jpg"),
+        &got.join("2024/summer/beach.jpg"),
+    );
+    assert_same_file(&root.join("readme.txt"), &got.join("readme.txt"));
+    assert!(got.join("empty/deeper-empty").is_dir());
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&got.join("run.sh")), 0o755);
+    assert_eq!(mode(&got.join("readme.txt")), 0o600);
+}
+
+#[test]
+fn text_message_is_delivered() {
+    let server = Server::start();
+    let dst = tempfile::tempdir().unwrap();
+    let (mut send, code) = start_send(&server, &["--text", "meet at the ferry at 9 ✓"]);
+    let mut recv = start_receive(&server, &code, dst.path(), &[]);
+    let text = recv.wait_event("text", Duration::from_secs(30));
+    assert_eq!(text["text"], "meet at the ferry at 9 ✓");
+    assert_eq!(recv.finish(), 0);
+    assert_eq!(send.finish(), 0, "sender: {:?}", send.seen);
+    assert_eq!(
+        fs::read_dir(dst.path()).unwrap().count(),
+        0,
+        "a text writes no file"
+    );
+}
+
+#[test]
+fn wrong_code_fails_on_both_sides() {
+    let server = Server::start();
+    let dst = tempfile::tempdir().unwrap();
+    let (mut send, code) = start_send(&server, &["--text", "secret"]);
+    let nameplate = code.split('-').next().unwrap();
+    // Same nameplate, other words.
+    let words = ferry_proto::code::WORDS;
+    let (w1, w2) = if code.ends_with(&format!("-{}-{}", words[0], words[0])) {
+        (words[1], words[1])
+    } else {
+        (words[0], words[0])
+    };
+    let wrong = format!("{nameplate}-{w1}-{w2}");
+    let mut recv = start_receive(&server, &wrong, dst.path(), &["--yes"]);
+    assert_eq!(recv.finish(), 3, "receiver: {:?}", recv.seen);
+    assert_eq!(send.finish(), 3, "sender: {:?}", send.seen);
+    for p in [&recv, &send] {
+        let err = &p.events("error")[0];
+        assert!(
+            err["message"]
+                .as_str()
+                .unwrap()
+                .contains("the code did not match"),
+            "{err}"
+        );
+    }
+    // The nameplate is burnt: the right code no longer finds a sender.
+    let mut late = start_receive(&server, &code, dst.path(), &["--yes"]);
+    assert_ne!(late.finish(), 0);
+}
+
+#[test]
+fn declined_offer_fails_on_both_sides_and_writes_nothing() {
+    let server = Server::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("a.txt"), b"abc").unwrap();
+    let (mut send, code) = start_send(&server, &[src.path().join("a.txt").to_str().unwrap()]);
+    let mut recv = start_receive(&server, &code, dst.path(), &[]);
+    recv.wait_event("offer", Duration::from_secs(30));
+    recv.answer("n");
+    assert_eq!(recv.finish(), 6, "receiver: {:?}", recv.seen);
+    assert_eq!(send.finish(), 6, "sender: {:?}", send.seen);
+    assert_eq!(fs::read_dir(dst.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn existing_file_is_not_overwritten_without_the_flag() {
+    let server = Server::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("a.txt"), b"new").unwrap();
+    fs::write(dst.path().join("a.txt"), b"old").unwrap();
+    let a = src.path().join("a.txt");
+
+    let (mut send, code) = start_send(&server, &[a.to_str().unwrap()]);
+    let mut recv = start_receive(&server, &code, dst.path(), &["--yes"]);
+    assert_eq!(recv.finish(), 7, "receiver: {:?}", recv.seen);
+    let message = recv.events("error")[0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("a.txt") && message.contains("--overwrite"),
+        "{message}"
+    );
+    assert_ne!(send.finish(), 0);
+    assert_eq!(fs::read(dst.path().join("a.txt")).unwrap(), b"old");
+
+    let (mut send, code) = start_send(&server, &[a.to_str().unwrap()]);
+    let mut recv = start_receive(&server, &code, dst.path(), &["--yes", "--overwrite"]);
+    assert_eq!(recv.finish(), 0, "receiver: {:?}", recv.seen);
+    assert_eq!(send.finish(), 0);
+    assert_eq!(fs::read(dst.path().join("a.txt")).unwrap(), b"new");
+}
+
+#[test]
+fn transfer_killed_halfway_resumes_from_the_received_bytes() {
+    let server = Server::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("video.bin");
+    random_file(&file, 24 * 1024 * 1024);
+    let part = dst.path().join("video.bin.ferry-part");
+
+    // Slow first run (8 MiB/s), receiver killed once a few MiB are in.
+    let (mut send, code) = start_send(&server, &["--limit-rate", "8M", file.to_str().unwrap()]);
+    let mut recv = start_receive(&server, &code, dst.path(), &["--yes"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let len = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+        if len >= 4 * 1024 * 1024 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the part file never grew; receiver: {:?}",
+            recv.seen
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    recv.kill();
+    assert_ne!(
+        send.finish(),
+        0,
+        "the sender must notice the receiver vanished"
+    );
+    let held = fs::metadata(&part).unwrap().len();
+    assert!(held > 0 && held < 24 * 1024 * 1024, "part holds {held}");
+    assert!(!dst.path().join("video.bin").exists());
+
+    // Second run at full speed picks up where the first stopped.
+    let (mut send, code) = start_send(&server, &[file.to_str().unwrap()]);
+    let mut recv = start_receive(&server, &code, dst.path(), &["--yes"]);
+    assert_eq!(
+        recv.finish(),
+        0,
+        "receiver: {:?} {}",
+        recv.seen,
+        recv.stderr_text()
+    );
+    assert_eq!(send.finish(), 0, "sender: {:?}", send.seen);
+    assert_same_file(&file, &dst.path().join("video.bin"));
+    assert!(!part.exists());
+    let done = &recv.events("done")[0];
+    let resumed = done["bytes_resumed"].as_u64().unwrap();
+    assert!(resumed > 0, "nothing resumed: {done}");
+    assert_eq!(
+        resumed + done["bytes_transferred"].as_u64().unwrap(),
+        24 * 1024 * 1024,
+        "{done}"
+    );
+    let resume = &recv.events("resume")[0];
+    assert!(resume["offset"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn server_flag_is_required_and_errors_say_what_to_do() {
+    let out = ferry().args(["receive", "1-x-y"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--server") && stderr.contains("FERRY_SERVER"),
+        "{stderr}"
+    );
+
+    // Nothing listens on this port: a clear network error, exit 4.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = ferry()
+        .args([
+            "send",
+            "--text",
+            "x",
+            "--server",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let help = ferry().arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Exit codes"));
+}
+
+#[test]
+fn serve_reports_a_port_it_cannot_bind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = ferry().args(["serve", "--listen", &addr]).output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--listen"), "{stderr}");
+}

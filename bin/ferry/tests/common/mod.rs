@@ -1,0 +1,224 @@
+//! Runs the real `ferry` binary: a real server on 127.0.0.1 and real
+//! clients, with JSON output parsed line by line.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any one ferry process may run in a test.
+pub const LIMIT: Duration = Duration::from_secs(120);
+
+/// The binary under test.
+pub fn ferry() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.env_remove("FERRY_SERVER").env("NO_COLOR", "1");
+    cmd
+}
+
+/// A running ferry process whose stdout lines are collected.
+pub struct Proc {
+    pub child: Child,
+    lines: Receiver<String>,
+    pub seen: Vec<String>,
+    stderr: Receiver<String>,
+    stdin: Option<ChildStdin>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ferry");
+        let (tx, lines) = channel();
+        let stdout = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (etx, stderr) = channel();
+        let err = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if etx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+            stdin,
+        }
+    }
+
+    /// Waits for a JSON event named `name` on stdout and returns it.
+    pub fn wait_event(&mut self, name: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        if v["event"] == name {
+                            return v;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "no {name:?} event within {within:?}; stdout so far: {:?}; stderr: {}",
+                        self.seen,
+                        self.stderr_text()
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "ferry exited before a {name:?} event; stdout: {:?}; stderr: {}",
+                        self.seen,
+                        self.stderr_text()
+                    )
+                }
+            }
+        }
+    }
+
+    /// Writes a line to the process's stdin.
+    pub fn answer(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for the exit (killing it after `LIMIT`); returns the exit code
+    /// and collects the remaining stdout.
+    pub fn finish(&mut self) -> i32 {
+        self.stdin.take();
+        let deadline = Instant::now() + LIMIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "ferry did not finish within {LIMIT:?}; stdout: {:?}",
+                    self.seen
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+        status.code().unwrap_or(-1)
+    }
+
+    /// All JSON events named `name` seen so far.
+    pub fn events(&self, name: &str) -> Vec<Value> {
+        self.seen
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["event"] == name)
+            .collect()
+    }
+
+    /// What the process printed on stderr (after it exited).
+    pub fn stderr_text(&self) -> String {
+        let mut text = String::new();
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real `ferry serve` on 127.0.0.1 with an ephemeral port.
+pub struct Server {
+    pub addr: String,
+    proc: Proc,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let mut cmd = ferry();
+        cmd.args(["serve", "--json", "--listen", "127.0.0.1:0"]);
+        let mut proc = Proc::spawn(cmd);
+        let ev = proc.wait_event("listening", Duration::from_secs(20));
+        let addr = ev["signal"].as_str().unwrap().to_string();
+        Server { addr, proc }
+    }
+}
+
+/// Starts `ferry send --json` and waits for its code.
+pub fn start_send(server: &Server, args: &[&str]) -> (Proc, String) {
+    let mut cmd = ferry();
+    cmd.args(["send", "--json", "--server", &server.addr])
+        .args(args);
+    let mut proc = Proc::spawn(cmd);
+    let code = proc.wait_event("code", Duration::from_secs(30))["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (proc, code)
+}
+
+/// Starts `ferry receive --json CODE --out OUT` with extra arguments.
+pub fn start_receive(server: &Server, code: &str, out: &Path, args: &[&str]) -> Proc {
+    let mut cmd = ferry();
+    cmd.args(["receive", "--json", "--server", &server.addr, "--out"])
+        .arg(out)
+        .arg(code)
+        .args(args);
+    Proc::spawn(cmd)
+}
+
+/// Writes `len` random bytes to `path`.
+pub fn random_file(path: &Path, len: usize) {
+    use rand::RngCore;
+    let mut data = vec![0u8; len];
+    rand::thread_rng().fill_bytes(&mut data);
+    std::fs::write(path, data).unwrap();
+}
+
+/// Asserts that two files have the same bytes (without printing them).
+pub fn assert_same_file(a: &Path, b: &Path) {
+    let x = std::fs::read(a).unwrap_or_else(|e| panic!("read {}: {e}", a.display()));
+    let y = std::fs::read(b).unwrap_or_else(|e| panic!("read {}: {e}", b.display()));
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "{} and {} differ in length",
+        a.display(),
+        b.display()
+    );
+    assert!(x == y, "{} and {} differ", a.display(), b.display());
+}

@@ -1,0 +1,722 @@
+#!/usr/bin/env bash
+# ferry's network-namespace lab: real NATs emulated with Linux network
+# namespaces, veth pairs, nftables and tc, all on this one machine.
+# Needs root. IPv4 only for now (IPv6 is disabled in every lab namespace).
+#
+# COMMANDS
+#   lab.sh up TOPOLOGY [OPTIONS]   build a lab (tears down any previous one first)
+#   lab.sh down [--force]          remove everything `up` made (processes, namespaces,
+#                                  state); --force also removes stray fy-* namespaces
+#   lab.sh exec HOST [--] CMD...   run CMD inside HOST's namespace (exit code is CMD's)
+#   lab.sh addr HOST [N|--all]     HOST's main address (N: its N-th address, 1-based;
+#                                  --all: all of them, one per line)
+#   lab.sh status                  topology, hosts, addresses, NAT kinds, knobs, daemons
+#   lab.sh set loss HOST PERCENT [in|out|both]   random loss on HOST's uplink
+#                                  (PERCENT 0 removes it; default direction both)
+#   lab.sh set rate HOST RATE      tc tbf rate limit on HOST's uplink, both directions
+#                                  (RATE like 500kbit, 10mbit, 1gbit; "off" removes it)
+#   lab.sh stun start|stop         coturn STUN server (RFC 5780) on `server`, port 3478
+#                                  (and 3479) on both server addresses
+#   lab.sh ns HOST                 print the namespace name of HOST (for `ip netns exec`)
+#   lab.sh hosts                   print the host names of the running lab
+#
+# TOPOLOGIES (presets of `nat`)
+#   public            a and b have public addresses (their routers do not NAT)
+#   full-cone         both NATs full cone (endpoint-independent mapping and filtering)
+#   port-restricted   both NATs Linux masquerade: endpoint-independent mapping, port kept
+#                     where possible, address-and-port-dependent filtering
+#   symmetric         both NATs masquerade fully-random (new port per destination)
+#   udp-blocked       both port-restricted, and UDP from LAN to WAN is dropped
+#   tcp443-only       both port-restricted, and only TCP to port 443 may leave the LAN
+#   same-lan          a and b on ONE LAN behind nat-a (port-restricted, no hairpinning);
+#                     there is no nat-b
+#   upnp              both port-restricted, each NAT runs miniupnpd (UPnP IGD + NAT-PMP/PCP)
+#                     on its LAN (http://LAN-IP:5000/rootDesc.xml); a STUN server runs on
+#                     `server` because miniupnpd learns its external address by STUN. It
+#                     does so only at start: `lab.sh stun stop` afterwards frees UDP 3478
+#                     for ferry's own server. miniupnpc 2.2.4 calls the IGD "not connected"
+#                     (its external address is a documentation address): use `upnpc -i`.
+#   double-nat        a behind nat-a whose WAN is 100.64.1.2 (carrier-grade NAT space),
+#                     behind `cgn` (port-restricted, public WAN); b behind port-restricted nat-b
+#   nat               custom, with the options below
+#
+# OPTIONS of `up`
+#   --a KIND, --b KIND   kind of nat-a / nat-b: none|full-cone|port-restricted|symmetric|
+#                        udp-blocked|tcp443-only (default port-restricted, for `nat`)
+#   --cgn KIND           put nat-a behind a carrier-grade NAT `cgn` of that kind
+#   --same-lan           a and b share nat-a's LAN (b becomes 10.0.1.11; no nat-b)
+#   --upnp               run miniupnpd on every NAT router that NATs (implies --stun)
+#   --stun               start coturn's turnserver (STUN only, RFC 5780) on `server`
+#   --loss HOST:PERCENT[:in|out|both]   like `set loss`, repeatable
+#   --rate HOST:RATE                    like `set rate`, repeatable
+#
+# HOSTS (namespace = fy-HOST) and ADDRESSES
+#   inet     the "internet" router: 203.0.113.1 (to server), 198.51.100.1 (to nat-a),
+#            198.51.100.17 (to nat-b), 198.51.100.33 (to cgn)
+#   server   public host, TWO addresses: 203.0.113.10 (main) and 203.0.113.11
+#   nat-a    WAN 198.51.100.2 (or 100.64.1.2 behind cgn); LAN 10.0.1.1/24
+#   a        10.0.1.10 behind nat-a (kind none: 198.51.100.66, LAN 198.51.100.64/28)
+#   nat-b    WAN 198.51.100.18; LAN 192.168.2.1/24
+#   b        192.168.2.10 behind nat-b (kind none: 198.51.100.82, LAN 198.51.100.80/28;
+#            same-lan: 10.0.1.11 on nat-a's LAN)
+#   cgn      (only with --cgn / double-nat) WAN 198.51.100.34, LAN 100.64.1.1/24
+#   `addr HOST` prints the main address: a NAT router's WAN address, a peer's own
+#   (private) address, the server's first address, inet's 203.0.113.1.
+#   Interface names: peers and server `eth0`; NAT routers `wan` and `lan` (the LAN is
+#   a bridge); inet `to-server`, `to-nat-a`, `to-nat-b`, `to-cgn`.
+#   A host's "uplink" (for loss/rate) is `wan` on NAT routers and `eth0` elsewhere.
+#   Loss is an nftables `numgen random` drop on the uplink (prerouting for "in",
+#   postrouting for "out"); with "both" a ping round trip loses 1-(1-p)^2.
+#   Rate is a tc tbf qdisc on both ends of the uplink veth. No netem: no delay.
+#
+# STATE  /run/ferry-lab/ : namespaces (list, written before each is created),
+#   hosts (NAME ROLE KIND UPLINK ADDRS), topology, pids/ (daemons the lab started),
+#   logs/ (their output), knobs/, conf/. Only one lab at a time (flock on
+#   /run/ferry-lab.lock serializes up/down/set).
+#
+# Processes: `down` kills the daemons it started (by recorded PID, checked to live in a
+# lab namespace), then whatever still runs inside a lab namespace (things started via
+# `exec`), then deletes the namespaces; veths disappear with them. Nothing is ever
+# configured in the root namespace.
+set -euo pipefail
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+PREFIX=fy-
+STATE=/run/ferry-lab
+LOCK=/run/ferry-lab.lock
+KINDS="none full-cone port-restricted symmetric udp-blocked tcp443-only"
+TOPOLOGIES="public full-cone port-restricted symmetric udp-blocked tcp443-only same-lan upnp double-nat nat"
+STUN_PORT=3478
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+
+# ---------------------------------------------------------------- small helpers
+
+need_root() { [ "$(id -u)" -eq 0 ] || die "the lab needs root (network namespaces, nftables)"; }
+
+# ensure_tools: installs what the lab needs, once.
+ensure_tools() {
+    local want=()
+    command -v nft >/dev/null || want+=(nftables)
+    command -v ip >/dev/null || want+=(iproute2)
+    command -v tc >/dev/null || want+=(iproute2)
+    command -v conntrack >/dev/null || want+=(conntrack)
+    command -v miniupnpd >/dev/null || want+=(miniupnpd-nftables)
+    command -v upnpc >/dev/null || want+=(miniupnpc)
+    command -v turnserver >/dev/null || want+=(coturn)
+    command -v stun >/dev/null || want+=(stun-client)
+    command -v stund >/dev/null || want+=(stun-server)
+    command -v nc >/dev/null || want+=(netcat-openbsd)
+    command -v ping >/dev/null || want+=(iputils-ping)
+    [ ${#want[@]} -eq 0 ] && return 0
+    export DEBIAN_FRONTEND=noninteractive
+    apt_install "${want[@]}"
+    stop_system_services
+}
+
+# stop_system_services: Debian's packages may start system-wide daemons in the
+# root namespace; the lab wants none of them.
+stop_system_services() {
+    local svc
+    for svc in miniupnpd coturn; do
+        if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+            systemctl disable --now "$svc" >/dev/null 2>&1 || true
+        elif [ -x "/etc/init.d/$svc" ]; then
+            "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+        fi
+    done
+}
+
+ns() { printf '%s%s' "$PREFIX" "$1"; }
+# nsx HOST CMD...: run CMD in HOST's namespace
+nsx() { local h=$1; shift; ip netns exec "$(ns "$h")" "$@"; }
+host_exists() { [ -e "/run/netns/$(ns "$1")" ]; }
+lab_is_up() { [ -f "$STATE/topology" ]; }
+
+lock() {
+    mkdir -p "$(dirname "$LOCK")"
+    exec 9>"$LOCK"
+    flock -w 60 9 || die "another lab.sh up/down/set is still running (lock $LOCK)"
+}
+
+# host_field HOST N: field N of HOST's line in the hosts table
+# (1 NAME, 2 ROLE, 3 KIND, 4 UPLINK, 5 ADDRS comma-separated, 6 UPLINK-PEER ns:if)
+host_field() {
+    [ -f "$STATE/hosts" ] || die "no lab is up (run: lab.sh up TOPOLOGY)"
+    local v
+    v=$(awk -v h="$1" -v n="$2" '$1 == h { print $n; found=1 } END { exit !found }' "$STATE/hosts") \
+        || die "no host '$1' in the lab (hosts: $(cut -d' ' -f1 "$STATE/hosts" | tr '\n' ' '))"
+    printf '%s\n' "$v"
+}
+
+# ---------------------------------------------------------------- building blocks
+
+# add_host NAME ROLE KIND: a namespace with lo up, IPv6 off, forwarding on for routers
+add_host() {
+    local name=$1 role=$2 kind=$3 n fwd=0
+    n=$(ns "$name")
+    echo "$n" >>"$STATE/namespaces"          # recorded first, so `down` finds it after a crash
+    ip netns add "$n"
+    [ "$role" = router ] && fwd=1
+    ip netns exec "$n" sh -c "
+        [ -d /proc/sys/net/ipv6 ] && sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+        sysctl -qw net.ipv4.ip_forward=$fwd
+        sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+        ip link set lo up"
+    HOSTS_ROLE[$name]=$role
+    HOSTS_KIND[$name]=$kind
+    HOST_ORDER+=("$name")
+}
+
+# link H1 IF1 H2 IF2: a veth pair created directly between two lab namespaces
+link() {
+    ip -n "$(ns "$1")" link add "$2" type veth peer name "$4" netns "$(ns "$3")"
+    ip -n "$(ns "$1")" link set "$2" up
+    ip -n "$(ns "$3")" link set "$4" up
+}
+
+# bridge HOST NAME: a bridge (no STP, no multicast snooping) in HOST
+bridge() {
+    ip -n "$(ns "$1")" link add "$2" type bridge stp_state 0 mcast_snooping 0
+    ip -n "$(ns "$1")" link set "$2" up
+}
+enslave() { ip -n "$(ns "$1")" link set "$2" master "$3"; }
+addr_add() { ip -n "$(ns "$1")" addr add "$3" dev "$2"; }
+route_add() { local h=$1; shift; ip -n "$(ns "$h")" route add "$@"; }
+
+# record HOST UPLINK ADDRS UPLINK-PEER: a line of the hosts table
+record() {
+    HOSTS_UPLINK[$1]=$2
+    HOSTS_ADDRS[$1]=$3
+    HOSTS_PEER[$1]=$4
+}
+
+# nat_ruleset KIND: the nftables ruleset of a NAT router of that kind ("lan" -> "wan")
+nat_ruleset() {
+    local kind=$1
+    cat <<EOF
+table ip lab {
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        ct state established,related accept
+        ct state invalid drop
+EOF
+    case $kind in
+        udp-blocked) echo '        iifname "lan" oifname "wan" meta l4proto udp drop' ;;
+        tcp443-only) echo '        iifname "lan" oifname "wan" tcp dport 443 accept'
+                     echo '        iifname "lan" oifname "wan" drop' ;;
+    esac
+    cat <<EOF
+        # inbound that was DNATed (full-cone map, miniupnpd mappings) is solicited
+        iifname "wan" ct status dnat accept
+        # everything else new from outside: address-and-port-dependent filtering
+        iifname "wan" drop
+    }
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan" masquerade$([ "$kind" = symmetric ] && echo ' fully-random')
+    }
+EOF
+    if [ "$kind" = full-cone ]; then
+        # Full cone: remember public port -> internal address.port for every
+        # outbound flow (after masquerade chose the port), and DNAT any new
+        # inbound flow to that port back to the internal endpoint.
+        cat <<'EOF'
+    map fullcone {
+        type inet_proto . inet_service : ipv4_addr . inet_service
+        flags dynamic,timeout
+        timeout 180s
+    }
+    chain fullcone_learn {
+        type filter hook postrouting priority srcnat + 10; policy accept;
+        oifname "wan" ct direction original meta l4proto { tcp, udp } update @fullcone { meta l4proto . th sport : ct original ip saddr . ct original proto-src }
+    }
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname "wan" meta l4proto { tcp, udp } dnat ip to meta l4proto . th dport map @fullcone
+    }
+EOF
+    fi
+    echo "}"
+}
+
+# add_nat NAME KIND WAN_CIDR WAN_GW LAN_CIDR: configure router NAME (its `wan` and
+# `lan` interfaces must exist) as a NAT of KIND
+setup_router() {
+    local name=$1 kind=$2 wan_cidr=$3 wan_gw=$4 lan_cidr=$5
+    addr_add "$name" wan "$wan_cidr"
+    addr_add "$name" lan "$lan_cidr"
+    route_add "$name" default via "$wan_gw"
+    [ "$kind" = none ] && return 0
+    nat_ruleset "$kind" | nsx "$name" nft -f - || die "nftables rules for $name ($kind) failed"
+}
+
+# ---------------------------------------------------------------- knobs
+
+# apply_loss HOST: (re)writes HOST's loss table from $STATE/knobs/HOST.loss
+apply_loss() {
+    local h=$1 up pct dir f="$STATE/knobs/$1.loss"
+    up=$(host_field "$h" 4)
+    nsx "$h" nft delete table ip labloss 2>/dev/null || true
+    [ -f "$f" ] || return 0
+    read -r pct dir <"$f"
+    [ "$pct" -gt 0 ] || { rm -f "$f"; return 0; }
+    {
+        echo "table ip labloss {"
+        echo "  chain in { type filter hook prerouting priority raw - 10; policy accept;"
+        [ "$dir" != out ] && echo "    iifname \"$up\" numgen random mod 100 < $pct drop"
+        echo "  }"
+        echo "  chain out { type filter hook postrouting priority srcnat + 50; policy accept;"
+        [ "$dir" != in ] && echo "    oifname \"$up\" numgen random mod 100 < $pct drop"
+        echo "  }"
+        echo "}"
+    } | nsx "$h" nft -f - || die "could not set loss on $h"
+}
+
+set_loss() {
+    local h=$1 pct=$2 dir=${3:-both}
+    if ! [[ $pct =~ ^[0-9]+$ ]] || [ "$pct" -gt 100 ]; then
+        die "loss must be a whole percentage 0..100, not '$pct'"
+    fi
+    case $dir in in|out|both) ;; *) die "loss direction must be in, out or both, not '$dir'" ;; esac
+    [ "$(host_field "$h" 4)" != - ] || die "host $h has no uplink to put loss on"
+    mkdir -p "$STATE/knobs"
+    echo "$pct $dir" >"$STATE/knobs/$h.loss"
+    apply_loss "$h"
+}
+
+# rate_bytes RATE: bytes per second of a tc rate like 500kbit, 10mbit, 1gbit
+rate_bytes() {
+    local n u
+    [[ $1 =~ ^([0-9]+)(bit|kbit|mbit|gbit)$ ]] || die "rate must look like 500kbit, 10mbit or 1gbit, not '$1'"
+    n=${BASH_REMATCH[1]} u=${BASH_REMATCH[2]}
+    case $u in bit) echo $((n / 8)) ;; kbit) echo $((n * 1000 / 8)) ;; mbit) echo $((n * 1000000 / 8)) ;; gbit) echo $((n * 1000000000 / 8)) ;; esac
+}
+
+set_rate() {
+    local h=$1 rate=$2 up peer pns pif bps burst
+    up=$(host_field "$h" 4)
+    peer=$(host_field "$h" 6)
+    [ "$up" != - ] || die "host $h has no uplink to limit"
+    pns=${peer%%:*} pif=${peer#*:}
+    mkdir -p "$STATE/knobs"
+    if [ "$rate" = off ]; then
+        nsx "$h" tc qdisc del dev "$up" root 2>/dev/null || true
+        nsx "$pns" tc qdisc del dev "$pif" root 2>/dev/null || true
+        rm -f "$STATE/knobs/$h.rate"
+        return 0
+    fi
+    bps=$(rate_bytes "$rate")
+    [ "$bps" -gt 0 ] || die "rate too small: $rate"
+    burst=$((bps / 50)); [ "$burst" -lt 16000 ] && burst=16000    # >= 20 ms worth, >= 16 kB
+    nsx "$h" tc qdisc replace dev "$up" root tbf rate "$rate" burst "$burst" latency 200ms
+    nsx "$pns" tc qdisc replace dev "$pif" root tbf rate "$rate" burst "$burst" latency 200ms
+    echo "$rate" >"$STATE/knobs/$h.rate"
+}
+
+# ---------------------------------------------------------------- daemons
+
+# start_daemon NAME HOST PIDFILE-OR-- CMD...: runs CMD in HOST's namespace in the
+# background, output to logs/NAME.log, PID recorded in pids/NAME
+start_daemon() {
+    local name=$1 host=$2; shift 2
+    mkdir -p "$STATE/pids" "$STATE/logs"
+    ip netns exec "$(ns "$host")" "$@" </dev/null >"$STATE/logs/$name.log" 2>&1 9>&- &
+    echo "$! $(ns "$host")" >"$STATE/pids/$name"
+}
+
+daemon_alive() {
+    local pid nsn
+    [ -f "$STATE/pids/$1" ] || return 1
+    read -r pid nsn <"$STATE/pids/$1"
+    pid_in_ns "$pid" "$nsn"
+}
+
+# pid_in_ns PID NS: PID is alive and lives in lab namespace NS (guards against reuse)
+pid_in_ns() {
+    [ -e "/proc/$1" ] && [ -e "/run/netns/$2" ] || return 1
+    [ "$(stat -L -c %i "/proc/$1/ns/net" 2>/dev/null)" = "$(stat -L -c %i "/run/netns/$2" 2>/dev/null)" ]
+}
+
+stop_daemon() {
+    local pid nsn
+    [ -f "$STATE/pids/$1" ] || return 0
+    read -r pid nsn <"$STATE/pids/$1"
+    if pid_in_ns "$pid" "$nsn"; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 30); do pid_in_ns "$pid" "$nsn" || break; sleep 0.1; done
+        if pid_in_ns "$pid" "$nsn"; then kill -9 "$pid" 2>/dev/null || true; fi
+    fi
+    rm -f "$STATE/pids/$1"
+}
+
+# wait_listen HOST PROTO(u|t) ADDR-REGEX SECONDS NAME: waits until a socket listens
+# on a local address matching ADDR-REGEX (e.g. '203\.0\.113\.11:3479' or '.*:5000')
+wait_listen() {
+    local h=$1 p=$2 what=$3 secs=$4 name=$5
+    for _ in $(seq 1 $((secs * 10))); do
+        nsx "$h" ss -H -n -l -"$p" 2>/dev/null | awk '{print $4}' | grep -qxE -- "$what" && return 0
+        daemon_alive "$name" || break
+        sleep 0.1
+    done
+    die "$name did not come up in $secs s (waiting for $what/$p on $h); log: $(tail -n 20 "$STATE/logs/$name.log" 2>/dev/null)"
+}
+
+stun_start() {
+    host_exists server || die "no lab is up"
+    daemon_alive stun && return 0
+    local ip1 ip2
+    ip1=$(addr_of server 1) ip2=$(addr_of server 2)
+    start_daemon stun server turnserver -n -L "$ip1" -L "$ip2" --listening-port "$STUN_PORT" \
+        --no-auth --fingerprint --stun-only --no-tls --no-dtls --no-cli \
+        --log-file=stdout --simple-log --pidfile "$STATE/pids/stun.turnserver.pid"
+    wait_listen server u "${ip2//./\\.}:$((STUN_PORT + 1))" 10 stun
+}
+stun_stop() { stop_daemon stun; }
+
+# miniupnpd_start ROUTER: miniupnpd on ROUTER's `lan`, external interface `wan`;
+# it learns its external address by STUN from the lab's server (it refuses the
+# documentation ranges as "private" otherwise).
+miniupnpd_start() {
+    local r=$1 lan_cidr conf uuid
+    lan_cidr=$(nsx "$r" ip -4 -o addr show dev lan | awk '{print $4; exit}')
+    mkdir -p "$STATE/conf"
+    conf="$STATE/conf/miniupnpd-$r.conf"
+    uuid=$(cat /proc/sys/kernel/random/uuid)
+    # miniupnpd's own nftables tables, created before it starts. Our forward chain
+    # (table ip lab) accepts DNATed inbound, so its forward chain only needs to accept.
+    nsx "$r" nft -f - <<'EOF'
+table inet upnp {
+    chain miniupnpd { }
+    chain forward { type filter hook forward priority filter - 5; policy accept; jump miniupnpd; }
+}
+table inet upnpnat {
+    chain prerouting_miniupnpd { }
+    chain postrouting_miniupnpd { }
+    chain prerouting { type nat hook prerouting priority dstnat - 5; policy accept; jump prerouting_miniupnpd; }
+    chain postrouting { type nat hook postrouting priority srcnat - 5; policy accept; jump postrouting_miniupnpd; }
+}
+EOF
+    cat >"$conf" <<EOF
+# written by ferry's scripts/lab.sh
+ext_ifname=wan
+listening_ip=lan
+http_port=5000
+enable_natpmp=yes
+enable_upnp=yes
+ext_perform_stun=yes
+ext_stun_host=$(addr_of server 1)
+ext_stun_port=$STUN_PORT
+upnp_table_name=upnp
+upnp_nat_table_name=upnpnat
+upnp_forward_chain=miniupnpd
+upnp_nat_chain=prerouting_miniupnpd
+upnp_nat_postrouting_chain=postrouting_miniupnpd
+secure_mode=yes
+system_uptime=yes
+notify_interval=30
+clean_ruleset_interval=600
+min_lifetime=60
+max_lifetime=86400
+uuid=$uuid
+allow 1024-65535 $lan_cidr 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+EOF
+    start_daemon "miniupnpd-$r" "$r" miniupnpd -d -f "$conf" -P "$STATE/pids/miniupnpd-$r.own.pid"
+    wait_listen "$r" t '.*:5000' 10 "miniupnpd-$r"
+}
+
+# ---------------------------------------------------------------- up / down
+
+addr_of() {
+    local h=$1 n=${2:-1} addrs
+    addrs=$(host_field "$h" 5)
+    if [ "$n" = --all ]; then tr ',' '\n' <<<"$addrs"; return 0; fi
+    [[ $n =~ ^[0-9]+$ ]] || die "usage: lab.sh addr HOST [N|--all]"
+    local v
+    v=$(tr ',' '\n' <<<"$addrs" | sed -n "${n}p")
+    [ -n "$v" ] || die "host $h has no address number $n (it has: $addrs)"
+    printf '%s\n' "$v"
+}
+
+write_state() {
+    local h
+    : >"$STATE/hosts.new"
+    for h in "${HOST_ORDER[@]}"; do
+        printf '%s %s %s %s %s %s\n' "$h" "${HOSTS_ROLE[$h]}" "${HOSTS_KIND[$h]}" \
+            "${HOSTS_UPLINK[$h]:--}" "${HOSTS_ADDRS[$h]:--}" "${HOSTS_PEER[$h]:--}" >>"$STATE/hosts.new"
+    done
+    mv "$STATE/hosts.new" "$STATE/hosts"
+}
+
+cmd_up() {
+    local topo=${1:-}; [ $# -gt 0 ] && shift
+    [ -n "$topo" ] || die "usage: lab.sh up TOPOLOGY [options] (topologies: $TOPOLOGIES)"
+    local ka=port-restricted kb=port-restricted kcgn='' same_lan='' upnp='' stun='' losses=() rates=()
+    case $topo in
+        public) ka=none kb=none ;;
+        full-cone|port-restricted|symmetric|udp-blocked|tcp443-only) ka=$topo kb=$topo ;;
+        same-lan) same_lan=1 ;;
+        upnp) upnp=1 ;;
+        double-nat) kcgn=port-restricted ;;
+        nat) ;;
+        *) die "unknown topology '$topo' (topologies: $TOPOLOGIES)" ;;
+    esac
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --a) ka=${2:?--a needs a KIND}; shift ;;
+            --b) kb=${2:?--b needs a KIND}; shift ;;
+            --cgn) kcgn=${2:?--cgn needs a KIND}; shift ;;
+            --same-lan) same_lan=1 ;;
+            --upnp) upnp=1 ;;
+            --stun) stun=1 ;;
+            --loss) losses+=("${2:?--loss needs HOST:PERCENT[:DIR]}"); shift ;;
+            --rate) rates+=("${2:?--rate needs HOST:RATE}"); shift ;;
+            -h|--help) usage; exit 0 ;;
+            *) die "unknown option '$1' for up" ;;
+        esac
+        shift
+    done
+    local k
+    for k in "$ka" "$kb" ${kcgn:+"$kcgn"}; do
+        [[ " $KINDS " == *" $k "* ]] || die "unknown NAT kind '$k' (kinds: $KINDS)"
+    done
+    [ -n "$upnp" ] && stun=1
+    if [ -n "$same_lan" ]; then kb=$ka; fi
+
+    need_root
+    ensure_tools
+    lock
+    do_down
+    mkdir -p "$STATE"/{pids,logs,knobs,conf}
+    : >"$STATE/namespaces"
+    # From here a failure (die, or a failing command under set -e) leaves a
+    # half-built lab: tear it down on the way out.
+    trap 'say "lab.sh up failed; tearing down"; do_down' EXIT
+
+    declare -gA HOSTS_ROLE=() HOSTS_KIND=() HOSTS_UPLINK=() HOSTS_ADDRS=() HOSTS_PEER=()
+    HOST_ORDER=()
+
+    # inet and server
+    add_host inet router none
+    add_host server host none
+    link inet to-server server eth0
+    addr_add inet to-server 203.0.113.1/24
+    addr_add server eth0 203.0.113.10/24
+    addr_add server eth0 203.0.113.11/24
+    route_add server default via 203.0.113.1
+    record inet - 203.0.113.1 -       # more addresses are appended as links are added
+    record server eth0 203.0.113.10,203.0.113.11 "inet:to-server"
+
+    # nat-a, either on inet directly or behind cgn
+    add_host nat-a router "$ka"
+    local a_wan
+    if [ -n "$kcgn" ]; then
+        add_host cgn router "$kcgn"
+        link inet to-cgn cgn wan
+        addr_add inet to-cgn 198.51.100.33/28
+        HOSTS_ADDRS[inet]+=,198.51.100.33
+        link cgn lan nat-a wan
+        setup_router cgn "$kcgn" 198.51.100.34/28 198.51.100.33 100.64.1.1/24
+        record cgn wan 198.51.100.34 "inet:to-cgn"
+        [ "$kcgn" = none ] && route_add inet 100.64.1.0/24 via 198.51.100.34
+        a_wan=100.64.1.2; local a_gw=100.64.1.1 a_wan_len=24 a_peer="cgn:lan"
+    else
+        link inet to-nat-a nat-a wan
+        addr_add inet to-nat-a 198.51.100.1/28
+        HOSTS_ADDRS[inet]+=,198.51.100.1
+        a_wan=198.51.100.2; local a_gw=198.51.100.1 a_wan_len=28 a_peer="inet:to-nat-a"
+    fi
+    bridge nat-a lan
+    local a_lan_net a_lan_gw a_ip
+    if [ "$ka" = none ]; then
+        a_lan_net=198.51.100.64/28 a_lan_gw=198.51.100.65 a_ip=198.51.100.66
+        if [ -n "$kcgn" ]; then
+            route_add cgn 198.51.100.64/28 via "$a_wan"
+            [ "$kcgn" = none ] && route_add inet 198.51.100.64/28 via 198.51.100.34
+        else
+            route_add inet 198.51.100.64/28 via "$a_wan"
+        fi
+    else
+        a_lan_net=10.0.1.0/24 a_lan_gw=10.0.1.1 a_ip=10.0.1.10
+    fi
+    setup_router nat-a "$ka" "$a_wan/$a_wan_len" "$a_gw" "$a_lan_gw/${a_lan_net#*/}"
+    record nat-a wan "$a_wan" "$a_peer"
+
+    add_host a host none
+    link nat-a lan-a a eth0
+    enslave nat-a lan-a lan
+    addr_add a eth0 "$a_ip/${a_lan_net#*/}"
+    route_add a default via "$a_lan_gw"
+    record a eth0 "$a_ip" "nat-a:lan-a"
+
+    # b: on nat-a's LAN (same-lan) or behind its own nat-b
+    if [ -n "$same_lan" ]; then
+        local b_ip=${a_ip%.*}.$(( ${a_ip##*.} + 1 ))
+        add_host b host none
+        link nat-a lan-b b eth0
+        enslave nat-a lan-b lan
+        addr_add b eth0 "$b_ip/${a_lan_net#*/}"
+        route_add b default via "$a_lan_gw"
+        record b eth0 "$b_ip" "nat-a:lan-b"
+    else
+        add_host nat-b router "$kb"
+        link inet to-nat-b nat-b wan
+        addr_add inet to-nat-b 198.51.100.17/28
+        HOSTS_ADDRS[inet]+=,198.51.100.17
+        bridge nat-b lan
+        local b_lan_net b_lan_gw b_ip
+        if [ "$kb" = none ]; then
+            b_lan_net=198.51.100.80/28 b_lan_gw=198.51.100.81 b_ip=198.51.100.82
+            route_add inet 198.51.100.80/28 via 198.51.100.18
+        else
+            b_lan_net=192.168.2.0/24 b_lan_gw=192.168.2.1 b_ip=192.168.2.10
+        fi
+        setup_router nat-b "$kb" 198.51.100.18/28 198.51.100.17 "$b_lan_gw/${b_lan_net#*/}"
+        record nat-b wan 198.51.100.18 "inet:to-nat-b"
+        add_host b host none
+        link nat-b lan-b b eth0
+        enslave nat-b lan-b lan
+        addr_add b eth0 "$b_ip/${b_lan_net#*/}"
+        route_add b default via "$b_lan_gw"
+        record b eth0 "$b_ip" "nat-b:lan-b"
+    fi
+
+    # rp_filter off on every interface (the "all" value is already 0)
+    local h
+    for h in "${HOST_ORDER[@]}"; do
+        # shellcheck disable=SC2016  # $f expands in the namespace's shell
+        nsx "$h" sh -c 'for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo 0 >"$f"; done'
+    done
+
+    write_state
+    {
+        echo "TOPOLOGY=$topo"
+        echo "KIND_A=$ka"
+        echo "KIND_B=$([ -n "$same_lan" ] && echo same-lan-as-a || echo "$kb")"
+        echo "KIND_CGN=${kcgn:-}"
+        echo "SAME_LAN=${same_lan:-0}"
+        echo "UPNP=${upnp:-0}"
+    } >"$STATE/topology.new"
+
+    # knobs
+    local spec
+    for spec in "${losses[@]}"; do
+        IFS=: read -r h k d <<<"$spec"
+        set_loss "$h" "$k" "${d:-both}"
+    done
+    for spec in "${rates[@]}"; do
+        IFS=: read -r h k <<<"$spec"
+        set_rate "$h" "$k"
+    done
+
+    # daemons
+    [ -n "$stun" ] && stun_start
+    if [ -n "$upnp" ]; then
+        for h in nat-a nat-b; do
+            host_exists "$h" && [ "${HOSTS_KIND[$h]}" != none ] && miniupnpd_start "$h"
+        done
+    fi
+    mv "$STATE/topology.new" "$STATE/topology"
+    trap - EXIT
+    say "lab up: $topo (nat-a: $ka, b: $(sed -n 's/^KIND_B=//p' "$STATE/topology")${kcgn:+, cgn: $kcgn}${upnp:+, miniupnpd}${stun:+, stun on server})"
+}
+
+# do_down [--force]: everything `up` made goes, in reverse order; bounded waits
+do_down() {
+    local force=${1:-} f n pid
+    if [ -d "$STATE/pids" ]; then
+        for f in "$STATE"/pids/*; do
+            [ -f "$f" ] || continue
+            case $f in *.pid) continue ;; esac      # daemons' own pid files
+            stop_daemon "$(basename "$f")"
+        done
+    fi
+    local nss=()
+    [ -f "$STATE/namespaces" ] && mapfile -t nss <"$STATE/namespaces"
+    if [ "$force" = --force ]; then
+        mapfile -t -O "${#nss[@]}" nss < <(ip netns list | awk '{print $1}' | grep "^$PREFIX" || true)
+    fi
+    # whatever still runs inside a lab namespace was started through the lab (`exec`)
+    local left=()
+    for n in "${nss[@]}"; do
+        [ -e "/run/netns/$n" ] || continue
+        mapfile -t -O "${#left[@]}" left < <(ip netns pids "$n" 2>/dev/null || true)
+    done
+    if [ ${#left[@]} -gt 0 ]; then
+        kill "${left[@]}" 2>/dev/null || true
+        for _ in $(seq 1 30); do
+            local alive=0
+            for pid in "${left[@]}"; do [ -e "/proc/$pid" ] && alive=1; done
+            [ $alive -eq 0 ] && break
+            sleep 0.1
+        done
+        kill -9 "${left[@]}" 2>/dev/null || true
+    fi
+    for n in "${nss[@]}"; do
+        [ -e "/run/netns/$n" ] && { ip netns delete "$n" 2>/dev/null || say "could not delete namespace $n"; }
+    done
+    rm -rf "$STATE"
+}
+
+cmd_down() { need_root; lock; do_down "${1:-}"; }
+
+# ---------------------------------------------------------------- status
+
+cmd_status() {
+    lab_is_up || { echo "no lab is up"; return 0; }
+    echo "topology: $(sed -n 's/^TOPOLOGY=//p' "$STATE/topology")"
+    sed -n 's/^\(KIND_A\|KIND_B\|KIND_CGN\|UPNP\)=\(..*\)$/  \1=\2/p' "$STATE/topology"
+    printf '%-8s %-14s %-7s %-7s %-30s %s\n' HOST NAMESPACE ROLE UPLINK ADDRESSES "NAT/KNOBS"
+    local name role kind up addrs peer extra
+    while read -r name role kind up addrs peer; do
+        extra=""
+        [ "$role" = router ] && [ "$name" != inet ] && extra="nat=$kind lan=$(nsx "$name" ip -4 -o addr show dev lan 2>/dev/null | awk '{print $4}' | tr '\n' ' ')"
+        [ -f "$STATE/knobs/$name.loss" ] && extra="$extra loss=$(awk '{print $1 "%/" $2}' "$STATE/knobs/$name.loss")"
+        [ -f "$STATE/knobs/$name.rate" ] && extra="$extra rate=$(cat "$STATE/knobs/$name.rate")"
+        printf '%-8s %-14s %-7s %-7s %-30s %s\n' "$name" "$(ns "$name")" "$role" "$up" "$addrs" "$extra"
+    done <"$STATE/hosts"
+    local f d
+    for f in "$STATE"/pids/*; do
+        [ -f "$f" ] || continue
+        d=$(basename "$f"); case $d in *.pid) continue ;; esac
+        if daemon_alive "$d"; then echo "daemon $d: running (pid $(cut -d' ' -f1 "$f"), log $STATE/logs/$d.log)"
+        else echo "daemon $d: DEAD (log $STATE/logs/$d.log)"; fi
+    done
+}
+
+# ---------------------------------------------------------------- main
+
+main() {
+    local cmd=${1:-}; [ $# -gt 0 ] && shift
+    case $cmd in
+        up) cmd_up "$@" ;;
+        down) cmd_down "$@" ;;
+        exec)
+            local h=${1:?usage: lab.sh exec HOST [--] CMD...}; shift
+            [ "${1:-}" = -- ] && shift
+            [ $# -gt 0 ] || die "usage: lab.sh exec HOST [--] CMD..."
+            host_exists "$h" || die "no host '$h' in the lab (is it up? hosts: $(cut -d' ' -f1 "$STATE/hosts" 2>/dev/null | tr '\n' ' '))"
+            exec ip netns exec "$(ns "$h")" "$@" ;;
+        addr) addr_of "${1:?usage: lab.sh addr HOST [N|--all]}" "${2:-1}" ;;
+        ns) host_field "${1:?usage: lab.sh ns HOST}" 1 >/dev/null; ns "$1"; echo ;;
+        hosts) host_field inet 1 >/dev/null; cut -d' ' -f1 "$STATE/hosts" ;;
+        status) cmd_status ;;
+        set)
+            need_root; lab_is_up || die "no lab is up"; lock
+            case ${1:-} in
+                loss) set_loss "${2:?usage: lab.sh set loss HOST PERCENT [in|out|both]}" "${3:?percent}" "${4:-both}" ;;
+                rate) set_rate "${2:?usage: lab.sh set rate HOST RATE|off}" "${3:?rate}" ;;
+                *) die "usage: lab.sh set loss|rate HOST VALUE" ;;
+            esac ;;
+        stun)
+            need_root; lab_is_up || die "no lab is up"; lock
+            case ${1:-} in start) stun_start ;; stop) stun_stop ;; *) die "usage: lab.sh stun start|stop" ;; esac ;;
+        -h|--help|help) usage ;;
+        "") usage >&2; exit 2 ;;
+        *) die "unknown command '$cmd' (try lab.sh --help)" ;;
+    esac
+}
+
+main "$@"

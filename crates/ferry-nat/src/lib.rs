@@ -7,8 +7,10 @@
 //!   plus thin tokio drivers for UDP and TCP.
 //! - [`behaviour`]: a sans-IO RFC 5780 NAT behaviour discovery procedure
 //!   (mapping, filtering, port preservation) built on the STUN client.
+//! - [`upnp`]: UPnP IGD port mapping (discovery, mappings with lease
+//!   renewal and removal on exit, a one-shot probe for reports).
 //!
-//! Not here (yet): UPnP IGD port mapping, the `ferry nat` command.
+//! Not here: the `ferry nat` command (it lives in the binary).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -17,5 +19,6 @@
 pub mod addr;
 pub mod behaviour;
 pub mod stun;
+pub mod upnp;
 
 pub use addr::{AddrClass, Interface, classify, interfaces};

@@ -60,7 +60,7 @@ pub const MAX_CANDIDATES: usize = 32;
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// Sent by the listener on the one connection it chose.
-const CONFIRMATION: &[u8; 8] = b"ferry-ok";
+pub(crate) const CONFIRMATION: &[u8; 8] = b"ferry-ok";
 
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -342,7 +342,9 @@ async fn attempt(
     }
 }
 
-async fn confirm(tls: &mut tokio_rustls::server::TlsStream<TcpStream>) -> io::Result<()> {
+pub(crate) async fn confirm(
+    tls: &mut tokio_rustls::server::TlsStream<TcpStream>,
+) -> io::Result<()> {
     tls.write_all(CONFIRMATION).await?;
     tls.flush().await
 }
@@ -363,7 +365,7 @@ fn local_port(listener: &TcpListener) -> Option<u16> {
 }
 
 /// Maps a socket or TLS error to what the user should hear about it.
-fn classify_io(error: io::Error) -> FailureReason {
+pub(crate) fn classify_io(error: io::Error) -> FailureReason {
     if let Some(tls) = error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())

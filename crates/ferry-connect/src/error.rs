@@ -77,6 +77,69 @@ pub enum ConnectError {
         /// Each candidate and why it failed, best candidate first.
         failures: Vec<CandidateFailure>,
     },
+
+    // ---- TCP simultaneous open (simopen.rs) ----
+    /// The local address for TCP simultaneous open could not be bound,
+    /// usually because the signalling connection holds the port without
+    /// `SO_REUSEADDR`/`SO_REUSEPORT`.
+    #[error(
+        "could not reuse local TCP address {local} for a simultaneous open: {source}; \
+         the signalling connection must be opened with simopen::connect_from so its port can be shared"
+    )]
+    SimultaneousOpenBind {
+        /// The local address that was to be reused.
+        local: std::net::SocketAddr,
+        /// The underlying socket error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// TCP simultaneous open gave no confirmed connection before the deadline.
+    #[error(
+        "TCP simultaneous open from {local} to {remote} failed after {waited:?}: {}; {}",
+        crate::simopen::describe_attempts(.attempts),
+        crate::simopen::failure_hint(.attempts)
+    )]
+    SimultaneousOpenFailed {
+        /// Our local address (the signalling port).
+        local: std::net::SocketAddr,
+        /// The peer's public address that was connected to.
+        remote: std::net::SocketAddr,
+        /// From the agreed start time to giving up.
+        waited: Duration,
+        /// Why each attempt failed, in order.
+        attempts: Vec<FailureReason>,
+    },
+
+    // ---- UDP hole punching and QUIC (punch.rs, quic.rs) ----
+    /// UDP hole punching found no path both peers agree on.
+    #[error(
+        "UDP hole punching found no path to the peer within {waited:?}: {why}; \
+         the peers' NATs may not allow it (another path may still work)"
+    )]
+    PunchFailed {
+        /// What was seen.
+        why: crate::punch::PunchFailure,
+        /// How long we tried.
+        waited: Duration,
+    },
+
+    /// The UDP socket for punching or QUIC could not be used.
+    #[error("could not use the UDP socket: {source}")]
+    UdpSocket {
+        /// The underlying socket error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// QUIC over the punched path failed.
+    #[error("QUIC over the punched UDP path to {remote} failed: {reason}")]
+    Quic {
+        /// The peer address QUIC ran to or accepted from.
+        remote: SocketAddr,
+        /// What went wrong.
+        reason: FailureReason,
+    },
 }
 
 /// Why one candidate address failed.

@@ -34,11 +34,17 @@
 mod address;
 pub mod direct;
 mod error;
+pub mod punch;
+pub mod quic;
 pub mod session;
+pub mod simopen;
 pub mod tls;
 
 pub use direct::{DirectListener, connect_first};
 pub use error::{CandidateFailure, ConnectError, FailureReason};
 pub use ferry_proto::peer::{Candidate, CandidateKind, Transport};
+pub use punch::{PunchResult, punch};
+pub use quic::{QuicStream, quic_connect};
 pub use session::{PeerLink, SessionError};
+pub use simopen::{SimOpenSchedule, bind_reusable, connect_from, simultaneous_open};
 pub use tls::{Identity, certificate_fingerprint, tls_acceptor, tls_connector};

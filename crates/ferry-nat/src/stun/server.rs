@@ -24,6 +24,12 @@
 //! - Non-STUN bytes, bad FINGERPRINT, responses, indications and methods
 //!   other than Binding are dropped (`None`), logged at debug. Requests with
 //!   MESSAGE-INTEGRITY are dropped too: this server has no credentials.
+//! - Classic RFC 3489 requests (no magic cookie, a 128-bit transaction id;
+//!   e.g. the `stun` client of the stun-client package) get a classic
+//!   answer, encoded here by hand since stun-rs only speaks RFC 8489:
+//!   MAPPED-ADDRESS, SOURCE-ADDRESS and, with an [`AltConfig`],
+//!   CHANGED-ADDRESS; CHANGE-REQUEST picks the socket as above (and is
+//!   ignored when there is no alternate address, as RFC 3489 servers did).
 
 use std::net::SocketAddr;
 
@@ -114,6 +120,9 @@ pub fn respond(
     local: SocketAddr,
     alt: Option<AltConfig>,
 ) -> Option<Response> {
+    if let Some(response) = respond_rfc3489(request, from, local, alt) {
+        return Some(response);
+    }
     let msg = match super::decode(request) {
         Ok(msg) => msg,
         Err(why) => {
@@ -196,8 +205,105 @@ pub fn respond(
     }
 }
 
+/// RFC 3489 attribute types.
+const ATTR_MAPPED_ADDRESS: u16 = 0x0001;
+const ATTR_CHANGE_REQUEST: u16 = 0x0003;
+const ATTR_SOURCE_ADDRESS: u16 = 0x0004;
+const ATTR_CHANGED_ADDRESS: u16 = 0x0005;
+const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+
+/// Answers a classic RFC 3489 Binding request (no magic cookie); `None` for
+/// anything else, which then goes to the RFC 8489 path.
+fn respond_rfc3489(
+    request: &[u8],
+    from: SocketAddr,
+    local: SocketAddr,
+    alt: Option<AltConfig>,
+) -> Option<Response> {
+    if request.len() < 20 || request[4..8] == MAGIC_COOKIE || request[0..2] != [0x00, 0x01] {
+        return None;
+    }
+    let length = usize::from(u16::from_be_bytes([request[2], request[3]]));
+    if length % 4 != 0 || request.len() != 20 + length {
+        return None;
+    }
+    let mut change = 0u32;
+    let mut attrs = &request[20..];
+    while attrs.len() >= 4 {
+        let kind = u16::from_be_bytes([attrs[0], attrs[1]]);
+        let len = usize::from(u16::from_be_bytes([attrs[2], attrs[3]]));
+        let value = attrs.get(4..4 + len)?;
+        if kind == ATTR_CHANGE_REQUEST && len == 4 {
+            change = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
+        }
+        attrs = attrs.get(4 + len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    let (change_ip, change_port) = (change & 0x4 != 0, change & 0x2 != 0);
+    let alt = alt.filter(|a| a.is_valid());
+    let send_from = alt
+        .and_then(|a| a.changed(local, change_ip, change_port))
+        .unwrap_or(local);
+    let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+    let (SocketAddr::V4(mapped), SocketAddr::V4(source)) = (from, send_from) else {
+        return None; // RFC 3489 is IPv4 only
+    };
+    let mut body = Vec::with_capacity(36);
+    let mut put = |kind: u16, addr: std::net::SocketAddrV4| {
+        body.extend_from_slice(&kind.to_be_bytes());
+        body.extend_from_slice(&8u16.to_be_bytes());
+        body.extend_from_slice(&[0, 1]);
+        body.extend_from_slice(&addr.port().to_be_bytes());
+        body.extend_from_slice(&addr.ip().octets());
+    };
+    put(ATTR_MAPPED_ADDRESS, mapped);
+    put(ATTR_SOURCE_ADDRESS, source);
+    if let Some(SocketAddr::V4(changed)) = alt.and_then(|a| a.changed(local, true, true)) {
+        put(ATTR_CHANGED_ADDRESS, changed);
+    }
+    let mut payload = Vec::with_capacity(20 + body.len());
+    payload.extend_from_slice(&[0x01, 0x01]);
+    payload.extend_from_slice(&u16::try_from(body.len()).ok()?.to_be_bytes());
+    payload.extend_from_slice(&request[4..20]);
+    payload.extend_from_slice(&body);
+    Some(Response {
+        send_from,
+        dst: from,
+        payload,
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn classic_rfc3489_request_gets_classic_answer() {
+        use std::net::{Ipv4Addr, SocketAddrV4};
+        let v4 = |a, b, c, d, p| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), p));
+        let alt = AltConfig {
+            primary: v4(203, 0, 113, 10, 3478),
+            alternate: v4(203, 0, 113, 11, 3479),
+        };
+        // Binding request, 8 bytes of attributes: CHANGE-REQUEST change IP + port.
+        let mut request = vec![0x00, 0x01, 0x00, 0x08];
+        request.extend_from_slice(&[7u8; 16]);
+        request.extend_from_slice(&[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 6]);
+        let from = v4(198, 51, 100, 2, 40000);
+        let response = super::respond(&request, from, alt.primary, Some(alt)).unwrap();
+        assert_eq!(response.send_from, v4(203, 0, 113, 11, 3479));
+        assert_eq!(response.dst, from);
+        let mut want = vec![0x01, 0x01, 0x00, 36];
+        want.extend_from_slice(&[7u8; 16]);
+        want.extend_from_slice(&[0, 1, 0, 8, 0, 1, 0x9c, 0x40, 198, 51, 100, 2]);
+        want.extend_from_slice(&[0, 4, 0, 8, 0, 1, 0x0d, 0x97, 203, 0, 113, 11]);
+        want.extend_from_slice(&[0, 5, 0, 8, 0, 1, 0x0d, 0x97, 203, 0, 113, 11]);
+        assert_eq!(response.payload, want);
+        // Without the alternate address: answered from where it came, no CHANGED-ADDRESS.
+        let response = super::respond(&request, from, alt.primary, None).unwrap();
+        assert_eq!(response.send_from, alt.primary);
+        assert_eq!(response.payload.len(), 20 + 24);
+        // A truncated classic request is dropped.
+        assert!(super::respond(&request[..24], from, alt.primary, None).is_none());
+    }
+
     use super::*;
     use crate::stun::{BindingRequest, encode_binding_request};
 

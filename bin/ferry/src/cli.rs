@@ -59,6 +59,21 @@ pub enum Command {
     /// Run the rendezvous server (self-hosted) that peers meet at.
     #[command(after_help = EXIT_CODES_HELP)]
     Serve(ServeArgs),
+    /// Tell what network this is: NAT mapping and filtering, public
+    /// addresses, UPnP, and whether direct connections will work.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Nat(NatArgs),
+}
+
+/// `ferry nat`.
+#[derive(Debug, Args)]
+pub struct NatArgs {
+    /// UDP port of the server's STUN responder.
+    #[arg(long, default_value_t = 3478, value_name = "PORT")]
+    pub stun_port: u16,
+
+    #[command(flatten)]
+    pub server: ServerArg,
 }
 
 /// Where the rendezvous server is.
@@ -140,6 +155,26 @@ pub struct ServeArgs {
     /// Most simultaneous client connections from one IP address.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub max_connections_per_ip: usize,
+
+    /// UDP (and TCP) address of the STUN responder that tells clients
+    /// their public address. Use a specific IP, not 0.0.0.0, with
+    /// --stun-alt-ip.
+    #[arg(long, default_value = "0.0.0.0:3478", value_name = "ADDR:PORT")]
+    pub stun_listen: SocketAddr,
+
+    /// A second UDP port for STUN on the same IP (0: any free port).
+    #[arg(long, default_value_t = 3479, value_name = "PORT")]
+    pub stun_second_port: u16,
+
+    /// A second IP address of this server: enables RFC 5780 NAT behaviour
+    /// tests (OTHER-ADDRESS, CHANGE-REQUEST) so `ferry nat` can tell how a
+    /// client's NAT filters.
+    #[arg(long, value_name = "IP")]
+    pub stun_alt_ip: Option<std::net::IpAddr>,
+
+    /// Do not run the STUN responder.
+    #[arg(long, conflicts_with_all = ["stun_alt_ip"])]
+    pub no_stun: bool,
 }
 
 #[cfg(test)]

@@ -53,6 +53,10 @@ impl Failure {
     pub fn usage(message: impl Into<String>) -> anyhow::Error {
         Self::error(USAGE, message)
     }
+    /// Network trouble.
+    pub fn network(message: impl Into<String>) -> anyhow::Error {
+        Self::error(NETWORK, message)
+    }
     /// The peer declined, cancelled or vanished.
     pub fn peer_gone(message: impl Into<String>) -> anyhow::Error {
         Self::error(PEER, message)

@@ -5,6 +5,7 @@
 
 mod cli;
 mod exit;
+mod nat;
 mod output;
 mod receive;
 mod send;
@@ -22,6 +23,8 @@ fn main() {
     let cli = Cli::parse();
     install_logging(cli.verbose, matches!(cli.command, Command::Serve(_)));
     let mut out = Output::new(cli.json);
+    // The server handles Ctrl-C itself (graceful shutdown, exit 0).
+    let is_server = matches!(cli.command, Command::Serve(_));
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -36,6 +39,7 @@ fn main() {
                 Command::Send(args) => send::run(args, &mut out).await,
                 Command::Receive(args) => receive::run(args, &mut out).await,
                 Command::Serve(args) => serve::run(args, &mut out).await,
+                Command::Nat(args) => nat::run(args, &mut out).await,
             }
         };
         tokio::select! {
@@ -48,7 +52,7 @@ fn main() {
                     code
                 }
             },
-            _ = tokio::signal::ctrl_c() => {
+            _ = tokio::signal::ctrl_c(), if !is_server => {
                 Output::new(cli.json).error(
                     "interrupted; run the same command again to resume (partial files are kept as .ferry-part)",
                     exit::INTERRUPTED,

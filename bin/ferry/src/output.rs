@@ -102,7 +102,7 @@ impl Output {
             let due = self
                 .last_plain
                 .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5));
-            if due && total > 0 && done < total {
+            if due && done > 0 && done < total {
                 self.last_plain = Some(now);
                 self.say(format!(
                     "progress: {} of {} ({}%)",
@@ -150,11 +150,11 @@ pub fn announce_path(link: &ferry_connect::PeerLink, out: &Output) {
         }),
     );
     out.say(format!(
-        "Connected: {}, {} ⇄ {}, in {:.2} s",
+        "Connected: {}, {} ⇄ {}, in {}",
         link.path,
         link.local,
         link.remote,
-        link.connect_time.as_secs_f64()
+        short_duration(link.connect_time)
     ));
 }
 
@@ -191,4 +191,13 @@ pub fn announce_done(report: &ferry_transfer::Report, path: &str, verb: &str, ou
         secs,
         rate(report.bytes_transferred, report.elapsed),
     ));
+}
+
+/// "0.21 s", or "4 ms" below a tenth of a second.
+pub fn short_duration(d: Duration) -> String {
+    if d < Duration::from_millis(100) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
 }

@@ -170,7 +170,16 @@ pub struct Server {
 impl Server {
     pub fn start() -> Server {
         let mut cmd = ferry();
-        cmd.args(["serve", "--json", "--listen", "127.0.0.1:0"]);
+        cmd.args([
+            "serve",
+            "--json",
+            "--listen",
+            "127.0.0.1:0",
+            "--stun-listen",
+            "127.0.0.1:0",
+            "--stun-second-port",
+            "0",
+        ]);
         let mut proc = Proc::spawn(cmd);
         let ev = proc.wait_event("listening", Duration::from_secs(20));
         let addr = ev["signal"].as_str().unwrap().to_string();

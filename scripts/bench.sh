@@ -26,7 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-"$FERRY" serve --listen 127.0.0.1:0 --json >"$work/server.out" 2>/dev/null &
+"$FERRY" serve --listen 127.0.0.1:0 --stun-listen 127.0.0.1:0 --stun-second-port 0 --json >"$work/server.out" 2>/dev/null &
 pids+=($!)
 port=
 for _ in $(seq 1 100); do

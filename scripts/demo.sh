@@ -21,7 +21,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 say "starting the rendezvous server on 127.0.0.1 (ferry serve)"
-"$FERRY" serve --listen 127.0.0.1:0 --json >"$work/server.out" 2>"$work/server.log" &
+"$FERRY" serve --listen 127.0.0.1:0 --stun-listen 127.0.0.1:0 --stun-second-port 0 --json >"$work/server.out" 2>"$work/server.log" &
 pids+=($!)
 port=
 for _ in $(seq 1 100); do

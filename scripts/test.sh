@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
 # Runs all of ferry's tests: formatting, clippy, unit and integration tests
-# (a real rendezvous server and real clients on loopback). Installs what it
-# needs on a fresh Debian machine.
+# (a real rendezvous server and real clients on loopback), then, as root,
+# the network-namespace lab: the lab's self-test (real nftables NATs of each
+# kind, measured with coturn's tools) and ferry's end-to-end tests in it.
+# Installs what it needs on a fresh Debian machine.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh --quick    skip fmt and clippy
+#   scripts/test.sh --no-lab   skip the lab (also skipped, with a note, when not root)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$FERRY_ROOT"
 
-quick=
-[ "${1:-}" = "--quick" ] && quick=1
+quick= lab=1
+for arg in "$@"; do
+    case $arg in
+        --quick) quick=1 ;;
+        --no-lab) lab= ;;
+        *) die "unknown option $arg (see the top of $0)" ;;
+    esac
+done
 
 ensure_rust
 if [ -z "$quick" ]; then
@@ -21,4 +30,17 @@ if [ -z "$quick" ]; then
 fi
 say "cargo test (unit and loopback integration tests)"
 cargo test --workspace --locked 2>&1
+
+if [ -z "$lab" ]; then
+    say "lab tests skipped (--no-lab)"
+elif [ "$(id -u)" -ne 0 ]; then
+    say "lab tests skipped: they need root for network namespaces (run: sudo scripts/test.sh)"
+else
+    cargo build --locked -p ferry
+    export FERRY="$FERRY_ROOT/target/debug/ferry"
+    say "lab self-test: each NAT topology measured with real tools"
+    scripts/lab-selftest.sh
+    say "lab: ferry nat in every topology, against real STUN peers"
+    scripts/e2e-nat.sh
+fi
 say "all tests passed"

@@ -40,6 +40,15 @@ pub enum PeerToPeer {
         /// Human-readable reason.
         reason: String,
     },
+    /// During the race: this side's attempts on `path` all failed (e.g. the
+    /// receiver could not connect to any of the sender's TCP addresses), so
+    /// the other side need not wait for it.
+    PathFailed {
+        /// The path's short name (`tcp`, `quic`, ...).
+        path: String,
+        /// Why, for the log.
+        why: String,
+    },
 }
 
 /// One address at which a peer may be reachable.

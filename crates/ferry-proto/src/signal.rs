@@ -95,6 +95,9 @@ pub enum ServerToClient {
         /// How often the server pings, in seconds; clients should ping at
         /// the same rate and give up after three silent intervals.
         heartbeat_secs: u32,
+        /// UDP port of the server's STUN responder on the same host, if it runs one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stun_port: Option<u16>,
     },
     /// Answer to `allocate`: the client now holds this nameplate.
     Allocated {
@@ -288,7 +291,8 @@ mod tests {
             encoded(&ServerToClient::Welcome {
                 protocol: 1,
                 observed_addr: "203.0.113.5:40000".into(),
-                heartbeat_secs: 5
+                heartbeat_secs: 5,
+                stun_port: None,
             }),
             "{\"type\":\"welcome\",\"protocol\":1,\"observed_addr\":\"203.0.113.5:40000\",\"heartbeat_secs\":5}\n"
         );
@@ -415,12 +419,13 @@ mod tests {
 
     fn any_server_msg() -> impl Strategy<Value = ServerToClient> {
         prop_oneof![
-            (any::<u32>(), ".*", any::<u32>()).prop_map(
-                |(protocol, observed_addr, heartbeat_secs)| {
+            (any::<u32>(), ".*", any::<u32>(), any::<Option<u16>>()).prop_map(
+                |(protocol, observed_addr, heartbeat_secs, stun_port)| {
                     ServerToClient::Welcome {
                         protocol,
                         observed_addr,
                         heartbeat_secs,
+                        stun_port,
                     }
                 }
             ),

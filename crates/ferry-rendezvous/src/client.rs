@@ -49,6 +49,8 @@ pub struct Welcome {
     pub server_addr: SocketAddr,
     /// Our end of the signalling connection.
     pub local_addr: SocketAddr,
+    /// UDP port of the server's STUN responder, when it runs one.
+    pub stun_port: Option<u16>,
 }
 
 /// Something the other side of the nameplate did.
@@ -166,15 +168,26 @@ enum Command {
 impl SignalClient {
     /// Connects to `server` ("host:port"), says hello and waits for welcome.
     pub async fn connect(server: &str) -> Result<(SignalClient, Welcome), SignalError> {
+        Self::connect_over(server, None).await
+    }
+
+    /// Like [`connect`](Self::connect), over a TCP connection the caller
+    /// already opened to `server` (e.g. from a reusable local port whose
+    /// public mapping then serves TCP simultaneous open).
+    pub async fn connect_over(
+        server: &str,
+        stream: Option<TcpStream>,
+    ) -> Result<(SignalClient, Welcome), SignalError> {
         let name = server.to_string();
         let timed_out = || SignalError::Timeout {
             server: name.clone(),
             what: "connect and hello",
             secs: CONNECT_TIMEOUT.as_secs(),
         };
-        let (stream, input, welcome, heartbeat) = timeout(CONNECT_TIMEOUT, handshake(server))
-            .await
-            .map_err(|_| timed_out())??;
+        let (stream, input, welcome, heartbeat) =
+            timeout(CONNECT_TIMEOUT, handshake(server, stream))
+                .await
+                .map_err(|_| timed_out())??;
         let (commands, command_rx) = mpsc::channel(64);
         let (incoming_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
         let task = tokio::spawn(run(
@@ -347,16 +360,22 @@ impl Drop for SignalClient {
 }
 
 /// Resolves, connects, says hello, reads welcome.
-async fn handshake(server: &str) -> Result<(TcpStream, BytesMut, Welcome, Duration), SignalError> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
-        .await
-        .map_err(|e| SignalError::Resolve {
-            server: server.to_string(),
-            reason: e.to_string(),
-        })?
-        .collect();
+async fn handshake(
+    server: &str,
+    stream: Option<TcpStream>,
+) -> Result<(TcpStream, BytesMut, Welcome, Duration), SignalError> {
+    let addrs: Vec<SocketAddr> = match stream {
+        Some(_) => Vec::new(),
+        None => tokio::net::lookup_host(server)
+            .await
+            .map_err(|e| SignalError::Resolve {
+                server: server.to_string(),
+                reason: e.to_string(),
+            })?
+            .collect(),
+    };
     let mut last_error = String::from("no addresses found");
-    let mut connected = None;
+    let mut connected = stream;
     for addr in addrs {
         match TcpStream::connect(addr).await {
             Ok(stream) => {
@@ -406,12 +425,13 @@ async fn handshake(server: &str) -> Result<(TcpStream, BytesMut, Welcome, Durati
             Err(e) => return Err(gone(e.to_string())),
         }
     };
-    let (observed, heartbeat_secs) = match first {
+    let (observed, heartbeat_secs, stun_port) = match first {
         ServerToClient::Welcome {
             observed_addr,
             heartbeat_secs,
+            stun_port,
             ..
-        } => (observed_addr, heartbeat_secs),
+        } => (observed_addr, heartbeat_secs, stun_port),
         ServerToClient::Error { code, message } => {
             return Err(SignalError::Server { code, message });
         }
@@ -424,6 +444,7 @@ async fn handshake(server: &str) -> Result<(TcpStream, BytesMut, Welcome, Durati
         observed_addr,
         server_addr: stream.peer_addr().map_err(|e| gone(e.to_string()))?,
         local_addr: stream.local_addr().map_err(|e| gone(e.to_string()))?,
+        stun_port,
     };
     let heartbeat = Duration::from_secs(u64::from(heartbeat_secs.clamp(1, 300)));
     Ok((stream, input, welcome, heartbeat))

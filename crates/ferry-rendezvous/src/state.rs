@@ -55,6 +55,9 @@ pub struct Config {
     pub max_nameplates: usize,
     /// Ping interval (default 5 s); clients silent for three intervals are dropped.
     pub heartbeat: Duration,
+    /// The UDP port of the STUN responder on this host, told to clients in
+    /// the welcome (default none).
+    pub stun_port: Option<u16>,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             nameplate_ttl: Duration::from_secs(30 * 60),
             max_nameplates: 10_000,
             heartbeat: Duration::from_secs(5),
+            stun_port: None,
         }
     }
 }
@@ -154,6 +158,7 @@ impl Rendezvous {
                         protocol: PROTOCOL_VERSION,
                         observed_addr: state.addr.to_string(),
                         heartbeat_secs: heartbeat_secs(self.config.heartbeat),
+                        stun_port: self.config.stun_port,
                     };
                     self.transmits.push_back((client, welcome));
                 }
@@ -575,6 +580,7 @@ mod tests {
                         protocol: PROTOCOL_VERSION,
                         observed_addr: format!("198.51.100.7:{}", 40000 + client as u16),
                         heartbeat_secs: 5,
+                        stun_port: None,
                     }
                 )]
             );

@@ -323,6 +323,7 @@ async fn dead_server_is_noticed_by_heartbeat() {
             protocol: PROTOCOL_VERSION,
             observed_addr: peer.to_string(),
             heartbeat_secs: 1,
+            stun_port: None,
         };
         encode_frame(&welcome, &mut out).unwrap();
         stream.write_all(&out).await.unwrap();

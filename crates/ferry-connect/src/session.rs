@@ -1,30 +1,39 @@
 //! One side's journey from the rendezvous server to a secure stream with
-//! the peer. This is the glue between signalling (`ferry-rendezvous`),
-//! pairing (`ferry-proto`) and the direct paths of this crate.
+//! the peer: signalling (`ferry-rendezvous`), pairing (`ferry-proto`),
+//! candidate gathering (`ferry-nat`: STUN, UPnP), then the race of direct
+//! paths of this crate.
 //!
 //! ```text
-//! sender                          server                         receiver
-//!   | hello / allocate -------------> |                               |
-//!   | <------------- allocated N      |                               |
-//!   |   (shows N-word-word)           | <------------ hello / claim N |
-//!   | <------------- peer-joined      | claimed --------------------> |
-//!   | pake ---------------------------------------------------> pake |  SPAKE2, password = the code
-//!   | version (sealed) <------------------------------> version (sealed)  key confirmation
-//!   | hello{cert fp, candidates} (sealed) <---> hello{cert fp} (sealed)
-//!   | release                         |                       release |
-//!   | <================ TLS 1.3, certificates pinned ==================|  direct TCP
+//! sender (controlling)            server                  receiver (controlled)
+//!   | hello / allocate -----------> |  (signalling from a reusable port:
+//!   | <----------- allocated N      |   its public mapping serves TCP
+//!   |  gather: UDP socket + STUN,    |   simultaneous open)
+//!   |  TCP listener, UPnP mappings   | <------------ hello / claim N |
+//!   | <----------- peer-joined      |                               |  gather: UDP + STUN
+//!   | pake / version (sealed) <--------------------------> pake / version  SPAKE2 + confirmation
+//!   | hello{cert fp, candidates} <-----------------> hello{cert fp, candidates}  (sealed)
+//!   | race: accept TCP, simultaneous open, punch+QUIC  | race: connect TCP, simultaneous open, punch+QUIC
+//!   | "ferry-go" on the best authenticated path ======> uses the path that says "ferry-go"
+//!   | release                       |                       release |
 //! ```
 
-use std::net::SocketAddr;
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_nat::stun::{BindingOptions, RetransmitConfig, binding_udp};
+use ferry_nat::upnp::{MappingGuard, Protocol, UpnpOptions};
 use ferry_proto::code::{Code, CodeError};
 use ferry_proto::pairing::{Pairing, PairingError, Role, SecureChannel};
-use ferry_proto::peer::{Candidate, PeerToPeer};
+use ferry_proto::peer::{Candidate, CandidateKind, PeerToPeer, Transport};
 use ferry_rendezvous::{SignalClient, SignalError, SignalEvent, Welcome};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
 use tracing::{debug, info};
 
+use crate::race::{Action, NOMINATION, PathId, PathKind, PeerStream, Race, RaceConfig};
 use crate::{ConnectError, DirectListener, Identity};
 
 /// ferry's agent string, sent to the server and the peer.
@@ -33,21 +42,62 @@ pub const AGENT: &str = concat!("ferry/", env!("CARGO_PKG_VERSION"));
 /// How long pairing and the candidate exchange may take once both sides
 /// are present.
 pub const PAIR_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the direct connection may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the whole race may take.
+pub const RACE_DEADLINE: Duration = Duration::from_secs(20);
+/// How long the sender waits for the receiver's direct TCP connection.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(12);
+/// How long TCP simultaneous open keeps trying.
+const SIMOPEN_DEADLINE: Duration = Duration::from_secs(8);
+/// How long hole punching keeps trying.
+const PUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the QUIC handshake on a punched socket may take.
+const QUIC_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long the controlled side waits for the nomination on a path.
+const NOMINATION_TIMEOUT: Duration = Duration::from_secs(RACE_DEADLINE.as_secs() + 5);
+/// UPnP lease for the sender's mappings (removed when the race is over).
+const UPNP_LEASE: Duration = Duration::from_secs(600);
+/// How long the race waits for UPnP once pairing is done.
+const UPNP_WAIT: Duration = Duration::from_millis(300);
+
+/// Which paths to try.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Only this kind of path (`--force-path`): [`PathKind::Lan`],
+    /// [`PathKind::Tcp`] (direct TCP and simultaneous open),
+    /// [`PathKind::Quic`] or [`PathKind::Relay`].
+    pub force_path: Option<PathKind>,
+    /// Skip UPnP.
+    pub no_upnp: bool,
+}
+
+impl SessionOptions {
+    fn allows(&self, kind: PathKind) -> bool {
+        match (self.force_path, kind) {
+            (None, PathKind::Relay) => false,
+            (None, _) => true,
+            (Some(PathKind::Tcp), PathKind::Lan | PathKind::Tcp | PathKind::SimultaneousOpen) => {
+                true
+            }
+            (Some(PathKind::Lan), PathKind::Lan | PathKind::Tcp) => true,
+            (Some(forced), kind) => forced == kind,
+        }
+    }
+}
 
 /// A secure stream to the peer and how it was made.
 pub struct PeerLink {
-    /// The TLS stream (certificates pinned both ways).
-    pub stream: tokio_rustls::TlsStream<TcpStream>,
-    /// Human description of the path, e.g. "direct TCP".
-    pub path: String,
+    /// The secure stream (certificates pinned both ways).
+    pub stream: PeerStream,
+    /// The path that won.
+    pub path: PathKind,
     /// Our address on the path.
     pub local: SocketAddr,
     /// The peer's address on the path.
     pub remote: SocketAddr,
     /// From "both peers present" to the secure stream.
     pub connect_time: Duration,
+    /// The paths that failed, and why (the others lost the race).
+    pub lost: Vec<(PathKind, String)>,
 }
 
 /// What can go wrong between "connect to the server" and "secure stream".
@@ -78,12 +128,41 @@ pub enum SessionError {
     /// The peer left, cancelled, or stopped answering.
     #[error("{0}")]
     PeerGone(String),
-    /// No direct connection could be made.
+    /// A path could not be set up locally.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// Every path failed.
+    #[error("{}", no_path_message(.failures, *.relay_forced))]
+    NoPath {
+        /// Each path tried, and why it failed.
+        failures: Vec<(PathKind, String)>,
+        /// `--force-path relay` was asked for.
+        relay_forced: bool,
+    },
     /// A local socket problem.
     #[error("local network error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+fn no_path_message(failures: &[(PathKind, String)], relay_forced: bool) -> String {
+    if relay_forced {
+        return "no relay is available yet: this ferry version connects only directly; \
+                run without --force-path relay"
+            .into();
+    }
+    let tried: Vec<String> = failures
+        .iter()
+        .map(|(kind, why)| format!("{kind}: {why}"))
+        .collect();
+    format!(
+        "no direct path to the peer ({}); both networks may block direct connections \
+         (e.g. symmetric NATs on both sides); run `ferry nat` on each side to see why",
+        if tried.is_empty() {
+            "nothing could be tried".to_string()
+        } else {
+            tried.join("; ")
+        }
+    )
 }
 
 impl From<PairingError> for SessionError {
@@ -101,20 +180,31 @@ pub struct Sender {
     signal: SignalClient,
     code: Code,
     welcome: Welcome,
+    options: SessionOptions,
+    gathering: tokio::task::JoinHandle<Result<Gathered, SessionError>>,
 }
 
 impl Sender {
-    /// Connects to the server and allocates a nameplate: a fresh one, or the
-    /// one of `chosen` (a code the user picked).
-    pub async fn start(server: &str, chosen: Option<&str>) -> Result<Sender, SessionError> {
-        let (mut signal, welcome) = SignalClient::connect(server).await?;
-        debug!(observed = %welcome.observed_addr, "connected to the rendezvous server");
+    /// Connects to the server, allocates a nameplate (a fresh one, or the
+    /// one of `chosen`, a code the user picked) and starts gathering
+    /// candidates while the receiver is on its way.
+    pub async fn start(
+        server: &str,
+        chosen: Option<&str>,
+        options: SessionOptions,
+    ) -> Result<Sender, SessionError> {
+        let chosen = chosen
+            .map(|text| {
+                text.parse::<Code>()
+                    .map_err(|source| SessionError::BadCode {
+                        text: text.to_string(),
+                        source,
+                    })
+            })
+            .transpose()?;
+        let (mut signal, welcome) = connect_signal(server).await?;
         let code = match chosen {
-            Some(text) => {
-                let code: Code = text.parse().map_err(|source| SessionError::BadCode {
-                    text: text.to_string(),
-                    source,
-                })?;
+            Some(code) => {
                 signal.reserve(code.nameplate).await?;
                 code
             }
@@ -123,10 +213,13 @@ impl Sender {
                 Code::generate(nameplate, &mut rand::thread_rng())
             }
         };
+        let gathering = tokio::spawn(gather(stun_server(&welcome), true, !options.no_upnp));
         Ok(Sender {
             signal,
             code,
             welcome,
+            options,
+            gathering,
         })
     }
 
@@ -141,11 +234,15 @@ impl Sender {
     }
 
     /// Waits for the receiver (as long as the server keeps the nameplate),
-    /// pairs, and accepts its direct connection. `on_joined` is called
-    /// when the receiver has claimed the nameplate.
+    /// pairs, and races the paths. `on_joined` is called when the receiver
+    /// has claimed the nameplate.
     pub async fn connect(self, on_joined: impl FnOnce()) -> Result<PeerLink, SessionError> {
         let Sender {
-            mut signal, code, ..
+            mut signal,
+            code,
+            welcome,
+            options,
+            gathering,
         } = self;
         // Wait for the receiver to claim the nameplate.
         loop {
@@ -162,57 +259,736 @@ impl Sender {
         }
         on_joined();
         let started = Instant::now();
-        let (mut signal, mut channel) = pair(signal, &code, Role::Sender).await?;
-        let identity = Identity::generate()?;
-        let listener = DirectListener::bind().await?;
-        let candidates = listener.candidates();
-        debug!(?candidates, "our TCP candidates");
-        let hello = PeerToPeer::Hello {
-            cert_fingerprint: identity.fingerprint(),
-            candidates,
-        };
-        signal.send(channel.seal(&hello)).await?;
-        let (peer_fingerprint, _) = receive_hello(&mut signal, &mut channel).await?;
-        let acceptor = crate::tls_acceptor(&identity, &peer_fingerprint)?;
-        let (stream, remote) = listener.accept(&acceptor, CONNECT_TIMEOUT).await?;
-        let local = stream.get_ref().0.local_addr()?;
-        // The nameplate is no longer needed: free it for others.
-        let _ = signal.release(None).await;
-        Ok(PeerLink {
-            stream,
-            path: "direct TCP".into(),
-            local,
-            remote,
-            connect_time: started.elapsed(),
-        })
+        let (signal, channel) = pair(signal, &code, Role::Sender).await?;
+        let gathered = gathering
+            .await
+            .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
+        run_session(signal, channel, welcome, gathered, options, true, started).await
     }
 }
 
-/// The receiver's side: claims the nameplate, pairs, connects to the sender.
-pub async fn receive(server: &str, code: &Code) -> Result<PeerLink, SessionError> {
-    let (mut signal, welcome) = SignalClient::connect(server).await?;
-    debug!(observed = %welcome.observed_addr, "connected to the rendezvous server");
+/// The receiver's side: claims the nameplate, pairs, races the paths.
+pub async fn receive(
+    server: &str,
+    code: &Code,
+    options: SessionOptions,
+) -> Result<PeerLink, SessionError> {
+    let (mut signal, welcome) = connect_signal(server).await?;
+    // Gather while pairing; the receiver maps nothing with UPnP (the
+    // sender's mappings serve both directions) to save the search time.
+    let gathering = tokio::spawn(gather(stun_server(&welcome), false, false));
     signal.claim(code.nameplate).await?;
     let started = Instant::now();
-    let (mut signal, mut channel) = pair(signal, code, Role::Receiver).await?;
-    let identity = Identity::generate()?;
+    let (signal, channel) = pair(signal, code, Role::Receiver).await?;
+    let gathered = gathering
+        .await
+        .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
+    run_session(signal, channel, welcome, gathered, options, false, started).await
+}
+
+/// Opens the signalling connection from a reusable local port, so that
+/// its public mapping (what the server observes) can later serve TCP
+/// simultaneous open.
+async fn connect_signal(server: &str) -> Result<(SignalClient, Welcome), SessionError> {
+    let resolved = tokio::net::lookup_host(server).await.map_err(|e| {
+        SessionError::Signal(SignalError::Resolve {
+            server: server.to_string(),
+            reason: e.to_string(),
+        })
+    })?;
+    let mut stream = None;
+    let mut last_error = None;
+    for addr in resolved {
+        let local = match addr {
+            SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+        };
+        match crate::simopen::connect_from(local, addr, Duration::from_secs(10)).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let Some(stream) = stream else {
+        return Err(SessionError::Signal(SignalError::Connect {
+            server: server.to_string(),
+            reason: last_error.map_or_else(|| "no address found".into(), |e| e.to_string()),
+        }));
+    };
+    let (signal, welcome) = SignalClient::connect_over(server, Some(stream)).await?;
+    debug!(observed = %welcome.observed_addr, local = %welcome.local_addr, "connected to the rendezvous server");
+    Ok((signal, welcome))
+}
+
+fn stun_server(welcome: &Welcome) -> Option<SocketAddr> {
+    welcome
+        .stun_port
+        .map(|port| SocketAddr::new(welcome.server_addr.ip(), port))
+}
+
+/// What one side offers the other.
+struct Gathered {
+    udp: UdpSocket,
+    listener: Option<DirectListener>,
+    candidates: Vec<Candidate>,
+    upnp: Option<tokio::task::JoinHandle<Mapped>>,
+}
+
+/// Binds the UDP socket (and, for the sender, the TCP listener), learns the
+/// UDP mapping from the server's STUN responder and, for the sender, maps
+/// both ports on a UPnP gateway when there is one.
+async fn gather(
+    stun: Option<SocketAddr>,
+    listen: bool,
+    upnp: bool,
+) -> Result<Gathered, SessionError> {
+    let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .await
+        .map_err(|source| ConnectError::UdpSocket { source })?;
+    let udp_port = udp.local_addr()?.port();
+    let listener = if listen {
+        Some(DirectListener::bind().await?)
+    } else {
+        None
+    };
+    let mut candidates = listener
+        .as_ref()
+        .map(DirectListener::candidates)
+        .unwrap_or_default();
+    for interface in ferry_nat::interfaces() {
+        if let IpAddr::V4(ip) = interface.addr {
+            if interface.class.is_candidate() {
+                candidates.push(Candidate {
+                    addr: SocketAddr::from((ip, udp_port)),
+                    transport: Transport::Udp,
+                    kind: CandidateKind::Host,
+                    priority: interface.class.candidate_priority(),
+                });
+            }
+        }
+    }
+
+    let stun_lookup = async {
+        let server = stun?;
+        let options = BindingOptions {
+            retransmit: RetransmitConfig {
+                rto: Duration::from_millis(200),
+                max_sends: 4,
+                last_wait_factor: 4,
+            },
+            ..BindingOptions::default()
+        };
+        match binding_udp(&udp, server, options).await {
+            Ok(result) => Some(result.mapped),
+            Err(error) => {
+                debug!(%error, "no STUN mapping: UDP may be blocked");
+                None
+            }
+        }
+    };
+    let upnp = if upnp {
+        let tcp_port = listener.as_ref().map(DirectListener::port);
+        Some(tokio::spawn(map_ports(udp_port, tcp_port)))
+    } else {
+        None
+    };
+    let stun_mapped = stun_lookup.await;
+    if let Some(mapped) = stun_mapped {
+        candidates.push(Candidate {
+            addr: mapped,
+            transport: Transport::Udp,
+            kind: CandidateKind::Stun,
+            priority: 900,
+        });
+    }
+    debug!(?candidates, "gathered candidates");
+    Ok(Gathered {
+        udp,
+        listener,
+        candidates,
+        upnp,
+    })
+}
+
+/// What UPnP mapping produced: the guard that removes the mappings, and
+/// the mapped external addresses.
+type Mapped = Option<(MappingGuard, Vec<(Protocol, SocketAddrV4)>)>;
+
+/// Maps our UDP port (and TCP port) on a UPnP gateway, if there is one.
+async fn map_ports(udp_port: u16, tcp_port: Option<u16>) -> Mapped {
+    let options = UpnpOptions {
+        search_timeout: Duration::from_millis(1500),
+        tries: 1,
+        bind: None,
+    };
+    let gateway = match ferry_nat::upnp::discover(&options).await {
+        Ok(Some(gateway)) => gateway,
+        Ok(None) => return None,
+        Err(error) => {
+            debug!(%error, "UPnP search failed");
+            return None;
+        }
+    };
+    let mut guard = MappingGuard::new(gateway);
+    let mut mapped = Vec::new();
+    let mut ports = vec![(Protocol::Udp, udp_port)];
+    ports.extend(tcp_port.map(|port| (Protocol::Tcp, port)));
+    for (protocol, port) in ports {
+        let local = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+        match guard
+            .add(protocol, local, UPNP_LEASE, "ferry transfer")
+            .await
+        {
+            Ok(mapping) => mapped.push((protocol, mapping.external)),
+            Err(error) => debug!(%error, %protocol, "UPnP mapping failed"),
+        }
+    }
+    Some((guard, mapped))
+}
+
+/// The UPnP result if it is ready within [`UPNP_WAIT`]; a search still
+/// running then is abandoned (no gateway answered: there is none).
+async fn upnp_result(task: Option<tokio::task::JoinHandle<Mapped>>) -> Mapped {
+    let mut task = task?;
+    match tokio::time::timeout(UPNP_WAIT, &mut task).await {
+        Ok(Ok(mapped)) => mapped,
+        Ok(Err(_)) => None,
+        Err(_) => {
+            debug!("no UPnP answer in time; going on without");
+            task.abort();
+            None
+        }
+    }
+}
+
+/// Exchanges hellos, races the paths, releases the nameplate.
+async fn run_session(
+    mut signal: SignalClient,
+    mut channel: SecureChannel,
+    welcome: Welcome,
+    gathered: Gathered,
+    options: SessionOptions,
+    controlling: bool,
+    started: Instant,
+) -> Result<PeerLink, SessionError> {
+    let identity = Arc::new(Identity::generate()?);
+    let mut ours = gathered.candidates.clone();
+    let upnp = upnp_result(gathered.upnp).await;
+    let mut guard = None;
+    if let Some((g, mapped)) = upnp {
+        for (protocol, external) in mapped {
+            ours.push(Candidate {
+                addr: SocketAddr::V4(external),
+                transport: match protocol {
+                    Protocol::Udp => Transport::Udp,
+                    Protocol::Tcp => Transport::Tcp,
+                },
+                kind: CandidateKind::Upnp,
+                priority: 850,
+            });
+        }
+        guard = Some(g);
+    }
+    ours.push(Candidate {
+        addr: welcome.observed_addr,
+        transport: Transport::Tcp,
+        kind: CandidateKind::ServerObserved,
+        priority: 100,
+    });
     let hello = PeerToPeer::Hello {
         cert_fingerprint: identity.fingerprint(),
-        candidates: Vec::new(),
+        candidates: ours,
     };
     signal.send(channel.seal(&hello)).await?;
-    let (peer_fingerprint, candidates) = receive_hello(&mut signal, &mut channel).await?;
-    let connector = crate::tls_connector(&identity, &peer_fingerprint)?;
-    let (stream, remote) = crate::connect_first(&candidates, &connector, CONNECT_TIMEOUT).await?;
-    let local = stream.get_ref().0.local_addr()?;
+    let (peer_fingerprint, theirs) = receive_hello(&mut signal, &mut channel).await?;
+    debug!(?theirs, "peer candidates");
+    if options.force_path == Some(PathKind::Relay) {
+        let _ = signal.release(None).await;
+        return Err(SessionError::NoPath {
+            failures: Vec::new(),
+            relay_forced: true,
+        });
+    }
+    let plan = Plan {
+        identity,
+        peer_fingerprint,
+        theirs,
+        welcome,
+        punch_key: channel.derive_secret(crate::punch::PROBE_KEY_CONTEXT),
+        controlling,
+        options,
+    };
+    let result = plan
+        .race(gathered.udp, gathered.listener, &mut signal, &mut channel)
+        .await;
+    if let Some(guard) = guard {
+        // Established flows outlive the port mapping in the NAT's table.
+        if let Err(error) = guard.close().await {
+            debug!(%error, "removing the UPnP mappings failed");
+        }
+    }
     let _ = signal.release(None).await;
+    let (established, lost) = result?;
+    for (kind, why) in &lost {
+        info!(path = %kind, why, "path lost");
+    }
     Ok(PeerLink {
-        stream,
-        path: "direct TCP".into(),
-        local,
-        remote,
+        stream: established.stream,
+        path: established.kind,
+        local: established.local,
+        remote: established.remote,
         connect_time: started.elapsed(),
+        lost,
     })
+}
+
+/// One authenticated, confirmed path.
+struct Established {
+    stream: PeerStream,
+    kind: PathKind,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+type Attempt = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Established, ConnectError>> + Send + 'static>,
+>;
+
+/// Everything the path attempts need.
+struct Plan {
+    identity: Arc<Identity>,
+    peer_fingerprint: String,
+    theirs: Vec<Candidate>,
+    welcome: Welcome,
+    punch_key: [u8; 32],
+    controlling: bool,
+    options: SessionOptions,
+}
+
+impl Plan {
+    fn attempts(
+        &self,
+        udp: UdpSocket,
+        listener: Option<DirectListener>,
+    ) -> Result<Vec<(PathKind, Attempt)>, SessionError> {
+        let mut attempts: Vec<(PathKind, Attempt)> = Vec::new();
+        let lan_only = self.options.force_path == Some(PathKind::Lan);
+        // Direct TCP: the sender listens, the receiver connects to all of
+        // the sender's host and UPnP addresses.
+        if self.options.allows(PathKind::Tcp) {
+            if self.controlling {
+                if let Some(listener) = listener {
+                    let acceptor = crate::tls_acceptor(&self.identity, &self.peer_fingerprint)?;
+                    attempts.push((
+                        PathKind::Tcp,
+                        Box::pin(async move {
+                            let (tls, remote) = listener.accept(&acceptor, ACCEPT_TIMEOUT).await?;
+                            let local = local_of(tls.get_ref().0);
+                            Ok(Established {
+                                stream: PeerStream::Tls(Box::new(tls)),
+                                kind: tcp_kind(remote),
+                                local,
+                                remote,
+                            })
+                        }),
+                    ));
+                }
+            } else {
+                let targets: Vec<Candidate> = self
+                    .theirs
+                    .iter()
+                    .filter(|c| c.transport == Transport::Tcp)
+                    .filter(|c| matches!(c.kind, CandidateKind::Host | CandidateKind::Upnp))
+                    .filter(|c| !lan_only || tcp_kind(c.addr) == PathKind::Lan)
+                    .cloned()
+                    .collect();
+                if !targets.is_empty() {
+                    let connector = crate::tls_connector(&self.identity, &self.peer_fingerprint)?;
+                    attempts.push((
+                        PathKind::Tcp,
+                        Box::pin(async move {
+                            let (tls, remote) =
+                                crate::connect_first(&targets, &connector, ACCEPT_TIMEOUT).await?;
+                            let local = local_of(tls.get_ref().0);
+                            Ok(Established {
+                                stream: PeerStream::Tls(Box::new(tls)),
+                                kind: tcp_kind(remote),
+                                local,
+                                remote,
+                            })
+                        }),
+                    ));
+                }
+            }
+        }
+        // TCP simultaneous open between the signalling ports' public
+        // mappings. Pointless when both sit behind the same public address
+        // (NATs rarely hairpin): the LAN path covers that.
+        let peer_observed = self
+            .theirs
+            .iter()
+            .find(|c| c.transport == Transport::Tcp && c.kind == CandidateKind::ServerObserved)
+            .map(|c| c.addr);
+        if let Some(remote) = peer_observed {
+            if self.options.allows(PathKind::SimultaneousOpen)
+                && !lan_only
+                && remote.ip() != self.welcome.observed_addr.ip()
+            {
+                let local = self.welcome.local_addr;
+                let identity = self.identity.clone();
+                let fingerprint = self.peer_fingerprint.clone();
+                let controlling = self.controlling;
+                attempts.push((
+                    PathKind::SimultaneousOpen,
+                    Box::pin(async move {
+                        let (tls, remote) = crate::simultaneous_open(
+                            local,
+                            remote,
+                            tokio::time::Instant::now(),
+                            controlling,
+                            &identity,
+                            &fingerprint,
+                            SIMOPEN_DEADLINE,
+                        )
+                        .await?;
+                        let local = local_of(tls.get_ref().0);
+                        Ok(Established {
+                            stream: PeerStream::Tls(Box::new(tls)),
+                            kind: PathKind::SimultaneousOpen,
+                            local,
+                            remote,
+                        })
+                    }),
+                ));
+            }
+        }
+        // UDP hole punching from the very socket whose mapping we sent,
+        // then QUIC on it.
+        let mut udp_targets: Vec<&Candidate> = self
+            .theirs
+            .iter()
+            .filter(|c| c.transport == Transport::Udp)
+            .collect();
+        udp_targets.sort_by_key(|c| std::cmp::Reverse(c.priority));
+        let mut seen = HashSet::new();
+        let udp_targets: Vec<SocketAddr> = udp_targets
+            .into_iter()
+            .map(|c| c.addr)
+            .filter(|a| seen.insert(*a))
+            .collect();
+        if self.options.allows(PathKind::Quic) && !lan_only && !udp_targets.is_empty() {
+            let identity = self.identity.clone();
+            let fingerprint = self.peer_fingerprint.clone();
+            let controlling = self.controlling;
+            let key = self.punch_key;
+            attempts.push((
+                PathKind::Quic,
+                Box::pin(async move {
+                    let punched =
+                        crate::punch(&udp, key, controlling, &udp_targets, PUNCH_TIMEOUT).await?;
+                    let local = udp.local_addr().unwrap_or(UNSPECIFIED);
+                    let socket = udp
+                        .into_std()
+                        .map_err(|source| ConnectError::UdpSocket { source })?;
+                    let quic = crate::quic_connect(
+                        socket,
+                        punched.remote,
+                        &identity,
+                        &fingerprint,
+                        controlling,
+                        QUIC_TIMEOUT,
+                    )
+                    .await?;
+                    Ok(Established {
+                        stream: PeerStream::Quic(Box::new(quic)),
+                        kind: PathKind::Quic,
+                        local,
+                        remote: punched.remote,
+                    })
+                }),
+            ));
+        }
+        Ok(attempts)
+    }
+
+    async fn race(
+        self,
+        udp: UdpSocket,
+        listener: Option<DirectListener>,
+        signal: &mut SignalClient,
+        channel: &mut SecureChannel,
+    ) -> Result<(Established, Vec<(PathKind, String)>), SessionError> {
+        let attempts = self.attempts(udp, listener)?;
+        let mut set = JoinSet::new();
+        let mut kinds = Vec::new();
+        for (id, (kind, attempt)) in attempts.into_iter().enumerate() {
+            debug!(path = %kind, "trying");
+            kinds.push(kind);
+            set.spawn(async move { (id, attempt.await) });
+        }
+        let mut mailbox = Mailbox { signal, channel };
+        if self.controlling {
+            race_controlling(set, &kinds, mailbox).await
+        } else {
+            if !kinds.contains(&PathKind::Tcp) {
+                // Nothing to connect to: the sender need not wait for us.
+                mailbox
+                    .path_failed(PathKind::Tcp, "no TCP address to try")
+                    .await;
+            }
+            race_controlled(set, &kinds, mailbox).await
+        }
+    }
+}
+
+const UNSPECIFIED: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+
+/// Our address on a TCP path (informational only).
+fn local_of(tcp: &tokio::net::TcpStream) -> SocketAddr {
+    tcp.local_addr().unwrap_or(UNSPECIFIED)
+}
+
+/// A TCP path to a private, link-local or loopback address is a LAN path.
+fn tcp_kind(remote: SocketAddr) -> PathKind {
+    use ferry_nat::AddrClass as C;
+    match ferry_nat::classify(remote.ip()) {
+        C::Private | C::UniqueLocal | C::LinkLocal | C::Loopback => PathKind::Lan,
+        _ => PathKind::Tcp,
+    }
+}
+
+/// The signalling connection during the race: the receiver reports paths
+/// it gave up on, and either side notices the other leaving.
+struct Mailbox<'a> {
+    signal: &'a mut SignalClient,
+    channel: &'a mut SecureChannel,
+}
+
+impl Mailbox<'_> {
+    async fn path_failed(&mut self, kind: PathKind, why: &str) {
+        let msg = PeerToPeer::PathFailed {
+            path: kind.code().to_string(),
+            why: why.to_string(),
+        };
+        let body = self.channel.seal(&msg);
+        if let Err(error) = self.signal.send(body).await {
+            debug!(%error, "could not report a failed path");
+        }
+    }
+
+    /// The next thing the peer says during the race: `Ok(Some(path))` for
+    /// a path it gave up on, `Ok(None)` for anything else.
+    async fn next(&mut self) -> Result<Option<(String, String)>, SessionError> {
+        match self.signal.recv().await? {
+            SignalEvent::Message(body) => match self.channel.open(&body)? {
+                PeerToPeer::PathFailed { path, why } => Ok(Some((path, why))),
+                PeerToPeer::Abort { reason } => Err(SessionError::PeerGone(format!(
+                    "the peer cancelled: {reason}"
+                ))),
+                other => {
+                    debug!(?other, "unexpected message during the race");
+                    Ok(None)
+                }
+            },
+            SignalEvent::PeerLeft(reason) => Err(SessionError::PeerGone(format!(
+                "the peer gave up on connecting ({})",
+                reason.unwrap_or_else(|| "no reason given".into())
+            ))),
+            SignalEvent::PeerJoined => Ok(None),
+        }
+    }
+}
+
+/// The sender picks the best authenticated path and nominates it.
+async fn race_controlling(
+    mut set: JoinSet<(PathId, Result<Established, ConnectError>)>,
+    kinds: &[PathKind],
+    mut mailbox: Mailbox<'_>,
+) -> Result<(Established, Vec<(PathKind, String)>), SessionError> {
+    let mut mailbox_open = true;
+    let mut race = Race::new(
+        Instant::now(),
+        RaceConfig {
+            deadline: RACE_DEADLINE,
+            ..RaceConfig::default()
+        },
+    );
+    for (id, kind) in kinds.iter().enumerate() {
+        race.handle_started(id, *kind);
+    }
+    let mut established: Vec<Option<Established>> = kinds.iter().map(|_| None).collect();
+    if kinds.is_empty() {
+        race.handle_timeout(Instant::now());
+    }
+    loop {
+        while let Some(action) = race.poll_action() {
+            match action {
+                Action::Nominate(id) => {
+                    let Some(mut winner) = established.get_mut(id).and_then(Option::take) else {
+                        continue;
+                    };
+                    let nominated = async {
+                        winner.stream.write_all(NOMINATION).await?;
+                        winner.stream.flush().await
+                    };
+                    match tokio::time::timeout(Duration::from_secs(5), nominated).await {
+                        Ok(Ok(())) => {
+                            info!(path = %winner.kind, remote = %winner.remote, "path nominated");
+                            return Ok((winner, race.failures().to_vec()));
+                        }
+                        _ => {
+                            return Err(SessionError::PeerGone(format!(
+                                "the peer went away as the {} path was chosen",
+                                winner.kind
+                            )));
+                        }
+                    }
+                }
+                Action::Close(id) => {
+                    if let Some(loser) = established.get_mut(id).and_then(Option::take) {
+                        debug!(path = %loser.kind, "closing a path that lost the race");
+                    }
+                }
+                Action::GiveUp => {
+                    return Err(SessionError::NoPath {
+                        failures: race.failures().to_vec(),
+                        relay_forced: false,
+                    });
+                }
+            }
+        }
+        let wake = race
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + RACE_DEADLINE);
+        tokio::select! {
+            joined = set.join_next(), if !set.is_empty() => {
+                let now = Instant::now();
+                match joined {
+                    Some(Ok((id, Ok(path)))) => {
+                        debug!(path = %path.kind, remote = %path.remote, "path established");
+                        let kind = path.kind;
+                        if let Some(slot) = established.get_mut(id) {
+                            *slot = Some(path);
+                        }
+                        race.handle_established(now, id, kind);
+                    }
+                    Some(Ok((id, Err(error)))) => {
+                        debug!(path = ?kinds.get(id), %error, "path failed");
+                        race.handle_failed(now, id, error.to_string());
+                    }
+                    Some(Err(error)) => debug!(%error, "path task failed"),
+                    None => {}
+                }
+            }
+            () = tokio::time::sleep_until(wake) => race.handle_timeout(Instant::now()),
+            said = mailbox.next(), if mailbox_open => match said {
+                Ok(Some((path, why))) => {
+                    // The receiver gave up on a path we are still waiting on.
+                    let now = Instant::now();
+                    for (id, kind) in kinds.iter().enumerate() {
+                        if kind.code() == path && established.get(id).is_some_and(Option::is_none) {
+                            race.handle_failed(now, id, format!("the receiver: {why}"));
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(SessionError::Signal(error)) => {
+                    // The direct paths may still work without the server.
+                    debug!(%error, "lost the rendezvous server during the race");
+                    mailbox_open = false;
+                }
+                Err(SessionError::PeerGone(why)) => {
+                    // The receiver found no path and left.
+                    let mut failures = race.failures().to_vec();
+                    for kind in kinds {
+                        if !failures.iter().any(|(k, _)| k == kind) {
+                            failures.push((*kind, format!("abandoned: {why}")));
+                        }
+                    }
+                    return Err(SessionError::NoPath { failures, relay_forced: false });
+                }
+                Err(error) => return Err(error),
+            },
+        }
+    }
+}
+
+/// The receiver waits for the sender to say "ferry-go" on one of the
+/// paths it established.
+async fn race_controlled(
+    mut set: JoinSet<(PathId, Result<Established, ConnectError>)>,
+    kinds: &[PathKind],
+    mut mailbox: Mailbox<'_>,
+) -> Result<(Established, Vec<(PathKind, String)>), SessionError> {
+    let mut failures: Vec<(PathKind, String)> = Vec::new();
+    let mut mailbox_open = true;
+    let mut waiting: JoinSet<Result<Established, (PathKind, String)>> = JoinSet::new();
+    let mut deadline = tokio::time::Instant::now() + NOMINATION_TIMEOUT;
+    loop {
+        if set.is_empty() && waiting.is_empty() {
+            return Err(SessionError::NoPath {
+                failures,
+                relay_forced: false,
+            });
+        }
+        tokio::select! {
+            joined = set.join_next(), if !set.is_empty() => match joined {
+                Some(Ok((_, Ok(mut path)))) => {
+                    debug!(path = %path.kind, remote = %path.remote, "path established; waiting for the nomination");
+                    waiting.spawn(async move {
+                        let mut word = [0u8; NOMINATION.len()];
+                        match tokio::time::timeout_at(deadline, path.stream.read_exact(&mut word)).await {
+                            Ok(Ok(_)) if &word == NOMINATION => Ok(path),
+                            _ => Err((path.kind, "the sender chose another path".to_string())),
+                        }
+                    });
+                }
+                Some(Ok((id, Err(error)))) => {
+                    let kind = kinds.get(id).copied().unwrap_or(PathKind::Tcp);
+                    debug!(path = %kind, %error, "path failed");
+                    if kind == PathKind::Tcp {
+                        mailbox.path_failed(kind, &error.to_string()).await;
+                    }
+                    failures.push((kind, error.to_string()));
+                }
+                Some(Err(error)) => debug!(%error, "path task failed"),
+                None => {}
+            },
+            nominated = waiting.join_next(), if !waiting.is_empty() => match nominated {
+                Some(Ok(Ok(path))) => {
+                    info!(path = %path.kind, remote = %path.remote, "the sender chose this path");
+                    return Ok((path, failures));
+                }
+                Some(Ok(Err((kind, why)))) => {
+                    debug!(path = %kind, why, "path not chosen");
+                }
+                Some(Err(error)) => debug!(%error, "nomination task failed"),
+                None => {}
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(SessionError::NoPath { failures, relay_forced: false });
+            }
+            said = mailbox.next(), if mailbox_open => match said {
+                Ok(_) => {}
+                Err(SessionError::Signal(error)) => {
+                    debug!(%error, "lost the rendezvous server during the race");
+                    mailbox_open = false;
+                }
+                // The sender left: either it gave up (no path), or it
+                // nominated a path and released the nameplate. Wait briefly
+                // for that nomination, then stop.
+                Err(SessionError::PeerGone(why)) => {
+                    debug!(why, "the sender left the rendezvous");
+                    mailbox_open = false;
+                    deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(3));
+                }
+                Err(error) => return Err(error),
+            },
+        }
+    }
 }
 
 /// SPAKE2 and key confirmation over the mailbox.
@@ -298,5 +1074,51 @@ async fn receive_hello(
             }
             SignalEvent::PeerJoined => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forced_paths_allow_what_they_say() {
+        let only = |kind| SessionOptions {
+            force_path: Some(kind),
+            no_upnp: false,
+        };
+        let all = SessionOptions::default();
+        assert!(all.allows(PathKind::Tcp) && all.allows(PathKind::Quic));
+        assert!(!all.allows(PathKind::Relay));
+        assert!(only(PathKind::Tcp).allows(PathKind::SimultaneousOpen));
+        assert!(!only(PathKind::Tcp).allows(PathKind::Quic));
+        assert!(only(PathKind::Quic).allows(PathKind::Quic));
+        assert!(!only(PathKind::Quic).allows(PathKind::Tcp));
+        assert!(only(PathKind::Lan).allows(PathKind::Tcp));
+        assert!(!only(PathKind::Lan).allows(PathKind::SimultaneousOpen));
+    }
+
+    #[test]
+    fn lan_paths_are_told_apart() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(tcp_kind(addr("10.0.1.10:1")), PathKind::Lan);
+        assert_eq!(tcp_kind(addr("192.168.2.10:1")), PathKind::Lan);
+        assert_eq!(tcp_kind(addr("127.0.0.1:1")), PathKind::Lan);
+        assert_eq!(tcp_kind(addr("[fd00::2]:1")), PathKind::Lan);
+        assert_eq!(tcp_kind(addr("198.51.100.2:1")), PathKind::Tcp);
+    }
+
+    #[test]
+    fn no_path_message_lists_every_path() {
+        let text = no_path_message(
+            &[
+                (PathKind::Quic, "no answer".into()),
+                (PathKind::Tcp, "refused".into()),
+            ],
+            false,
+        );
+        assert!(text.contains("direct QUIC over UDP: no answer"), "{text}");
+        assert!(text.contains("direct TCP: refused"), "{text}");
+        assert!(no_path_message(&[], true).contains("--force-path relay"));
     }
 }

@@ -112,6 +112,40 @@ pub struct SendArgs {
 
     #[command(flatten)]
     pub server: ServerArg,
+
+    #[command(flatten)]
+    pub path: PathArgs,
+}
+
+/// How to reach the peer.
+#[derive(Debug, Args, Clone)]
+pub struct PathArgs {
+    /// Use only this kind of path, for diagnosis: lan (TCP to a private
+    /// address), tcp (direct TCP and TCP simultaneous open), udp (hole
+    /// punching, then QUIC) or relay. Without it every path is raced and
+    /// the best that works wins.
+    #[arg(long, value_name = "PATH", value_parser = ["lan", "tcp", "udp", "relay"])]
+    pub force_path: Option<String>,
+
+    /// Do not ask a UPnP gateway for port mappings.
+    #[arg(long)]
+    pub no_upnp: bool,
+}
+
+impl PathArgs {
+    /// The session options these flags ask for.
+    pub fn options(&self) -> ferry_connect::SessionOptions {
+        use ferry_connect::PathKind;
+        ferry_connect::SessionOptions {
+            force_path: self.force_path.as_deref().map(|p| match p {
+                "lan" => PathKind::Lan,
+                "udp" => PathKind::Quic,
+                "relay" => PathKind::Relay,
+                _ => PathKind::Tcp,
+            }),
+            no_upnp: self.no_upnp,
+        }
+    }
 }
 
 /// `ferry receive`.
@@ -134,6 +168,9 @@ pub struct ReceiveArgs {
 
     #[command(flatten)]
     pub server: ServerArg,
+
+    #[command(flatten)]
+    pub path: PathArgs,
 }
 
 /// `ferry serve`.

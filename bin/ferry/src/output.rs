@@ -4,7 +4,9 @@
 //! JSON events (field `event`):
 //! - `code`: `{code, command}` (sender: the code and the receiver's command)
 //! - `offer`: `{kind: "files"|"text", files, dirs, bytes, names}`
-//! - `path`: `{path, local, remote, connect_secs}` (how the peers connected)
+//! - `path`: `{path, description, local, remote, connect_secs, lost: [{path, why}]}`:
+//!   how the peers connected; `path` is `lan`, `tcp`, `quic` or
+//!   `tcp-simultaneous-open`; `lost` lists the paths that failed
 //! - `resume`: `{path, offset}` for each file resumed from a `.ferry-part`
 //! - `progress`: `{bytes_done, bytes_total}`
 //! - `text`: `{text}` (receiver of a text message)
@@ -140,13 +142,20 @@ pub fn rate(bytes: u64, elapsed: Duration) -> String {
 
 /// Tells how the peers connected.
 pub fn announce_path(link: &ferry_connect::PeerLink, out: &Output) {
+    let lost: Vec<_> = link
+        .lost
+        .iter()
+        .map(|(kind, why)| json!({"path": kind.code(), "why": why}))
+        .collect();
     out.event(
         "path",
         json!({
-            "path": link.path,
+            "path": link.path.code(),
+            "description": link.path.to_string(),
             "local": link.local.to_string(),
             "remote": link.remote.to_string(),
             "connect_secs": link.connect_time.as_secs_f64(),
+            "lost": lost,
         }),
     );
     out.say(format!(
@@ -156,10 +165,18 @@ pub fn announce_path(link: &ferry_connect::PeerLink, out: &Output) {
         link.remote,
         short_duration(link.connect_time)
     ));
+    for (kind, why) in &link.lost {
+        tracing::info!("{kind} lost: {why}");
+    }
 }
 
 /// The closing summary of a file transfer.
-pub fn announce_done(report: &ferry_transfer::Report, path: &str, verb: &str, out: &mut Output) {
+pub fn announce_done(
+    report: &ferry_transfer::Report,
+    path: ferry_connect::PathKind,
+    verb: &str,
+    out: &mut Output,
+) {
     out.finish_progress();
     let secs = report.elapsed.as_secs_f64();
     out.event(
@@ -172,7 +189,7 @@ pub fn announce_done(report: &ferry_transfer::Report, path: &str, verb: &str, ou
             "bytes_resumed": report.bytes_resumed,
             "secs": secs,
             "rate_bytes_per_sec": (report.bytes_transferred as f64 / secs.max(1e-3)) as u64,
-            "path": path,
+            "path": path.code(),
         }),
     );
     let resumed = if report.bytes_resumed > 0 {

@@ -27,11 +27,12 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
         .with_context(|| format!("cannot create the output folder {}", args.out.display()))
         .map_err(|e| Failure::local(format!("{e:#}")))?;
 
-    let link = session::receiver(&server, &code).await?;
+    let link = session::receiver(&server, &code, args.path.options()).await?;
     output::announce_path(&link, out);
-    let path = link.path.clone();
+    let path = link.path;
+    let mut stream = link.stream;
     let incoming = ferry_transfer::receive_offer(
-        link.stream,
+        &mut stream,
         ReceiveOptions {
             out_dir: args.out.clone(),
             overwrite: args.overwrite,
@@ -44,9 +45,10 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
         Offer::Text(text) => {
             let text = text.clone();
             incoming.accept(|_| {}).await?;
+            stream.close().await;
             out.event("text", json!({"text": text}));
             if out.is_json() {
-                out.event("done", json!({"kind": "text", "path": path}));
+                out.event("done", json!({"kind": "text", "path": path.code()}));
             } else {
                 println!("{text}");
             }
@@ -87,6 +89,7 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
                 let question = format!("Accept into {}? [y/N] ", args.out.display());
                 if !ask(question).await? {
                     incoming.decline("the receiver said no").await?;
+                    stream.close().await;
                     return Err(Failure::peer_gone(
                         "declined: nothing was written (use --yes to accept without asking)",
                     ));
@@ -96,7 +99,8 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
                 .accept(|event| show_event(out, event))
                 .await
                 .context("the transfer failed")?;
-            output::announce_done(&report, &path, "Received", out);
+            stream.close().await;
+            output::announce_done(&report, path, "Received", out);
             Ok(())
         }
     }

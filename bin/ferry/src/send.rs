@@ -30,20 +30,22 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
         )),
     }
 
-    let link = session::sender(&server, args.code.as_deref(), out).await?;
+    let link = session::sender(&server, args.code.as_deref(), args.path.options(), out).await?;
     output::announce_path(&link, out);
 
-    let path = link.path.clone();
+    let path = link.path;
+    let mut stream = link.stream;
     let events = |event| show_event(out, event);
     let outcome = match args.limit_rate {
-        Some(rate) => ferry_transfer::send(Throttled::new(link.stream, rate), source, events).await,
-        None => ferry_transfer::send(link.stream, source, events).await,
+        Some(rate) => ferry_transfer::send(Throttled::new(&mut stream, rate), source, events).await,
+        None => ferry_transfer::send(&mut stream, source, events).await,
     }
     .context("the transfer failed")?;
+    stream.close().await;
     out.finish_progress();
     match outcome {
         SendOutcome::TextDelivered => {
-            out.event("done", json!({"kind": "text", "path": path}));
+            out.event("done", json!({"kind": "text", "path": path.code()}));
             out.say("Text message delivered.");
             Ok(())
         }
@@ -51,7 +53,7 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
             "the receiver declined the offer ({reason})"
         ))),
         SendOutcome::Files(report) => {
-            output::announce_done(&report, &path, "Sent", out);
+            output::announce_done(&report, path, "Sent", out);
             Ok(())
         }
     }

@@ -75,6 +75,9 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
     let config = ServerConfig {
         rendezvous: Config {
             nameplate_ttl: Duration::from_secs(args.nameplate_ttl),
+            stun_port: stun
+                .as_ref()
+                .and_then(|s| s.udp_addrs().first().map(|a| a.port())),
             ..Config::default()
         },
         max_connections: args.max_connections,

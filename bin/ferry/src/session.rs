@@ -2,8 +2,8 @@
 //! while the library (`ferry_connect::session`) pairs and connects.
 
 use anyhow::Result;
-use ferry_connect::PeerLink;
 use ferry_connect::session::{self, Sender};
+use ferry_connect::{PeerLink, SessionOptions};
 use ferry_proto::code::Code;
 use serde_json::json;
 
@@ -37,8 +37,13 @@ pub fn server_address(arg: &Option<String>) -> Result<String> {
 
 /// The sender's side: shows the code and the receiver's command, then
 /// waits for the receiver and connects.
-pub async fn sender(server: &str, code: Option<&str>, out: &Output) -> Result<PeerLink> {
-    let sender = Sender::start(server, code).await?;
+pub async fn sender(
+    server: &str,
+    code: Option<&str>,
+    options: SessionOptions,
+    out: &Output,
+) -> Result<PeerLink> {
+    let sender = Sender::start(server, code, options).await?;
     let code = sender.code().to_string();
     let command = format!("ferry receive --server {server} {code}");
     out.event("code", json!({"code": code, "command": command}));
@@ -51,8 +56,8 @@ pub async fn sender(server: &str, code: Option<&str>, out: &Output) -> Result<Pe
 }
 
 /// The receiver's side.
-pub async fn receiver(server: &str, code: &Code) -> Result<PeerLink> {
-    Ok(session::receive(server, code).await?)
+pub async fn receiver(server: &str, code: &Code, options: SessionOptions) -> Result<PeerLink> {
+    Ok(session::receive(server, code, options).await?)
 }
 
 #[cfg(test)]

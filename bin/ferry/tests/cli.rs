@@ -52,7 +52,15 @@ fn sends_empty_one_byte_and_100_mib_files() {
     assert_eq!(done.len(), 1);
     assert_eq!(done[0]["files"], 3);
     assert_eq!(done[0]["bytes_resumed"], 0);
-    assert_eq!(recv.events("path")[0]["path"], "direct TCP");
+    // Same machine: a direct path on the LAN (TCP to a private or
+    // loopback address) is preferred over QUIC.
+    assert_eq!(
+        recv.events("path")[0]["path"],
+        "lan",
+        "{:?}",
+        recv.events("path")
+    );
+    assert_eq!(send.events("path")[0]["path"], "lan");
     assert_eq!(send.events("done")[0]["bytes_total"], 100 * 1024 * 1024 + 1);
     // No leftovers.
     let names: Vec<_> = fs::read_dir(dst.path())
@@ -298,4 +306,51 @@ fn serve_reports_a_port_it_cannot_bind() {
     assert_ne!(out.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--listen"), "{stderr}");
+}
+
+#[test]
+fn forced_udp_path_moves_the_file_over_quic() {
+    let server = Server::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    random_file(&src.path().join("q.bin"), 8 * 1024 * 1024 + 17);
+    let file = src.path().join("q.bin");
+    let (mut send, code) = start_send(&server, &["--force-path", "udp", file.to_str().unwrap()]);
+    let mut recv = start_receive(
+        &server,
+        &code,
+        dst.path(),
+        &["--yes", "--force-path", "udp"],
+    );
+    assert_eq!(
+        recv.finish(),
+        0,
+        "receiver: {:?} {}",
+        recv.seen,
+        recv.stderr_text()
+    );
+    assert_eq!(send.finish(), 0, "sender: {:?}", send.seen);
+    assert_same_file(&file, &dst.path().join("q.bin"));
+    assert_eq!(recv.events("path")[0]["path"], "quic");
+    assert_eq!(send.events("path")[0]["path"], "quic");
+}
+
+#[test]
+fn forced_relay_path_fails_clearly_until_there_is_a_relay() {
+    let server = Server::start();
+    let dst = tempfile::tempdir().unwrap();
+    let (mut send, code) = start_send(&server, &["--force-path", "relay", "--text", "x"]);
+    let mut recv = start_receive(
+        &server,
+        &code,
+        dst.path(),
+        &["--yes", "--force-path", "relay"],
+    );
+    assert_eq!(recv.finish(), 4, "receiver: {:?}", recv.seen);
+    assert_eq!(send.finish(), 4, "sender: {:?}", send.seen);
+    let message = recv.events("error")[0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("relay"), "{message}");
 }

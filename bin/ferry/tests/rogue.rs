@@ -15,7 +15,7 @@ use ferry_transfer::codec::{self, Frame};
 use ferry_transfer::{Control, Entry, EntryKind, Manifest, Offer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-type Stream = tokio_rustls::TlsStream<tokio::net::TcpStream>;
+type Stream = ferry_connect::PeerStream;
 
 async fn write_frame(stream: &mut Stream, frame: Frame) {
     let mut buf = BytesMut::new();
@@ -42,7 +42,9 @@ async fn read_frame(stream: &mut Stream, buf: &mut BytesMut) -> Option<Frame> {
 /// Pairs with a real receiver saving into `out`; returns the secure stream
 /// and the receiver process.
 async fn rogue_sender(server: &Server, out: &Path) -> (Stream, Proc) {
-    let sender = Sender::start(&server.addr, None).await.unwrap();
+    let sender = Sender::start(&server.addr, None, Default::default())
+        .await
+        .unwrap();
     let recv = start_receive(server, &sender.code().to_string(), out, &["--yes"]);
     let link = sender.connect(|| {}).await.unwrap();
     (link.stream, recv)
@@ -221,7 +223,9 @@ async fn third_claimant_is_refused() {
     let server = tokio::task::spawn_blocking(Server::start).await.unwrap();
     let out = tempfile::tempdir().unwrap();
     // The sender holds the nameplate; a second side claims it and stays.
-    let sender = Sender::start(&server.addr, None).await.unwrap();
+    let sender = Sender::start(&server.addr, None, Default::default())
+        .await
+        .unwrap();
     let code = sender.code().clone();
     let (mut second, _) = ferry_rendezvous::SignalClient::connect(&server.addr)
         .await

@@ -213,6 +213,19 @@ EOF
         # everything else new from outside: address-and-port-dependent filtering
         iifname "wan" drop
     }
+    chain input {
+        # Like most home routers, unsolicited traffic to the router's own
+        # WAN address is dropped ("stealth"). Besides realism this matters
+        # to hole punching: a peer's packet that arrives before our own
+        # first outbound packet would otherwise be delivered to the router
+        # itself, and its conntrack entry would then force masquerade onto
+        # another port for our flow (TCP would also get a reset). Dropped,
+        # its entry is never confirmed. The STUN check miniupnpd runs at
+        # start needs the server's answers from its other address and port.
+        type filter hook input priority filter; policy accept;
+        iifname "wan" ip saddr 203.0.113.0/24 udp sport { 3478, 3479 } accept
+        iifname "wan" ct state new drop
+    }
     chain postrouting {
         type nat hook postrouting priority srcnat; policy accept;
         oifname "wan" masquerade$([ "$kind" = symmetric ] && echo ' fully-random')

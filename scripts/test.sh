@@ -36,11 +36,14 @@ if [ -z "$lab" ]; then
 elif [ "$(id -u)" -ne 0 ]; then
     say "lab tests skipped: they need root for network namespaces (run: sudo scripts/test.sh)"
 else
-    cargo build --locked -p ferry
+    # The binary cargo test built for the integration tests.
     export FERRY="$FERRY_ROOT/target/debug/ferry"
+    [ -x "$FERRY" ] || cargo build --locked -p ferry
     say "lab self-test: each NAT topology measured with real tools"
     scripts/lab-selftest.sh
     say "lab: ferry nat in every topology, against real STUN peers"
     scripts/e2e-nat.sh
+    say "lab: 64 MiB transfers through every kind of NAT, checking bytes and path"
+    scripts/e2e-paths.sh
 fi
 say "all tests passed"

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Stage 3 in the lab: a real `ferry serve` on the lab's public server, a
+# real sender on peer a and a real receiver on peer b, behind real
+# nftables NATs. Each case sends a 64 MiB random file and checks the bytes
+# and the path that won (or the clean error when no direct path exists).
+#
+#   scripts/e2e-paths.sh       as root; needs target/release/ferry (or FERRY=path)
+set -euo pipefail
+source "$(dirname "$0")/e2e-lib.sh"
+
+SIZE_MIB=${SIZE_MIB:-64}
+head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$E2E_WORK/payload.bin"
+
+# transfer CASE EXPECTED_PATH|fail EXPECTED_REMOTE_PREFIX [UP ARGS...]
+#   EXPECTED_PATH: lan|tcp|quic|tcp-simultaneous-open, or "fail" (exit 4, no direct path)
+transfer() {
+    CASE=$1
+    local want=$2 remote_prefix=$3
+    shift 3
+    echo "== $CASE: expect ${want}"
+    lab_up "$@" || return 0
+    if [ "$1" = upnp ]; then lab stun stop >/dev/null; fi
+    start_server || return 0
+    local tag out send_out recv_out
+    tag=${CASE//[^a-zA-Z0-9]/_}
+    out="$E2E_WORK/out.$tag"
+    send_out="$E2E_WORK/send.$tag.json"
+    recv_out="$E2E_WORK/recv.$tag.json"
+    mkdir -p "$out"
+    local started=$SECONDS
+    lab exec a -- "$FERRY" send --json --server "$SIGNAL" "$E2E_WORK/payload.bin" \
+        >"$send_out" 2>"$send_out.log" &
+    local sender=$! code=
+    for _ in $(seq 1 200); do
+        code=$(jq -r 'select(.event == "code") | .code' "$send_out" 2>/dev/null | head -n1)
+        [ -n "$code" ] && break
+        sleep 0.05
+    done
+    if [ -z "$code" ]; then
+        fail "the sender printed no code: $(tail -3 "$send_out.log")"
+        kill "$sender" 2>/dev/null || true
+        return 0
+    fi
+    local recv_rc=0 send_rc=0
+    timeout 120 "$LAB" exec b -- "$FERRY" receive --json --yes --server "$SIGNAL" --out "$out" "$code" \
+        >"$recv_out" 2>"$recv_out.log" || recv_rc=$?
+    wait "$sender" || send_rc=$?
+    local took=$((SECONDS - started))
+    if [ "$want" = fail ]; then
+        expect "receiver exit code" 4 "$recv_rc"
+        expect "sender exit code" 4 "$send_rc"
+        expect "error says there is no direct path" true \
+            "$(jq -r 'select(.event == "error") | .message | contains("no direct path")' "$recv_out" | head -n1)"
+        expect "nothing written" 0 "$(find "$out" -type f | wc -l)"
+        return 0
+    fi
+    expect "receiver exit code" 0 "$recv_rc"
+    expect "sender exit code" 0 "$send_rc"
+    if cmp -s "$E2E_WORK/payload.bin" "$out/payload.bin"; then
+        pass "$SIZE_MIB MiB arrived intact"
+    else
+        fail "the received file differs (or is missing)"
+    fi
+    expect "path (receiver)" "$want" "$(jq -r 'select(.event == "path") | .path' "$recv_out" | head -n1)"
+    expect "path (sender)" "$want" "$(jq -r 'select(.event == "path") | .path' "$send_out" | head -n1)"
+    local remote
+    remote=$(jq -r 'select(.event == "path") | .remote' "$recv_out" | head -n1)
+    case $remote in
+        "$remote_prefix"*) pass "receiver's peer address $remote" ;;
+        *) fail "receiver's peer address: expected $remote_prefix..., seen $remote" ;;
+    esac
+    local connect rate
+    connect=$(jq -r 'select(.event == "path") | .connect_secs' "$recv_out" | head -n1)
+    rate=$(jq -r 'select(.event == "done") | .rate_bytes_per_sec / 1048576 | floor' "$recv_out" | head -n1)
+    printf '          connected in %.2f s, %s MiB/s, whole case %d s\n' "$connect" "$rate" "$took"
+    TABLE+=("$(printf '%-34s %-22s %8.2f s %6s MiB/s' "$CASE" "$want" "$connect" "$rate")")
+}
+
+TABLE=()
+transfer "public <-> public" tcp 198.51.100.66 nat --a none --b none
+transfer "full-cone <-> full-cone" quic 198.51.100.2 full-cone
+transfer "port-restricted <-> port-restricted" quic 198.51.100.2 port-restricted
+transfer "port-restricted <-> full-cone" quic 198.51.100.2 nat --a port-restricted --b full-cone
+transfer "same LAN behind one NAT" lan 10.0.1.10 same-lan
+transfer "UDP blocked, port-preserving NATs" tcp-simultaneous-open 198.51.100.2 udp-blocked
+transfer "UPnP gateways" tcp 198.51.100.2 upnp
+transfer "double NAT (outer in 100.64/10)" quic 198.51.100.34 double-nat
+transfer "port-restricted, 2% loss" quic 198.51.100.2 port-restricted --loss nat-a:2 --loss nat-b:2
+transfer "symmetric <-> symmetric" fail "" symmetric
+
+echo
+printf '%-34s %-22s %10s %12s\n' "case" "path" "connect" "rate"
+printf '%s\n' "${TABLE[@]}"
+summary

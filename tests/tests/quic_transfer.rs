@@ -44,7 +44,7 @@ async fn a_tree_crosses_a_punched_quic_path_intact() {
     );
     let (qa, qb) = (qa.unwrap(), qb.unwrap());
 
-    let source = scan(&[root.clone()]).unwrap();
+    let source = scan(std::slice::from_ref(&root)).unwrap();
     let options = ReceiveOptions {
         out_dir: dst.path().to_path_buf(),
         overwrite: false,

@@ -517,6 +517,13 @@ async fn run_session(
         theirs,
         welcome,
         punch_key: channel.derive_secret(crate::punch::PROBE_KEY_CONTEXT),
+        // Shown as our end of a QUIC path: the socket itself is bound to
+        // the wildcard address.
+        udp_mapped: gathered
+            .candidates
+            .iter()
+            .find(|c| c.transport == Transport::Udp && c.kind == CandidateKind::Stun)
+            .map(|c| c.addr),
         controlling,
         options,
     };
@@ -563,6 +570,7 @@ struct Plan {
     theirs: Vec<Candidate>,
     welcome: Welcome,
     punch_key: [u8; 32],
+    udp_mapped: Option<SocketAddr>,
     controlling: bool,
     options: SessionOptions,
 }
@@ -683,12 +691,17 @@ impl Plan {
             let fingerprint = self.peer_fingerprint.clone();
             let controlling = self.controlling;
             let key = self.punch_key;
+            let mapped = self.udp_mapped;
             attempts.push((
                 PathKind::Quic,
                 Box::pin(async move {
                     let punched =
                         crate::punch(&udp, key, controlling, &udp_targets, PUNCH_TIMEOUT).await?;
-                    let local = udp.local_addr().unwrap_or(UNSPECIFIED);
+                    let local = match (mapped, udp.local_addr()) {
+                        (Some(mapped), _) => mapped,
+                        (None, Ok(local)) => local,
+                        (None, Err(_)) => UNSPECIFIED,
+                    };
                     let socket = udp
                         .into_std()
                         .map_err(|source| ConnectError::UdpSocket { source })?;

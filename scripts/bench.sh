@@ -18,6 +18,7 @@ runs=${2:-3}
 ensure_rust
 command -v /usr/bin/time >/dev/null 2>&1 || apt_install time
 command -v jq >/dev/null 2>&1 || apt_install jq
+command -v iperf3 >/dev/null 2>&1 || apt_install iperf3
 say "building ferry (release)"
 cargo build --release --locked -p ferry
 FERRY="$FERRY_ROOT/target/release/ferry"

@@ -108,13 +108,12 @@ pub enum SessionError {
     #[error(transparent)]
     Signal(#[from] SignalError),
     /// The code the user chose is not a valid code.
-    #[error("{text:?} is not a valid code ({source}); a code looks like 7-orbit-lantern")]
+    #[error("{text:?} is not a valid code ({problem}); a code looks like 7-orbit-lantern")]
     BadCode {
         /// What the user typed.
         text: String,
         /// Why it does not parse.
-        #[source]
-        source: CodeError,
+        problem: CodeError,
     },
     /// The two sides used different codes.
     #[error(
@@ -196,9 +195,9 @@ impl Sender {
         let chosen = chosen
             .map(|text| {
                 text.parse::<Code>()
-                    .map_err(|source| SessionError::BadCode {
+                    .map_err(|problem| SessionError::BadCode {
                         text: text.to_string(),
-                        source,
+                        problem,
                     })
             })
             .transpose()?;

@@ -164,6 +164,8 @@ where
             }
             Offer::Files(manifest) => manifest.clone(),
         };
+        // The rate is the transfer's, not the time the user took to decide.
+        self.started = Instant::now();
         let targets = targets(&manifest, self.core.paths());
         let opts = self.opts.clone();
         let prepared = tokio::task::spawn_blocking(move || prepare(&opts, targets))

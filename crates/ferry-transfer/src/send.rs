@@ -52,10 +52,9 @@ pub async fn send<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let started = Instant::now();
     let (rd, mut wr) = tokio::io::split(stream);
     let mut reader = FrameReader::new(rd);
-    let result = run(&mut reader, &mut wr, source, &mut events, started).await;
+    let result = run(&mut reader, &mut wr, source, &mut events).await;
     match &result {
         Err(e) => report_error(&mut wr, e).await,
         Ok(_) => close(&mut wr).await,
@@ -68,7 +67,6 @@ async fn run<R, W>(
     wr: &mut W,
     source: Source,
     events: &mut (impl FnMut(Event) + Send),
-    started: Instant,
 ) -> Result<SendOutcome, TransferError>
 where
     R: AsyncRead + Unpin + Send,
@@ -105,6 +103,8 @@ where
         Answer::Declined(reason) => return Ok(SendOutcome::Declined(reason)),
         Answer::Accepted(resume) => resume,
     };
+    // The rate is the transfer's, not the time the receiver took to decide.
+    let started = Instant::now();
     let files: Vec<FilePlan> = files
         .into_iter()
         .zip(resume)

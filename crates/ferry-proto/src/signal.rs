@@ -22,8 +22,21 @@
 //! `pong {id}`. The server drops clients silent for three heartbeats.
 //!
 //! The first frame of a connection says what the connection is for: `hello`
-//! starts signalling. A later stage adds a relay first frame on the same
-//! listener, so servers dispatch on the first frame.
+//! starts signalling, `relay {protocol, token}` asks the relay on the same
+//! listener to join this connection with the other one presenting `token`:
+//!
+//! ```text
+//! peer A                       relay                       peer B
+//!   | relay {token} ----------> |                             |
+//!   | <------------ relay-waiting |                             |
+//!   |                            | <----------- relay {token}  |
+//!   |                            | relay-waiting ------------> |
+//!   | <------------- relay-paired | relay-paired -------------> |
+//!   | <======== raw bytes (end-to-end TLS) both ways ========> |
+//! ```
+//!
+//! An unknown, expired or reused token gets `error {relay-refused}` and a
+//! close. The token comes from `claimed` / `peer-joined` (hex, 32 bytes).
 
 use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -33,6 +46,12 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The largest frame, in bytes, newline included.
 pub const MAX_FRAME: usize = 64 * 1024;
+
+/// The relay protocol version carried in [`ClientToServer::Relay`].
+pub const RELAY_PROTOCOL_VERSION: u32 = 1;
+
+/// The largest relay first line (`relay {..}`), in bytes, newline included.
+pub const MAX_RELAY_FRAME: usize = 1024;
 
 /// A frame sent by a client to the rendezvous server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +98,14 @@ pub enum ClientToServer {
         /// The id of the ping being answered.
         id: u64,
     },
+    /// The first (and only) frame of a relay connection: join this
+    /// connection with the other one presenting the same token.
+    Relay {
+        /// The client's [`RELAY_PROTOCOL_VERSION`].
+        protocol: u32,
+        /// The relay token from `claimed` / `peer-joined`, 64 hex digits.
+        token: String,
+    },
 }
 
 /// A frame sent by the rendezvous server to a client.
@@ -108,9 +135,18 @@ pub enum ServerToClient {
     Claimed {
         /// The claimed nameplate.
         nameplate: u32,
+        /// The relay token of this nameplate (64 hex digits), when the
+        /// server runs a relay.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_token: Option<String>,
     },
     /// Sent to the allocator when the second side claims the nameplate.
-    PeerJoined,
+    PeerJoined {
+        /// The relay token of this nameplate (64 hex digits), when the
+        /// server runs a relay; the same one the claimer got.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_token: Option<String>,
+    },
     /// A body the other side sent.
     Message {
         /// The mailbox body, as the other side sent it.
@@ -139,6 +175,11 @@ pub enum ServerToClient {
         /// The id of the ping being answered.
         id: u64,
     },
+    /// The relay accepted the token; the other side has not arrived yet.
+    RelayWaiting,
+    /// Both sides are here: from the next byte on the connection is a raw
+    /// pipe to the other side.
+    RelayPaired,
 }
 
 /// Machine-readable kinds of [`ServerToClient::Error`].
@@ -168,6 +209,10 @@ pub enum ErrorCode {
     Expired,
     /// The server is shutting down.
     ShuttingDown,
+    /// The relay refused the token: unknown, expired or already used twice.
+    RelayRefused,
+    /// The other side did not come to the relay in time.
+    RelayTimeout,
     /// An error code this version does not know.
     #[serde(other)]
     Unknown,
@@ -283,6 +328,16 @@ mod tests {
             encoded(&ClientToServer::Ping { id: 3 }),
             "{\"type\":\"ping\",\"id\":3}\n"
         );
+        let token = "ab".repeat(32);
+        let line = encoded(&ClientToServer::Relay {
+            protocol: 1,
+            token: token.clone(),
+        });
+        assert_eq!(
+            line,
+            format!("{{\"type\":\"relay\",\"protocol\":1,\"token\":\"{token}\"}}\n")
+        );
+        assert!(line.len() <= MAX_RELAY_FRAME);
     }
 
     #[test]
@@ -296,9 +351,45 @@ mod tests {
             }),
             "{\"type\":\"welcome\",\"protocol\":1,\"observed_addr\":\"203.0.113.5:40000\",\"heartbeat_secs\":5}\n"
         );
+        // Without a relay, peer-joined and claimed look as they always did.
         assert_eq!(
-            encoded(&ServerToClient::PeerJoined),
+            encoded(&ServerToClient::PeerJoined { relay_token: None }),
             "{\"type\":\"peer-joined\"}\n"
+        );
+        assert_eq!(
+            encoded(&ServerToClient::Claimed {
+                nameplate: 7,
+                relay_token: None
+            }),
+            "{\"type\":\"claimed\",\"nameplate\":7}\n"
+        );
+        assert_eq!(
+            encoded(&ServerToClient::PeerJoined {
+                relay_token: Some("0f".into())
+            }),
+            "{\"type\":\"peer-joined\",\"relay_token\":\"0f\"}\n"
+        );
+        assert_eq!(
+            encoded(&ServerToClient::Claimed {
+                nameplate: 7,
+                relay_token: Some("0f".into())
+            }),
+            "{\"type\":\"claimed\",\"nameplate\":7,\"relay_token\":\"0f\"}\n"
+        );
+        assert_eq!(
+            encoded(&ServerToClient::RelayWaiting),
+            "{\"type\":\"relay-waiting\"}\n"
+        );
+        assert_eq!(
+            encoded(&ServerToClient::RelayPaired),
+            "{\"type\":\"relay-paired\"}\n"
+        );
+        assert_eq!(
+            encoded(&ServerToClient::Error {
+                code: ErrorCode::RelayRefused,
+                message: "m".into()
+            }),
+            "{\"type\":\"error\",\"code\":\"relay-refused\",\"message\":\"m\"}\n"
         );
         assert_eq!(
             encoded(&ServerToClient::PeerLeft { reason: None }),
@@ -310,6 +401,24 @@ mod tests {
                 message: "x".into()
             }),
             "{\"type\":\"error\",\"code\":\"nameplate-taken\",\"message\":\"x\"}\n"
+        );
+    }
+
+    #[test]
+    fn old_peer_joined_and_claimed_still_decode() {
+        let mut buf = BytesMut::from(
+            &b"{\"type\":\"peer-joined\"}\n{\"type\":\"claimed\",\"nameplate\":3}\n"[..],
+        );
+        assert_eq!(
+            decode_frame::<ServerToClient>(&mut buf).unwrap(),
+            Some(ServerToClient::PeerJoined { relay_token: None })
+        );
+        assert_eq!(
+            decode_frame::<ServerToClient>(&mut buf).unwrap(),
+            Some(ServerToClient::Claimed {
+                nameplate: 3,
+                relay_token: None
+            })
         );
     }
 
@@ -414,6 +523,8 @@ mod tests {
             proptest::option::of(".*").prop_map(|reason| ClientToServer::Release { reason }),
             any::<u64>().prop_map(|id| ClientToServer::Ping { id }),
             any::<u64>().prop_map(|id| ClientToServer::Pong { id }),
+            (any::<u32>(), "[0-9a-f]{0,64}")
+                .prop_map(|(protocol, token)| ClientToServer::Relay { protocol, token }),
         ]
     }
 
@@ -430,8 +541,16 @@ mod tests {
                 }
             ),
             any::<u32>().prop_map(|nameplate| ServerToClient::Allocated { nameplate }),
-            any::<u32>().prop_map(|nameplate| ServerToClient::Claimed { nameplate }),
-            Just(ServerToClient::PeerJoined),
+            (any::<u32>(), proptest::option::of("[0-9a-f]{64}")).prop_map(
+                |(nameplate, relay_token)| ServerToClient::Claimed {
+                    nameplate,
+                    relay_token
+                }
+            ),
+            proptest::option::of(".*")
+                .prop_map(|relay_token| ServerToClient::PeerJoined { relay_token }),
+            Just(ServerToClient::RelayWaiting),
+            Just(ServerToClient::RelayPaired),
             ".*".prop_map(|body| ServerToClient::Message { body }),
             proptest::option::of(".*").prop_map(|reason| ServerToClient::PeerLeft { reason }),
             ".*".prop_map(|message| ServerToClient::Error {

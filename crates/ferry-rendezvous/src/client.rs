@@ -156,6 +156,7 @@ pub struct SignalClient {
     incoming: mpsc::Receiver<Result<ServerToClient, SignalError>>,
     /// Events that arrived while waiting for a request's answer.
     stash: VecDeque<SignalEvent>,
+    relay_token: Option<[u8; 32]>,
     task: JoinHandle<()>,
 }
 
@@ -203,6 +204,7 @@ impl SignalClient {
             commands,
             incoming,
             stash: VecDeque::new(),
+            relay_token: None,
             task,
         };
         Ok((client, welcome))
@@ -228,15 +230,26 @@ impl SignalClient {
         .await
     }
 
-    /// Claims the nameplate the sender allocated.
+    /// Claims the nameplate the sender allocated. When the server runs a
+    /// relay, [`relay_token`](Self::relay_token) is set afterwards.
     pub async fn claim(&mut self, nameplate: u32) -> Result<(), SignalError> {
         self.command(ClientToServer::Claim { nameplate }).await?;
         let result = self
             .answer("claimed", |msg| match msg {
-                ServerToClient::Claimed { nameplate: n } if *n == nameplate => Some(()),
+                ServerToClient::Claimed {
+                    nameplate: n,
+                    relay_token,
+                } if *n == nameplate => Some(relay_token.clone()),
                 _ => None,
             })
             .await;
+        let result = match result {
+            Ok(token) => {
+                self.note_relay_token(token.as_deref());
+                Ok(())
+            }
+            Err(error) => Err(error),
+        };
         match result {
             Err(SignalError::Server { code, message }) => Err(match code {
                 ErrorCode::NameplateTaken => SignalError::NameplateTaken { nameplate, message },
@@ -263,6 +276,13 @@ impl SignalClient {
         self.command(msg).await
     }
 
+    /// The relay token of our nameplate: set by [`claim`](Self::claim) on
+    /// the claiming side, and when [`SignalEvent::PeerJoined`] arrives on
+    /// the allocating side; `None` when the server runs no relay.
+    pub fn relay_token(&self) -> Option<[u8; 32]> {
+        self.relay_token
+    }
+
     /// The next event from the other side. Cancel-safe: dropping the future
     /// loses nothing.
     pub async fn recv(&mut self) -> Result<SignalEvent, SignalError> {
@@ -274,7 +294,10 @@ impl SignalClient {
                 return Err(self.gone("connection closed"));
             };
             match next? {
-                ServerToClient::PeerJoined => return Ok(SignalEvent::PeerJoined),
+                ServerToClient::PeerJoined { relay_token } => {
+                    self.note_relay_token(relay_token.as_deref());
+                    return Ok(SignalEvent::PeerJoined);
+                }
                 ServerToClient::Message { body } => return Ok(SignalEvent::Message(body)),
                 ServerToClient::PeerLeft { reason } => return Ok(SignalEvent::PeerLeft(reason)),
                 ServerToClient::Error { code, message } => {
@@ -332,7 +355,10 @@ impl SignalClient {
                 ServerToClient::Error { code, message } => {
                     return Err(SignalError::Server { code, message });
                 }
-                ServerToClient::PeerJoined => self.stash.push_back(SignalEvent::PeerJoined),
+                ServerToClient::PeerJoined { relay_token } => {
+                    self.note_relay_token(relay_token.as_deref());
+                    self.stash.push_back(SignalEvent::PeerJoined);
+                }
                 ServerToClient::Message { body } => {
                     self.stash.push_back(SignalEvent::Message(body))
                 }
@@ -341,6 +367,15 @@ impl SignalClient {
                 }
                 other => debug!(?other, "unexpected frame from the server ignored"),
             }
+        }
+    }
+
+    fn note_relay_token(&mut self, token: Option<&str>) {
+        let Some(token) = token else { return };
+        let mut bytes = [0u8; 32];
+        match hex::decode_to_slice(token, &mut bytes) {
+            Ok(()) => self.relay_token = Some(bytes),
+            Err(error) => debug!(%error, "relay token from the server ignored"),
         }
     }
 

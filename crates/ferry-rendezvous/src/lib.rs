@@ -4,7 +4,9 @@
 //!
 //! - [`state`]: the server logic as a sans-IO state machine (no sockets, no
 //!   clock: time and the rng seed are arguments).
-//! - [`server`]: the tokio driver around it: [`serve`] on a bound listener.
+//! - [`server`]: the tokio driver around it: [`serve`] on a bound listener;
+//!   with a relay configured, the same listener also serves `ferry-relay`
+//!   connections (told apart by their first frame).
 //! - [`client`]: [`SignalClient`], the tokio client used by `ferry send` and
 //!   `ferry receive`.
 //!
@@ -27,5 +29,5 @@ pub mod server;
 pub mod state;
 
 pub use client::{SignalClient, SignalError, SignalEvent, Welcome};
-pub use server::{ServerConfig, serve};
+pub use server::{ServerConfig, serve, serve_with_relay};
 pub use state::{BAD_CODE, ClientId, Config, PEER_DISCONNECTED, PEER_VANISHED, Rendezvous};

@@ -15,9 +15,19 @@
 //!   `error {shutting-down}` and closes it; tasks get 5 s to finish.
 //! ```
 //!
-//! The first frame of a connection decides what it is for. Today only
-//! `hello` (signalling) exists; the relay stage adds its own first frame and
-//! a branch in the connection task before the actor sees the connection.
+//! The first frame of a connection decides what it is for: `hello` is
+//! signalling; `relay {token}` hands the connection (with any bytes read
+//! beyond that line) to the [`RelayServer`], which pairs it and pipes bytes
+//! until the pair ends; the connection keeps its connection-limit permits
+//! meanwhile. Without a relay configured, relay frames get
+//! `error {relay-refused}`.
+//!
+//! Token sharing: the actor owns the rendezvous core and a clone of the
+//! [`RelayServer`] handle. When a claim makes the core draw a relay token,
+//! the actor drains [`Rendezvous::poll_relay_token`] into
+//! [`RelayServer::issue`] (a short, synchronous lock on the relay core)
+//! *before* it queues the `claimed` / `peer-joined` frames carrying the
+//! token, so no client can present a token the relay does not know yet.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,8 +37,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ferry_proto::signal::{
-    ClientToServer, ErrorCode, FrameError, MAX_FRAME, ServerToClient, decode_frame, encode_frame,
+    ClientToServer, ErrorCode, FrameError, MAX_FRAME, RELAY_PROTOCOL_VERSION, ServerToClient,
+    decode_frame, encode_frame,
 };
+use ferry_relay::{RelayConfig, RelayServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -58,8 +70,12 @@ pub struct ServerConfig {
     pub rendezvous: Config,
     /// Connections served at once (default 1024).
     pub max_connections: usize,
-    /// Connections served at once from one IP address (default 16).
+    /// Connections served at once from one IP address (default 16). Relay
+    /// connections count here too.
     pub max_connections_per_ip: usize,
+    /// The relay on the same listener, with its limits (default none: no
+    /// relay tokens are issued and relay connections are refused).
+    pub relay: Option<RelayConfig>,
 }
 
 impl Default for ServerConfig {
@@ -68,12 +84,14 @@ impl Default for ServerConfig {
             rendezvous: Config::default(),
             max_connections: 1024,
             max_connections_per_ip: 16,
+            relay: None,
         }
     }
 }
 
-/// Serves signalling on an already-bound listener until `shutdown`
-/// resolves, then closes connections gracefully.
+/// Serves signalling (and the relay, when `config.relay` is set) on an
+/// already-bound listener until `shutdown` resolves, then closes
+/// connections gracefully.
 ///
 /// Returns an error only if the listener's address cannot be read.
 pub async fn serve(
@@ -81,13 +99,28 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let relay = config.relay.clone().map(RelayServer::new);
+    serve_with_relay(listener, config, relay, shutdown).await
+}
+
+/// Like [`serve`], with a relay the caller made (to read its
+/// [`stats`](RelayServer::stats), or share it); `config.relay` is ignored.
+/// `None` runs no relay.
+pub async fn serve_with_relay(
+    listener: TcpListener,
+    config: ServerConfig,
+    relay: Option<RelayServer>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let local = listener.local_addr()?;
-    info!(%local, "rendezvous server listening");
-    let seed = rand::random::<u64>();
-    let core = Rendezvous::new(config.rendezvous.clone(), seed);
+    info!(%local, relay = relay.is_some(), "rendezvous server listening");
+    let mut core_config = config.rendezvous.clone();
+    core_config.relay = relay.is_some();
+    // 32 bytes of seed: relay tokens come from this rng.
+    let core = Rendezvous::with_seed(core_config, rand::random::<[u8; 32]>());
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
     let (stop_tx, stop_rx) = oneshot::channel();
-    let actor = tokio::spawn(actor(core, inbox_rx, stop_rx));
+    let actor = tokio::spawn(actor(core, relay.clone(), inbox_rx, stop_rx));
 
     let semaphore = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
@@ -125,7 +158,8 @@ pub async fn serve(
                 };
                 let id = next_id;
                 next_id += 1;
-                tasks.spawn(connection(id, stream, addr, inbox_tx.clone(), permit, slot));
+                let conn = Conn { id, addr, inbox: inbox_tx.clone(), relay: relay.clone(), _permit: permit, _slot: slot };
+                tasks.spawn(connection(conn, stream));
             }
         }
     }
@@ -173,6 +207,7 @@ enum Out {
 
 async fn actor(
     mut core: Rendezvous,
+    relay: Option<RelayServer>,
     mut inbox: mpsc::Receiver<ActorMsg>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -206,7 +241,7 @@ async fn actor(
             }
             _ = timer => core.handle_timeout(Instant::now().into_std()),
         }
-        flush(&mut core, &mut conns);
+        flush(&mut core, relay.as_ref(), &mut conns);
     }
     for (_, out) in conns.drain() {
         let _ = out.try_send(Out::Frame(ServerToClient::Error {
@@ -217,9 +252,19 @@ async fn actor(
     }
 }
 
-/// Hands the core's frames and closes to the connection tasks.
-fn flush(core: &mut Rendezvous, conns: &mut HashMap<ClientId, mpsc::Sender<Out>>) {
+/// Hands the core's relay tokens to the relay, then its frames and closes
+/// to the connection tasks.
+fn flush(
+    core: &mut Rendezvous,
+    relay: Option<&RelayServer>,
+    conns: &mut HashMap<ClientId, mpsc::Sender<Out>>,
+) {
     loop {
+        while let Some((nameplate, token)) = core.poll_relay_token() {
+            if let Some(relay) = relay {
+                relay.issue(nameplate, token);
+            }
+        }
         while let Some((id, msg)) = core.poll_transmit() {
             let Some(out) = conns.get(&id) else { continue };
             if out.try_send(Out::Frame(msg)).is_err() {
@@ -240,16 +285,28 @@ fn flush(core: &mut Rendezvous, conns: &mut HashMap<ClientId, mpsc::Sender<Out>>
     }
 }
 
-/// One signalling connection: frames in to the actor, frames out to the socket.
-async fn connection(
+/// What a connection task holds; the permits are released when it ends.
+struct Conn {
     id: ClientId,
-    mut stream: TcpStream,
     addr: SocketAddr,
     inbox: mpsc::Sender<ActorMsg>,
+    relay: Option<RelayServer>,
     _permit: OwnedSemaphorePermit,
     _slot: IpSlot,
-) {
+}
+
+/// One connection: frames in to the actor, frames out to the socket; or,
+/// when the first frame is `relay`, a relay connection.
+async fn connection(conn: Conn, mut stream: TcpStream) {
+    let Conn {
+        id,
+        addr,
+        ref inbox,
+        ref relay,
+        ..
+    } = conn;
     let _ = stream.set_nodelay(true);
+    let mut first_frame = true;
     let (out_tx, mut out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     if inbox
         .send(ActorMsg::Connect {
@@ -271,10 +328,17 @@ async fn connection(
         while reading {
             match decode_frame::<ClientToServer>(&mut input) {
                 Ok(Some(msg)) => {
-                    // First-frame dispatch point: the relay stage checks here
-                    // for its own first frame before the actor sees any;
-                    // everything else is signalling, whose core insists on
-                    // `hello` first.
+                    // First-frame dispatch: a relay connection leaves the
+                    // actor at once; everything else is signalling, whose
+                    // core insists on `hello` first.
+                    if std::mem::take(&mut first_frame) {
+                        if let ClientToServer::Relay { protocol, token } = msg {
+                            let _ = inbox.send(ActorMsg::Disconnect { id }).await;
+                            relay_connection(stream, addr, protocol, token, input, relay.as_ref())
+                                .await;
+                            return;
+                        }
+                    }
                     if inbox.send(ActorMsg::Frame { id, msg }).await.is_err() {
                         break 'conn;
                     }
@@ -343,6 +407,38 @@ async fn connection(
         }
     }
     let _ = inbox.send(ActorMsg::Disconnect { id }).await;
+}
+
+/// A connection whose first frame was `relay`: hand it to the relay, or
+/// refuse it.
+async fn relay_connection(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    protocol: u32,
+    token: String,
+    buffered: BytesMut,
+    relay: Option<&RelayServer>,
+) {
+    let (code, message) = match relay {
+        _ if protocol != RELAY_PROTOCOL_VERSION => (
+            ErrorCode::ProtocolVersion,
+            format!(
+                "this relay speaks relay protocol {RELAY_PROTOCOL_VERSION}, you sent {protocol}; \
+                 use the same ferry version as the server"
+            ),
+        ),
+        Some(relay) => return relay.handle(stream, addr, token, buffered).await,
+        None => (
+            ErrorCode::RelayRefused,
+            "this server runs no relay".to_string(),
+        ),
+    };
+    debug!(%addr, ?code, "relay connection refused");
+    let mut frame = BytesMut::new();
+    if encode_frame(&ServerToClient::Error { code, message }, &mut frame).is_ok() {
+        let _ = timeout(WRITE_TIMEOUT, stream.write_all(&frame)).await;
+    }
+    linger(&mut stream).await;
 }
 
 /// Half-closes and discards input for a moment, so our last frame is not

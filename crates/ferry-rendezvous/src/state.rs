@@ -9,6 +9,9 @@
 //! connect -> hello -> welcome{observed_addr}
 //!   allocate -> allocated{n}            (side 0 of nameplate n)
 //!   claim{n} -> claimed{n}              (side 1); side 0 gets peer-joined
+//!               with Config::relay, both carry the same fresh relay token,
+//!               which poll_relay_token() hands the driver *before* the
+//!               frames go out, so the relay knows it first
 //!   send{body} -> other side gets message{body}
 //!                 (queued, up to MAX_PENDING_MESSAGES, while side 1 has not come)
 //!   release{reason} / disconnect / silence for 3 heartbeats
@@ -58,6 +61,9 @@ pub struct Config {
     /// The UDP port of the STUN responder on this host, told to clients in
     /// the welcome (default none).
     pub stun_port: Option<u16>,
+    /// Whether a relay runs beside this server: then every claim draws a
+    /// relay token for both sides (default false).
+    pub relay: bool,
 }
 
 impl Default for Config {
@@ -67,6 +73,7 @@ impl Default for Config {
             max_nameplates: 10_000,
             heartbeat: Duration::from_secs(5),
             stun_port: None,
+            relay: false,
         }
     }
 }
@@ -80,6 +87,7 @@ pub struct Rendezvous {
     nameplates: HashMap<u32, Nameplate>,
     transmits: VecDeque<(ClientId, ServerToClient)>,
     closes: VecDeque<ClientId>,
+    relay_tokens: VecDeque<(u32, [u8; 32])>,
     next_ping_id: u64,
 }
 
@@ -111,15 +119,28 @@ struct Nameplate {
 }
 
 impl Rendezvous {
-    /// A fresh server state; `rng_seed` drives nameplate choice.
+    /// A fresh server state; `rng_seed` drives nameplate choice and relay
+    /// tokens. Fine for tests; a server that issues relay tokens should use
+    /// [`Rendezvous::with_seed`] with 32 random bytes.
     pub fn new(config: Config, rng_seed: u64) -> Self {
+        Self::from_rng(config, StdRng::seed_from_u64(rng_seed))
+    }
+
+    /// A fresh server state whose rng is seeded with 32 bytes, so relay
+    /// tokens carry the seed's full entropy.
+    pub fn with_seed(config: Config, seed: [u8; 32]) -> Self {
+        Self::from_rng(config, StdRng::from_seed(seed))
+    }
+
+    fn from_rng(config: Config, rng: StdRng) -> Self {
         Rendezvous {
             config,
-            rng: StdRng::seed_from_u64(rng_seed),
+            rng,
             clients: HashMap::new(),
             nameplates: HashMap::new(),
             transmits: VecDeque::new(),
             closes: VecDeque::new(),
+            relay_tokens: VecDeque::new(),
             next_ping_id: 1,
         }
     }
@@ -196,6 +217,11 @@ impl Rendezvous {
                     .push_back((client, ServerToClient::Pong { id }));
             }
             ClientToServer::Pong { .. } => {}
+            ClientToServer::Relay { .. } => {
+                debug!(client, "relay frame on a signalling connection");
+                let message = "relay must be the first frame of its own connection".to_string();
+                self.fail(now, client, ErrorCode::BadFrame, message);
+            }
         }
     }
 
@@ -285,6 +311,13 @@ impl Rendezvous {
     /// The next client to disconnect, once its queued frames are sent.
     pub fn poll_close(&mut self) -> Option<ClientId> {
         self.closes.pop_front()
+    }
+
+    /// The next relay token to register with the relay, with its
+    /// nameplate. Drain this before [`Rendezvous::poll_transmit`], so the
+    /// relay knows a token before any client can present it.
+    pub fn poll_relay_token(&mut self) -> Option<(u32, [u8; 32])> {
+        self.relay_tokens.pop_front()
     }
 
     /// When [`Rendezvous::handle_timeout`] should next be called.
@@ -391,11 +424,23 @@ impl Rendezvous {
             state.nameplate = Some(number);
         }
         info!(nameplate = number, client, "nameplate claimed");
-        self.transmits
-            .push_back((client, ServerToClient::Claimed { nameplate: number }));
+        let relay_token = if self.config.relay {
+            let token: [u8; 32] = self.rng.r#gen();
+            self.relay_tokens.push_back((number, token));
+            Some(hex::encode(token))
+        } else {
+            None
+        };
+        self.transmits.push_back((
+            client,
+            ServerToClient::Claimed {
+                nameplate: number,
+                relay_token: relay_token.clone(),
+            },
+        ));
         if let Side::Here(allocator) = allocator {
             self.transmits
-                .push_back((allocator, ServerToClient::PeerJoined));
+                .push_back((allocator, ServerToClient::PeerJoined { relay_token }));
         }
         for body in pending {
             self.transmits
@@ -615,8 +660,14 @@ mod tests {
             assert_eq!(
                 self.drain(),
                 vec![
-                    (2, ServerToClient::Claimed { nameplate }),
-                    (1, ServerToClient::PeerJoined)
+                    (
+                        2,
+                        ServerToClient::Claimed {
+                            nameplate,
+                            relay_token: None
+                        }
+                    ),
+                    (1, ServerToClient::PeerJoined { relay_token: None })
                 ]
             );
             nameplate
@@ -942,8 +993,14 @@ mod tests {
         assert_eq!(
             h.drain(),
             vec![
-                (3, ServerToClient::Claimed { nameplate: 4242 }),
-                (1, ServerToClient::PeerJoined)
+                (
+                    3,
+                    ServerToClient::Claimed {
+                        nameplate: 4242,
+                        relay_token: None
+                    }
+                ),
+                (1, ServerToClient::PeerJoined { relay_token: None })
             ]
         );
     }
@@ -970,6 +1027,74 @@ mod tests {
         assert!(numbers[99..].iter().all(|n| (100..=999).contains(n)));
         // Random, not sequential.
         assert_ne!(numbers[..10], (1..=10).collect::<Vec<u32>>()[..]);
+    }
+
+    #[test]
+    fn claim_issues_one_relay_token_to_both_sides() {
+        let config = Config {
+            relay: true,
+            ..Config::default()
+        };
+        let mut h = Harness::new(config);
+        assert!(h.core.poll_relay_token().is_none());
+        h.greet(1);
+        h.greet(2);
+        h.msg(1, ClientToServer::Allocate);
+        let [(1, ServerToClient::Allocated { nameplate })] = h.drain()[..] else {
+            panic!("no allocation");
+        };
+        assert!(
+            h.core.poll_relay_token().is_none(),
+            "no token before the claim"
+        );
+        h.msg(2, ClientToServer::Claim { nameplate });
+        let (number, token) = h.core.poll_relay_token().expect("a token on claim");
+        assert_eq!(number, nameplate);
+        assert!(h.core.poll_relay_token().is_none());
+        let hex = hex::encode(token);
+        assert_eq!(
+            h.drain(),
+            vec![
+                (
+                    2,
+                    ServerToClient::Claimed {
+                        nameplate,
+                        relay_token: Some(hex.clone())
+                    }
+                ),
+                (
+                    1,
+                    ServerToClient::PeerJoined {
+                        relay_token: Some(hex)
+                    }
+                )
+            ]
+        );
+        // Another pair gets another token.
+        h.greet(3);
+        h.greet(4);
+        h.msg(3, ClientToServer::Allocate);
+        let [(3, ServerToClient::Allocated { nameplate })] = h.drain()[..] else {
+            panic!("no allocation");
+        };
+        h.msg(4, ClientToServer::Claim { nameplate });
+        let (_, other) = h.core.poll_relay_token().unwrap();
+        assert_ne!(other, token);
+    }
+
+    #[test]
+    fn relay_frame_on_signalling_connection_closes() {
+        let mut h = Harness::new(Config::default());
+        h.greet(1);
+        h.msg(
+            1,
+            ClientToServer::Relay {
+                protocol: 1,
+                token: "00".repeat(32),
+            },
+        );
+        assert_eq!(error_code(&h.drain()), vec![(1, ErrorCode::BadFrame)]);
+        assert_eq!(h.closes(), vec![1]);
     }
 
     #[test]

@@ -1,0 +1,51 @@
+//! ferry-relay: the TCP relay that joins two ferry peers which cannot reach
+//! each other directly (symmetric NATs, networks that only let TCP 443 out).
+//!
+//! - [`pairing`]: the pairing rules as a sans-IO state machine ([`Relay`]): one-time
+//!   tokens, limits, wait timeouts, refusal counters. No sockets, no clock.
+//! - [`server`]: the tokio driver ([`RelayServer`]): takes a connection whose
+//!   first line was `relay {token}`, waits for its partner and copies bytes
+//!   both ways with large buffers, an idle timeout and an optional rate limit.
+//! - [`client`]: [`relay_connect`], which hands back a TCP stream that is a
+//!   raw pipe to the other peer, ready for TLS.
+//!
+//! ```text
+//! rendezvous core --claim--> token (32 random bytes) --Relay::issue--> token table
+//!        |                                                               ^
+//!  claimed/peer-joined {relay_token} to both peers                       |
+//!        v                                                               |
+//! peer A: relay_connect --first line relay{token}--> RelayServer::handle -+- Relay::handle_join
+//! peer B: relay_connect --first line relay{token}--> RelayServer::handle -+
+//!        A and B joined: copy_bidirectional (256 KiB buffers, backpressure)
+//! ```
+//!
+//! The relay is not an open proxy: only the two connections presenting a
+//! token the rendezvous issued are joined. It sees only the peers' TLS
+//! ciphertext. It does not parse anything after the first line.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod pairing;
+pub mod server;
+
+pub use client::{RelayError, relay_connect};
+pub use pairing::{ConnId, Join, Refusal, Relay, RelayConfig, Stats, Token};
+pub use server::RelayServer;
+
+/// Formats a token as the 64 hex digits that travel in frames.
+pub fn token_to_hex(token: &Token) -> String {
+    hex::encode(token)
+}
+
+/// Parses 64 hex digits into a token; `None` for anything else.
+pub fn token_from_hex(text: &str) -> Option<Token> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut token = [0u8; 32];
+    hex::decode_to_slice(text, &mut token).ok()?;
+    Some(token)
+}

@@ -1,0 +1,615 @@
+//! The relay's pairing rules, sans-IO.
+//!
+//! The driver feeds tokens the rendezvous issued ([`Relay::issue`]), joins
+//! ([`Relay::handle_join`]) and closes ([`Relay::handle_close`]) with the
+//! current time, calls [`Relay::handle_timeout`] when [`Relay::poll_timeout`]
+//! says so, and closes the connections [`Relay::poll_close`] names.
+//!
+//! ```text
+//! issue(now, nameplate, token)        token valid until now + token_ttl,
+//!                                     for exactly two joins
+//! join(conn, ip, token):
+//!   per-IP limit reached              -> Refused(PerIpLimit)
+//!   token never issued / swept        -> Refused(UnknownToken)
+//!   token past its TTL                -> Refused(Expired)
+//!   token already joined twice        -> Refused(Reused)
+//!   first side, no free pair slot     -> Refused(PairsLimit)
+//!   first side                        -> Wait     (takes a pair slot)
+//!   second side                       -> Paired { other }
+//! close(conn): frees its IP share; a waiting side also gives its join back
+//!   (it may come again); a paired side frees the pair slot
+//! timeout(now): waiting longer than wait_timeout -> poll_close (WaitTimeout);
+//!   tokens are forgotten one more TTL after they expired (until then a
+//!   late presenter hears "expired", which says what to do, rather than
+//!   "unknown")
+//! ```
+//!
+//! A pair slot is taken when the first side starts waiting, so a second
+//! side is never refused for lack of room and `max_pairs` bounds waiting
+//! and paired connections together.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+/// A relay token: 32 random bytes the rendezvous gives both sides of a nameplate.
+pub type Token = [u8; 32];
+
+/// Identifies one relay connection; the driver never reuses an id.
+pub type ConnId = u64;
+
+/// Limits and timers of the relay, with defaults for a small VPS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Relay connections (waiting or paired) from one IP address (default 8).
+    pub max_connections_per_ip: usize,
+    /// Pairs at once, counting a side still waiting for its partner as a
+    /// pair (default 64).
+    pub max_pairs: usize,
+    /// Bytes per second per pair, both directions together (default none).
+    pub rate_limit: Option<u64>,
+    /// A pair with no byte either way for this long is closed (default 60 s).
+    pub idle_timeout: Duration,
+    /// How long the first side may wait for the second (default 30 s).
+    pub wait_timeout: Duration,
+    /// How long a token can be presented after it was issued (default 120 s).
+    pub token_ttl: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            max_connections_per_ip: 8,
+            max_pairs: 64,
+            rate_limit: None,
+            idle_timeout: Duration::from_secs(60),
+            wait_timeout: Duration::from_secs(30),
+            token_ttl: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What to do with a connection that presented a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    /// Tell it `relay-waiting`; its partner has not come yet.
+    Wait,
+    /// Join it with `other`, which was waiting.
+    Paired {
+        /// The waiting connection to join with.
+        other: ConnId,
+    },
+    /// Tell it why and close it.
+    Refused(Refusal),
+}
+
+/// Why a join was refused (or a waiting connection dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The token was never issued, or was forgotten after expiring.
+    UnknownToken,
+    /// The token is past its TTL.
+    Expired,
+    /// Two connections already presented the token.
+    Reused,
+    /// Too many relay connections from this IP address.
+    PerIpLimit,
+    /// Too many pairs at once.
+    PairsLimit,
+    /// The other side did not come within the wait timeout.
+    WaitTimeout,
+}
+
+impl Refusal {
+    /// A sentence for the refused user, saying what to do.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::UnknownToken => {
+                "unknown relay token; get a fresh one by pairing through the rendezvous server again"
+            }
+            Refusal::Expired => "the relay token expired; pair again to get a fresh one",
+            Refusal::Reused => {
+                "this relay token was already used by both sides; pair again to get a fresh one"
+            }
+            Refusal::PerIpLimit => "too many relay connections from your address; try again later",
+            Refusal::PairsLimit => "the relay is at its limit of transfers; try again later",
+            Refusal::WaitTimeout => "the other side did not come to the relay in time",
+        }
+    }
+}
+
+/// Counters of what the relay did, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Tokens issued.
+    pub issued: u64,
+    /// Pairs joined.
+    pub paired: u64,
+    /// Joins refused for an unknown token.
+    pub unknown_token: u64,
+    /// Joins refused for an expired token.
+    pub expired: u64,
+    /// Joins refused for a token already used twice.
+    pub reused: u64,
+    /// Joins refused by the per-IP limit.
+    pub per_ip_limit: u64,
+    /// Joins refused by the pairs limit.
+    pub pairs_limit: u64,
+    /// Waiting connections dropped because the other side did not come.
+    pub wait_timeout: u64,
+}
+
+impl Stats {
+    /// All refusals together.
+    pub fn refused(&self) -> u64 {
+        self.unknown_token
+            + self.expired
+            + self.reused
+            + self.per_ip_limit
+            + self.pairs_limit
+            + self.wait_timeout
+    }
+
+    fn count(&mut self, refusal: Refusal) {
+        let counter = match refusal {
+            Refusal::UnknownToken => &mut self.unknown_token,
+            Refusal::Expired => &mut self.expired,
+            Refusal::Reused => &mut self.reused,
+            Refusal::PerIpLimit => &mut self.per_ip_limit,
+            Refusal::PairsLimit => &mut self.pairs_limit,
+            Refusal::WaitTimeout => &mut self.wait_timeout,
+        };
+        *counter += 1;
+    }
+}
+
+/// The relay state machine.
+#[derive(Debug)]
+pub struct Relay {
+    config: RelayConfig,
+    tokens: HashMap<Token, TokenState>,
+    conns: HashMap<ConnId, Conn>,
+    per_ip: HashMap<IpAddr, usize>,
+    /// Waiting connections plus live pairs.
+    slots: usize,
+    closes: VecDeque<ConnId>,
+    stats: Stats,
+}
+
+#[derive(Debug)]
+struct TokenState {
+    nameplate: u32,
+    expires: Instant,
+    joins: u8,
+    waiting: Option<ConnId>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    ip: IpAddr,
+    state: ConnState,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ConnState {
+    Waiting {
+        token: Token,
+        deadline: Instant,
+    },
+    Paired {
+        other: ConnId,
+    },
+    /// Its partner closed; the pair slot is already free.
+    Orphan,
+}
+
+impl Relay {
+    /// An empty relay.
+    pub fn new(config: RelayConfig) -> Self {
+        Relay {
+            config,
+            tokens: HashMap::new(),
+            conns: HashMap::new(),
+            per_ip: HashMap::new(),
+            slots: 0,
+            closes: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The limits this relay enforces.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// Registers `token` for the two sides of `nameplate`, valid for the
+    /// token TTL from `now`. Issuing a token already known does nothing.
+    pub fn issue(&mut self, now: Instant, nameplate: u32, token: Token) {
+        if self.tokens.contains_key(&token) {
+            debug!(nameplate, "relay token issued twice; ignored");
+            return;
+        }
+        self.tokens.insert(
+            token,
+            TokenState {
+                nameplate,
+                expires: now + self.config.token_ttl,
+                joins: 0,
+                waiting: None,
+            },
+        );
+        self.stats.issued += 1;
+        debug!(nameplate, "relay token issued");
+    }
+
+    /// Connection `conn` from `ip` presented `token`.
+    pub fn handle_join(&mut self, now: Instant, conn: ConnId, ip: IpAddr, token: &Token) -> Join {
+        let refusal = self.check_join(now, conn, ip, token);
+        if let Some(refusal) = refusal {
+            self.stats.count(refusal);
+            debug!(conn, %ip, ?refusal, "relay join refused");
+            return Join::Refused(refusal);
+        }
+        *self.per_ip.entry(ip).or_insert(0) += 1;
+        let Some(state) = self.tokens.get_mut(token) else {
+            // check_join saw it; unreachable in practice.
+            return Join::Refused(Refusal::UnknownToken);
+        };
+        state.joins += 1;
+        match state.waiting.take() {
+            Some(other) => {
+                let nameplate = state.nameplate;
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        ip,
+                        state: ConnState::Paired { other },
+                    },
+                );
+                if let Some(waiter) = self.conns.get_mut(&other) {
+                    waiter.state = ConnState::Paired { other: conn };
+                }
+                self.stats.paired += 1;
+                debug!(conn, other, nameplate, "relay pair joined");
+                Join::Paired { other }
+            }
+            None => {
+                state.waiting = Some(conn);
+                self.slots += 1;
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        ip,
+                        state: ConnState::Waiting {
+                            token: *token,
+                            deadline: now + self.config.wait_timeout,
+                        },
+                    },
+                );
+                debug!(conn, nameplate = state.nameplate, "relay side waiting");
+                Join::Wait
+            }
+        }
+    }
+
+    /// The connection `conn` closed (or the driver closed it). Unknown ids
+    /// are ignored, so closing twice is harmless.
+    pub fn handle_close(&mut self, conn: ConnId) {
+        let Some(state) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(count) = self.per_ip.get_mut(&state.ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&state.ip);
+            }
+        }
+        match state.state {
+            ConnState::Waiting { token, .. } => {
+                self.slots -= 1;
+                // The side may come again with the same token.
+                if let Some(token) = self.tokens.get_mut(&token) {
+                    if token.waiting == Some(conn) {
+                        token.waiting = None;
+                        token.joins = token.joins.saturating_sub(1);
+                    }
+                }
+            }
+            ConnState::Paired { other } => {
+                self.slots -= 1;
+                if let Some(other) = self.conns.get_mut(&other) {
+                    other.state = ConnState::Orphan;
+                }
+            }
+            ConnState::Orphan => {}
+        }
+    }
+
+    /// Time passed: drop sides that waited too long, forget expired tokens.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let late: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(
+                |(_, c)| matches!(c.state, ConnState::Waiting { deadline, .. } if now >= deadline),
+            )
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in late {
+            debug!(conn, "relay side waited too long for its partner; dropping");
+            self.stats.count(Refusal::WaitTimeout);
+            self.handle_close(conn);
+            self.closes.push_back(conn);
+        }
+        let grace = self.config.token_ttl;
+        self.tokens.retain(|_, token| {
+            // A side still waiting keeps its token until its own deadline.
+            now < token.expires + grace || token.waiting.is_some()
+        });
+    }
+
+    /// The next connection to close (it waited too long), once told why.
+    pub fn poll_close(&mut self) -> Option<ConnId> {
+        self.closes.pop_front()
+    }
+
+    /// When [`Relay::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let waits = self.conns.values().filter_map(|c| match c.state {
+            ConnState::Waiting { deadline, .. } => Some(deadline),
+            _ => None,
+        });
+        let grace = self.config.token_ttl;
+        let tokens = self.tokens.values().map(|t| t.expires + grace);
+        waits.chain(tokens).min()
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Connections waiting or paired.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Tokens remembered (valid, used or not yet swept).
+    pub fn token_count(&self) -> usize {
+        self.tokens.len()
+    }
+
+    fn check_join(&self, now: Instant, conn: ConnId, ip: IpAddr, token: &Token) -> Option<Refusal> {
+        if self.conns.contains_key(&conn) {
+            // A driver bug, not a peer's doing; refuse rather than corrupt state.
+            return Some(Refusal::Reused);
+        }
+        if self.per_ip.get(&ip).copied().unwrap_or(0) >= self.config.max_connections_per_ip {
+            return Some(Refusal::PerIpLimit);
+        }
+        let Some(state) = self.tokens.get(token) else {
+            return Some(Refusal::UnknownToken);
+        };
+        if now >= state.expires {
+            return Some(Refusal::Expired);
+        }
+        if state.joins >= 2 {
+            return Some(Refusal::Reused);
+        }
+        if state.waiting.is_none() && self.slots >= self.config.max_pairs {
+            return Some(Refusal::PairsLimit);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 2));
+    const C: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 3));
+
+    fn token(n: u8) -> Token {
+        [n; 32]
+    }
+
+    struct Harness {
+        relay: Relay,
+        now: Instant,
+    }
+
+    impl Harness {
+        fn new(config: RelayConfig) -> Self {
+            Harness {
+                relay: Relay::new(config),
+                now: Instant::now(),
+            }
+        }
+
+        fn issue(&mut self, n: u8) {
+            self.relay.issue(self.now, u32::from(n), token(n));
+        }
+
+        fn join(&mut self, conn: ConnId, ip: IpAddr, n: u8) -> Join {
+            self.relay.handle_join(self.now, conn, ip, &token(n))
+        }
+
+        fn advance(&mut self, by: Duration) -> Vec<ConnId> {
+            self.now += by;
+            self.relay.handle_timeout(self.now);
+            std::iter::from_fn(|| self.relay.poll_close()).collect()
+        }
+    }
+
+    #[test]
+    fn two_sides_pair() {
+        let mut h = Harness::new(RelayConfig::default());
+        h.issue(1);
+        assert_eq!(h.join(10, A, 1), Join::Wait);
+        assert_eq!(h.join(11, B, 1), Join::Paired { other: 10 });
+        assert_eq!(h.relay.stats().paired, 1);
+        assert_eq!(h.relay.stats().refused(), 0);
+        // Paired connections are not timed out by the wait timeout.
+        assert!(h.advance(Duration::from_secs(3600)).is_empty());
+        assert_eq!(h.relay.connection_count(), 2);
+    }
+
+    #[test]
+    fn bogus_token_is_refused() {
+        let mut h = Harness::new(RelayConfig::default());
+        h.issue(1);
+        assert_eq!(h.join(10, A, 2), Join::Refused(Refusal::UnknownToken));
+        assert_eq!(h.relay.stats().unknown_token, 1);
+        assert_eq!(h.relay.connection_count(), 0);
+    }
+
+    #[test]
+    fn expired_token_is_refused_then_forgotten() {
+        let config = RelayConfig {
+            token_ttl: Duration::from_secs(60),
+            ..RelayConfig::default()
+        };
+        let mut h = Harness::new(config);
+        h.issue(1);
+        assert_eq!(
+            h.relay.poll_timeout(),
+            Some(h.now + Duration::from_secs(120))
+        );
+        h.advance(Duration::from_secs(60));
+        assert_eq!(h.join(10, A, 1), Join::Refused(Refusal::Expired));
+        assert_eq!(h.relay.stats().expired, 1);
+        h.advance(Duration::from_secs(59));
+        assert_eq!(h.join(11, A, 1), Join::Refused(Refusal::Expired));
+        h.advance(Duration::from_secs(1));
+        assert_eq!(h.relay.token_count(), 0);
+        assert_eq!(h.join(11, A, 1), Join::Refused(Refusal::UnknownToken));
+        // One second before the TTL a fresh token still works.
+        h.issue(2);
+        h.now += Duration::from_secs(59);
+        assert_eq!(h.join(12, A, 2), Join::Wait);
+    }
+
+    #[test]
+    fn third_presenter_is_refused_and_pair_unaffected() {
+        let mut h = Harness::new(RelayConfig::default());
+        h.issue(1);
+        assert_eq!(h.join(10, A, 1), Join::Wait);
+        assert_eq!(h.join(11, B, 1), Join::Paired { other: 10 });
+        assert_eq!(h.join(12, C, 1), Join::Refused(Refusal::Reused));
+        assert_eq!(h.relay.stats().reused, 1);
+        assert_eq!(h.relay.connection_count(), 2);
+        // Even after one side of the pair closed, the token stays used.
+        h.relay.handle_close(10);
+        assert_eq!(h.join(13, C, 1), Join::Refused(Refusal::Reused));
+        h.relay.handle_close(11);
+        assert_eq!(h.relay.connection_count(), 0);
+    }
+
+    #[test]
+    fn waiting_side_that_leaves_gives_its_join_back() {
+        let mut h = Harness::new(RelayConfig::default());
+        h.issue(1);
+        assert_eq!(h.join(10, A, 1), Join::Wait);
+        h.relay.handle_close(10);
+        assert_eq!(h.join(11, A, 1), Join::Wait);
+        assert_eq!(h.join(12, B, 1), Join::Paired { other: 11 });
+        assert_eq!(h.join(13, B, 1), Join::Refused(Refusal::Reused));
+    }
+
+    #[test]
+    fn per_ip_limit() {
+        let config = RelayConfig {
+            max_connections_per_ip: 2,
+            ..RelayConfig::default()
+        };
+        let mut h = Harness::new(config);
+        for n in 1..=3 {
+            h.issue(n);
+        }
+        assert_eq!(h.join(10, A, 1), Join::Wait);
+        assert_eq!(h.join(11, A, 1), Join::Paired { other: 10 });
+        assert_eq!(h.join(12, A, 2), Join::Refused(Refusal::PerIpLimit));
+        assert_eq!(h.relay.stats().per_ip_limit, 1);
+        // Other addresses are not affected.
+        assert_eq!(h.join(13, B, 2), Join::Wait);
+        // A closed connection frees its share.
+        h.relay.handle_close(10);
+        assert_eq!(h.join(14, A, 2), Join::Paired { other: 13 });
+    }
+
+    #[test]
+    fn pairs_limit_counts_waiting_sides_but_never_refuses_a_partner() {
+        let config = RelayConfig {
+            max_pairs: 2,
+            ..RelayConfig::default()
+        };
+        let mut h = Harness::new(config);
+        for n in 1..=3 {
+            h.issue(n);
+        }
+        assert_eq!(h.join(10, A, 1), Join::Wait);
+        assert_eq!(h.join(11, A, 2), Join::Wait);
+        assert_eq!(h.join(12, B, 3), Join::Refused(Refusal::PairsLimit));
+        assert_eq!(h.relay.stats().pairs_limit, 1);
+        // The partners of waiting sides still get in.
+        assert_eq!(h.join(13, B, 1), Join::Paired { other: 10 });
+        assert_eq!(h.join(14, B, 2), Join::Paired { other: 11 });
+        assert_eq!(h.join(15, C, 3), Join::Refused(Refusal::PairsLimit));
+        // One side of a pair closing frees the slot; the other side's close
+        // later does not free it twice.
+        h.relay.handle_close(13);
+        assert_eq!(h.join(16, C, 3), Join::Wait);
+        h.relay.handle_close(10);
+        h.issue(4);
+        assert_eq!(h.join(17, C, 4), Join::Refused(Refusal::PairsLimit));
+    }
+
+    #[test]
+    fn unpaired_side_is_dropped_after_wait_timeout() {
+        let config = RelayConfig {
+            wait_timeout: Duration::from_secs(30),
+            ..RelayConfig::default()
+        };
+        let mut h = Harness::new(config);
+        h.issue(1);
+        assert_eq!(h.join(10, A, 1), Join::Wait);
+        assert_eq!(
+            h.relay.poll_timeout(),
+            Some(h.now + Duration::from_secs(30))
+        );
+        assert!(h.advance(Duration::from_secs(29)).is_empty());
+        assert_eq!(h.advance(Duration::from_secs(1)), vec![10]);
+        assert_eq!(h.relay.stats().wait_timeout, 1);
+        assert_eq!(h.relay.connection_count(), 0);
+        // The driver's close after the timeout is harmless.
+        h.relay.handle_close(10);
+        // The token is still good for a fresh try by both sides.
+        assert_eq!(h.join(11, A, 1), Join::Wait);
+        assert_eq!(h.join(12, B, 1), Join::Paired { other: 11 });
+    }
+
+    #[test]
+    fn waiting_side_keeps_its_token_past_the_ttl_until_its_deadline() {
+        let config = RelayConfig {
+            wait_timeout: Duration::from_secs(30),
+            token_ttl: Duration::from_secs(20),
+            ..RelayConfig::default()
+        };
+        let mut h = Harness::new(config);
+        h.issue(1);
+        assert_eq!(h.join(10, A, 1), Join::Wait);
+        assert!(h.advance(Duration::from_secs(25)).is_empty());
+        // Past the TTL nobody new may present it, the partner included.
+        assert_eq!(h.join(11, B, 1), Join::Refused(Refusal::Expired));
+        assert_eq!(h.advance(Duration::from_secs(5)), vec![10]);
+        assert_eq!(h.join(12, B, 1), Join::Refused(Refusal::Expired));
+        h.advance(Duration::from_secs(10));
+        assert_eq!(h.relay.token_count(), 0);
+        assert_eq!(h.relay.poll_timeout(), None);
+    }
+}

@@ -1,0 +1,672 @@
+//! The tokio driver of the relay.
+//!
+//! ```text
+//! RelayServer::issue(nameplate, token)  <- the rendezvous actor, on claim
+//! RelayServer::handle(stream, peer, token, buffered)  <- a connection task,
+//!   after the first line `relay {token}`:
+//!   Relay::handle_join
+//!     Refused -> error {relay-refused | server-full}, close
+//!     Wait    -> relay-waiting; park: a oneshot in `waiters`; wait until
+//!                the partner hands over its stream, the wait deadline
+//!                (then Relay::handle_timeout closes it: error {relay-timeout}),
+//!                or the client hangs up
+//!     Paired  -> relay-waiting; hand our stream to the waiting side's task
+//!                and wait until that task is done (so the caller's
+//!                connection permits stay held for the pair's life)
+//!   the waiting side's task: relay-paired to both, bytes that arrived
+//!   early, then copy_bidirectional_with_sizes (256 KiB per direction)
+//!   under the idle timeout and the optional per-pair rate limit
+//! ```
+//!
+//! The core sits behind a `std::sync::Mutex` that is never held across an
+//! await, so the rendezvous actor can issue tokens synchronously.
+//!
+//! [`RelayServer::serve`] is a listener of its own for a relay that runs
+//! apart from the signalling listener (same process, e.g. a second port):
+//! it reads the first line (at most `MAX_RELAY_FRAME` bytes, within 10 s)
+//! and calls [`RelayServer::handle`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferry_proto::signal::{
+    ClientToServer, ErrorCode, MAX_RELAY_FRAME, RELAY_PROTOCOL_VERSION, ServerToClient,
+    decode_frame, encode_frame,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep, sleep_until, timeout};
+use tracing::debug;
+
+use crate::pairing::{ConnId, Join, Refusal, Relay, RelayConfig, Stats, Token};
+use crate::token_from_hex;
+
+/// Buffer size of each copy direction.
+pub const COPY_BUFFER: usize = 256 * 1024;
+
+/// Bytes a client may send before `relay-paired` that are still delivered;
+/// beyond this it is dropped (clients should send nothing before it).
+pub const MAX_EARLY_BYTES: usize = 64 * 1024;
+
+/// How long one control-line write may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`RelayServer::serve`] waits for the first line.
+const FIRST_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The relay: a shared, cloneable handle on one [`Relay`] core.
+#[derive(Debug, Clone)]
+pub struct RelayServer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: RelayConfig,
+    core: Mutex<Relay>,
+    waiters: Mutex<HashMap<ConnId, oneshot::Sender<Handoff>>>,
+    next_id: AtomicU64,
+}
+
+/// The second side's connection, handed to the waiting side's task.
+#[derive(Debug)]
+struct Handoff {
+    conn: ConnId,
+    stream: TcpStream,
+    early: BytesMut,
+    /// Dropped when the pair is over.
+    _done: oneshot::Sender<()>,
+}
+
+impl RelayServer {
+    /// A relay with these limits and no tokens yet.
+    pub fn new(config: RelayConfig) -> Self {
+        RelayServer {
+            inner: Arc::new(Inner {
+                core: Mutex::new(Relay::new(config.clone())),
+                config,
+                waiters: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Registers a token the rendezvous gave both sides of `nameplate`.
+    pub fn issue(&self, nameplate: u32, token: Token) {
+        let now = Instant::now().into_std();
+        let mut core = self.core();
+        core.handle_timeout(now);
+        core.issue(now, nameplate, token);
+        self.close_timed_out(&mut core);
+    }
+
+    /// The refusal counters so far.
+    pub fn stats(&self) -> Stats {
+        self.core().stats()
+    }
+
+    /// Serves relay connections on a listener of their own until `shutdown`
+    /// resolves; open pairs are then cut. At most `2 * max_pairs + 64`
+    /// connections are served at once (the rest are closed at once).
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let local = listener.local_addr()?;
+        debug!(%local, "relay listening");
+        let limit = self
+            .inner
+            .config
+            .max_pairs
+            .saturating_mul(2)
+            .saturating_add(64);
+        let semaphore = Arc::new(Semaphore::new(limit));
+        let mut tasks = JoinSet::new();
+        let mut backoff = Duration::from_millis(10);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            debug!(%error, "relay accept failed; backing off {backoff:?}");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                            continue;
+                        }
+                    };
+                    backoff = Duration::from_millis(10);
+                    let Ok(permit) = semaphore.clone().try_acquire_owned() else {
+                        debug!(%peer, "relay connection limit reached");
+                        continue;
+                    };
+                    let relay = self.clone();
+                    tasks.spawn(async move {
+                        let _permit = permit;
+                        relay.serve_one(stream, peer).await;
+                    });
+                }
+            }
+        }
+        tasks.shutdown().await;
+        Ok(())
+    }
+
+    async fn serve_one(&self, mut stream: TcpStream, peer: SocketAddr) {
+        let mut input = BytesMut::with_capacity(MAX_RELAY_FRAME);
+        let mut chunk = [0u8; MAX_RELAY_FRAME];
+        let first = timeout(FIRST_LINE_TIMEOUT, async {
+            loop {
+                let window = input.len().min(MAX_RELAY_FRAME);
+                if input[..window].contains(&b'\n') {
+                    return decode_frame::<ClientToServer>(&mut input).ok().flatten();
+                }
+                if input.len() >= MAX_RELAY_FRAME {
+                    return None;
+                }
+                match stream
+                    .read(&mut chunk[..MAX_RELAY_FRAME - input.len()])
+                    .await
+                {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => input.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        match first {
+            Ok(Some(ClientToServer::Relay { protocol, token }))
+                if protocol == RELAY_PROTOCOL_VERSION =>
+            {
+                self.handle(stream, peer, token, input).await;
+            }
+            Ok(Some(ClientToServer::Relay { protocol, .. })) => {
+                debug!(%peer, protocol, "relay protocol version mismatch");
+                let message = format!(
+                    "this relay speaks relay protocol {RELAY_PROTOCOL_VERSION}, you sent {protocol}"
+                );
+                let _ = send_error(&mut stream, ErrorCode::ProtocolVersion, &message).await;
+                linger(&mut stream).await;
+            }
+            _ => {
+                debug!(%peer, "no relay line at the start of a relay connection");
+                let message = "a relay connection must start with a relay line";
+                let _ = send_error(&mut stream, ErrorCode::BadFrame, message).await;
+                linger(&mut stream).await;
+            }
+        }
+    }
+
+    /// Serves one relay connection whose first line (`relay {token}`) was
+    /// already read; `buffered` holds any bytes read beyond that line. Returns
+    /// when the connection is refused, times out, or its pair is over.
+    pub async fn handle(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        token: String,
+        buffered: BytesMut,
+    ) {
+        let conn = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut stream = stream;
+        let _ = stream.set_nodelay(true);
+        let now = Instant::now().into_std();
+        let (tx, rx) = oneshot::channel();
+        let join = {
+            let token = token_from_hex(&token).unwrap_or_else(|| {
+                debug!(%peer, "relay token is not 64 hex digits");
+                // Never issued, so counted and refused like any unknown token.
+                [0u8; 32]
+            });
+            let mut core = self.core();
+            core.handle_timeout(now);
+            let join = core.handle_join(now, conn, peer.ip(), &token);
+            if join == Join::Wait {
+                // Registered under the core's lock, so a partner that joins
+                // right after us finds our inbox.
+                self.waiters().insert(conn, tx);
+            }
+            self.close_timed_out(&mut core);
+            join
+        };
+        match join {
+            Join::Refused(refusal) => {
+                debug!(%peer, ?refusal, "relay connection refused");
+                refuse(&mut stream, refusal).await;
+            }
+            Join::Wait => {
+                let deadline = Instant::from_std(now + self.inner.config.wait_timeout);
+                self.wait(conn, peer, stream, buffered, rx, deadline).await;
+            }
+            Join::Paired { other } => {
+                let waiter = self.waiters().remove(&other);
+                if send_line(&mut stream, &ServerToClient::RelayWaiting)
+                    .await
+                    .is_err()
+                {
+                    debug!(%peer, "relay client left right after joining");
+                }
+                let (done_tx, done_rx) = oneshot::channel();
+                let handoff = Handoff {
+                    conn,
+                    stream,
+                    early: buffered,
+                    _done: done_tx,
+                };
+                let sent = match waiter {
+                    Some(waiter) => waiter.send(handoff).map_err(Some),
+                    None => Err(Some(handoff)),
+                };
+                match sent {
+                    Ok(()) => {
+                        // The waiting side's task runs the pair; hold on until it ends.
+                        let _ = done_rx.await;
+                        self.core().handle_close(conn);
+                    }
+                    Err(handoff) => {
+                        debug!(%peer, conn, other, "relay partner left just before pairing");
+                        self.core().handle_close(conn);
+                        if let Some(mut handoff) = handoff {
+                            let _ = send_error(
+                                &mut handoff.stream,
+                                ErrorCode::RelayTimeout,
+                                "the other side left the relay before the pair was joined; try again",
+                            )
+                            .await;
+                            linger(&mut handoff.stream).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The waiting side: park until the partner arrives, then run the pair.
+    async fn wait(
+        &self,
+        conn: ConnId,
+        peer: SocketAddr,
+        mut stream: TcpStream,
+        mut early: BytesMut,
+        mut rx: oneshot::Receiver<Handoff>,
+        mut deadline: Instant,
+    ) {
+        if send_line(&mut stream, &ServerToClient::RelayWaiting)
+            .await
+            .is_err()
+        {
+            self.forget(conn);
+            return;
+        }
+        let mut chunk = vec![0u8; 16 * 1024];
+        let handoff = loop {
+            tokio::select! {
+                biased;
+                handoff = &mut rx => match handoff {
+                    Ok(handoff) => break handoff,
+                    Err(_) => {
+                        // The core closed us: we waited too long.
+                        let _ = send_error(&mut stream, ErrorCode::RelayTimeout, Refusal::WaitTimeout.message()).await;
+                        linger(&mut stream).await;
+                        return;
+                    }
+                },
+                _ = sleep_until(deadline) => {
+                    let mut core = self.core();
+                    core.handle_timeout(Instant::now().into_std());
+                    self.close_timed_out(&mut core);
+                    // Normally our sender is gone now; if not, look again shortly.
+                    deadline = Instant::now() + Duration::from_millis(50);
+                }
+                read = stream.read(&mut chunk) => match read {
+                    Ok(0) | Err(_) => {
+                        debug!(%peer, conn, "waiting relay client hung up");
+                        self.forget(conn);
+                        return;
+                    }
+                    Ok(n) if early.len() + n <= MAX_EARLY_BYTES => early.extend_from_slice(&chunk[..n]),
+                    Ok(_) => {
+                        debug!(%peer, conn, "relay client sent too much before being paired");
+                        self.forget(conn);
+                        return;
+                    }
+                },
+            }
+        };
+        drop(chunk);
+        let other = handoff.conn;
+        self.run_pair(conn, stream, early, handoff).await;
+        let mut core = self.core();
+        core.handle_close(conn);
+        core.handle_close(other);
+    }
+
+    async fn run_pair(&self, conn: ConnId, mut a: TcpStream, early_a: BytesMut, handoff: Handoff) {
+        let Handoff {
+            conn: other,
+            stream: mut b,
+            early: early_b,
+            _done,
+        } = handoff;
+        let setup = async {
+            send_line(&mut a, &ServerToClient::RelayPaired).await?;
+            send_line(&mut b, &ServerToClient::RelayPaired).await?;
+            // Bytes a side sent too early go to the other side first.
+            write_timed(&mut b, &early_a).await?;
+            write_timed(&mut a, &early_b).await
+        };
+        if let Err(error) = setup.await {
+            debug!(conn, other, %error, "relay pair broke while being joined");
+            return;
+        }
+        debug!(conn, other, "relay pair joined; copying");
+        let activity = Arc::new(Activity::new());
+        let bucket = self
+            .inner
+            .config
+            .rate_limit
+            .map(|rate| Arc::new(Mutex::new(TokenBucket::new(rate, Instant::now()))));
+        let mut a = Metered::new(a, activity.clone(), bucket.clone());
+        let mut b = Metered::new(b, activity.clone(), bucket);
+        let idle = self.inner.config.idle_timeout;
+        let copy =
+            tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER);
+        tokio::pin!(copy);
+        loop {
+            let deadline = activity.last() + idle;
+            tokio::select! {
+                result = &mut copy => {
+                    match result {
+                        Ok((a_to_b, b_to_a)) => debug!(conn, other, a_to_b, b_to_a, "relay pair done"),
+                        Err(error) => debug!(conn, other, %error, "relay pair ended with an error"),
+                    }
+                    return;
+                }
+                _ = sleep_until(deadline) => {
+                    if activity.last() + idle <= Instant::now() {
+                        debug!(conn, other, "relay pair idle too long; closing");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn forget(&self, conn: ConnId) {
+        self.waiters().remove(&conn);
+        self.core().handle_close(conn);
+    }
+
+    /// Drops the waiters the core timed out; their tasks then close.
+    fn close_timed_out(&self, core: &mut Relay) {
+        while let Some(conn) = core.poll_close() {
+            self.waiters().remove(&conn);
+        }
+    }
+
+    fn core(&self) -> MutexGuard<'_, Relay> {
+        self.inner
+            .core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, HashMap<ConnId, oneshot::Sender<Handoff>>> {
+        self.inner
+            .waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+async fn refuse(stream: &mut TcpStream, refusal: Refusal) {
+    let code = match refusal {
+        Refusal::PerIpLimit | Refusal::PairsLimit => ErrorCode::ServerFull,
+        Refusal::WaitTimeout => ErrorCode::RelayTimeout,
+        _ => ErrorCode::RelayRefused,
+    };
+    let _ = send_error(stream, code, refusal.message()).await;
+    linger(stream).await;
+}
+
+async fn send_error(stream: &mut TcpStream, code: ErrorCode, message: &str) -> std::io::Result<()> {
+    let msg = ServerToClient::Error {
+        code,
+        message: message.to_string(),
+    };
+    send_line(stream, &msg).await
+}
+
+async fn send_line(stream: &mut TcpStream, msg: &ServerToClient) -> std::io::Result<()> {
+    let mut line = BytesMut::new();
+    encode_frame(msg, &mut line).map_err(std::io::Error::other)?;
+    write_timed(stream, &line).await
+}
+
+async fn write_timed(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    timeout(WRITE_TIMEOUT, stream.write_all(bytes))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))?
+}
+
+/// Half-closes and discards input for a moment, so the last line is not
+/// lost to a reset caused by unread data.
+async fn linger(stream: &mut TcpStream) {
+    const LINGER: Duration = Duration::from_secs(1);
+    let _ = timeout(LINGER, stream.shutdown()).await;
+    let mut discard = [0u8; 4096];
+    let mut total = 0;
+    let _ = timeout(LINGER, async {
+        while total < 1 << 20 {
+            match stream.read(&mut discard).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// When a pair last moved a byte, shared by both directions.
+#[derive(Debug)]
+struct Activity {
+    base: Instant,
+    millis: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            base: Instant::now(),
+            millis: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let millis = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.millis.fetch_max(millis, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.millis.load(Ordering::Relaxed))
+    }
+}
+
+/// A token bucket in bytes, shared by both directions of a pair. Reads may
+/// take it into debt; the next read then waits until it is positive again,
+/// so the average rate holds and a burst is at most one buffer.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: u64,
+    capacity: i64,
+    tokens: i64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u64, now: Instant) -> Self {
+        let rate = rate.max(1);
+        let capacity = i64::try_from(rate).unwrap_or(i64::MAX).max(16 * 1024);
+        TokenBucket {
+            rate,
+            capacity,
+            tokens: capacity,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last);
+        let add = (elapsed.as_nanos() * u128::from(self.rate) / 1_000_000_000) as i64;
+        if add > 0 {
+            self.tokens = self.tokens.saturating_add(add).min(self.capacity);
+            self.last = now;
+        }
+    }
+
+    /// `None` when reading may go ahead, else when to look again.
+    fn check(&mut self, now: Instant) -> Option<Instant> {
+        self.refill(now);
+        if self.tokens > 0 {
+            return None;
+        }
+        let missing = u128::from(self.tokens.unsigned_abs()) + 1;
+        let nanos = missing * 1_000_000_000 / u128::from(self.rate);
+        Some(
+            now + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+                .max(Duration::from_millis(1)),
+        )
+    }
+
+    fn take(&mut self, bytes: usize) {
+        self.tokens = self
+            .tokens
+            .saturating_sub(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+}
+
+/// A stream that records activity and obeys the pair's rate limit on reads
+/// (limiting reads of both streams limits both directions of the copy).
+struct Metered<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    bucket: Option<Arc<Mutex<TokenBucket>>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Metered<S> {
+    fn new(inner: S, activity: Arc<Activity>, bucket: Option<Arc<Mutex<TokenBucket>>>) -> Self {
+        Metered {
+            inner,
+            activity,
+            bucket,
+            sleep: None,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if let Some(bucket) = &this.bucket {
+            loop {
+                if let Some(sleep) = &mut this.sleep {
+                    ready!(sleep.as_mut().poll(cx));
+                    this.sleep = None;
+                }
+                let wait = bucket
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .check(Instant::now());
+                match wait {
+                    None => break,
+                    Some(until) => this.sleep = Some(Box::pin(sleep_until(until))),
+                }
+            }
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.activity.touch();
+            if let Some(bucket) = &this.bucket {
+                bucket
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .take(n);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_then_paces() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(100_000, start);
+        assert_eq!(bucket.check(start), None);
+        bucket.take(100_000);
+        let until = bucket.check(start).expect("empty bucket waits");
+        assert!(until > start);
+        // Debt of 50 000 bytes at 100 000 B/s: about half a second.
+        bucket.take(50_000);
+        let until = bucket.check(start).expect("in debt");
+        let wait = until - start;
+        assert!(
+            wait >= Duration::from_millis(500) && wait < Duration::from_millis(510),
+            "{wait:?}"
+        );
+        assert_eq!(bucket.check(start + Duration::from_millis(501)), None);
+    }
+
+    #[test]
+    fn bucket_does_not_save_up_beyond_its_capacity() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(20_000, start);
+        let later = start + Duration::from_secs(3600);
+        assert_eq!(bucket.check(later), None);
+        bucket.take(20_001);
+        assert!(bucket.check(later).is_some());
+    }
+}

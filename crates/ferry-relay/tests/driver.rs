@@ -1,0 +1,165 @@
+//! The relay driver on its own listener, over real sockets on 127.0.0.1:
+//! idle timeout and rate limit, which the rendezvous tests do not cover.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ferry_proto::signal::ErrorCode;
+use ferry_relay::{RelayConfig, RelayError, RelayServer, relay_connect};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, timeout};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A relay on a listener of its own.
+async fn start(config: RelayConfig) -> (SocketAddr, RelayServer) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let relay = RelayServer::new(config);
+    let server = relay.clone();
+    tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
+    (addr, relay)
+}
+
+async fn pair(addr: SocketAddr, relay: &RelayServer, token: [u8; 32]) -> (TcpStream, TcpStream) {
+    relay.issue(1, token);
+    let (a, b) = tokio::join!(
+        relay_connect(addr, &token, WAIT),
+        relay_connect(addr, &token, WAIT)
+    );
+    (a.unwrap(), b.unwrap())
+}
+
+#[tokio::test]
+async fn idle_pair_is_closed_and_a_busy_one_is_not() {
+    let (addr, relay) = start(RelayConfig {
+        idle_timeout: Duration::from_millis(400),
+        ..RelayConfig::default()
+    })
+    .await;
+    let (mut a, mut b) = pair(addr, &relay, [1; 32]).await;
+    // Busy: a byte every 100 ms for 1.2 s keeps the pair open.
+    let mut byte = [0u8; 1];
+    for i in 0..12u8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.write_all(&[i]).await.unwrap();
+        timeout(WAIT, b.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(byte[0], i);
+    }
+    // Idle: both ends see the relay close within a moment of the timeout.
+    let started = Instant::now();
+    let n = timeout(Duration::from_secs(3), a.read(&mut byte))
+        .await
+        .unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let n = timeout(Duration::from_secs(3), b.read(&mut byte))
+        .await
+        .unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+}
+
+#[tokio::test]
+async fn rate_limit_paces_a_pair() {
+    const RATE: u64 = 1 << 20;
+    let (addr, relay) = start(RelayConfig {
+        rate_limit: Some(RATE),
+        ..RelayConfig::default()
+    })
+    .await;
+    let (a, mut b) = pair(addr, &relay, [2; 32]).await;
+    let data: Vec<u8> = (0..3 * RATE as usize).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        let mut a = a;
+        a.write_all(&sent).await.unwrap();
+        a.shutdown().await.unwrap();
+        a
+    });
+    let mut got = Vec::new();
+    timeout(Duration::from_secs(20), b.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    writer.await.unwrap();
+    assert!(got == data, "bytes intact");
+    // One second of burst, then 2 MiB at 1 MiB/s.
+    assert!(took >= Duration::from_millis(1700), "{took:?}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+}
+
+#[tokio::test]
+async fn malformed_token_is_refused_as_unknown() {
+    let (addr, relay) = start(RelayConfig::default()).await;
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(b"{\"type\":\"relay\",\"protocol\":1,\"token\":\"zz\"}\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    timeout(WAIT, raw.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.contains("relay-refused"), "{answer}");
+    assert_eq!(relay.stats().unknown_token, 1);
+    let err = relay_connect(addr, &[9; 32], WAIT).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RelayError::Refused {
+                code: ErrorCode::RelayRefused,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("unknown relay token"), "{err}");
+}
+
+#[tokio::test]
+async fn serve_refuses_a_connection_that_is_not_relay() {
+    let (addr, _relay) = start(RelayConfig::default()).await;
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(b"{\"type\":\"hello\",\"protocol\":1,\"agent\":\"x\"}\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    timeout(WAIT, raw.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.contains("bad-frame"), "{answer}");
+    // A line longer than 1 KiB is refused too.
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    let _ = raw.write_all(&[b'x'; 2048]).await;
+    let mut answer = String::new();
+    let _ = timeout(WAIT, raw.read_to_string(&mut answer))
+        .await
+        .unwrap();
+    assert!(answer.contains("bad-frame"), "{answer}");
+}
+
+#[tokio::test]
+async fn relay_connect_times_out_when_nobody_answers() {
+    // A listener that accepts but never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(stream);
+    });
+    let err = relay_connect(addr, &[3; 32], Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RelayError::Timeout { .. }), "{err:?}");
+    hold.abort();
+}

@@ -212,6 +212,26 @@ pub struct ServeArgs {
     /// Do not run the STUN responder.
     #[arg(long, conflicts_with_all = ["stun_alt_ip"])]
     pub no_stun: bool,
+
+    /// Do not relay: peers without a direct path then cannot connect.
+    #[arg(long)]
+    pub no_relay: bool,
+
+    /// Most relayed pairs at once.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub relay_max_pairs: usize,
+
+    /// Most relay connections from one IP address.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub relay_max_per_ip: usize,
+
+    /// Cap each relayed pair at this many bytes per second: 10M, 512k.
+    #[arg(long, value_name = "RATE", value_parser = crate::throttle::parse_rate)]
+    pub relay_rate: Option<u64>,
+
+    /// Close a relayed pair after this many seconds without a byte.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub relay_idle: u64,
 }
 
 #[cfg(test)]

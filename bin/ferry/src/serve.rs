@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ferry_nat::stun::{StunServer, StunServerConfig};
+use ferry_relay::RelayConfig;
 use ferry_rendezvous::{Config, ServerConfig};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -50,7 +51,7 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
     let rfc5780 = stun.as_ref().is_some_and(|s| s.alt_config().is_some());
     out.event(
         "listening",
-        json!({"signal": local.to_string(), "stun": stun_addrs, "rfc5780": rfc5780}),
+        json!({"signal": local.to_string(), "stun": stun_addrs, "rfc5780": rfc5780, "relay": !args.no_relay}),
     );
     out.say(format!(
         "ferry rendezvous server listening on {local} (TCP)"
@@ -82,6 +83,13 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
         },
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
+        relay: (!args.no_relay).then(|| RelayConfig {
+            max_pairs: args.relay_max_pairs,
+            max_connections_per_ip: args.relay_max_per_ip,
+            rate_limit: args.relay_rate,
+            idle_timeout: Duration::from_secs(args.relay_idle),
+            ..RelayConfig::default()
+        }),
     };
     let rendezvous = ferry_rendezvous::serve(listener, config, stopped(stop_rx.clone()));
     let stun_task = async {

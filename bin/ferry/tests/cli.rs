@@ -336,8 +336,36 @@ fn forced_udp_path_moves_the_file_over_quic() {
 }
 
 #[test]
-fn forced_relay_path_fails_clearly_until_there_is_a_relay() {
+fn forced_relay_path_moves_the_file_through_the_server() {
     let server = Server::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("r.bin");
+    random_file(&file, 6 * 1024 * 1024 + 5);
+    let (mut send, code) = start_send(&server, &["--force-path", "relay", file.to_str().unwrap()]);
+    let mut recv = start_receive(
+        &server,
+        &code,
+        dst.path(),
+        &["--yes", "--force-path", "relay"],
+    );
+    assert_eq!(
+        recv.finish(),
+        0,
+        "receiver: {:?} {}",
+        recv.seen,
+        recv.stderr_text()
+    );
+    assert_eq!(send.finish(), 0, "sender: {:?}", send.seen);
+    assert_same_file(&file, &dst.path().join("r.bin"));
+    assert_eq!(recv.events("path")[0]["path"], "relay");
+    assert_eq!(send.events("path")[0]["path"], "relay");
+    assert_eq!(recv.events("path")[0]["remote"], server.addr.as_str());
+}
+
+#[test]
+fn forced_relay_path_fails_clearly_when_the_server_does_not_relay() {
+    let server = Server::start_with(&["--no-relay"]);
     let dst = tempfile::tempdir().unwrap();
     let (mut send, code) = start_send(&server, &["--force-path", "relay", "--text", "x"]);
     let mut recv = start_receive(
@@ -352,5 +380,5 @@ fn forced_relay_path_fails_clearly_until_there_is_a_relay() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(message.contains("relay"), "{message}");
+    assert!(message.contains("offers no relay"), "{message}");
 }

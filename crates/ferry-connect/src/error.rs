@@ -140,6 +140,14 @@ pub enum ConnectError {
         /// What went wrong.
         reason: FailureReason,
     },
+
+    // ---- the relay (session.rs) ----
+    /// The relay path could not be set up.
+    #[error("the relay could not join us with the peer: {reason}")]
+    Relay {
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Why one candidate address failed.

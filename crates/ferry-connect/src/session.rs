@@ -56,6 +56,10 @@ const QUIC_TIMEOUT: Duration = Duration::from_secs(8);
 const NOMINATION_TIMEOUT: Duration = Duration::from_secs(RACE_DEADLINE.as_secs() + 5);
 /// UPnP lease for the sender's mappings (removed when the race is over).
 const UPNP_LEASE: Duration = Duration::from_secs(600);
+/// How long direct paths run before the relay joins the race.
+const RELAY_HEAD_START: Duration = Duration::from_millis(1500);
+/// How long the relay may take to join us with the peer.
+const RELAY_WAIT: Duration = Duration::from_secs(15);
 /// How long the race waits for UPnP once pairing is done.
 const UPNP_WAIT: Duration = Duration::from_millis(300);
 
@@ -73,7 +77,6 @@ pub struct SessionOptions {
 impl SessionOptions {
     fn allows(&self, kind: PathKind) -> bool {
         match (self.force_path, kind) {
-            (None, PathKind::Relay) => false,
             (None, _) => true,
             (Some(PathKind::Tcp), PathKind::Lan | PathKind::Tcp | PathKind::SimultaneousOpen) => {
                 true
@@ -144,9 +147,9 @@ pub enum SessionError {
 }
 
 fn no_path_message(failures: &[(PathKind, String)], relay_forced: bool) -> String {
-    if relay_forced {
-        return "no relay is available yet: this ferry version connects only directly; \
-                run without --force-path relay"
+    if relay_forced && failures.is_empty() {
+        return "--force-path relay, but the rendezvous server offers no relay \
+                (it runs with --no-relay); run without --force-path"
             .into();
     }
     let tried: Vec<String> = failures
@@ -503,7 +506,8 @@ async fn run_session(
     signal.send(channel.seal(&hello)).await?;
     let (peer_fingerprint, theirs) = receive_hello(&mut signal, &mut channel).await?;
     debug!(?theirs, "peer candidates");
-    if options.force_path == Some(PathKind::Relay) {
+    let relay_token = signal.relay_token();
+    if options.force_path == Some(PathKind::Relay) && relay_token.is_none() {
         let _ = signal.release(None).await;
         return Err(SessionError::NoPath {
             failures: Vec::new(),
@@ -516,6 +520,7 @@ async fn run_session(
         theirs,
         welcome,
         punch_key: channel.derive_secret(crate::punch::PROBE_KEY_CONTEXT),
+        relay_token,
         // Shown as our end of a QUIC path: the socket itself is bound to
         // the wildcard address.
         udp_mapped: gathered
@@ -569,6 +574,7 @@ struct Plan {
     theirs: Vec<Candidate>,
     welcome: Welcome,
     punch_key: [u8; 32],
+    relay_token: Option<[u8; 32]>,
     udp_mapped: Option<SocketAddr>,
     controlling: bool,
     options: SessionOptions,
@@ -722,6 +728,26 @@ impl Plan {
                 }),
             ));
         }
+        // The relay on the rendezvous server's own port, after a head
+        // start for the direct paths (none when it is the only path).
+        if let (Some(token), true) = (self.relay_token, self.options.allows(PathKind::Relay)) {
+            let head_start = if attempts.is_empty() {
+                Duration::ZERO
+            } else {
+                RELAY_HEAD_START
+            };
+            attempts.push((
+                PathKind::Relay,
+                Box::pin(relay_path(
+                    self.welcome.server_addr,
+                    token,
+                    self.identity.clone(),
+                    self.peer_fingerprint.clone(),
+                    self.controlling,
+                    head_start,
+                )),
+            ));
+        }
         Ok(attempts)
     }
 
@@ -753,6 +779,52 @@ impl Plan {
             race_controlled(set, &kinds, mailbox).await
         }
     }
+}
+
+/// Joins the peer through the relay, then runs pinned TLS over it (the
+/// relay sees only ciphertext): the sender is the TLS server.
+async fn relay_path(
+    relay: SocketAddr,
+    token: [u8; 32],
+    identity: Arc<Identity>,
+    fingerprint: String,
+    controlling: bool,
+    head_start: Duration,
+) -> Result<Established, ConnectError> {
+    tokio::time::sleep(head_start).await;
+    let failed = |reason: String| ConnectError::Relay { reason };
+    let tcp = ferry_relay::relay_connect(relay, &token, RELAY_WAIT)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let local = local_of(&tcp);
+    let handshake = async {
+        let tls: tokio_rustls::TlsStream<tokio::net::TcpStream> = if controlling {
+            crate::tls_acceptor(&identity, &fingerprint)?
+                .accept(tcp)
+                .await
+                .map_err(|e| failed(format!("TLS through the relay: {e}")))?
+                .into()
+        } else {
+            let name = rustls::pki_types::ServerName::try_from(crate::tls::CERTIFICATE_NAME)
+                .map_err(|e| failed(e.to_string()))?;
+            crate::tls_connector(&identity, &fingerprint)?
+                .connect(name, tcp)
+                .await
+                .map_err(|e| failed(format!("TLS through the relay: {e}")))?
+                .into()
+        };
+        Ok::<_, ConnectError>(tls)
+    };
+    let tls = tokio::time::timeout(Duration::from_secs(10), handshake)
+        .await
+        .map_err(|_| failed("the TLS handshake through the relay timed out".into()))??;
+    Ok(Established {
+        stream: PeerStream::Tls(Box::new(tls)),
+        kind: PathKind::Relay,
+        local,
+        remote: relay,
+    })
 }
 
 const UNSPECIFIED: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
@@ -1101,7 +1173,9 @@ mod tests {
         };
         let all = SessionOptions::default();
         assert!(all.allows(PathKind::Tcp) && all.allows(PathKind::Quic));
-        assert!(!all.allows(PathKind::Relay));
+        assert!(all.allows(PathKind::Relay));
+        assert!(only(PathKind::Relay).allows(PathKind::Relay));
+        assert!(!only(PathKind::Relay).allows(PathKind::Tcp));
         assert!(only(PathKind::Tcp).allows(PathKind::SimultaneousOpen));
         assert!(!only(PathKind::Tcp).allows(PathKind::Quic));
         assert!(only(PathKind::Quic).allows(PathKind::Quic));
@@ -1131,6 +1205,6 @@ mod tests {
         );
         assert!(text.contains("direct QUIC over UDP: no answer"), "{text}");
         assert!(text.contains("direct TCP: refused"), "{text}");
-        assert!(no_path_message(&[], true).contains("--force-path relay"));
+        assert!(no_path_message(&[], true).contains("--no-relay"));
     }
 }

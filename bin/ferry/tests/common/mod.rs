@@ -169,6 +169,10 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Server {
         let mut cmd = ferry();
         cmd.args([
             "serve",
@@ -179,7 +183,8 @@ impl Server {
             "127.0.0.1:0",
             "--stun-second-port",
             "0",
-        ]);
+        ])
+        .args(extra);
         let mut proc = Proc::spawn(cmd);
         let ev = proc.wait_event("listening", Duration::from_secs(20));
         let addr = ev["signal"].as_str().unwrap().to_string();

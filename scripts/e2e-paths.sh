@@ -12,7 +12,7 @@ SIZE_MIB=${SIZE_MIB:-64}
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$E2E_WORK/payload.bin"
 
 # transfer CASE EXPECTED_PATH|fail EXPECTED_REMOTE_PREFIX [UP ARGS...]
-#   EXPECTED_PATH: lan|tcp|quic|tcp-simultaneous-open, or "fail" (exit 4, no direct path)
+#   EXPECTED_PATH: lan|tcp|quic|tcp-simultaneous-open|relay, or "fail" (exit 4, no path)
 transfer() {
     CASE=$1
     local want=$2 remote_prefix=$3
@@ -20,7 +20,7 @@ transfer() {
     echo "== $CASE: expect ${want}"
     lab_up "$@" || return 0
     if [ "$1" = upnp ]; then lab stun stop >/dev/null; fi
-    start_server || return 0
+    start_server "${SERVER_EXTRA[@]}" || return 0
     local tag out send_out recv_out
     tag=${CASE//[^a-zA-Z0-9]/_}
     out="$E2E_WORK/out.$tag"
@@ -49,7 +49,7 @@ transfer() {
     if [ "$want" = fail ]; then
         expect "receiver exit code" 4 "$recv_rc"
         expect "sender exit code" 4 "$send_rc"
-        expect "error says there is no direct path" true \
+        expect "error says there is no path" true \
             "$(jq -r 'select(.event == "error") | .message | contains("no direct path")' "$recv_out" | head -n1)"
         expect "nothing written" 0 "$(find "$out" -type f | wc -l)"
         return 0
@@ -77,6 +77,7 @@ transfer() {
 }
 
 TABLE=()
+SERVER_EXTRA=()
 transfer "public <-> public" tcp 198.51.100.66 nat --a none --b none
 transfer "full-cone <-> full-cone" quic 198.51.100.2 full-cone
 transfer "port-restricted <-> port-restricted" quic 198.51.100.2 port-restricted
@@ -86,7 +87,12 @@ transfer "UDP blocked, port-preserving NATs" tcp-simultaneous-open 198.51.100.2 
 transfer "UPnP gateways" tcp 198.51.100.2 upnp
 transfer "double NAT (outer in 100.64/10)" quic 198.51.100.34 double-nat
 transfer "port-restricted, 2% loss" quic 198.51.100.2 port-restricted --loss nat-a:2 --loss nat-b:2
-transfer "symmetric <-> symmetric" fail "" symmetric
+transfer "symmetric <-> symmetric" relay "$SIGNAL" symmetric
+transfer "port-restricted <-> symmetric" relay "$SIGNAL" nat --a port-restricted --b symmetric
+transfer "only TCP 443 out, both sides" relay "$SIGNAL" tcp443-only
+transfer "UDP blocked, TCP only to 443" relay "$SIGNAL" nat --a tcp443-only --b udp-blocked
+SERVER_EXTRA=(--no-relay)
+transfer "symmetric <-> symmetric, server without relay" fail "" symmetric
 
 echo
 printf '%-34s %-22s %10s %12s\n' "case" "path" "connect" "rate"

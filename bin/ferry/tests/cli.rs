@@ -308,20 +308,16 @@ fn serve_reports_a_port_it_cannot_bind() {
     assert!(stderr.contains("--listen"), "{stderr}");
 }
 
-#[test]
-fn forced_udp_path_moves_the_file_over_quic() {
-    let server = Server::start();
+/// Sends a random file with `--force-path FORCE` on both sides; checks
+/// the bytes and that both sides report `path`. Returns the receiver's
+/// `path` event.
+fn forced_path_moves_a_file(server: &Server, force: &str, path: &str) -> serde_json::Value {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    random_file(&src.path().join("q.bin"), 8 * 1024 * 1024 + 17);
-    let file = src.path().join("q.bin");
-    let (mut send, code) = start_send(&server, &["--force-path", "udp", file.to_str().unwrap()]);
-    let mut recv = start_receive(
-        &server,
-        &code,
-        dst.path(),
-        &["--yes", "--force-path", "udp"],
-    );
+    let file = src.path().join("f.bin");
+    random_file(&file, 6 * 1024 * 1024 + 17);
+    let (mut send, code) = start_send(server, &["--force-path", force, file.to_str().unwrap()]);
+    let mut recv = start_receive(server, &code, dst.path(), &["--yes", "--force-path", force]);
     assert_eq!(
         recv.finish(),
         0,
@@ -330,37 +326,24 @@ fn forced_udp_path_moves_the_file_over_quic() {
         recv.stderr_text()
     );
     assert_eq!(send.finish(), 0, "sender: {:?}", send.seen);
-    assert_same_file(&file, &dst.path().join("q.bin"));
-    assert_eq!(recv.events("path")[0]["path"], "quic");
-    assert_eq!(send.events("path")[0]["path"], "quic");
+    assert_same_file(&file, &dst.path().join("f.bin"));
+    assert_eq!(send.events("path")[0]["path"], path);
+    let event = recv.events("path")[0].clone();
+    assert_eq!(event["path"], path);
+    event
+}
+
+#[test]
+fn forced_udp_path_moves_the_file_over_quic() {
+    let server = Server::start();
+    forced_path_moves_a_file(&server, "udp", "quic");
 }
 
 #[test]
 fn forced_relay_path_moves_the_file_through_the_server() {
     let server = Server::start();
-    let src = tempfile::tempdir().unwrap();
-    let dst = tempfile::tempdir().unwrap();
-    let file = src.path().join("r.bin");
-    random_file(&file, 6 * 1024 * 1024 + 5);
-    let (mut send, code) = start_send(&server, &["--force-path", "relay", file.to_str().unwrap()]);
-    let mut recv = start_receive(
-        &server,
-        &code,
-        dst.path(),
-        &["--yes", "--force-path", "relay"],
-    );
-    assert_eq!(
-        recv.finish(),
-        0,
-        "receiver: {:?} {}",
-        recv.seen,
-        recv.stderr_text()
-    );
-    assert_eq!(send.finish(), 0, "sender: {:?}", send.seen);
-    assert_same_file(&file, &dst.path().join("r.bin"));
-    assert_eq!(recv.events("path")[0]["path"], "relay");
-    assert_eq!(send.events("path")[0]["path"], "relay");
-    assert_eq!(recv.events("path")[0]["remote"], server.addr.as_str());
+    let event = forced_path_moves_a_file(&server, "relay", "relay");
+    assert_eq!(event["remote"], server.addr.as_str());
 }
 
 #[test]

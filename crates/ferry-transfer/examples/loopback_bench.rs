@@ -3,14 +3,11 @@
 //! (default 1024 MiB; `--plain` skips TLS).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, ring};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use ferry_connect::{Identity, tls_acceptor, tls_connector};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls::pki_types::ServerName;
 
 #[tokio::main]
 async fn main() {
@@ -29,22 +26,10 @@ async fn main() {
             std::io::Write::write_all(&mut f, &buf).unwrap();
         }
     }
-    let provider = Arc::new(ring::default_provider());
-    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let cert = key.cert.der().clone();
-    let pkey = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
-    let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], pkey)
-        .unwrap();
-    let client_cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
+    // The same pinned TLS 1.3 configurations ferry uses between peers.
+    let (server_id, client_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let acceptor = tls_acceptor(&server_id, &client_id.fingerprint()).unwrap();
+    let connector = tls_connector(&client_id, &server_id.fingerprint()).unwrap();
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -59,10 +44,7 @@ async fn main() {
             let inc = ferry_transfer::receive_offer(tcp, opts).await.unwrap();
             inc.accept(|_| {}).await.unwrap()
         } else {
-            let tls = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg))
-                .accept(tcp)
-                .await
-                .unwrap();
+            let tls = acceptor.accept(tcp).await.unwrap();
             let inc = ferry_transfer::receive_offer(tls, opts).await.unwrap();
             inc.accept(|_| {}).await.unwrap()
         }
@@ -74,8 +56,8 @@ async fn main() {
     let outcome = if plain {
         ferry_transfer::send(tcp, source, |_| {}).await.unwrap()
     } else {
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(client_cfg))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        let tls = connector
+            .connect(ServerName::try_from("ferry").unwrap(), tcp)
             .await
             .unwrap();
         ferry_transfer::send(tls, source, |_| {}).await.unwrap()
@@ -87,53 +69,4 @@ async fn main() {
         if plain { "plain TCP" } else { "TLS 1.3" },
         (mib as f64 * 1048576.0) / elapsed.as_secs_f64() / 1e6
     );
-}
-
-/// Bench only: accepts any server certificate.
-#[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

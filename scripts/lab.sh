@@ -82,9 +82,18 @@ set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-PREFIX=fy-
-STATE=/run/ferry-lab
-LOCK=/run/ferry-lab.lock
+# FERRY_LAB_ID=X runs a second, independent lab beside the default one
+# (namespaces fyX-*, state /run/ferry-lab-X): for running lab tests in two
+# checkouts at once. Unset: the default lab.
+if [ -n "${FERRY_LAB_ID:-}" ]; then
+    [[ $FERRY_LAB_ID =~ ^[a-z0-9]{1,3}$ ]] || die "FERRY_LAB_ID must be 1-3 lowercase letters or digits"
+    PREFIX=fy$FERRY_LAB_ID-
+    STATE=/run/ferry-lab-$FERRY_LAB_ID
+else
+    PREFIX=fy-
+    STATE=/run/ferry-lab
+fi
+LOCK=$STATE.lock
 KINDS="none full-cone port-restricted symmetric udp-blocked tcp443-only"
 TOPOLOGIES="public full-cone port-restricted symmetric udp-blocked tcp443-only same-lan upnp double-nat nat"
 STUN_PORT=3478

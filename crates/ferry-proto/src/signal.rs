@@ -77,6 +77,17 @@ pub enum ClientToServer {
         /// The nameplate number from the code phrase.
         nameplate: u32,
     },
+    /// Meet the peer of an earlier transfer again, to reconnect after its
+    /// path broke: both sides send the same `channel`, a secret both
+    /// derived from their pairing key. The first to arrive is answered
+    /// `allocated` and waits; the second is answered `claimed` (with a
+    /// fresh relay token for both) and the first hears `peer-joined`. The
+    /// mailbox then works as for a nameplate. Channel names are 32 to 64
+    /// lowercase hex digits; `claim` cannot reach them.
+    Rejoin {
+        /// The secret meeting point.
+        channel: String,
+    },
     /// Forward `body` to the other side of the nameplate. Opaque to the server.
     Send {
         /// The mailbox body.
@@ -519,6 +530,7 @@ mod tests {
             Just(ClientToServer::Allocate),
             any::<u32>().prop_map(|nameplate| ClientToServer::Reserve { nameplate }),
             any::<u32>().prop_map(|nameplate| ClientToServer::Claim { nameplate }),
+            "[0-9a-f]{32}".prop_map(|channel| ClientToServer::Rejoin { channel }),
             ".*".prop_map(|body| ClientToServer::Send { body }),
             proptest::option::of(".*").prop_map(|reason| ClientToServer::Release { reason }),
             any::<u64>().prop_map(|id| ClientToServer::Ping { id }),

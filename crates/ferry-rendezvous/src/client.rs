@@ -260,6 +260,32 @@ impl SignalClient {
         }
     }
 
+    /// Meets the peer of an earlier transfer on a secret `channel` (see
+    /// [`ClientToServer::Rejoin`]). `Ok(true)` when the peer was already
+    /// there (and [`relay_token`](Self::relay_token) is fresh), `Ok(false)`
+    /// when we wait for it: [`SignalEvent::PeerJoined`] follows.
+    pub async fn rejoin(&mut self, channel: &str) -> Result<bool, SignalError> {
+        self.relay_token = None;
+        self.command(ClientToServer::Rejoin {
+            channel: channel.to_string(),
+        })
+        .await?;
+        let answer = self
+            .answer("rejoined", |msg| match msg {
+                ServerToClient::Allocated { .. } => Some(None),
+                ServerToClient::Claimed { relay_token, .. } => Some(Some(relay_token.clone())),
+                _ => None,
+            })
+            .await?;
+        Ok(match answer {
+            None => false,
+            Some(token) => {
+                self.note_relay_token(token.as_deref());
+                true
+            }
+        })
+    }
+
     /// Sends a mailbox body to the other side.
     pub async fn send(&mut self, body: String) -> Result<(), SignalError> {
         let msg = ClientToServer::Send { body };

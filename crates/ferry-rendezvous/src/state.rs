@@ -85,6 +85,8 @@ pub struct Rendezvous {
     rng: StdRng,
     clients: HashMap<ClientId, Client>,
     nameplates: HashMap<u32, Nameplate>,
+    /// Rejoin channels and the hidden nameplate each one uses.
+    rejoins: HashMap<String, u32>,
     transmits: VecDeque<(ClientId, ServerToClient)>,
     closes: VecDeque<ClientId>,
     relay_tokens: VecDeque<(u32, [u8; 32])>,
@@ -116,6 +118,9 @@ struct Nameplate {
     expires: Instant,
     /// Bodies the allocator sent before the claimer came.
     pending: VecDeque<String>,
+    /// The rejoin channel this hidden nameplate serves: sides that leave
+    /// open up again (the peer may come back), and `claim` cannot reach it.
+    rejoin: Option<String>,
 }
 
 impl Rendezvous {
@@ -138,6 +143,7 @@ impl Rendezvous {
             rng,
             clients: HashMap::new(),
             nameplates: HashMap::new(),
+            rejoins: HashMap::new(),
             transmits: VecDeque::new(),
             closes: VecDeque::new(),
             relay_tokens: VecDeque::new(),
@@ -207,6 +213,7 @@ impl Rendezvous {
             ClientToServer::Allocate => self.allocate(now, client, None),
             ClientToServer::Reserve { nameplate } => self.allocate(now, client, Some(nameplate)),
             ClientToServer::Claim { nameplate } => self.claim(client, nameplate),
+            ClientToServer::Rejoin { channel } => self.rejoin(now, client, channel),
             ClientToServer::Send { body } => self.send(client, body),
             ClientToServer::Release { reason } => {
                 self.remove_client(client, reason);
@@ -284,7 +291,7 @@ impl Rendezvous {
             .map(|(n, _)| *n)
             .collect();
         for number in expired {
-            let Some(nameplate) = self.nameplates.remove(&number) else {
+            let Some(nameplate) = self.remove_nameplate(number) else {
                 continue;
             };
             info!(nameplate = number, "nameplate expired");
@@ -384,6 +391,7 @@ impl Rendezvous {
                 sides: [Side::Here(client), Side::Open],
                 expires: now + self.config.nameplate_ttl,
                 pending: VecDeque::new(),
+                rejoin: None,
             },
         );
         if let Some(state) = self.clients.get_mut(&client) {
@@ -403,7 +411,11 @@ impl Rendezvous {
             );
             return;
         }
-        let Some(nameplate) = self.nameplates.get_mut(&number) else {
+        let Some(nameplate) = self
+            .nameplates
+            .get_mut(&number)
+            .filter(|n| n.rejoin.is_none())
+        else {
             let message = format!(
                 "no transfer is waiting under {number}; check the code or ask for a new one"
             );
@@ -418,12 +430,22 @@ impl Rendezvous {
             return;
         }
         nameplate.sides[1] = Side::Here(client);
-        let allocator = nameplate.sides[0];
+        info!(nameplate = number, client, "nameplate claimed");
+        self.join(client, number, 1);
+    }
+
+    /// `client` has just taken side `index` of nameplate `number`, whose
+    /// other side is present (or gone): tell both, draw the relay token,
+    /// deliver what waited.
+    fn join(&mut self, client: ClientId, number: u32, index: usize) {
+        let Some(nameplate) = self.nameplates.get_mut(&number) else {
+            return;
+        };
+        let other = nameplate.sides[1 - index];
         let pending = std::mem::take(&mut nameplate.pending);
         if let Some(state) = self.clients.get_mut(&client) {
             state.nameplate = Some(number);
         }
-        info!(nameplate = number, client, "nameplate claimed");
         let relay_token = if self.config.relay {
             let token: [u8; 32] = self.rng.r#gen();
             self.relay_tokens.push_back((number, token));
@@ -438,14 +460,79 @@ impl Rendezvous {
                 relay_token: relay_token.clone(),
             },
         ));
-        if let Side::Here(allocator) = allocator {
+        if let Side::Here(other) = other {
             self.transmits
-                .push_back((allocator, ServerToClient::PeerJoined { relay_token }));
+                .push_back((other, ServerToClient::PeerJoined { relay_token }));
         }
         for body in pending {
             self.transmits
                 .push_back((client, ServerToClient::Message { body }));
         }
+    }
+
+    /// Meets the peer of an earlier transfer on a secret channel.
+    fn rejoin(&mut self, now: Instant, client: ClientId, channel: String) {
+        if self.nameplate_of(client).is_some() {
+            self.error(
+                client,
+                ErrorCode::AlreadyClaimed,
+                "you already hold a nameplate".into(),
+            );
+            return;
+        }
+        let valid = (32..=64).contains(&channel.len())
+            && channel
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !valid {
+            let message = "a rejoin channel is 32 to 64 lowercase hex digits".to_string();
+            self.fail(now, client, ErrorCode::BadFrame, message);
+            return;
+        }
+        if let Some(&number) = self.rejoins.get(&channel) {
+            let Some(nameplate) = self.nameplates.get_mut(&number) else {
+                return;
+            };
+            let Some(index) = nameplate.sides.iter().position(|s| *s == Side::Open) else {
+                let message = "two peers already use this rejoin channel".to_string();
+                self.error(client, ErrorCode::NameplateTaken, message);
+                return;
+            };
+            nameplate.sides[index] = Side::Here(client);
+            nameplate.expires = now + self.config.nameplate_ttl;
+            info!(nameplate = number, client, "peer rejoined");
+            self.join(client, number, index);
+            return;
+        }
+        if self.nameplates.len() >= self.config.max_nameplates {
+            let message = "the server has too many transfers waiting; try again later".into();
+            self.error(client, ErrorCode::ServerFull, message);
+            return;
+        }
+        // Hidden nameplates live above the range codes use in practice;
+        // `claim` refuses them anyway.
+        let number = loop {
+            let candidate = self.rng.gen_range(1_000_000_000..=u32::MAX);
+            if !self.nameplates.contains_key(&candidate) {
+                break candidate;
+            }
+        };
+        self.nameplates.insert(
+            number,
+            Nameplate {
+                sides: [Side::Here(client), Side::Open],
+                expires: now + self.config.nameplate_ttl,
+                pending: VecDeque::new(),
+                rejoin: Some(channel.clone()),
+            },
+        );
+        self.rejoins.insert(channel, number);
+        if let Some(state) = self.clients.get_mut(&client) {
+            state.nameplate = Some(number);
+        }
+        info!(nameplate = number, client, "waiting on a rejoin channel");
+        self.transmits
+            .push_back((client, ServerToClient::Allocated { nameplate: number }));
     }
 
     fn send(&mut self, client: ClientId, body: String) {
@@ -518,9 +605,20 @@ impl Rendezvous {
         else {
             return;
         };
-        nameplate.sides[index] = Side::Gone;
+        let rejoin = nameplate.rejoin.is_some();
+        nameplate.sides[index] = if rejoin { Side::Open } else { Side::Gone };
         let other = nameplate.sides[1 - index];
         let burn = reason.as_deref() == Some(BAD_CODE);
+        if rejoin {
+            if let Side::Here(other) = other {
+                self.transmits
+                    .push_back((other, ServerToClient::PeerLeft { reason }));
+            } else {
+                self.remove_nameplate(number);
+                debug!(nameplate = number, "rejoin channel closed");
+            }
+            return;
+        }
         if let Side::Here(other) = other {
             self.transmits.push_back((
                 other,
@@ -536,12 +634,21 @@ impl Rendezvous {
                 return;
             }
         }
-        self.nameplates.remove(&number);
+        self.remove_nameplate(number);
         if burn {
             info!(nameplate = number, "nameplate burnt after a wrong code");
         } else {
             info!(nameplate = number, "nameplate freed");
         }
+    }
+
+    /// Forgets a nameplate (and its rejoin channel).
+    fn remove_nameplate(&mut self, number: u32) -> Option<Nameplate> {
+        let nameplate = self.nameplates.remove(&number)?;
+        if let Some(channel) = &nameplate.rejoin {
+            self.rejoins.remove(channel);
+        }
+        Some(nameplate)
     }
 
     /// A free number, at random, from the smallest range with room:
@@ -1110,5 +1217,120 @@ mod tests {
         h.drain();
         h.msg(2, ClientToServer::Allocate);
         assert_eq!(error_code(&h.drain()), vec![(2, ErrorCode::ServerFull)]);
+    }
+
+    fn rejoin(h: &mut Harness, client: ClientId, channel: &str) -> Vec<(ClientId, ServerToClient)> {
+        h.msg(
+            client,
+            ClientToServer::Rejoin {
+                channel: channel.into(),
+            },
+        );
+        h.drain()
+    }
+
+    const CHANNEL: &str = "00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn rejoin_meets_the_peer_again_with_a_fresh_relay_token() {
+        let mut h = Harness::new(Config {
+            relay: true,
+            ..Config::default()
+        });
+        h.greet(1);
+        h.greet(2);
+        let out = rejoin(&mut h, 1, CHANNEL);
+        let [(1, ServerToClient::Allocated { nameplate })] = out[..] else {
+            panic!("first rejoin should wait: {out:?}");
+        };
+        // Not reachable by claim.
+        h.greet(3);
+        h.msg(3, ClientToServer::Claim { nameplate });
+        assert_eq!(
+            error_code(&h.drain()),
+            vec![(3, ErrorCode::UnknownNameplate)]
+        );
+        // A message sent while waiting reaches the peer once it is there.
+        h.msg(
+            1,
+            ClientToServer::Send {
+                body: "early".into(),
+            },
+        );
+        assert!(h.drain().is_empty());
+        let out = rejoin(&mut h, 2, CHANNEL);
+        let token = match &out[..] {
+            [
+                (
+                    2,
+                    ServerToClient::Claimed {
+                        nameplate: n,
+                        relay_token: Some(t),
+                    },
+                ),
+                (
+                    1,
+                    ServerToClient::PeerJoined {
+                        relay_token: Some(u),
+                    },
+                ),
+                (2, ServerToClient::Message { body }),
+            ] if *n == nameplate && t == u && body == "early" => t.clone(),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert!(h.core.poll_relay_token().is_some());
+        // A third party on the same channel is refused.
+        let out = rejoin(&mut h, 3, CHANNEL);
+        assert_eq!(error_code(&out), vec![(3, ErrorCode::NameplateTaken)]);
+        // One side drops and comes back: the other hears both, and a new
+        // token is drawn.
+        h.core.handle_disconnect(h.now, 2);
+        let out = h.drain();
+        assert!(
+            matches!(&out[..], [(1, ServerToClient::PeerLeft { .. })]),
+            "{out:?}"
+        );
+        h.greet(4);
+        let out = rejoin(&mut h, 4, CHANNEL);
+        match &out[..] {
+            [
+                (
+                    4,
+                    ServerToClient::Claimed {
+                        relay_token: Some(t),
+                        ..
+                    },
+                ),
+                (1, ServerToClient::PeerJoined { .. }),
+            ] => assert_ne!(*t, token),
+            other => panic!("unexpected {other:?}"),
+        }
+        // Both leave: the channel is gone, the next rejoin waits afresh.
+        h.core.handle_disconnect(h.now, 1);
+        h.core.handle_disconnect(h.now, 4);
+        h.drain();
+        assert_eq!(h.core.nameplate_count(), 0);
+        h.greet(5);
+        let out = rejoin(&mut h, 5, CHANNEL);
+        assert!(
+            matches!(&out[..], [(5, ServerToClient::Allocated { .. })]),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn rejoin_refuses_bad_channels_and_double_holding() {
+        let mut h = Harness::new(Config::default());
+        h.greet(1);
+        let out = rejoin(&mut h, 1, "short");
+        assert_eq!(error_code(&out), vec![(1, ErrorCode::BadFrame)]);
+        assert_eq!(h.closes(), vec![1]);
+        h.greet(2);
+        h.msg(2, ClientToServer::Allocate);
+        h.drain();
+        let out = rejoin(&mut h, 2, CHANNEL);
+        assert_eq!(error_code(&out), vec![(2, ErrorCode::AlreadyClaimed)]);
+        let out = rejoin(&mut h, 3, &CHANNEL.to_uppercase());
+        assert!(out.is_empty(), "unknown client ignored");
     }
 }

@@ -48,6 +48,7 @@ async fn a_tree_crosses_a_punched_quic_path_intact() {
     let options = ReceiveOptions {
         out_dir: dst.path().to_path_buf(),
         overwrite: false,
+        ..Default::default()
     };
     let (sent, received) = tokio::join!(ferry_transfer::send(qa, source, |_| {}), async {
         let incoming = receive_offer(qb, options).await?;

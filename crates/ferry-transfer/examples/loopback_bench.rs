@@ -36,6 +36,7 @@ async fn main() {
     let opts = ferry_transfer::ReceiveOptions {
         out_dir: out.clone(),
         overwrite: false,
+        ..Default::default()
     };
     let receiver = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();

@@ -32,7 +32,7 @@ use crate::protocol::{PART_SUFFIX, ReceiverCore, ReceiverEvent};
 use crate::{Event, Report};
 
 /// Where and how to receive.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReceiveOptions {
     /// Output directory (created if missing). Every received path lands
     /// below it.
@@ -40,6 +40,11 @@ pub struct ReceiveOptions {
     /// Replace existing files instead of failing with
     /// [`TransferError::Exists`].
     pub overwrite: bool,
+    /// Manifest paths of files this receiver already verified and renamed
+    /// in an earlier attempt of the same transfer (before a reconnect).
+    /// They are not a clash: they are offered back to the sender as
+    /// complete (their hash proves it) and left as they are.
+    pub finished: HashSet<String>,
 }
 
 /// An offer that was read and checked, waiting for the user's decision.
@@ -307,6 +312,7 @@ fn check_targets(opts: &ReceiveOptions, targets: &[Target]) -> Result<(), Transf
         };
         let clash = match t.kind {
             EntryKind::Dir { .. } => !existing.is_dir(),
+            EntryKind::File { .. } if opts.finished.contains(t.rel.as_str()) => !existing.is_file(),
             EntryKind::File { .. } => existing.is_dir() || !opts.overwrite,
         };
         if clash {
@@ -332,6 +338,9 @@ struct WriteFile {
     mode: u32,
     /// The whole-file hash state after the resumable prefix.
     prefix: Option<blake3::Hasher>,
+    /// Received, verified and renamed in an earlier attempt: the final
+    /// file is the "part", offered back as complete.
+    finished: bool,
 }
 
 /// Re-checks the targets, finds resumable parts, checks free space and
@@ -350,7 +359,12 @@ fn prepare(opts: &ReceiveOptions, targets: Vec<Target>) -> Result<Prepared, Tran
                 let mut part_name = final_path.clone().into_os_string();
                 part_name.push(PART_SUFFIX);
                 let part_path = PathBuf::from(part_name);
-                let (point, prefix) = find_part(&part_path, size)?;
+                let finished = opts.finished.contains(t.rel.as_str());
+                let (point, prefix) = if finished {
+                    find_part(&final_path, size)?
+                } else {
+                    find_part(&part_path, size)?
+                };
                 needed = needed.saturating_add(size - point.offset);
                 resume.push(point);
                 files.push(WriteFile {
@@ -360,6 +374,7 @@ fn prepare(opts: &ReceiveOptions, targets: Vec<Target>) -> Result<Prepared, Tran
                     size,
                     mode,
                     prefix,
+                    finished,
                 });
             }
         }
@@ -462,7 +477,8 @@ enum Cmd {
 
 struct Open {
     index: usize,
-    file: File,
+    /// `None` for a file finished in an earlier attempt: nothing to write.
+    file: Option<File>,
     hasher: blake3::Hasher,
 }
 
@@ -497,8 +513,13 @@ fn write_files(
                         offset,
                     });
                 }
-                cur.file
-                    .write_all(&chunk)
+                let Some(file) = cur.file.as_mut() else {
+                    return Err(TransferError::Internal(format!(
+                        "data for {}, which is complete",
+                        f.rel
+                    )));
+                };
+                file.write_all(&chunk)
                     .map_err(|e| write_error(&f.final_path, &f.part_path, e))?;
                 cur.hasher.update(&chunk);
             }
@@ -512,8 +533,8 @@ fn write_files(
                         path: f.rel.clone(),
                     });
                 }
-                if let Some(cur) = open.take() {
-                    finish_file(f, cur.file, overwrite)?;
+                if let Some(file) = open.take().and_then(|cur| cur.file) {
+                    finish_file(f, file, overwrite)?;
                 }
                 finished += 1;
                 let _ = done.send(index);
@@ -539,6 +560,22 @@ fn current(open: &mut Option<Open>, index: usize) -> Result<&mut Open, TransferE
 }
 
 fn open_part(f: &mut WriteFile, index: usize, offset: u64) -> Result<Open, TransferError> {
+    if f.finished {
+        // The sender agreed the file is complete (it checked the hash);
+        // anything else means the file here is not the one it sends.
+        let hasher = f
+            .prefix
+            .take()
+            .filter(|_| offset == f.size)
+            .ok_or_else(|| TransferError::Exists {
+                path: f.final_path.clone(),
+            })?;
+        return Ok(Open {
+            index,
+            file: None,
+            hasher,
+        });
+    }
     let io_err = |e| TransferError::io(&f.part_path, e);
     // Never write through a symlink planted in place of the part file.
     match fs::symlink_metadata(&f.part_path) {
@@ -573,7 +610,7 @@ fn open_part(f: &mut WriteFile, index: usize, offset: u64) -> Result<Open, Trans
     file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
     Ok(Open {
         index,
-        file,
+        file: Some(file),
         hasher,
     })
 }

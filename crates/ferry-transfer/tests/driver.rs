@@ -31,6 +31,7 @@ fn opts(out: &Path, overwrite: bool) -> ReceiveOptions {
     ReceiveOptions {
         out_dir: out.to_path_buf(),
         overwrite,
+        ..Default::default()
     }
 }
 
@@ -660,5 +661,151 @@ async fn receiver_that_vanishes_fails_the_sender() {
             Err(TransferError::Stream(_) | TransferError::PeerClosed)
         ),
         "{sent:?}"
+    );
+}
+
+/// Forwards frames from the sender until `keep` data frames have passed,
+/// then cuts both directions at once, like a path that breaks.
+async fn cutting_proxy(sender_side: DuplexStream, receiver_side: DuplexStream, keep: usize) {
+    let (mut s_rd, s_wr) = tokio::io::split(sender_side);
+    let (mut r_rd, mut r_wr) = tokio::io::split(receiver_side);
+    let back = tokio::spawn(async move {
+        let mut s_wr = s_wr;
+        let _ = tokio::io::copy(&mut r_rd, &mut s_wr).await;
+    });
+    let mut buf = BytesMut::new();
+    let mut data_frames = 0;
+    'outer: loop {
+        while let Some(frame) = codec::decode(&mut buf).unwrap() {
+            if matches!(frame, Frame::Data { .. }) {
+                data_frames += 1;
+                if data_frames > keep {
+                    break 'outer;
+                }
+            }
+            let mut out = BytesMut::new();
+            codec::encode(&frame, &mut out);
+            if r_wr.write_all(&out).await.is_err() {
+                break 'outer;
+            }
+        }
+        match s_rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    back.abort();
+    // Dropping the halves closes both ends: both sides see the break.
+}
+
+#[tokio::test]
+async fn after_a_break_the_next_attempt_keeps_finished_files_and_resumes() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    let small = random_bytes("small", 300 * 1024);
+    let big = random_bytes("big", 3 * 1024 * 1024 + 17);
+    fs::write(src.path().join("a-small"), &small).unwrap();
+    fs::write(src.path().join("b-big"), &big).unwrap();
+    let source = scan(&[src.path().join("a-small"), src.path().join("b-big")]).unwrap();
+
+    // First attempt: a-small (2 chunks) completes, b-big breaks after 3 chunks.
+    let (a, a_proxy) = tokio::io::duplex(BUF);
+    let (b_proxy, b) = tokio::io::duplex(BUF);
+    let proxy = tokio::spawn(cutting_proxy(a_proxy, b_proxy, 5));
+    let receiver = tokio::spawn(receive_all(b, opts(out.path(), false)));
+    let sent = tokio::time::timeout(LIMIT, send(a, source.clone(), |_| {}))
+        .await
+        .expect("send hung");
+    assert!(sent.is_err(), "the first attempt must fail: {sent:?}");
+    let (received, events) = tokio::time::timeout(LIMIT, receiver)
+        .await
+        .expect("receive hung")
+        .unwrap();
+    assert!(received.is_err(), "{received:?}");
+    proxy.await.unwrap();
+    let finished: std::collections::HashSet<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::FileDone { path } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finished, ["a-small".to_string()].into());
+    let held = fs::metadata(out.path().join("b-big.ferry-part"))
+        .unwrap()
+        .len();
+    assert!(held > 0, "part of b-big was kept");
+    let small_mtime = fs::metadata(out.path().join("a-small"))
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    // Without `finished`, the finished file is a clash.
+    let o = transfer_source(source.clone(), out.path(), false).await;
+    assert!(
+        matches!(o.received, Err(TransferError::Exists { .. })),
+        "{:?}",
+        o.received
+    );
+
+    // The reconnect: finished files are offered back as complete.
+    let (a, b) = tokio::io::duplex(BUF);
+    let options = ReceiveOptions {
+        finished,
+        ..opts(out.path(), false)
+    };
+    let receiver = tokio::spawn(receive_all(b, options));
+    let sent = tokio::time::timeout(LIMIT, send(a, source, |_| {}))
+        .await
+        .expect("send hung");
+    let (received, _) = tokio::time::timeout(LIMIT, receiver)
+        .await
+        .expect("receive hung")
+        .unwrap();
+    let received = received.unwrap();
+    assert!(matches!(sent, Ok(SendOutcome::Files(_))), "{sent:?}");
+    assert_eq!(received.bytes_resumed, small.len() as u64 + held);
+    assert_eq!(
+        received.bytes_transferred,
+        (small.len() + big.len()) as u64 - received.bytes_resumed
+    );
+    assert_eq!(fs::read(out.path().join("a-small")).unwrap(), small);
+    assert_eq!(fs::read(out.path().join("b-big")).unwrap(), big);
+    assert_eq!(
+        fs::metadata(out.path().join("a-small"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        small_mtime,
+        "the finished file was left alone"
+    );
+    assert!(!out.path().join("b-big.ferry-part").exists());
+}
+
+#[tokio::test]
+async fn a_finished_file_that_changed_is_not_overwritten() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    fs::write(src.path().join("f"), random_bytes("f", 1000)).unwrap();
+    // Same size, other bytes: not what the sender sends.
+    fs::write(out.path().join("f"), random_bytes("other", 1000)).unwrap();
+    let (a, b) = tokio::io::duplex(BUF);
+    let options = ReceiveOptions {
+        finished: ["f".to_string()].into(),
+        ..opts(out.path(), false)
+    };
+    let receiver = tokio::spawn(receive_all(b, options));
+    let source = scan(&[src.path().join("f")]).unwrap();
+    let _ = tokio::time::timeout(LIMIT, send(a, source, |_| {}))
+        .await
+        .expect("send hung");
+    let (received, _) = receiver.await.unwrap();
+    assert!(
+        matches!(received, Err(TransferError::Exists { .. })),
+        "{received:?}"
+    );
+    assert_eq!(
+        fs::read(out.path().join("f")).unwrap(),
+        random_bytes("other", 1000)
     );
 }

@@ -130,6 +130,15 @@ pub struct PathArgs {
     /// Do not ask a UPnP gateway for port mappings.
     #[arg(long)]
     pub no_upnp: bool,
+
+    /// When the path breaks mid-transfer (a reset, a NAT that forgot the
+    /// mapping, a link down, a relay restart), reconnect on our own up to N
+    /// times, waiting a little longer each time (0.5 s, 1 s, 2 s, ... 8 s).
+    /// Each try meets the peer again through the server, without the code,
+    /// and races the paths afresh, the relay included; the transfer then
+    /// resumes from the last verified byte. 0 never reconnects.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub retries: u32,
 }
 
 impl PathArgs {

@@ -1,10 +1,11 @@
 //! `ferry receive`.
 
+use std::collections::HashSet;
 use std::io::BufRead;
 
 use anyhow::{Context, Result};
 use ferry_proto::code::Code;
-use ferry_transfer::{Offer, ReceiveOptions};
+use ferry_transfer::{Event, Offer, ReceiveOptions};
 use indicatif::HumanBytes;
 use serde_json::json;
 
@@ -12,7 +13,7 @@ use crate::cli::ReceiveArgs;
 use crate::exit::Failure;
 use crate::output::{self, Output};
 use crate::send::{plural, show_event};
-use crate::session;
+use crate::session::{self, Reconnect};
 
 /// Runs `ferry receive`.
 pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
@@ -27,19 +28,19 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
         .with_context(|| format!("cannot create the output folder {}", args.out.display()))
         .map_err(|e| Failure::local(format!("{e:#}")))?;
 
-    let link = session::receiver(&server, &code, args.path.options()).await?;
+    let mut link = session::receiver(&server, &code, args.path.options()).await?;
     output::announce_path(&link, out);
-    let path = link.path;
+    let mut mending = Reconnect::new(&mut link, args.path.retries);
+    let mut path = link.path;
     let mut stream = link.stream;
-    let incoming = ferry_transfer::receive_offer(
-        &mut stream,
-        ReceiveOptions {
-            out_dir: args.out.clone(),
-            overwrite: args.overwrite,
-        },
-    )
-    .await
-    .context("cannot take the offer")?;
+    let options = ReceiveOptions {
+        out_dir: args.out.clone(),
+        overwrite: args.overwrite,
+        ..Default::default()
+    };
+    let incoming = ferry_transfer::receive_offer(&mut stream, options.clone())
+        .await
+        .context("cannot take the offer")?;
 
     match incoming.offer() {
         Offer::Text(text) => {
@@ -95,15 +96,56 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
                     ));
                 }
             }
-            let report = incoming
-                .accept(|event| show_event(out, event))
-                .await
-                .context("the transfer failed")?;
+            let offered = Offer::Files(manifest.clone());
+            let mut finished = HashSet::new();
+            let mut result = incoming
+                .accept(|event| note_event(out, &mut finished, event))
+                .await;
+            let report = loop {
+                let error = match result {
+                    Ok(report) => break report,
+                    Err(error) if mending.may_mend(&error) => error,
+                    Err(error) => return Err(error).context("the transfer failed"),
+                };
+                drop(stream);
+                let link = mending.mend(error, out).await?;
+                output::announce_path(&link, out);
+                path = link.path;
+                stream = link.stream;
+                let options = ReceiveOptions {
+                    finished: finished.clone(),
+                    ..options.clone()
+                };
+                let incoming = ferry_transfer::receive_offer(&mut stream, options)
+                    .await
+                    .context("cannot take the offer after reconnecting")?;
+                if *incoming.offer() != offered {
+                    incoming
+                        .decline("after reconnecting, the offer differs from the first one")
+                        .await?;
+                    return Err(Failure::peer_gone(
+                        "after reconnecting, the sender offered different files; \
+                         stopped (what was received so far is kept)",
+                    ));
+                }
+                result = incoming
+                    .accept(|event| note_event(out, &mut finished, event))
+                    .await;
+            };
             stream.close().await;
             output::announce_done(&report, path, "Received", out);
             Ok(())
         }
     }
+}
+
+/// Shows `event`, and notes the files that are complete (kept as they are
+/// if the path breaks and the transfer resumes).
+fn note_event(out: &mut Output, finished: &mut HashSet<String>, event: Event) {
+    if let Event::FileDone { path } = &event {
+        finished.insert(path.clone());
+    }
+    show_event(out, event);
 }
 
 /// Asks a yes/no question on the terminal; no answer (end of input) is no.

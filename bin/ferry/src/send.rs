@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::cli::SendArgs;
 use crate::exit::Failure;
 use crate::output::{self, Output};
-use crate::session;
+use crate::session::{self, Reconnect};
 use crate::throttle::Throttled;
 
 /// Runs `ferry send`.
@@ -30,18 +30,33 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
         )),
     }
 
-    let link = session::sender(&server, args.code.as_deref(), args.path.options(), out).await?;
+    let mut link = session::sender(&server, args.code.as_deref(), args.path.options(), out).await?;
     output::announce_path(&link, out);
-
-    let path = link.path;
-    let mut stream = link.stream;
-    let events = |event| show_event(out, event);
-    let outcome = match args.limit_rate {
-        Some(rate) => ferry_transfer::send(Throttled::new(&mut stream, rate), source, events).await,
-        None => ferry_transfer::send(&mut stream, source, events).await,
-    }
-    .context("the transfer failed")?;
-    stream.close().await;
+    let mut mending = Reconnect::new(&mut link, args.path.retries);
+    let (outcome, path) = loop {
+        let path = link.path;
+        let mut stream = link.stream;
+        let events = |event| show_event(out, event);
+        let result = match args.limit_rate {
+            Some(rate) => {
+                ferry_transfer::send(Throttled::new(&mut stream, rate), source.clone(), events)
+                    .await
+            }
+            None => ferry_transfer::send(&mut stream, source.clone(), events).await,
+        };
+        match result {
+            Ok(outcome) => {
+                stream.close().await;
+                break (outcome, path);
+            }
+            Err(error) if mending.may_mend(&error) => {
+                drop(stream);
+                link = mending.mend(error, out).await?;
+                output::announce_path(&link, out);
+            }
+            Err(error) => return Err(error).context("the transfer failed"),
+        }
+    };
     out.finish_progress();
     match outcome {
         SendOutcome::TextDelivered => {

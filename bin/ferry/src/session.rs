@@ -1,10 +1,13 @@
 //! The CLI side of a session: where the server is, and what the user sees
 //! while the library (`ferry_connect::session`) pairs and connects.
 
+use std::time::{Duration, Instant};
+
 use anyhow::Result;
-use ferry_connect::session::{self, Sender};
+use ferry_connect::session::{self, Rejoin, Sender};
 use ferry_connect::{PeerLink, SessionOptions};
 use ferry_proto::code::Code;
+use ferry_transfer::TransferError;
 use serde_json::json;
 
 use crate::exit::Failure;
@@ -58,6 +61,93 @@ pub async fn sender(
 /// The receiver's side.
 pub async fn receiver(server: &str, code: &Code, options: SessionOptions) -> Result<PeerLink> {
     Ok(session::receive(server, code, options).await?)
+}
+
+/// The longest one break may take to mend, all tries included.
+const RECONNECT_BUDGET: Duration = Duration::from_secs(120);
+/// The most breaks one transfer may survive.
+const MAX_BREAKS: u32 = 20;
+
+/// Reconnecting after the path broke mid-transfer (`--retries`).
+pub struct Reconnect {
+    rejoin: Option<Rejoin>,
+    retries: u32,
+    breaks: u32,
+}
+
+impl Reconnect {
+    /// Takes what the first link offers to find the peer again.
+    pub fn new(link: &mut PeerLink, retries: u32) -> Self {
+        Reconnect {
+            rejoin: link.rejoin.take(),
+            retries,
+            breaks: 0,
+        }
+    }
+
+    /// Whether `error` is a broken path we may mend by reconnecting (not a
+    /// refusal, a verification failure or a local problem).
+    pub fn may_mend(&self, error: &TransferError) -> bool {
+        let broken = matches!(
+            error,
+            TransferError::Stream(_) | TransferError::PeerClosed | TransferError::Timeout(_)
+        );
+        broken && self.retries > 0 && self.rejoin.is_some() && self.breaks < MAX_BREAKS
+    }
+
+    /// Reconnects after `error` broke the path: up to `retries` tries with
+    /// growing pauses, within [`RECONNECT_BUDGET`]. Says so on the output.
+    pub async fn mend(&mut self, error: TransferError, out: &mut Output) -> Result<PeerLink> {
+        let Some(rejoin) = self.rejoin.as_mut() else {
+            return Err(anyhow::anyhow!("cannot reconnect: nothing to rejoin"));
+        };
+        self.breaks += 1;
+        out.finish_progress();
+        let broke = Instant::now();
+        let mut last = String::new();
+        for attempt in 1..=self.retries {
+            let pause = Duration::from_millis(500 << (attempt - 1).min(4));
+            if broke.elapsed() + pause > RECONNECT_BUDGET {
+                break;
+            }
+            out.event(
+                "reconnect",
+                json!({"try": attempt, "of": self.retries, "error": error.to_string()}),
+            );
+            out.say(format!(
+                "The connection broke ({error}); reconnecting, try {attempt} of {}...",
+                self.retries
+            ));
+            tokio::time::sleep(pause).await;
+            let remaining = RECONNECT_BUDGET.saturating_sub(broke.elapsed());
+            match tokio::time::timeout(remaining, rejoin.reconnect()).await {
+                Ok(Ok(link)) => {
+                    let after = broke.elapsed();
+                    out.event(
+                        "reconnected",
+                        json!({"after_secs": after.as_secs_f64(), "tries": attempt}),
+                    );
+                    out.say(format!(
+                        "Reconnected after {}; resuming from the last verified byte",
+                        crate::output::short_duration(after)
+                    ));
+                    return Ok(link);
+                }
+                Ok(Err(why)) => {
+                    tracing::info!(attempt, error = %why, "reconnecting failed");
+                    last = why.to_string();
+                }
+                Err(_) => {
+                    last = "out of time".into();
+                    break;
+                }
+            }
+        }
+        Err(anyhow::Error::new(error).context(format!(
+            "the connection broke and reconnecting failed ({last}); run the same command \
+             again with a new code: the transfer resumes from the last verified byte"
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -210,8 +210,19 @@ fn transfer_killed_halfway_resumes_from_the_received_bytes() {
     random_file(&file, 24 * 1024 * 1024);
     let part = dst.path().join("video.bin.ferry-part");
 
-    // Slow first run (8 MiB/s), receiver killed once a few MiB are in.
-    let (mut send, code) = start_send(&server, &["--limit-rate", "8M", file.to_str().unwrap()]);
+    // Slow first run (8 MiB/s), receiver killed once a few MiB are in. The
+    // sender does not wait for it to come back (it cannot: a restarted
+    // receiver is a new pairing).
+    let (mut send, code) = start_send(
+        &server,
+        &[
+            "--limit-rate",
+            "8M",
+            "--retries",
+            "0",
+            file.to_str().unwrap(),
+        ],
+    );
     let mut recv = start_receive(&server, &code, dst.path(), &["--yes"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -259,6 +270,108 @@ fn transfer_killed_halfway_resumes_from_the_received_bytes() {
     );
     let resume = &recv.events("resume")[0];
     assert!(resume["offset"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn relay_restarted_halfway_reconnects_and_resumes_on_its_own() {
+    let mut server = Server::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("film.bin");
+    random_file(&file, 24 * 1024 * 1024);
+    let part = dst.path().join("film.bin.ferry-part");
+    let relay = ["--force-path", "relay"];
+    let (mut send, code) = start_send(
+        &server,
+        &[&relay[..], &["--limit-rate", "8M", file.to_str().unwrap()]].concat(),
+    );
+    let mut recv = start_receive(
+        &server,
+        &code,
+        dst.path(),
+        &[&relay[..], &["--yes"]].concat(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 4 * 1024 * 1024 {
+        assert!(
+            Instant::now() < deadline,
+            "the part file never grew: {:?}",
+            recv.seen
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The relay (with the rendezvous) dies mid-transfer and comes back.
+    server.restart(Duration::from_secs(1), &[]);
+    assert_eq!(
+        recv.finish(),
+        0,
+        "receiver: {:?} {}",
+        recv.seen,
+        recv.stderr_text()
+    );
+    assert_eq!(
+        send.finish(),
+        0,
+        "sender: {:?} {}",
+        send.seen,
+        send.stderr_text()
+    );
+    assert_same_file(&file, &dst.path().join("film.bin"));
+    assert!(!part.exists());
+    for side in [&send, &recv] {
+        assert!(!side.events("reconnect").is_empty(), "{:?}", side.seen);
+        assert_eq!(side.events("reconnected").len(), 1, "{:?}", side.seen);
+        let paths = side.events("path");
+        assert_eq!(paths.len(), 2, "{:?}", side.seen);
+        assert!(paths.iter().all(|p| p["path"] == "relay"), "{paths:?}");
+    }
+    let done = &recv.events("done")[0];
+    let resumed = done["bytes_resumed"].as_u64().unwrap();
+    assert!(resumed >= 4 * 1024 * 1024, "resumed only {resumed}: {done}");
+    assert_eq!(
+        resumed + done["bytes_transferred"].as_u64().unwrap(),
+        24 * 1024 * 1024,
+        "{done}"
+    );
+}
+
+#[test]
+fn without_retries_a_broken_path_fails_cleanly() {
+    let mut server = Server::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("f.bin");
+    random_file(&file, 16 * 1024 * 1024);
+    let part = dst.path().join("f.bin.ferry-part");
+    let args = ["--force-path", "relay", "--retries", "0"];
+    let (mut send, code) = start_send(
+        &server,
+        &[&args[..], &["--limit-rate", "8M", file.to_str().unwrap()]].concat(),
+    );
+    let mut recv = start_receive(
+        &server,
+        &code,
+        dst.path(),
+        &[&args[..], &["--yes"]].concat(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 2 * 1024 * 1024 {
+        assert!(
+            Instant::now() < deadline,
+            "the part file never grew: {:?}",
+            recv.seen
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.restart(Duration::ZERO, &[]);
+    assert_eq!(recv.finish(), 4, "receiver: {:?}", recv.seen);
+    assert_ne!(send.finish(), 0, "sender: {:?}", send.seen);
+    assert!(recv.events("reconnect").is_empty());
+    assert!(
+        part.exists(),
+        "the verified part is kept for a later resume"
+    );
+    assert!(!dst.path().join("f.bin").exists());
 }
 
 #[test]

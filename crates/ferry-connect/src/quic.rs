@@ -65,7 +65,7 @@ pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// Idle timeout: the connection is dead after this long without packets.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Handshakes from other addresses in flight at once on the server side.
 const MAX_PENDING_HANDSHAKES: usize = 8;

@@ -62,6 +62,14 @@ const RELAY_HEAD_START: Duration = Duration::from_millis(1500);
 const RELAY_WAIT: Duration = Duration::from_secs(15);
 /// How long the race waits for UPnP once pairing is done.
 const UPNP_WAIT: Duration = Duration::from_millis(300);
+/// How long a side that reconnects waits for the peer to come back.
+pub const REJOIN_WAIT: Duration = Duration::from_secs(40);
+/// How long a TCP path may go without an acknowledgement (of data, or of a
+/// keepalive probe) before it counts as broken. QUIC uses
+/// [`crate::quic::IDLE_TIMEOUT`].
+pub const TCP_DEAD_AFTER: Duration = Duration::from_secs(15);
+/// The context of the rejoin meeting point derived from the pairing key.
+const REJOIN_CONTEXT: &str = "ferry v1 rejoin meeting";
 
 /// Which paths to try.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -101,6 +109,102 @@ pub struct PeerLink {
     pub connect_time: Duration,
     /// The paths that failed, and why (the others lost the race).
     pub lost: Vec<(PathKind, String)>,
+    /// How to find the peer again if this path breaks: set on the link of
+    /// the first connection ([`Sender::connect`], [`receive`]), `None` on
+    /// the links [`Rejoin::reconnect`] returns (keep using that `Rejoin`).
+    pub rejoin: Option<Rejoin>,
+}
+
+/// What both sides keep after pairing so that they can reconnect when the
+/// path breaks mid-transfer, without the code (its nameplate is released
+/// by then) and without asking the user: they meet again on a channel
+/// derived from the pairing key, exchange fresh candidates sealed with
+/// that key, and race the paths afresh (the relay included, with a fresh
+/// token).
+pub struct Rejoin {
+    server: String,
+    channel: SecureChannel,
+    meeting: String,
+    controlling: bool,
+    options: SessionOptions,
+}
+
+impl std::fmt::Debug for Rejoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rejoin")
+            .field("server", &self.server)
+            .field("controlling", &self.controlling)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rejoin {
+    fn new(
+        server: &str,
+        channel: SecureChannel,
+        controlling: bool,
+        options: SessionOptions,
+    ) -> Self {
+        let secret = channel.derive_secret(REJOIN_CONTEXT);
+        Rejoin {
+            server: server.to_string(),
+            meeting: hex::encode(&secret[..16]),
+            channel,
+            controlling,
+            options,
+        }
+    }
+
+    /// Meets the peer again through the rendezvous server (waiting up to
+    /// [`REJOIN_WAIT`] for it) and races the paths afresh. One attempt: the
+    /// caller decides how often to try, and how long to back off.
+    pub async fn reconnect(&mut self) -> Result<PeerLink, SessionError> {
+        let (mut signal, welcome) = connect_signal(&self.server).await?;
+        let gathering = tokio::spawn(gather(
+            stun_server(&welcome),
+            self.controlling,
+            self.controlling && !self.options.no_upnp,
+        ));
+        if !signal.rejoin(&self.meeting).await? {
+            let joined = async {
+                loop {
+                    match signal.recv().await? {
+                        SignalEvent::PeerJoined => return Ok(()),
+                        other => debug!(?other, "while waiting for the peer to rejoin"),
+                    }
+                }
+            };
+            match tokio::time::timeout(REJOIN_WAIT, joined).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    gathering.abort();
+                    return Err(SessionError::Signal(error));
+                }
+                Err(_) => {
+                    gathering.abort();
+                    let _ = signal.release(None).await;
+                    return Err(SessionError::PeerGone(format!(
+                        "the peer did not come back within {} s",
+                        REJOIN_WAIT.as_secs()
+                    )));
+                }
+            }
+        }
+        let started = Instant::now();
+        let gathered = gathering
+            .await
+            .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
+        run_session(
+            signal,
+            &mut self.channel,
+            welcome,
+            gathered,
+            self.options,
+            self.controlling,
+            started,
+        )
+        .await
+    }
 }
 
 /// What can go wrong between "connect to the server" and "secure stream".
@@ -179,6 +283,7 @@ impl From<PairingError> for SessionError {
 /// The sender's side, in two steps so the caller can show the code while
 /// waiting: [`Sender::start`] then [`Sender::connect`].
 pub struct Sender {
+    server: String,
     signal: SignalClient,
     code: Code,
     welcome: Welcome,
@@ -217,6 +322,7 @@ impl Sender {
         };
         let gathering = tokio::spawn(gather(stun_server(&welcome), true, !options.no_upnp));
         Ok(Sender {
+            server: server.to_string(),
             signal,
             code,
             welcome,
@@ -240,6 +346,7 @@ impl Sender {
     /// has claimed the nameplate.
     pub async fn connect(self, on_joined: impl FnOnce()) -> Result<PeerLink, SessionError> {
         let Sender {
+            server,
             mut signal,
             code,
             welcome,
@@ -261,11 +368,22 @@ impl Sender {
         }
         on_joined();
         let started = Instant::now();
-        let (signal, channel) = pair(signal, &code, Role::Sender).await?;
+        let (signal, mut channel) = pair(signal, &code, Role::Sender).await?;
         let gathered = gathering
             .await
             .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
-        run_session(signal, channel, welcome, gathered, options, true, started).await
+        let mut link = run_session(
+            signal,
+            &mut channel,
+            welcome,
+            gathered,
+            options,
+            true,
+            started,
+        )
+        .await?;
+        link.rejoin = Some(Rejoin::new(&server, channel, true, options));
+        Ok(link)
     }
 }
 
@@ -281,11 +399,22 @@ pub async fn receive(
     let gathering = tokio::spawn(gather(stun_server(&welcome), false, false));
     signal.claim(code.nameplate).await?;
     let started = Instant::now();
-    let (signal, channel) = pair(signal, code, Role::Receiver).await?;
+    let (signal, mut channel) = pair(signal, code, Role::Receiver).await?;
     let gathered = gathering
         .await
         .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
-    run_session(signal, channel, welcome, gathered, options, false, started).await
+    let mut link = run_session(
+        signal,
+        &mut channel,
+        welcome,
+        gathered,
+        options,
+        false,
+        started,
+    )
+    .await?;
+    link.rejoin = Some(Rejoin::new(server, channel, false, options));
+    Ok(link)
 }
 
 /// Opens the signalling connection from a reusable local port, so that
@@ -468,7 +597,7 @@ async fn upnp_result(task: Option<tokio::task::JoinHandle<Mapped>>) -> Mapped {
 /// Exchanges hellos, races the paths, releases the nameplate.
 async fn run_session(
     mut signal: SignalClient,
-    mut channel: SecureChannel,
+    channel: &mut SecureChannel,
     welcome: Welcome,
     gathered: Gathered,
     options: SessionOptions,
@@ -504,7 +633,7 @@ async fn run_session(
         candidates: ours,
     };
     signal.send(channel.seal(&hello)).await?;
-    let (peer_fingerprint, theirs) = receive_hello(&mut signal, &mut channel).await?;
+    let (peer_fingerprint, theirs) = receive_hello(&mut signal, channel).await?;
     debug!(?theirs, "peer candidates");
     let relay_token = signal.relay_token();
     if options.force_path == Some(PathKind::Relay) && relay_token.is_none() {
@@ -532,7 +661,7 @@ async fn run_session(
         options,
     };
     let result = plan
-        .race(gathered.udp, gathered.listener, &mut signal, &mut channel)
+        .race(gathered.udp, gathered.listener, &mut signal, channel)
         .await;
     if let Some(guard) = guard {
         // Established flows outlive the port mapping in the NAT's table.
@@ -545,6 +674,9 @@ async fn run_session(
     for (kind, why) in &lost {
         info!(path = %kind, why, "path lost");
     }
+    if let PeerStream::Tls(tls) = &established.stream {
+        detect_breaks(tls.get_ref().0);
+    }
     Ok(PeerLink {
         stream: established.stream,
         path: established.kind,
@@ -552,7 +684,26 @@ async fn run_session(
         remote: established.remote,
         connect_time: started.elapsed(),
         lost,
+        rejoin: None,
     })
+}
+
+/// Makes a broken TCP path fail within about [`TCP_DEAD_AFTER`] instead of
+/// hanging: keepalive probes while we only read, and a user timeout while
+/// our data goes unacknowledged (a NAT that lost its state, a link down).
+fn detect_breaks(tcp: &tokio::net::TcpStream) {
+    let socket = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(2))
+        .with_retries(4);
+    if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
+        debug!(%error, "cannot enable TCP keepalive");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    if let Err(error) = socket.set_tcp_user_timeout(Some(TCP_DEAD_AFTER)) {
+        debug!(%error, "cannot set the TCP user timeout");
+    }
 }
 
 /// One authenticated, confirmed path.

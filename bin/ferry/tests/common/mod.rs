@@ -190,6 +190,28 @@ impl Server {
         let addr = ev["signal"].as_str().unwrap().to_string();
         Server { addr, proc }
     }
+
+    /// Kills the server (every connection through it breaks at once, the
+    /// relayed ones included) and starts a fresh one on the same address
+    /// after `down`.
+    pub fn restart(&mut self, down: Duration, extra: &[&str]) {
+        self.proc.kill();
+        thread::sleep(down);
+        let mut cmd = ferry();
+        cmd.args([
+            "serve",
+            "--json",
+            "--listen",
+            &self.addr,
+            "--stun-listen",
+            "127.0.0.1:0",
+            "--stun-second-port",
+            "0",
+        ])
+        .args(extra);
+        self.proc = Proc::spawn(cmd);
+        self.proc.wait_event("listening", Duration::from_secs(20));
+    }
 }
 
 /// Starts `ferry send --json` and waits for its code.

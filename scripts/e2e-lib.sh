@@ -60,7 +60,9 @@ lab_up() {
 # start_server [EXTRA ARGS]: ferry serve on the lab's server host, with RFC 5780
 start_server() {
     local out="$E2E_WORK/server.${CASE//\//_}.out"
-    lab exec server -- "$FERRY" serve --json --listen "$SIGNAL" \
+    # "$LAB" itself (not the lab function), so that $! is ferry serve: lab.sh
+    # exec()s into it
+    "$LAB" exec server -- "$FERRY" serve --json --listen "$SIGNAL" \
         --stun-listen "$SERVER_IP:3478" --stun-alt-ip "$SERVER_ALT_IP" "$@" \
         >"$out" 2>"$E2E_WORK/server.${CASE//\//_}.log" &
     SERVER_PID=$!

@@ -272,6 +272,12 @@ setup_router() {
     route_add "$name" default via "$wan_gw"
     [ "$kind" = none ] && return 0
     nat_ruleset "$kind" | nsx "$name" nft -f - || die "nftables rules for $name ($kind) failed"
+    # A router that lost its state (conntrack -F, a reboot) does not adopt
+    # TCP flows already under way, as many home routers: their packets are
+    # invalid and dropped, so the flow breaks and must be re-made. (Linux's
+    # default, 1, silently re-creates the mapping mid-stream.)
+    nsx "$name" sysctl -qw net.netfilter.nf_conntrack_tcp_loose=0 \
+        || die "cannot set nf_conntrack_tcp_loose on $name"
 }
 
 # ---------------------------------------------------------------- knobs

@@ -45,5 +45,7 @@ else
     scripts/e2e-nat.sh
     say "lab: 64 MiB transfers through every kind of NAT, checking bytes and path"
     scripts/e2e-paths.sh
+    say "lab: transfers whose path breaks halfway (NAT state flushed, relay restarted) reconnect and resume"
+    scripts/e2e-resilience.sh
 fi
 say "all tests passed"

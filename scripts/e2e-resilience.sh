@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Stage 4 in the lab: transfers that survive a broken path. A sender on
+# peer a and a receiver on peer b move a 64 MiB random file at 8 MiB/s
+# (--limit-rate), and halfway through the path is broken for real:
+#   - the NATs' state is flushed (conntrack -F on both routers), which
+#     breaks a TCP path (the lab routers do not adopt mid-stream TCP);
+#   - the same on a QUIC path (the NATs re-create the same mapping from
+#     the next packet, so QUIC may ride it out without reconnecting);
+#   - the server (rendezvous and relay) is killed and restarted 2 s later
+#     in the middle of a relayed transfer.
+# Each case checks: both sides exit 0, the bytes are intact, the path on
+# both sides, and for the breaking cases that both sides said they
+# reconnected and that the receiver resumed (bytes_resumed > 0).
+#
+#   scripts/e2e-resilience.sh    as root; needs target/release/ferry (or FERRY=path)
+set -euo pipefail
+source "$(dirname "$0")/e2e-lib.sh"
+
+SIZE_MIB=${SIZE_MIB:-64}
+RATE=${RATE:-8M}
+head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$E2E_WORK/payload.bin"
+
+# flush_nats: what a router reboot does to the flows through it
+flush_nats() {
+    lab exec nat-a -- conntrack -F >/dev/null 2>&1
+    lab exec nat-b -- conntrack -F >/dev/null 2>&1
+}
+
+# restart_server: kills ferry serve with SIGKILL (every relayed flow
+# breaks at once; SIGTERM would let relayed pairs drain for a few seconds)
+# and starts it again on the same address 2 s later
+restart_server() {
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+    sleep 2
+    start_server
+}
+
+# survive CASE PATH BREAK MUST_RECONNECT [UP ARGS...]
+#   BREAK: flush_nats | restart_server, run once the receiver holds a third
+#   MUST_RECONNECT: yes (both sides must reconnect and resume) | maybe
+survive() {
+    CASE=$1
+    local want=$2 break_with=$3 must=$4
+    shift 4
+    echo "== $CASE: expect $want, broken by $break_with"
+    lab_up "$@" || return 0
+    start_server || return 0
+    local tag out send_out recv_out
+    tag=${CASE//[^a-zA-Z0-9]/_}
+    out="$E2E_WORK/out.$tag"
+    send_out="$E2E_WORK/send.$tag.json"
+    recv_out="$E2E_WORK/recv.$tag.json"
+    mkdir -p "$out"
+    lab exec a -- "$FERRY" send --json --limit-rate "$RATE" --server "$SIGNAL" "$E2E_WORK/payload.bin" \
+        >"$send_out" 2>"$send_out.log" &
+    local sender=$! code=
+    for _ in $(seq 1 200); do
+        code=$(jq -r 'select(.event == "code") | .code' "$send_out" 2>/dev/null | head -n1)
+        [ -n "$code" ] && break
+        sleep 0.05
+    done
+    if [ -z "$code" ]; then
+        fail "the sender printed no code: $(tail -3 "$send_out.log")"
+        kill "$sender" 2>/dev/null || true
+        return 0
+    fi
+    timeout 300 "$LAB" exec b -- "$FERRY" receive --json --yes --server "$SIGNAL" --out "$out" "$code" \
+        >"$recv_out" 2>"$recv_out.log" &
+    local receiver=$! part="$out/payload.bin.ferry-part" third=$((SIZE_MIB * 1024 * 1024 / 3)) held=0
+    # Wait (at most 60 s) until a third has arrived, then break the path.
+    for _ in $(seq 1 600); do
+        held=$(stat -c %s "$part" 2>/dev/null || echo 0)
+        [ "$held" -ge "$third" ] && break
+        kill -0 "$receiver" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ "$held" -lt "$third" ]; then
+        fail "the transfer never got a third of the way (held $held bytes)"
+    else
+        echo "          breaking the path at $((held / 1048576)) MiB"
+        "$break_with" || fail "$break_with failed"
+    fi
+    local recv_rc=0 send_rc=0
+    wait "$receiver" || recv_rc=$?
+    wait "$sender" || send_rc=$?
+    expect "receiver exit code" 0 "$recv_rc"
+    expect "sender exit code" 0 "$send_rc"
+    if cmp -s "$E2E_WORK/payload.bin" "$out/payload.bin"; then
+        pass "$SIZE_MIB MiB arrived intact"
+    else
+        fail "the received file differs (or is missing)"
+    fi
+    expect "no part file left" false "$([ -e "$part" ] && echo true || echo false)"
+    expect "first path (receiver)" "$want" "$(jq -r 'select(.event == "path") | .path' "$recv_out" | head -n1)"
+    expect "first path (sender)" "$want" "$(jq -r 'select(.event == "path") | .path' "$send_out" | head -n1)"
+    local recv_mended send_mended resumed after paths
+    recv_mended=$(jq -s '[.[] | select(.event == "reconnected")] | length' "$recv_out")
+    send_mended=$(jq -s '[.[] | select(.event == "reconnected")] | length' "$send_out")
+    resumed=$(jq -r 'select(.event == "done") | .bytes_resumed' "$recv_out" | head -n1)
+    after=$(jq -r 'select(.event == "reconnected") | .after_secs' "$recv_out" | head -n1)
+    paths=$(jq -r 'select(.event == "path") | .path' "$recv_out" | paste -sd' ')
+    if [ "$must" = yes ]; then
+        expect "receiver reconnected" 1 "$recv_mended"
+        expect "sender reconnected" 1 "$send_mended"
+        if [ "${resumed:-0}" -gt 0 ] 2>/dev/null; then
+            pass "resumed from $((resumed / 1048576)) MiB already verified"
+        else
+            fail "nothing resumed (bytes_resumed=$resumed)"
+        fi
+        printf '          paths: %s; reconnected after %.1f s\n' "$paths" "${after:-0}"
+        TABLE+=("$(printf '%-40s %-28s %6.1f s  resumed %3s MiB' "$CASE" "$paths" "${after:-0}" "$((${resumed:-0} / 1048576))")")
+    else
+        printf '          paths: %s; reconnected %s time(s)\n' "$paths" "$recv_mended"
+        TABLE+=("$(printf '%-40s %-28s reconnects: %s' "$CASE" "$paths" "$recv_mended")")
+    fi
+    stop_server
+}
+
+TABLE=()
+survive "TCP path, both NATs flushed halfway" tcp-simultaneous-open flush_nats yes udp-blocked
+survive "QUIC path, both NATs flushed halfway" quic flush_nats maybe port-restricted
+survive "relay killed and restarted halfway" relay restart_server yes symmetric
+
+echo
+printf '%-40s %-28s %s\n' "case" "paths (receiver)" "break"
+printf '%s\n' "${TABLE[@]}"
+summary

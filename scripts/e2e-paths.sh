@@ -69,6 +69,19 @@ transfer() {
         "$remote_prefix"*) pass "receiver's peer address $remote" ;;
         *) fail "receiver's peer address: expected $remote_prefix..., seen $remote" ;;
     esac
+    if [ "$want" = relay ]; then
+        local reason
+        reason=$(jq -r 'select(.event == "path") | .relay_reason' "$recv_out" | head -n1)
+        if [ -n "${WANT_REASON:-}" ]; then
+            expect "why the relay (receiver)" "$WANT_REASON" "$reason"
+            expect "why the relay (sender)" "$WANT_REASON" \
+                "$(jq -r 'select(.event == "path") | .relay_reason' "$send_out" | head -n1)"
+        elif [ -n "$reason" ] && [ "$reason" != null ]; then
+            pass "the relay's reason is given: $reason"
+        else
+            fail "no reason given for the relay"
+        fi
+    fi
     local connect rate
     connect=$(jq -r 'select(.event == "path") | .connect_secs' "$recv_out" | head -n1)
     rate=$(jq -r 'select(.event == "done") | .rate_bytes_per_sec / 1048576 | floor' "$recv_out" | head -n1)
@@ -87,7 +100,10 @@ transfer "UDP blocked, port-preserving NATs" tcp-simultaneous-open 198.51.100.2 
 transfer "UPnP gateways" tcp 198.51.100.2 upnp
 transfer "double NAT (outer in 100.64/10)" quic 198.51.100.34 double-nat
 transfer "port-restricted, 2% loss" quic 198.51.100.2 port-restricted --loss nat-a:2 --loss nat-b:2
+# Both NAT reports rule out a direct path: the relay starts at once.
+WANT_REASON="symmetric NAT on both sides"
 transfer "symmetric <-> symmetric" relay "$SIGNAL" symmetric
+WANT_REASON=
 transfer "port-restricted <-> symmetric" relay "$SIGNAL" nat --a port-restricted --b symmetric
 transfer "only TCP 443 out, both sides" relay "$SIGNAL" tcp443-only
 transfer "UDP blocked, TCP only to 443" relay "$SIGNAL" nat --a tcp443-only --b udp-blocked

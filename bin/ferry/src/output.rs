@@ -4,9 +4,13 @@
 //! JSON events (field `event`):
 //! - `code`: `{code, command}` (sender: the code and the receiver's command)
 //! - `offer`: `{kind: "files"|"text", files, dirs, bytes, names}`
-//! - `path`: `{path, description, local, remote, connect_secs, lost: [{path, why}]}`:
-//!   how the peers connected; `path` is `lan`, `tcp`, `quic` or
-//!   `tcp-simultaneous-open`; `lost` lists the paths that failed
+//! - `path`: `{path, description, local, remote, connect_secs, lost: [{path, why}], relay_reason}`:
+//!   how the peers connected; `path` is `lan`, `tcp`, `quic`,
+//!   `tcp-simultaneous-open` or `relay`; `lost` lists the paths that
+//!   failed; `relay_reason` (relay only, else null) says why no direct
+//!   path did. Again after each reconnect.
+//! - `reconnect`: `{try, of, error}`: the path broke; reconnecting
+//! - `reconnected`: `{after_secs, tries}`: a new path is up; the transfer resumes
 //! - `resume`: `{path, offset}` for each file resumed from a `.ferry-part`
 //! - `progress`: `{bytes_done, bytes_total}`
 //! - `text`: `{text}` (receiver of a text message)
@@ -156,15 +160,23 @@ pub fn announce_path(link: &ferry_connect::PeerLink, out: &Output) {
             "remote": link.remote.to_string(),
             "connect_secs": link.connect_time.as_secs_f64(),
             "lost": lost,
+            "relay_reason": link.relay_reason,
         }),
     );
-    out.say(format!(
-        "Connected: {}, {} ⇄ {}, in {}",
-        link.path,
-        link.local,
-        link.remote,
-        short_duration(link.connect_time)
-    ));
+    match &link.relay_reason {
+        Some(why) => out.say(format!(
+            "Connected: relay via {} (no direct path: {why}), in {}; the relay sees only encrypted bytes",
+            link.remote,
+            short_duration(link.connect_time)
+        )),
+        None => out.say(format!(
+            "Connected: {}, {} ⇄ {}, in {}",
+            link.path,
+            link.local,
+            link.remote,
+            short_duration(link.connect_time)
+        )),
+    }
     for (kind, why) in &link.lost {
         tracing::info!("{kind} lost: {why}");
     }

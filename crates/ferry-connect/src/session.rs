@@ -26,7 +26,7 @@ use ferry_nat::stun::{BindingOptions, RetransmitConfig, binding_udp};
 use ferry_nat::upnp::{MappingGuard, Protocol, UpnpOptions};
 use ferry_proto::code::{Code, CodeError};
 use ferry_proto::pairing::{Pairing, PairingError, Role, SecureChannel};
-use ferry_proto::peer::{Candidate, CandidateKind, PeerToPeer, Transport};
+use ferry_proto::peer::{Candidate, CandidateKind, NetworkHint, PeerToPeer, Transport, UdpMapping};
 use ferry_rendezvous::{SignalClient, SignalError, SignalEvent, Welcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
@@ -109,6 +109,8 @@ pub struct PeerLink {
     pub connect_time: Duration,
     /// The paths that failed, and why (the others lost the race).
     pub lost: Vec<(PathKind, String)>,
+    /// When the relay carries the transfer: why no direct path did.
+    pub relay_reason: Option<String>,
     /// How to find the peer again if this path breaks: set on the link of
     /// the first connection ([`Sender::connect`], [`receive`]), `None` on
     /// the links [`Rejoin::reconnect`] returns (keep using that `Rejoin`).
@@ -462,6 +464,7 @@ fn stun_server(welcome: &Welcome) -> Option<SocketAddr> {
 /// What one side offers the other.
 struct Gathered {
     udp: UdpSocket,
+    udp_mapping: UdpMapping,
     listener: Option<DirectListener>,
     candidates: Vec<Candidate>,
     upnp: Option<tokio::task::JoinHandle<Mapped>>,
@@ -511,13 +514,31 @@ async fn gather(
             },
             ..BindingOptions::default()
         };
-        match binding_udp(&udp, server, options).await {
-            Ok(result) => Some(result.mapped),
+        let first = match binding_udp(&udp, server, options).await {
+            Ok(result) => result,
             Err(error) => {
                 debug!(%error, "no STUN mapping: UDP may be blocked");
-                None
+                return Some((None, UdpMapping::Blocked));
             }
-        }
+        };
+        // A second port of the server (RFC 5780 servers name it): a NAT
+        // that maps each destination apart gives another public port.
+        let Some(other) = first.other_address else {
+            return Some((Some(first.mapped), UdpMapping::Unknown));
+        };
+        let second = SocketAddr::new(server.ip(), other.port());
+        let mapping = match binding_udp(&udp, second, options).await {
+            Ok(again) if again.mapped == first.mapped => UdpMapping::Stable,
+            Ok(again) => {
+                debug!(first = %first.mapped, second = %again.mapped, "the UDP mapping varies by destination");
+                UdpMapping::Varies
+            }
+            Err(error) => {
+                debug!(%error, "no answer from the server's second STUN port");
+                UdpMapping::Unknown
+            }
+        };
+        Some((Some(first.mapped), mapping))
     };
     let upnp = if upnp {
         let tcp_port = listener.as_ref().map(DirectListener::port);
@@ -525,7 +546,7 @@ async fn gather(
     } else {
         None
     };
-    let stun_mapped = stun_lookup.await;
+    let (stun_mapped, udp_mapping) = stun_lookup.await.unwrap_or((None, UdpMapping::Unknown));
     if let Some(mapped) = stun_mapped {
         candidates.push(Candidate {
             addr: mapped,
@@ -537,6 +558,7 @@ async fn gather(
     debug!(?candidates, "gathered candidates");
     Ok(Gathered {
         udp,
+        udp_mapping,
         listener,
         candidates,
         upnp,
@@ -628,13 +650,22 @@ async fn run_session(
         kind: CandidateKind::ServerObserved,
         priority: 100,
     });
+    let network = NetworkHint {
+        udp: gathered.udp_mapping,
+        tcp_port_kept: Some(welcome.observed_addr.port() == welcome.local_addr.port()),
+    };
     let hello = PeerToPeer::Hello {
         cert_fingerprint: identity.fingerprint(),
-        candidates: ours,
+        candidates: ours.clone(),
+        network,
     };
     signal.send(channel.seal(&hello)).await?;
-    let (peer_fingerprint, theirs) = receive_hello(&mut signal, channel).await?;
-    debug!(?theirs, "peer candidates");
+    let (peer_fingerprint, theirs, their_network) = receive_hello(&mut signal, channel).await?;
+    debug!(?theirs, ?their_network, "peer candidates");
+    let hopeless = direct_hopeless(&network, &their_network, &ours, &theirs);
+    if let Some(why) = &hopeless {
+        info!(why, "no direct path can work: the relay starts at once");
+    }
     let relay_token = signal.relay_token();
     if options.force_path == Some(PathKind::Relay) && relay_token.is_none() {
         let _ = signal.release(None).await;
@@ -659,6 +690,7 @@ async fn run_session(
             .map(|c| c.addr),
         controlling,
         options,
+        hopeless: hopeless.is_some(),
     };
     let result = plan
         .race(gathered.udp, gathered.listener, &mut signal, channel)
@@ -677,6 +709,23 @@ async fn run_session(
     if let PeerStream::Tls(tls) = &established.stream {
         detect_breaks(tls.get_ref().0);
     }
+    let relay_reason = (established.kind == PathKind::Relay).then(|| {
+        let within = format!(
+            "none answered within {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        match hopeless {
+            Some(why) => why,
+            None if lost.is_empty() => within,
+            None => {
+                let failed: Vec<String> = lost
+                    .iter()
+                    .map(|(kind, why)| format!("{kind}: {why}"))
+                    .collect();
+                format!("{within}; {}", failed.join("; "))
+            }
+        }
+    });
     Ok(PeerLink {
         stream: established.stream,
         path: established.kind,
@@ -684,7 +733,54 @@ async fn run_session(
         remote: established.remote,
         connect_time: started.elapsed(),
         lost,
+        relay_reason,
         rejoin: None,
+    })
+}
+
+/// Why no direct path can work, when both sides' networks say so: UDP
+/// useless on both sides (blocked, or a symmetric NAT whose punched holes
+/// lead nowhere), no TCP address reachable from outside, and TCP
+/// simultaneous open impossible (a side whose NAT changes TCP ports).
+/// Then the relay starts at once instead of after its head start.
+pub fn direct_hopeless(
+    ours: &NetworkHint,
+    theirs: &NetworkHint,
+    our_candidates: &[Candidate],
+    their_candidates: &[Candidate],
+) -> Option<String> {
+    fn udp_words(mapping: UdpMapping) -> Option<&'static str> {
+        match mapping {
+            UdpMapping::Varies => Some("symmetric NAT"),
+            UdpMapping::Blocked => Some("UDP blocked"),
+            UdpMapping::Stable | UdpMapping::Unknown => None,
+        }
+    }
+    let here = udp_words(ours.udp)?;
+    let there = udp_words(theirs.udp)?;
+    let reachable_tcp = our_candidates.iter().chain(their_candidates).any(|c| {
+        c.transport == Transport::Tcp
+            && match c.kind {
+                CandidateKind::Upnp => true,
+                CandidateKind::Host => matches!(
+                    ferry_nat::classify(c.addr.ip()),
+                    ferry_nat::AddrClass::Public | ferry_nat::AddrClass::Documentation
+                ),
+                _ => false,
+            }
+    });
+    if reachable_tcp {
+        return None;
+    }
+    let simultaneous_open_fails =
+        ours.tcp_port_kept == Some(false) || theirs.tcp_port_kept == Some(false);
+    if !simultaneous_open_fails {
+        return None;
+    }
+    Some(if here == there {
+        format!("{here} on both sides")
+    } else {
+        format!("{here} here, {there} at the peer")
     })
 }
 
@@ -729,6 +825,8 @@ struct Plan {
     udp_mapped: Option<SocketAddr>,
     controlling: bool,
     options: SessionOptions,
+    /// Both networks rule out a direct path: no head start for them.
+    hopeless: bool,
 }
 
 impl Plan {
@@ -882,7 +980,7 @@ impl Plan {
         // The relay on the rendezvous server's own port, after a head
         // start for the direct paths (none when it is the only path).
         if let (Some(token), true) = (self.relay_token, self.options.allows(PathKind::Relay)) {
-            let head_start = if attempts.is_empty() {
+            let head_start = if attempts.is_empty() || self.hopeless {
                 Duration::ZERO
             } else {
                 RELAY_HEAD_START
@@ -1280,7 +1378,7 @@ async fn pair(
 async fn receive_hello(
     signal: &mut SignalClient,
     channel: &mut SecureChannel,
-) -> Result<(String, Vec<Candidate>), SessionError> {
+) -> Result<(String, Vec<Candidate>, NetworkHint), SessionError> {
     let deadline = tokio::time::Instant::now() + PAIR_TIMEOUT;
     loop {
         let event = tokio::time::timeout_at(deadline, signal.recv())
@@ -1293,7 +1391,8 @@ async fn receive_hello(
                 PeerToPeer::Hello {
                     cert_fingerprint,
                     candidates,
-                } => return Ok((cert_fingerprint, candidates)),
+                    network,
+                } => return Ok((cert_fingerprint, candidates, network)),
                 PeerToPeer::Abort { reason } => {
                     return Err(SessionError::PeerGone(format!(
                         "the peer cancelled: {reason}"
@@ -1343,6 +1442,66 @@ mod tests {
         assert_eq!(tcp_kind(addr("127.0.0.1:1")), PathKind::Lan);
         assert_eq!(tcp_kind(addr("[fd00::2]:1")), PathKind::Lan);
         assert_eq!(tcp_kind(addr("198.51.100.2:1")), PathKind::Tcp);
+    }
+
+    #[test]
+    fn direct_is_hopeless_only_when_both_networks_say_so() {
+        let hint = |udp, kept| NetworkHint {
+            udp,
+            tcp_port_kept: Some(kept),
+        };
+        let tcp = |addr: &str, kind| Candidate {
+            addr: addr.parse().unwrap(),
+            transport: Transport::Tcp,
+            kind,
+            priority: 1,
+        };
+        let behind_nat = [tcp("10.0.1.10:4000", CandidateKind::Host)];
+        let symmetric = hint(UdpMapping::Varies, false);
+        assert_eq!(
+            direct_hopeless(&symmetric, &symmetric, &behind_nat, &behind_nat).as_deref(),
+            Some("symmetric NAT on both sides")
+        );
+        let blocked = hint(UdpMapping::Blocked, true);
+        assert_eq!(
+            direct_hopeless(&symmetric, &blocked, &behind_nat, &[]).as_deref(),
+            Some("symmetric NAT here, UDP blocked at the peer")
+        );
+        // A cone NAT on one side: punching may work.
+        let cone = hint(UdpMapping::Stable, true);
+        assert_eq!(
+            direct_hopeless(&symmetric, &cone, &behind_nat, &behind_nat),
+            None
+        );
+        // Nothing known about the peer (an older version): try everything.
+        assert_eq!(
+            direct_hopeless(
+                &symmetric,
+                &NetworkHint::default(),
+                &behind_nat,
+                &behind_nat
+            ),
+            None
+        );
+        // UDP blocked on both sides, but port-preserving NATs: simultaneous open.
+        assert_eq!(
+            direct_hopeless(&blocked, &blocked, &behind_nat, &behind_nat),
+            None
+        );
+        // A public TCP address or a UPnP mapping: direct TCP.
+        let public = [tcp("198.51.100.66:4000", CandidateKind::Host)];
+        assert_eq!(
+            direct_hopeless(&symmetric, &symmetric, &public, &behind_nat),
+            None
+        );
+        let mapped = [tcp("198.51.100.2:4000", CandidateKind::Upnp)];
+        assert_eq!(
+            direct_hopeless(&symmetric, &symmetric, &behind_nat, &mapped),
+            None
+        );
+        // The server-observed address is no listener.
+        let observed = [tcp("198.51.100.2:4000", CandidateKind::ServerObserved)];
+        assert!(direct_hopeless(&symmetric, &symmetric, &observed, &observed).is_some());
     }
 
     #[test]

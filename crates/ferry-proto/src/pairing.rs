@@ -400,6 +400,7 @@ mod tests {
                 kind: CandidateKind::Host,
                 priority: 7,
             }],
+            network: Default::default(),
         }
     }
 

@@ -34,6 +34,10 @@ pub enum PeerToPeer {
         cert_fingerprint: String,
         /// Where the side can be reached.
         candidates: Vec<Candidate>,
+        /// What the side learnt about its network while gathering (absent
+        /// from older peers: then nothing is known).
+        #[serde(default, skip_serializing_if = "NetworkHint::is_unknown")]
+        network: NetworkHint,
     },
     /// The side gives up; `reason` is shown to the user.
     Abort {
@@ -62,6 +66,45 @@ pub struct Candidate {
     pub kind: CandidateKind,
     /// Higher is tried first.
     pub priority: u32,
+}
+
+/// What one side learnt about its own network while gathering, so that
+/// both can tell at once when no direct path can work and go straight to
+/// the relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkHint {
+    /// How its UDP socket is mapped.
+    #[serde(default)]
+    pub udp: UdpMapping,
+    /// Whether the public TCP port of the signalling connection is the
+    /// local one (a port-preserving NAT, or none): `None` when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_port_kept: Option<bool>,
+}
+
+impl NetworkHint {
+    /// Nothing is known.
+    pub fn is_unknown(&self) -> bool {
+        *self == NetworkHint::default()
+    }
+}
+
+/// How a side's UDP socket appears from outside, from STUN answers from
+/// two ports of the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UdpMapping {
+    /// Not measured (the server runs no STUN, or has one port only).
+    #[default]
+    Unknown,
+    /// No STUN answer: UDP seems blocked.
+    Blocked,
+    /// The same public address towards both server ports: holes can be
+    /// punched.
+    Stable,
+    /// A different public port towards each server port: a symmetric NAT,
+    /// where punched holes lead nowhere.
+    Varies,
 }
 
 /// The transport of a [`Candidate`].
@@ -104,6 +147,7 @@ mod tests {
                 kind: CandidateKind::ServerObserved,
                 priority: 100,
             }],
+            network: NetworkHint::default(),
         };
         let json = serde_json::to_string(&msg).unwrap();
         assert_eq!(

@@ -39,6 +39,9 @@
 #   double-nat        a behind nat-a whose WAN is 100.64.1.2 (carrier-grade NAT space),
 #                     behind `cgn` (port-restricted, public WAN); b behind port-restricted nat-b
 #   nat               custom, with the options below
+#   Every NAT router drops unsolicited traffic to its own WAN address, and does not
+#   adopt TCP flows already under way after losing its state (conntrack -F):
+#   nf_conntrack_tcp_loose=0, as many home routers after a reboot.
 #
 # OPTIONS of `up`
 #   --a KIND, --b KIND   kind of nat-a / nat-b: none|full-cone|port-restricted|symmetric|

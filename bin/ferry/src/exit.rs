@@ -25,6 +25,10 @@ pub const LOCAL: i32 = 7;
 /// Interrupted by Ctrl-C.
 pub const INTERRUPTED: i32 = 130;
 
+/// What an interrupted command says.
+pub const INTERRUPTED_MESSAGE: &str =
+    "interrupted; run the same command again to resume (partial files are kept as .ferry-part)";
+
 /// An error the CLI itself raises, with its exit code.
 #[derive(Debug)]
 pub struct Failure {
@@ -64,6 +68,9 @@ impl Failure {
     /// A local file problem.
     pub fn local(message: impl Into<String>) -> anyhow::Error {
         Self::error(LOCAL, message)
+    }
+    pub fn interrupted() -> anyhow::Error {
+        Self::error(INTERRUPTED, INTERRUPTED_MESSAGE)
     }
 }
 

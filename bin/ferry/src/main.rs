@@ -42,22 +42,28 @@ fn main() {
                 Command::Nat(args) => nat::run(args, &mut out).await,
             }
         };
+        tokio::pin!(work);
+        let finished = |result: anyhow::Result<()>| match result {
+            Ok(()) => exit::OK,
+            Err(err) => {
+                let (code, message) = exit::classify(&err);
+                tracing::debug!(?err, "failed");
+                Output::new(cli.json).error(&message, code);
+                code
+            }
+        };
         tokio::select! {
-            result = work => match result {
-                Ok(()) => exit::OK,
-                Err(err) => {
-                    let (code, message) = exit::classify(&err);
-                    tracing::debug!(?err, "failed");
-                    Output::new(cli.json).error(&message, code);
-                    code
-                }
-            },
+            result = &mut work => finished(result),
             _ = tokio::signal::ctrl_c(), if !is_server => {
-                Output::new(cli.json).error(
-                    "interrupted; run the same command again to resume (partial files are kept as .ferry-part)",
-                    exit::INTERRUPTED,
-                );
-                exit::INTERRUPTED
+                // A transfer under way closes its stream gracefully, so the
+                // peer knows it was on purpose and does not reconnect.
+                match tokio::time::timeout(std::time::Duration::from_secs(2), &mut work).await {
+                    Ok(result @ Err(_)) => finished(result),
+                    _ => {
+                        Output::new(cli.json).error(exit::INTERRUPTED_MESSAGE, exit::INTERRUPTED);
+                        exit::INTERRUPTED
+                    }
+                }
             }
         }
     });

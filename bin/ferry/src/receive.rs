@@ -98,9 +98,10 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
             }
             let offered = Offer::Files(manifest.clone());
             let mut finished = HashSet::new();
-            let mut result = incoming
-                .accept(|event| note_event(out, &mut finished, event))
-                .await;
+            let accepted = incoming.accept(|event| note_event(out, &mut finished, event));
+            let Some(mut result) = session::unless_interrupted(accepted).await else {
+                return Err(session::interrupted(&mut stream, true).await);
+            };
             let report = loop {
                 let error = match result {
                     Ok(report) => break report,
@@ -128,9 +129,11 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
                          stopped (what was received so far is kept)",
                     ));
                 }
-                result = incoming
-                    .accept(|event| note_event(out, &mut finished, event))
-                    .await;
+                let accepted = incoming.accept(|event| note_event(out, &mut finished, event));
+                let Some(again) = session::unless_interrupted(accepted).await else {
+                    return Err(session::interrupted(&mut stream, true).await);
+                };
+                result = again;
             };
             stream.close().await;
             output::announce_done(&report, path, "Received", out);

@@ -37,12 +37,17 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
         let path = link.path;
         let mut stream = link.stream;
         let events = |event| show_event(out, event);
-        let result = match args.limit_rate {
-            Some(rate) => {
-                ferry_transfer::send(Throttled::new(&mut stream, rate), source.clone(), events)
-                    .await
+        let transfer = async {
+            match args.limit_rate {
+                Some(rate) => {
+                    ferry_transfer::send(Throttled::new(&mut stream, rate), source.clone(), events)
+                        .await
+                }
+                None => ferry_transfer::send(&mut stream, source.clone(), events).await,
             }
-            None => ferry_transfer::send(&mut stream, source.clone(), events).await,
+        };
+        let Some(result) = session::unless_interrupted(transfer).await else {
+            return Err(session::interrupted(&mut stream, false).await);
         };
         match result {
             Ok(outcome) => {

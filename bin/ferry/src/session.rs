@@ -63,6 +63,29 @@ pub async fn receiver(server: &str, code: &Code, options: SessionOptions) -> Res
     Ok(session::receive(server, code, options).await?)
 }
 
+/// Runs `work` (a transfer over the peer stream) unless the user presses
+/// Ctrl-C first: then `None`, and the caller closes the stream with
+/// [`interrupted`].
+pub async fn unless_interrupted<T>(work: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        result = work => Some(result),
+        _ = tokio::signal::ctrl_c() => None,
+    }
+}
+
+/// Closes `stream` gracefully after Ctrl-C (TLS close_notify, or the end
+/// of the QUIC stream), so the peer sees a deliberate end and does not try
+/// to reconnect; returns the "interrupted" error.
+pub async fn interrupted(stream: &mut ferry_connect::PeerStream, receiving: bool) -> anyhow::Error {
+    use tokio::io::AsyncWriteExt;
+    if receiving {
+        ferry_transfer::cancel_receiving(stream, "the receiver stopped (interrupted)").await;
+    } else {
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+    }
+    Failure::interrupted()
+}
+
 /// The longest one break may take to mend, all tries included.
 const RECONNECT_BUDGET: Duration = Duration::from_secs(120);
 /// The most breaks one transfer may survive.
@@ -85,13 +108,12 @@ impl Reconnect {
         }
     }
 
-    /// Whether `error` is a broken path we may mend by reconnecting (not a
-    /// refusal, a verification failure or a local problem).
+    /// Whether `error` is a broken path we may mend by reconnecting: a
+    /// reset, an end without TLS close_notify, a dead QUIC connection, a
+    /// stall. Not a deliberate end (the peer closed its stream cleanly, as
+    /// after Ctrl-C), a refusal, a verification failure or a local problem.
     pub fn may_mend(&self, error: &TransferError) -> bool {
-        let broken = matches!(
-            error,
-            TransferError::Stream(_) | TransferError::PeerClosed | TransferError::Timeout(_)
-        );
+        let broken = matches!(error, TransferError::Stream(_) | TransferError::Timeout(_));
         broken && self.retries > 0 && self.rejoin.is_some() && self.breaks < MAX_BREAKS
     }
 

@@ -374,6 +374,70 @@ fn without_retries_a_broken_path_fails_cleanly() {
     assert!(!dst.path().join("f.bin").exists());
 }
 
+/// Ctrl-C on one side (the sender when `sender`) halfway through: that
+/// side exits 130, the other at once with 6 (peer gone), and neither tries
+/// to reconnect: a deliberate stop is not a broken path.
+fn interrupt_halfway(sender: bool) {
+    let server = Server::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("f.bin");
+    random_file(&file, 16 * 1024 * 1024);
+    let part = dst.path().join("f.bin.ferry-part");
+    let (mut send, code) = start_send(&server, &["--limit-rate", "4M", file.to_str().unwrap()]);
+    let mut recv = start_receive(&server, &code, dst.path(), &["--yes"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 1024 * 1024 {
+        assert!(
+            Instant::now() < deadline,
+            "the part file never grew: {:?}",
+            recv.seen
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (stopped, other) = if sender {
+        (&mut send, &mut recv)
+    } else {
+        (&mut recv, &mut send)
+    };
+    let interrupted = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &stopped.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        stopped.finish(),
+        130,
+        "interrupted side: {:?}",
+        stopped.seen
+    );
+    assert_eq!(
+        other.finish(),
+        6,
+        "other side: {:?} {}",
+        other.seen,
+        other.stderr_text()
+    );
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(10),
+        "the other side took {:?} to notice",
+        interrupted.elapsed()
+    );
+    assert!(other.events("reconnect").is_empty(), "{:?}", other.seen);
+    assert!(part.exists(), "the verified part is kept");
+}
+
+#[test]
+fn ctrl_c_on_the_receiver_ends_the_sender_at_once() {
+    interrupt_halfway(false);
+}
+
+#[test]
+fn ctrl_c_on_the_sender_ends_the_receiver_at_once() {
+    interrupt_halfway(true);
+}
+
 #[test]
 fn server_flag_is_required_and_errors_say_what_to_do() {
     let out = ferry().args(["receive", "1-x-y"]).output().unwrap();

@@ -55,7 +55,7 @@ pub use io::{ANSWER_TIMEOUT, FINISH_TIMEOUT, IO_TIMEOUT, PIPELINE_DEPTH, WRITE_T
 pub use message::{Control, Entry, EntryKind, Manifest, Offer, ResumePoint};
 pub use path::{RelativePath, UnsafePath, sanitize};
 pub use protocol::{PART_SUFFIX, ReceiverCore, SenderCore};
-pub use receive::{Incoming, ReceiveOptions, receive_offer};
+pub use receive::{Incoming, ReceiveOptions, cancel_receiving, receive_offer};
 pub use scan::{Source, scan};
 pub use send::{SendOutcome, send};
 

@@ -114,6 +114,23 @@ async fn read_offer<S: AsyncRead + Unpin>(
     Ok(offer)
 }
 
+/// Tells the sender that the receiver stops on purpose (the user pressed
+/// Ctrl-C): an error frame saying `reason`, then the end of our side of
+/// the stream. Safe to call after dropping [`Incoming::accept`] halfway,
+/// because the receiver's side of the stream carries only whole control
+/// frames, written at the start and the end.
+pub async fn cancel_receiving<W: AsyncWrite + Unpin>(stream: &mut W, reason: &str) {
+    let frame = Frame::Control(crate::message::Control::Error {
+        message: reason.to_string(),
+    });
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        write_frame(stream, &frame).await?;
+        flush(stream).await
+    })
+    .await;
+    close(stream).await;
+}
+
 impl<S> Incoming<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,

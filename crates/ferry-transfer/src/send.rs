@@ -119,7 +119,22 @@ where
     tokio::pin!(waiting);
     tokio::select! {
         report = writing => {
-            let mut report = report?;
+            let mut report = match report {
+                Err(TransferError::Stream(error)) => {
+                    // Our write failed (a reset, a broken pipe): the peer may
+                    // have said why just before, e.g. that it stopped on
+                    // purpose. Its words explain more than our error.
+                    return Err(match tokio::time::timeout(PEER_REASON_WAIT, &mut waiting).await {
+                        Ok(Err(peer @ (TransferError::PeerError(_) | TransferError::PeerClosed))) => peer,
+                        Ok(Ok(frame)) => match core.handle_final(frame) {
+                            Err(peer @ TransferError::PeerError(_)) => peer,
+                            _ => TransferError::Stream(error),
+                        },
+                        _ => TransferError::Stream(error),
+                    });
+                }
+                other => other?,
+            };
             let last = timed("waiting for the receiver to finish", FINISH_TIMEOUT, &mut waiting).await?;
             core.handle_final(last)?;
             report.elapsed = started.elapsed();
@@ -131,6 +146,9 @@ where
         }
     }
 }
+
+/// How long a failed write waits for the peer's last words.
+const PEER_REASON_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One file to send, in manifest file order.
 struct FilePlan {

@@ -165,8 +165,13 @@ pub fn announce_path(link: &ferry_connect::PeerLink, out: &Output) {
     );
     match &link.relay_reason {
         Some(why) => out.say(format!(
-            "Connected: relay via {} (no direct path: {why}), in {}; the relay sees only encrypted bytes",
+            "Connected: relay via {} ({}), in {}; the relay sees only encrypted bytes",
             link.remote,
+            if why.starts_with("--") {
+                why.clone()
+            } else {
+                format!("no direct path: {why}")
+            },
             short_duration(link.connect_time)
         )),
         None => out.say(format!(

@@ -134,12 +134,20 @@ impl Reconnect {
             }
             out.event(
                 "reconnect",
-                json!({"try": attempt, "of": self.retries, "error": error.to_string()}),
+                json!({"try": attempt, "of": self.retries, "error": error.to_string(), "last": last}),
             );
-            out.say(format!(
-                "The connection broke ({error}); reconnecting, try {attempt} of {}...",
-                self.retries
-            ));
+            if attempt == 1 {
+                out.say(format!(
+                    "The connection broke ({}); reconnecting, try 1 of {}...",
+                    describe_break(&error),
+                    self.retries
+                ));
+            } else {
+                out.say(format!(
+                    "Still reconnecting, try {attempt} of {} (last try: {last})...",
+                    self.retries
+                ));
+            }
             tokio::time::sleep(pause).await;
             let remaining = RECONNECT_BUDGET.saturating_sub(broke.elapsed());
             match tokio::time::timeout(remaining, rejoin.reconnect()).await {
@@ -169,6 +177,21 @@ impl Reconnect {
             "the connection broke and reconnecting failed ({last}); run the same command \
              again with a new code: the transfer resumes from the last verified byte"
         )))
+    }
+}
+
+/// A short account of how a path broke, for people.
+fn describe_break(error: &TransferError) -> String {
+    use std::io::ErrorKind as K;
+    match error {
+        TransferError::Stream(io) => match io.kind() {
+            K::UnexpectedEof => "the connection ended without a goodbye".into(),
+            K::ConnectionReset | K::ConnectionAborted => "the connection was reset".into(),
+            K::BrokenPipe => "the connection was closed under us".into(),
+            K::TimedOut => "the peer stopped answering".into(),
+            _ => io.to_string(),
+        },
+        other => other.to_string(),
     }
 }
 

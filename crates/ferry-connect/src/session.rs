@@ -715,6 +715,7 @@ async fn run_session(
             started.elapsed().as_secs_f64()
         );
         match hopeless {
+            _ if options.force_path == Some(PathKind::Relay) => "--force-path relay".to_string(),
             Some(why) => why,
             None if lost.is_empty() => within,
             None => {

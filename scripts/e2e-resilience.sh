@@ -7,7 +7,9 @@
 #   - the same on a QUIC path (the NATs re-create the same mapping from
 #     the next packet, so QUIC may ride it out without reconnecting);
 #   - the server (rendezvous and relay) is killed and restarted 2 s later
-#     in the middle of a relayed transfer.
+#     in the middle of a relayed transfer;
+#   - nothing passes the sender's NAT for 20 s in the middle of a QUIC
+#     transfer (both sides give the path up after 15 s of silence).
 # Each case checks: both sides exit 0, the bytes are intact, the path on
 # both sides, and for the breaking cases that both sides said they
 # reconnected and that the receiver resumed (bytes_resumed > 0).
@@ -24,6 +26,16 @@ head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$E2E_WORK/payload.bin"
 flush_nats() {
     lab exec nat-a -- conntrack -F >/dev/null 2>&1
     lab exec nat-b -- conntrack -F >/dev/null 2>&1
+}
+
+# link_down: nothing passes nat-a for 20 s (longer than the 15 s after
+# which both sides call a silent path dead), then all is as before
+link_down() {
+    printf '%s\n' 'table inet labcut {' '  chain f {' \
+        '    type filter hook forward priority -300; policy drop;' '  }' '}' \
+        | "$LAB" exec nat-a -- nft -f - || return 1
+    sleep 20
+    lab exec nat-a -- nft delete table inet labcut
 }
 
 # restart_server: kills ferry serve with SIGKILL (every relayed flow
@@ -122,6 +134,7 @@ TABLE=()
 survive "TCP path, both NATs flushed halfway" tcp-simultaneous-open flush_nats yes udp-blocked
 survive "QUIC path, both NATs flushed halfway" quic flush_nats maybe port-restricted
 survive "relay killed and restarted halfway" relay restart_server yes symmetric
+survive "QUIC path, sender's link down for 20 s" quic link_down yes port-restricted
 
 echo
 printf '%-40s %-28s %s\n' "case" "paths (receiver)" "break"

@@ -3,10 +3,16 @@
 # side in one run (never asserted in tests: machines here are shared).
 #
 #   scripts/bench.sh [SIZE_MIB] [RUNS]        (BENCH_LAB=0: loopback only)
+#   BENCH_ONLY=loopback|relay-load|lab scripts/bench.sh ...   one section only
 #
 # 1. Loopback: SIZE_MIB (default 1024) over direct TLS/TCP and over QUIC
 #    (--force-path udp): rate, CPU seconds per side; iperf3 as a ceiling.
-# 2. As root, in the lab: time from both peers started to the first data
+# 2. Relay load on loopback: BENCH_RELAY_PAIRS (default 50) relayed pairs
+#    at once through one `ferry serve`, each pushing BENCH_RELAY_MIB
+#    (default 64) MiB one way (the relay_load example, which checks every
+#    byte): aggregate rate, the server's peak RSS (VmRSS sampled every
+#    100 ms, and VmHWM) and its CPU seconds; a fresh server per run.
+# 3. As root, in the lab: time from both peers started to the first data
 #    byte, per topology; and SIZE_MIB over QUIC against TLS over TCP
 #    (simultaneous open) through the same port-restricted NATs.
 set -euo pipefail
@@ -15,6 +21,10 @@ cd "$FERRY_ROOT"
 
 size_mib=${1:-1024}
 runs=${2:-3}
+only=${BENCH_ONLY:-}
+case $only in "" | loopback | relay-load | lab) ;; *) die "BENCH_ONLY must be loopback, relay-load or lab" ;; esac
+# section NAME: whether to run that section
+section() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 ensure_rust
 command -v /usr/bin/time >/dev/null 2>&1 || apt_install time
 command -v jq >/dev/null 2>&1 || apt_install jq
@@ -22,6 +32,10 @@ command -v iperf3 >/dev/null 2>&1 || apt_install iperf3
 say "building ferry (release)"
 cargo build --release --locked -p ferry
 FERRY="$FERRY_ROOT/target/release/ferry"
+if section relay-load; then
+    cargo build --release --locked -p ferry-tests --example relay_load
+fi
+RELAY_LOAD="$FERRY_ROOT/target/release/examples/relay_load"
 LAB="$FERRY_ROOT/scripts/lab.sh"
 
 work=$(mktemp -d /var/tmp/ferry-bench.XXXXXX)
@@ -36,8 +50,10 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-say "generating a ${size_mib} MiB random file"
-head -c $((size_mib * 1024 * 1024)) /dev/urandom >"$work/bench.bin"
+if section loopback || section lab; then
+    say "generating a ${size_mib} MiB random file"
+    head -c $((size_mib * 1024 * 1024)) /dev/urandom >"$work/bench.bin"
+fi
 
 # wait_code FILE: the code a sender printed in its JSON output
 wait_code() {
@@ -91,40 +107,122 @@ print(f"{label:<34} {rows[0][4]:<22} {size/secs:8.0f} MiB/s  cpu send {med(1):6.
 ' "$1" "$size_mib"
 }
 
-say "loopback: $size_mib MiB, $runs runs each"
-"$FERRY" serve --listen 127.0.0.1:0 --stun-listen 127.0.0.1:0 --stun-second-port 0 --json >"$work/server.out" 2>/dev/null &
-pids+=($!)
-for _ in $(seq 1 100); do
-    server=$(jq -r 'select(.event == "listening") | .signal' "$work/server.out" 2>/dev/null | head -n1)
-    [ -n "$server" ] && break
-    sleep 0.1
-done
-server_pid=${pids[-1]}
 # cpu_secs PID: user+system CPU seconds a process has used so far
 cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+
 results=()
-for label in "TLS over TCP (loopback)" "QUIC over UDP (loopback)" "relay (loopback)"; do
-    flags=()
-    [[ $label == QUIC* ]] && flags=(--force-path udp --no-upnp)
-    [[ $label == TLS* ]] && flags=(--force-path tcp --no-upnp)
-    [[ $label == relay* ]] && flags=(--force-path relay --no-upnp)
-    before=$(cpu_secs "$server_pid")
-    rows=$(for _ in $(seq 1 "$runs"); do one_transfer "$server" "" "" "${flags[@]}"; done)
-    after=$(cpu_secs "$server_pid")
-    results+=("$(echo "$rows" | median_report "$label")")
-    if [[ $label == relay* ]]; then
-        results+=("$(python3 -c "print(f'relay process: {($after - $before) / ($runs * $size_mib / 1024):.2f} CPU s per GiB relayed')")")
-    fi
-done
-if command -v iperf3 >/dev/null; then
-    iperf3 -s -1 -B 127.0.0.1 -p 5299 >/dev/null 2>&1 &
+if section loopback; then
+    say "loopback: $size_mib MiB, $runs runs each"
+    "$FERRY" serve --listen 127.0.0.1:0 --stun-listen 127.0.0.1:0 --stun-second-port 0 --json >"$work/server.out" 2>/dev/null &
     pids+=($!)
-    sleep 0.5
-    ceiling=$(iperf3 -c 127.0.0.1 -p 5299 -t 5 -f M | awk '/receiver$/ {print $(NF-2)}')
-    results+=("$(printf '%-34s %-22s %8.0f MiB/s' "iperf3 TCP ceiling (loopback)" "-" "$ceiling")")
+    for _ in $(seq 1 100); do
+        server=$(jq -r 'select(.event == "listening") | .signal' "$work/server.out" 2>/dev/null | head -n1)
+        [ -n "$server" ] && break
+        sleep 0.1
+    done
+    server_pid=${pids[-1]}
+    for label in "TLS over TCP (loopback)" "QUIC over UDP (loopback)" "relay (loopback)"; do
+        flags=()
+        [[ $label == QUIC* ]] && flags=(--force-path udp --no-upnp)
+        [[ $label == TLS* ]] && flags=(--force-path tcp --no-upnp)
+        [[ $label == relay* ]] && flags=(--force-path relay --no-upnp)
+        before=$(cpu_secs "$server_pid")
+        rows=$(for _ in $(seq 1 "$runs"); do one_transfer "$server" "" "" "${flags[@]}"; done)
+        after=$(cpu_secs "$server_pid")
+        results+=("$(echo "$rows" | median_report "$label")")
+        if [[ $label == relay* ]]; then
+            results+=("$(python3 -c "print(f'relay process: {($after - $before) / ($runs * $size_mib / 1024):.2f} CPU s per GiB relayed')")")
+        fi
+    done
+    if command -v iperf3 >/dev/null; then
+        iperf3 -s -1 -B 127.0.0.1 -p 5299 >/dev/null 2>&1 &
+        pids+=($!)
+        sleep 0.5
+        ceiling=$(iperf3 -c 127.0.0.1 -p 5299 -t 5 -f M | awk '/receiver$/ {print $(NF-2)}')
+        results+=("$(printf '%-34s %-22s %8.0f MiB/s' "iperf3 TCP ceiling (loopback)" "-" "$ceiling")")
+    fi
 fi
 
-if [ "$(id -u)" -eq 0 ] && [ "${BENCH_LAB:-1}" = 1 ]; then
+# rss_kib PID FIELD: a /proc/PID/status field in KiB (VmRSS, VmHWM)
+rss_kib() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
+# forget_pid PID: after it was waited for, so cleanup never kills a reused PID
+forget_pid() {
+    local keep=() pid
+    for pid in "${pids[@]}"; do [ "$pid" = "$1" ] || keep+=("$pid"); done
+    pids=("${keep[@]}")
+}
+
+# relay_load_run PAIRS MIB: relay_load against a fresh `ferry serve`; prints
+# "aggregate_MiB/s peak_rss_KiB hwm_KiB cpu_s idle_rss_KiB pair_median pair_min"
+relay_load_run() {
+    local pairs=$1 mib=$2 out=$work/relay-serve.out
+    # One address holds 2 signalling + 2 relay connections per pair.
+    "$FERRY" serve --listen 127.0.0.1:0 --no-stun --json \
+        --max-connections-per-ip $((4 * pairs + 16)) --relay-max-per-ip $((2 * pairs + 8)) \
+        --relay-max-pairs $((pairs + 8)) >"$out" 2>"$work/relay-serve.log" &
+    local spid=$! addr=
+    pids+=("$spid")
+    for _ in $(seq 1 100); do
+        addr=$(jq -r 'select(.event == "listening") | .signal' "$out" 2>/dev/null | head -n1)
+        [ -n "$addr" ] && break
+        sleep 0.1
+    done
+    if [ -z "$addr" ]; then
+        kill "$spid" 2>/dev/null || true
+        die "ferry serve did not start: $(tail -3 "$work/relay-serve.log")"
+    fi
+    local idle before
+    idle=$(rss_kib "$spid" VmRSS)
+    before=$(cpu_secs "$spid")
+    "$RELAY_LOAD" --server "$addr" --pairs "$pairs" --mib "$mib" >"$work/relay-load.json" 2>"$work/relay-load.log" &
+    local lpid=$! peak=0 rss
+    pids+=("$lpid")
+    # Sample the server's RSS every 100 ms while the load runs (at most an hour).
+    for _ in $(seq 1 36000); do
+        kill -0 "$lpid" 2>/dev/null || break
+        rss=$(rss_kib "$spid" VmRSS) && [ "${rss:-0}" -gt "$peak" ] && peak=$rss
+        sleep 0.1
+    done
+    kill "$lpid" 2>/dev/null || true
+    local load_rc=0
+    wait "$lpid" || load_rc=$?
+    forget_pid "$lpid"
+    local after hwm
+    after=$(cpu_secs "$spid")
+    hwm=$(rss_kib "$spid" VmHWM)
+    kill "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    forget_pid "$spid"
+    [ "$load_rc" -eq 0 ] || die "relay_load failed (exit $load_rc): $(cat "$work/relay-load.json") $(tail -3 "$work/relay-load.log")"
+    echo "$(jq -r '.aggregate_mib_per_sec' "$work/relay-load.json") $peak $hwm" \
+        "$(python3 -c "print(round($after - $before, 2))") $idle" \
+        "$(jq -r '"\(.pair_mib_per_sec_median) \(.pair_mib_per_sec_min)"' "$work/relay-load.json")"
+}
+
+if section relay-load; then
+    relay_pairs=${BENCH_RELAY_PAIRS:-50}
+    relay_mib=${BENCH_RELAY_MIB:-64}
+    say "relay load: $relay_pairs pairs x $relay_mib MiB at once (loopback), $runs runs"
+    # Not in a $(...) subshell: the PIDs it starts must reach cleanup.
+    : >"$work/relay-rows"
+    for run in $(seq 1 "$runs"); do
+        relay_load_run "$relay_pairs" "$relay_mib" >>"$work/relay-rows"
+        say "  run $run: $(tail -n1 "$work/relay-rows") (MiB/s, peak RSS KiB, VmHWM KiB, CPU s, idle RSS KiB, pair median/min MiB/s)"
+    done
+    results+=("$(python3 -c '
+import sys, statistics
+pairs, mib = sys.argv[1], sys.argv[2]
+rows = [[float(x) for x in l.split()] for l in sys.stdin if l.strip()]
+med = lambda i: statistics.median(r[i] for r in rows)
+label = f"relay load {pairs} x {mib} MiB (loopback)"
+what = f"{pairs} pairs at once"
+print(f"{label:<34} {what:<22} {med(0):8.0f} MiB/s  serve peak RSS {med(1)/1024:6.1f} MiB (VmHWM {med(2)/1024:.1f}, idle {med(4)/1024:.1f})  serve CPU {med(3):6.2f} s  pair median {med(5):.1f} min {med(6):.1f} MiB/s  (median of {len(rows)})")
+' "$relay_pairs" "$relay_mib" <"$work/relay-rows")")
+fi
+
+if ! section lab; then
+    :
+elif [ "$(id -u)" -eq 0 ] && [ "${BENCH_LAB:-1}" = 1 ]; then
     lab_used=1
     lab_case() { # LABEL FLAGS... -- UP ARGS...
         local label=$1 flags=() up=()

@@ -39,6 +39,9 @@ else
     # The binary cargo test built for the integration tests.
     export FERRY="$FERRY_ROOT/target/debug/ferry"
     [ -x "$FERRY" ] || cargo build --locked -p ferry
+    # The relay token probe the lab runs beside the ferry binary.
+    cargo build --locked -p ferry-tests --examples
+    export RELAY_PROBE="$FERRY_ROOT/target/debug/examples/relay_probe"
     say "lab self-test: each NAT topology measured with real tools"
     scripts/lab-selftest.sh
     say "lab: ferry nat in every topology, against real STUN peers"
@@ -47,5 +50,7 @@ else
     scripts/e2e-paths.sh
     say "lab: transfers whose path breaks halfway (NAT state flushed, relay restarted) reconnect and resume"
     scripts/e2e-resilience.sh
+    say "lab: bogus, expired and reused relay tokens refused while a genuine pair moves its bytes"
+    scripts/e2e-relay-tokens.sh
 fi
 say "all tests passed"

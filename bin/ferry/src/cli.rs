@@ -241,6 +241,12 @@ pub struct ServeArgs {
     /// Close a relayed pair after this many seconds without a byte.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub relay_idle: u64,
+
+    /// How long a relay token can be presented after the server issued it
+    /// (when the receiver claimed the nameplate), in seconds. Later it is
+    /// refused as expired.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub relay_token_ttl: u64,
 }
 
 #[cfg(test)]

@@ -88,6 +88,7 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
             max_connections_per_ip: args.relay_max_per_ip,
             rate_limit: args.relay_rate,
             idle_timeout: Duration::from_secs(args.relay_idle),
+            token_ttl: Duration::from_secs(args.relay_token_ttl),
             ..RelayConfig::default()
         }),
     };

@@ -739,7 +739,7 @@ impl Plan {
             attempts.push((
                 PathKind::Relay,
                 Box::pin(relay_path(
-                    self.welcome.server_addr,
+                    self.welcome.relay_addr,
                     token,
                     self.identity.clone(),
                     self.peer_fingerprint.clone(),

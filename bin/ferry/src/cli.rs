@@ -56,9 +56,24 @@ pub enum Command {
     /// Receive what a sender offers under CODE.
     #[command(after_help = EXIT_CODES_HELP)]
     Receive(ReceiveArgs),
-    /// Run the rendezvous server (self-hosted) that peers meet at.
+    /// Run the rendezvous server (self-hosted) that peers meet at; it
+    /// relays too, unless told the relay runs elsewhere (--relay-url).
     #[command(after_help = EXIT_CODES_HELP)]
     Serve(ServeArgs),
+    /// Run only the relay, for a rendezvous server on another host
+    ///
+    /// The relay joins two peers that have no direct path (symmetric NATs,
+    /// networks that only let TCP 443 out) and streams their end-to-end
+    /// encrypted bytes. It admits only holders of a token the rendezvous
+    /// server signed with the secret both hosts share, each token good for
+    /// one pair and two minutes (keep both clocks in sync with NTP):
+    ///
+    ///     openssl rand -hex 32 > relay.secret   # once; copy it to both hosts
+    ///     ferry relay --relay-secret-file relay.secret             # on the relay host
+    ///     ferry serve --relay-url relay.example.org:443 \
+    ///                 --relay-secret-file relay.secret             # on the rendezvous host
+    #[command(after_help = EXIT_CODES_HELP, verbatim_doc_comment)]
+    Relay(RelayArgs),
     /// Tell what network this is: NAT mapping and filtering, public
     /// addresses, UPnP, and whether direct connections will work.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -226,6 +241,37 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_relay: bool,
 
+    /// Do not relay here: tell clients the relay is at HOST:PORT (a name
+    /// or an IP address, port 443 when left out), where `ferry relay`
+    /// runs with the same --relay-secret-file. The --relay-* limits then
+    /// belong on the relay's command line.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        requires = "relay_secret_file",
+        conflicts_with_all = ["relay_max_pairs", "relay_max_per_ip", "relay_rate", "relay_idle"]
+    )]
+    pub relay_url: Option<String>,
+
+    /// With --relay-url: the secret shared with that relay, a file of at
+    /// least 32 random bytes written as hex. Make one with
+    /// `openssl rand -hex 32 > relay.secret` and copy it to both hosts.
+    #[arg(long, value_name = "FILE")]
+    pub relay_secret_file: Option<PathBuf>,
+
+    /// How long a relay token can be presented after this server issued it
+    /// (when the receiver claimed the nameplate, or the peers rejoined), in
+    /// seconds. Later the relay refuses it as expired.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub relay_token_ttl: u64,
+
+    #[command(flatten)]
+    pub relay: RelayLimitArgs,
+}
+
+/// The relay's limits, for `ferry serve` and `ferry relay`.
+#[derive(Debug, Args, Clone)]
+pub struct RelayLimitArgs {
     /// Most relayed pairs at once.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub relay_max_pairs: usize,
@@ -241,12 +287,25 @@ pub struct ServeArgs {
     /// Close a relayed pair after this many seconds without a byte.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub relay_idle: u64,
+}
 
-    /// How long a relay token can be presented after the server issued it
-    /// (when the receiver claimed the nameplate), in seconds. Later it is
-    /// refused as expired.
-    #[arg(long, default_value_t = 120, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub relay_token_ttl: u64,
+/// `ferry relay`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Address and TCP port to relay on: the HOST:PORT given to the
+    /// rendezvous server's --relay-url. Ports below 1024 need root or
+    /// CAP_NET_BIND_SERVICE.
+    #[arg(long, default_value = "0.0.0.0:443", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+
+    /// The secret shared with the rendezvous server (its
+    /// --relay-secret-file): at least 32 random bytes written as hex.
+    /// Make one with `openssl rand -hex 32 > relay.secret`.
+    #[arg(long, value_name = "FILE")]
+    pub relay_secret_file: PathBuf,
+
+    #[command(flatten)]
+    pub relay: RelayLimitArgs,
 }
 
 #[cfg(test)]
@@ -257,6 +316,41 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn relay_url_needs_a_secret_and_leaves_the_limits_to_the_relay() {
+        let serve = |extra: &[&str]| {
+            let mut args = vec!["ferry", "serve"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args)
+        };
+        assert!(serve(&["--relay-url", "r:443"]).is_err());
+        assert!(serve(&["--relay-url", "r:443", "--relay-secret-file", "s"]).is_ok());
+        assert!(
+            serve(&[
+                "--relay-url",
+                "r:443",
+                "--relay-secret-file",
+                "s",
+                "--relay-max-pairs",
+                "3"
+            ])
+            .is_err()
+        );
+        assert!(serve(&["--relay-max-pairs", "3"]).is_ok());
+        assert!(Cli::try_parse_from(["ferry", "relay"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "ferry",
+                "relay",
+                "--relay-secret-file",
+                "s",
+                "--relay-rate",
+                "10M"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -21,10 +21,10 @@ use crate::output::Output;
 
 fn main() {
     let cli = Cli::parse();
-    install_logging(cli.verbose, matches!(cli.command, Command::Serve(_)));
+    // The servers handle Ctrl-C themselves (graceful shutdown, exit 0).
+    let is_server = matches!(cli.command, Command::Serve(_) | Command::Relay(_));
+    install_logging(cli.verbose, is_server);
     let mut out = Output::new(cli.json);
-    // The server handles Ctrl-C itself (graceful shutdown, exit 0).
-    let is_server = matches!(cli.command, Command::Serve(_));
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -39,6 +39,7 @@ fn main() {
                 Command::Send(args) => send::run(args, &mut out).await,
                 Command::Receive(args) => receive::run(args, &mut out).await,
                 Command::Serve(args) => serve::run(args, &mut out).await,
+                Command::Relay(args) => serve::run_relay(args, &mut out).await,
                 Command::Nat(args) => nat::run(args, &mut out).await,
             }
         };

@@ -1,23 +1,49 @@
-//! `ferry serve`: the rendezvous server (TCP) and the STUN responder (UDP,
-//! plus STUN over TCP), in one process, until Ctrl-C or SIGTERM.
+//! `ferry serve`: the rendezvous server (TCP, with the relay on the same
+//! listener unless it runs elsewhere) and the STUN responder (UDP, plus
+//! STUN over TCP), in one process, until Ctrl-C or SIGTERM. `ferry relay`:
+//! the relay alone, for a rendezvous server on another host.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ferry_nat::stun::{StunServer, StunServerConfig};
-use ferry_relay::RelayConfig;
+use ferry_relay::token::SECRET_HOWTO;
+use ferry_relay::{RelayConfig, RelayServer, TokenKey};
 use ferry_rendezvous::{Config, ServerConfig};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::cli::ServeArgs;
+use crate::cli::{RelayArgs, RelayLimitArgs, ServeArgs};
 use crate::exit::Failure;
 use crate::output::Output;
 
 /// Runs `ferry serve`.
 pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
+    if args.no_relay && args.relay_url.is_some() {
+        return Err(Failure::usage(
+            "--relay-url tells clients to use a relay elsewhere, --no-relay says there is none: \
+             drop one of the two",
+        ));
+    }
+    if args.relay_secret_file.is_some() && args.relay_url.is_none() {
+        return Err(Failure::usage(
+            "--relay-secret-file is for a relay on another host: add --relay-url HOST:PORT \
+             naming it (the relay inside `ferry serve` needs no secret file)",
+        ));
+    }
+    // A relay elsewhere: its address as clients will use it, checked now
+    // so a typo shows at start-up rather than in every transfer.
+    let remote_relay = match (&args.relay_url, &args.relay_secret_file) {
+        (Some(url), Some(file)) => {
+            let addr = relay_url(url).await?;
+            Some((addr, load_relay_key(file)?))
+        }
+        _ => None,
+    };
+    let relay_here = !args.no_relay && remote_relay.is_none();
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| bind_failure(&e, &args.listen.to_string(), "--listen"))?;
@@ -49,13 +75,18 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
         .map(|s| s.udp_addrs().iter().map(ToString::to_string).collect())
         .unwrap_or_default();
     let rfc5780 = stun.as_ref().is_some_and(|s| s.alt_config().is_some());
+    let relay_url = remote_relay.as_ref().map(|(addr, _)| addr.clone());
     out.event(
         "listening",
-        json!({"signal": local.to_string(), "stun": stun_addrs, "rfc5780": rfc5780, "relay": !args.no_relay}),
+        json!({"signal": local.to_string(), "stun": stun_addrs, "rfc5780": rfc5780, "relay": relay_here, "relay_url": relay_url}),
     );
     out.say(format!(
-        "ferry rendezvous server listening on {local} (TCP)"
+        "ferry rendezvous server listening on {local} (TCP){}",
+        if relay_here { ", relaying too" } else { "" }
     ));
+    if let Some(url) = &relay_url {
+        out.say(format!("Clients relay through {url} (`ferry relay` there)"));
+    }
     if !stun_addrs.is_empty() {
         out.say(format!(
             "STUN responder on {} (UDP){}",
@@ -67,7 +98,7 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
             }
         ));
     }
-    info!(%local, ?stun_addrs, rfc5780, "server listening");
+    info!(%local, ?stun_addrs, rfc5780, relay_here, ?relay_url, "server listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -79,18 +110,14 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
             stun_port: stun
                 .as_ref()
                 .and_then(|s| s.udp_addrs().first().map(|a| a.port())),
+            relay_key: remote_relay.as_ref().map(|(_, key)| key.clone()),
+            relay_addr: relay_url,
+            relay_token_ttl: Duration::from_secs(args.relay_token_ttl),
             ..Config::default()
         },
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
-        relay: (!args.no_relay).then(|| RelayConfig {
-            max_pairs: args.relay_max_pairs,
-            max_connections_per_ip: args.relay_max_per_ip,
-            rate_limit: args.relay_rate,
-            idle_timeout: Duration::from_secs(args.relay_idle),
-            token_ttl: Duration::from_secs(args.relay_token_ttl),
-            ..RelayConfig::default()
-        }),
+        relay: relay_here.then(|| relay_config(&args.relay)),
     };
     let rendezvous = ferry_rendezvous::serve(listener, config, stopped(stop_rx.clone()));
     let stun_task = async {
@@ -109,6 +136,104 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
     stun.context("the STUN responder failed")?;
     info!("server stopped");
     Ok(())
+}
+
+/// Runs `ferry relay`: the relay alone on its listener, until Ctrl-C or
+/// SIGTERM.
+pub async fn run_relay(args: RelayArgs, out: &mut Output) -> Result<()> {
+    let key = load_relay_key(&args.relay_secret_file)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| bind_failure(&e, &args.listen.to_string(), "--listen"))?;
+    let local = listener.local_addr()?;
+    let relay = RelayServer::new(relay_config(&args.relay), key);
+    out.event("listening", json!({"relay": local.to_string()}));
+    out.say(format!(
+        "ferry relay listening on {local} (TCP); give the rendezvous server \
+         --relay-url THIS-HOST:{} and the same secret file",
+        local.port()
+    ));
+    info!(%local, "relay listening");
+    relay
+        .serve(listener, async {
+            shutdown_signal().await;
+            info!("shutting down");
+        })
+        .await
+        .context("the relay failed")?;
+    let stats = relay.stats();
+    info!(
+        paired = stats.paired,
+        unknown_token = stats.unknown_token,
+        expired = stats.expired,
+        reused = stats.reused,
+        per_ip_limit = stats.per_ip_limit,
+        pairs_limit = stats.pairs_limit,
+        wait_timeout = stats.wait_timeout,
+        "relay stopped"
+    );
+    Ok(())
+}
+
+fn relay_config(limits: &RelayLimitArgs) -> RelayConfig {
+    RelayConfig {
+        max_pairs: limits.relay_max_pairs,
+        max_connections_per_ip: limits.relay_max_per_ip,
+        rate_limit: limits.relay_rate,
+        idle_timeout: Duration::from_secs(limits.relay_idle),
+        ..RelayConfig::default()
+    }
+}
+
+/// Reads the relay secret file (hex, at least 32 bytes).
+fn load_relay_key(path: &Path) -> Result<TokenKey> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::local(format!(
+            "cannot read the relay secret file {shown}: {e}; create it with: {SECRET_HOWTO}, \
+             and give the rendezvous server and the relay the same file"
+        ))
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                warn!(
+                    "the relay secret file {shown} is readable by other users; chmod 600 {shown}"
+                );
+            }
+        }
+    }
+    TokenKey::from_hex(&text)
+        .map_err(|e| Failure::local(format!("bad relay secret file {shown}: {e}")))
+}
+
+/// Checks that `--relay-url` is a HOST:PORT that resolves; returns it with
+/// the default port added.
+async fn relay_url(url: &str) -> Result<String> {
+    let url = url.trim();
+    if url.is_empty() || url.contains('/') {
+        return Err(Failure::usage(format!(
+            "--relay-url wants the relay's HOST:PORT as clients will reach it, \
+             e.g. relay.example.org:443, not {url:?}"
+        )));
+    }
+    let addr = crate::session::server_address(&Some(url.to_string()))?;
+    let found = tokio::net::lookup_host(addr.as_str())
+        .await
+        .map(|mut found| found.next().is_some());
+    match found {
+        Ok(true) => Ok(addr),
+        Ok(false) => Err(Failure::usage(format!(
+            "--relay-url {addr} resolves to no address; give the relay's HOST:PORT \
+             as clients will reach it, e.g. relay.example.org:443"
+        ))),
+        Err(e) => Err(Failure::usage(format!(
+            "cannot resolve --relay-url {addr}: {e}; give the relay's HOST:PORT \
+             as clients will reach it, e.g. relay.example.org:443"
+        ))),
+    }
 }
 
 fn bind_failure(e: &std::io::Error, addr: &str, flag: &str) -> anyhow::Error {

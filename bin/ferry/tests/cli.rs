@@ -542,3 +542,140 @@ fn forced_relay_path_fails_clearly_when_the_server_does_not_relay() {
         .to_string();
     assert!(message.contains("offers no relay"), "{message}");
 }
+
+#[test]
+fn forced_relay_path_goes_through_a_relay_on_another_host() {
+    // The relay alone on 127.0.0.2, the rendezvous server on 127.0.0.1
+    // sending clients there; they share only the secret file.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("relay.secret");
+    relay_secret(&secret);
+    let relay = Relay::start("127.0.0.2:0", &secret);
+    assert!(relay.addr.starts_with("127.0.0.2:"), "{}", relay.addr);
+    let server = Server::start_with(&[
+        "--relay-url",
+        &relay.addr,
+        "--relay-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert_eq!(server.listening["relay"], false, "{}", server.listening);
+    assert_eq!(server.listening["relay_url"], relay.addr.as_str());
+    let event = forced_path_moves_a_file(&server, "relay", "relay");
+    assert_eq!(event["remote"], relay.addr.as_str(), "{event}");
+}
+
+#[test]
+fn relay_with_another_secret_refuses_and_the_error_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours.secret");
+    let theirs = dir.path().join("theirs.secret");
+    relay_secret(&ours);
+    relay_secret(&theirs);
+    let relay = Relay::start("127.0.0.2:0", &theirs);
+    let server = Server::start_with(&[
+        "--relay-url",
+        &relay.addr,
+        "--relay-secret-file",
+        ours.to_str().unwrap(),
+    ]);
+    let dst = tempfile::tempdir().unwrap();
+    let (mut send, code) = start_send(&server, &["--force-path", "relay", "--text", "x"]);
+    let mut recv = start_receive(
+        &server,
+        &code,
+        dst.path(),
+        &["--yes", "--force-path", "relay"],
+    );
+    assert_eq!(recv.finish(), 4, "receiver: {:?}", recv.seen);
+    assert_ne!(send.finish(), 0, "sender: {:?}", send.seen);
+    let message = recv.events("error")[0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("unknown relay token") && message.contains("--relay-secret-file"),
+        "{message}"
+    );
+}
+
+#[test]
+fn relay_setup_errors_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("relay.secret");
+    relay_secret(&secret);
+    let short = dir.path().join("short.secret");
+    fs::write(&short, "00112233").unwrap();
+    let run = |args: &[&str]| {
+        let out = ferry().args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let secret = secret.to_str().unwrap();
+    let listen = ["--listen", "127.0.0.1:0", "--no-stun"];
+
+    let (code, stderr) = run(&[
+        &["serve"][..],
+        &listen,
+        &[
+            "--no-relay",
+            "--relay-url",
+            "127.0.0.1:9",
+            "--relay-secret-file",
+            secret,
+        ],
+    ]
+    .concat());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("drop one of the two"), "{stderr}");
+
+    let (code, stderr) = run(&[&["serve"][..], &listen, &["--relay-url", "127.0.0.1:9"]].concat());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--relay-secret-file"), "{stderr}");
+
+    let (code, stderr) = run(&[&["serve"][..], &listen, &["--relay-secret-file", secret]].concat());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("add --relay-url"), "{stderr}");
+
+    let (code, stderr) = run(&[
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--relay-secret-file",
+        short.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(7), "{stderr}");
+    assert!(
+        stderr.contains("4 bytes") && stderr.contains("openssl rand -hex 32"),
+        "{stderr}"
+    );
+
+    let missing = dir.path().join("missing.secret");
+    let (code, stderr) = run(&[
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--relay-secret-file",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(7), "{stderr}");
+    assert!(
+        stderr.contains("cannot read the relay secret file") && stderr.contains("openssl rand"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = run(&[
+        &["serve"][..],
+        &listen,
+        &[
+            "--relay-url",
+            "relay.invalid:443",
+            "--relay-secret-file",
+            secret,
+        ],
+    ]
+    .concat());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cannot resolve --relay-url"), "{stderr}");
+}

@@ -978,8 +978,9 @@ impl Plan {
                 }),
             ));
         }
-        // The relay on the rendezvous server's own port, after a head
-        // start for the direct paths (none when it is the only path).
+        // The relay the server named (its own port unless it runs apart),
+        // after a head start for the direct paths (none when it is the
+        // only path, or when both networks rule out a direct one).
         if let (Some(token), true) = (self.relay_token, self.options.allows(PathKind::Relay)) {
             let head_start = if attempts.is_empty() || self.hopeless {
                 Duration::ZERO
@@ -989,7 +990,7 @@ impl Plan {
             attempts.push((
                 PathKind::Relay,
                 Box::pin(relay_path(
-                    self.welcome.server_addr,
+                    self.welcome.relay_addr,
                     token,
                     self.identity.clone(),
                     self.peer_fingerprint.clone(),

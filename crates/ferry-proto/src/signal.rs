@@ -37,6 +37,10 @@
 //!
 //! An unknown, expired or reused token gets `error {relay-refused}` and a
 //! close. The token comes from `claimed` / `peer-joined` (hex, 32 bytes).
+//! The relay answers on the rendezvous server's own address unless
+//! `welcome` names another one (`relay_addr`, `host:port`): then it runs
+//! on that host, with the same frames, and checks the tokens' signature
+//! itself.
 
 use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -136,6 +140,11 @@ pub enum ServerToClient {
         /// UDP port of the server's STUN responder on the same host, if it runs one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stun_port: Option<u16>,
+        /// Where the relay answers, as `host:port` (a DNS name or an IP
+        /// address), when it runs apart from this server. Absent: the
+        /// relay, if any, answers on this server's own address and port.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_addr: Option<String>,
     },
     /// Answer to `allocate`: the client now holds this nameplate.
     Allocated {
@@ -359,8 +368,19 @@ mod tests {
                 observed_addr: "203.0.113.5:40000".into(),
                 heartbeat_secs: 5,
                 stun_port: None,
+                relay_addr: None,
             }),
             "{\"type\":\"welcome\",\"protocol\":1,\"observed_addr\":\"203.0.113.5:40000\",\"heartbeat_secs\":5}\n"
+        );
+        assert_eq!(
+            encoded(&ServerToClient::Welcome {
+                protocol: 1,
+                observed_addr: "203.0.113.5:40000".into(),
+                heartbeat_secs: 5,
+                stun_port: Some(3478),
+                relay_addr: Some("relay.example.org:443".into()),
+            }),
+            "{\"type\":\"welcome\",\"protocol\":1,\"observed_addr\":\"203.0.113.5:40000\",\"heartbeat_secs\":5,\"stun_port\":3478,\"relay_addr\":\"relay.example.org:443\"}\n"
         );
         // Without a relay, peer-joined and claimed look as they always did.
         assert_eq!(
@@ -431,6 +451,18 @@ mod tests {
                 relay_token: None
             })
         );
+    }
+
+    #[test]
+    fn welcome_without_relay_addr_still_decodes() {
+        let mut buf = BytesMut::from(
+            &b"{\"type\":\"welcome\",\"protocol\":1,\"observed_addr\":\"192.0.2.1:5\",\"heartbeat_secs\":5}\n"[..],
+        );
+        let Some(ServerToClient::Welcome { relay_addr, .. }) = decode_frame(&mut buf).unwrap()
+        else {
+            panic!("not a welcome");
+        };
+        assert_eq!(relay_addr, None);
     }
 
     #[test]
@@ -542,16 +574,24 @@ mod tests {
 
     fn any_server_msg() -> impl Strategy<Value = ServerToClient> {
         prop_oneof![
-            (any::<u32>(), ".*", any::<u32>(), any::<Option<u16>>()).prop_map(
-                |(protocol, observed_addr, heartbeat_secs, stun_port)| {
-                    ServerToClient::Welcome {
-                        protocol,
-                        observed_addr,
-                        heartbeat_secs,
-                        stun_port,
+            (
+                any::<u32>(),
+                ".*",
+                any::<u32>(),
+                any::<Option<u16>>(),
+                proptest::option::of(".*")
+            )
+                .prop_map(
+                    |(protocol, observed_addr, heartbeat_secs, stun_port, relay_addr)| {
+                        ServerToClient::Welcome {
+                            protocol,
+                            observed_addr,
+                            heartbeat_secs,
+                            stun_port,
+                            relay_addr,
+                        }
                     }
-                }
-            ),
+                ),
             any::<u32>().prop_map(|nameplate| ServerToClient::Allocated { nameplate }),
             (any::<u32>(), proptest::option::of("[0-9a-f]{64}")).prop_map(
                 |(nameplate, relay_token)| ServerToClient::Claimed {

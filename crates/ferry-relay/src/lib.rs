@@ -1,8 +1,12 @@
 //! ferry-relay: the TCP relay that joins two ferry peers which cannot reach
 //! each other directly (symmetric NATs, networks that only let TCP 443 out).
 //!
-//! - [`pairing`]: the pairing rules as a sans-IO state machine ([`Relay`]): one-time
-//!   tokens, limits, wait timeouts, refusal counters. No sockets, no clock.
+//! - [`token`]: relay tokens signed with a secret the rendezvous server and
+//!   the relay share ([`TokenKey`]), so a relay on another host can check
+//!   them on its own. Pure functions.
+//! - [`pairing`]: the pairing rules as a sans-IO state machine ([`Relay`]): token
+//!   checks (MAC, expiry, single use), limits, wait timeouts, refusal
+//!   counters. No sockets, no clock.
 //! - [`server`]: the tokio driver ([`RelayServer`]): takes a connection whose
 //!   first line was `relay {token}`, waits for its partner and copies bytes
 //!   both ways with large buffers, an idle timeout and an optional rate limit.
@@ -10,18 +14,23 @@
 //!   raw pipe to the other peer, ready for TLS.
 //!
 //! ```text
-//! rendezvous core --claim--> token (32 random bytes) --Relay::issue--> token table
-//!        |                                                               ^
-//!  claimed/peer-joined {relay_token} to both peers                       |
-//!        v                                                               |
-//! peer A: relay_connect --first line relay{token}--> RelayServer::handle -+- Relay::handle_join
-//! peer B: relay_connect --first line relay{token}--> RelayServer::handle -+
+//! rendezvous core --claim--> token = (nameplate, expiry, nonce, MAC under the shared key)
+//!        |
+//!  claimed/peer-joined {relay_token} (and welcome {relay_addr} when the
+//!        |                            relay runs on another host)
+//!        v
+//! peer A: relay_connect --first line relay{token}--> RelayServer::handle -+- Relay::handle_join:
+//! peer B: relay_connect --first line relay{token}--> RelayServer::handle -+  MAC, expiry, 2 joins
 //!        A and B joined: copy_bidirectional (256 KiB buffers, backpressure)
 //! ```
 //!
-//! The relay is not an open proxy: only the two connections presenting a
-//! token the rendezvous issued are joined. It sees only the peers' TLS
-//! ciphertext. It does not parse anything after the first line.
+//! The relay runs inside `ferry serve` (on the signalling listener, with a
+//! random key made at start-up) or on its own ([`RelayServer::serve`],
+//! with a key from a secret file the rendezvous server holds too). Either
+//! way it is not an open proxy: only the two connections presenting a
+//! token signed with its key, not expired and not yet used by two, are
+//! joined. It sees only the peers' TLS ciphertext. It does not parse
+//! anything after the first line.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -30,10 +39,12 @@
 pub mod client;
 pub mod pairing;
 pub mod server;
+pub mod token;
 
 pub use client::{RelayError, relay_connect};
 pub use pairing::{ConnId, Join, Refusal, Relay, RelayConfig, Stats, Token};
 pub use server::RelayServer;
+pub use token::{SecretError, TokenKey};
 
 /// Formats a token as the 64 hex digits that travel in frames.
 pub fn token_to_hex(token: &Token) -> String {

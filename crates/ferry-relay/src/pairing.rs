@@ -1,28 +1,33 @@
 //! The relay's pairing rules, sans-IO.
 //!
-//! The driver feeds tokens the rendezvous issued ([`Relay::issue`]), joins
-//! ([`Relay::handle_join`]) and closes ([`Relay::handle_close`]) with the
-//! current time, calls [`Relay::handle_timeout`] when [`Relay::poll_timeout`]
-//! says so, and closes the connections [`Relay::poll_close`] names.
+//! The driver feeds joins ([`Relay::handle_join`]) and closes
+//! ([`Relay::handle_close`]) with the current time (monotonic, and Unix
+//! seconds for token expiry), calls [`Relay::handle_timeout`] when
+//! [`Relay::poll_timeout`] says so, and closes the connections
+//! [`Relay::poll_close`] names. Tokens are signed by the rendezvous server
+//! with the relay's [`TokenKey`] (see [`crate::token`]); the relay needs no
+//! word from the rendezvous to check one.
 //!
 //! ```text
-//! issue(now, nameplate, token)        token valid until now + token_ttl,
-//!                                     for exactly two joins
 //! join(conn, ip, token):
 //!   per-IP limit reached              -> Refused(PerIpLimit)
-//!   token never issued / swept        -> Refused(UnknownToken)
-//!   token past its TTL                -> Refused(Expired)
+//!   MAC does not verify (forged,
+//!     corrupted, another secret)      -> Refused(UnknownToken)
+//!   Unix time >= its expiry           -> Refused(Expired)
 //!   token already joined twice        -> Refused(Reused)
 //!   first side, no free pair slot     -> Refused(PairsLimit)
-//!   first side                        -> Wait     (takes a pair slot)
+//!   first side                        -> Wait     (takes a pair slot;
+//!                                        the token is remembered)
 //!   second side                       -> Paired { other }
 //! close(conn): frees its IP share; a waiting side also gives its join back
 //!   (it may come again); a paired side frees the pair slot
 //! timeout(now): waiting longer than wait_timeout -> poll_close (WaitTimeout);
-//!   tokens are forgotten one more TTL after they expired (until then a
-//!   late presenter hears "expired", which says what to do, rather than
-//!   "unknown")
+//!   tokens seen are forgotten once expired (then the expiry check alone
+//!   refuses them, so forgetting cannot make a token usable again)
 //! ```
+//!
+//! The Unix clock only moves forward here: the core keeps the latest time
+//! it was given, so a clock stepped back cannot revive a forgotten token.
 //!
 //! A pair slot is taken when the first side starts waiting, so a second
 //! side is never refused for lack of room and `max_pairs` bounds waiting
@@ -34,7 +39,10 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-/// A relay token: 32 random bytes the rendezvous gives both sides of a nameplate.
+use crate::token::{Claims, TokenKey};
+
+/// A relay token: 32 bytes the rendezvous gives both sides of a nameplate,
+/// signed with the relay's key (layout in [`crate::token`]).
 pub type Token = [u8; 32];
 
 /// Identifies one relay connection; the driver never reuses an id.
@@ -54,8 +62,6 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// How long the first side may wait for the second (default 30 s).
     pub wait_timeout: Duration,
-    /// How long a token can be presented after it was issued (default 120 s).
-    pub token_ttl: Duration,
 }
 
 impl Default for RelayConfig {
@@ -66,7 +72,6 @@ impl Default for RelayConfig {
             rate_limit: None,
             idle_timeout: Duration::from_secs(60),
             wait_timeout: Duration::from_secs(30),
-            token_ttl: Duration::from_secs(120),
         }
     }
 }
@@ -89,9 +94,10 @@ pub enum Join {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Refusal {
-    /// The token was never issued, or was forgotten after expiring.
+    /// The token's MAC does not verify: forged, corrupted, or signed with
+    /// another secret than this relay's.
     UnknownToken,
-    /// The token is past its TTL.
+    /// The token is past its expiry time.
     Expired,
     /// Two connections already presented the token.
     Reused,
@@ -108,7 +114,9 @@ impl Refusal {
     pub fn message(self) -> &'static str {
         match self {
             Refusal::UnknownToken => {
-                "unknown relay token; get a fresh one by pairing through the rendezvous server again"
+                "unknown relay token: this relay did not sign it; pair again through the rendezvous \
+                 server, and if it keeps happening tell its operator (the rendezvous server and the \
+                 relay may hold different --relay-secret-file secrets)"
             }
             Refusal::Expired => "the relay token expired; pair again to get a fresh one",
             Refusal::Reused => {
@@ -124,8 +132,8 @@ impl Refusal {
 /// Counters of what the relay did, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Tokens issued.
-    pub issued: u64,
+    /// Tokens that verified and were presented for the first time.
+    pub tokens_seen: u64,
     /// Pairs joined.
     pub paired: u64,
     /// Joins refused for an unknown token.
@@ -170,6 +178,9 @@ impl Stats {
 #[derive(Debug)]
 pub struct Relay {
     config: RelayConfig,
+    key: TokenKey,
+    /// The latest Unix time given; never goes back.
+    unix: u64,
     tokens: HashMap<Token, TokenState>,
     conns: HashMap<ConnId, Conn>,
     per_ip: HashMap<IpAddr, usize>,
@@ -182,7 +193,8 @@ pub struct Relay {
 #[derive(Debug)]
 struct TokenState {
     nameplate: u32,
-    expires: Instant,
+    /// Unix seconds.
+    expires: u64,
     joins: u8,
     waiting: Option<ConnId>,
 }
@@ -207,10 +219,12 @@ enum ConnState {
 }
 
 impl Relay {
-    /// An empty relay.
-    pub fn new(config: RelayConfig) -> Self {
+    /// An empty relay that accepts the tokens `key` signed.
+    pub fn new(config: RelayConfig, key: TokenKey) -> Self {
         Relay {
             config,
+            key,
+            unix: 0,
             tokens: HashMap::new(),
             conns: HashMap::new(),
             per_ip: HashMap::new(),
@@ -225,39 +239,35 @@ impl Relay {
         &self.config
     }
 
-    /// Registers `token` for the two sides of `nameplate`, valid for the
-    /// token TTL from `now`. Issuing a token already known does nothing.
-    pub fn issue(&mut self, now: Instant, nameplate: u32, token: Token) {
-        if self.tokens.contains_key(&token) {
-            debug!(nameplate, "relay token issued twice; ignored");
-            return;
-        }
-        self.tokens.insert(
-            token,
+    /// Connection `conn` from `ip` presented `token`, at `now` and Unix
+    /// time `unix` (seconds).
+    pub fn handle_join(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        conn: ConnId,
+        ip: IpAddr,
+        token: &Token,
+    ) -> Join {
+        self.unix = self.unix.max(unix);
+        let claims = match self.check_join(conn, ip, token) {
+            Ok(claims) => claims,
+            Err(refusal) => {
+                self.stats.count(refusal);
+                debug!(conn, %ip, ?refusal, "relay join refused");
+                return Join::Refused(refusal);
+            }
+        };
+        *self.per_ip.entry(ip).or_insert(0) += 1;
+        let state = self.tokens.entry(*token).or_insert_with(|| {
+            self.stats.tokens_seen += 1;
             TokenState {
-                nameplate,
-                expires: now + self.config.token_ttl,
+                nameplate: claims.nameplate,
+                expires: claims.expires,
                 joins: 0,
                 waiting: None,
-            },
-        );
-        self.stats.issued += 1;
-        debug!(nameplate, "relay token issued");
-    }
-
-    /// Connection `conn` from `ip` presented `token`.
-    pub fn handle_join(&mut self, now: Instant, conn: ConnId, ip: IpAddr, token: &Token) -> Join {
-        let refusal = self.check_join(now, conn, ip, token);
-        if let Some(refusal) = refusal {
-            self.stats.count(refusal);
-            debug!(conn, %ip, ?refusal, "relay join refused");
-            return Join::Refused(refusal);
-        }
-        *self.per_ip.entry(ip).or_insert(0) += 1;
-        let Some(state) = self.tokens.get_mut(token) else {
-            // check_join saw it; unreachable in practice.
-            return Join::Refused(Refusal::UnknownToken);
-        };
+            }
+        });
         state.joins += 1;
         match state.waiting.take() {
             Some(other) => {
@@ -328,8 +338,10 @@ impl Relay {
         }
     }
 
-    /// Time passed: drop sides that waited too long, forget expired tokens.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    /// Time passed (`now`, and Unix time `unix` in seconds): drop sides
+    /// that waited too long, forget expired tokens.
+    pub fn handle_timeout(&mut self, now: Instant, unix: u64) {
+        self.unix = self.unix.max(unix);
         let late: Vec<ConnId> = self
             .conns
             .iter()
@@ -344,10 +356,10 @@ impl Relay {
             self.handle_close(conn);
             self.closes.push_back(conn);
         }
-        let grace = self.config.token_ttl;
+        let unix = self.unix;
         self.tokens.retain(|_, token| {
             // A side still waiting keeps its token until its own deadline.
-            now < token.expires + grace || token.waiting.is_some()
+            unix < token.expires || token.waiting.is_some()
         });
     }
 
@@ -356,15 +368,17 @@ impl Relay {
         self.closes.pop_front()
     }
 
-    /// When [`Relay::handle_timeout`] should next be called.
+    /// When [`Relay::handle_timeout`] must next be called: the earliest
+    /// wait deadline. (Expired tokens are forgotten by any later
+    /// `handle_timeout` or `handle_join`; they need no timer.)
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let waits = self.conns.values().filter_map(|c| match c.state {
-            ConnState::Waiting { deadline, .. } => Some(deadline),
-            _ => None,
-        });
-        let grace = self.config.token_ttl;
-        let tokens = self.tokens.values().map(|t| t.expires + grace);
-        waits.chain(tokens).min()
+        self.conns
+            .values()
+            .filter_map(|c| match c.state {
+                ConnState::Waiting { deadline, .. } => Some(deadline),
+                _ => None,
+            })
+            .min()
     }
 
     /// The counters so far.
@@ -377,32 +391,33 @@ impl Relay {
         self.conns.len()
     }
 
-    /// Tokens remembered (valid, used or not yet swept).
+    /// Tokens remembered (presented and not yet expired).
     pub fn token_count(&self) -> usize {
         self.tokens.len()
     }
 
-    fn check_join(&self, now: Instant, conn: ConnId, ip: IpAddr, token: &Token) -> Option<Refusal> {
+    /// The token's claims if this join may go ahead, else why not.
+    fn check_join(&self, conn: ConnId, ip: IpAddr, token: &Token) -> Result<Claims, Refusal> {
         if self.conns.contains_key(&conn) {
             // A driver bug, not a peer's doing; refuse rather than corrupt state.
-            return Some(Refusal::Reused);
+            return Err(Refusal::Reused);
         }
         if self.per_ip.get(&ip).copied().unwrap_or(0) >= self.config.max_connections_per_ip {
-            return Some(Refusal::PerIpLimit);
+            return Err(Refusal::PerIpLimit);
         }
-        let Some(state) = self.tokens.get(token) else {
-            return Some(Refusal::UnknownToken);
+        let claims = self.key.verify(token).ok_or(Refusal::UnknownToken)?;
+        if self.unix >= claims.expires {
+            return Err(Refusal::Expired);
+        }
+        let waiting = match self.tokens.get(token) {
+            Some(state) if state.joins >= 2 => return Err(Refusal::Reused),
+            Some(state) => state.waiting.is_some(),
+            None => false,
         };
-        if now >= state.expires {
-            return Some(Refusal::Expired);
+        if !waiting && self.slots >= self.config.max_pairs {
+            return Err(Refusal::PairsLimit);
         }
-        if state.joins >= 2 {
-            return Some(Refusal::Reused);
-        }
-        if state.waiting.is_none() && self.slots >= self.config.max_pairs {
-            return Some(Refusal::PairsLimit);
-        }
-        None
+        Ok(claims)
     }
 }
 
@@ -414,34 +429,54 @@ mod tests {
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 2));
     const C: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 3));
 
-    fn token(n: u8) -> Token {
-        [n; 32]
+    /// 2023-11-14, an arbitrary start of virtual wall-clock time.
+    const START_UNIX: u64 = 1_700_000_000;
+
+    fn key() -> TokenKey {
+        TokenKey::from_secret(&[42; 32]).unwrap()
     }
 
+    /// A relay in virtual time, and a rendezvous signing tokens with the
+    /// same secret.
     struct Harness {
         relay: Relay,
         now: Instant,
+        unix: u64,
+        ttl: u64,
+        tokens: HashMap<u8, Token>,
     }
 
     impl Harness {
         fn new(config: RelayConfig) -> Self {
             Harness {
-                relay: Relay::new(config),
+                relay: Relay::new(config, key()),
                 now: Instant::now(),
+                unix: START_UNIX,
+                ttl: 120,
+                tokens: HashMap::new(),
             }
         }
 
+        /// The rendezvous issues token `n` for nameplate `n`, now.
         fn issue(&mut self, n: u8) {
-            self.relay.issue(self.now, u32::from(n), token(n));
+            let token = key().issue(u32::from(n), self.unix + self.ttl, [n; 8]);
+            self.tokens.insert(n, token);
         }
 
         fn join(&mut self, conn: ConnId, ip: IpAddr, n: u8) -> Join {
-            self.relay.handle_join(self.now, conn, ip, &token(n))
+            let token = self.tokens[&n];
+            self.join_token(conn, ip, &token)
         }
 
+        fn join_token(&mut self, conn: ConnId, ip: IpAddr, token: &Token) -> Join {
+            self.relay.handle_join(self.now, self.unix, conn, ip, token)
+        }
+
+        /// Both clocks move on by `by`.
         fn advance(&mut self, by: Duration) -> Vec<ConnId> {
             self.now += by;
-            self.relay.handle_timeout(self.now);
+            self.unix += by.as_secs();
+            self.relay.handle_timeout(self.now, self.unix);
             std::iter::from_fn(|| self.relay.poll_close()).collect()
         }
     }
@@ -453,6 +488,7 @@ mod tests {
         assert_eq!(h.join(10, A, 1), Join::Wait);
         assert_eq!(h.join(11, B, 1), Join::Paired { other: 10 });
         assert_eq!(h.relay.stats().paired, 1);
+        assert_eq!(h.relay.stats().tokens_seen, 1);
         assert_eq!(h.relay.stats().refused(), 0);
         // Paired connections are not timed out by the wait timeout.
         assert!(h.advance(Duration::from_secs(3600)).is_empty());
@@ -460,38 +496,67 @@ mod tests {
     }
 
     #[test]
-    fn bogus_token_is_refused() {
+    fn bogus_forged_and_foreign_tokens_are_refused() {
         let mut h = Harness::new(RelayConfig::default());
         h.issue(1);
-        assert_eq!(h.join(10, A, 2), Join::Refused(Refusal::UnknownToken));
-        assert_eq!(h.relay.stats().unknown_token, 1);
+        // Random bytes.
+        assert_eq!(
+            h.join_token(10, A, &[7; 32]),
+            Join::Refused(Refusal::UnknownToken)
+        );
+        // A genuine token with its nameplate or expiry changed.
+        let mut forged = h.tokens[&1];
+        forged[3] ^= 1;
+        assert_eq!(
+            h.join_token(11, A, &forged),
+            Join::Refused(Refusal::UnknownToken)
+        );
+        let mut later = h.tokens[&1];
+        later[7] = later[7].wrapping_add(100);
+        assert_eq!(
+            h.join_token(12, A, &later),
+            Join::Refused(Refusal::UnknownToken)
+        );
+        // Well-formed, but signed with another secret.
+        let other = TokenKey::from_secret(&[43; 32]).unwrap();
+        let foreign = other.issue(1, h.unix + 120, [1; 8]);
+        assert_eq!(
+            h.join_token(13, A, &foreign),
+            Join::Refused(Refusal::UnknownToken)
+        );
+        assert_eq!(h.relay.stats().unknown_token, 4);
         assert_eq!(h.relay.connection_count(), 0);
+        assert_eq!(
+            h.relay.token_count(),
+            0,
+            "refused tokens are not remembered"
+        );
+        // The genuine one still works.
+        assert_eq!(h.join(14, A, 1), Join::Wait);
     }
 
     #[test]
-    fn expired_token_is_refused_then_forgotten() {
-        let config = RelayConfig {
-            token_ttl: Duration::from_secs(60),
-            ..RelayConfig::default()
-        };
-        let mut h = Harness::new(config);
+    fn expired_token_is_refused_before_and_after_it_is_forgotten() {
+        let mut h = Harness::new(RelayConfig::default());
+        h.ttl = 60;
         h.issue(1);
-        assert_eq!(
-            h.relay.poll_timeout(),
-            Some(h.now + Duration::from_secs(120))
-        );
-        h.advance(Duration::from_secs(60));
-        assert_eq!(h.join(10, A, 1), Join::Refused(Refusal::Expired));
-        assert_eq!(h.relay.stats().expired, 1);
-        h.advance(Duration::from_secs(59));
-        assert_eq!(h.join(11, A, 1), Join::Refused(Refusal::Expired));
-        h.advance(Duration::from_secs(1));
-        assert_eq!(h.relay.token_count(), 0);
-        assert_eq!(h.join(11, A, 1), Join::Refused(Refusal::UnknownToken));
-        // One second before the TTL a fresh token still works.
         h.issue(2);
-        h.now += Duration::from_secs(59);
-        assert_eq!(h.join(12, A, 2), Join::Wait);
+        assert_eq!(h.join(10, A, 2), Join::Wait);
+        h.relay.handle_close(10);
+        assert_eq!(h.relay.token_count(), 1);
+        h.advance(Duration::from_secs(59));
+        // One second before the expiry a token still works.
+        assert_eq!(h.join(11, A, 1), Join::Wait);
+        h.relay.handle_close(11);
+        h.advance(Duration::from_secs(1));
+        assert_eq!(h.relay.token_count(), 0, "expired tokens are forgotten");
+        assert_eq!(h.join(12, A, 1), Join::Refused(Refusal::Expired));
+        assert_eq!(h.join(13, A, 2), Join::Refused(Refusal::Expired));
+        assert_eq!(h.relay.stats().expired, 2);
+        // A wall clock stepped back does not revive a forgotten token.
+        h.unix -= 3600;
+        assert_eq!(h.join(14, A, 2), Join::Refused(Refusal::Expired));
+        assert_eq!(h.relay.connection_count(), 0);
     }
 
     #[test]
@@ -503,11 +568,16 @@ mod tests {
         assert_eq!(h.join(12, C, 1), Join::Refused(Refusal::Reused));
         assert_eq!(h.relay.stats().reused, 1);
         assert_eq!(h.relay.connection_count(), 2);
-        // Even after one side of the pair closed, the token stays used.
+        // Even after both sides of the pair closed, the token stays used
+        // until it expires.
         h.relay.handle_close(10);
         assert_eq!(h.join(13, C, 1), Join::Refused(Refusal::Reused));
         h.relay.handle_close(11);
         assert_eq!(h.relay.connection_count(), 0);
+        h.advance(Duration::from_secs(119));
+        assert_eq!(h.join(14, C, 1), Join::Refused(Refusal::Reused));
+        h.advance(Duration::from_secs(1));
+        assert_eq!(h.join(15, C, 1), Join::Refused(Refusal::Expired));
     }
 
     #[test]
@@ -577,6 +647,7 @@ mod tests {
         };
         let mut h = Harness::new(config);
         h.issue(1);
+        assert_eq!(h.relay.poll_timeout(), None);
         assert_eq!(h.join(10, A, 1), Join::Wait);
         assert_eq!(
             h.relay.poll_timeout(),
@@ -586,6 +657,7 @@ mod tests {
         assert_eq!(h.advance(Duration::from_secs(1)), vec![10]);
         assert_eq!(h.relay.stats().wait_timeout, 1);
         assert_eq!(h.relay.connection_count(), 0);
+        assert_eq!(h.relay.poll_timeout(), None);
         // The driver's close after the timeout is harmless.
         h.relay.handle_close(10);
         // The token is still good for a fresh try by both sides.
@@ -594,22 +666,36 @@ mod tests {
     }
 
     #[test]
-    fn waiting_side_keeps_its_token_past_the_ttl_until_its_deadline() {
+    fn waiting_side_keeps_its_token_past_the_expiry_until_its_deadline() {
         let config = RelayConfig {
             wait_timeout: Duration::from_secs(30),
-            token_ttl: Duration::from_secs(20),
             ..RelayConfig::default()
         };
         let mut h = Harness::new(config);
+        h.ttl = 20;
         h.issue(1);
         assert_eq!(h.join(10, A, 1), Join::Wait);
         assert!(h.advance(Duration::from_secs(25)).is_empty());
-        // Past the TTL nobody new may present it, the partner included.
+        assert_eq!(h.relay.token_count(), 1);
+        // Past the expiry nobody new may present it, the partner included.
         assert_eq!(h.join(11, B, 1), Join::Refused(Refusal::Expired));
         assert_eq!(h.advance(Duration::from_secs(5)), vec![10]);
         assert_eq!(h.join(12, B, 1), Join::Refused(Refusal::Expired));
-        h.advance(Duration::from_secs(10));
+        h.advance(Duration::from_secs(1));
         assert_eq!(h.relay.token_count(), 0);
         assert_eq!(h.relay.poll_timeout(), None);
+    }
+
+    #[test]
+    fn tokens_are_remembered_only_until_they_expire() {
+        let mut h = Harness::new(RelayConfig::default());
+        for n in 1..=50 {
+            h.issue(n);
+            assert_eq!(h.join(u64::from(n), A, n), Join::Wait);
+            h.relay.handle_close(u64::from(n));
+        }
+        assert_eq!(h.relay.token_count(), 50);
+        h.advance(Duration::from_secs(120));
+        assert_eq!(h.relay.token_count(), 0);
     }
 }

@@ -1,7 +1,6 @@
 //! The tokio driver of the relay.
 //!
 //! ```text
-//! RelayServer::issue(nameplate, token)  <- the rendezvous actor, on claim
 //! RelayServer::handle(stream, peer, token, buffered)  <- a connection task,
 //!   after the first line `relay {token}`:
 //!   Relay::handle_join
@@ -19,10 +18,12 @@
 //! ```
 //!
 //! The core sits behind a `std::sync::Mutex` that is never held across an
-//! await, so the rendezvous actor can issue tokens synchronously.
+//! await. It learns of no token in advance: it checks each one with its
+//! [`TokenKey`], so the rendezvous server may run in this process (sharing
+//! the key) or on another host (sharing the secret).
 //!
 //! [`RelayServer::serve`] is a listener of its own for a relay that runs
-//! apart from the signalling listener (same process, e.g. a second port):
+//! apart from the signalling listener (`ferry relay`, or a second port):
 //! it reads the first line (at most `MAX_RELAY_FRAME` bytes, within 10 s)
 //! and calls [`RelayServer::handle`].
 
@@ -32,7 +33,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use ferry_proto::signal::{
@@ -46,7 +47,8 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tracing::debug;
 
-use crate::pairing::{ConnId, Join, Refusal, Relay, RelayConfig, Stats, Token};
+use crate::pairing::{ConnId, Join, Refusal, Relay, RelayConfig, Stats};
+use crate::token::{TokenKey, unix_secs};
 use crate::token_from_hex;
 
 /// Buffer size of each copy direction.
@@ -70,6 +72,7 @@ pub struct RelayServer {
 #[derive(Debug)]
 struct Inner {
     config: RelayConfig,
+    key: TokenKey,
     core: Mutex<Relay>,
     waiters: Mutex<HashMap<ConnId, oneshot::Sender<Handoff>>>,
     next_id: AtomicU64,
@@ -86,25 +89,24 @@ struct Handoff {
 }
 
 impl RelayServer {
-    /// A relay with these limits and no tokens yet.
-    pub fn new(config: RelayConfig) -> Self {
+    /// A relay with these limits that joins the holders of tokens `key`
+    /// signed.
+    pub fn new(config: RelayConfig, key: TokenKey) -> Self {
         RelayServer {
             inner: Arc::new(Inner {
-                core: Mutex::new(Relay::new(config.clone())),
+                core: Mutex::new(Relay::new(config.clone(), key.clone())),
                 config,
+                key,
                 waiters: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
             }),
         }
     }
 
-    /// Registers a token the rendezvous gave both sides of `nameplate`.
-    pub fn issue(&self, nameplate: u32, token: Token) {
-        let now = Instant::now().into_std();
-        let mut core = self.core();
-        core.handle_timeout(now);
-        core.issue(now, nameplate, token);
-        self.close_timed_out(&mut core);
+    /// The key this relay checks tokens with; a rendezvous server in the
+    /// same process signs its tokens with it.
+    pub fn key(&self) -> &TokenKey {
+        &self.inner.key
     }
 
     /// The refusal counters so far.
@@ -192,6 +194,13 @@ impl RelayServer {
             {
                 self.handle(stream, peer, token, input).await;
             }
+            Ok(Some(ClientToServer::Hello { .. })) => {
+                debug!(%peer, "signalling client at a relay-only listener");
+                let message = "this is a ferry relay only, not a rendezvous server; \
+                               point --server at the rendezvous server (`ferry serve`)";
+                let _ = send_error(&mut stream, ErrorCode::BadFrame, message).await;
+                linger(&mut stream).await;
+            }
             Ok(Some(ClientToServer::Relay { protocol, .. })) => {
                 debug!(%peer, protocol, "relay protocol version mismatch");
                 let message = format!(
@@ -223,16 +232,17 @@ impl RelayServer {
         let mut stream = stream;
         let _ = stream.set_nodelay(true);
         let now = Instant::now().into_std();
+        let unix = unix_secs(SystemTime::now());
         let (tx, rx) = oneshot::channel();
         let join = {
             let token = token_from_hex(&token).unwrap_or_else(|| {
                 debug!(%peer, "relay token is not 64 hex digits");
-                // Never issued, so counted and refused like any unknown token.
+                // Fails the MAC check, so counted and refused like any unknown token.
                 [0u8; 32]
             });
             let mut core = self.core();
-            core.handle_timeout(now);
-            let join = core.handle_join(now, conn, peer.ip(), &token);
+            core.handle_timeout(now, unix);
+            let join = core.handle_join(now, unix, conn, peer.ip(), &token);
             if join == Join::Wait {
                 // Registered under the core's lock, so a partner that joins
                 // right after us finds our inbox.
@@ -325,7 +335,7 @@ impl RelayServer {
                 },
                 _ = sleep_until(deadline) => {
                     let mut core = self.core();
-                    core.handle_timeout(Instant::now().into_std());
+                    core.handle_timeout(Instant::now().into_std(), unix_secs(SystemTime::now()));
                     self.close_timed_out(&mut core);
                     // Normally our sender is gone now; if not, look again shortly.
                     deadline = Instant::now() + Duration::from_millis(50);

@@ -1,30 +1,45 @@
-//! The relay driver on its own listener, over real sockets on 127.0.0.1:
-//! idle timeout and rate limit, which the rendezvous tests do not cover.
+//! The relay driver on its own listener (as `ferry relay` runs it), over
+//! real sockets on 127.0.0.1: signed tokens from a rendezvous it never
+//! talks to, idle timeout and rate limit.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ferry_proto::signal::ErrorCode;
-use ferry_relay::{RelayConfig, RelayError, RelayServer, relay_connect};
+use ferry_relay::token::unix_secs;
+use ferry_relay::{RelayConfig, RelayError, RelayServer, Token, TokenKey, relay_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout};
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The secret the relay and the (absent) rendezvous server share.
+fn shared_key() -> TokenKey {
+    TokenKey::from_hex(&"5e".repeat(32)).unwrap()
+}
+
+/// A token as the rendezvous server would sign it, expiring `secs` from
+/// now (negative: already expired).
+fn token_for(key: &TokenKey, nameplate: u32, secs: i64) -> Token {
+    let now = unix_secs(SystemTime::now());
+    let expires = now.saturating_add_signed(secs);
+    key.issue(nameplate, expires, rand::random())
+}
+
 /// A relay on a listener of its own.
 async fn start(config: RelayConfig) -> (SocketAddr, RelayServer) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let relay = RelayServer::new(config);
+    let relay = RelayServer::new(config, shared_key());
     let server = relay.clone();
     tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
     (addr, relay)
 }
 
-async fn pair(addr: SocketAddr, relay: &RelayServer, token: [u8; 32]) -> (TcpStream, TcpStream) {
-    relay.issue(1, token);
+async fn pair(addr: SocketAddr, nameplate: u32) -> (TcpStream, TcpStream) {
+    let token = token_for(&shared_key(), nameplate, 120);
     let (a, b) = tokio::join!(
         relay_connect(addr, &token, WAIT),
         relay_connect(addr, &token, WAIT)
@@ -34,12 +49,12 @@ async fn pair(addr: SocketAddr, relay: &RelayServer, token: [u8; 32]) -> (TcpStr
 
 #[tokio::test]
 async fn idle_pair_is_closed_and_a_busy_one_is_not() {
-    let (addr, relay) = start(RelayConfig {
+    let (addr, _relay) = start(RelayConfig {
         idle_timeout: Duration::from_millis(400),
         ..RelayConfig::default()
     })
     .await;
-    let (mut a, mut b) = pair(addr, &relay, [1; 32]).await;
+    let (mut a, mut b) = pair(addr, 1).await;
     // Busy: a byte every 100 ms for 1.2 s keeps the pair open.
     let mut byte = [0u8; 1];
     for i in 0..12u8 {
@@ -68,12 +83,12 @@ async fn idle_pair_is_closed_and_a_busy_one_is_not() {
 #[tokio::test]
 async fn rate_limit_paces_a_pair() {
     const RATE: u64 = 1 << 20;
-    let (addr, relay) = start(RelayConfig {
+    let (addr, _relay) = start(RelayConfig {
         rate_limit: Some(RATE),
         ..RelayConfig::default()
     })
     .await;
-    let (a, mut b) = pair(addr, &relay, [2; 32]).await;
+    let (a, mut b) = pair(addr, 2).await;
     let data: Vec<u8> = (0..3 * RATE as usize).map(|i| (i % 251) as u8).collect();
     let sent = data.clone();
     let started = Instant::now();
@@ -94,6 +109,68 @@ async fn rate_limit_paces_a_pair() {
     // One second of burst, then 2 MiB at 1 MiB/s.
     assert!(took >= Duration::from_millis(1700), "{took:?}");
     assert!(took < Duration::from_secs(6), "{took:?}");
+}
+
+async fn ping_pong(a: &mut TcpStream, b: &mut TcpStream, text: &[u8]) {
+    a.write_all(text).await.unwrap();
+    let mut got = vec![0u8; text.len()];
+    timeout(WAIT, b.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, text);
+}
+
+fn refusal(result: Result<TcpStream, RelayError>) -> (ErrorCode, String) {
+    match result {
+        Err(RelayError::Refused { code, message, .. }) => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn standalone_relay_refuses_foreign_expired_and_reused_tokens() {
+    let (addr, relay) = start(RelayConfig::default()).await;
+    // A genuine pair, signed with the shared secret.
+    let token = token_for(&shared_key(), 7, 120);
+    let (a, b) = tokio::join!(
+        relay_connect(addr, &token, WAIT),
+        relay_connect(addr, &token, WAIT)
+    );
+    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    ping_pong(&mut a, &mut b, b"genuine").await;
+
+    // Well-formed and fresh, but signed with another secret.
+    let other = TokenKey::from_hex(&"a7".repeat(32)).unwrap();
+    let foreign = token_for(&other, 7, 120);
+    let (code, message) = refusal(relay_connect(addr, &foreign, WAIT).await);
+    assert_eq!(code, ErrorCode::RelayRefused);
+    assert!(message.contains("unknown relay token"), "{message}");
+    assert!(message.contains("--relay-secret-file"), "{message}");
+
+    // Signed with the right secret, but its time is up.
+    let expired = token_for(&shared_key(), 8, -1);
+    let (code, message) = refusal(relay_connect(addr, &expired, WAIT).await);
+    assert_eq!(code, ErrorCode::RelayRefused);
+    assert!(message.contains("expired"), "{message}");
+
+    // The genuine token, a third time.
+    let (code, message) = refusal(relay_connect(addr, &token, WAIT).await);
+    assert_eq!(code, ErrorCode::RelayRefused);
+    assert!(message.contains("already used"), "{message}");
+
+    // The pair did not notice, and each refusal was counted.
+    ping_pong(&mut b, &mut a, b"still fine").await;
+    let stats = relay.stats();
+    assert_eq!(
+        (
+            stats.paired,
+            stats.unknown_token,
+            stats.expired,
+            stats.reused
+        ),
+        (1, 1, 1, 1)
+    );
 }
 
 #[tokio::test]
@@ -137,6 +214,7 @@ async fn serve_refuses_a_connection_that_is_not_relay() {
         .unwrap()
         .unwrap();
     assert!(answer.contains("bad-frame"), "{answer}");
+    assert!(answer.contains("relay only"), "{answer}");
     // A line longer than 1 KiB is refused too.
     let mut raw = TcpStream::connect(addr).await.unwrap();
     let _ = raw.write_all(&[b'x'; 2048]).await;

@@ -1,7 +1,8 @@
 //! The tokio client of the rendezvous server.
 //!
 //! ```text
-//! SignalClient::connect("host:port")  -- TCP connect, hello, welcome (10 s)
+//! SignalClient::connect("host:port")  -- TCP connect, hello, welcome (10 s);
+//!                                        resolves the relay the welcome names
 //!   background task owns the socket:
 //!     answers server pings, pings the server every heartbeat,
 //!     gives up (ServerGone) after 3 silent heartbeats,
@@ -51,6 +52,10 @@ pub struct Welcome {
     pub local_addr: SocketAddr,
     /// UDP port of the server's STUN responder, when it runs one.
     pub stun_port: Option<u16>,
+    /// Where the relay answers (when the server issues relay tokens): the
+    /// address the server advertised in its welcome, resolved, or else
+    /// the server's own address ([`server_addr`](Self::server_addr)).
+    pub relay_addr: SocketAddr,
 }
 
 /// Something the other side of the nameplate did.
@@ -129,6 +134,18 @@ pub enum SignalError {
         code: ErrorCode,
         /// The server's explanation.
         message: String,
+    },
+    /// The relay the server advertised did not resolve.
+    #[error(
+        "could not resolve the relay {relay} that the rendezvous server at {server} names: {reason}; check this computer's DNS, or ask the server's operator to fix its --relay-url"
+    )]
+    RelayResolve {
+        /// The server.
+        server: String,
+        /// The relay's `host:port`, as advertised.
+        relay: String,
+        /// Why.
+        reason: String,
     },
     /// The server sent something this client does not understand.
     #[error("the rendezvous server at {server} broke the protocol: {reason}")]
@@ -486,13 +503,14 @@ async fn handshake(
             Err(e) => return Err(gone(e.to_string())),
         }
     };
-    let (observed, heartbeat_secs, stun_port) = match first {
+    let (observed, heartbeat_secs, stun_port, relay) = match first {
         ServerToClient::Welcome {
             observed_addr,
             heartbeat_secs,
             stun_port,
+            relay_addr,
             ..
-        } => (observed_addr, heartbeat_secs, stun_port),
+        } => (observed_addr, heartbeat_secs, stun_port, relay_addr),
         ServerToClient::Error { code, message } => {
             return Err(SignalError::Server { code, message });
         }
@@ -501,14 +519,45 @@ async fn handshake(
     let observed_addr = observed
         .parse()
         .map_err(|_| protocol(format!("bad observed address {observed:?}")))?;
+    let server_addr = stream.peer_addr().map_err(|e| gone(e.to_string()))?;
+    let relay_addr = match relay {
+        Some(relay) => resolve_relay(server, &relay, server_addr).await?,
+        None => server_addr,
+    };
     let welcome = Welcome {
         observed_addr,
-        server_addr: stream.peer_addr().map_err(|e| gone(e.to_string()))?,
+        server_addr,
         local_addr: stream.local_addr().map_err(|e| gone(e.to_string()))?,
         stun_port,
+        relay_addr,
     };
     let heartbeat = Duration::from_secs(u64::from(heartbeat_secs.clamp(1, 300)));
     Ok((stream, input, welcome, heartbeat))
+}
+
+/// Resolves the relay's `host:port`, preferring the address family of the
+/// server we reached (the network that worked for it likely works for
+/// the relay too).
+async fn resolve_relay(
+    server: &str,
+    relay: &str,
+    server_addr: SocketAddr,
+) -> Result<SocketAddr, SignalError> {
+    let failed = |reason: String| SignalError::RelayResolve {
+        server: server.to_string(),
+        relay: relay.to_string(),
+        reason,
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(relay)
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4() == server_addr.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| failed("no addresses found".into()))
 }
 
 /// The background task owning the socket.

@@ -19,15 +19,13 @@
 //! signalling; `relay {token}` hands the connection (with any bytes read
 //! beyond that line) to the [`RelayServer`], which pairs it and pipes bytes
 //! until the pair ends; the connection keeps its connection-limit permits
-//! meanwhile. Without a relay configured, relay frames get
-//! `error {relay-refused}`.
+//! meanwhile. Without a relay here, relay frames get `error {relay-refused}`.
 //!
-//! Token sharing: the actor owns the rendezvous core and a clone of the
-//! [`RelayServer`] handle. When a claim makes the core draw a relay token,
-//! the actor drains [`Rendezvous::poll_relay_token`] into
-//! [`RelayServer::issue`] (a short, synchronous lock on the relay core)
-//! *before* it queues the `claimed` / `peer-joined` frames carrying the
-//! token, so no client can present a token the relay does not know yet.
+//! Relay tokens: the core signs them with a [`TokenKey`] and the relay
+//! checks them with the same key, so nothing passes between the two. With
+//! a relay in this process the key is the relay's own (random, made at
+//! start-up); with the relay on another host (`Config::relay_addr`, told
+//! to clients in the welcome) it comes from the secret both hold.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,7 +38,8 @@ use ferry_proto::signal::{
     ClientToServer, ErrorCode, FrameError, MAX_FRAME, RELAY_PROTOCOL_VERSION, ServerToClient,
     decode_frame, encode_frame,
 };
-use ferry_relay::{RelayConfig, RelayServer};
+use ferry_relay::token::unix_secs;
+use ferry_relay::{RelayConfig, RelayServer, TokenKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -73,8 +72,11 @@ pub struct ServerConfig {
     /// Connections served at once from one IP address (default 16). Relay
     /// connections count here too.
     pub max_connections_per_ip: usize,
-    /// The relay on the same listener, with its limits (default none: no
-    /// relay tokens are issued and relay connections are refused).
+    /// A relay on the same listener, with its limits (default none: relay
+    /// connections are refused, and relay tokens are issued only when
+    /// `rendezvous.relay_key` is set, for a relay on another host). Its
+    /// tokens are signed with `rendezvous.relay_key` when set, else with a
+    /// random key made at start.
     pub relay: Option<RelayConfig>,
 }
 
@@ -99,13 +101,21 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let relay = config.relay.clone().map(RelayServer::new);
+    let relay = config.relay.clone().map(|relay| {
+        let key = config
+            .rendezvous
+            .relay_key
+            .clone()
+            .unwrap_or_else(random_key);
+        RelayServer::new(relay, key)
+    });
     serve_with_relay(listener, config, relay, shutdown).await
 }
 
 /// Like [`serve`], with a relay the caller made (to read its
-/// [`stats`](RelayServer::stats), or share it); `config.relay` is ignored.
-/// `None` runs no relay.
+/// [`stats`](RelayServer::stats), or share it); `config.relay` is ignored
+/// and tokens are signed with the relay's key. `None` runs no relay here
+/// (tokens are still issued when `config.rendezvous.relay_key` is set).
 pub async fn serve_with_relay(
     listener: TcpListener,
     config: ServerConfig,
@@ -113,14 +123,21 @@ pub async fn serve_with_relay(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
-    info!(%local, relay = relay.is_some(), "rendezvous server listening");
     let mut core_config = config.rendezvous.clone();
-    core_config.relay = relay.is_some();
-    // 32 bytes of seed: relay tokens come from this rng.
+    if let Some(relay) = &relay {
+        core_config.relay_key = Some(relay.key().clone());
+    }
+    info!(
+        %local,
+        relay_here = relay.is_some(),
+        relay_elsewhere = ?core_config.relay_addr,
+        "rendezvous server listening"
+    );
+    // 32 bytes of seed: relay token nonces come from this rng.
     let core = Rendezvous::with_seed(core_config, rand::random::<[u8; 32]>());
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
     let (stop_tx, stop_rx) = oneshot::channel();
-    let actor = tokio::spawn(actor(core, relay.clone(), inbox_rx, stop_rx));
+    let actor = tokio::spawn(actor(core, inbox_rx, stop_rx));
 
     let semaphore = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
@@ -178,6 +195,12 @@ pub async fn serve_with_relay(
     Ok(())
 }
 
+/// A relay key from 32 bytes of the OS's randomness, for a relay whose
+/// rendezvous server runs in the same process.
+fn random_key() -> TokenKey {
+    TokenKey::from_random(rand::random())
+}
+
 /// Messages from connection tasks to the actor.
 enum ActorMsg {
     Connect {
@@ -207,7 +230,6 @@ enum Out {
 
 async fn actor(
     mut core: Rendezvous,
-    relay: Option<RelayServer>,
     mut inbox: mpsc::Receiver<ActorMsg>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -226,6 +248,7 @@ async fn actor(
             msg = inbox.recv() => {
                 let Some(msg) = msg else { break };
                 let now = Instant::now().into_std();
+                core.handle_unix_time(unix_secs(std::time::SystemTime::now()));
                 match msg {
                     ActorMsg::Connect { id, addr, out } => {
                         conns.insert(id, out);
@@ -241,7 +264,7 @@ async fn actor(
             }
             _ = timer => core.handle_timeout(Instant::now().into_std()),
         }
-        flush(&mut core, relay.as_ref(), &mut conns);
+        flush(&mut core, &mut conns);
     }
     for (_, out) in conns.drain() {
         let _ = out.try_send(Out::Frame(ServerToClient::Error {
@@ -252,19 +275,9 @@ async fn actor(
     }
 }
 
-/// Hands the core's relay tokens to the relay, then its frames and closes
-/// to the connection tasks.
-fn flush(
-    core: &mut Rendezvous,
-    relay: Option<&RelayServer>,
-    conns: &mut HashMap<ClientId, mpsc::Sender<Out>>,
-) {
+/// Hands the core's frames and closes to the connection tasks.
+fn flush(core: &mut Rendezvous, conns: &mut HashMap<ClientId, mpsc::Sender<Out>>) {
     loop {
-        while let Some((nameplate, token)) = core.poll_relay_token() {
-            if let Some(relay) = relay {
-                relay.issue(nameplate, token);
-            }
-        }
         while let Some((id, msg)) = core.poll_transmit() {
             let Some(out) = conns.get(&id) else { continue };
             if out.try_send(Out::Frame(msg)).is_err() {

@@ -6,12 +6,14 @@
 //! frames are flushed), and sleeps until [`Rendezvous::poll_timeout`].
 //!
 //! ```text
-//! connect -> hello -> welcome{observed_addr}
+//! connect -> hello -> welcome{observed_addr, relay_addr when the relay
+//!                              runs on another host}
 //!   allocate -> allocated{n}            (side 0 of nameplate n)
 //!   claim{n} -> claimed{n}              (side 1); side 0 gets peer-joined
-//!               with Config::relay, both carry the same fresh relay token,
-//!               which poll_relay_token() hands the driver *before* the
-//!               frames go out, so the relay knows it first
+//!               with Config::relay_key, both carry the same fresh relay
+//!               token: (n, expiry, nonce) signed with the key, which the
+//!               relay checks on its own (see ferry_relay::token); the
+//!               expiry is wall-clock time, from handle_unix_time()
 //!   send{body} -> other side gets message{body}
 //!                 (queued, up to MAX_PENDING_MESSAGES, while side 1 has not come)
 //!   release{reason} / disconnect / silence for 3 heartbeats
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use ferry_proto::signal::{
     ClientToServer, ErrorCode, FrameError, PROTOCOL_VERSION, ServerToClient,
 };
+use ferry_relay::TokenKey;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tracing::{debug, info};
@@ -61,9 +64,16 @@ pub struct Config {
     /// The UDP port of the STUN responder on this host, told to clients in
     /// the welcome (default none).
     pub stun_port: Option<u16>,
-    /// Whether a relay runs beside this server: then every claim draws a
-    /// relay token for both sides (default false).
-    pub relay: bool,
+    /// The key relay tokens are signed with: with one, every claim gives
+    /// both sides a relay token (default none: no relay).
+    pub relay_key: Option<TokenKey>,
+    /// How long a relay token may be presented, rounded up to whole
+    /// seconds (default 120 s).
+    pub relay_token_ttl: Duration,
+    /// Where the relay is, `host:port`, told to clients in the welcome
+    /// when it runs apart from this server (default none: the relay, if
+    /// any, answers on this server's own address).
+    pub relay_addr: Option<String>,
 }
 
 impl Default for Config {
@@ -73,7 +83,9 @@ impl Default for Config {
             max_nameplates: 10_000,
             heartbeat: Duration::from_secs(5),
             stun_port: None,
-            relay: false,
+            relay_key: None,
+            relay_token_ttl: Duration::from_secs(120),
+            relay_addr: None,
         }
     }
 }
@@ -89,7 +101,8 @@ pub struct Rendezvous {
     rejoins: HashMap<String, u32>,
     transmits: VecDeque<(ClientId, ServerToClient)>,
     closes: VecDeque<ClientId>,
-    relay_tokens: VecDeque<(u32, [u8; 32])>,
+    /// Wall-clock time, Unix seconds, as the driver last said.
+    unix: u64,
     next_ping_id: u64,
 }
 
@@ -132,7 +145,7 @@ impl Rendezvous {
     }
 
     /// A fresh server state whose rng is seeded with 32 bytes, so relay
-    /// tokens carry the seed's full entropy.
+    /// token nonces carry the seed's full entropy.
     pub fn with_seed(config: Config, seed: [u8; 32]) -> Self {
         Self::from_rng(config, StdRng::from_seed(seed))
     }
@@ -146,9 +159,16 @@ impl Rendezvous {
             rejoins: HashMap::new(),
             transmits: VecDeque::new(),
             closes: VecDeque::new(),
-            relay_tokens: VecDeque::new(),
+            unix: 0,
             next_ping_id: 1,
         }
+    }
+
+    /// The wall-clock time, in seconds since the Unix epoch. Relay tokens
+    /// carry their expiry in it, so that a relay on another host can check
+    /// it; the driver says the time before it feeds anything else.
+    pub fn handle_unix_time(&mut self, unix: u64) {
+        self.unix = unix;
     }
 
     /// A new connection from `peer_addr`. It must say hello within three
@@ -186,6 +206,7 @@ impl Rendezvous {
                         observed_addr: state.addr.to_string(),
                         heartbeat_secs: heartbeat_secs(self.config.heartbeat),
                         stun_port: self.config.stun_port,
+                        relay_addr: self.config.relay_addr.clone(),
                     };
                     self.transmits.push_back((client, welcome));
                 }
@@ -320,13 +341,6 @@ impl Rendezvous {
         self.closes.pop_front()
     }
 
-    /// The next relay token to register with the relay, with its
-    /// nameplate. Drain this before [`Rendezvous::poll_transmit`], so the
-    /// relay knows a token before any client can present it.
-    pub fn poll_relay_token(&mut self) -> Option<(u32, [u8; 32])> {
-        self.relay_tokens.pop_front()
-    }
-
     /// When [`Rendezvous::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let silence = self.config.heartbeat * MISSED_HEARTBEATS;
@@ -446,13 +460,11 @@ impl Rendezvous {
         if let Some(state) = self.clients.get_mut(&client) {
             state.nameplate = Some(number);
         }
-        let relay_token = if self.config.relay {
-            let token: [u8; 32] = self.rng.r#gen();
-            self.relay_tokens.push_back((number, token));
-            Some(hex::encode(token))
-        } else {
-            None
-        };
+        let relay_token = self.config.relay_key.as_ref().map(|key| {
+            let expires = ferry_relay::token::expiry(self.unix, self.config.relay_token_ttl);
+            let token = key.issue(number, expires, self.rng.r#gen());
+            ferry_relay::token_to_hex(&token)
+        });
         self.transmits.push_back((
             client,
             ServerToClient::Claimed {
@@ -733,6 +745,7 @@ mod tests {
                         observed_addr: format!("198.51.100.7:{}", 40000 + client as u16),
                         heartbeat_secs: 5,
                         stun_port: None,
+                        relay_addr: None,
                     }
                 )]
             );
@@ -1137,46 +1150,50 @@ mod tests {
     }
 
     #[test]
-    fn claim_issues_one_relay_token_to_both_sides() {
+    fn claim_issues_one_signed_relay_token_to_both_sides() {
+        let key = TokenKey::from_secret(&[5; 32]).unwrap();
         let config = Config {
-            relay: true,
+            relay_key: Some(key.clone()),
+            relay_token_ttl: Duration::from_secs(90),
             ..Config::default()
         };
         let mut h = Harness::new(config);
-        assert!(h.core.poll_relay_token().is_none());
+        h.core.handle_unix_time(1_700_000_000);
         h.greet(1);
         h.greet(2);
         h.msg(1, ClientToServer::Allocate);
         let [(1, ServerToClient::Allocated { nameplate })] = h.drain()[..] else {
             panic!("no allocation");
         };
-        assert!(
-            h.core.poll_relay_token().is_none(),
-            "no token before the claim"
-        );
         h.msg(2, ClientToServer::Claim { nameplate });
-        let (number, token) = h.core.poll_relay_token().expect("a token on claim");
-        assert_eq!(number, nameplate);
-        assert!(h.core.poll_relay_token().is_none());
-        let hex = hex::encode(token);
-        assert_eq!(
-            h.drain(),
-            vec![
-                (
-                    2,
-                    ServerToClient::Claimed {
-                        nameplate,
-                        relay_token: Some(hex.clone())
-                    }
-                ),
-                (
-                    1,
-                    ServerToClient::PeerJoined {
-                        relay_token: Some(hex)
-                    }
-                )
-            ]
-        );
+        let out = h.drain();
+        let [
+            (
+                2,
+                ServerToClient::Claimed {
+                    relay_token: Some(ref claimed),
+                    ..
+                },
+            ),
+            (
+                1,
+                ServerToClient::PeerJoined {
+                    relay_token: Some(ref joined),
+                },
+            ),
+        ] = out[..]
+        else {
+            panic!("no token for both sides: {out:?}");
+        };
+        assert_eq!(claimed, joined, "both sides got the same token");
+        let token = ferry_relay::token_from_hex(claimed).expect("64 hex digits");
+        // The relay's view: signed with the key, bound to this nameplate,
+        // expiring one TTL after the claim.
+        let claims = key.verify(&token).expect("signed with the relay key");
+        assert_eq!(claims.nameplate, nameplate);
+        assert_eq!(claims.expires, 1_700_000_090);
+        let other_key = TokenKey::from_secret(&[6; 32]).unwrap();
+        assert_eq!(other_key.verify(&token), None);
         // Another pair gets another token.
         h.greet(3);
         h.greet(4);
@@ -1185,8 +1202,44 @@ mod tests {
             panic!("no allocation");
         };
         h.msg(4, ClientToServer::Claim { nameplate });
-        let (_, other) = h.core.poll_relay_token().unwrap();
-        assert_ne!(other, token);
+        let out = h.drain();
+        let [
+            (
+                4,
+                ServerToClient::Claimed {
+                    relay_token: Some(ref other),
+                    ..
+                },
+            ),
+            ..,
+        ] = out[..]
+        else {
+            panic!("no token: {out:?}");
+        };
+        assert_ne!(other, claimed);
+    }
+
+    #[test]
+    fn welcome_names_a_relay_on_another_host() {
+        let config = Config {
+            relay_key: Some(TokenKey::from_secret(&[5; 32]).unwrap()),
+            relay_addr: Some("relay.example.org:443".into()),
+            ..Config::default()
+        };
+        let mut h = Harness::new(config);
+        h.core.handle_connect(h.now, 1, addr(1));
+        h.msg(
+            1,
+            ClientToServer::Hello {
+                protocol: PROTOCOL_VERSION,
+                agent: "test".into(),
+            },
+        );
+        let out = h.drain();
+        let [(1, ServerToClient::Welcome { ref relay_addr, .. })] = out[..] else {
+            panic!("no welcome: {out:?}");
+        };
+        assert_eq!(relay_addr.as_deref(), Some("relay.example.org:443"));
     }
 
     #[test]
@@ -1234,7 +1287,7 @@ mod tests {
     #[test]
     fn rejoin_meets_the_peer_again_with_a_fresh_relay_token() {
         let mut h = Harness::new(Config {
-            relay: true,
+            relay_key: Some(TokenKey::from_secret(&[5; 32]).unwrap()),
             ..Config::default()
         });
         h.greet(1);
@@ -1278,7 +1331,6 @@ mod tests {
             ] if *n == nameplate && t == u && body == "early" => t.clone(),
             other => panic!("unexpected {other:?}"),
         };
-        assert!(h.core.poll_relay_token().is_some());
         // A third party on the same channel is refused.
         let out = rejoin(&mut h, 3, CHANNEL);
         assert_eq!(error_code(&out), vec![(3, ErrorCode::NameplateTaken)]);

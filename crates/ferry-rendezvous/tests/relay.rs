@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ferry_proto::signal::ErrorCode;
-use ferry_relay::{RelayConfig, RelayError, RelayServer, relay_connect};
-use ferry_rendezvous::{ServerConfig, SignalClient, SignalEvent, serve, serve_with_relay};
+use ferry_relay::{RelayConfig, RelayError, RelayServer, TokenKey, relay_connect};
+use ferry_rendezvous::{Config, ServerConfig, SignalClient, SignalEvent, serve, serve_with_relay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -24,19 +24,19 @@ struct Server {
 
 impl Server {
     async fn start(relay: Option<RelayConfig>) -> Server {
+        Self::start_with(relay, ServerConfig::default()).await
+    }
+
+    async fn start_with(relay: Option<RelayConfig>, config: ServerConfig) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let relay = relay.map(RelayServer::new);
+        let relay =
+            relay.map(|config| RelayServer::new(config, TokenKey::from_random(rand::random())));
         let shutdown = async {
             let _ = stopped.await;
         };
-        let task = tokio::spawn(serve_with_relay(
-            listener,
-            ServerConfig::default(),
-            relay.clone(),
-            shutdown,
-        ));
+        let task = tokio::spawn(serve_with_relay(listener, config, relay.clone(), shutdown));
         Server {
             addr,
             relay,
@@ -155,12 +155,16 @@ async fn pair_exchanges_32_mib_both_ways_through_the_relay() {
 
 #[tokio::test]
 async fn bogus_reused_and_expired_tokens_are_refused_while_the_pair_works() {
-    let ttl = Duration::from_millis(800);
-    let server = Server::start(Some(RelayConfig {
-        token_ttl: ttl,
-        ..RelayConfig::default()
-    }))
-    .await;
+    // Expiry is in whole seconds of wall-clock time.
+    let ttl = Duration::from_secs(1);
+    let config = ServerConfig {
+        rendezvous: Config {
+            relay_token_ttl: ttl,
+            ..Config::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::start_with(Some(RelayConfig::default()), config).await;
     let (_s1, _r1, token) = server.pair().await;
     let (mut a, mut b) = server.relay_pair(token).await;
     ping_pong(&mut a, &mut b, b"before").await;
@@ -175,7 +179,7 @@ async fn bogus_reused_and_expired_tokens_are_refused_while_the_pair_works() {
 
     // A second nameplate's token, presented after its TTL.
     let (_s2, _r2, late) = server.pair().await;
-    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    tokio::time::sleep(ttl + Duration::from_millis(1100)).await;
     let (code, message) = refused_code(relay_connect(server.addr, &late, WAIT).await);
     assert_eq!(code, ErrorCode::RelayRefused);
     assert!(message.contains("expired"), "{message}");
@@ -333,4 +337,58 @@ async fn serve_config_relay_enables_the_relay() {
         relay_connect(addr, &token, WAIT)
     );
     ping_pong(&mut a.unwrap(), &mut b.unwrap(), b"via serve()").await;
+}
+
+#[tokio::test]
+async fn relay_on_another_listener_pairs_with_tokens_from_the_rendezvous() {
+    // The relay on its own listener, as `ferry relay` runs it, sharing only
+    // the secret with the rendezvous server, which advertises it.
+    let secret = "0123456789abcdef".repeat(4);
+    let relay_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay_listener.local_addr().unwrap();
+    let relay = RelayServer::new(RelayConfig::default(), TokenKey::from_hex(&secret).unwrap());
+    let standalone = relay.clone();
+    tokio::spawn(async move {
+        standalone
+            .serve(relay_listener, std::future::pending())
+            .await
+    });
+    let config = ServerConfig {
+        rendezvous: Config {
+            relay_key: Some(TokenKey::from_hex(&secret).unwrap()),
+            relay_addr: Some(format!("localhost:{}", relay_addr.port())),
+            ..Config::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::start_with(None, config).await;
+    let name = server.addr.to_string();
+    let (mut sender, welcome) = SignalClient::connect(&name).await.unwrap();
+    assert_eq!(welcome.relay_addr.port(), relay_addr.port(), "{welcome:?}");
+    assert!(welcome.relay_addr.ip().is_loopback(), "{welcome:?}");
+    assert_ne!(welcome.relay_addr, welcome.server_addr);
+    let (mut receiver, _) = SignalClient::connect(&name).await.unwrap();
+    let nameplate = sender.allocate().await.unwrap();
+    receiver.claim(nameplate).await.unwrap();
+    timeout(WAIT, sender.recv()).await.unwrap().unwrap();
+    let token = receiver.relay_token().expect("tokens for the remote relay");
+    assert_eq!(sender.relay_token(), Some(token));
+    // The rendezvous listener itself relays nothing.
+    let (code, _) = refused_code(relay_connect(server.addr, &token, WAIT).await);
+    assert_eq!(code, ErrorCode::RelayRefused);
+    let (a, b) = tokio::join!(
+        relay_connect(welcome.relay_addr, &token, WAIT),
+        relay_connect(welcome.relay_addr, &token, WAIT)
+    );
+    ping_pong(&mut a.unwrap(), &mut b.unwrap(), b"across hosts").await;
+    assert_eq!(relay.stats().paired, 1);
+}
+
+#[tokio::test]
+async fn welcome_with_the_server_address_when_the_relay_is_here() {
+    let server = Server::start(Some(RelayConfig::default())).await;
+    let (_client, welcome) = SignalClient::connect(&server.addr.to_string())
+        .await
+        .unwrap();
+    assert_eq!(welcome.relay_addr, server.addr);
 }

@@ -164,6 +164,8 @@ impl Drop for Proc {
 /// A real `ferry serve` on 127.0.0.1 with an ephemeral port.
 pub struct Server {
     pub addr: String,
+    /// Its `listening` event.
+    pub listening: Value,
     proc: Proc,
 }
 
@@ -188,7 +190,11 @@ impl Server {
         let mut proc = Proc::spawn(cmd);
         let ev = proc.wait_event("listening", Duration::from_secs(20));
         let addr = ev["signal"].as_str().unwrap().to_string();
-        Server { addr, proc }
+        Server {
+            addr,
+            listening: ev,
+            proc,
+        }
     }
 
     /// Kills the server (every connection through it breaks at once, the
@@ -212,6 +218,34 @@ impl Server {
         self.proc = Proc::spawn(cmd);
         self.proc.wait_event("listening", Duration::from_secs(20));
     }
+}
+
+/// A real `ferry relay` (the relay alone) on `listen` (e.g. 127.0.0.2:0),
+/// checking tokens with the secret in `secret_file`.
+pub struct Relay {
+    pub addr: String,
+    proc: Proc,
+}
+
+impl Relay {
+    pub fn start(listen: &str, secret_file: &Path) -> Relay {
+        let mut cmd = ferry();
+        cmd.args(["relay", "--json", "--listen", listen, "--relay-secret-file"])
+            .arg(secret_file);
+        let mut proc = Proc::spawn(cmd);
+        let ev = proc.wait_event("listening", Duration::from_secs(20));
+        let addr = ev["relay"].as_str().unwrap().to_string();
+        Relay { addr, proc }
+    }
+}
+
+/// Writes a fresh relay secret (32 random bytes as hex) to `path`.
+pub fn relay_secret(path: &Path) {
+    use rand::RngCore;
+    let mut secret = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut secret);
+    let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(path, text + "\n").unwrap();
 }
 
 /// Starts `ferry send --json` and waits for its code.

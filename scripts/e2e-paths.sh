@@ -20,6 +20,14 @@ transfer() {
     echo "== $CASE: expect ${want}"
     lab_up "$@" || return 0
     if [ "$1" = upnp ]; then lab stun stop >/dev/null; fi
+    if [ -n "${SEPARATE_RELAY:-}" ]; then
+        # `ferry relay` on the server's second address; the rendezvous
+        # names it to the clients and signs their tokens for it.
+        "$LAB" exec server -- "$FERRY" relay --listen "$SEPARATE_RELAY" \
+            --relay-secret-file "$E2E_WORK/relay.secret" \
+            >"$E2E_WORK/relay.out" 2>"$E2E_WORK/relay.log" &
+        RELAY_PID=$!
+    fi
     start_server "${SERVER_EXTRA[@]}" || return 0
     local tag out send_out recv_out
     tag=${CASE//[^a-zA-Z0-9]/_}
@@ -107,6 +115,16 @@ WANT_REASON=
 transfer "port-restricted <-> symmetric" relay "$SIGNAL" nat --a port-restricted --b symmetric
 transfer "only TCP 443 out, both sides" relay "$SIGNAL" tcp443-only
 transfer "UDP blocked, TCP only to 443" relay "$SIGNAL" nat --a tcp443-only --b udp-blocked
+# The relay apart from the rendezvous (on the server's second address).
+od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$E2E_WORK/relay.secret"
+SEPARATE_RELAY="$SERVER_ALT_IP:443"
+SERVER_EXTRA=(--relay-url "$SEPARATE_RELAY" --relay-secret-file "$E2E_WORK/relay.secret")
+WANT_REASON="symmetric NAT on both sides"
+transfer "symmetric <-> symmetric, relay on another host" relay "$SEPARATE_RELAY" symmetric
+WANT_REASON=
+kill "$RELAY_PID" 2>/dev/null || true
+wait "$RELAY_PID" 2>/dev/null || true
+SEPARATE_RELAY=
 SERVER_EXTRA=(--no-relay)
 transfer "symmetric <-> symmetric, server without relay" fail "" symmetric
 

@@ -62,8 +62,11 @@ start_server() {
     local out="$E2E_WORK/server.${CASE//\//_}.out"
     # "$LAB" itself (not the lab function), so that $! is ferry serve: lab.sh
     # exec()s into it
+    # SINGLE_IP=1: a server with one address (no RFC 5780), like most VPSs
+    local alt=(--stun-alt-ip "$SERVER_ALT_IP")
+    [ -n "${SINGLE_IP:-}" ] && alt=()
     "$LAB" exec server -- "$FERRY" serve --json --listen "$SIGNAL" \
-        --stun-listen "$SERVER_IP:3478" --stun-alt-ip "$SERVER_ALT_IP" "$@" \
+        --stun-listen "$SERVER_IP:3478" "${alt[@]}" "$@" \
         >"$out" 2>"$E2E_WORK/server.${CASE//\//_}.log" &
     SERVER_PID=$!
     for _ in $(seq 1 100); do

@@ -111,6 +111,11 @@ transfer "port-restricted, 2% loss" quic 198.51.100.2 port-restricted --loss nat
 # Both NAT reports rule out a direct path: the relay starts at once.
 WANT_REASON="symmetric NAT on both sides"
 transfer "symmetric <-> symmetric" relay "$SIGNAL" symmetric
+# The same with a one-address server (no RFC 5780): the NATs' behaviour
+# shows from the STUN answers of the server's two ports.
+SINGLE_IP=1
+transfer "symmetric <-> symmetric, one-IP server" relay "$SIGNAL" symmetric
+SINGLE_IP=
 WANT_REASON=
 transfer "port-restricted <-> symmetric" relay "$SIGNAL" nat --a port-restricted --b symmetric
 transfer "only TCP 443 out, both sides" relay "$SIGNAL" tcp443-only

@@ -110,6 +110,16 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
             stun_port: stun
                 .as_ref()
                 .and_then(|s| s.udp_addrs().first().map(|a| a.port())),
+            // Another port on the same IP as the first: lets clients see
+            // whether their NAT maps each destination apart.
+            stun_second_port: stun.as_ref().and_then(|s| {
+                let addrs = s.udp_addrs();
+                let first = addrs.first()?;
+                addrs
+                    .iter()
+                    .find(|a| a.ip() == first.ip() && a.port() != first.port())
+                    .map(|a| a.port())
+            }),
             relay_key: remote_relay.as_ref().map(|(_, key)| key.clone()),
             relay_addr: relay_url,
             relay_token_ttl: Duration::from_secs(args.relay_token_ttl),

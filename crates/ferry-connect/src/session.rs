@@ -164,6 +164,7 @@ impl Rejoin {
         let (mut signal, welcome) = connect_signal(&self.server).await?;
         let gathering = tokio::spawn(gather(
             stun_server(&welcome),
+            welcome.stun_second_port,
             self.controlling,
             self.controlling && !self.options.no_upnp,
         ));
@@ -322,7 +323,12 @@ impl Sender {
                 Code::generate(nameplate, &mut rand::thread_rng())
             }
         };
-        let gathering = tokio::spawn(gather(stun_server(&welcome), true, !options.no_upnp));
+        let gathering = tokio::spawn(gather(
+            stun_server(&welcome),
+            welcome.stun_second_port,
+            true,
+            !options.no_upnp,
+        ));
         Ok(Sender {
             server: server.to_string(),
             signal,
@@ -398,7 +404,12 @@ pub async fn receive(
     let (mut signal, welcome) = connect_signal(server).await?;
     // Gather while pairing; the receiver maps nothing with UPnP (the
     // sender's mappings serve both directions) to save the search time.
-    let gathering = tokio::spawn(gather(stun_server(&welcome), false, false));
+    let gathering = tokio::spawn(gather(
+        stun_server(&welcome),
+        welcome.stun_second_port,
+        false,
+        false,
+    ));
     signal.claim(code.nameplate).await?;
     let started = Instant::now();
     let (signal, mut channel) = pair(signal, code, Role::Receiver).await?;
@@ -475,6 +486,7 @@ struct Gathered {
 /// both ports on a UPnP gateway when there is one.
 async fn gather(
     stun: Option<SocketAddr>,
+    second_port: Option<u16>,
     listen: bool,
     upnp: bool,
 ) -> Result<Gathered, SessionError> {
@@ -523,10 +535,10 @@ async fn gather(
         };
         // A second port of the server (RFC 5780 servers name it): a NAT
         // that maps each destination apart gives another public port.
-        let Some(other) = first.other_address else {
+        let Some(second_port) = first.other_address.map(|a| a.port()).or(second_port) else {
             return Some((Some(first.mapped), UdpMapping::Unknown));
         };
-        let second = SocketAddr::new(server.ip(), other.port());
+        let second = SocketAddr::new(server.ip(), second_port);
         let mapping = match binding_udp(&udp, second, options).await {
             Ok(again) if again.mapped == first.mapped => UdpMapping::Stable,
             Ok(again) => {

@@ -140,6 +140,11 @@ pub enum ServerToClient {
         /// UDP port of the server's STUN responder on the same host, if it runs one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stun_port: Option<u16>,
+        /// A second UDP port of the STUN responder on the same IP: answers
+        /// from both ports tell whether a client's NAT maps each
+        /// destination apart (symmetric), even without RFC 5780.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stun_second_port: Option<u16>,
         /// Where the relay answers, as `host:port` (a DNS name or an IP
         /// address), when it runs apart from this server. Absent: the
         /// relay, if any, answers on this server's own address and port.
@@ -368,6 +373,7 @@ mod tests {
                 observed_addr: "203.0.113.5:40000".into(),
                 heartbeat_secs: 5,
                 stun_port: None,
+                stun_second_port: None,
                 relay_addr: None,
             }),
             "{\"type\":\"welcome\",\"protocol\":1,\"observed_addr\":\"203.0.113.5:40000\",\"heartbeat_secs\":5}\n"
@@ -378,6 +384,7 @@ mod tests {
                 observed_addr: "203.0.113.5:40000".into(),
                 heartbeat_secs: 5,
                 stun_port: Some(3478),
+                stun_second_port: None,
                 relay_addr: Some("relay.example.org:443".into()),
             }),
             "{\"type\":\"welcome\",\"protocol\":1,\"observed_addr\":\"203.0.113.5:40000\",\"heartbeat_secs\":5,\"stun_port\":3478,\"relay_addr\":\"relay.example.org:443\"}\n"
@@ -579,15 +586,24 @@ mod tests {
                 ".*",
                 any::<u32>(),
                 any::<Option<u16>>(),
+                any::<Option<u16>>(),
                 proptest::option::of(".*")
             )
                 .prop_map(
-                    |(protocol, observed_addr, heartbeat_secs, stun_port, relay_addr)| {
+                    |(
+                        protocol,
+                        observed_addr,
+                        heartbeat_secs,
+                        stun_port,
+                        stun_second_port,
+                        relay_addr,
+                    )| {
                         ServerToClient::Welcome {
                             protocol,
                             observed_addr,
                             heartbeat_secs,
                             stun_port,
+                            stun_second_port,
                             relay_addr,
                         }
                     }

@@ -52,6 +52,8 @@ pub struct Welcome {
     pub local_addr: SocketAddr,
     /// UDP port of the server's STUN responder, when it runs one.
     pub stun_port: Option<u16>,
+    /// A second UDP port of that responder on the same IP, if any.
+    pub stun_second_port: Option<u16>,
     /// Where the relay answers (when the server issues relay tokens): the
     /// address the server advertised in its welcome, resolved, or else
     /// the server's own address ([`server_addr`](Self::server_addr)).
@@ -503,14 +505,21 @@ async fn handshake(
             Err(e) => return Err(gone(e.to_string())),
         }
     };
-    let (observed, heartbeat_secs, stun_port, relay) = match first {
+    let (observed, heartbeat_secs, stun_port, stun_second_port, relay) = match first {
         ServerToClient::Welcome {
             observed_addr,
             heartbeat_secs,
             stun_port,
+            stun_second_port,
             relay_addr,
             ..
-        } => (observed_addr, heartbeat_secs, stun_port, relay_addr),
+        } => (
+            observed_addr,
+            heartbeat_secs,
+            stun_port,
+            stun_second_port,
+            relay_addr,
+        ),
         ServerToClient::Error { code, message } => {
             return Err(SignalError::Server { code, message });
         }
@@ -529,6 +538,7 @@ async fn handshake(
         server_addr,
         local_addr: stream.local_addr().map_err(|e| gone(e.to_string()))?,
         stun_port,
+        stun_second_port,
         relay_addr,
     };
     let heartbeat = Duration::from_secs(u64::from(heartbeat_secs.clamp(1, 300)));

@@ -64,6 +64,9 @@ pub struct Config {
     /// The UDP port of the STUN responder on this host, told to clients in
     /// the welcome (default none).
     pub stun_port: Option<u16>,
+    /// A second UDP port of that STUN responder on the same IP, told to
+    /// clients in the welcome (default none).
+    pub stun_second_port: Option<u16>,
     /// The key relay tokens are signed with: with one, every claim gives
     /// both sides a relay token (default none: no relay).
     pub relay_key: Option<TokenKey>,
@@ -83,6 +86,7 @@ impl Default for Config {
             max_nameplates: 10_000,
             heartbeat: Duration::from_secs(5),
             stun_port: None,
+            stun_second_port: None,
             relay_key: None,
             relay_token_ttl: Duration::from_secs(120),
             relay_addr: None,
@@ -206,6 +210,7 @@ impl Rendezvous {
                         observed_addr: state.addr.to_string(),
                         heartbeat_secs: heartbeat_secs(self.config.heartbeat),
                         stun_port: self.config.stun_port,
+                        stun_second_port: self.config.stun_second_port,
                         relay_addr: self.config.relay_addr.clone(),
                     };
                     self.transmits.push_back((client, welcome));
@@ -745,6 +750,7 @@ mod tests {
                         observed_addr: format!("198.51.100.7:{}", 40000 + client as u16),
                         heartbeat_secs: 5,
                         stun_port: None,
+                        stun_second_port: None,
                         relay_addr: None,
                     }
                 )]

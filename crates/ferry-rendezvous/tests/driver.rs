@@ -324,6 +324,7 @@ async fn dead_server_is_noticed_by_heartbeat() {
             observed_addr: peer.to_string(),
             heartbeat_secs: 1,
             stun_port: None,
+            stun_second_port: None,
             relay_addr: None,
         };
         encode_frame(&welcome, &mut out).unwrap();

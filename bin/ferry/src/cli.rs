@@ -39,7 +39,8 @@ pub struct Cli {
     pub verbose: u8,
 
     /// Print one JSON object per line on stdout (events: code, offer,
-    /// path, progress, done, error) instead of human output.
+    /// path, reconnect, reconnected, resume, progress, done, error)
+    /// instead of human output.
     #[arg(long, global = true)]
     pub json: bool,
 

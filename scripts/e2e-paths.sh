@@ -127,8 +127,10 @@ SERVER_EXTRA=(--relay-url "$SEPARATE_RELAY" --relay-secret-file "$E2E_WORK/relay
 WANT_REASON="symmetric NAT on both sides"
 transfer "symmetric <-> symmetric, relay on another host" relay "$SEPARATE_RELAY" symmetric
 WANT_REASON=
-kill "$RELAY_PID" 2>/dev/null || true
-wait "$RELAY_PID" 2>/dev/null || true
+if [ -n "${RELAY_PID:-}" ]; then
+    kill "$RELAY_PID" 2>/dev/null || true
+    wait "$RELAY_PID" 2>/dev/null || true
+fi
 SEPARATE_RELAY=
 SERVER_EXTRA=(--no-relay)
 transfer "symmetric <-> symmetric, server without relay" fail "" symmetric

@@ -39,8 +39,24 @@ async fn a_tree_crosses_a_punched_quic_path_intact() {
     let (ida, idb) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     let (fa, fb) = (ida.fingerprint(), idb.fingerprint());
     let (qa, qb) = tokio::join!(
-        quic_connect(a.into_std().unwrap(), pa.remote, &ida, &fb, true, timeout),
-        quic_connect(b.into_std().unwrap(), pb.remote, &idb, &fa, false, timeout)
+        quic_connect(
+            a.into_std().unwrap(),
+            pa.remote,
+            &ida,
+            &fb,
+            true,
+            Some(pa.rtt),
+            timeout
+        ),
+        quic_connect(
+            b.into_std().unwrap(),
+            pb.remote,
+            &idb,
+            &fa,
+            false,
+            Some(pb.rtt),
+            timeout
+        )
     );
     let (qa, qb) = (qa.unwrap(), qb.unwrap());
 

@@ -38,14 +38,20 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
         overwrite: args.overwrite,
         ..Default::default()
     };
-    let incoming = ferry_transfer::receive_offer(&mut stream, options.clone())
-        .await
-        .context("cannot take the offer")?;
+    let incoming = match ferry_transfer::receive_offer(&mut stream, options.clone()).await {
+        Ok(incoming) => incoming,
+        Err(error) => {
+            let error = anyhow::Error::new(error).context("cannot take the offer");
+            return session::fail_closing(stream, error).await;
+        }
+    };
 
     match incoming.offer() {
         Offer::Text(text) => {
             let text = text.clone();
-            incoming.accept(|_| {}).await?;
+            if let Err(error) = incoming.accept(|_| {}).await {
+                return session::fail_closing(stream, error.into()).await;
+            }
             stream.close().await;
             out.event("text", json!({"text": text}));
             if out.is_json() {
@@ -100,13 +106,16 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
             let mut finished = HashSet::new();
             let accepted = incoming.accept(|event| note_event(out, &mut finished, event));
             let Some(mut result) = session::unless_interrupted(accepted).await else {
-                return Err(session::interrupted(&mut stream, true).await);
+                return Err(session::interrupted(stream, true).await);
             };
             let report = loop {
                 let error = match result {
                     Ok(report) => break report,
                     Err(error) if mending.may_mend(&error) => error,
-                    Err(error) => return Err(error).context("the transfer failed"),
+                    Err(error) => {
+                        let error = anyhow::Error::new(error).context("the transfer failed");
+                        return session::fail_closing(stream, error).await;
+                    }
                 };
                 drop(stream);
                 let link = mending.mend(error, out).await?;
@@ -117,13 +126,19 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
                     finished: finished.clone(),
                     ..options.clone()
                 };
-                let incoming = ferry_transfer::receive_offer(&mut stream, options)
-                    .await
-                    .context("cannot take the offer after reconnecting")?;
+                let incoming = match ferry_transfer::receive_offer(&mut stream, options).await {
+                    Ok(incoming) => incoming,
+                    Err(error) => {
+                        let error = anyhow::Error::new(error)
+                            .context("cannot take the offer after reconnecting");
+                        return session::fail_closing(stream, error).await;
+                    }
+                };
                 if *incoming.offer() != offered {
                     incoming
                         .decline("after reconnecting, the offer differs from the first one")
                         .await?;
+                    stream.close().await;
                     return Err(Failure::peer_gone(
                         "after reconnecting, the sender offered different files; \
                          stopped (what was received so far is kept)",
@@ -131,7 +146,7 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
                 }
                 let accepted = incoming.accept(|event| note_event(out, &mut finished, event));
                 let Some(again) = session::unless_interrupted(accepted).await else {
-                    return Err(session::interrupted(&mut stream, true).await);
+                    return Err(session::interrupted(stream, true).await);
                 };
                 result = again;
             };

@@ -47,7 +47,7 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
             }
         };
         let Some(result) = session::unless_interrupted(transfer).await else {
-            return Err(session::interrupted(&mut stream, false).await);
+            return Err(session::interrupted(stream, false).await);
         };
         match result {
             Ok(outcome) => {
@@ -59,7 +59,10 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
                 link = mending.mend(error, out).await?;
                 output::announce_path(&link, out);
             }
-            Err(error) => return Err(error).context("the transfer failed"),
+            Err(error) => {
+                let error = anyhow::Error::new(error).context("the transfer failed");
+                return session::fail_closing(stream, error).await;
+            }
         }
     };
     out.finish_progress();

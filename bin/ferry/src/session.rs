@@ -76,14 +76,22 @@ pub async fn unless_interrupted<T>(work: impl std::future::Future<Output = T>) -
 /// Closes `stream` gracefully after Ctrl-C (TLS close_notify, or the end
 /// of the QUIC stream), so the peer sees a deliberate end and does not try
 /// to reconnect; returns the "interrupted" error.
-pub async fn interrupted(stream: &mut ferry_connect::PeerStream, receiving: bool) -> anyhow::Error {
-    use tokio::io::AsyncWriteExt;
+pub async fn interrupted(mut stream: ferry_connect::PeerStream, receiving: bool) -> anyhow::Error {
     if receiving {
-        ferry_transfer::cancel_receiving(stream, "the receiver stopped (interrupted)").await;
-    } else {
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        ferry_transfer::cancel_receiving(&mut stream, "the receiver stopped (interrupted)").await;
     }
+    // Bounded: the user is waiting for the prompt.
+    let _ = tokio::time::timeout(Duration::from_millis(1500), stream.close()).await;
     Failure::interrupted()
+}
+
+/// Closes `stream` gracefully, then fails with `error`: what we last wrote
+/// (an error frame telling the peer why) reaches it before we exit, also
+/// on QUIC, whose packets in flight die with the process. Without it the
+/// peer would take the silence for a broken path and try to reconnect.
+pub async fn fail_closing<T>(stream: ferry_connect::PeerStream, error: anyhow::Error) -> Result<T> {
+    stream.close().await;
+    Err(error)
 }
 
 /// The longest one break may take to mend, all tries included.

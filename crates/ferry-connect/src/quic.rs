@@ -75,14 +75,17 @@ const MAX_PENDING_HANDSHAKES: usize = 8;
 ///
 /// `controlling` (the sender) accepts as the server; the other side connects
 /// as the client to `remote`, server name `ferry`. Both present `ours` and
-/// accept only a certificate whose SHA-256 is `peer_fingerprint`. Must run
-/// inside a tokio runtime; gives up after `timeout`.
+/// accept only a certificate whose SHA-256 is `peer_fingerprint`. `rtt`,
+/// when known (hole punching measured it), starts QUIC's loss recovery at
+/// the path's real round trip. Must run inside a tokio runtime; gives up
+/// after `timeout`.
 pub async fn quic_connect(
     socket: std::net::UdpSocket,
     remote: SocketAddr,
     ours: &Identity,
     peer_fingerprint: &str,
     controlling: bool,
+    rtt: Option<Duration>,
     timeout: Duration,
 ) -> Result<QuicStream, ConnectError> {
     let deadline = Instant::now() + timeout;
@@ -95,7 +98,7 @@ pub async fn quic_connect(
         let crypto = QuicServerConfig::try_from(tls::server_config(ours, peer_fingerprint)?)
             .map_err(|e| quic_error(FailureReason::Tls(e.to_string())))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(Arc::new(transport_config(1)));
+        server.transport_config(Arc::new(transport_config(1, rtt)));
         let endpoint = Endpoint::new(EndpointConfig::default(), Some(server), socket, runtime)
             .map_err(|source| ConnectError::UdpSocket { source })?;
         accept(endpoint, remote, deadline).await
@@ -103,7 +106,7 @@ pub async fn quic_connect(
         let crypto = QuicClientConfig::try_from(tls::client_config(ours, peer_fingerprint)?)
             .map_err(|e| quic_error(FailureReason::Tls(e.to_string())))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        client.transport_config(Arc::new(transport_config(0)));
+        client.transport_config(Arc::new(transport_config(0, rtt)));
         let endpoint = Endpoint::new(EndpointConfig::default(), None, socket, runtime)
             .map_err(|source| ConnectError::UdpSocket { source })?;
         let connecting = endpoint
@@ -292,8 +295,15 @@ async fn linger(
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
 }
 
-fn transport_config(peer_bidi_streams: u8) -> TransportConfig {
+/// `rtt`: the round trip hole punching measured on this very path. Without
+/// it quinn assumes 333 ms, so one lost handshake packet costs about a
+/// second; with it, a few tens of milliseconds.
+fn transport_config(peer_bidi_streams: u8, rtt: Option<Duration>) -> TransportConfig {
     let mut transport = TransportConfig::default();
+    if let Some(rtt) = rtt {
+        // One probe is one sample: leave room for jitter.
+        transport.initial_rtt((rtt * 2).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+    }
     transport
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_WINDOW))

@@ -978,6 +978,7 @@ impl Plan {
                         &identity,
                         &fingerprint,
                         controlling,
+                        Some(punched.rtt),
                         QUIC_TIMEOUT,
                     )
                     .await?;

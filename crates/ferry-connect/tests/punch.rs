@@ -77,6 +77,7 @@ async fn quic_pair(
             sender,
             sender_pins,
             true,
+            None,
             GENEROUS
         ),
         quic_connect(
@@ -85,6 +86,7 @@ async fn quic_pair(
             receiver,
             receiver_pins,
             false,
+            None,
             GENEROUS
         ),
     )
@@ -227,6 +229,7 @@ async fn late_probes_and_garbage_do_not_disturb_quic() {
             &sender,
             &pin_receiver,
             true,
+            None,
             GENEROUS
         ),
         quic_connect(
@@ -235,6 +238,7 @@ async fn late_probes_and_garbage_do_not_disturb_quic() {
             &receiver,
             &pin_sender,
             false,
+            None,
             GENEROUS
         ),
     );

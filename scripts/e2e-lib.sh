@@ -77,6 +77,26 @@ start_server() {
     return 1
 }
 
+# start_send OUT ARGS...: `ferry send --json --server $SIGNAL ARGS...` on
+# host a in the background, stdout to OUT (stderr to OUT.log); sets
+# SENDER_PID and CODE. When no code shows within 10 s the case fails, the
+# sender is stopped, and it returns 1.
+start_send() {
+    local out=$1
+    shift
+    "$LAB" exec a -- "$FERRY" send --json --server "$SIGNAL" "$@" >"$out" 2>"$out.log" &
+    SENDER_PID=$!
+    CODE=
+    for _ in $(seq 1 200); do
+        CODE=$(jq -r 'select(.event == "code") | .code' "$out" 2>/dev/null | head -n1)
+        [ -n "$CODE" ] && return 0
+        sleep 0.05
+    done
+    fail "the sender printed no code: $(tail -3 "$out.log")"
+    kill "$SENDER_PID" 2>/dev/null || true
+    return 1
+}
+
 # nat_json HOST: runs `ferry nat --json` on HOST; prints the report's path
 nat_json() {
     local out="$E2E_WORK/nat.${CASE//\//_}.$1.json"

@@ -65,19 +65,8 @@ survive() {
     send_out="$E2E_WORK/send.$tag.json"
     recv_out="$E2E_WORK/recv.$tag.json"
     mkdir -p "$out"
-    lab exec a -- "$FERRY" send --json --limit-rate "$RATE" --server "$SIGNAL" "$E2E_WORK/payload.bin" \
-        >"$send_out" 2>"$send_out.log" &
-    local sender=$! code=
-    for _ in $(seq 1 200); do
-        code=$(jq -r 'select(.event == "code") | .code' "$send_out" 2>/dev/null | head -n1)
-        [ -n "$code" ] && break
-        sleep 0.05
-    done
-    if [ -z "$code" ]; then
-        fail "the sender printed no code: $(tail -3 "$send_out.log")"
-        kill "$sender" 2>/dev/null || true
-        return 0
-    fi
+    start_send "$send_out" --limit-rate "$RATE" "$E2E_WORK/payload.bin" || return 0
+    local sender=$SENDER_PID code=$CODE
     timeout 300 "$LAB" exec b -- "$FERRY" receive --json --yes --server "$SIGNAL" --out "$out" "$code" \
         >"$recv_out" 2>"$recv_out.log" &
     local receiver=$! part="$out/payload.bin.ferry-part" third=$((SIZE_MIB * 1024 * 1024 / 3)) held=0

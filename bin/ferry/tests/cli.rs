@@ -224,19 +224,7 @@ fn transfer_killed_halfway_resumes_from_the_received_bytes() {
         ],
     );
     let mut recv = start_receive(&server, &code, dst.path(), &["--yes"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let len = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-        if len >= 4 * 1024 * 1024 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the part file never grew; receiver: {:?}",
-            recv.seen
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_part(&part, 4 * 1024 * 1024, &recv);
     recv.kill();
     assert_ne!(
         send.finish(),
@@ -275,57 +263,34 @@ fn transfer_killed_halfway_resumes_from_the_received_bytes() {
 #[test]
 fn relay_restarted_halfway_reconnects_and_resumes_on_its_own() {
     let mut server = Server::start();
-    let src = tempfile::tempdir().unwrap();
-    let dst = tempfile::tempdir().unwrap();
-    let file = src.path().join("film.bin");
-    random_file(&file, 24 * 1024 * 1024);
-    let part = dst.path().join("film.bin.ferry-part");
     let relay = ["--force-path", "relay"];
-    let (mut send, code) = start_send(
-        &server,
-        &[&relay[..], &["--limit-rate", "8M", file.to_str().unwrap()]].concat(),
-    );
-    let mut recv = start_receive(
-        &server,
-        &code,
-        dst.path(),
-        &[&relay[..], &["--yes"]].concat(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 4 * 1024 * 1024 {
-        assert!(
-            Instant::now() < deadline,
-            "the part file never grew: {:?}",
-            recv.seen
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut t = Halfway::start(&server, "film.bin", 24 << 20, "8M", &relay, 4 << 20);
     // The relay (with the rendezvous) dies mid-transfer and comes back.
     server.restart(Duration::from_secs(1), &[]);
     assert_eq!(
-        recv.finish(),
+        t.recv.finish(),
         0,
         "receiver: {:?} {}",
-        recv.seen,
-        recv.stderr_text()
+        t.recv.seen,
+        t.recv.stderr_text()
     );
     assert_eq!(
-        send.finish(),
+        t.send.finish(),
         0,
         "sender: {:?} {}",
-        send.seen,
-        send.stderr_text()
+        t.send.seen,
+        t.send.stderr_text()
     );
-    assert_same_file(&file, &dst.path().join("film.bin"));
-    assert!(!part.exists());
-    for side in [&send, &recv] {
+    assert_same_file(&t.file, &t.dst.path().join("film.bin"));
+    assert!(!t.part.exists());
+    for side in [&t.send, &t.recv] {
         assert!(!side.events("reconnect").is_empty(), "{:?}", side.seen);
         assert_eq!(side.events("reconnected").len(), 1, "{:?}", side.seen);
         let paths = side.events("path");
         assert_eq!(paths.len(), 2, "{:?}", side.seen);
         assert!(paths.iter().all(|p| p["path"] == "relay"), "{paths:?}");
     }
-    let done = &recv.events("done")[0];
+    let done = &t.recv.events("done")[0];
     let resumed = done["bytes_resumed"].as_u64().unwrap();
     assert!(resumed >= 4 * 1024 * 1024, "resumed only {resumed}: {done}");
     assert_eq!(
@@ -338,40 +303,17 @@ fn relay_restarted_halfway_reconnects_and_resumes_on_its_own() {
 #[test]
 fn without_retries_a_broken_path_fails_cleanly() {
     let mut server = Server::start();
-    let src = tempfile::tempdir().unwrap();
-    let dst = tempfile::tempdir().unwrap();
-    let file = src.path().join("f.bin");
-    random_file(&file, 16 * 1024 * 1024);
-    let part = dst.path().join("f.bin.ferry-part");
     let args = ["--force-path", "relay", "--retries", "0"];
-    let (mut send, code) = start_send(
-        &server,
-        &[&args[..], &["--limit-rate", "8M", file.to_str().unwrap()]].concat(),
-    );
-    let mut recv = start_receive(
-        &server,
-        &code,
-        dst.path(),
-        &[&args[..], &["--yes"]].concat(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 2 * 1024 * 1024 {
-        assert!(
-            Instant::now() < deadline,
-            "the part file never grew: {:?}",
-            recv.seen
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut t = Halfway::start(&server, "f.bin", 16 << 20, "8M", &args, 2 << 20);
     server.restart(Duration::ZERO, &[]);
-    assert_eq!(recv.finish(), 4, "receiver: {:?}", recv.seen);
-    assert_ne!(send.finish(), 0, "sender: {:?}", send.seen);
-    assert!(recv.events("reconnect").is_empty());
+    assert_eq!(t.recv.finish(), 4, "receiver: {:?}", t.recv.seen);
+    assert_ne!(t.send.finish(), 0, "sender: {:?}", t.send.seen);
+    assert!(t.recv.events("reconnect").is_empty());
     assert!(
-        part.exists(),
+        t.part.exists(),
         "the verified part is kept for a later resume"
     );
-    assert!(!dst.path().join("f.bin").exists());
+    assert!(!t.dst.path().join("f.bin").exists());
 }
 
 /// Ctrl-C on one side (the sender when `sender`) halfway through: that
@@ -379,26 +321,11 @@ fn without_retries_a_broken_path_fails_cleanly() {
 /// to reconnect: a deliberate stop is not a broken path.
 fn interrupt_halfway(sender: bool) {
     let server = Server::start();
-    let src = tempfile::tempdir().unwrap();
-    let dst = tempfile::tempdir().unwrap();
-    let file = src.path().join("f.bin");
-    random_file(&file, 16 * 1024 * 1024);
-    let part = dst.path().join("f.bin.ferry-part");
-    let (mut send, code) = start_send(&server, &["--limit-rate", "4M", file.to_str().unwrap()]);
-    let mut recv = start_receive(&server, &code, dst.path(), &["--yes"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 1024 * 1024 {
-        assert!(
-            Instant::now() < deadline,
-            "the part file never grew: {:?}",
-            recv.seen
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut t = Halfway::start(&server, "f.bin", 16 << 20, "4M", &[], 1 << 20);
     let (stopped, other) = if sender {
-        (&mut send, &mut recv)
+        (&mut t.send, &mut t.recv)
     } else {
-        (&mut recv, &mut send)
+        (&mut t.recv, &mut t.send)
     };
     let interrupted = Instant::now();
     let status = std::process::Command::new("kill")
@@ -425,7 +352,7 @@ fn interrupt_halfway(sender: bool) {
         interrupted.elapsed()
     );
     assert!(other.events("reconnect").is_empty(), "{:?}", other.seen);
-    assert!(part.exists(), "the verified part is kept");
+    assert!(t.part.exists(), "the verified part is kept");
 }
 
 #[test]

@@ -162,12 +162,11 @@ impl Rejoin {
     /// caller decides how often to try, and how long to back off.
     pub async fn reconnect(&mut self) -> Result<PeerLink, SessionError> {
         let (mut signal, welcome) = connect_signal(&self.server).await?;
-        let gathering = tokio::spawn(gather(
-            stun_server(&welcome),
-            welcome.stun_second_port,
+        let gathering = start_gathering(
+            &welcome,
             self.controlling,
             self.controlling && !self.options.no_upnp,
-        ));
+        );
         if !signal.rejoin(&self.meeting).await? {
             let joined = async {
                 loop {
@@ -194,14 +193,11 @@ impl Rejoin {
             }
         }
         let started = Instant::now();
-        let gathered = gathering
-            .await
-            .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
         run_session(
             signal,
             &mut self.channel,
             welcome,
-            gathered,
+            gathering,
             self.options,
             self.controlling,
             started,
@@ -291,7 +287,7 @@ pub struct Sender {
     code: Code,
     welcome: Welcome,
     options: SessionOptions,
-    gathering: tokio::task::JoinHandle<Result<Gathered, SessionError>>,
+    gathering: Gathering,
 }
 
 impl Sender {
@@ -323,12 +319,7 @@ impl Sender {
                 Code::generate(nameplate, &mut rand::thread_rng())
             }
         };
-        let gathering = tokio::spawn(gather(
-            stun_server(&welcome),
-            welcome.stun_second_port,
-            true,
-            !options.no_upnp,
-        ));
+        let gathering = start_gathering(&welcome, true, !options.no_upnp);
         Ok(Sender {
             server: server.to_string(),
             signal,
@@ -377,14 +368,11 @@ impl Sender {
         on_joined();
         let started = Instant::now();
         let (signal, mut channel) = pair(signal, &code, Role::Sender).await?;
-        let gathered = gathering
-            .await
-            .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
         let mut link = run_session(
             signal,
             &mut channel,
             welcome,
-            gathered,
+            gathering,
             options,
             true,
             started,
@@ -404,23 +392,15 @@ pub async fn receive(
     let (mut signal, welcome) = connect_signal(server).await?;
     // Gather while pairing; the receiver maps nothing with UPnP (the
     // sender's mappings serve both directions) to save the search time.
-    let gathering = tokio::spawn(gather(
-        stun_server(&welcome),
-        welcome.stun_second_port,
-        false,
-        false,
-    ));
+    let gathering = start_gathering(&welcome, false, false);
     signal.claim(code.nameplate).await?;
     let started = Instant::now();
     let (signal, mut channel) = pair(signal, code, Role::Receiver).await?;
-    let gathered = gathering
-        .await
-        .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
     let mut link = run_session(
         signal,
         &mut channel,
         welcome,
-        gathered,
+        gathering,
         options,
         false,
         started,
@@ -464,6 +444,18 @@ async fn connect_signal(server: &str) -> Result<(SignalClient, Welcome), Session
     let (signal, welcome) = SignalClient::connect_over(server, Some(stream)).await?;
     debug!(observed = %welcome.observed_addr, local = %welcome.local_addr, "connected to the rendezvous server");
     Ok((signal, welcome))
+}
+
+/// Gathering in the background (see [`gather`]) while the peer is on its way.
+type Gathering = tokio::task::JoinHandle<Result<Gathered, SessionError>>;
+
+fn start_gathering(welcome: &Welcome, listen: bool, upnp: bool) -> Gathering {
+    tokio::spawn(gather(
+        stun_server(welcome),
+        welcome.stun_second_port,
+        listen,
+        upnp,
+    ))
 }
 
 fn stun_server(welcome: &Welcome) -> Option<SocketAddr> {
@@ -633,11 +625,14 @@ async fn run_session(
     mut signal: SignalClient,
     channel: &mut SecureChannel,
     welcome: Welcome,
-    gathered: Gathered,
+    gathering: Gathering,
     options: SessionOptions,
     controlling: bool,
     started: Instant,
 ) -> Result<PeerLink, SessionError> {
+    let gathered = gathering
+        .await
+        .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
     let identity = Arc::new(Identity::generate()?);
     let mut ours = gathered.candidates.clone();
     let upnp = upnp_result(gathered.upnp).await;

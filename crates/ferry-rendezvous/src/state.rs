@@ -373,18 +373,10 @@ impl Rendezvous {
 
     /// Allocates a fresh nameplate, or `wanted` when the user chose the code.
     fn allocate(&mut self, now: Instant, client: ClientId, wanted: Option<u32>) {
-        if self.nameplate_of(client).is_some() {
-            self.error(
-                client,
-                ErrorCode::AlreadyClaimed,
-                "you already hold a nameplate".into(),
-            );
+        if self.refuse_second_nameplate(client) {
             return;
         }
-        if self.nameplates.len() >= self.config.max_nameplates {
-            debug!(client, "no room for another nameplate");
-            let message = "the server has too many transfers waiting; try again later".into();
-            self.error(client, ErrorCode::ServerFull, message);
+        if self.refuse_when_full(client) {
             return;
         }
         if let Some(number) = wanted {
@@ -404,30 +396,62 @@ impl Rendezvous {
             );
             return;
         };
+        info!(nameplate = number, client, "nameplate allocated");
+        self.open_nameplate(now, client, number, None);
+    }
+
+    /// Whether `client` already holds a nameplate (then it is told so).
+    fn refuse_second_nameplate(&mut self, client: ClientId) -> bool {
+        let holds = self.nameplate_of(client).is_some();
+        if holds {
+            let message = "you already hold a nameplate".into();
+            self.error(client, ErrorCode::AlreadyClaimed, message);
+        }
+        holds
+    }
+
+    /// Whether there is no room for another nameplate (then `client` is
+    /// told so).
+    fn refuse_when_full(&mut self, client: ClientId) -> bool {
+        let full = self.nameplates.len() >= self.config.max_nameplates;
+        if full {
+            debug!(client, "no room for another nameplate");
+            let message = "the server has too many transfers waiting; try again later".into();
+            self.error(client, ErrorCode::ServerFull, message);
+        }
+        full
+    }
+
+    /// Creates nameplate `number` with `client` on the first side, waiting
+    /// for the second, and answers `allocated`.
+    fn open_nameplate(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        number: u32,
+        rejoin: Option<String>,
+    ) {
+        if let Some(channel) = &rejoin {
+            self.rejoins.insert(channel.clone(), number);
+        }
         self.nameplates.insert(
             number,
             Nameplate {
                 sides: [Side::Here(client), Side::Open],
                 expires: now + self.config.nameplate_ttl,
                 pending: VecDeque::new(),
-                rejoin: None,
+                rejoin,
             },
         );
         if let Some(state) = self.clients.get_mut(&client) {
             state.nameplate = Some(number);
         }
-        info!(nameplate = number, client, "nameplate allocated");
         self.transmits
             .push_back((client, ServerToClient::Allocated { nameplate: number }));
     }
 
     fn claim(&mut self, client: ClientId, number: u32) {
-        if self.nameplate_of(client).is_some() {
-            self.error(
-                client,
-                ErrorCode::AlreadyClaimed,
-                "you already hold a nameplate".into(),
-            );
+        if self.refuse_second_nameplate(client) {
             return;
         }
         let Some(nameplate) = self
@@ -489,12 +513,7 @@ impl Rendezvous {
 
     /// Meets the peer of an earlier transfer on a secret channel.
     fn rejoin(&mut self, now: Instant, client: ClientId, channel: String) {
-        if self.nameplate_of(client).is_some() {
-            self.error(
-                client,
-                ErrorCode::AlreadyClaimed,
-                "you already hold a nameplate".into(),
-            );
+        if self.refuse_second_nameplate(client) {
             return;
         }
         let valid = (32..=64).contains(&channel.len())
@@ -521,9 +540,7 @@ impl Rendezvous {
             self.join(client, number, index);
             return;
         }
-        if self.nameplates.len() >= self.config.max_nameplates {
-            let message = "the server has too many transfers waiting; try again later".into();
-            self.error(client, ErrorCode::ServerFull, message);
+        if self.refuse_when_full(client) {
             return;
         }
         // Hidden nameplates live above the range codes use in practice;
@@ -534,22 +551,8 @@ impl Rendezvous {
                 break candidate;
             }
         };
-        self.nameplates.insert(
-            number,
-            Nameplate {
-                sides: [Side::Here(client), Side::Open],
-                expires: now + self.config.nameplate_ttl,
-                pending: VecDeque::new(),
-                rejoin: Some(channel.clone()),
-            },
-        );
-        self.rejoins.insert(channel, number);
-        if let Some(state) = self.clients.get_mut(&client) {
-            state.nameplate = Some(number);
-        }
         info!(nameplate = number, client, "waiting on a rejoin channel");
-        self.transmits
-            .push_back((client, ServerToClient::Allocated { nameplate: number }));
+        self.open_nameplate(now, client, number, Some(channel));
     }
 
     fn send(&mut self, client: ClientId, body: String) {

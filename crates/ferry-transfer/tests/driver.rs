@@ -367,9 +367,15 @@ async fn part_longer_than_file_restarts() {
     assert_eq!(fs::read(out.path().join("f")).unwrap(), b"short");
 }
 
-/// Forwards sender → receiver frame by frame, flipping one byte in the
-/// payload of the `nth` data frame; receiver → sender verbatim.
-async fn corrupting_proxy(sender_side: DuplexStream, receiver_side: DuplexStream, nth: usize) {
+/// Sits between sender and receiver and passes the sender's frames on,
+/// each data chunk through `on_data(n, chunk)` (n counts from 1): it may
+/// change the chunk, or return `None` to cut both directions at once, like
+/// a path that breaks. The receiver's frames pass unchanged.
+async fn frame_proxy(
+    sender_side: DuplexStream,
+    receiver_side: DuplexStream,
+    mut on_data: impl FnMut(usize, Vec<u8>) -> Option<Vec<u8>>,
+) {
     let (mut s_rd, mut s_wr) = tokio::io::split(sender_side);
     let (mut r_rd, mut r_wr) = tokio::io::split(receiver_side);
     let back = tokio::spawn(async move {
@@ -383,10 +389,11 @@ async fn corrupting_proxy(sender_side: DuplexStream, receiver_side: DuplexStream
             let frame = match frame {
                 Frame::Data { hash, chunk } => {
                     data_frames += 1;
-                    let mut chunk = chunk.to_vec();
-                    if data_frames == nth {
-                        chunk[1000] ^= 0x40;
-                    }
+                    let Some(chunk) = on_data(data_frames, chunk.to_vec()) else {
+                        // Dropping the halves closes both ends.
+                        back.abort();
+                        return;
+                    };
                     Frame::Data {
                         hash,
                         chunk: chunk.into(),
@@ -407,6 +414,17 @@ async fn corrupting_proxy(sender_side: DuplexStream, receiver_side: DuplexStream
     }
     let _ = r_wr.shutdown().await;
     let _ = back.await;
+}
+
+/// Flips a bit in the `nth` data chunk.
+async fn corrupting_proxy(sender_side: DuplexStream, receiver_side: DuplexStream, nth: usize) {
+    frame_proxy(sender_side, receiver_side, |n, mut chunk| {
+        if n == nth {
+            chunk[1000] ^= 0x40;
+        }
+        Some(chunk)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -664,38 +682,12 @@ async fn receiver_that_vanishes_fails_the_sender() {
     );
 }
 
-/// Forwards frames from the sender until `keep` data frames have passed,
-/// then cuts both directions at once, like a path that breaks.
+/// Passes `keep` data frames, then cuts both directions at once.
 async fn cutting_proxy(sender_side: DuplexStream, receiver_side: DuplexStream, keep: usize) {
-    let (mut s_rd, s_wr) = tokio::io::split(sender_side);
-    let (mut r_rd, mut r_wr) = tokio::io::split(receiver_side);
-    let back = tokio::spawn(async move {
-        let mut s_wr = s_wr;
-        let _ = tokio::io::copy(&mut r_rd, &mut s_wr).await;
-    });
-    let mut buf = BytesMut::new();
-    let mut data_frames = 0;
-    'outer: loop {
-        while let Some(frame) = codec::decode(&mut buf).unwrap() {
-            if matches!(frame, Frame::Data { .. }) {
-                data_frames += 1;
-                if data_frames > keep {
-                    break 'outer;
-                }
-            }
-            let mut out = BytesMut::new();
-            codec::encode(&frame, &mut out);
-            if r_wr.write_all(&out).await.is_err() {
-                break 'outer;
-            }
-        }
-        match s_rd.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    back.abort();
-    // Dropping the halves closes both ends: both sides see the break.
+    frame_proxy(sender_side, receiver_side, |n, chunk| {
+        (n <= keep).then_some(chunk)
+    })
+    .await;
 }
 
 #[tokio::test]

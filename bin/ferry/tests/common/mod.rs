@@ -271,6 +271,66 @@ pub fn start_receive(server: &Server, code: &str, out: &Path, args: &[&str]) -> 
     Proc::spawn(cmd)
 }
 
+/// A slowed-down transfer of one random file, both sides running, for
+/// tests that break or stop it halfway.
+pub struct Halfway {
+    pub send: Proc,
+    pub recv: Proc,
+    /// The file sent.
+    pub file: std::path::PathBuf,
+    /// The receiver's `--out`.
+    pub dst: tempfile::TempDir,
+    /// Where the receiver keeps the verified bytes so far.
+    pub part: std::path::PathBuf,
+    _src: tempfile::TempDir,
+}
+
+impl Halfway {
+    /// Sends `name` (`len` random bytes) at `rate` (`--limit-rate`), both
+    /// sides with `extra` arguments, and returns once the receiver holds
+    /// `at_least` bytes.
+    pub fn start(
+        server: &Server,
+        name: &str,
+        len: usize,
+        rate: &str,
+        extra: &[&str],
+        at_least: u64,
+    ) -> Halfway {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let file = src.path().join(name);
+        random_file(&file, len);
+        let part = dst.path().join(format!("{name}.ferry-part"));
+        let send_args = [extra, &["--limit-rate", rate, file.to_str().unwrap()]].concat();
+        let (send, code) = start_send(server, &send_args);
+        let recv = start_receive(server, &code, dst.path(), &[extra, &["--yes"]].concat());
+        wait_for_part(&part, at_least, &recv);
+        Halfway {
+            send,
+            recv,
+            file,
+            dst,
+            part,
+            _src: src,
+        }
+    }
+}
+
+/// Waits (at most 60 s) until the receiver's part file holds `at_least`
+/// bytes: the moment to break or stop a transfer halfway.
+pub fn wait_for_part(part: &Path, at_least: u64, recv: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(part).map(|m| m.len()).unwrap_or(0) < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "the part file never grew: {:?}",
+            recv.seen
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Writes `len` random bytes to `path`.
 pub fn random_file(path: &Path, len: usize) {
     use rand::RngCore;

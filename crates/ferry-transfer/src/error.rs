@@ -4,7 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::codec::CodecError;
-use crate::path::UnsafePath;
+use crate::path::{UnsafePath, escape};
 
 /// Everything that can go wrong in a transfer. Messages are meant to be
 /// shown to the user as they are.
@@ -28,11 +28,20 @@ pub enum TransferError {
     Timeout(&'static str),
     /// The offer contains a path that could land outside the output
     /// directory or is otherwise unacceptable.
-    #[error("refusing unsafe path {path:?}: {reason}")]
+    #[error("refusing unsafe path \"{}\": {reason}", escape(path))]
     UnsafePath {
         /// The path as offered.
         path: String,
         /// Why it was refused.
+        reason: String,
+    },
+    /// A local file or folder cannot be offered as it is named (the
+    /// receiver would refuse the name); the user should rename it.
+    #[error("cannot send \"{}\": {reason}; rename it and try again", escape(&path.to_string_lossy()))]
+    Unsendable {
+        /// The local file or folder.
+        path: PathBuf,
+        /// What is wrong with the name.
         reason: String,
     },
     /// A file of the offer already exists in the output directory.

@@ -5,6 +5,7 @@
 //! `symlink_metadata`, never following links) so that an existing symlink
 //! or file inside it cannot redirect a write outside.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -15,57 +16,133 @@ pub const MAX_PATH_LEN: usize = 4096;
 pub const MAX_COMPONENT_LEN: usize = 255;
 
 /// A relative path that passed [`sanitize`]: non-empty `/`-separated
-/// components, none of them empty, `.`, `..`, or containing `\`, NUL or a
-/// Windows drive prefix.
+/// components, none of them empty, `.`, `..`, a Windows device name, ending
+/// in a dot or a space, or containing a control character, a bidirectional
+/// override, or a character Windows forbids (`<>:"|?*\`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RelativePath(String);
 
-/// Why a path was rejected.
+/// Why a path was rejected. Its message shows the path escaped (see
+/// [`escape`]), never raw.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unsafe path {path:?}: {reason}")]
+#[error("unsafe path \"{}\": {reason}", escape(path))]
 pub struct UnsafePath {
-    /// The offending path as received.
+    /// The offending path as received (raw: escape it before showing it).
     pub path: String,
-    /// What is wrong with it.
+    /// What is wrong with it (already escaped).
     pub reason: String,
 }
 
-/// Checks that `path` is a safe relative path.
+/// Names Windows reserves for devices, whatever the extension or case.
+const WINDOWS_DEVICES: &[&str] = &[
+    "con", "prn", "aux", "nul", "conin$", "conout$", "com0", "com1", "com2", "com3", "com4",
+    "com5", "com6", "com7", "com8", "com9", "com¹", "com²", "com³", "lpt0", "lpt1", "lpt2", "lpt3",
+    "lpt4", "lpt5", "lpt6", "lpt7", "lpt8", "lpt9", "lpt¹", "lpt²", "lpt³",
+];
+
+/// Characters Windows does not allow in a name (besides controls and `/`).
+const WINDOWS_FORBIDDEN: &[char] = &['<', '>', ':', '"', '|', '?', '*', '\\'];
+
+/// Whether `c` must never reach a terminal or a file name raw: C0 and C1
+/// controls, DEL, and the bidirectional embeddings, overrides and isolates
+/// (U+202A-202E, U+2066-2069) that make a name read differently from what
+/// it is.
+pub fn is_dangerous_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` with every [dangerous character](is_dangerous_char) and backslash
+/// written as a Rust-style escape (`\u{1b}`), so that it can be shown on a
+/// terminal or in a log as it is.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(|c| is_dangerous_char(c) || c == '\\') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else if is_dangerous_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Checks that `path` is a safe relative path, and one that means the same
+/// file on every operating system: the Windows rules are applied on unix
+/// too.
 pub fn sanitize(path: &str) -> Result<RelativePath, UnsafePath> {
-    let bad = |reason: &str| UnsafePath {
+    let bad = |reason: String| UnsafePath {
         path: path.to_owned(),
-        reason: reason.to_owned(),
+        reason,
     };
     if path.is_empty() {
-        return Err(bad("empty path"));
+        return Err(bad("empty path".into()));
     }
     if path.len() > MAX_PATH_LEN {
-        return Err(bad("path too long"));
+        return Err(bad(format!(
+            "path too long ({} bytes, the limit is {MAX_PATH_LEN})",
+            path.len()
+        )));
     }
     if path.starts_with('/') {
-        return Err(bad("absolute path"));
+        return Err(bad("absolute path".into()));
     }
-    for (i, component) in path.split('/').enumerate() {
-        match component {
-            "" => return Err(bad("empty path component")),
-            "." | ".." => return Err(bad("`.` or `..` component")),
-            _ => {}
-        }
-        if component.len() > MAX_COMPONENT_LEN {
-            return Err(bad("path component too long"));
-        }
-        if component.contains('\0') {
-            return Err(bad("NUL byte in path"));
-        }
-        if component.contains('\\') {
-            return Err(bad("backslash in path"));
-        }
-        let b = component.as_bytes();
-        if i == 0 && b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
-            return Err(bad("Windows drive prefix"));
-        }
+    for component in path.split('/') {
+        check_component(component).map_err(bad)?;
     }
     Ok(RelativePath(path.to_owned()))
+}
+
+/// Checks one name (a path component), for [`sanitize`] and for the
+/// sender's scan. The error says why, with any character escaped.
+pub fn check_component(component: &str) -> Result<(), String> {
+    match component {
+        "" => return Err("empty path component".into()),
+        "." | ".." => return Err("`.` or `..` component".into()),
+        _ => {}
+    }
+    if component.len() > MAX_COMPONENT_LEN {
+        return Err(format!(
+            "name too long ({} bytes, the limit is {MAX_COMPONENT_LEN})",
+            component.len()
+        ));
+    }
+    if let Some(c) = component.chars().find(|&c| is_dangerous_char(c)) {
+        let what = if c.is_control() {
+            "control character"
+        } else {
+            "bidirectional text control"
+        };
+        return Err(format!("contains the {what} \\u{{{:x}}}", c as u32));
+    }
+    if let Some(c) = component.chars().find(|c| WINDOWS_FORBIDDEN.contains(c)) {
+        let shown = if c == '\\' {
+            "\\\\".to_owned()
+        } else {
+            c.to_string()
+        };
+        return Err(format!(
+            "contains `{shown}`, which Windows does not allow in a name"
+        ));
+    }
+    if component.ends_with('.') || component.ends_with(' ') {
+        return Err("ends in a dot or a space, which Windows drops from a name".into());
+    }
+    let stem = component
+        .split('.')
+        .next()
+        .unwrap_or(component)
+        .trim_end_matches(' ');
+    if WINDOWS_DEVICES.contains(&stem.to_lowercase().as_str()) {
+        return Err(format!(
+            "`{stem}` is a device name on Windows, with any extension"
+        ));
+    }
+    Ok(())
 }
 
 impl RelativePath {
@@ -142,7 +219,6 @@ mod tests {
             ".hidden",
             "..dots",
             "a..b",
-            "dir/...",
             "ü/日本",
         ] {
             assert_eq!(
@@ -151,9 +227,71 @@ mod tests {
                 "{p}"
             );
         }
-        // A colon later in a name is fine on unix.
-        assert!(sanitize("notes/12:30.txt").is_ok());
-        assert!(sanitize("ab:c").is_ok());
+        // Names close to reserved ones are fine.
+        for p in [
+            "console",
+            "com10",
+            "lpt",
+            "aux_",
+            "nul-x.txt",
+            "a.con",
+            "x. y",
+            "a b",
+        ] {
+            assert!(sanitize(p).is_ok(), "{p}");
+        }
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_refused_and_escaped() {
+        for (p, shown) in [
+            ("a\x1b]52;c;SGVsbG8=\x07", "\\u{1b}"),
+            ("dir/line\nfake", "\\u{a}"),
+            ("del\x7f", "\\u{7f}"),
+            ("c1\u{9b}2J", "\\u{9b}"),
+            ("evil\u{202e}gpj.exe", "\\u{202e}"),
+            ("iso\u{2066}x", "\\u{2066}"),
+            ("tab\tname", "\\u{9}"),
+        ] {
+            let e = sanitize(p).unwrap_err();
+            assert_eq!(e.path, p);
+            let text = e.to_string();
+            assert!(text.contains(shown), "{text}");
+            assert!(!text.chars().any(is_dangerous_char), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn windows_reserved_names_are_refused_everywhere() {
+        for p in [
+            "CON",
+            "con",
+            "Con.txt",
+            "prn.tar.gz",
+            "AUX",
+            "nul",
+            "d/NUL.x",
+            "COM1",
+            "com9.log",
+            "LPT1",
+            "lpt9.txt",
+            "COM\u{b9}",
+            "conin$",
+            "CON .txt",
+            "trailing.",
+            "trailing ",
+            "d/x./y",
+            "a<b",
+            "a>b",
+            "12:30.txt",
+            "a\"b",
+            "a|b",
+            "a?b",
+            "a*b",
+        ] {
+            let e = sanitize(p).unwrap_err();
+            assert!(e.to_string().contains("Windows"), "{p}: {e}");
+        }
     }
 
     #[test]
@@ -177,6 +315,8 @@ mod tests {
             "a/",
             "/",
             "//server/share",
+            // Windows drops trailing dots: these name something else there.
+            "dir/...",
         ] {
             assert!(sanitize(p).is_err(), "{p:?} should be rejected");
         }
@@ -191,6 +331,12 @@ mod tests {
         let e = sanitize("../escape").unwrap_err();
         assert_eq!(e.path, "../escape");
         assert!(e.to_string().contains("../escape"));
+    }
+
+    #[test]
+    fn escape_leaves_plain_text_alone() {
+        assert!(matches!(escape("ü/日本 x.txt"), Cow::Borrowed(_)));
+        assert_eq!(escape("a\x1bb\\c"), "a\\u{1b}b\\\\c");
     }
 
     #[test]

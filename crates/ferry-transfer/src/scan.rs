@@ -43,7 +43,7 @@ pub fn scan(paths: &[PathBuf]) -> Result<Source, TransferError> {
         }
         let name = top_name(path)?;
         if !top_names.insert(name.clone()) {
-            return Err(bad_name(path, "two arguments have the same name"));
+            return Err(bad_name(path, "has the same name as another argument"));
         }
         walk(path, name, &meta, &mut manifest, &mut local_paths)?;
     }
@@ -60,7 +60,9 @@ fn walk(
     manifest: &mut Manifest,
     local_paths: &mut Vec<PathBuf>,
 ) -> Result<(), TransferError> {
-    // Names the receiver would refuse are refused here, with a local path.
+    // Names the receiver would refuse are refused here, with the local
+    // path and a hint to rename: skipping them would send an incomplete
+    // folder without the user noticing.
     sanitize(&rel).map_err(|e| bad_name(path, &e.reason))?;
     if meta.is_file() {
         manifest.entries.push(Entry {
@@ -99,7 +101,7 @@ fn walk(
         let name = child
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| bad_name(&child, "file name is not valid UTF-8"))?;
+            .ok_or_else(|| bad_name(&child, "its name is not valid UTF-8"))?;
         walk(
             &child,
             format!("{rel}/{name}"),
@@ -120,17 +122,17 @@ fn top_name(path: &Path) -> Result<String, TransferError> {
             .file_name()
             .map(|n| n.to_owned()),
     };
-    let named = named.ok_or_else(|| bad_name(path, "has no file name"))?;
+    let named = named.ok_or_else(|| bad_name(path, "has no name"))?;
     named
         .into_string()
-        .map_err(|_| bad_name(path, "file name is not valid UTF-8"))
+        .map_err(|_| bad_name(path, "its name is not valid UTF-8"))
 }
 
 fn bad_name(path: &Path, reason: &str) -> TransferError {
-    TransferError::io(
-        path,
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, reason.to_owned()),
-    )
+    TransferError::Unsendable {
+        path: path.to_path_buf(),
+        reason: reason.to_owned(),
+    }
 }
 
 #[cfg(unix)]
@@ -200,6 +202,31 @@ mod tests {
         fs::write(t.path().join("x/f"), b"1").unwrap();
         fs::write(t.path().join("y/f"), b"2").unwrap();
         assert!(scan(&[t.path().join("x/f"), t.path().join("y/f")]).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn names_the_receiver_would_refuse_are_refused_with_a_hint() {
+        for name in [
+            "bad\x1b]0;title\x07",
+            "line\nbreak",
+            "rtl\u{202e}txt",
+            "CON.txt",
+            "a:b",
+        ] {
+            let t = tempfile::tempdir().unwrap();
+            let root = t.path().join("dir");
+            fs::create_dir(&root).unwrap();
+            fs::write(root.join(name), b"x").unwrap();
+            let e = scan(&[root]).unwrap_err();
+            assert!(matches!(e, TransferError::Unsendable { .. }), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains("rename it"), "{text}");
+            assert!(
+                !text.chars().any(crate::path::is_dangerous_char),
+                "{text:?}"
+            );
+        }
     }
 
     #[cfg(unix)]

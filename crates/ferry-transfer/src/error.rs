@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::codec::CodecError;
+use crate::codec::{CodecError, KIND_CONTROL};
 use crate::path::{UnsafePath, escape};
 
 /// Everything that can go wrong in a transfer. Messages are meant to be
@@ -34,6 +34,30 @@ pub enum TransferError {
         path: String,
         /// Why it was refused.
         reason: String,
+    },
+    /// The offer is larger than this receiver accepts.
+    #[error(
+        "the offer is too large: {found} {what}, the limit is {limit}; \
+         ask the sender to send fewer files at a time (or one archive)"
+    )]
+    OfferTooLarge {
+        /// What was counted.
+        what: &'static str,
+        /// How many the offer has (at least).
+        found: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The offer has an entry inside a `.git` folder, whose hooks and
+    /// config can run commands on this computer.
+    #[error(
+        "refusing \"{}\": it is inside a .git folder, whose hooks and settings can run \
+         commands on this computer; pass --allow-git to receive it anyway",
+        escape(path)
+    )]
+    GitDir {
+        /// The entry as offered.
+        path: String,
     },
     /// A local file or folder cannot be offered as it is named (the
     /// receiver would refuse the name); the user should rename it.
@@ -128,6 +152,18 @@ impl From<UnsafePath> for TransferError {
 
 impl From<CodecError> for TransferError {
     fn from(e: CodecError) -> Self {
-        Self::Protocol(e.to_string())
+        match e {
+            // In practice only an offer can be that large.
+            CodecError::TooLarge {
+                kind: KIND_CONTROL,
+                len,
+                limit,
+            } => Self::OfferTooLarge {
+                what: "bytes in one message",
+                found: len,
+                limit,
+            },
+            e => Self::Protocol(e.to_string()),
+        }
     }
 }

@@ -37,6 +37,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
+mod check;
 pub mod codec;
 mod error;
 mod io;
@@ -49,13 +50,17 @@ mod send;
 
 use std::time::Duration;
 
+pub use check::{
+    DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_TOTAL_PATH_BYTES, ManifestLimits,
+    is_git_dir,
+};
 pub use codec::{CodecError, DEFAULT_CHUNK, Frame, MAX_CHUNK, MAX_CONTROL_LEN, MAX_DATA_LEN};
 pub use error::TransferError;
 pub use io::{ANSWER_TIMEOUT, FINISH_TIMEOUT, IO_TIMEOUT, PIPELINE_DEPTH, WRITE_TIMEOUT};
 pub use message::{Control, Entry, EntryKind, Manifest, Offer, ResumePoint};
-pub use path::{RelativePath, UnsafePath, sanitize};
+pub use path::{RelativePath, UnsafePath, escape, is_dangerous_char, sanitize};
 pub use protocol::{PART_SUFFIX, ReceiverCore, SenderCore};
-pub use receive::{Incoming, ReceiveOptions, cancel_receiving, receive_offer};
+pub use receive::{ENTRY_SPACE, Incoming, ReceiveOptions, cancel_receiving, receive_offer};
 pub use scan::{Source, scan};
 pub use send::{SendOutcome, send};
 

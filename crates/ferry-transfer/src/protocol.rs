@@ -16,12 +16,13 @@
 //! ```
 
 use bytes::Bytes;
-use std::collections::{BTreeSet, HashSet};
 
 use crate::codec::{Frame, HASH_LEN};
 use crate::error::TransferError;
-use crate::message::{Control, EntryKind, Manifest, Offer, ResumePoint};
-use crate::path::{RelativePath, sanitize};
+use crate::message::{Control, Offer, ResumePoint};
+use crate::path::RelativePath;
+
+pub use crate::check::{ManifestLimits, validate_manifest};
 
 /// Suffix of partially received files.
 pub const PART_SUFFIX: &str = ".ferry-part";
@@ -44,50 +45,6 @@ pub fn parse_hash(hex_str: &str) -> Option<[u8; HASH_LEN]> {
     let mut out = [0u8; HASH_LEN];
     hex::decode_to_slice(hex_str, &mut out).ok()?;
     Some(out)
-}
-
-/// Checks every path of an offered manifest and its consistency: safe
-/// relative paths, no duplicates, no entry below a file, no file whose part
-/// name collides with another entry. Returns the sanitized paths in entry
-/// order.
-pub fn validate_manifest(manifest: &Manifest) -> Result<Vec<RelativePath>, TransferError> {
-    let mut paths = Vec::with_capacity(manifest.entries.len());
-    let mut seen = HashSet::with_capacity(manifest.entries.len());
-    let mut files = BTreeSet::new();
-    for entry in &manifest.entries {
-        let rel = sanitize(&entry.path)?;
-        if !seen.insert(entry.path.as_str()) {
-            return Err(unsafe_path(&entry.path, "listed twice in the offer"));
-        }
-        if matches!(entry.kind, EntryKind::File { .. }) {
-            files.insert(entry.path.as_str());
-        }
-        paths.push(rel);
-    }
-    for rel in &paths {
-        if let Some(parent) = rel.ancestors().find(|a| files.contains(a)) {
-            return Err(unsafe_path(
-                rel.as_str(),
-                &format!("its parent {parent:?} is offered as a file"),
-            ));
-        }
-        if let Some(base) = rel.as_str().strip_suffix(PART_SUFFIX) {
-            if files.contains(base) {
-                return Err(unsafe_path(
-                    rel.as_str(),
-                    "collides with the part file of another entry",
-                ));
-            }
-        }
-    }
-    Ok(paths)
-}
-
-fn unsafe_path(path: &str, reason: &str) -> TransferError {
-    TransferError::UnsafePath {
-        path: path.to_owned(),
-        reason: reason.to_owned(),
-    }
 }
 
 fn protocol(msg: impl Into<String>) -> TransferError {
@@ -245,6 +202,8 @@ enum ReceiverState {
 /// sends.
 #[derive(Debug)]
 pub struct ReceiverCore {
+    limits: ManifestLimits,
+    allow_git: bool,
     state: ReceiverState,
     paths: Vec<RelativePath>,
     sizes: Vec<u64>,
@@ -258,9 +217,18 @@ impl Default for ReceiverCore {
 }
 
 impl ReceiverCore {
-    /// A receiver waiting for an offer.
+    /// A receiver waiting for an offer, with the default
+    /// [`ManifestLimits`] and no `.git` folders.
     pub fn new() -> Self {
+        Self::with_limits(ManifestLimits::default(), false)
+    }
+
+    /// A receiver waiting for an offer that must fit `limits`;
+    /// `allow_git` accepts entries inside a `.git` folder.
+    pub fn with_limits(limits: ManifestLimits, allow_git: bool) -> Self {
         Self {
+            limits,
+            allow_git,
             state: ReceiverState::AwaitOffer,
             paths: Vec::new(),
             sizes: Vec::new(),
@@ -283,7 +251,7 @@ impl ReceiverCore {
             (ReceiverState::AwaitOffer, Frame::Control(Control::Offer { offer })) => {
                 let text = match &offer {
                     Offer::Files(m) => {
-                        self.paths = validate_manifest(m)?;
+                        self.paths = validate_manifest(m, &self.limits, self.allow_git)?;
                         self.sizes = m.files().map(|(_, size, _)| size).collect();
                         false
                     }
@@ -440,7 +408,7 @@ fn name(msg: &Control) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Entry;
+    use crate::message::{Entry, EntryKind, Manifest};
 
     fn file(path: &str, size: u64) -> Entry {
         Entry {

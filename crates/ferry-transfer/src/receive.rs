@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::check::ManifestLimits;
 use crate::codec::{Frame, HASH_LEN};
 use crate::error::TransferError;
 use crate::io::{
@@ -30,6 +31,11 @@ use crate::message::{EntryKind, Offer, ResumePoint};
 use crate::path::{RelativePath, check_within};
 use crate::protocol::{PART_SUFFIX, ReceiverCore, ReceiverEvent};
 use crate::{Event, Report};
+
+/// Space counted for every file and folder on top of its bytes (a
+/// directory block or an inode, roughly), so that millions of empty
+/// entries cannot fill a disk past the free-space check.
+pub const ENTRY_SPACE: u64 = 4096;
 
 /// Where and how to receive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,6 +51,11 @@ pub struct ReceiveOptions {
     /// They are not a clash: they are offered back to the sender as
     /// complete (their hash proves it) and left as they are.
     pub finished: HashSet<String>,
+    /// Bounds on the offered manifest (see [`ManifestLimits`]).
+    pub limits: ManifestLimits,
+    /// Accept entries inside a `.git` folder (refused by default: a hook
+    /// or a config there can run commands on this computer).
+    pub allow_git: bool,
 }
 
 /// An offer that was read and checked, waiting for the user's decision.
@@ -75,7 +86,7 @@ where
 {
     let started = Instant::now();
     let mut reader = FrameReader::new(stream);
-    let mut core = ReceiverCore::new();
+    let mut core = ReceiverCore::with_limits(opts.limits, opts.allow_git);
     let result = read_offer(&mut reader, &mut core, &opts).await;
     match result {
         Ok(offer) => Ok(Incoming {
@@ -396,6 +407,15 @@ fn prepare(opts: &ReceiveOptions, targets: Vec<Target>) -> Result<Prepared, Tran
             }
         }
     }
+    let listed: HashSet<&str> = targets.iter().map(|t| t.rel.as_str()).collect();
+    let implied = targets
+        .iter()
+        .flat_map(|t| t.rel.ancestors())
+        .filter(|a| !listed.contains(a))
+        .collect::<HashSet<_>>()
+        .len();
+    let entries = (targets.len() + implied) as u64;
+    needed = needed.saturating_add(entries.saturating_mul(ENTRY_SPACE));
     fs::create_dir_all(&opts.out_dir).map_err(|e| TransferError::io(&opts.out_dir, e))?;
     let available =
         fs4::available_space(&opts.out_dir).map_err(|e| TransferError::io(&opts.out_dir, e))?;

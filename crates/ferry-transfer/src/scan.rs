@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
+use crate::check::{ManifestLimits, validate_manifest};
 use crate::error::TransferError;
 use crate::message::{Entry, EntryKind, Manifest};
 use crate::path::sanitize;
@@ -47,6 +48,20 @@ pub fn scan(paths: &[PathBuf]) -> Result<Source, TransferError> {
         }
         walk(path, name, &meta, &mut manifest, &mut local_paths)?;
     }
+    // Two names that differ only by case, and the like: the receiver would
+    // refuse them (the bounds on counts are the receiver's to set).
+    validate_manifest(&manifest, &ManifestLimits::unbounded(), true).map_err(|e| match e {
+        TransferError::UnsafePath { path, reason } => {
+            let local = manifest
+                .entries
+                .iter()
+                .position(|entry| entry.path == path)
+                .and_then(|i| local_paths.get(i).cloned())
+                .unwrap_or_else(|| PathBuf::from(&path));
+            bad_name(&local, &reason)
+        }
+        e => e,
+    })?;
     Ok(Source::Files {
         manifest,
         local_paths,
@@ -226,6 +241,19 @@ mod tests {
                 !text.chars().any(crate::path::is_dangerous_char),
                 "{text:?}"
             );
+        }
+    }
+
+    #[test]
+    fn names_that_differ_only_by_case_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("dir");
+        fs::create_dir(&root).unwrap();
+        fs::write(root.join("Notes"), b"1").unwrap();
+        if fs::write(root.join("notes"), b"2").is_ok() && fs::read_dir(&root).unwrap().count() == 2
+        {
+            let e = scan(&[root]).unwrap_err();
+            assert!(e.to_string().contains("only by case"), "{e}");
         }
     }
 

@@ -40,6 +40,7 @@
 mod check;
 pub mod codec;
 mod error;
+mod fsx;
 mod io;
 pub mod message;
 pub mod path;

@@ -10,7 +10,7 @@
 //! ```
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -23,6 +23,7 @@ use tracing::debug;
 use crate::check::ManifestLimits;
 use crate::codec::{Frame, HASH_LEN};
 use crate::error::TransferError;
+use crate::fsx::{Dir, set_file_mode};
 use crate::io::{
     FINISH_TIMEOUT, FrameReader, IO_TIMEOUT, PIPELINE_DEPTH, Progress, close, flush, report_error,
     timed, write_frame,
@@ -354,12 +355,18 @@ fn check_targets(opts: &ReceiveOptions, targets: &[Target]) -> Result<(), Transf
 struct Prepared {
     files: Vec<WriteFile>,
     /// Directories and their modes, applied once all files are in.
-    dirs: Vec<(PathBuf, u32)>,
+    dirs: Vec<(RelativePath, u32)>,
+    out_dir: PathBuf,
     resume: Vec<ResumePoint>,
 }
 
 struct WriteFile {
     rel: String,
+    /// The folder components below the output directory.
+    parents: Vec<String>,
+    /// The last component, and it with [`PART_SUFFIX`].
+    name: String,
+    part_name: String,
     final_path: PathBuf,
     part_path: PathBuf,
     size: u64,
@@ -382,21 +389,27 @@ fn prepare(opts: &ReceiveOptions, targets: Vec<Target>) -> Result<Prepared, Tran
     for t in &targets {
         let final_path = t.rel.join_to(&opts.out_dir);
         match t.kind {
-            EntryKind::Dir { mode } => dirs.push((final_path, mode)),
+            EntryKind::Dir { mode } => dirs.push((t.rel.clone(), mode)),
             EntryKind::File { size, mode } => {
-                let mut part_name = final_path.clone().into_os_string();
-                part_name.push(PART_SUFFIX);
-                let part_path = PathBuf::from(part_name);
+                let mut parents: Vec<String> = t.rel.components().map(str::to_owned).collect();
+                let name = parents.pop().unwrap_or_default();
+                let part_name = format!("{name}{PART_SUFFIX}");
+                let part_path = final_path.with_file_name(&part_name);
                 let finished = opts.finished.contains(t.rel.as_str());
-                let (point, prefix) = if finished {
-                    find_part(&final_path, size)?
-                } else {
-                    find_part(&part_path, size)?
+                let dir =
+                    Dir::open_beneath(&opts.out_dir, parents.iter().map(String::as_str), false)?;
+                let (point, prefix) = match &dir {
+                    None => (ResumePoint::fresh(), None),
+                    Some(dir) if finished => find_part(dir, &name, size)?,
+                    Some(dir) => find_part(dir, &part_name, size)?,
                 };
                 needed = needed.saturating_add(size - point.offset);
                 resume.push(point);
                 files.push(WriteFile {
                     rel: t.rel.as_str().to_owned(),
+                    parents,
+                    name,
+                    part_name,
                     final_path,
                     part_path,
                     size,
@@ -422,68 +435,47 @@ fn prepare(opts: &ReceiveOptions, targets: Vec<Target>) -> Result<Prepared, Tran
     if needed > available {
         return Err(TransferError::NoSpace { needed, available });
     }
+    // Every folder, one component at a time, never through a link.
     let mut created = HashSet::new();
     for t in &targets {
-        let dirs_to_make = t.rel.ancestors().chain(match t.kind {
-            EntryKind::Dir { .. } => Some(t.rel.as_str()),
-            EntryKind::File { .. } => None,
-        });
-        for dir in dirs_to_make {
-            if created.insert(dir.to_owned()) {
-                make_dir(&opts.out_dir.join(dir))?;
-            }
+        let depth = match t.kind {
+            EntryKind::Dir { .. } => t.rel.components().count(),
+            EntryKind::File { .. } => t.rel.components().count() - 1,
+        };
+        let dir_path = t.rel.components().take(depth).collect::<Vec<_>>();
+        if depth > 0 && created.insert(dir_path.join("/")) {
+            Dir::open_beneath(&opts.out_dir, dir_path, true)?;
         }
     }
     Ok(Prepared {
         files,
         dirs,
+        out_dir: opts.out_dir.clone(),
         resume,
     })
 }
 
-/// Creates one directory without following a symlink in its place.
-fn make_dir(path: &Path) -> Result<(), TransferError> {
-    match fs::create_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let meta = fs::symlink_metadata(path).map_err(|e| TransferError::io(path, e))?;
-            if meta.is_dir() {
-                Ok(())
-            } else {
-                Err(TransferError::UnsafePath {
-                    path: path.display().to_string(),
-                    reason: "exists and is not a directory".into(),
-                })
-            }
-        }
-        Err(e) => Err(TransferError::io(path, e)),
-    }
-}
-
-/// A resumable `.ferry-part`: its length and the hash of its bytes.
+/// A resumable `.ferry-part` (or a finished file) `name` in `dir`: its
+/// length and the hash of its bytes.
 fn find_part(
-    part: &Path,
+    dir: &Dir,
+    name: &str,
     size: u64,
 ) -> Result<(ResumePoint, Option<blake3::Hasher>), TransferError> {
-    let meta = match fs::symlink_metadata(part) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((ResumePoint::fresh(), None)),
-        Err(e) => return Err(TransferError::io(part, e)),
+    let path = dir.path().join(name);
+    let Some(file) = dir.open_file(name, false)? else {
+        return Ok((ResumePoint::fresh(), None));
     };
-    if !meta.is_file() {
-        return Err(TransferError::UnsafePath {
-            path: part.display().to_string(),
-            reason: "exists and is not a regular file".into(),
-        });
-    }
-    let len = meta.len();
+    let len = file
+        .metadata()
+        .map_err(|e| TransferError::io(&path, e))?
+        .len();
     if len == 0 || len > size {
         return Ok((ResumePoint::fresh(), None));
     }
     let mut hasher = blake3::Hasher::new();
-    let file = File::open(part).map_err(|e| TransferError::io(part, e))?;
     let read = io::copy(&mut io::Read::take(file, len), &mut hasher)
-        .map_err(|e| TransferError::io(part, e))?;
+        .map_err(|e| TransferError::io(&path, e))?;
     if read != len {
         return Ok((ResumePoint::fresh(), None));
     }
@@ -514,6 +506,8 @@ enum Cmd {
 
 struct Open {
     index: usize,
+    /// The file's folder, opened when the file started.
+    dir: Option<Dir>,
     /// `None` for a file finished in an earlier attempt: nothing to write.
     file: Option<File>,
     hasher: blake3::Hasher,
@@ -533,7 +527,7 @@ fn write_files(
         match cmd {
             Cmd::Start { index, offset } => {
                 let f = file_at(&mut prepared.files, index)?;
-                open = Some(open_part(f, index, offset)?);
+                open = Some(open_part(&prepared.out_dir, f, index, offset)?);
             }
             Cmd::Chunk {
                 index,
@@ -564,14 +558,20 @@ fn write_files(
                 let cur = current(&mut open, index)?;
                 let f = file_at(&mut prepared.files, index)?;
                 if cur.hasher.finalize().as_bytes() != &hash {
-                    drop(open.take());
-                    let _ = fs::remove_file(&f.part_path);
+                    if let Some(dir) = open.take().and_then(|cur| cur.dir) {
+                        let _ = dir.remove_file(&f.part_name);
+                    }
                     return Err(TransferError::FileMismatch {
                         path: f.rel.clone(),
                     });
                 }
-                if let Some(file) = open.take().and_then(|cur| cur.file) {
-                    finish_file(f, file, overwrite)?;
+                if let Some(Open {
+                    file: Some(file),
+                    dir: Some(dir),
+                    ..
+                }) = open.take()
+                {
+                    finish_file(f, &dir, file, overwrite)?;
                 }
                 finished += 1;
                 let _ = done.send(index);
@@ -579,7 +579,7 @@ fn write_files(
         }
     }
     if finished == prepared.files.len() {
-        apply_dir_modes(&mut prepared.dirs)?;
+        apply_dir_modes(&prepared.out_dir, &mut prepared.dirs)?;
     }
     Ok(())
 }
@@ -596,7 +596,12 @@ fn current(open: &mut Option<Open>, index: usize) -> Result<&mut Open, TransferE
         .ok_or_else(|| TransferError::Internal(format!("file {index} is not open")))
 }
 
-fn open_part(f: &mut WriteFile, index: usize, offset: u64) -> Result<Open, TransferError> {
+fn open_part(
+    out_dir: &Path,
+    f: &mut WriteFile,
+    index: usize,
+    offset: u64,
+) -> Result<Open, TransferError> {
     if f.finished {
         // The sender agreed the file is complete (it checked the hash);
         // anything else means the file here is not the one it sends.
@@ -609,83 +614,57 @@ fn open_part(f: &mut WriteFile, index: usize, offset: u64) -> Result<Open, Trans
             })?;
         return Ok(Open {
             index,
+            dir: None,
             file: None,
             hasher,
         });
     }
     let io_err = |e| TransferError::io(&f.part_path, e);
-    // Never write through a symlink planted in place of the part file.
-    match fs::symlink_metadata(&f.part_path) {
-        Ok(meta) if !meta.is_file() => {
-            return Err(TransferError::UnsafePath {
-                path: f.part_path.display().to_string(),
-                reason: "exists and is not a regular file".into(),
-            });
-        }
-        _ => {}
-    }
+    // The folder was made in `prepare`; a link in its place now is refused.
+    let dir = Dir::open_beneath(out_dir, f.parents.iter().map(String::as_str), false)?
+        .ok_or_else(|| TransferError::io(&f.part_path, io::Error::from(io::ErrorKind::NotFound)))?;
     let (mut file, hasher) = if offset == 0 {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&f.part_path)
-            .map_err(io_err)?;
-        (file, blake3::Hasher::new())
+        (dir.create_file(&f.part_name)?, blake3::Hasher::new())
     } else {
         let hasher = f
             .prefix
             .take()
             .ok_or_else(|| TransferError::Internal("resume without a prefix".into()))?;
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&f.part_path)
-            .map_err(io_err)?;
+        let file = dir.open_file(&f.part_name, true)?.ok_or_else(|| {
+            TransferError::io(&f.part_path, io::Error::from(io::ErrorKind::NotFound))
+        })?;
         file.set_len(offset).map_err(io_err)?;
         (file, hasher)
     };
     file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
     Ok(Open {
         index,
+        dir: Some(dir),
         file: Some(file),
         hasher,
     })
 }
 
-fn finish_file(f: &WriteFile, file: File, overwrite: bool) -> Result<(), TransferError> {
-    let io_err = |e| TransferError::io(&f.part_path, e);
+fn finish_file(f: &WriteFile, dir: &Dir, file: File, overwrite: bool) -> Result<(), TransferError> {
     file.sync_all()
         .map_err(|e| write_error(&f.final_path, &f.part_path, e))?;
+    set_file_mode(&file, &f.part_path, f.mode)?;
     drop(file);
-    set_mode(&f.part_path, f.mode)?;
-    if !overwrite && fs::symlink_metadata(&f.final_path).is_ok() {
-        return Err(TransferError::Exists {
-            path: f.final_path.clone(),
-        });
-    }
-    fs::rename(&f.part_path, &f.final_path).map_err(io_err)?;
-    Ok(())
+    dir.rename(&f.part_name, &f.name, overwrite)
 }
 
-fn apply_dir_modes(dirs: &mut [(PathBuf, u32)]) -> Result<(), TransferError> {
+fn apply_dir_modes(out_dir: &Path, dirs: &mut [(RelativePath, u32)]) -> Result<(), TransferError> {
     // Deepest first, so a read-only parent does not block its children.
     dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-    for (path, mode) in dirs.iter() {
-        set_mode(path, *mode)?;
+    for (rel, mode) in dirs.iter() {
+        let dir = Dir::open_beneath(out_dir, rel.components(), false)?.ok_or_else(|| {
+            TransferError::io(
+                rel.join_to(out_dir),
+                io::Error::from(io::ErrorKind::NotFound),
+            )
+        })?;
+        dir.set_mode(*mode)?;
     }
-    Ok(())
-}
-
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> Result<(), TransferError> {
-    use std::os::unix::fs::PermissionsExt;
-    // Only permission bits: never setuid, setgid or sticky.
-    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o777))
-        .map_err(|e| TransferError::io(path, e))
-}
-
-#[cfg(not(unix))]
-fn set_mode(_path: &Path, _mode: u32) -> Result<(), TransferError> {
     Ok(())
 }
 
@@ -724,6 +703,8 @@ mod tests {
     fn part_files_are_found_and_hashed() {
         let t = tempfile::tempdir().unwrap();
         let part = t.path().join("f.ferry-part");
+        let dir = Dir::open_beneath(t.path(), [], false).unwrap().unwrap();
+        let find_part = |_: &Path, size| find_part(&dir, "f.ferry-part", size);
         assert_eq!(find_part(&part, 10).unwrap().0, ResumePoint::fresh());
         fs::write(&part, b"hello").unwrap();
         let (point, hasher) = find_part(&part, 10).unwrap();

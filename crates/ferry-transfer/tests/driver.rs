@@ -220,7 +220,20 @@ async fn setuid_bits_are_never_applied() {
         .unwrap()
         .permissions()
         .mode();
-    assert_eq!(mode & 0o7777, 0o777);
+    // No setuid/setgid/sticky bit, and the receiver's umask applies.
+    assert_eq!(mode & 0o7000, 0);
+    assert_eq!(mode & 0o777, 0o777 & !test_umask());
+}
+
+/// This process's umask, as the kernel reports it.
+#[cfg(unix)]
+fn test_umask() -> u32 {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+        .unwrap_or(0o022)
 }
 
 #[tokio::test]

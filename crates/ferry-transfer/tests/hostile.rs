@@ -224,3 +224,196 @@ async fn deep_chains_are_refused() {
         "{e:?}"
     );
 }
+
+/// A raw sender talking to a real receiver that accepts whatever passes
+/// its checks.
+struct Raw {
+    stream: DuplexStream,
+    buf: BytesMut,
+    receiver: tokio::task::JoinHandle<Result<ferry_transfer::Report, TransferError>>,
+}
+
+impl Raw {
+    /// Offers `entries` to a receiver writing into `out`, and waits for
+    /// its acceptance (its folders then exist).
+    async fn accepted(entries: Vec<Entry>, out: &Path, overwrite: bool) -> Raw {
+        let (mut a, b) = tokio::io::duplex(BUF);
+        let options = ReceiveOptions {
+            overwrite,
+            ..opts(out)
+        };
+        let receiver =
+            tokio::spawn(async move { receive_offer(b, options).await?.accept(|_| {}).await });
+        a.write_all(&offer_bytes(entries)).await.unwrap();
+        let mut raw = Raw {
+            stream: a,
+            buf: BytesMut::new(),
+            receiver,
+        };
+        match raw.read().await {
+            Some(Frame::Control(Control::Accept { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        raw
+    }
+
+    async fn read(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(f) = codec::decode(&mut self.buf).unwrap() {
+                return Some(f);
+            }
+            if self.stream.read_buf(&mut self.buf).await.unwrap() == 0 {
+                return None;
+            }
+        }
+    }
+
+    async fn frame(&mut self, frame: Frame) {
+        let mut out = BytesMut::new();
+        codec::encode(&frame, &mut out);
+        // The receiver may have given up already.
+        let _ = self.stream.write_all(&out).await;
+    }
+
+    async fn start(&mut self, index: usize, offset: u64) {
+        self.frame(Frame::Control(Control::FileStart { index, offset }))
+            .await;
+    }
+
+    /// A data frame with a correct hash.
+    async fn data(&mut self, bytes: &[u8]) {
+        self.frame(Frame::Data {
+            hash: *blake3::hash(bytes).as_bytes(),
+            chunk: bytes.to_vec().into(),
+        })
+        .await;
+    }
+
+    async fn end(&mut self, whole: &[u8]) {
+        self.frame(Frame::FileEnd {
+            hash: *blake3::hash(whole).as_bytes(),
+        })
+        .await;
+    }
+
+    /// Sends file `index` with `bytes` in one chunk.
+    async fn file(&mut self, index: usize, bytes: &[u8]) {
+        self.start(index, 0).await;
+        if !bytes.is_empty() {
+            self.data(bytes).await;
+        }
+        self.end(bytes).await;
+    }
+
+    async fn result(self) -> Result<ferry_transfer::Report, TransferError> {
+        let Raw {
+            stream, receiver, ..
+        } = self;
+        let result = tokio::time::timeout(Duration::from_secs(30), receiver)
+            .await
+            .expect("receiver hung")
+            .unwrap();
+        drop(stream);
+        result
+    }
+}
+
+/// An output folder and a folder beside it that must stay untouched.
+fn out_and_outside() -> (TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let top = TempDir::new().unwrap();
+    let out = top.path().join("out");
+    let outside = top.path().join("outside");
+    fs::create_dir(&out).unwrap();
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("target"), b"precious").unwrap();
+    (top, out, outside)
+}
+
+fn assert_untouched(outside: &Path) {
+    let names: Vec<_> = fs::read_dir(outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["target"], "nothing new outside --out");
+    assert_eq!(fs::read(outside.join("target")).unwrap(), b"precious");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_folder_swapped_for_a_link_while_receiving_is_not_followed() {
+    let (_top, out, outside) = out_and_outside();
+    let mut s = Raw::accepted(vec![dir("d"), file("d/f", 4)], &out, false).await;
+    fs::remove_dir(out.join("d")).unwrap();
+    std::os::unix::fs::symlink(&outside, out.join("d")).unwrap();
+    s.file(0, b"abcd").await;
+    let e = s.result().await.unwrap_err();
+    assert!(
+        matches!(&e, TransferError::UnsafePath { reason, .. } if reason.contains("symbolic link")),
+        "{e:?}"
+    );
+    assert_untouched(&outside);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_part_file_planted_as_a_link_is_not_followed() {
+    let (_top, out, outside) = out_and_outside();
+    let mut s = Raw::accepted(vec![file("f", 4)], &out, false).await;
+    std::os::unix::fs::symlink(outside.join("target"), out.join("f.ferry-part")).unwrap();
+    s.file(0, b"abcd").await;
+    s.result().await.unwrap();
+    assert_eq!(fs::read(out.join("f")).unwrap(), b"abcd");
+    assert!(fs::symlink_metadata(out.join("f")).unwrap().is_file());
+    assert_untouched(&outside);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_link_planted_as_the_final_name_is_not_followed_nor_replaced() {
+    for overwrite in [false, true] {
+        let (_top, out, outside) = out_and_outside();
+        let mut s = Raw::accepted(vec![file("f", 4)], &out, overwrite).await;
+        std::os::unix::fs::symlink(outside.join("target"), out.join("f")).unwrap();
+        s.file(0, b"abcd").await;
+        let result = s.result().await;
+        if overwrite {
+            // --overwrite replaces the link itself, not what it points to.
+            result.unwrap();
+            assert!(fs::symlink_metadata(out.join("f")).unwrap().is_file());
+            assert_eq!(fs::read(out.join("f")).unwrap(), b"abcd");
+        } else {
+            assert!(
+                matches!(result, Err(TransferError::Exists { .. })),
+                "{result:?}"
+            );
+            assert!(fs::symlink_metadata(out.join("f")).unwrap().is_symlink());
+            // The verified bytes wait in the part file.
+            assert_eq!(fs::read(out.join("f.ferry-part")).unwrap(), b"abcd");
+        }
+        assert_untouched(&outside);
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn folder_modes_are_not_applied_through_a_link() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_top, out, outside) = out_and_outside();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
+    let entries = vec![
+        Entry {
+            path: "d".into(),
+            kind: EntryKind::Dir { mode: 0o700 },
+        },
+        file("f", 4),
+    ];
+    let mut s = Raw::accepted(entries, &out, false).await;
+    fs::remove_dir(out.join("d")).unwrap();
+    std::os::unix::fs::symlink(&outside, out.join("d")).unwrap();
+    s.file(0, b"abcd").await;
+    let e = s.result().await.unwrap_err();
+    assert!(matches!(e, TransferError::UnsafePath { .. }), "{e:?}");
+    let mode = fs::metadata(&outside).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755);
+    assert_untouched(&outside);
+}

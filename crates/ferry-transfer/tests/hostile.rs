@@ -417,3 +417,233 @@ async fn folder_modes_are_not_applied_through_a_link() {
     assert_eq!(mode, 0o755);
     assert_untouched(&outside);
 }
+
+/// Deterministic pseudo-random bytes.
+fn random_bytes(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+/// Only the part file is in `out`, holding exactly `bytes`.
+fn only_part_kept(out: &Path, name: &str, bytes: &[u8]) {
+    let names: Vec<_> = fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, [format!("{name}.ferry-part")]);
+    assert_eq!(
+        fs::read(out.join(format!("{name}.ferry-part"))).unwrap(),
+        bytes
+    );
+}
+
+#[tokio::test]
+async fn more_bytes_than_offered_are_refused_and_nothing_is_renamed() {
+    let (_top, out, outside) = out_and_outside();
+    let mut s = Raw::accepted(vec![file("f", 6)], &out, false).await;
+    s.start(0, 0).await;
+    s.data(b"abcd").await;
+    s.data(b"efgh").await;
+    s.end(b"abcdefgh").await;
+    let e = s.result().await.unwrap_err();
+    assert!(
+        matches!(&e, TransferError::Protocol(m) if m.contains("beyond the end")),
+        "{e:?}"
+    );
+    only_part_kept(&out, "f", b"abcd");
+    assert_untouched(&outside);
+}
+
+#[tokio::test]
+async fn a_file_shorter_than_offered_is_refused_and_its_part_kept() {
+    let (_top, out, outside) = out_and_outside();
+    let mut s = Raw::accepted(vec![file("f", 8), file("g", 1)], &out, false).await;
+    s.start(0, 0).await;
+    s.data(b"abcd").await;
+    s.end(b"abcd").await;
+    let e = s.result().await.unwrap_err();
+    assert!(
+        matches!(&e, TransferError::Protocol(m) if m.contains("before all its bytes")),
+        "{e:?}"
+    );
+    only_part_kept(&out, "f", b"abcd");
+    assert_untouched(&outside);
+}
+
+#[tokio::test]
+async fn a_chunk_with_a_wrong_hash_keeps_only_verified_bytes() {
+    let (_top, out, outside) = out_and_outside();
+    let mut s = Raw::accepted(vec![file("f", 8)], &out, false).await;
+    s.start(0, 0).await;
+    s.data(b"abcd").await;
+    s.frame(Frame::Data {
+        hash: *blake3::hash(b"efgh").as_bytes(),
+        chunk: bytes::Bytes::from_static(b"efgX"),
+    })
+    .await;
+    s.end(b"abcdefgX").await;
+    let e = s.result().await.unwrap_err();
+    assert!(
+        matches!(&e, TransferError::ChunkMismatch { path, offset: 4 } if path == "f"),
+        "{e:?}"
+    );
+    only_part_kept(&out, "f", b"abcd");
+    assert_untouched(&outside);
+}
+
+#[tokio::test]
+async fn a_source_file_that_grows_or_shrinks_after_the_offer_is_not_delivered() {
+    for grow in [true, false] {
+        let src = TempDir::new().unwrap();
+        let (_top, out, outside) = out_and_outside();
+        let data = random_bytes("lying", 600_000);
+        let path = src.path().join("f");
+        fs::write(&path, &data).unwrap();
+        let source = ferry_transfer::scan(std::slice::from_ref(&path)).unwrap();
+        if grow {
+            fs::write(&path, random_bytes("lying", 900_000)).unwrap();
+        } else {
+            fs::write(&path, &data[..100_000]).unwrap();
+        }
+        let (a, b) = tokio::io::duplex(BUF);
+        let options = opts(&out);
+        let receiver =
+            tokio::spawn(async move { receive_offer(b, options).await?.accept(|_| {}).await });
+        let sent = ferry_transfer::send(a, source, |_| {}).await;
+        let received = receiver.await.unwrap();
+        let e = sent.unwrap_err();
+        assert!(e.to_string().contains("changed while sending"), "{e}");
+        assert!(
+            matches!(&received, Err(TransferError::PeerError(m)) if m.contains("changed")),
+            "{received:?}"
+        );
+        assert!(!out.join("f").exists(), "nothing renamed");
+        assert_untouched(&outside);
+    }
+}
+
+/// A small tmpfs mounted for one test, unmounted on drop (also when the
+/// test fails). `None` (with a note) unless running as root.
+struct SmallFs {
+    dir: TempDir,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> Option<SmallFs> {
+        let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let root = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            == Some("0");
+        if !root {
+            eprintln!("note: not root, skipping the small tmpfs test");
+            return None;
+        }
+        let dir = TempDir::new().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("note: cannot mount a tmpfs here, skipping the small tmpfs test");
+            return None;
+        }
+        Some(SmallFs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a filler file until the file system is full.
+    fn fill(&self) {
+        let mut f = fs::File::create(self.path().join("filler")).unwrap();
+        let block = vec![7u8; 64 * 1024];
+        for _ in 0..10_000 {
+            if std::io::Write::write_all(&mut f, &block).is_err() {
+                return;
+            }
+        }
+        panic!("the small file system never filled up");
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_nearly_full_small_tmpfs_refuses_early_or_keeps_the_part_to_resume() {
+    let Some(small) = SmallFs::mount("2m") else {
+        return;
+    };
+    let out = small.path().join("out");
+    fs::create_dir(&out).unwrap();
+
+    // Larger than the whole file system: refused before anything is written.
+    let (mut a, b) = tokio::io::duplex(BUF);
+    a.write_all(&offer_bytes(vec![file("big", 3 << 20)]))
+        .await
+        .unwrap();
+    let e = receive_offer(b, opts(&out))
+        .await
+        .unwrap()
+        .accept(|_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TransferError::NoSpace { .. }), "{e:?}");
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 0);
+
+    // Fits when accepted, then something else fills the disk.
+    let chunk = 256 * 1024;
+    let data = random_bytes("tmpfs", 4 * chunk);
+    let mut s = Raw::accepted(vec![file("f", data.len() as u64)], &out, false).await;
+    s.start(0, 0).await;
+    s.data(&data[..chunk]).await;
+    let part = out.join("f.ferry-part");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < chunk as u64 {
+        assert!(Instant::now() < deadline, "the first chunk never landed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    small.fill();
+    for c in data[chunk..].chunks(chunk) {
+        s.data(c).await;
+    }
+    s.end(&data).await;
+    let e = s.result().await.unwrap_err();
+    assert!(matches!(e, TransferError::DiskFull { .. }), "{e:?}");
+    assert!(e.to_string().contains("run again to resume"), "{e}");
+    assert!(!out.join("f").exists());
+    let kept = fs::read(&part).unwrap();
+    assert!(kept.len() >= chunk && data.starts_with(&kept));
+
+    // Space freed: a real sender resumes and the file arrives whole.
+    fs::remove_file(small.path().join("filler")).unwrap();
+    let src = TempDir::new().unwrap();
+    fs::write(src.path().join("f"), &data).unwrap();
+    let source = ferry_transfer::scan(&[src.path().join("f")]).unwrap();
+    let (a, b) = tokio::io::duplex(BUF);
+    let options = opts(&out);
+    let receiver =
+        tokio::spawn(async move { receive_offer(b, options).await?.accept(|_| {}).await });
+    ferry_transfer::send(a, source, |_| {}).await.unwrap();
+    let report = receiver.await.unwrap().unwrap();
+    assert_eq!(report.bytes_resumed, kept.len() as u64);
+    assert_eq!(fs::read(out.join("f")).unwrap(), data);
+    let names: Vec<_> = fs::read_dir(small.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["out"], "nothing written outside --out");
+}

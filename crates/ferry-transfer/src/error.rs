@@ -7,7 +7,9 @@ use crate::codec::{CodecError, KIND_CONTROL};
 use crate::path::{UnsafePath, escape};
 
 /// Everything that can go wrong in a transfer. Messages are meant to be
-/// shown to the user as they are.
+/// shown to the user as they are: any text from the peer in them (names,
+/// reasons, messages) is escaped with [`escape`], while the fields hold
+/// it raw.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransferError {
@@ -107,16 +109,16 @@ pub enum TransferError {
         path: String,
     },
     /// The receiver declined the offer.
-    #[error("the receiver declined: {0}")]
+    #[error("the receiver declined: {}", escape(.0))]
     Declined(String),
     /// The peer broke the protocol.
-    #[error("protocol error: {0}")]
+    #[error("protocol error: {}", escape(.0))]
     Protocol(String),
     /// The peer closed the connection early.
     #[error("the peer closed the connection")]
     PeerClosed,
     /// The peer reported an error and gave up.
-    #[error("the peer reported: {0}")]
+    #[error("the peer reported: {}", escape(.0))]
     PeerError(String),
     /// A bug or a crashed worker thread on our side.
     #[error("internal error: {0}")]

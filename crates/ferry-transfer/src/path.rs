@@ -51,18 +51,16 @@ pub fn is_dangerous_char(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
-/// `s` with every [dangerous character](is_dangerous_char) and backslash
-/// written as a Rust-style escape (`\u{1b}`), so that it can be shown on a
-/// terminal or in a log as it is.
+/// `s` with every [dangerous character](is_dangerous_char) written as a
+/// Rust-style escape (`\u{1b}`), so that it can be shown on a terminal or
+/// in a log as it is. Idempotent: escaping twice changes nothing more.
 pub fn escape(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(|c| is_dangerous_char(c) || c == '\\') {
+    if !s.chars().any(is_dangerous_char) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if c == '\\' {
-            out.push_str("\\\\");
-        } else if is_dangerous_char(c) {
+        if is_dangerous_char(c) {
             out.push_str(&format!("\\u{{{:x}}}", c as u32));
         } else {
             out.push(c);
@@ -336,7 +334,8 @@ mod tests {
     #[test]
     fn escape_leaves_plain_text_alone() {
         assert!(matches!(escape("ü/日本 x.txt"), Cow::Borrowed(_)));
-        assert_eq!(escape("a\x1bb\\c"), "a\\u{1b}b\\\\c");
+        assert_eq!(escape("a\x1bb\u{202e}c"), "a\\u{1b}b\\u{202e}c");
+        assert_eq!(escape(&escape("\x07\n")), "\\u{7}\\u{a}");
     }
 
     #[test]

@@ -647,3 +647,34 @@ async fn a_nearly_full_small_tmpfs_refuses_early_or_keeps_the_part_to_resume() {
         .collect();
     assert_eq!(names, ["out"], "nothing written outside --out");
 }
+
+#[tokio::test]
+async fn the_peers_words_in_errors_are_escaped() {
+    let out = TempDir::new().unwrap();
+    let (mut a, b) = tokio::io::duplex(BUF);
+    let mut frame = BytesMut::new();
+    codec::encode(
+        &Frame::Control(Control::Error {
+            message: "\x1b]0;pwned\x07\x1b[2K\rReceived 1 file, all verified".into(),
+        }),
+        &mut frame,
+    );
+    a.write_all(&frame).await.unwrap();
+    let e = receive_offer(b, opts(out.path())).await.unwrap_err();
+    assert!(matches!(e, TransferError::PeerError(_)), "{e:?}");
+    let text = e.to_string();
+    assert!(!text.chars().any(is_dangerous_char), "{text:?}");
+    assert!(text.contains("\\u{1b}]0;pwned"), "{text}");
+
+    // A control frame naming an unknown message type.
+    let (mut a, b) = tokio::io::duplex(BUF);
+    let json = br#"{"type":"\u001b[2Jboom"}"#;
+    let mut raw = vec![codec::KIND_CONTROL];
+    raw.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    raw.extend_from_slice(json);
+    a.write_all(&raw).await.unwrap();
+    let e = receive_offer(b, opts(out.path())).await.unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, TransferError::Protocol(_)), "{e:?}");
+    assert!(!text.chars().any(is_dangerous_char), "{text:?}");
+}

@@ -406,4 +406,29 @@ mod tests {
         );
         assert!(run(vec![dir("a"), dir("a/b"), file("a/b/c")]).is_ok());
     }
+
+    proptest::proptest! {
+        /// Any manifest: no panic, and what passes is safe to create.
+        #[test]
+        fn accepted_paths_are_safe(
+            raw in proptest::collection::vec(
+                ("[a-zA-Z.\\x00-\\x1f\\u{7f}-\\u{9f}\\u{202a}-\\u{202e}<>:|?* /-]{0,12}", proptest::bool::ANY),
+                0..12,
+            )
+        ) {
+            let entries: Vec<Entry> = raw
+                .iter()
+                .map(|(p, is_file)| if *is_file { file(p) } else { dir(p) })
+                .collect();
+            if let Ok(paths) = check(entries) {
+                let mut lower = std::collections::HashSet::new();
+                for p in &paths {
+                    proptest::prop_assert!(!p.as_str().chars().any(crate::path::is_dangerous_char));
+                    proptest::prop_assert!(p.components().all(|c| c != ".." && c != "." && !c.is_empty()));
+                    proptest::prop_assert!(!p.components().any(is_git_dir));
+                    proptest::prop_assert!(lower.insert(p.as_str().to_lowercase()));
+                }
+            }
+        }
+    }
 }

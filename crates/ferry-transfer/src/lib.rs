@@ -7,7 +7,14 @@
 //! - [`codec`]: pure frame codec `[u8 kind][u32 BE length][payload]`.
 //! - [`message`]: JSON control messages and the [`Manifest`].
 //! - [`protocol`]: sans-IO state machines ([`SenderCore`], [`ReceiverCore`]).
-//! - [`path`]: receiver-side path safety.
+//! - [`path`]: receiver-side name safety (no escapes, controls, bidi
+//!   overrides or Windows-reserved names), and [`escape`] for showing
+//!   untrusted text.
+//! - [`validate_manifest`]: whole-manifest bounds ([`ManifestLimits`]), case
+//!   collisions, `.git` folders; [`Manifest::top_level`] for the listing.
+//! - `fsx` (private): file operations that never follow a link below the
+//!   output directory (`openat`/`O_NOFOLLOW`, no-replace rename, `fchmod`
+//!   with the umask).
 //! - [`scan()`], [`send()`], [`receive_offer`] + [`Incoming`]: the file-system side
 //!   and thin tokio drivers.
 //!
@@ -60,7 +67,7 @@ pub use error::TransferError;
 pub use io::{ANSWER_TIMEOUT, FINISH_TIMEOUT, IO_TIMEOUT, PIPELINE_DEPTH, WRITE_TIMEOUT};
 pub use message::{Control, Entry, EntryKind, Manifest, Offer, ResumePoint, TopLevelEntry};
 pub use path::{RelativePath, UnsafePath, escape, is_dangerous_char, sanitize};
-pub use protocol::{PART_SUFFIX, ReceiverCore, SenderCore};
+pub use protocol::{PART_SUFFIX, ReceiverCore, SenderCore, validate_manifest};
 pub use receive::{ENTRY_SPACE, Incoming, ReceiveOptions, cancel_receiving, receive_offer};
 pub use scan::{Source, scan};
 pub use send::{SendOutcome, send};

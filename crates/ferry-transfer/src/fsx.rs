@@ -123,8 +123,9 @@ mod imp {
             &self.path
         }
 
-        /// Opens an existing regular file for reading or writing, without
-        /// following a link; `Ok(None)` if there is none.
+        /// Opens an existing regular file with a single link for reading or
+        /// writing, without following a symlink; `Ok(None)` if there is
+        /// none.
         pub(crate) fn open_file(
             &self,
             name: &str,
@@ -146,6 +147,14 @@ mod imp {
             let stat = rustix::fs::fstat(&fd).map_err(|e| TransferError::io(&path, e.into()))?;
             if !FileType::from_raw_mode(stat.st_mode).is_file() {
                 return Err(not_regular(&path));
+            }
+            // A second name for someone else's file: resuming would write
+            // into it (and hashing it would tell the sender about it).
+            if stat.st_nlink > 1 {
+                return Err(TransferError::UnsafePath {
+                    path: path.display().to_string(),
+                    reason: "has other hard links; remove it and run again".into(),
+                });
             }
             // NONBLOCK only kept a planted FIFO from blocking the open.
             rustix::fs::fcntl_setfl(&fd, access).map_err(|e| TransferError::io(&path, e.into()))?;

@@ -678,3 +678,28 @@ async fn the_peers_words_in_errors_are_escaped() {
     assert!(matches!(e, TransferError::Protocol(_)), "{e:?}");
     assert!(!text.chars().any(is_dangerous_char), "{text:?}");
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_part_file_hard_linked_to_another_file_is_not_resumed_into() {
+    let (_top, out, outside) = out_and_outside();
+    fs::hard_link(outside.join("target"), out.join("f.ferry-part")).unwrap();
+    let (mut a, b) = tokio::io::duplex(BUF);
+    a.write_all(&offer_bytes(vec![file("f", 100)]))
+        .await
+        .unwrap();
+    let e = receive_offer(b, opts(&out))
+        .await
+        .unwrap()
+        .accept(|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, TransferError::UnsafePath { reason, .. } if reason.contains("hard links")),
+        "{e:?}"
+    );
+    // The sender learnt nothing about the file: no accept, an error.
+    let told = error_message(&mut a).await.unwrap();
+    assert!(told.contains("hard links"), "{told}");
+    assert_untouched(&outside);
+}

@@ -37,6 +37,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use ferry_limits::{AddrBucket, Bucketing};
 use tracing::debug;
 
 use crate::token::{Claims, TokenKey};
@@ -51,8 +52,17 @@ pub type ConnId = u64;
 /// Limits and timers of the relay, with defaults for a small VPS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayConfig {
-    /// Relay connections (waiting or paired) from one IP address (default 8).
+    /// Relay connections from one address bucket (default 8): waiting or
+    /// paired here, and, on a listener of the relay's own
+    /// ([`crate::RelayServer::serve`]), every open connection, counted at
+    /// accept before its first line.
     pub max_connections_per_ip: usize,
+    /// Which addresses count as one party for `max_connections_per_ip`
+    /// (default: one IPv4 address, one IPv6 /64).
+    pub bucketing: Bucketing,
+    /// How long [`crate::RelayServer::serve`] waits for a connection's first
+    /// line (default 3 s).
+    pub first_line_timeout: Duration,
     /// Pairs at once, counting a side still waiting for its partner as a
     /// pair (default 64).
     pub max_pairs: usize,
@@ -68,6 +78,8 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             max_connections_per_ip: 8,
+            bucketing: Bucketing::default(),
+            first_line_timeout: Duration::from_secs(3),
             max_pairs: 64,
             rate_limit: None,
             idle_timeout: Duration::from_secs(60),
@@ -183,7 +195,7 @@ pub struct Relay {
     unix: u64,
     tokens: HashMap<Token, TokenState>,
     conns: HashMap<ConnId, Conn>,
-    per_ip: HashMap<IpAddr, usize>,
+    per_ip: HashMap<AddrBucket, usize>,
     /// Waiting connections plus live pairs.
     slots: usize,
     closes: VecDeque<ConnId>,
@@ -258,7 +270,10 @@ impl Relay {
                 return Join::Refused(refusal);
             }
         };
-        *self.per_ip.entry(ip).or_insert(0) += 1;
+        *self
+            .per_ip
+            .entry(self.config.bucketing.bucket(ip))
+            .or_insert(0) += 1;
         let state = self.tokens.entry(*token).or_insert_with(|| {
             self.stats.tokens_seen += 1;
             TokenState {
@@ -311,10 +326,11 @@ impl Relay {
         let Some(state) = self.conns.remove(&conn) else {
             return;
         };
-        if let Some(count) = self.per_ip.get_mut(&state.ip) {
+        let bucket = self.config.bucketing.bucket(state.ip);
+        if let Some(count) = self.per_ip.get_mut(&bucket) {
             *count -= 1;
             if *count == 0 {
-                self.per_ip.remove(&state.ip);
+                self.per_ip.remove(&bucket);
             }
         }
         match state.state {
@@ -402,7 +418,8 @@ impl Relay {
             // A driver bug, not a peer's doing; refuse rather than corrupt state.
             return Err(Refusal::Reused);
         }
-        if self.per_ip.get(&ip).copied().unwrap_or(0) >= self.config.max_connections_per_ip {
+        let bucket = self.config.bucketing.bucket(ip);
+        if self.per_ip.get(&bucket).copied().unwrap_or(0) >= self.config.max_connections_per_ip {
             return Err(Refusal::PerIpLimit);
         }
         let claims = self.key.verify(token).ok_or(Refusal::UnknownToken)?;

@@ -24,7 +24,8 @@
 //!
 //! [`RelayServer::serve`] is a listener of its own for a relay that runs
 //! apart from the signalling listener (`ferry relay`, or a second port):
-//! it reads the first line (at most `MAX_RELAY_FRAME` bytes, within 10 s)
+//! it caps connections per address bucket at accept, reads the first line
+//! (at most `MAX_RELAY_FRAME` bytes, within `first_line_timeout`, 3 s)
 //! and calls [`RelayServer::handle`].
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
+use ferry_limits::AddrBucket;
 use ferry_proto::signal::{
     ClientToServer, ErrorCode, MAX_RELAY_FRAME, RELAY_PROTOCOL_VERSION, ServerToClient,
     decode_frame, encode_frame,
@@ -60,8 +62,11 @@ pub const MAX_EARLY_BYTES: usize = 64 * 1024;
 
 /// How long one control-line write may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long [`RelayServer::serve`] waits for the first line.
-const FIRST_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused connections that may linger (so their error line is read) at
+/// once on a listener of the relay's own.
+const REFUSALS_AT_ONCE: usize = 64;
+/// What a connection over the relay's total connection limit is told.
+const CONNECTION_LIMIT_MESSAGE: &str = "the relay is at its connection limit; try again later";
 
 /// The relay: a shared, cloneable handle on one [`Relay`] core.
 #[derive(Debug, Clone)]
@@ -116,7 +121,10 @@ impl RelayServer {
 
     /// Serves relay connections on a listener of their own until `shutdown`
     /// resolves; open pairs are then cut. At most `2 * max_pairs + 64`
-    /// connections are served at once (the rest are closed at once).
+    /// connections are served at once, and at most `max_connections_per_ip`
+    /// from one address bucket (counted at accept, before the first line,
+    /// so one party cannot take every slot). A connection over either limit
+    /// is told so (`error {server-full}`) and closed.
     pub async fn serve(
         &self,
         listener: TcpListener,
@@ -124,13 +132,14 @@ impl RelayServer {
     ) -> std::io::Result<()> {
         let local = listener.local_addr()?;
         debug!(%local, "relay listening");
-        let limit = self
-            .inner
-            .config
-            .max_pairs
-            .saturating_mul(2)
-            .saturating_add(64);
+        let config = &self.inner.config;
+        let limit = config.max_pairs.saturating_mul(2).saturating_add(64);
         let semaphore = Arc::new(Semaphore::new(limit));
+        // Refusals get their line and a moment to be read, but only so many
+        // at once: past that a refused connection gets its line without
+        // waiting and is closed, so a flood of refusals costs no tasks.
+        let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
+        let per_bucket = Arc::new(Mutex::new(BucketCounts::default()));
         let mut tasks = JoinSet::new();
         let mut backoff = Duration::from_millis(10);
         tokio::pin!(shutdown);
@@ -150,13 +159,21 @@ impl RelayServer {
                         }
                     };
                     backoff = Duration::from_millis(10);
+                    let bucket = config.bucketing.bucket(peer.ip());
+                    let Some(slot) = BucketSlot::take(&per_bucket, bucket, config.max_connections_per_ip) else {
+                        debug!(%peer, %bucket, "relay per-address connection limit reached");
+                        refuse_at_accept(stream, &refusals, &mut tasks, Refusal::PerIpLimit.message());
+                        continue;
+                    };
                     let Ok(permit) = semaphore.clone().try_acquire_owned() else {
                         debug!(%peer, "relay connection limit reached");
+                        refuse_at_accept(stream, &refusals, &mut tasks, CONNECTION_LIMIT_MESSAGE);
                         continue;
                     };
                     let relay = self.clone();
                     tasks.spawn(async move {
                         let _permit = permit;
+                        let _slot = slot;
                         relay.serve_one(stream, peer).await;
                     });
                 }
@@ -169,7 +186,7 @@ impl RelayServer {
     async fn serve_one(&self, mut stream: TcpStream, peer: SocketAddr) {
         let mut input = BytesMut::with_capacity(MAX_RELAY_FRAME);
         let mut chunk = [0u8; MAX_RELAY_FRAME];
-        let first = timeout(FIRST_LINE_TIMEOUT, async {
+        let first = timeout(self.inner.config.first_line_timeout, async {
             loop {
                 let window = input.len().min(MAX_RELAY_FRAME);
                 if input[..window].contains(&b'\n') {
@@ -438,6 +455,79 @@ impl RelayServer {
             .waiters
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Tells a connection refused at accept why (`error {server-full}`) and
+/// closes it: in a task of its own while fewer than [`REFUSALS_AT_ONCE`]
+/// are lingering, else at once with a non-blocking write.
+fn refuse_at_accept(
+    mut stream: TcpStream,
+    refusals: &Arc<Semaphore>,
+    tasks: &mut JoinSet<()>,
+    message: &'static str,
+) {
+    let mut line = BytesMut::new();
+    let msg = ServerToClient::Error {
+        code: ErrorCode::ServerFull,
+        message: message.to_string(),
+    };
+    if encode_frame(&msg, &mut line).is_err() {
+        return;
+    }
+    // A fresh socket's send buffer takes a line without blocking.
+    let _ = stream.try_write(&line);
+    if let Ok(permit) = refusals.clone().try_acquire_owned() {
+        tasks.spawn(async move {
+            let _permit = permit;
+            linger(&mut stream).await;
+        });
+    }
+}
+
+/// Open connections per address bucket on a listener of the relay's own.
+#[derive(Debug, Default)]
+struct BucketCounts(HashMap<AddrBucket, usize>);
+
+/// One connection's share of its bucket; given back on drop.
+#[derive(Debug)]
+struct BucketSlot {
+    counts: Arc<Mutex<BucketCounts>>,
+    bucket: AddrBucket,
+}
+
+impl BucketSlot {
+    fn take(counts: &Arc<Mutex<BucketCounts>>, bucket: AddrBucket, max: usize) -> Option<Self> {
+        let mut guard = counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = guard.0.entry(bucket).or_insert(0);
+        if *count >= max {
+            if *count == 0 {
+                guard.0.remove(&bucket);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(BucketSlot {
+            counts: counts.clone(),
+            bucket,
+        })
+    }
+}
+
+impl Drop for BucketSlot {
+    fn drop(&mut self) {
+        let mut guard = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = guard.0.get_mut(&self.bucket) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                guard.0.remove(&self.bucket);
+            }
+        }
     }
 }
 

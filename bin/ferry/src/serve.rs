@@ -190,6 +190,10 @@ fn relay_config(limits: &RelayLimitArgs) -> RelayConfig {
         max_pairs: limits.relay_max_pairs,
         max_connections_per_ip: limits.relay_max_per_ip,
         rate_limit: limits.relay_rate,
+        total_rate_limit: limits.relay_total_rate,
+        max_pair_bytes: limits.relay_max_bytes,
+        max_pair_lifetime: (limits.relay_max_lifetime > 0)
+            .then(|| Duration::from_secs(limits.relay_max_lifetime)),
         idle_timeout: Duration::from_secs(limits.relay_idle),
         ..RelayConfig::default()
     }

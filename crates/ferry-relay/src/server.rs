@@ -49,7 +49,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tracing::debug;
 
-use crate::pairing::{ConnId, Join, Refusal, Relay, RelayConfig, Stats};
+use crate::pairing::{ConnId, Join, PairBudget, PairEnd, Refusal, Relay, RelayConfig, Stats};
 use crate::token::{TokenKey, unix_secs};
 use crate::token_from_hex;
 
@@ -81,6 +81,8 @@ struct Inner {
     core: Mutex<Relay>,
     waiters: Mutex<HashMap<ConnId, oneshot::Sender<Handoff>>>,
     next_id: AtomicU64,
+    /// The whole relay's rate limit, shared by every pair.
+    total_rate: Option<Arc<Mutex<TokenBucket>>>,
 }
 
 /// The second side's connection, handed to the waiting side's task.
@@ -97,6 +99,9 @@ impl RelayServer {
     /// A relay with these limits that joins the holders of tokens `key`
     /// signed.
     pub fn new(config: RelayConfig, key: TokenKey) -> Self {
+        let total_rate = config
+            .total_rate_limit
+            .map(|rate| Arc::new(Mutex::new(TokenBucket::new(rate, Instant::now()))));
         RelayServer {
             inner: Arc::new(Inner {
                 core: Mutex::new(Relay::new(config.clone(), key.clone())),
@@ -104,6 +109,7 @@ impl RelayServer {
                 key,
                 waiters: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
+                total_rate,
             }),
         }
     }
@@ -399,19 +405,26 @@ impl RelayServer {
             return;
         }
         debug!(conn, other, "relay pair joined; copying");
+        let config = &self.inner.config;
         let activity = Arc::new(Activity::new());
-        let bucket = self
-            .inner
-            .config
+        let budget = Arc::new(Mutex::new(PairBudget::new(
+            config,
+            Instant::now().into_std(),
+        )));
+        let mut buckets: Vec<_> = config
             .rate_limit
-            .map(|rate| Arc::new(Mutex::new(TokenBucket::new(rate, Instant::now()))));
-        let mut a = Metered::new(a, activity.clone(), bucket.clone());
-        let mut b = Metered::new(b, activity.clone(), bucket);
-        let idle = self.inner.config.idle_timeout;
+            .map(|rate| Arc::new(Mutex::new(TokenBucket::new(rate, Instant::now()))))
+            .into_iter()
+            .collect();
+        buckets.extend(self.inner.total_rate.clone());
+        let mut a = Metered::new(a, activity.clone(), budget.clone(), buckets.clone());
+        let mut b = Metered::new(b, activity.clone(), budget.clone(), buckets);
+        let idle = config.idle_timeout;
+        let lifetime = lock(&budget).deadline().map(Instant::from_std);
         let copy =
             tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER);
         tokio::pin!(copy);
-        loop {
+        let end = loop {
             let deadline = activity.last() + idle;
             tokio::select! {
                 result = &mut copy => {
@@ -419,15 +432,21 @@ impl RelayServer {
                         Ok((a_to_b, b_to_a)) => debug!(conn, other, a_to_b, b_to_a, "relay pair done"),
                         Err(error) => debug!(conn, other, %error, "relay pair ended with an error"),
                     }
-                    return;
+                    break lock(&budget).check(Instant::now().into_std());
                 }
                 _ = sleep_until(deadline) => {
                     if activity.last() + idle <= Instant::now() {
-                        debug!(conn, other, "relay pair idle too long; closing");
-                        return;
+                        break Some(PairEnd::Idle);
                     }
                 }
+                _ = sleep_until(lifetime.unwrap_or_else(far_future)), if lifetime.is_some() => {
+                    break Some(PairEnd::Lifetime);
+                }
             }
+        };
+        if let Some(end) = end {
+            debug!(conn, other, ?end, "{}", end.message());
+            self.core().handle_pair_end(end);
         }
     }
 
@@ -660,21 +679,30 @@ impl TokenBucket {
     }
 }
 
-/// A stream that records activity and obeys the pair's rate limit on reads
-/// (limiting reads of both streams limits both directions of the copy).
+/// A stream that records activity, obeys the pair's and the relay's rate
+/// limits on reads (limiting reads of both streams limits both directions
+/// of the copy) and never reads past the pair's byte budget: once it is
+/// spent, reads fail, which ends the copy.
 struct Metered<S> {
     inner: S,
     activity: Arc<Activity>,
-    bucket: Option<Arc<Mutex<TokenBucket>>>,
+    budget: Arc<Mutex<PairBudget>>,
+    buckets: Vec<Arc<Mutex<TokenBucket>>>,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> Metered<S> {
-    fn new(inner: S, activity: Arc<Activity>, bucket: Option<Arc<Mutex<TokenBucket>>>) -> Self {
+    fn new(
+        inner: S,
+        activity: Arc<Activity>,
+        budget: Arc<Mutex<PairBudget>>,
+        buckets: Vec<Arc<Mutex<TokenBucket>>>,
+    ) -> Self {
         Metered {
             inner,
             activity,
-            bucket,
+            budget,
+            buckets,
             sleep: None,
         }
     }
@@ -687,36 +715,52 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if let Some(bucket) = &this.bucket {
-            loop {
-                if let Some(sleep) = &mut this.sleep {
-                    ready!(sleep.as_mut().poll(cx));
-                    this.sleep = None;
-                }
-                let wait = bucket
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .check(Instant::now());
-                match wait {
-                    None => break,
-                    Some(until) => this.sleep = Some(Box::pin(sleep_until(until))),
-                }
+        loop {
+            if let Some(sleep) = &mut this.sleep {
+                ready!(sleep.as_mut().poll(cx));
+                this.sleep = None;
+            }
+            let now = Instant::now();
+            let wait = this
+                .buckets
+                .iter()
+                .filter_map(|bucket| lock(bucket).check(now))
+                .max();
+            match wait {
+                None => break,
+                Some(until) => this.sleep = Some(Box::pin(sleep_until(until))),
             }
         }
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let n = buf.filled().len() - before;
+        let allowed = lock(&this.budget).allowed(buf.remaining());
+        if allowed == 0 && buf.remaining() > 0 {
+            return Poll::Ready(Err(std::io::Error::other(PairEnd::ByteLimit.message())));
+        }
+        let n = {
+            let mut limited = ReadBuf::new(buf.initialize_unfilled_to(allowed));
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut limited))?;
+            limited.filled().len()
+        };
+        buf.advance(n);
         if n > 0 {
             this.activity.touch();
-            if let Some(bucket) = &this.bucket {
-                bucket
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .take(n);
+            lock(&this.budget).spend(n);
+            for bucket in &this.buckets {
+                lock(bucket).take(n);
             }
         }
         Poll::Ready(Ok(()))
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A deadline that never comes, for a disabled `select!` branch.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {

@@ -167,3 +167,142 @@ async fn a_silent_connection_is_cut_after_the_first_line_timeout() {
     // The default is short too: well under the old 10 s.
     assert!(RelayConfig::default().first_line_timeout <= Duration::from_secs(3));
 }
+
+/// A pair joined from two loopback addresses through `relay`.
+async fn genuine_pair(relay: SocketAddr, nameplate: u32) -> (TcpStream, TcpStream) {
+    let token = token_for(nameplate);
+    let (a, b) = tokio::join!(
+        join_from(lo(3), relay, &token),
+        join_from(lo(4), relay, &token)
+    );
+    (a.unwrap(), b.unwrap())
+}
+
+/// Polls the relay's counters until `done` holds (bounded).
+async fn wait_for_stats(relay: &RelayServer, done: impl Fn(&ferry_relay::Stats) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done(&relay.stats()) {
+        assert!(Instant::now() < deadline, "{:?}", relay.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Attack 8, bytes: a raw pipe may move no more than the byte limit per
+/// pair; the pair is then ended, and the relay says why.
+#[tokio::test]
+async fn byte_limit_ends_a_pair_after_exactly_its_bytes() {
+    const LIMIT: u64 = 300_000;
+    let (addr, relay) = start(RelayConfig {
+        max_pair_bytes: Some(LIMIT),
+        ..RelayConfig::default()
+    })
+    .await;
+    let (mut a, mut b) = genuine_pair(addr, 11).await;
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 241) as u8).collect();
+    let sent = data.clone();
+    // The writer may be cut off midway: the relay stops reading.
+    let writer = tokio::spawn(async move {
+        let _ = a.write_all(&sent).await;
+        a
+    });
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match timeout(WAIT, b.read(&mut chunk)).await.unwrap() {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    assert_eq!(
+        got.len() as u64,
+        LIMIT,
+        "the pair moved exactly its byte limit"
+    );
+    assert!(got[..] == data[..LIMIT as usize]);
+    wait_for_stats(&relay, |s| s.byte_limit == 1).await;
+    assert_eq!(relay.stats().lifetime_limit, 0);
+    writer.abort();
+    assert!(
+        ferry_relay::PairEnd::ByteLimit
+            .message()
+            .contains("--relay-max-bytes")
+    );
+}
+
+/// Attack 8, time: a pair that keeps moving bytes is still ended at its
+/// lifetime limit, and the relay says why.
+#[tokio::test]
+async fn lifetime_limit_ends_a_busy_pair() {
+    let (addr, relay) = start(RelayConfig {
+        max_pair_lifetime: Some(Duration::from_millis(800)),
+        ..RelayConfig::default()
+    })
+    .await;
+    let (mut a, mut b) = genuine_pair(addr, 12).await;
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    let mut echoed = 0u32;
+    // A byte every 50 ms, so the idle timeout never fires; at most 5 s.
+    let ended = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the pair outlived its lifetime"
+        );
+        if a.write_all(&[7]).await.is_err() {
+            break started.elapsed();
+        }
+        match timeout(WAIT, b.read(&mut byte)).await.unwrap() {
+            Ok(0) | Err(_) => break started.elapsed(),
+            Ok(_) => echoed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(echoed >= 5, "the pair relayed until its end: {echoed}");
+    assert!(ended >= Duration::from_millis(700), "{ended:?}");
+    wait_for_stats(&relay, |s| s.lifetime_limit == 1).await;
+    assert_eq!(relay.stats().idle, 0);
+    assert!(
+        ferry_relay::PairEnd::Lifetime
+            .message()
+            .contains("--relay-max-lifetime")
+    );
+}
+
+/// Attack 8, bandwidth: the relay's total rate holds across pairs (a
+/// lower bound on the time N bytes take at rate R).
+#[tokio::test]
+async fn total_rate_limit_paces_all_pairs_together() {
+    const RATE: u64 = 1 << 20;
+    let (addr, _relay) = start(RelayConfig {
+        rate_limit: None,
+        total_rate_limit: Some(RATE),
+        ..RelayConfig::default()
+    })
+    .await;
+    let (a1, mut b1) = genuine_pair(addr, 21).await;
+    let (a2, mut b2) = genuine_pair(addr, 22).await;
+    let size = 3 * RATE as usize / 2;
+    let data: Vec<u8> = (0..size).map(|i| (i % 239) as u8).collect();
+    let started = Instant::now();
+    for mut a in [a1, a2] {
+        let sent = data.clone();
+        tokio::spawn(async move {
+            a.write_all(&sent).await.unwrap();
+            a.shutdown().await.unwrap();
+            // Keep the socket until the relay is done with it.
+            let mut rest = Vec::new();
+            let _ = a.read_to_end(&mut rest).await;
+        });
+    }
+    let (mut got1, mut got2) = (Vec::new(), Vec::new());
+    let (r1, r2) = tokio::join!(
+        timeout(Duration::from_secs(20), b1.read_to_end(&mut got1)),
+        timeout(Duration::from_secs(20), b2.read_to_end(&mut got2))
+    );
+    r1.unwrap().unwrap();
+    r2.unwrap().unwrap();
+    let took = started.elapsed();
+    assert!(got1 == data && got2 == data, "bytes intact");
+    // 3 MiB in all at 1 MiB/s with a 1 s burst: at least about 2 s.
+    assert!(took >= Duration::from_millis(1700), "{took:?}");
+}

@@ -234,6 +234,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "IP")]
     pub stun_alt_ip: Option<std::net::IpAddr>,
 
+    /// STUN answers per second to one source (one IPv4 address, one IPv6
+    /// /64), with bursts of twice that; more requests are dropped, so the
+    /// responder cannot be used to flood a spoofed address.
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub stun_rate: u32,
+
     /// Do not run the STUN responder.
     #[arg(long, conflicts_with_all = ["stun_alt_ip"])]
     pub no_stun: bool,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ferry_nat::stun::{StunServer, StunServerConfig};
+use ferry_nat::stun::{SourceLimits, StunServer, StunServerConfig};
 use ferry_relay::token::SECRET_HOWTO;
 use ferry_relay::{RelayConfig, RelayServer, TokenKey};
 use ferry_rendezvous::{Config, ServerConfig};
@@ -60,6 +60,11 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
         let config = StunServerConfig {
             second_port: Some(args.stun_second_port),
             alternate_ip: args.stun_alt_ip,
+            udp_limits: SourceLimits {
+                rate: args.stun_rate,
+                burst: args.stun_rate.saturating_mul(2),
+                ..SourceLimits::default()
+            },
             ..StunServerConfig::new(args.stun_listen)
         };
         let server = StunServer::bind(config).await.map_err(|e| {

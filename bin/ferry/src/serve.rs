@@ -161,7 +161,11 @@ pub async fn run_relay(args: RelayArgs, out: &mut Output) -> Result<()> {
         .await
         .map_err(|e| bind_failure(&e, &args.listen.to_string(), "--listen"))?;
     let local = listener.local_addr()?;
-    let relay = RelayServer::new(relay_config(&args.relay), key);
+    let config = RelayConfig {
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        ..relay_config(&args.relay)
+    };
+    let relay = RelayServer::new(config, key);
     out.event("listening", json!({"relay": local.to_string()}));
     out.say(format!(
         "ferry relay listening on {local} (TCP); give the rendezvous server \
@@ -172,7 +176,10 @@ pub async fn run_relay(args: RelayArgs, out: &mut Output) -> Result<()> {
     relay
         .serve(listener, async {
             shutdown_signal().await;
-            info!("shutting down");
+            info!(
+                "shutting down: no new connections; open transfers have {} s to finish",
+                args.shutdown_grace
+            );
         })
         .await
         .context("the relay failed")?;

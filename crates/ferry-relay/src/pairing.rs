@@ -84,6 +84,10 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// How long the first side may wait for the second (default 30 s).
     pub wait_timeout: Duration,
+    /// When [`crate::RelayServer::serve`] is told to stop, it stops
+    /// accepting at once and gives pairs this long to finish before
+    /// cutting them (default 5 s, as `ferry serve`'s rendezvous server).
+    pub shutdown_grace: Duration,
 }
 
 /// Default per-pair rate: 64 MiB/s, so one pair cannot take a whole 1 Gbit/s
@@ -189,6 +193,7 @@ impl Default for RelayConfig {
             max_pair_lifetime: Some(DEFAULT_PAIR_LIFETIME),
             idle_timeout: Duration::from_secs(60),
             wait_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }

@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
@@ -47,7 +47,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::pairing::{ConnId, Join, PairBudget, PairEnd, Refusal, Relay, RelayConfig, Stats};
 use crate::token::{TokenKey, unix_secs};
@@ -65,6 +65,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Refused connections that may linger (so their error line is read) at
 /// once on a listener of the relay's own.
 const REFUSALS_AT_ONCE: usize = 64;
+/// What a side waiting for its partner is told when the relay stops.
+const SHUTTING_DOWN_MESSAGE: &str =
+    "the relay is shutting down; try again in a moment (or through another relay)";
 /// What a connection over the relay's total connection limit is told.
 const CONNECTION_LIMIT_MESSAGE: &str = "the relay is at its connection limit; try again later";
 
@@ -83,6 +86,8 @@ struct Inner {
     next_id: AtomicU64,
     /// The whole relay's rate limit, shared by every pair.
     total_rate: Option<Arc<Mutex<TokenBucket>>>,
+    /// Set when [`RelayServer::serve`] stops accepting.
+    shutting_down: AtomicBool,
 }
 
 /// The second side's connection, handed to the waiting side's task.
@@ -110,6 +115,7 @@ impl RelayServer {
                 waiters: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 total_rate,
+                shutting_down: AtomicBool::new(false),
             }),
         }
     }
@@ -126,7 +132,10 @@ impl RelayServer {
     }
 
     /// Serves relay connections on a listener of their own until `shutdown`
-    /// resolves; open pairs are then cut. At most `2 * max_pairs + 64`
+    /// resolves. It then stops accepting (the listener is closed), tells
+    /// sides still waiting for a partner that the relay is shutting down,
+    /// and gives open pairs up to `shutdown_grace` to finish before
+    /// cutting them. At most `2 * max_pairs + 64`
     /// connections are served at once, and at most `max_connections_per_ip`
     /// from one address bucket (counted at accept, before the first line,
     /// so one party cannot take every slot). A connection over either limit
@@ -185,7 +194,24 @@ impl RelayServer {
                 }
             }
         }
-        tasks.shutdown().await;
+        drop(listener);
+        self.inner.shutting_down.store(true, Ordering::Relaxed);
+        // Nobody new can come, so nobody waiting will be joined: dropping
+        // their inboxes tells them so.
+        self.waiters().clear();
+        let grace = config.shutdown_grace;
+        info!(
+            connections = tasks.len(),
+            "relay stopped accepting; letting open pairs finish for up to {grace:?}"
+        );
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if timeout(grace, drain).await.is_err() {
+            info!(
+                connections = tasks.len(),
+                "relay pairs still open after the grace period; cutting them"
+            );
+            tasks.shutdown().await;
+        }
         Ok(())
     }
 
@@ -349,6 +375,12 @@ impl RelayServer {
                 biased;
                 handoff = &mut rx => match handoff {
                     Ok(handoff) => break handoff,
+                    Err(_) if self.inner.shutting_down.load(Ordering::Relaxed) => {
+                        self.forget(conn);
+                        let _ = send_error(&mut stream, ErrorCode::ServerFull, SHUTTING_DOWN_MESSAGE).await;
+                        linger(&mut stream).await;
+                        return;
+                    }
                     Err(_) => {
                         // The core closed us: we waited too long.
                         let _ = send_error(&mut stream, ErrorCode::RelayTimeout, Refusal::WaitTimeout.message()).await;

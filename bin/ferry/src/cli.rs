@@ -234,6 +234,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "IP")]
     pub stun_alt_ip: Option<std::net::IpAddr>,
 
+    /// STUN answers per second to one source (one IPv4 address, one IPv6
+    /// /64), with bursts of twice that; more requests are dropped, so the
+    /// responder cannot be used to flood a spoofed address.
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub stun_rate: u32,
+
     /// Do not run the STUN responder.
     #[arg(long, conflicts_with_all = ["stun_alt_ip"])]
     pub no_stun: bool,
@@ -250,7 +256,10 @@ pub struct ServeArgs {
         long,
         value_name = "HOST:PORT",
         requires = "relay_secret_file",
-        conflicts_with_all = ["relay_max_pairs", "relay_max_per_ip", "relay_rate", "relay_idle"]
+        conflicts_with_all = [
+            "relay_max_pairs", "relay_max_per_ip", "relay_rate", "relay_idle",
+            "relay_total_rate", "relay_max_bytes", "relay_max_lifetime",
+        ]
     )]
     pub relay_url: Option<String>,
 
@@ -277,17 +286,49 @@ pub struct RelayLimitArgs {
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub relay_max_pairs: usize,
 
-    /// Most relay connections from one IP address.
+    /// Most relay connections from one address (one IPv4 address, one
+    /// IPv6 /64); on `ferry relay` counted from accept, before the token.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub relay_max_per_ip: usize,
 
-    /// Cap each relayed pair at this many bytes per second: 10M, 512k.
-    #[arg(long, value_name = "RATE", value_parser = crate::throttle::parse_rate)]
-    pub relay_rate: Option<u64>,
+    /// Cap each relayed pair at this many bytes per second, both
+    /// directions together: 10M, 512k; `off` for no cap.
+    #[arg(long, default_value = "64M", value_name = "RATE", value_parser = parse_limit)]
+    pub relay_rate: Limit,
+
+    /// Cap the whole relay, all pairs together, at this many bytes per
+    /// second (the default is about a 1 Gbit/s link); `off` for no cap.
+    #[arg(long, default_value = "128M", value_name = "RATE", value_parser = parse_limit)]
+    pub relay_total_rate: Limit,
+
+    /// End a relayed pair once it has moved this many bytes, both
+    /// directions together: 64G, 500M; `off` for no cap. The transfer can
+    /// then be resumed.
+    #[arg(long, default_value = "64G", value_name = "BYTES", value_parser = parse_limit)]
+    pub relay_max_bytes: Limit,
+
+    /// End a relayed pair after this many seconds, busy or not (default
+    /// 24 h); 0 for no limit. The transfer can then be resumed.
+    #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
+    pub relay_max_lifetime: u64,
 
     /// Close a relayed pair after this many seconds without a byte.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub relay_idle: u64,
+}
+
+/// A byte or rate limit from the command line; `None` is `off`.
+pub type Limit = Option<u64>;
+
+/// Parses a byte count or rate such as 64M, 512k, 1.5G (binary units), or
+/// `off` (also `none`, `0`) for no limit.
+fn parse_limit(text: &str) -> Result<Limit, String> {
+    match text.trim() {
+        "off" | "none" | "0" => Ok(None),
+        other => crate::throttle::parse_rate(other)
+            .map(Some)
+            .map_err(|e| format!("{e}, or off for no limit")),
+    }
 }
 
 /// `ferry relay`.
@@ -304,6 +345,11 @@ pub struct RelayArgs {
     /// Make one with `openssl rand -hex 32 > relay.secret`.
     #[arg(long, value_name = "FILE")]
     pub relay_secret_file: PathBuf,
+
+    /// On Ctrl-C or SIGTERM, stop accepting and give relayed transfers
+    /// this many seconds to finish before cutting them.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub shutdown_grace: u64,
 
     #[command(flatten)]
     pub relay: RelayLimitArgs,
@@ -352,6 +398,40 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    #[test]
+    fn relay_limits_have_defaults_and_can_be_switched_off() {
+        let relay = |extra: &[&str]| {
+            let mut args = vec!["ferry", "relay", "--relay-secret-file", "s"];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).map(|cli| cli.command) {
+                Ok(Command::Relay(args)) => Ok(args),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        let defaults = relay(&[]).unwrap();
+        assert_eq!(defaults.relay.relay_rate, Some(64 << 20));
+        assert_eq!(defaults.relay.relay_total_rate, Some(128 << 20));
+        assert_eq!(defaults.relay.relay_max_bytes, Some(64 << 30));
+        assert_eq!(defaults.relay.relay_max_lifetime, 86_400);
+        assert_eq!(defaults.shutdown_grace, 5);
+        let off = relay(&[
+            "--relay-rate",
+            "off",
+            "--relay-total-rate",
+            "0",
+            "--relay-max-bytes",
+            "none",
+            "--relay-max-lifetime",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(off.relay.relay_rate, None);
+        assert_eq!(off.relay.relay_total_rate, None);
+        assert_eq!(off.relay.relay_max_bytes, None);
+        assert!(relay(&["--relay-max-bytes", "lots"]).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ferry_nat::stun::{StunServer, StunServerConfig};
+use ferry_nat::stun::{SourceLimits, StunServer, StunServerConfig};
 use ferry_relay::token::SECRET_HOWTO;
 use ferry_relay::{RelayConfig, RelayServer, TokenKey};
 use ferry_rendezvous::{Config, ServerConfig};
@@ -60,6 +60,11 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
         let config = StunServerConfig {
             second_port: Some(args.stun_second_port),
             alternate_ip: args.stun_alt_ip,
+            udp_limits: SourceLimits {
+                rate: args.stun_rate,
+                burst: args.stun_rate.saturating_mul(2),
+                ..SourceLimits::default()
+            },
             ..StunServerConfig::new(args.stun_listen)
         };
         let server = StunServer::bind(config).await.map_err(|e| {
@@ -156,7 +161,11 @@ pub async fn run_relay(args: RelayArgs, out: &mut Output) -> Result<()> {
         .await
         .map_err(|e| bind_failure(&e, &args.listen.to_string(), "--listen"))?;
     let local = listener.local_addr()?;
-    let relay = RelayServer::new(relay_config(&args.relay), key);
+    let config = RelayConfig {
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        ..relay_config(&args.relay)
+    };
+    let relay = RelayServer::new(config, key);
     out.event("listening", json!({"relay": local.to_string()}));
     out.say(format!(
         "ferry relay listening on {local} (TCP); give the rendezvous server \
@@ -167,7 +176,10 @@ pub async fn run_relay(args: RelayArgs, out: &mut Output) -> Result<()> {
     relay
         .serve(listener, async {
             shutdown_signal().await;
-            info!("shutting down");
+            info!(
+                "shutting down: no new connections; open transfers have {} s to finish",
+                args.shutdown_grace
+            );
         })
         .await
         .context("the relay failed")?;
@@ -190,6 +202,10 @@ fn relay_config(limits: &RelayLimitArgs) -> RelayConfig {
         max_pairs: limits.relay_max_pairs,
         max_connections_per_ip: limits.relay_max_per_ip,
         rate_limit: limits.relay_rate,
+        total_rate_limit: limits.relay_total_rate,
+        max_pair_bytes: limits.relay_max_bytes,
+        max_pair_lifetime: (limits.relay_max_lifetime > 0)
+            .then(|| Duration::from_secs(limits.relay_max_lifetime)),
         idle_timeout: Duration::from_secs(limits.relay_idle),
         ..RelayConfig::default()
     }

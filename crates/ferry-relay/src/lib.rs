@@ -42,7 +42,7 @@ pub mod server;
 pub mod token;
 
 pub use client::{RelayError, relay_connect};
-pub use pairing::{ConnId, Join, Refusal, Relay, RelayConfig, Stats, Token};
+pub use pairing::{ConnId, Join, PairBudget, PairEnd, Refusal, Relay, RelayConfig, Stats, Token};
 pub use server::RelayServer;
 pub use token::{SecretError, TokenKey};
 

@@ -37,6 +37,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use ferry_limits::{AddrBucket, Bucketing};
 use tracing::debug;
 
 use crate::token::{Claims, TokenKey};
@@ -51,27 +52,148 @@ pub type ConnId = u64;
 /// Limits and timers of the relay, with defaults for a small VPS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayConfig {
-    /// Relay connections (waiting or paired) from one IP address (default 8).
+    /// Relay connections from one address bucket (default 8): waiting or
+    /// paired here, and, on a listener of the relay's own
+    /// ([`crate::RelayServer::serve`]), every open connection, counted at
+    /// accept before its first line.
     pub max_connections_per_ip: usize,
+    /// Which addresses count as one party for `max_connections_per_ip`
+    /// (default: one IPv4 address, one IPv6 /64).
+    pub bucketing: Bucketing,
+    /// How long [`crate::RelayServer::serve`] waits for a connection's first
+    /// line (default 3 s).
+    pub first_line_timeout: Duration,
     /// Pairs at once, counting a side still waiting for its partner as a
     /// pair (default 64).
     pub max_pairs: usize,
-    /// Bytes per second per pair, both directions together (default none).
+    /// Bytes per second per pair, both directions together (default
+    /// [`DEFAULT_PAIR_RATE`], 64 MiB/s; `None`: no cap).
     pub rate_limit: Option<u64>,
+    /// Bytes per second through the whole relay, all pairs together
+    /// (default [`DEFAULT_TOTAL_RATE`], 128 MiB/s, about 1 Gbit/s; `None`:
+    /// no cap).
+    pub total_rate_limit: Option<u64>,
+    /// Bytes one pair may move, both directions together; the pair is then
+    /// ended ([`PairEnd::ByteLimit`]) (default [`DEFAULT_PAIR_BYTES`],
+    /// 64 GiB; `None`: no cap).
+    pub max_pair_bytes: Option<u64>,
+    /// How long one pair may last; it is then ended ([`PairEnd::Lifetime`])
+    /// (default [`DEFAULT_PAIR_LIFETIME`], 24 h; `None`: no cap).
+    pub max_pair_lifetime: Option<Duration>,
     /// A pair with no byte either way for this long is closed (default 60 s).
     pub idle_timeout: Duration,
     /// How long the first side may wait for the second (default 30 s).
     pub wait_timeout: Duration,
+    /// When [`crate::RelayServer::serve`] is told to stop, it stops
+    /// accepting at once and gives pairs this long to finish before
+    /// cutting them (default 5 s, as `ferry serve`'s rendezvous server).
+    pub shutdown_grace: Duration,
+}
+
+/// Default per-pair rate: 64 MiB/s, so one pair cannot take a whole 1 Gbit/s
+/// link, while a 64 MiB transfer still passes within the first second's
+/// burst.
+pub const DEFAULT_PAIR_RATE: u64 = 64 << 20;
+/// Default rate of the whole relay: 128 MiB/s, about a 1 Gbit/s link.
+pub const DEFAULT_TOTAL_RATE: u64 = 128 << 20;
+/// Default bytes per pair: 64 GiB.
+pub const DEFAULT_PAIR_BYTES: u64 = 64 << 30;
+/// Default lifetime of a pair: 24 h.
+pub const DEFAULT_PAIR_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Why the relay ended a pair that was copying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PairEnd {
+    /// The pair moved [`RelayConfig::max_pair_bytes`].
+    ByteLimit,
+    /// The pair lasted [`RelayConfig::max_pair_lifetime`].
+    Lifetime,
+    /// No byte either way for [`RelayConfig::idle_timeout`].
+    Idle,
+}
+
+impl PairEnd {
+    /// A sentence for the relay's operator and the user, saying what to do.
+    pub fn message(self) -> &'static str {
+        match self {
+            PairEnd::ByteLimit => {
+                "the relay ended the transfer at its limit of bytes per transfer \
+                 (--relay-max-bytes); resume it to carry on, or ask the relay's operator"
+            }
+            PairEnd::Lifetime => {
+                "the relay ended the transfer at its time limit per transfer \
+                 (--relay-max-lifetime); resume it to carry on, or ask the relay's operator"
+            }
+            PairEnd::Idle => "the relay ended the transfer: nothing moved for too long",
+        }
+    }
+}
+
+/// What a pair that is copying may still do: a pure check of its byte
+/// budget and deadline, fed by the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairBudget {
+    bytes_left: Option<u64>,
+    ends_at: Option<Instant>,
+}
+
+impl PairBudget {
+    /// The budget of a pair joined at `now` under `config`.
+    pub fn new(config: &RelayConfig, now: Instant) -> Self {
+        PairBudget {
+            bytes_left: config.max_pair_bytes,
+            ends_at: config.max_pair_lifetime.and_then(|l| now.checked_add(l)),
+        }
+    }
+
+    /// How many of `wanted` bytes may be read now; 0 once the byte budget
+    /// is spent.
+    pub fn allowed(&self, wanted: usize) -> usize {
+        match self.bytes_left {
+            Some(left) => usize::try_from(left).unwrap_or(usize::MAX).min(wanted),
+            None => wanted,
+        }
+    }
+
+    /// `n` bytes moved.
+    pub fn spend(&mut self, n: usize) {
+        if let Some(left) = &mut self.bytes_left {
+            *left = left.saturating_sub(u64::try_from(n).unwrap_or(u64::MAX));
+        }
+    }
+
+    /// When the pair must end for its lifetime, if it has one.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.ends_at
+    }
+
+    /// Whether the pair must end at `now`, and why.
+    pub fn check(&self, now: Instant) -> Option<PairEnd> {
+        if self.bytes_left == Some(0) {
+            return Some(PairEnd::ByteLimit);
+        }
+        match self.ends_at {
+            Some(at) if now >= at => Some(PairEnd::Lifetime),
+            _ => None,
+        }
+    }
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             max_connections_per_ip: 8,
+            bucketing: Bucketing::default(),
+            first_line_timeout: Duration::from_secs(3),
             max_pairs: 64,
-            rate_limit: None,
+            rate_limit: Some(DEFAULT_PAIR_RATE),
+            total_rate_limit: Some(DEFAULT_TOTAL_RATE),
+            max_pair_bytes: Some(DEFAULT_PAIR_BYTES),
+            max_pair_lifetime: Some(DEFAULT_PAIR_LIFETIME),
             idle_timeout: Duration::from_secs(60),
             wait_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -148,6 +270,12 @@ pub struct Stats {
     pub pairs_limit: u64,
     /// Waiting connections dropped because the other side did not come.
     pub wait_timeout: u64,
+    /// Pairs ended at the byte limit per pair.
+    pub byte_limit: u64,
+    /// Pairs ended at the lifetime limit per pair.
+    pub lifetime_limit: u64,
+    /// Pairs ended because nothing moved for the idle timeout.
+    pub idle: u64,
 }
 
 impl Stats {
@@ -183,7 +311,7 @@ pub struct Relay {
     unix: u64,
     tokens: HashMap<Token, TokenState>,
     conns: HashMap<ConnId, Conn>,
-    per_ip: HashMap<IpAddr, usize>,
+    per_ip: HashMap<AddrBucket, usize>,
     /// Waiting connections plus live pairs.
     slots: usize,
     closes: VecDeque<ConnId>,
@@ -258,7 +386,10 @@ impl Relay {
                 return Join::Refused(refusal);
             }
         };
-        *self.per_ip.entry(ip).or_insert(0) += 1;
+        *self
+            .per_ip
+            .entry(self.config.bucketing.bucket(ip))
+            .or_insert(0) += 1;
         let state = self.tokens.entry(*token).or_insert_with(|| {
             self.stats.tokens_seen += 1;
             TokenState {
@@ -311,10 +442,11 @@ impl Relay {
         let Some(state) = self.conns.remove(&conn) else {
             return;
         };
-        if let Some(count) = self.per_ip.get_mut(&state.ip) {
+        let bucket = self.config.bucketing.bucket(state.ip);
+        if let Some(count) = self.per_ip.get_mut(&bucket) {
             *count -= 1;
             if *count == 0 {
-                self.per_ip.remove(&state.ip);
+                self.per_ip.remove(&bucket);
             }
         }
         match state.state {
@@ -381,6 +513,15 @@ impl Relay {
             .min()
     }
 
+    /// The driver ended a copying pair for `end`: counted in [`Stats`].
+    pub fn handle_pair_end(&mut self, end: PairEnd) {
+        match end {
+            PairEnd::ByteLimit => self.stats.byte_limit += 1,
+            PairEnd::Lifetime => self.stats.lifetime_limit += 1,
+            PairEnd::Idle => self.stats.idle += 1,
+        }
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         self.stats
@@ -402,7 +543,8 @@ impl Relay {
             // A driver bug, not a peer's doing; refuse rather than corrupt state.
             return Err(Refusal::Reused);
         }
-        if self.per_ip.get(&ip).copied().unwrap_or(0) >= self.config.max_connections_per_ip {
+        let bucket = self.config.bucketing.bucket(ip);
+        if self.per_ip.get(&bucket).copied().unwrap_or(0) >= self.config.max_connections_per_ip {
             return Err(Refusal::PerIpLimit);
         }
         let claims = self.key.verify(token).ok_or(Refusal::UnknownToken)?;
@@ -697,5 +839,37 @@ mod tests {
         assert_eq!(h.relay.token_count(), 50);
         h.advance(Duration::from_secs(120));
         assert_eq!(h.relay.token_count(), 0);
+    }
+
+    #[test]
+    fn pair_budget_counts_bytes_and_time() {
+        let start = Instant::now();
+        let config = RelayConfig {
+            max_pair_bytes: Some(1000),
+            max_pair_lifetime: Some(Duration::from_secs(10)),
+            ..RelayConfig::default()
+        };
+        let mut budget = PairBudget::new(&config, start);
+        assert_eq!(budget.allowed(4096), 1000);
+        budget.spend(600);
+        assert_eq!(budget.allowed(4096), 400);
+        assert_eq!(budget.check(start), None);
+        assert_eq!(
+            budget.check(start + Duration::from_secs(10)),
+            Some(PairEnd::Lifetime)
+        );
+        budget.spend(400);
+        assert_eq!(budget.allowed(4096), 0);
+        assert_eq!(budget.check(start), Some(PairEnd::ByteLimit));
+        let unlimited = PairBudget::new(
+            &RelayConfig {
+                max_pair_bytes: None,
+                max_pair_lifetime: None,
+                ..RelayConfig::default()
+            },
+            start,
+        );
+        assert_eq!(unlimited.allowed(usize::MAX), usize::MAX);
+        assert_eq!(unlimited.deadline(), None);
     }
 }

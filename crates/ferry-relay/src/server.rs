@@ -24,18 +24,20 @@
 //!
 //! [`RelayServer::serve`] is a listener of its own for a relay that runs
 //! apart from the signalling listener (`ferry relay`, or a second port):
-//! it reads the first line (at most `MAX_RELAY_FRAME` bytes, within 10 s)
+//! it caps connections per address bucket at accept, reads the first line
+//! (at most `MAX_RELAY_FRAME` bytes, within `first_line_timeout`, 3 s)
 //! and calls [`RelayServer::handle`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
+use ferry_limits::AddrBucket;
 use ferry_proto::signal::{
     ClientToServer, ErrorCode, MAX_RELAY_FRAME, RELAY_PROTOCOL_VERSION, ServerToClient,
     decode_frame, encode_frame,
@@ -45,9 +47,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
-use tracing::debug;
+use tracing::{debug, info};
 
-use crate::pairing::{ConnId, Join, Refusal, Relay, RelayConfig, Stats};
+use crate::pairing::{ConnId, Join, PairBudget, PairEnd, Refusal, Relay, RelayConfig, Stats};
 use crate::token::{TokenKey, unix_secs};
 use crate::token_from_hex;
 
@@ -60,8 +62,14 @@ pub const MAX_EARLY_BYTES: usize = 64 * 1024;
 
 /// How long one control-line write may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long [`RelayServer::serve`] waits for the first line.
-const FIRST_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused connections that may linger (so their error line is read) at
+/// once on a listener of the relay's own.
+const REFUSALS_AT_ONCE: usize = 64;
+/// What a side waiting for its partner is told when the relay stops.
+const SHUTTING_DOWN_MESSAGE: &str =
+    "the relay is shutting down; try again in a moment (or through another relay)";
+/// What a connection over the relay's total connection limit is told.
+const CONNECTION_LIMIT_MESSAGE: &str = "the relay is at its connection limit; try again later";
 
 /// The relay: a shared, cloneable handle on one [`Relay`] core.
 #[derive(Debug, Clone)]
@@ -76,6 +84,10 @@ struct Inner {
     core: Mutex<Relay>,
     waiters: Mutex<HashMap<ConnId, oneshot::Sender<Handoff>>>,
     next_id: AtomicU64,
+    /// The whole relay's rate limit, shared by every pair.
+    total_rate: Option<Arc<Mutex<TokenBucket>>>,
+    /// Set when [`RelayServer::serve`] stops accepting.
+    shutting_down: AtomicBool,
 }
 
 /// The second side's connection, handed to the waiting side's task.
@@ -92,6 +104,9 @@ impl RelayServer {
     /// A relay with these limits that joins the holders of tokens `key`
     /// signed.
     pub fn new(config: RelayConfig, key: TokenKey) -> Self {
+        let total_rate = config
+            .total_rate_limit
+            .map(|rate| Arc::new(Mutex::new(TokenBucket::new(rate, Instant::now()))));
         RelayServer {
             inner: Arc::new(Inner {
                 core: Mutex::new(Relay::new(config.clone(), key.clone())),
@@ -99,6 +114,8 @@ impl RelayServer {
                 key,
                 waiters: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
+                total_rate,
+                shutting_down: AtomicBool::new(false),
             }),
         }
     }
@@ -115,8 +132,14 @@ impl RelayServer {
     }
 
     /// Serves relay connections on a listener of their own until `shutdown`
-    /// resolves; open pairs are then cut. At most `2 * max_pairs + 64`
-    /// connections are served at once (the rest are closed at once).
+    /// resolves. It then stops accepting (the listener is closed), tells
+    /// sides still waiting for a partner that the relay is shutting down,
+    /// and gives open pairs up to `shutdown_grace` to finish before
+    /// cutting them. At most `2 * max_pairs + 64`
+    /// connections are served at once, and at most `max_connections_per_ip`
+    /// from one address bucket (counted at accept, before the first line,
+    /// so one party cannot take every slot). A connection over either limit
+    /// is told so (`error {server-full}`) and closed.
     pub async fn serve(
         &self,
         listener: TcpListener,
@@ -124,13 +147,14 @@ impl RelayServer {
     ) -> std::io::Result<()> {
         let local = listener.local_addr()?;
         debug!(%local, "relay listening");
-        let limit = self
-            .inner
-            .config
-            .max_pairs
-            .saturating_mul(2)
-            .saturating_add(64);
+        let config = &self.inner.config;
+        let limit = config.max_pairs.saturating_mul(2).saturating_add(64);
         let semaphore = Arc::new(Semaphore::new(limit));
+        // Refusals get their line and a moment to be read, but only so many
+        // at once: past that a refused connection gets its line without
+        // waiting and is closed, so a flood of refusals costs no tasks.
+        let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
+        let per_bucket = Arc::new(Mutex::new(BucketCounts::default()));
         let mut tasks = JoinSet::new();
         let mut backoff = Duration::from_millis(10);
         tokio::pin!(shutdown);
@@ -150,26 +174,51 @@ impl RelayServer {
                         }
                     };
                     backoff = Duration::from_millis(10);
+                    let bucket = config.bucketing.bucket(peer.ip());
+                    let Some(slot) = BucketSlot::take(&per_bucket, bucket, config.max_connections_per_ip) else {
+                        debug!(%peer, %bucket, "relay per-address connection limit reached");
+                        refuse_at_accept(stream, &refusals, &mut tasks, Refusal::PerIpLimit.message());
+                        continue;
+                    };
                     let Ok(permit) = semaphore.clone().try_acquire_owned() else {
                         debug!(%peer, "relay connection limit reached");
+                        refuse_at_accept(stream, &refusals, &mut tasks, CONNECTION_LIMIT_MESSAGE);
                         continue;
                     };
                     let relay = self.clone();
                     tasks.spawn(async move {
                         let _permit = permit;
+                        let _slot = slot;
                         relay.serve_one(stream, peer).await;
                     });
                 }
             }
         }
-        tasks.shutdown().await;
+        drop(listener);
+        self.inner.shutting_down.store(true, Ordering::Relaxed);
+        // Nobody new can come, so nobody waiting will be joined: dropping
+        // their inboxes tells them so.
+        self.waiters().clear();
+        let grace = config.shutdown_grace;
+        info!(
+            connections = tasks.len(),
+            "relay stopped accepting; letting open pairs finish for up to {grace:?}"
+        );
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if timeout(grace, drain).await.is_err() {
+            info!(
+                connections = tasks.len(),
+                "relay pairs still open after the grace period; cutting them"
+            );
+            tasks.shutdown().await;
+        }
         Ok(())
     }
 
     async fn serve_one(&self, mut stream: TcpStream, peer: SocketAddr) {
         let mut input = BytesMut::with_capacity(MAX_RELAY_FRAME);
         let mut chunk = [0u8; MAX_RELAY_FRAME];
-        let first = timeout(FIRST_LINE_TIMEOUT, async {
+        let first = timeout(self.inner.config.first_line_timeout, async {
             loop {
                 let window = input.len().min(MAX_RELAY_FRAME);
                 if input[..window].contains(&b'\n') {
@@ -326,6 +375,12 @@ impl RelayServer {
                 biased;
                 handoff = &mut rx => match handoff {
                     Ok(handoff) => break handoff,
+                    Err(_) if self.inner.shutting_down.load(Ordering::Relaxed) => {
+                        self.forget(conn);
+                        let _ = send_error(&mut stream, ErrorCode::ServerFull, SHUTTING_DOWN_MESSAGE).await;
+                        linger(&mut stream).await;
+                        return;
+                    }
                     Err(_) => {
                         // The core closed us: we waited too long.
                         let _ = send_error(&mut stream, ErrorCode::RelayTimeout, Refusal::WaitTimeout.message()).await;
@@ -382,19 +437,26 @@ impl RelayServer {
             return;
         }
         debug!(conn, other, "relay pair joined; copying");
+        let config = &self.inner.config;
         let activity = Arc::new(Activity::new());
-        let bucket = self
-            .inner
-            .config
+        let budget = Arc::new(Mutex::new(PairBudget::new(
+            config,
+            Instant::now().into_std(),
+        )));
+        let mut buckets: Vec<_> = config
             .rate_limit
-            .map(|rate| Arc::new(Mutex::new(TokenBucket::new(rate, Instant::now()))));
-        let mut a = Metered::new(a, activity.clone(), bucket.clone());
-        let mut b = Metered::new(b, activity.clone(), bucket);
-        let idle = self.inner.config.idle_timeout;
+            .map(|rate| Arc::new(Mutex::new(TokenBucket::new(rate, Instant::now()))))
+            .into_iter()
+            .collect();
+        buckets.extend(self.inner.total_rate.clone());
+        let mut a = Metered::new(a, activity.clone(), budget.clone(), buckets.clone());
+        let mut b = Metered::new(b, activity.clone(), budget.clone(), buckets);
+        let idle = config.idle_timeout;
+        let lifetime = lock(&budget).deadline().map(Instant::from_std);
         let copy =
             tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER);
         tokio::pin!(copy);
-        loop {
+        let end = loop {
             let deadline = activity.last() + idle;
             tokio::select! {
                 result = &mut copy => {
@@ -402,15 +464,21 @@ impl RelayServer {
                         Ok((a_to_b, b_to_a)) => debug!(conn, other, a_to_b, b_to_a, "relay pair done"),
                         Err(error) => debug!(conn, other, %error, "relay pair ended with an error"),
                     }
-                    return;
+                    break lock(&budget).check(Instant::now().into_std());
                 }
                 _ = sleep_until(deadline) => {
                     if activity.last() + idle <= Instant::now() {
-                        debug!(conn, other, "relay pair idle too long; closing");
-                        return;
+                        break Some(PairEnd::Idle);
                     }
                 }
+                _ = sleep_until(lifetime.unwrap_or_else(far_future)), if lifetime.is_some() => {
+                    break Some(PairEnd::Lifetime);
+                }
             }
+        };
+        if let Some(end) = end {
+            debug!(conn, other, ?end, "{}", end.message());
+            self.core().handle_pair_end(end);
         }
     }
 
@@ -438,6 +506,79 @@ impl RelayServer {
             .waiters
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Tells a connection refused at accept why (`error {server-full}`) and
+/// closes it: in a task of its own while fewer than [`REFUSALS_AT_ONCE`]
+/// are lingering, else at once with a non-blocking write.
+fn refuse_at_accept(
+    mut stream: TcpStream,
+    refusals: &Arc<Semaphore>,
+    tasks: &mut JoinSet<()>,
+    message: &'static str,
+) {
+    let mut line = BytesMut::new();
+    let msg = ServerToClient::Error {
+        code: ErrorCode::ServerFull,
+        message: message.to_string(),
+    };
+    if encode_frame(&msg, &mut line).is_err() {
+        return;
+    }
+    // A fresh socket's send buffer takes a line without blocking.
+    let _ = stream.try_write(&line);
+    if let Ok(permit) = refusals.clone().try_acquire_owned() {
+        tasks.spawn(async move {
+            let _permit = permit;
+            linger(&mut stream).await;
+        });
+    }
+}
+
+/// Open connections per address bucket on a listener of the relay's own.
+#[derive(Debug, Default)]
+struct BucketCounts(HashMap<AddrBucket, usize>);
+
+/// One connection's share of its bucket; given back on drop.
+#[derive(Debug)]
+struct BucketSlot {
+    counts: Arc<Mutex<BucketCounts>>,
+    bucket: AddrBucket,
+}
+
+impl BucketSlot {
+    fn take(counts: &Arc<Mutex<BucketCounts>>, bucket: AddrBucket, max: usize) -> Option<Self> {
+        let mut guard = counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = guard.0.entry(bucket).or_insert(0);
+        if *count >= max {
+            if *count == 0 {
+                guard.0.remove(&bucket);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(BucketSlot {
+            counts: counts.clone(),
+            bucket,
+        })
+    }
+}
+
+impl Drop for BucketSlot {
+    fn drop(&mut self) {
+        let mut guard = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = guard.0.get_mut(&self.bucket) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                guard.0.remove(&self.bucket);
+            }
+        }
     }
 }
 
@@ -570,21 +711,30 @@ impl TokenBucket {
     }
 }
 
-/// A stream that records activity and obeys the pair's rate limit on reads
-/// (limiting reads of both streams limits both directions of the copy).
+/// A stream that records activity, obeys the pair's and the relay's rate
+/// limits on reads (limiting reads of both streams limits both directions
+/// of the copy) and never reads past the pair's byte budget: once it is
+/// spent, reads fail, which ends the copy.
 struct Metered<S> {
     inner: S,
     activity: Arc<Activity>,
-    bucket: Option<Arc<Mutex<TokenBucket>>>,
+    budget: Arc<Mutex<PairBudget>>,
+    buckets: Vec<Arc<Mutex<TokenBucket>>>,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> Metered<S> {
-    fn new(inner: S, activity: Arc<Activity>, bucket: Option<Arc<Mutex<TokenBucket>>>) -> Self {
+    fn new(
+        inner: S,
+        activity: Arc<Activity>,
+        budget: Arc<Mutex<PairBudget>>,
+        buckets: Vec<Arc<Mutex<TokenBucket>>>,
+    ) -> Self {
         Metered {
             inner,
             activity,
-            bucket,
+            budget,
+            buckets,
             sleep: None,
         }
     }
@@ -597,36 +747,52 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if let Some(bucket) = &this.bucket {
-            loop {
-                if let Some(sleep) = &mut this.sleep {
-                    ready!(sleep.as_mut().poll(cx));
-                    this.sleep = None;
-                }
-                let wait = bucket
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .check(Instant::now());
-                match wait {
-                    None => break,
-                    Some(until) => this.sleep = Some(Box::pin(sleep_until(until))),
-                }
+        loop {
+            if let Some(sleep) = &mut this.sleep {
+                ready!(sleep.as_mut().poll(cx));
+                this.sleep = None;
+            }
+            let now = Instant::now();
+            let wait = this
+                .buckets
+                .iter()
+                .filter_map(|bucket| lock(bucket).check(now))
+                .max();
+            match wait {
+                None => break,
+                Some(until) => this.sleep = Some(Box::pin(sleep_until(until))),
             }
         }
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let n = buf.filled().len() - before;
+        let allowed = lock(&this.budget).allowed(buf.remaining());
+        if allowed == 0 && buf.remaining() > 0 {
+            return Poll::Ready(Err(std::io::Error::other(PairEnd::ByteLimit.message())));
+        }
+        let n = {
+            let mut limited = ReadBuf::new(buf.initialize_unfilled_to(allowed));
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut limited))?;
+            limited.filled().len()
+        };
+        buf.advance(n);
         if n > 0 {
             this.activity.touch();
-            if let Some(bucket) = &this.bucket {
-                bucket
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .take(n);
+            lock(&this.budget).spend(n);
+            for bucket in &this.buckets {
+                lock(bucket).take(n);
             }
         }
         Poll::Ready(Ok(()))
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A deadline that never comes, for a disabled `select!` branch.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {

@@ -14,8 +14,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use ferry_limits::{AddrBucket, Bucketing};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -26,7 +28,7 @@ use tracing::{debug, info};
 
 use super::{
     AltConfig, BindingRequest, BindingResult, HEADER_LEN, MAX_MESSAGE_LEN, RetransmitConfig,
-    StunError, StunTransaction, framed_len, respond,
+    SourceLimiter, SourceLimits, StunError, StunTransaction, framed_len, respond,
 };
 
 /// Options of one UDP Binding transaction.
@@ -229,6 +231,12 @@ pub struct StunServerConfig {
     pub tcp_idle_timeout: Duration,
     /// The most TCP clients served at once; more wait in the backlog.
     pub max_tcp_clients: usize,
+    /// The most TCP clients served at once from one source bucket (default
+    /// 8); more are closed at once.
+    pub max_tcp_clients_per_ip: usize,
+    /// The answer budget of each source over UDP (default 20 a second,
+    /// 40 at once), shared by all UDP sockets.
+    pub udp_limits: SourceLimits,
 }
 
 impl StunServerConfig {
@@ -241,6 +249,8 @@ impl StunServerConfig {
             tcp: true,
             tcp_idle_timeout: Duration::from_secs(10),
             max_tcp_clients: 256,
+            max_tcp_clients_per_ip: 8,
+            udp_limits: SourceLimits::default(),
         }
     }
 }
@@ -253,6 +263,8 @@ pub struct StunServer {
     alt: Option<AltConfig>,
     tcp_idle_timeout: Duration,
     max_tcp_clients: usize,
+    max_tcp_clients_per_ip: usize,
+    udp_limits: SourceLimits,
 }
 
 impl StunServer {
@@ -332,6 +344,8 @@ impl StunServer {
             alt,
             tcp_idle_timeout: config.tcp_idle_timeout,
             max_tcp_clients: config.max_tcp_clients.max(1),
+            max_tcp_clients_per_ip: config.max_tcp_clients_per_ip.max(1),
+            udp_limits: config.udp_limits,
         })
     }
 
@@ -362,15 +376,29 @@ impl StunServer {
         }
         let by_addr = Arc::new(by_addr);
         let mut tasks = JoinSet::new();
+        let limiter = Arc::new(UdpLimiter {
+            origin: Instant::now(),
+            limiter: Mutex::new(SourceLimiter::new(self.udp_limits)),
+        });
         for socket in &self.udp {
             let local = socket.local_addr()?;
-            tasks.spawn(serve_udp(socket.clone(), local, by_addr.clone(), self.alt));
+            tasks.spawn(serve_udp(
+                socket.clone(),
+                local,
+                by_addr.clone(),
+                self.alt,
+                limiter.clone(),
+            ));
         }
         if let Some(listener) = self.tcp {
             tasks.spawn(serve_tcp(
                 listener,
                 self.tcp_idle_timeout,
                 Arc::new(Semaphore::new(self.max_tcp_clients)),
+                TcpPerSource {
+                    bucketing: self.udp_limits.bucketing,
+                    max: self.max_tcp_clients_per_ip,
+                },
             ));
         }
         info!(udp = ?self.udp.iter().filter_map(|s| s.local_addr().ok()).collect::<Vec<_>>(), rfc5780 = self.alt.is_some(), "STUN server running");
@@ -401,13 +429,41 @@ async fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     })
 }
 
+/// The UDP sockets' shared answer budgets per source.
+#[derive(Debug)]
+struct UdpLimiter {
+    origin: Instant,
+    limiter: Mutex<SourceLimiter>,
+}
+
+impl UdpLimiter {
+    fn allow(&self, from: SocketAddr) -> bool {
+        let now = self.origin.elapsed();
+        let mut limiter = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        limiter.allow(from, now)
+    }
+
+    fn forget_rested(&self) {
+        let now = self.origin.elapsed();
+        self.limiter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .forget_rested(now);
+    }
+}
+
 async fn serve_udp(
     socket: Arc<UdpSocket>,
     local: SocketAddr,
     by_addr: Arc<HashMap<SocketAddr, Arc<UdpSocket>>>,
     alt: Option<AltConfig>,
+    limiter: Arc<UdpLimiter>,
 ) {
     let mut buf = vec![0u8; MAX_MESSAGE_LEN + 1];
+    let mut received: u32 = 0;
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
@@ -418,6 +474,14 @@ async fn serve_udp(
                 continue;
             }
         };
+        received = received.wrapping_add(1);
+        if received % 4096 == 0 {
+            limiter.forget_rested();
+        }
+        // Checked before parsing: a flood costs one lookup per datagram.
+        if !limiter.allow(from) {
+            continue;
+        }
         let Some(response) = respond(&buf[..n], from, local, alt) else {
             continue;
         };
@@ -431,8 +495,21 @@ async fn serve_udp(
     }
 }
 
-async fn serve_tcp(listener: TcpListener, idle: Duration, limit: Arc<Semaphore>) {
+/// The per-source cap of STUN over TCP.
+#[derive(Debug, Clone, Copy)]
+struct TcpPerSource {
+    bucketing: Bucketing,
+    max: usize,
+}
+
+async fn serve_tcp(
+    listener: TcpListener,
+    idle: Duration,
+    limit: Arc<Semaphore>,
+    per_source: TcpPerSource,
+) {
     let mut clients = JoinSet::new();
+    let counts: Arc<Mutex<HashMap<AddrBucket, usize>>> = Arc::default();
     let mut backoff = Duration::from_millis(10);
     loop {
         let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -443,8 +520,16 @@ async fn serve_tcp(listener: TcpListener, idle: Duration, limit: Arc<Semaphore>)
         match listener.accept().await {
             Ok((stream, from)) => {
                 backoff = Duration::from_millis(10);
+                let bucket = per_source.bucketing.bucket(from.ip());
+                let Some(slot) = SourceSlot::take(&counts, bucket, per_source.max) else {
+                    // STUN over TCP has no refusal message; closing is the answer.
+                    debug!(%from, %bucket, "STUN server: too many TCP clients from one source; closing");
+                    drop(stream);
+                    continue;
+                };
                 clients.spawn(async move {
                     serve_tcp_client(stream, from, idle).await;
+                    drop(slot);
                     drop(permit);
                 });
             }
@@ -452,6 +537,48 @@ async fn serve_tcp(listener: TcpListener, idle: Duration, limit: Arc<Semaphore>)
                 debug!("STUN server: accept failed: {e}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// One TCP client's share of its source bucket; given back on drop.
+struct SourceSlot {
+    counts: Arc<Mutex<HashMap<AddrBucket, usize>>>,
+    bucket: AddrBucket,
+}
+
+impl SourceSlot {
+    fn take(
+        counts: &Arc<Mutex<HashMap<AddrBucket, usize>>>,
+        bucket: AddrBucket,
+        max: usize,
+    ) -> Option<Self> {
+        let mut guard = counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = guard.entry(bucket).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            counts: counts.clone(),
+            bucket,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut guard = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = guard.get_mut(&self.bucket) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                guard.remove(&self.bucket);
             }
         }
     }

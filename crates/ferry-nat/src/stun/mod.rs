@@ -43,7 +43,7 @@ pub use client::{BindingRequest, RetransmitConfig, StunTransaction, encode_bindi
 pub use driver::{
     BindingOptions, StunServer, StunServerConfig, binding_tcp, binding_udp, serve_stun,
 };
-pub use server::{AltConfig, Response, respond};
+pub use server::{AltConfig, Response, SourceLimiter, SourceLimits, respond};
 
 /// The largest STUN message we accept or produce, in bytes. Binding
 /// messages are far smaller; anything bigger is dropped (UDP) or closes the

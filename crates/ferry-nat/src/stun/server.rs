@@ -30,9 +30,16 @@
 //!   MAPPED-ADDRESS, SOURCE-ADDRESS and, with an [`AltConfig`],
 //!   CHANGED-ADDRESS; CHANGE-REQUEST picks the socket as above (and is
 //!   ignored when there is no alternate address, as RFC 3489 servers did).
+//! - An answer is larger than its request (3.4 times for a plain Binding,
+//!   more with RFC 5780), so a spoofed source could aim the server at a
+//!   victim. [`SourceLimiter`] gives each source bucket (one IPv4 address,
+//!   one IPv6 /64) a budget of answers; over it, requests are dropped
+//!   silently (logged at debug), as for any other unanswered packet.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use ferry_limits::{AddrBucket, Bucketing, RateTable};
 use stun_rs::attributes::discovery::{ChangeRequest, ChangeRequestFlags, OtherAddress};
 use stun_rs::attributes::discovery::{Padding, ResponseOrigin, ResponsePort};
 use stun_rs::attributes::stun::{
@@ -202,6 +209,71 @@ pub fn respond(
             debug!(%from, %why, "STUN server: cannot encode response");
             None
         }
+    }
+}
+
+/// How many answers one source may get: a token bucket per address
+/// bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceLimits {
+    /// Answers per second per source bucket (default 20).
+    pub rate: u32,
+    /// Answers a source may get at once after a quiet spell (default 40).
+    pub burst: u32,
+    /// Which addresses count as one source (default: one IPv4 address,
+    /// one IPv6 /64).
+    pub bucketing: Bucketing,
+    /// Sources remembered at once (default 65 536); when all of them are
+    /// mid-budget, a new source is not answered until some have rested.
+    pub max_sources: usize,
+}
+
+impl Default for SourceLimits {
+    fn default() -> Self {
+        SourceLimits {
+            rate: 20,
+            burst: 40,
+            bucketing: Bucketing::default(),
+            max_sources: 65_536,
+        }
+    }
+}
+
+/// Decides, per request, whether its source still has budget for an
+/// answer. Sans-IO: `now` is any monotonic time since a fixed origin.
+#[derive(Debug)]
+pub struct SourceLimiter {
+    bucketing: Bucketing,
+    table: RateTable<AddrBucket>,
+}
+
+impl SourceLimiter {
+    /// A limiter with these limits and every source's budget full.
+    pub fn new(limits: SourceLimits) -> Self {
+        SourceLimiter {
+            bucketing: limits.bucketing,
+            table: RateTable::new(
+                f64::from(limits.rate),
+                f64::from(limits.burst),
+                limits.max_sources,
+            ),
+        }
+    }
+
+    /// Whether a request from `from` at `now` may be answered (and takes
+    /// one answer from its budget if so).
+    pub fn allow(&mut self, from: SocketAddr, now: Duration) -> bool {
+        let bucket = self.bucketing.bucket(from.ip());
+        let allowed = self.table.allow(&bucket, now);
+        if !allowed {
+            debug!(%from, %bucket, "STUN server: source over its answer budget; dropping");
+        }
+        allowed
+    }
+
+    /// Forgets sources whose budget is full again; call now and then.
+    pub fn forget_rested(&mut self, now: Duration) {
+        self.table.forget_full(now);
     }
 }
 
@@ -558,5 +630,30 @@ mod tests {
             alternate: "[2001:db8::1]:3479".parse().unwrap(),
         };
         assert!(!mixed.is_valid());
+    }
+
+    #[test]
+    fn source_limiter_gives_each_source_its_budget() {
+        let mut limiter = SourceLimiter::new(SourceLimits {
+            rate: 20,
+            burst: 40,
+            ..SourceLimits::default()
+        });
+        let flood: SocketAddr = "198.51.100.7:1000".parse().unwrap();
+        let same_64: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
+        let other_in_64: SocketAddr = "[2001:db8::ffff:2]:2".parse().unwrap();
+        let t0 = Duration::from_secs(100);
+        let answered = (0..1000).filter(|_| limiter.allow(flood, t0)).count();
+        assert_eq!(answered, 40);
+        // Another port of the same address is the same source.
+        assert!(!limiter.allow("198.51.100.7:2000".parse().unwrap(), t0));
+        // Another source is unaffected.
+        assert!(limiter.allow("198.51.100.8:1000".parse().unwrap(), t0));
+        // One second later: 20 more.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!((0..1000).filter(|_| limiter.allow(flood, t1)).count(), 20);
+        // An IPv6 /64 is one source.
+        assert_eq!((0..100).filter(|_| limiter.allow(same_64, t0)).count(), 40);
+        assert!(!limiter.allow(other_in_64, t0));
     }
 }

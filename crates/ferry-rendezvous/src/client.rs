@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ferry_proto::signal::{
-    ClientToServer, ErrorCode, FrameError, MAX_FRAME, PROTOCOL_VERSION, ServerToClient,
-    decode_frame, encode_frame,
+    ClientToServer, ErrorCode, FrameError, MAX_FRAME, PROTOCOL_VERSION, ReleaseReason,
+    ServerToClient, decode_frame, encode_frame,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -67,8 +67,9 @@ pub enum SignalEvent {
     PeerJoined,
     /// A mailbox body from the other side.
     Message(String),
-    /// The other side left; the reason it or the server gave.
-    PeerLeft(Option<String>),
+    /// The other side left; the reason code it or the server gave (show
+    /// [`ReleaseReason::describe`], never text from the wire).
+    PeerLeft(Option<ReleaseReason>),
 }
 
 /// Errors of [`SignalClient`].
@@ -353,11 +354,10 @@ impl SignalClient {
         }
     }
 
-    /// Leaves the nameplate (reason `"bad-code"` burns it) and closes.
-    pub async fn release(self, reason: Option<&str>) -> Result<(), SignalError> {
-        let release = ClientToServer::Release {
-            reason: reason.map(str::to_string),
-        };
+    /// Leaves the nameplate (reason [`ReleaseReason::BadCode`] burns it)
+    /// and closes.
+    pub async fn release(self, reason: Option<ReleaseReason>) -> Result<(), SignalError> {
+        let release = ClientToServer::Release { reason };
         self.command(release).await?;
         let (ack_tx, ack_rx) = oneshot::channel();
         if self.commands.send(Command::Close(ack_tx)).await.is_ok() {

@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ferry_proto::signal::{
-    ClientToServer, ErrorCode, FrameError, PROTOCOL_VERSION, ServerToClient,
+    ClientToServer, ErrorCode, FrameError, PROTOCOL_VERSION, ReleaseReason, ServerToClient,
 };
 use ferry_relay::TokenKey;
 use rand::rngs::StdRng;
@@ -44,13 +44,13 @@ pub const MAX_PENDING_MESSAGES: usize = 16;
 pub const MISSED_HEARTBEATS: u32 = 3;
 
 /// The release reason that burns a nameplate at once.
-pub const BAD_CODE: &str = "bad-code";
+pub const BAD_CODE: ReleaseReason = ReleaseReason::BadCode;
 
 /// The reason given to the peer of a client that stopped answering.
-pub const PEER_VANISHED: &str = "peer vanished";
+pub const PEER_VANISHED: ReleaseReason = ReleaseReason::PeerVanished;
 
 /// The reason given to the peer of a client whose connection closed.
-pub const PEER_DISCONNECTED: &str = "peer disconnected";
+pub const PEER_DISCONNECTED: ReleaseReason = ReleaseReason::PeerDisconnected;
 
 /// Limits and timers of the rendezvous logic.
 #[derive(Debug, Clone)]
@@ -138,6 +138,8 @@ struct Nameplate {
     /// The rejoin channel this hidden nameplate serves: sides that leave
     /// open up again (the peer may come back), and `claim` cannot reach it.
     rejoin: Option<String>,
+    /// Which sides asked for the relay token since the latest join.
+    relay_asked: [bool; 2],
 }
 
 impl Rendezvous {
@@ -241,7 +243,11 @@ impl Rendezvous {
             ClientToServer::Claim { nameplate } => self.claim(client, nameplate),
             ClientToServer::Rejoin { channel } => self.rejoin(now, client, channel),
             ClientToServer::Send { body } => self.send(client, body),
+            ClientToServer::RelayRequest => self.relay_request(client),
             ClientToServer::Release { reason } => {
+                // Only known codes are passed on (the type holds no text);
+                // a code this version does not know is dropped.
+                let reason = reason.filter(|r| *r != ReleaseReason::Unknown);
                 self.remove_client(client, reason);
                 self.closes.push_back(client);
             }
@@ -280,7 +286,7 @@ impl Rendezvous {
 
     /// The connection of `client` closed.
     pub fn handle_disconnect(&mut self, _now: Instant, client: ClientId) {
-        self.remove_client(client, Some(PEER_DISCONNECTED.to_string()));
+        self.remove_client(client, Some(PEER_DISCONNECTED));
     }
 
     /// Time passed: send pings, drop silent clients, expire nameplates.
@@ -297,7 +303,7 @@ impl Rendezvous {
                 client,
                 "client silent for {MISSED_HEARTBEATS} heartbeats, dropping"
             );
-            self.remove_client(client, Some(PEER_VANISHED.to_string()));
+            self.remove_client(client, Some(PEER_VANISHED));
             self.closes.push_back(client);
         }
         for (id, client) in &mut self.clients {
@@ -441,6 +447,7 @@ impl Rendezvous {
                 expires: now + self.config.nameplate_ttl,
                 pending: VecDeque::new(),
                 rejoin,
+                relay_asked: [false; 2],
             },
         );
         if let Some(state) = self.clients.get_mut(&client) {
@@ -486,14 +493,11 @@ impl Rendezvous {
         };
         let other = nameplate.sides[1 - index];
         let pending = std::mem::take(&mut nameplate.pending);
+        nameplate.relay_asked = [false; 2];
         if let Some(state) = self.clients.get_mut(&client) {
             state.nameplate = Some(number);
         }
-        let relay_token = self.config.relay_key.as_ref().map(|key| {
-            let expires = ferry_relay::token::expiry(self.unix, self.config.relay_token_ttl);
-            let token = key.issue(number, expires, self.rng.r#gen());
-            ferry_relay::token_to_hex(&token)
-        });
+        let relay_token = self.relay_token(number);
         self.transmits.push_back((
             client,
             ServerToClient::Claimed {
@@ -555,6 +559,56 @@ impl Rendezvous {
         self.open_nameplate(now, client, number, Some(channel));
     }
 
+    /// `client` asks for the relay token: both sides get it once both are
+    /// here and both asked since the latest join (so both paired).
+    fn relay_request(&mut self, client: ClientId) {
+        let Some(number) = self.nameplate_of(client) else {
+            let message = "claim or allocate a nameplate before asking for a relay token".into();
+            self.error(client, ErrorCode::NotClaimed, message);
+            return;
+        };
+        let Some(nameplate) = self.nameplates.get_mut(&number) else {
+            return;
+        };
+        let Some(index) = nameplate
+            .sides
+            .iter()
+            .position(|s| *s == Side::Here(client))
+        else {
+            return;
+        };
+        nameplate.relay_asked[index] = true;
+        let [Side::Here(first), Side::Here(second)] = nameplate.sides else {
+            return;
+        };
+        if nameplate.relay_asked != [true, true] {
+            return;
+        }
+        nameplate.relay_asked = [false; 2];
+        let relay_token = self.relay_token(number);
+        debug!(
+            nameplate = number,
+            "relay token issued to a paired nameplate"
+        );
+        for side in [first, second] {
+            self.transmits.push_back((
+                side,
+                ServerToClient::RelayToken {
+                    relay_token: relay_token.clone(),
+                },
+            ));
+        }
+    }
+
+    /// A fresh relay token for nameplate `number`, when the server issues them.
+    fn relay_token(&mut self, number: u32) -> Option<String> {
+        self.config.relay_key.as_ref().map(|key| {
+            let expires = ferry_relay::token::expiry(self.unix, self.config.relay_token_ttl);
+            let token = key.issue(number, expires, self.rng.r#gen());
+            ferry_relay::token_to_hex(&token)
+        })
+    }
+
     fn send(&mut self, client: ClientId, body: String) {
         let Some(number) = self.nameplate_of(client) else {
             let message = "claim or allocate a nameplate before sending".into();
@@ -590,8 +644,8 @@ impl Rendezvous {
     fn fail(&mut self, _now: Instant, client: ClientId, code: ErrorCode, message: String) {
         self.error(client, code, message);
         let reason = match code {
-            ErrorCode::Expired => Some("nameplate expired".to_string()),
-            _ => Some(PEER_DISCONNECTED.to_string()),
+            ErrorCode::Expired => Some(ReleaseReason::Expired),
+            _ => Some(PEER_DISCONNECTED),
         };
         self.remove_client(client, reason);
         self.closes.push_back(client);
@@ -608,7 +662,7 @@ impl Rendezvous {
 
     /// Forgets `client` and takes it out of its nameplate; the other side
     /// hears `reason`.
-    fn remove_client(&mut self, client: ClientId, reason: Option<String>) {
+    fn remove_client(&mut self, client: ClientId, reason: Option<ReleaseReason>) {
         let Some(state) = self.clients.remove(&client) else {
             return;
         };
@@ -628,7 +682,7 @@ impl Rendezvous {
         let rejoin = nameplate.rejoin.is_some();
         nameplate.sides[index] = if rejoin { Side::Open } else { Side::Gone };
         let other = nameplate.sides[1 - index];
-        let burn = reason.as_deref() == Some(BAD_CODE);
+        let burn = reason == Some(BAD_CODE);
         if rejoin {
             if let Side::Here(other) = other {
                 self.transmits
@@ -640,12 +694,8 @@ impl Rendezvous {
             return;
         }
         if let Side::Here(other) = other {
-            self.transmits.push_back((
-                other,
-                ServerToClient::PeerLeft {
-                    reason: reason.clone(),
-                },
-            ));
+            self.transmits
+                .push_back((other, ServerToClient::PeerLeft { reason }));
             if burn {
                 // The other side learns the code was wrong, then leaves too.
                 self.clients.remove(&other);
@@ -921,7 +971,7 @@ mod tests {
         h.msg(
             2,
             ClientToServer::Release {
-                reason: Some("done".into()),
+                reason: Some(ReleaseReason::Done),
             },
         );
         assert_eq!(
@@ -929,7 +979,7 @@ mod tests {
             vec![(
                 1,
                 ServerToClient::PeerLeft {
-                    reason: Some("done".into())
+                    reason: Some(ReleaseReason::Done)
                 }
             )]
         );
@@ -966,7 +1016,7 @@ mod tests {
         h.msg(
             2,
             ClientToServer::Release {
-                reason: Some(BAD_CODE.into()),
+                reason: Some(BAD_CODE),
             },
         );
         assert_eq!(
@@ -974,7 +1024,7 @@ mod tests {
             vec![(
                 1,
                 ServerToClient::PeerLeft {
-                    reason: Some(BAD_CODE.into())
+                    reason: Some(BAD_CODE)
                 }
             )]
         );
@@ -1035,7 +1085,7 @@ mod tests {
             out.contains(&(
                 1,
                 ServerToClient::PeerLeft {
-                    reason: Some(PEER_VANISHED.into())
+                    reason: Some(PEER_VANISHED)
                 }
             )),
             "{out:?}"

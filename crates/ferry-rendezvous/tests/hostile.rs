@@ -1,0 +1,174 @@
+//! Attacks on the rendezvous server, each over real sockets on loopback:
+//! what a hostile client tries, and what the user (or a genuine pair
+//! running at the same time) sees.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferry_proto::signal::{
+    ClientToServer, PROTOCOL_VERSION, ReleaseReason, ServerToClient, decode_frame, encode_frame,
+};
+use ferry_rendezvous::{ServerConfig, SignalClient, SignalEvent, serve};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+struct Server {
+    addr: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(config: ServerConfig) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Server {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("server stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A raw connection that speaks frames by hand, from a chosen loopback
+/// source address.
+struct Raw {
+    stream: TcpStream,
+    input: BytesMut,
+}
+
+impl Raw {
+    async fn connect(addr: &str) -> Raw {
+        Raw::connect_from(addr, [127, 0, 0, 1]).await
+    }
+
+    async fn connect_from(addr: &str, source: [u8; 4]) -> Raw {
+        Raw::try_connect_from(addr, source).await.unwrap()
+    }
+
+    async fn try_connect_from(addr: &str, source: [u8; 4]) -> std::io::Result<Raw> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((source, 0)))?;
+        let stream = socket.connect(addr.parse().unwrap()).await?;
+        Ok(Raw {
+            stream,
+            input: BytesMut::new(),
+        })
+    }
+
+    async fn send(&mut self, msg: &ClientToServer) {
+        let mut out = BytesMut::new();
+        encode_frame(msg, &mut out).unwrap();
+        let _ = self.stream.write_all(&out).await;
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// The next frame (pings answered on the way), or None at end of
+    /// stream or on a reset.
+    async fn recv(&mut self) -> Option<ServerToClient> {
+        loop {
+            match decode_frame(&mut self.input).unwrap() {
+                Some(ServerToClient::Ping { id }) => {
+                    self.send(&ClientToServer::Pong { id }).await;
+                    continue;
+                }
+                Some(msg) => return Some(msg),
+                None => {}
+            }
+            let mut chunk = [0u8; 4096];
+            let n = timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+                .await
+                .expect("server answers")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.input.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn hello(&mut self) -> Option<ServerToClient> {
+        self.send(&ClientToServer::Hello {
+            protocol: PROTOCOL_VERSION,
+            agent: "raw".into(),
+        })
+        .await;
+        self.recv().await
+    }
+
+    async fn greet(&mut self) {
+        let welcome = self.hello().await;
+        assert!(
+            matches!(welcome, Some(ServerToClient::Welcome { .. })),
+            "{welcome:?}"
+        );
+    }
+}
+
+/// Attack 2: a claimer who does not know the code releases with a reason
+/// full of terminal escapes; the sender hears a code, never that text.
+#[tokio::test]
+async fn free_text_release_reason_never_reaches_the_peer() {
+    let server = Server::start(ServerConfig::default()).await;
+    let (mut sender, _) = SignalClient::connect(&server.addr).await.unwrap();
+    let nameplate = sender.allocate().await.unwrap();
+    let mut stranger = Raw::connect(&server.addr).await;
+    stranger.greet().await;
+    stranger.send(&ClientToServer::Claim { nameplate }).await;
+    assert!(matches!(
+        stranger.recv().await,
+        Some(ServerToClient::Claimed { .. })
+    ));
+    assert_eq!(sender.recv().await.unwrap(), SignalEvent::PeerJoined);
+    let evil = "\u{1b}]0;pwned\u{7}\u{1b}[2K\rReceived 1 file, all verified\n";
+    let line = format!(
+        "{{\"type\":\"release\",\"reason\":{}}}\n",
+        serde_json::to_string(evil).unwrap()
+    );
+    stranger.send_bytes(line.as_bytes()).await;
+    let event = timeout(Duration::from_secs(5), sender.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event, SignalEvent::PeerLeft(None));
+
+    // A second stranger on a fresh nameplate, this time with a known
+    // code: that code, and only it, comes through.
+    let (mut sender, _) = SignalClient::connect(&server.addr).await.unwrap();
+    let nameplate = sender.allocate().await.unwrap();
+    let mut raw = Raw::connect(&server.addr).await;
+    raw.greet().await;
+    raw.send(&ClientToServer::Claim { nameplate }).await;
+    raw.recv().await;
+    assert_eq!(sender.recv().await.unwrap(), SignalEvent::PeerJoined);
+    raw.send_bytes(b"{\"type\":\"release\",\"reason\":\"declined\"}\n")
+        .await;
+    let event = sender.recv().await.unwrap();
+    assert_eq!(event, SignalEvent::PeerLeft(Some(ReleaseReason::Declined)));
+    let SignalEvent::PeerLeft(Some(reason)) = event else {
+        unreachable!()
+    };
+    assert!(reason.describe().chars().all(|c| !c.is_control()));
+    server.stop().await;
+}

@@ -255,6 +255,9 @@ pub enum ErrorCode {
     RelayRefused,
     /// The other side did not come to the relay in time.
     RelayTimeout,
+    /// Too many failed claims, bad codes or connections from this
+    /// connection or address: wait before trying again.
+    RateLimited,
     /// An error code this version does not know.
     #[serde(other)]
     Unknown,

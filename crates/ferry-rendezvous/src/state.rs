@@ -26,6 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use ferry_limits::{AddrBucket, Bucketing, RateTable};
 use ferry_proto::signal::{
     ClientToServer, ErrorCode, FrameError, PROTOCOL_VERSION, ReleaseReason, ServerToClient,
 };
@@ -77,6 +78,32 @@ pub struct Config {
     /// when it runs apart from this server (default none: the relay, if
     /// any, answers on this server's own address).
     pub relay_addr: Option<String>,
+    /// Which addresses count as one party for the per-address budgets
+    /// (default: IPv4 per address, IPv6 per /64).
+    pub bucketing: Bucketing,
+    /// Failed claims (unknown nameplate, or one with two sides; also a
+    /// `reserve` of a taken one) one connection may make before it is
+    /// closed (default 3).
+    pub failed_claims_per_connection: u32,
+    /// Failed claims one address bucket may make a minute (default 10);
+    /// beyond that its claims are refused for [`Config::claim_block`].
+    pub failed_claims_per_minute: u32,
+    /// How long an address bucket over its failed-claim budget may not
+    /// claim (default 60 s).
+    pub claim_block: Duration,
+    /// Claims from one address bucket that may end in a `bad-code`
+    /// release within [`Config::bad_code_window`] (default 3): the one
+    /// that reaches it blocks the bucket's claims for
+    /// [`Config::bad_code_block`].
+    pub bad_codes_per_window: u32,
+    /// See [`Config::bad_codes_per_window`] (default 10 minutes).
+    pub bad_code_window: Duration,
+    /// See [`Config::bad_codes_per_window`] (default 10 minutes).
+    pub bad_code_block: Duration,
+    /// How many address buckets the budget tables track at most (default
+    /// 100 000); when full, new buckets are refused rather than the
+    /// tables growing.
+    pub max_tracked_buckets: usize,
 }
 
 impl Default for Config {
@@ -90,6 +117,14 @@ impl Default for Config {
             relay_key: None,
             relay_token_ttl: Duration::from_secs(120),
             relay_addr: None,
+            bucketing: Bucketing::default(),
+            failed_claims_per_connection: 3,
+            failed_claims_per_minute: 10,
+            claim_block: Duration::from_secs(60),
+            bad_codes_per_window: 3,
+            bad_code_window: Duration::from_secs(600),
+            bad_code_block: Duration::from_secs(600),
+            max_tracked_buckets: 100_000,
         }
     }
 }
@@ -108,11 +143,24 @@ pub struct Rendezvous {
     /// Wall-clock time, Unix seconds, as the driver last said.
     unix: u64,
     next_ping_id: u64,
+    /// Nameplates in use per number of digits (index 0: 1-2 digits, 1: 3
+    /// digits, ..., 8: 10 digits), so allocation needs no scan.
+    digits_used: [usize; 9],
+    /// The time origin of the budget tables (the first time fed in).
+    origin: Option<Instant>,
+    /// Failed-claim budget per address bucket.
+    claim_failures: RateTable<AddrBucket>,
+    /// Bad-code budget per address bucket.
+    bad_codes: RateTable<AddrBucket>,
+    /// Buckets that may not claim until the given time.
+    blocked: HashMap<AddrBucket, Instant>,
 }
 
 #[derive(Debug)]
 struct Client {
     addr: SocketAddr,
+    bucket: AddrBucket,
+    failed_claims: u32,
     greeted: bool,
     nameplate: Option<u32>,
     last_heard: Instant,
@@ -140,6 +188,9 @@ struct Nameplate {
     rejoin: Option<String>,
     /// Which sides asked for the relay token since the latest join.
     relay_asked: [bool; 2],
+    /// The address bucket of the claimer, penalised if the pairing ends
+    /// in a bad code.
+    claimer_bucket: Option<AddrBucket>,
 }
 
 impl Rendezvous {
@@ -157,7 +208,23 @@ impl Rendezvous {
     }
 
     fn from_rng(config: Config, rng: StdRng) -> Self {
+        let per_minute = f64::from(config.failed_claims_per_minute.max(1));
+        let claim_failures =
+            RateTable::new(per_minute / 60.0, per_minute, config.max_tracked_buckets);
+        // The bad code that reaches the limit is the one refused: the
+        // bucket holds one token less than the limit.
+        let bad_burst = f64::from(config.bad_codes_per_window.max(1) - 1);
+        let bad_codes = RateTable::new(
+            bad_burst.max(1.0) / config.bad_code_window.as_secs_f64().max(1.0),
+            bad_burst,
+            config.max_tracked_buckets,
+        );
         Rendezvous {
+            digits_used: [0; 9],
+            origin: None,
+            claim_failures,
+            bad_codes,
+            blocked: HashMap::new(),
             config,
             rng,
             clients: HashMap::new(),
@@ -184,10 +251,13 @@ impl Rendezvous {
             debug!(client, "duplicate connect ignored");
             return;
         }
+        self.origin.get_or_insert(now);
         self.clients.insert(
             client,
             Client {
                 addr: peer_addr,
+                bucket: self.config.bucketing.bucket(peer_addr.ip()),
+                failed_claims: 0,
                 greeted: false,
                 nameplate: None,
                 last_heard: now,
@@ -240,7 +310,7 @@ impl Rendezvous {
             }
             ClientToServer::Allocate => self.allocate(now, client, None),
             ClientToServer::Reserve { nameplate } => self.allocate(now, client, Some(nameplate)),
-            ClientToServer::Claim { nameplate } => self.claim(client, nameplate),
+            ClientToServer::Claim { nameplate } => self.claim(now, client, nameplate),
             ClientToServer::Rejoin { channel } => self.rejoin(now, client, channel),
             ClientToServer::Send { body } => self.send(client, body),
             ClientToServer::RelayRequest => self.relay_request(client),
@@ -248,7 +318,7 @@ impl Rendezvous {
                 // Only known codes are passed on (the type holds no text);
                 // a code this version does not know is dropped.
                 let reason = reason.filter(|r| *r != ReleaseReason::Unknown);
-                self.remove_client(client, reason);
+                self.remove_client(now, client, reason);
                 self.closes.push_back(client);
             }
             ClientToServer::Ping { id } => {
@@ -285,8 +355,8 @@ impl Rendezvous {
     }
 
     /// The connection of `client` closed.
-    pub fn handle_disconnect(&mut self, _now: Instant, client: ClientId) {
-        self.remove_client(client, Some(PEER_DISCONNECTED));
+    pub fn handle_disconnect(&mut self, now: Instant, client: ClientId) {
+        self.remove_client(now, client, Some(PEER_DISCONNECTED));
     }
 
     /// Time passed: send pings, drop silent clients, expire nameplates.
@@ -303,7 +373,7 @@ impl Rendezvous {
                 client,
                 "client silent for {MISSED_HEARTBEATS} heartbeats, dropping"
             );
-            self.remove_client(client, Some(PEER_VANISHED));
+            self.remove_client(now, client, Some(PEER_VANISHED));
             self.closes.push_back(client);
         }
         for (id, client) in &mut self.clients {
@@ -391,6 +461,8 @@ impl Rendezvous {
                     "nameplate {number} is in use or invalid; choose another code, or let ferry pick one"
                 );
                 self.error(client, ErrorCode::NameplateTaken, message);
+                // Probing which nameplates exist costs like a failed claim.
+                self.claim_failed(now, client);
                 return;
             }
         }
@@ -440,6 +512,7 @@ impl Rendezvous {
         if let Some(channel) = &rejoin {
             self.rejoins.insert(channel.clone(), number);
         }
+        self.digits_used[digits_index(number)] += 1;
         self.nameplates.insert(
             number,
             Nameplate {
@@ -448,6 +521,7 @@ impl Rendezvous {
                 pending: VecDeque::new(),
                 rejoin,
                 relay_asked: [false; 2],
+                claimer_bucket: None,
             },
         );
         if let Some(state) = self.clients.get_mut(&client) {
@@ -457,10 +531,21 @@ impl Rendezvous {
             .push_back((client, ServerToClient::Allocated { nameplate: number }));
     }
 
-    fn claim(&mut self, client: ClientId, number: u32) {
+    fn claim(&mut self, now: Instant, client: ClientId, number: u32) {
         if self.refuse_second_nameplate(client) {
             return;
         }
+        if let Some(wait) = self.blocked_for(now, client) {
+            debug!(client, "claim from a blocked address bucket");
+            let message = format!(
+                "too many failed claims or wrong codes from your address; wait {} s, then check the code and try again",
+                wait.as_secs().max(1)
+            );
+            self.error(client, ErrorCode::RateLimited, message);
+            self.claim_failed(now, client);
+            return;
+        }
+        let bucket = self.clients.get(&client).map(|c| c.bucket);
         let Some(nameplate) = self
             .nameplates
             .get_mut(&number)
@@ -470,6 +555,7 @@ impl Rendezvous {
                 "no transfer is waiting under {number}; check the code or ask for a new one"
             );
             self.error(client, ErrorCode::UnknownNameplate, message);
+            self.claim_failed(now, client);
             return;
         };
         if nameplate.sides[1] != Side::Open {
@@ -477,9 +563,11 @@ impl Rendezvous {
                 "nameplate {number} is in use by two peers already; ask the sender for a new code"
             );
             self.error(client, ErrorCode::NameplateTaken, message);
+            self.claim_failed(now, client);
             return;
         }
         nameplate.sides[1] = Side::Here(client);
+        nameplate.claimer_bucket = bucket;
         info!(nameplate = number, client, "nameplate claimed");
         self.join(client, number, 1);
     }
@@ -640,14 +728,71 @@ impl Rendezvous {
         }
     }
 
+    /// How long `client`'s address bucket may not claim, if it is blocked.
+    fn blocked_for(&mut self, now: Instant, client: ClientId) -> Option<Duration> {
+        let bucket = self.clients.get(&client)?.bucket;
+        let until = *self.blocked.get(&bucket)?;
+        if now >= until {
+            self.blocked.remove(&bucket);
+            return None;
+        }
+        Some(until - now)
+    }
+
+    /// Blocks `bucket`'s claims until `until` (a later block wins).
+    fn block(&mut self, now: Instant, bucket: AddrBucket, until: Instant) {
+        if self.blocked.len() >= self.config.max_tracked_buckets {
+            self.blocked.retain(|_, t| *t > now);
+            if self.blocked.len() >= self.config.max_tracked_buckets {
+                debug!(%bucket, "block table full; not blocking");
+                return;
+            }
+        }
+        let entry = self.blocked.entry(bucket).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// Charges a failed claim to `client` and its address bucket: the
+    /// connection closes after a few, the bucket is blocked for a while
+    /// beyond its budget.
+    fn claim_failed(&mut self, now: Instant, client: ClientId) {
+        let since = now.saturating_duration_since(*self.origin.get_or_insert(now));
+        let Some(state) = self.clients.get_mut(&client) else {
+            return;
+        };
+        state.failed_claims += 1;
+        let failed = state.failed_claims;
+        let bucket = state.bucket;
+        if !self.claim_failures.allow(&bucket, since) {
+            debug!(client, %bucket, "address bucket over its failed-claim budget");
+            self.block(now, bucket, now + self.config.claim_block);
+        }
+        if failed >= self.config.failed_claims_per_connection {
+            debug!(client, failed, "too many failed claims; closing");
+            let message = format!(
+                "{failed} failed claims on this connection; check the code, then try again"
+            );
+            self.fail(now, client, ErrorCode::RateLimited, message);
+        }
+    }
+
+    /// A pairing whose claimer came from `bucket` ended in a wrong code.
+    fn bad_code_from(&mut self, now: Instant, bucket: AddrBucket) {
+        let since = now.saturating_duration_since(*self.origin.get_or_insert(now));
+        if !self.bad_codes.allow(&bucket, since) {
+            debug!(%bucket, "address bucket over its bad-code budget");
+            self.block(now, bucket, now + self.config.bad_code_block);
+        }
+    }
+
     /// Sends an error and closes `client`.
-    fn fail(&mut self, _now: Instant, client: ClientId, code: ErrorCode, message: String) {
+    fn fail(&mut self, now: Instant, client: ClientId, code: ErrorCode, message: String) {
         self.error(client, code, message);
         let reason = match code {
             ErrorCode::Expired => Some(ReleaseReason::Expired),
             _ => Some(PEER_DISCONNECTED),
         };
-        self.remove_client(client, reason);
+        self.remove_client(now, client, reason);
         self.closes.push_back(client);
     }
 
@@ -662,7 +807,7 @@ impl Rendezvous {
 
     /// Forgets `client` and takes it out of its nameplate; the other side
     /// hears `reason`.
-    fn remove_client(&mut self, client: ClientId, reason: Option<ReleaseReason>) {
+    fn remove_client(&mut self, now: Instant, client: ClientId, reason: Option<ReleaseReason>) {
         let Some(state) = self.clients.remove(&client) else {
             return;
         };
@@ -683,6 +828,7 @@ impl Rendezvous {
         nameplate.sides[index] = if rejoin { Side::Open } else { Side::Gone };
         let other = nameplate.sides[1 - index];
         let burn = reason == Some(BAD_CODE);
+        let claimer_bucket = nameplate.claimer_bucket;
         if rejoin {
             if let Side::Here(other) = other {
                 self.transmits
@@ -706,6 +852,9 @@ impl Rendezvous {
         }
         self.remove_nameplate(number);
         if burn {
+            if let Some(bucket) = claimer_bucket {
+                self.bad_code_from(now, bucket);
+            }
             info!(nameplate = number, "nameplate burnt after a wrong code");
         } else {
             info!(nameplate = number, "nameplate freed");
@@ -715,46 +864,47 @@ impl Rendezvous {
     /// Forgets a nameplate (and its rejoin channel).
     fn remove_nameplate(&mut self, number: u32) -> Option<Nameplate> {
         let nameplate = self.nameplates.remove(&number)?;
+        let used = &mut self.digits_used[digits_index(number)];
+        *used = used.saturating_sub(1);
         if let Some(channel) = &nameplate.rejoin {
             self.rejoins.remove(channel);
         }
         Some(nameplate)
     }
 
-    /// A free number, at random, from the smallest range with room:
-    /// 1-99, then 100-999, then 1000-9999, ...
+    /// A free number, at random, from the smallest range `1..=99`,
+    /// `1..=999`, ... that is less than half full, so that a guess hits a
+    /// nameplate in use at most half the time, and codes stay short.
+    /// Counts per number of digits are kept, so this needs no scan.
     fn pick_nameplate(&mut self) -> Option<u32> {
-        let mut low: u64 = 1;
-        let mut high: u64 = 99;
-        while low <= u64::from(u32::MAX) {
-            let high_clamped = high.min(u64::from(u32::MAX));
-            let size = high_clamped - low + 1;
-            let used = self
-                .nameplates
-                .keys()
-                .filter(|n| (low..=high_clamped).contains(&u64::from(**n)))
-                .count() as u64;
-            if used < size {
-                for _ in 0..32 {
-                    let candidate = self.rng.gen_range(low..=high_clamped) as u32;
-                    if !self.nameplates.contains_key(&candidate) {
-                        return Some(candidate);
-                    }
-                }
-                // Crowded range: scan from a random start.
-                let start = self.rng.gen_range(0..size);
-                for step in 0..size {
-                    let candidate = (low + (start + step) % size) as u32;
+        let mut high: u32 = 99;
+        let mut used = 0;
+        for digits in 0..self.digits_used.len() - 1 {
+            used += self.digits_used[digits];
+            if used * 2 < high as usize {
+                // Less than half full: 64 misses in a row are a 2^-64 event.
+                for _ in 0..64 {
+                    let candidate = self.rng.gen_range(1..=high);
                     if !self.nameplates.contains_key(&candidate) {
                         return Some(candidate);
                     }
                 }
             }
-            low = high + 1;
-            high = high * 10 + 9;
+            high = high.saturating_mul(10).saturating_add(9);
         }
         None
     }
+}
+
+/// Which `digits_used` slot counts nameplate `number`.
+fn digits_index(number: u32) -> usize {
+    let mut index = 0;
+    let mut high: u64 = 99;
+    while u64::from(number) > high && index < 8 {
+        index += 1;
+        high = high * 10 + 9;
+    }
+    index
 }
 
 fn heartbeat_secs(heartbeat: Duration) -> u32 {
@@ -1185,7 +1335,7 @@ mod tests {
     }
 
     #[test]
-    fn allocation_fills_small_range_first_then_grows() {
+    fn allocation_stays_short_and_grows_at_half_occupancy() {
         let config = Config {
             max_nameplates: 200,
             ..Config::default()
@@ -1200,12 +1350,168 @@ mod tests {
                 ref other => panic!("{other:?}"),
             }
         }
-        let mut first: Vec<u32> = numbers[..99].to_vec();
-        first.sort();
-        assert_eq!(first, (1..=99).collect::<Vec<_>>());
-        assert!(numbers[99..].iter().all(|n| (100..=999).contains(n)));
+        // While fewer than half of 1-99 are in use, codes use two digits.
+        assert!(numbers[..50].iter().all(|n| (1..=99).contains(n)));
+        // Then 1-999, never more than half of the 99 small ones taken.
+        assert!(numbers[50..].iter().all(|n| (1..=999).contains(n)));
+        assert!(numbers[50..].iter().any(|n| *n >= 100));
+        let mut distinct = numbers.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), numbers.len());
         // Random, not sequential.
         assert_ne!(numbers[..10], (1..=10).collect::<Vec<u32>>()[..]);
+        assert_eq!(digits_index(99), 0);
+        assert_eq!(digits_index(100), 1);
+        assert_eq!(digits_index(u32::MAX), 8);
+    }
+
+    /// Connects and greets `client` from `ip`.
+    fn greet_from(h: &mut Harness, client: ClientId, ip: [u8; 4]) {
+        h.core
+            .handle_connect(h.now, client, SocketAddr::from((ip, 40000)));
+        h.msg(
+            client,
+            ClientToServer::Hello {
+                protocol: PROTOCOL_VERSION,
+                agent: "test".into(),
+            },
+        );
+        h.drain();
+    }
+
+    #[test]
+    fn failed_claims_close_the_connection_and_block_the_address() {
+        let mut h = Harness::new(Config::default());
+        // Three misses on one connection: closed, with a clear error.
+        greet_from(&mut h, 1, [203, 0, 113, 1]);
+        for n in 1..=3 {
+            h.msg(1, ClientToServer::Claim { nameplate: n });
+        }
+        let out = h.drain();
+        assert_eq!(
+            error_code(&out),
+            vec![
+                (1, ErrorCode::UnknownNameplate),
+                (1, ErrorCode::UnknownNameplate),
+                (1, ErrorCode::UnknownNameplate),
+                (1, ErrorCode::RateLimited)
+            ]
+        );
+        assert_eq!(h.closes(), vec![1]);
+        // Seven more misses from the same address on fresh connections
+        // use up its ten a minute; the eleventh blocks the address.
+        let mut id = 2;
+        for _ in 0..8 {
+            greet_from(&mut h, id, [203, 0, 113, 1]);
+            h.msg(id, ClientToServer::Claim { nameplate: 50 });
+            id += 1;
+        }
+        h.drain();
+        // A genuine sender now allocates: the blocked address cannot
+        // claim it even with the right number, another address can.
+        greet_from(&mut h, 100, [198, 51, 100, 1]);
+        h.msg(100, ClientToServer::Allocate);
+        let [(100, ServerToClient::Allocated { nameplate })] = h.drain()[..] else {
+            panic!("no allocation");
+        };
+        greet_from(&mut h, id, [203, 0, 113, 1]);
+        h.msg(id, ClientToServer::Claim { nameplate });
+        let out = h.drain();
+        assert_eq!(error_code(&out), vec![(id, ErrorCode::RateLimited)]);
+        let ServerToClient::Error { message, .. } = &out[0].1 else {
+            panic!()
+        };
+        assert!(message.contains("wait"), "{message}");
+        greet_from(&mut h, 101, [198, 51, 100, 2]);
+        h.msg(101, ClientToServer::Claim { nameplate });
+        assert!(matches!(
+            h.drain()[0],
+            (101, ServerToClient::Claimed { .. })
+        ));
+        // After the block the address may claim again.
+        h.now += Duration::from_secs(61);
+        h.msg(id, ClientToServer::Claim { nameplate: 4242 });
+        assert_eq!(
+            error_code(&h.drain()),
+            vec![(id, ErrorCode::UnknownNameplate)]
+        );
+    }
+
+    #[test]
+    fn probing_with_reserve_costs_like_a_failed_claim() {
+        let mut h = Harness::new(Config::default());
+        greet_from(&mut h, 1, [198, 51, 100, 1]);
+        h.msg(1, ClientToServer::Reserve { nameplate: 77 });
+        h.drain();
+        greet_from(&mut h, 2, [203, 0, 113, 1]);
+        for _ in 0..3 {
+            h.msg(2, ClientToServer::Reserve { nameplate: 77 });
+        }
+        let out = h.drain();
+        assert_eq!(out.len(), 4, "{out:?}");
+        assert!(matches!(
+            out[3],
+            (
+                2,
+                ServerToClient::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }
+            )
+        ));
+        assert_eq!(h.closes(), vec![2]);
+    }
+
+    #[test]
+    fn three_bad_codes_block_the_claimers_address_for_ten_minutes() {
+        let mut h = Harness::new(Config::default());
+        let mut id = 1;
+        let guesser = [203, 0, 113, 9];
+        for round in 0..3 {
+            greet_from(&mut h, id, [198, 51, 100, 1]);
+            h.msg(id, ClientToServer::Allocate);
+            let [(_, ServerToClient::Allocated { nameplate })] = h.drain()[..] else {
+                panic!("no allocation");
+            };
+            greet_from(&mut h, id + 1, guesser);
+            h.msg(id + 1, ClientToServer::Claim { nameplate });
+            assert!(
+                matches!(h.drain()[0], (_, ServerToClient::Claimed { .. })),
+                "round {round}: the guesser may still claim"
+            );
+            // The sender finds the code wrong and burns the nameplate.
+            h.msg(
+                id,
+                ClientToServer::Release {
+                    reason: Some(BAD_CODE),
+                },
+            );
+            h.drain();
+            h.closes();
+            id += 2;
+        }
+        greet_from(&mut h, id, [198, 51, 100, 1]);
+        h.msg(id, ClientToServer::Allocate);
+        let [(_, ServerToClient::Allocated { nameplate })] = h.drain()[..] else {
+            panic!("no allocation");
+        };
+        greet_from(&mut h, id + 1, guesser);
+        h.msg(id + 1, ClientToServer::Claim { nameplate });
+        assert_eq!(
+            error_code(&h.drain()),
+            vec![(id + 1, ErrorCode::RateLimited)]
+        );
+        h.now += Duration::from_secs(9 * 60);
+        h.msg(id + 1, ClientToServer::Claim { nameplate });
+        assert_eq!(
+            error_code(&h.drain()),
+            vec![(id + 1, ErrorCode::RateLimited)]
+        );
+        h.now += Duration::from_secs(61);
+        greet_from(&mut h, id + 2, guesser);
+        h.msg(id + 2, ClientToServer::Claim { nameplate });
+        assert!(matches!(h.drain()[0], (_, ServerToClient::Claimed { .. })));
     }
 
     #[test]

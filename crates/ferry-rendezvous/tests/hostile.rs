@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ferry_proto::signal::{
-    ClientToServer, PROTOCOL_VERSION, ReleaseReason, ServerToClient, decode_frame, encode_frame,
+    ClientToServer, ErrorCode, PROTOCOL_VERSION, ReleaseReason, ServerToClient, decode_frame,
+    encode_frame,
 };
 use ferry_rendezvous::{ServerConfig, SignalClient, SignalEvent, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -170,5 +171,107 @@ async fn free_text_release_reason_never_reaches_the_peer() {
         unreachable!()
     };
     assert!(reason.describe().chars().all(|c| !c.is_control()));
+    server.stop().await;
+}
+
+#[derive(Debug, Default)]
+struct SniperReport {
+    claims: u32,
+    sniped: u32,
+    rate_limited: u32,
+}
+
+/// Loops `claim 1..=99` from `source` until `stop`, reconnecting whenever
+/// the server closes the connection.
+async fn snipe(
+    addr: String,
+    source: [u8; 4],
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> SniperReport {
+    let mut report = SniperReport::default();
+    let mut next = 0u32;
+    while !*stop.borrow() {
+        let Ok(mut raw) = Raw::try_connect_from(&addr, source).await else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        if !matches!(raw.hello().await, Some(ServerToClient::Welcome { .. })) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        while !*stop.borrow() {
+            next = next % 99 + 1;
+            raw.send(&ClientToServer::Claim { nameplate: next }).await;
+            report.claims += 1;
+            match raw.recv().await {
+                Some(ServerToClient::Claimed { .. }) => {
+                    report.sniped += 1;
+                    break;
+                }
+                Some(ServerToClient::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }) => report.rate_limited += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+    report
+}
+
+/// Attack 1: snipers loop claims over the small nameplates while a genuine
+/// pair pairs; the pair still pairs and talks, the snipers never get a
+/// nameplate and are told they are rate-limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snipers_looping_claims_do_not_take_a_genuine_nameplate() {
+    let server = Server::start(ServerConfig::default()).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let snipers: Vec<_> = (2..=4u8)
+        .map(|last| {
+            tokio::spawn(snipe(
+                server.addr.clone(),
+                [127, 0, 0, last],
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
+    // The snipers have been at it for a while when the sender comes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut sender, _) = SignalClient::connect(&server.addr).await.unwrap();
+    let (mut receiver, _) = SignalClient::connect(&server.addr).await.unwrap();
+    let nameplate = sender.allocate().await.unwrap();
+    // The user reads the code out; the snipers keep trying meanwhile.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    receiver
+        .claim(nameplate)
+        .await
+        .expect("the genuine receiver claims its nameplate");
+    assert_eq!(
+        timeout(Duration::from_secs(5), sender.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        SignalEvent::PeerJoined
+    );
+    sender.send("hello receiver".into()).await.unwrap();
+    assert_eq!(
+        receiver.recv().await.unwrap(),
+        SignalEvent::Message("hello receiver".into())
+    );
+    receiver.send("hello sender".into()).await.unwrap();
+    assert_eq!(
+        sender.recv().await.unwrap(),
+        SignalEvent::Message("hello sender".into())
+    );
+    stop_tx.send(true).unwrap();
+    for sniper in snipers {
+        let report = timeout(Duration::from_secs(10), sniper)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.sniped, 0, "{report:?}");
+        assert!(report.rate_limited > 0, "{report:?}");
+    }
     server.stop().await;
 }

@@ -123,6 +123,11 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
             relay_key: remote_relay.as_ref().map(|(_, key)| key.clone()),
             relay_addr: relay_url,
             relay_token_ttl: Duration::from_secs(args.relay_token_ttl),
+            max_nameplates: args.max_nameplates,
+            bucketing: ferry_limits::Bucketing {
+                ipv4_prefix: args.ipv4_prefix,
+                ..ferry_limits::Bucketing::default()
+            },
             ..Config::default()
         },
         max_connections: args.max_connections,

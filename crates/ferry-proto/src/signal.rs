@@ -258,6 +258,8 @@ pub enum ErrorCode {
     /// Too many failed claims, bad codes or connections from this
     /// connection or address: wait before trying again.
     RateLimited,
+    /// The client held no nameplate for longer than the server allows.
+    Idle,
     /// An error code this version does not know.
     #[serde(other)]
     Unknown,

@@ -24,6 +24,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod client;
 pub mod server;
 pub mod state;

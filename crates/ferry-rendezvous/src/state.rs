@@ -100,6 +100,10 @@ pub struct Config {
     pub bad_code_window: Duration,
     /// See [`Config::bad_codes_per_window`] (default 10 minutes).
     pub bad_code_block: Duration,
+    /// How long a greeted client may hold no nameplate (nor rejoin
+    /// channel) before it is closed (default 30 s): connections must be
+    /// for a transfer, not for holding a slot.
+    pub idle_timeout: Duration,
     /// How many address buckets the budget tables track at most (default
     /// 100 000); when full, new buckets are refused rather than the
     /// tables growing.
@@ -124,6 +128,7 @@ impl Default for Config {
             bad_codes_per_window: 3,
             bad_code_window: Duration::from_secs(600),
             bad_code_block: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(30),
             max_tracked_buckets: 100_000,
         }
     }
@@ -161,10 +166,22 @@ struct Client {
     addr: SocketAddr,
     bucket: AddrBucket,
     failed_claims: u32,
+    /// When the hello came; with no nameplate, the idle clock runs from it.
+    greeted_at: Option<Instant>,
     greeted: bool,
     nameplate: Option<u32>,
     last_heard: Instant,
     next_ping: Instant,
+}
+
+impl Client {
+    /// When this client is closed for holding no nameplate, if it holds none.
+    fn idle_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
+        match (self.greeted_at, self.nameplate) {
+            (Some(greeted), None) => Some(greeted + idle_timeout),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +275,7 @@ impl Rendezvous {
                 addr: peer_addr,
                 bucket: self.config.bucketing.bucket(peer_addr.ip()),
                 failed_claims: 0,
+                greeted_at: None,
                 greeted: false,
                 nameplate: None,
                 last_heard: now,
@@ -276,6 +294,7 @@ impl Rendezvous {
             match msg {
                 ClientToServer::Hello { protocol, agent } if protocol == PROTOCOL_VERSION => {
                     state.greeted = true;
+                    state.greeted_at = Some(now);
                     debug!(client, addr = %state.addr, agent, "hello");
                     let welcome = ServerToClient::Welcome {
                         protocol: PROTOCOL_VERSION,
@@ -376,6 +395,23 @@ impl Rendezvous {
             self.remove_client(now, client, Some(PEER_VANISHED));
             self.closes.push_back(client);
         }
+        let idle: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                c.idle_deadline(self.config.idle_timeout)
+                    .is_some_and(|d| now >= d)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for client in idle {
+            debug!(client, "client held no nameplate for too long; closing");
+            let message = format!(
+                "you held no nameplate for {} s; connect again when you send or receive",
+                self.config.idle_timeout.as_secs()
+            );
+            self.fail(now, client, ErrorCode::Idle, message);
+        }
         for (id, client) in &mut self.clients {
             if client.greeted && now >= client.next_ping {
                 client.next_ping = now + self.config.heartbeat;
@@ -425,13 +461,16 @@ impl Rendezvous {
     /// When [`Rendezvous::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let silence = self.config.heartbeat * MISSED_HEARTBEATS;
+        let idle_timeout = self.config.idle_timeout;
         let clients = self.clients.values().map(|c| {
             let vanish = c.last_heard + silence;
-            if c.greeted {
+            let due = if c.greeted {
                 vanish.min(c.next_ping)
             } else {
                 vanish
-            }
+            };
+            c.idle_deadline(idle_timeout)
+                .map_or(due, |idle| due.min(idle))
         });
         let nameplates = self.nameplates.values().map(|n| n.expires);
         clients.chain(nameplates).min()
@@ -1512,6 +1551,35 @@ mod tests {
         greet_from(&mut h, id + 2, guesser);
         h.msg(id + 2, ClientToServer::Claim { nameplate });
         assert!(matches!(h.drain()[0], (_, ServerToClient::Claimed { .. })));
+    }
+
+    #[test]
+    fn greeted_clients_without_a_nameplate_are_closed_after_the_idle_timeout() {
+        let mut h = Harness::new(Config {
+            idle_timeout: Duration::from_secs(30),
+            ..Config::default()
+        });
+        h.greet(1);
+        h.greet(2);
+        h.greet(3);
+        h.msg(2, ClientToServer::Allocate);
+        h.msg(
+            3,
+            ClientToServer::Rejoin {
+                channel: "ab".repeat(16),
+            },
+        );
+        h.drain();
+        for _ in 0..6 {
+            h.advance(Duration::from_secs(5));
+            for client in 1..=3 {
+                h.msg(client, ClientToServer::Pong { id: 0 });
+            }
+        }
+        let out = h.drain();
+        assert_eq!(error_code(&out), vec![(1, ErrorCode::Idle)]);
+        assert_eq!(h.closes(), vec![1]);
+        assert_eq!(h.core.client_count(), 2, "holders of a nameplate stay");
     }
 
     #[test]

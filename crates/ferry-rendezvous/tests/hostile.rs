@@ -11,7 +11,7 @@ use ferry_proto::signal::{
     ClientToServer, ErrorCode, PROTOCOL_VERSION, ReleaseReason, ServerToClient, decode_frame,
     encode_frame,
 };
-use ferry_rendezvous::{ServerConfig, SignalClient, SignalEvent, serve};
+use ferry_rendezvous::{Config, ServerConfig, SignalClient, SignalError, SignalEvent, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
@@ -273,5 +273,100 @@ async fn snipers_looping_claims_do_not_take_a_genuine_nameplate() {
         assert_eq!(report.sniped, 0, "{report:?}");
         assert!(report.rate_limited > 0, "{report:?}");
     }
+    server.stop().await;
+}
+
+/// Attack 4: greeted connections that hold no nameplate (and answer
+/// pings) no longer hold the server's slots for as long as they like.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_greeted_connections_are_evicted_and_a_genuine_client_gets_in() {
+    let server = Server::start(ServerConfig {
+        rendezvous: Config {
+            idle_timeout: Duration::from_secs(1),
+            ..Config::default()
+        },
+        max_connections: 16,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut squatters = Vec::new();
+    for _ in 0..16 {
+        let mut raw = Raw::connect_from(&server.addr, [127, 0, 0, 2]).await;
+        raw.greet().await;
+        squatters.push(raw);
+    }
+    // Full: a client from another address is told so at once.
+    let err = SignalClient::connect(&server.addr).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SignalError::Server {
+                code: ErrorCode::ServerFull,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Every squatter hears why it is closed (pings answered meanwhile).
+    for raw in &mut squatters {
+        let said = raw.recv().await;
+        assert!(
+            matches!(
+                said,
+                Some(ServerToClient::Error {
+                    code: ErrorCode::Idle,
+                    ..
+                })
+            ),
+            "{said:?}"
+        );
+        assert_eq!(raw.recv().await, None);
+    }
+    let mut genuine = None;
+    for _ in 0..50 {
+        if let Ok((client, _)) = SignalClient::connect(&server.addr).await {
+            genuine = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut genuine = genuine.expect("a genuine client gets a slot once the squatters are gone");
+    genuine.allocate().await.unwrap();
+    server.stop().await;
+}
+
+/// Attack 4: a flood of new connections from one address is refused with
+/// a reason, and does not keep another address out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_flood_from_one_address_is_rate_limited_with_a_reason() {
+    // The per-address cap is out of the way: this is about the rate.
+    let server = Server::start(ServerConfig {
+        max_connections_per_ip: 1000,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut refused = None;
+    for _ in 0..40 {
+        let mut raw = Raw::connect_from(&server.addr, [127, 0, 0, 5]).await;
+        match raw.hello().await {
+            Some(ServerToClient::Welcome { .. }) => drop(raw),
+            other => {
+                refused = other;
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(
+            refused,
+            Some(ServerToClient::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let (mut other, _) = SignalClient::connect(&server.addr).await.unwrap();
+    other.allocate().await.unwrap();
     server.stop().await;
 }

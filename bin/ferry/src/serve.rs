@@ -133,6 +133,7 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
         relay: relay_here.then(|| relay_config(&args.relay)),
+        ..ServerConfig::default()
     };
     let rendezvous = ferry_rendezvous::serve(listener, config, stopped(stop_rx.clone()));
     let stun_task = async {

@@ -630,6 +630,9 @@ async fn run_session(
     controlling: bool,
     started: Instant,
 ) -> Result<PeerLink, SessionError> {
+    // Paired (or rejoined) on both sides: only now does the server hand
+    // out the relay token, once both of us asked.
+    signal.request_relay_token().await?;
     let gathered = gathering
         .await
         .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;

@@ -11,6 +11,7 @@ use ferry_proto::signal::{
     ClientToServer, ErrorCode, PROTOCOL_VERSION, ReleaseReason, ServerToClient, decode_frame,
     encode_frame,
 };
+use ferry_relay::RelayConfig;
 use ferry_rendezvous::{Config, ServerConfig, SignalClient, SignalError, SignalEvent, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -368,5 +369,42 @@ async fn connection_flood_from_one_address_is_rate_limited_with_a_reason() {
     );
     let (mut other, _) = SignalClient::connect(&server.addr).await.unwrap();
     other.allocate().await.unwrap();
+    server.stop().await;
+}
+
+/// Attack 8: a claimer that guessed the nameplate but not the code gets no
+/// relay token, however often it asks; the genuine pair gets one.
+#[tokio::test]
+async fn a_claimer_that_never_pairs_gets_no_relay_token() {
+    let server = Server::start(ServerConfig {
+        relay: Some(RelayConfig::default()),
+        ..ServerConfig::default()
+    })
+    .await;
+    let (mut sender, _) = SignalClient::connect(&server.addr).await.unwrap();
+    let nameplate = sender.allocate().await.unwrap();
+    let mut sniper = Raw::connect_from(&server.addr, [127, 0, 0, 6]).await;
+    sniper.greet().await;
+    sniper.send(&ClientToServer::Claim { nameplate }).await;
+    let claimed = sniper.recv().await;
+    assert!(
+        matches!(
+            claimed,
+            Some(ServerToClient::Claimed {
+                relay_token: None,
+                ..
+            })
+        ),
+        "{claimed:?}"
+    );
+    assert_eq!(sender.recv().await.unwrap(), SignalEvent::PeerJoined);
+    assert_eq!(sender.relay_token(), None);
+    for _ in 0..3 {
+        sniper.send(&ClientToServer::RelayRequest).await;
+    }
+    // The sender never pairs with it, so never asks: nothing comes back.
+    sniper.send(&ClientToServer::Ping { id: 77 }).await;
+    assert_eq!(sniper.recv().await, Some(ServerToClient::Pong { id: 77 }));
+    drop(sniper);
     server.stop().await;
 }

@@ -178,6 +178,9 @@ async fn run_pair(
             SignalEvent::PeerJoined => {}
             other => bail!("expected peer-joined, got {other:?}"),
         }
+        let (a, b) = tokio::join!(sender.request_relay_token(), receiver.request_relay_token());
+        a.context("sender relay-request")?;
+        b.context("receiver relay-request")?;
         let token_a = sender
             .relay_token()
             .context("the server gave the sender no relay token (is the relay on?)")?;

@@ -115,9 +115,9 @@ async fn main() -> Result<()> {
             let (mut receiver, welcome) = SignalClient::connect(&args.server).await?;
             let nameplate = sender.allocate().await?;
             receiver.claim(nameplate).await?;
-            let token = receiver
-                .relay_token()
-                .context("the server gave no relay token (is the relay on?)")?;
+            let (_, token) =
+                tokio::join!(sender.request_relay_token(), receiver.request_relay_token());
+            let token = token?.context("the server gave no relay token (is the relay on?)")?;
             emit(json!({"event": "issued", "nameplate": nameplate}));
             sleep(Duration::from_secs_f64(after)).await;
             let outcome = relay_connect(welcome.server_addr, &token, wait).await;
@@ -138,7 +138,8 @@ async fn send(server: &str, wait: Duration, mib: u64, secs: f64, reuse: bool) ->
         other => bail!("expected peer-joined, got {other:?}"),
     }
     let token = client
-        .relay_token()
+        .request_relay_token()
+        .await?
         .context("the server gave no relay token (is the relay on?)")?;
     let started = Instant::now();
     let stream = relay_connect(welcome.server_addr, &token, wait).await?;
@@ -184,7 +185,8 @@ async fn recv(server: &str, wait: Duration, nameplate: u32, mib: u64, reuse: boo
     let (mut client, welcome) = SignalClient::connect(server).await?;
     client.claim(nameplate).await?;
     let token = client
-        .relay_token()
+        .request_relay_token()
+        .await?
         .context("the server gave no relay token (is the relay on?)")?;
     let started = Instant::now();
     let stream = relay_connect(welcome.server_addr, &token, wait).await?;

@@ -214,9 +214,21 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub max_connections: usize,
 
-    /// Most simultaneous client connections from one IP address.
+    /// Most simultaneous client connections from one address bucket: one
+    /// IPv4 address (see --ipv4-prefix) or one IPv6 /64.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub max_connections_per_ip: usize,
+
+    /// IPv4 addresses sharing this many leading bits count as one party
+    /// for the per-address limits (32: each address on its own; 24: a
+    /// whole /24). IPv6 always counts per /64.
+    #[arg(long, default_value_t = 32, value_name = "BITS",
+          value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub ipv4_prefix: u8,
+
+    /// Most nameplates (waiting or paired transfers) at once.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub max_nameplates: usize,
 
     /// UDP (and TCP) address of the STUN responder that tells clients
     /// their public address. Use a specific IP, not 0.0.0.0, with

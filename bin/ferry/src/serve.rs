@@ -128,11 +128,17 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
             relay_key: remote_relay.as_ref().map(|(_, key)| key.clone()),
             relay_addr: relay_url,
             relay_token_ttl: Duration::from_secs(args.relay_token_ttl),
+            max_nameplates: args.max_nameplates,
+            bucketing: ferry_limits::Bucketing {
+                ipv4_prefix: args.ipv4_prefix,
+                ..ferry_limits::Bucketing::default()
+            },
             ..Config::default()
         },
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
         relay: relay_here.then(|| relay_config(&args.relay)),
+        ..ServerConfig::default()
     };
     let rendezvous = ferry_rendezvous::serve(listener, config, stopped(stop_rx.clone()));
     let stun_task = async {

@@ -359,7 +359,7 @@ impl Sender {
                 SignalEvent::PeerLeft(reason) => {
                     return Err(SessionError::PeerGone(format!(
                         "the receiver left before pairing ({})",
-                        reason.unwrap_or_else(|| "no reason given".into())
+                        reason.map_or("no reason given", |r| r.describe())
                     )));
                 }
                 SignalEvent::Message(_) => debug!("message before the peer joined; ignored"),
@@ -630,6 +630,9 @@ async fn run_session(
     controlling: bool,
     started: Instant,
 ) -> Result<PeerLink, SessionError> {
+    // Paired (or rejoined) on both sides: only now does the server hand
+    // out the relay token, once both of us asked.
+    signal.request_relay_token().await?;
     let gathered = gathering
         .await
         .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
@@ -1137,7 +1140,7 @@ impl Mailbox<'_> {
             },
             SignalEvent::PeerLeft(reason) => Err(SessionError::PeerGone(format!(
                 "the peer gave up on connecting ({})",
-                reason.unwrap_or_else(|| "no reason given".into())
+                reason.map_or("no reason given", |r| r.describe())
             ))),
             SignalEvent::PeerJoined => Ok(None),
         }
@@ -1370,11 +1373,11 @@ async fn pair(
                 Err(e) => return Err(e.into()),
             },
             SignalEvent::PeerLeft(reason) => {
-                return Err(match reason.as_deref() {
+                return Err(match reason {
                     Some(ferry_rendezvous::BAD_CODE) => SessionError::CodeMismatch,
                     other => SessionError::PeerGone(format!(
                         "the peer left during pairing ({})",
-                        other.unwrap_or("no reason given")
+                        other.map_or("no reason given", |r| r.describe())
                     )),
                 });
             }
@@ -1413,7 +1416,7 @@ async fn receive_hello(
             SignalEvent::PeerLeft(reason) => {
                 return Err(SessionError::PeerGone(format!(
                     "the peer left before connecting ({})",
-                    reason.unwrap_or_else(|| "no reason given".into())
+                    reason.map_or("no reason given", |r| r.describe())
                 )));
             }
             SignalEvent::PeerJoined => {}

@@ -97,12 +97,20 @@ pub enum ClientToServer {
         /// The mailbox body.
         body: String,
     },
-    /// Leave the nameplate. Reason `"bad-code"` burns it at once.
+    /// Leave the nameplate. Reason `bad-code` burns it at once.
     Release {
-        /// Why the client leaves, passed on to the other side.
+        /// Why the client leaves, passed on to the other side. A code
+        /// outside [`ReleaseReason`] reads as [`ReleaseReason::Unknown`],
+        /// which the server does not pass on.
         #[serde(default)]
-        reason: Option<String>,
+        reason: Option<ReleaseReason>,
     },
+    /// Ask for the relay token of this nameplate, once the peers have
+    /// paired (SPAKE2 key confirmation succeeded). The server answers
+    /// both sides with `relay-token` when both are present and both have
+    /// asked since the second one joined; a claimer that never learnt the
+    /// code never pairs, so its peer never asks and it gets no token.
+    RelayRequest,
     /// Liveness probe; the server answers with `pong`.
     Ping {
         /// Echoed in the answer.
@@ -179,9 +187,18 @@ pub enum ServerToClient {
     },
     /// The other side released the nameplate or vanished.
     PeerLeft {
-        /// The reason the other side gave, or the server's explanation.
+        /// The reason the other side gave, or the server's: a code from a
+        /// fixed set, never free text, so a stranger cannot write to the
+        /// user's terminal through it.
         #[serde(default)]
-        reason: Option<String>,
+        reason: Option<ReleaseReason>,
+    },
+    /// Answer to `relay-request`, sent to both sides once both asked.
+    RelayToken {
+        /// The relay token of this pair (64 hex digits); `None` when the
+        /// server issues no relay tokens.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_token: Option<String>,
     },
     /// A request failed; `message` says what to do.
     Error {
@@ -238,9 +255,82 @@ pub enum ErrorCode {
     RelayRefused,
     /// The other side did not come to the relay in time.
     RelayTimeout,
+    /// Too many failed claims, bad codes or connections from this
+    /// connection or address: wait before trying again.
+    RateLimited,
+    /// The client held no nameplate for longer than the server allows.
+    Idle,
     /// An error code this version does not know.
     #[serde(other)]
     Unknown,
+}
+
+/// Why a side left a nameplate: a fixed set of codes, carried in
+/// `release` and `peer-left` as kebab-case strings. Clients show their own
+/// text for each ([`ReleaseReason::describe`]); the server never passes on
+/// text a client wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ReleaseReason {
+    /// Key confirmation failed: the code was wrong. Burns the nameplate.
+    BadCode,
+    /// The user declined the offer.
+    Declined,
+    /// The transfer finished.
+    Done,
+    /// The user cancelled.
+    Cancelled,
+    /// The side failed.
+    Error,
+    /// Set by the server: the side stopped answering heartbeats.
+    PeerVanished,
+    /// Set by the server: the side's connection closed.
+    PeerDisconnected,
+    /// Set by the server: the nameplate outlived its time.
+    Expired,
+    /// A code this version does not know (or free text from an old
+    /// client). The server drops it rather than pass it on.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ReleaseReason {
+    /// The wire code, e.g. `"bad-code"`.
+    pub fn code(self) -> &'static str {
+        match self {
+            ReleaseReason::BadCode => "bad-code",
+            ReleaseReason::Declined => "declined",
+            ReleaseReason::Done => "done",
+            ReleaseReason::Cancelled => "cancelled",
+            ReleaseReason::Error => "error",
+            ReleaseReason::PeerVanished => "peer-vanished",
+            ReleaseReason::PeerDisconnected => "peer-disconnected",
+            ReleaseReason::Expired => "expired",
+            ReleaseReason::Unknown => "unknown",
+        }
+    }
+
+    /// What a client tells its user.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ReleaseReason::BadCode => "the code did not match",
+            ReleaseReason::Declined => "the peer declined",
+            ReleaseReason::Done => "the peer finished",
+            ReleaseReason::Cancelled => "the peer cancelled",
+            ReleaseReason::Error => "the peer failed",
+            ReleaseReason::PeerVanished => "peer vanished",
+            ReleaseReason::PeerDisconnected => "peer disconnected",
+            ReleaseReason::Expired => "nameplate expired",
+            ReleaseReason::Unknown => "no reason given",
+        }
+    }
+}
+
+impl std::fmt::Display for ReleaseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
+    }
 }
 
 /// Errors from [`encode_frame`] and [`decode_frame`].
@@ -345,7 +435,7 @@ mod tests {
         );
         assert_eq!(
             encoded(&ClientToServer::Release {
-                reason: Some("bad-code".into())
+                reason: Some(ReleaseReason::BadCode)
             }),
             "{\"type\":\"release\",\"reason\":\"bad-code\"}\n"
         );
@@ -571,12 +661,79 @@ mod tests {
             any::<u32>().prop_map(|nameplate| ClientToServer::Claim { nameplate }),
             "[0-9a-f]{32}".prop_map(|channel| ClientToServer::Rejoin { channel }),
             ".*".prop_map(|body| ClientToServer::Send { body }),
-            proptest::option::of(".*").prop_map(|reason| ClientToServer::Release { reason }),
+            proptest::option::of(any_reason())
+                .prop_map(|reason| ClientToServer::Release { reason }),
+            Just(ClientToServer::RelayRequest),
             any::<u64>().prop_map(|id| ClientToServer::Ping { id }),
             any::<u64>().prop_map(|id| ClientToServer::Pong { id }),
             (any::<u32>(), "[0-9a-f]{0,64}")
                 .prop_map(|(protocol, token)| ClientToServer::Relay { protocol, token }),
         ]
+    }
+
+    fn any_reason() -> impl Strategy<Value = ReleaseReason> {
+        prop_oneof![
+            Just(ReleaseReason::BadCode),
+            Just(ReleaseReason::Declined),
+            Just(ReleaseReason::Done),
+            Just(ReleaseReason::Cancelled),
+            Just(ReleaseReason::Error),
+            Just(ReleaseReason::PeerVanished),
+            Just(ReleaseReason::PeerDisconnected),
+            Just(ReleaseReason::Expired),
+            Just(ReleaseReason::Unknown),
+        ]
+    }
+
+    #[test]
+    fn release_reasons_are_codes_and_free_text_reads_as_unknown() {
+        let mut buf = BytesMut::from(
+            &b"{\"type\":\"release\",\"reason\":\"bad-code\"}\n{\"type\":\"release\",\"reason\":\"\\u001b]0;pwned\\u0007Received 1 file\"}\n{\"type\":\"peer-left\",\"reason\":\"peer disconnected\"}\n"[..],
+        );
+        assert_eq!(
+            decode_frame::<ClientToServer>(&mut buf).unwrap(),
+            Some(ClientToServer::Release {
+                reason: Some(ReleaseReason::BadCode)
+            })
+        );
+        assert_eq!(
+            decode_frame::<ClientToServer>(&mut buf).unwrap(),
+            Some(ClientToServer::Release {
+                reason: Some(ReleaseReason::Unknown)
+            })
+        );
+        // An old server's free text reads as unknown, not as text to print.
+        assert_eq!(
+            decode_frame::<ServerToClient>(&mut buf).unwrap(),
+            Some(ServerToClient::PeerLeft {
+                reason: Some(ReleaseReason::Unknown)
+            })
+        );
+        for reason in [
+            ReleaseReason::BadCode,
+            ReleaseReason::PeerVanished,
+            ReleaseReason::Unknown,
+        ] {
+            assert_eq!(
+                encoded(&ServerToClient::PeerLeft {
+                    reason: Some(reason)
+                }),
+                format!(
+                    "{{\"type\":\"peer-left\",\"reason\":\"{}\"}}\n",
+                    reason.code()
+                )
+            );
+        }
+        assert_eq!(
+            encoded(&ClientToServer::RelayRequest),
+            "{\"type\":\"relay-request\"}\n"
+        );
+        assert_eq!(
+            encoded(&ServerToClient::RelayToken {
+                relay_token: Some("0f".into())
+            }),
+            "{\"type\":\"relay-token\",\"relay_token\":\"0f\"}\n"
+        );
     }
 
     fn any_server_msg() -> impl Strategy<Value = ServerToClient> {
@@ -620,7 +777,10 @@ mod tests {
             Just(ServerToClient::RelayWaiting),
             Just(ServerToClient::RelayPaired),
             ".*".prop_map(|body| ServerToClient::Message { body }),
-            proptest::option::of(".*").prop_map(|reason| ServerToClient::PeerLeft { reason }),
+            proptest::option::of(any_reason())
+                .prop_map(|reason| ServerToClient::PeerLeft { reason }),
+            proptest::option::of("[0-9a-f]{64}")
+                .prop_map(|relay_token| ServerToClient::RelayToken { relay_token }),
             ".*".prop_map(|message| ServerToClient::Error {
                 code: ErrorCode::BadFrame,
                 message

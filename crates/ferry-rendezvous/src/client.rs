@@ -8,6 +8,7 @@
 //!     gives up (ServerGone) after 3 silent heartbeats,
 //!     hands other frames to the SignalClient over a bounded channel
 //!   allocate() / claim(n)  -- request, wait for the answer (10 s)
+//!   request_relay_token()  -- once paired: the relay token, when both asked
 //!   send(body)             -- queue a mailbox body
 //!   recv()                 -- next PeerJoined / Message / PeerLeft (cancel-safe)
 //!   release(reason)        -- leave the nameplate and close
@@ -19,8 +20,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ferry_proto::signal::{
-    ClientToServer, ErrorCode, FrameError, MAX_FRAME, PROTOCOL_VERSION, ServerToClient,
-    decode_frame, encode_frame,
+    ClientToServer, ErrorCode, FrameError, MAX_FRAME, PROTOCOL_VERSION, ReleaseReason,
+    ServerToClient, decode_frame, encode_frame,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -67,8 +68,9 @@ pub enum SignalEvent {
     PeerJoined,
     /// A mailbox body from the other side.
     Message(String),
-    /// The other side left; the reason it or the server gave.
-    PeerLeft(Option<String>),
+    /// The other side left; the reason code it or the server gave (show
+    /// [`ReleaseReason::describe`], never text from the wire).
+    PeerLeft(Option<ReleaseReason>),
 }
 
 /// Errors of [`SignalClient`].
@@ -305,6 +307,24 @@ impl SignalClient {
         })
     }
 
+    /// Asks for the relay token once paired (see
+    /// [`ClientToServer::RelayRequest`]) and waits, up to
+    /// [`REQUEST_TIMEOUT`], until the other side has asked too. `Ok(None)`
+    /// when the server issues no relay tokens; afterwards
+    /// [`relay_token`](Self::relay_token) says the same.
+    pub async fn request_relay_token(&mut self) -> Result<Option<[u8; 32]>, SignalError> {
+        self.command(ClientToServer::RelayRequest).await?;
+        let token = self
+            .answer("relay-token", |msg| match msg {
+                ServerToClient::RelayToken { relay_token } => Some(relay_token.clone()),
+                _ => None,
+            })
+            .await?;
+        self.relay_token = None;
+        self.note_relay_token(token.as_deref());
+        Ok(self.relay_token)
+    }
+
     /// Sends a mailbox body to the other side.
     pub async fn send(&mut self, body: String) -> Result<(), SignalError> {
         let msg = ClientToServer::Send { body };
@@ -321,9 +341,9 @@ impl SignalClient {
         self.command(msg).await
     }
 
-    /// The relay token of our nameplate: set by [`claim`](Self::claim) on
-    /// the claiming side, and when [`SignalEvent::PeerJoined`] arrives on
-    /// the allocating side; `None` when the server runs no relay.
+    /// The relay token of our pair: set by
+    /// [`request_relay_token`](Self::request_relay_token) once both sides
+    /// asked; `None` before, or when the server runs no relay.
     pub fn relay_token(&self) -> Option<[u8; 32]> {
         self.relay_token
     }
@@ -345,6 +365,9 @@ impl SignalClient {
                 }
                 ServerToClient::Message { body } => return Ok(SignalEvent::Message(body)),
                 ServerToClient::PeerLeft { reason } => return Ok(SignalEvent::PeerLeft(reason)),
+                ServerToClient::RelayToken { relay_token } => {
+                    self.note_relay_token(relay_token.as_deref());
+                }
                 ServerToClient::Error { code, message } => {
                     return Err(SignalError::Server { code, message });
                 }
@@ -353,11 +376,10 @@ impl SignalClient {
         }
     }
 
-    /// Leaves the nameplate (reason `"bad-code"` burns it) and closes.
-    pub async fn release(self, reason: Option<&str>) -> Result<(), SignalError> {
-        let release = ClientToServer::Release {
-            reason: reason.map(str::to_string),
-        };
+    /// Leaves the nameplate (reason [`ReleaseReason::BadCode`] burns it)
+    /// and closes.
+    pub async fn release(self, reason: Option<ReleaseReason>) -> Result<(), SignalError> {
+        let release = ClientToServer::Release { reason };
         self.command(release).await?;
         let (ack_tx, ack_rx) = oneshot::channel();
         if self.commands.send(Command::Close(ack_tx)).await.is_ok() {

@@ -24,10 +24,12 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod client;
 pub mod server;
 pub mod state;
 
 pub use client::{SignalClient, SignalError, SignalEvent, Welcome};
+pub use ferry_proto::signal::ReleaseReason;
 pub use server::{ServerConfig, serve, serve_with_relay};
 pub use state::{BAD_CODE, ClientId, Config, PEER_DISCONNECTED, PEER_VANISHED, Rendezvous};

@@ -2,8 +2,10 @@
 //!
 //! ```text
 //! serve(): accept loop
-//!   - Semaphore caps connections; a per-IP count caps each address;
-//!     refused connections get one error frame and are closed
+//!   - Semaphore caps connections; admission::Admission caps each address
+//!     bucket (IPv4 prefix, IPv6 /64) and its rate of new connections;
+//!     refused connections get one error frame and are closed (a bounded
+//!     number linger briefly so the frame arrives; the rest close at once)
 //!   - accept errors back off (up to 1 s)
 //!   - spawns connection(), one task per TCP connection
 //! connection(): reads frames (64 KiB limit, checked before buffering more)
@@ -29,7 +31,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,7 +49,9 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, AdmissionLimits, Refusal};
 use crate::state::{ClientId, Config, Rendezvous};
+use ferry_limits::AddrBucket;
 
 /// Frames queued for one client before it counts as too slow and is dropped.
 pub const OUTBOUND_QUEUE: usize = 256;
@@ -61,6 +65,9 @@ const LINGER_BYTES: usize = 1 << 20;
 const INBOX: usize = 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const READ_CHUNK: usize = 8 * 1024;
+/// Refused connections lingering at once to deliver their error frame.
+const MAX_LINGERING_REFUSALS: usize = 64;
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
 /// Settings of [`serve`].
 #[derive(Debug, Clone)]
@@ -69,9 +76,15 @@ pub struct ServerConfig {
     pub rendezvous: Config,
     /// Connections served at once (default 1024).
     pub max_connections: usize,
-    /// Connections served at once from one IP address (default 16). Relay
-    /// connections count here too.
+    /// Connections served at once from one address bucket (default 16):
+    /// one IPv4 address (or `rendezvous.bucketing.ipv4_prefix`), one IPv6
+    /// /64. Relay connections count here too.
     pub max_connections_per_ip: usize,
+    /// New connections a second one address bucket may open, sustained
+    /// (default 10).
+    pub connections_per_second: f64,
+    /// New connections one address bucket may open in a burst (default 30).
+    pub connection_burst: f64,
     /// A relay on the same listener, with its limits (default none: relay
     /// connections are refused, and relay tokens are issued only when
     /// `rendezvous.relay_key` is set, for a relay on another host). Its
@@ -86,6 +99,8 @@ impl Default for ServerConfig {
             rendezvous: Config::default(),
             max_connections: 1024,
             max_connections_per_ip: 16,
+            connections_per_second: 10.0,
+            connection_burst: 30.0,
             relay: None,
         }
     }
@@ -140,7 +155,17 @@ pub async fn serve_with_relay(
     let actor = tokio::spawn(actor(core, inbox_rx, stop_rx));
 
     let semaphore = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let admission = Arc::new(Mutex::new(Admission::new(AdmissionLimits {
+        bucketing: config.rendezvous.bucketing,
+        max_per_bucket: config.max_connections_per_ip.max(1),
+        per_second: config.connections_per_second,
+        burst: config.connection_burst,
+        max_tracked_buckets: config.rendezvous.max_tracked_buckets,
+    })));
+    let started = Instant::now();
+    // Refused connections that may linger to deliver their error frame;
+    // beyond this many at once, they are closed at once.
+    let refusals = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
     let mut tasks = JoinSet::new();
     let mut next_id: ClientId = 1;
     let mut backoff = Duration::from_millis(10);
@@ -165,13 +190,21 @@ pub async fn serve_with_relay(
                 backoff = Duration::from_millis(10);
                 let Ok(permit) = semaphore.clone().try_acquire_owned() else {
                     debug!(%addr, "connection limit reached");
-                    tasks.spawn(refuse(stream, "the server is at its connection limit; try again later"));
+                    let message = "the server is at its connection limit; try again later".to_string();
+                    refuse(&mut tasks, &refusals, stream, ErrorCode::ServerFull, message);
                     continue;
                 };
-                let Some(slot) = IpSlot::take(&per_ip, addr.ip(), config.max_connections_per_ip) else {
-                    debug!(%addr, "per-address connection limit reached");
-                    tasks.spawn(refuse(stream, "too many connections from your address; try again later"));
-                    continue;
+                let slot = match BucketSlot::take(&admission, started.elapsed(), addr) {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        debug!(%addr, %refusal, "connection refused");
+                        let code = match refusal {
+                            Refusal::PerAddress { .. } => ErrorCode::ServerFull,
+                            _ => ErrorCode::RateLimited,
+                        };
+                        refuse(&mut tasks, &refusals, stream, code, refusal.to_string());
+                        continue;
+                    }
                 };
                 let id = next_id;
                 next_id += 1;
@@ -305,7 +338,7 @@ struct Conn {
     inbox: mpsc::Sender<ActorMsg>,
     relay: Option<RelayServer>,
     _permit: OwnedSemaphorePermit,
-    _slot: IpSlot,
+    _slot: BucketSlot,
 }
 
 /// One connection: frames in to the actor, frames out to the socket; or,
@@ -471,51 +504,58 @@ async fn linger(stream: &mut TcpStream) {
     .await;
 }
 
-/// Sends one `server-full` error frame and closes.
-async fn refuse(mut stream: TcpStream, message: &'static str) {
+/// Writes one error frame to a refused connection without waiting, and
+/// closes it: after a short linger (so the frame is read, not lost to a
+/// reset) while fewer than [`MAX_LINGERING_REFUSALS`] do so, else at once.
+fn refuse(
+    tasks: &mut JoinSet<()>,
+    refusals: &Arc<Semaphore>,
+    mut stream: TcpStream,
+    code: ErrorCode,
+    message: String,
+) {
     let mut frame = BytesMut::new();
-    let msg = ServerToClient::Error {
-        code: ErrorCode::ServerFull,
-        message: message.into(),
-    };
-    if encode_frame(&msg, &mut frame).is_ok() {
-        let _ = timeout(Duration::from_secs(2), stream.write_all(&frame)).await;
+    if encode_frame(&ServerToClient::Error { code, message }, &mut frame).is_ok() {
+        // A fresh socket's send buffer takes one small frame at once.
+        let _ = stream.try_write(&frame);
     }
-    linger(&mut stream).await;
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    tasks.spawn(async move {
+        let _ = timeout(REFUSAL_LINGER, linger(&mut stream)).await;
+        drop(permit);
+    });
 }
 
-/// One connection's share of its IP address's limit; released on drop.
-struct IpSlot {
-    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
+/// One connection's share of its address bucket; released on drop.
+struct BucketSlot {
+    admission: Arc<Mutex<Admission>>,
+    bucket: AddrBucket,
 }
 
-impl IpSlot {
-    fn take(map: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, limit: usize) -> Option<IpSlot> {
-        let mut guard = map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = guard.entry(ip).or_insert(0);
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(IpSlot {
-            map: map.clone(),
-            ip,
+impl BucketSlot {
+    fn take(
+        admission: &Arc<Mutex<Admission>>,
+        now: Duration,
+        addr: SocketAddr,
+    ) -> Result<BucketSlot, Refusal> {
+        let mut guard = admission
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let bucket = guard.admit(now, addr.ip())?;
+        Ok(BucketSlot {
+            admission: admission.clone(),
+            bucket,
         })
     }
 }
 
-impl Drop for IpSlot {
+impl Drop for BucketSlot {
     fn drop(&mut self) {
-        let mut guard = self
-            .map
+        self.admission
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = guard.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                guard.remove(&self.ip);
-            }
-        }
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .release(self.bucket);
     }
 }

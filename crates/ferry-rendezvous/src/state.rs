@@ -10,7 +10,8 @@
 //!                              runs on another host}
 //!   allocate -> allocated{n}            (side 0 of nameplate n)
 //!   claim{n} -> claimed{n}              (side 1); side 0 gets peer-joined
-//!               with Config::relay_key, both carry the same fresh relay
+//!   relay-request from both sides (after pairing, since the latest join)
+//!            -> relay-token to both: with Config::relay_key, the same fresh
 //!               token: (n, expiry, nonce) signed with the key, which the
 //!               relay checks on its own (see ferry_relay::token); the
 //!               expiry is wall-clock time, from handle_unix_time()
@@ -22,12 +23,13 @@
 //!   at once (both sides closed); nameplates expire after the TTL.
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use ferry_limits::{AddrBucket, Bucketing, RateTable};
 use ferry_proto::signal::{
-    ClientToServer, ErrorCode, FrameError, PROTOCOL_VERSION, ServerToClient,
+    ClientToServer, ErrorCode, FrameError, PROTOCOL_VERSION, ReleaseReason, ServerToClient,
 };
 use ferry_relay::TokenKey;
 use rand::rngs::StdRng;
@@ -44,13 +46,13 @@ pub const MAX_PENDING_MESSAGES: usize = 16;
 pub const MISSED_HEARTBEATS: u32 = 3;
 
 /// The release reason that burns a nameplate at once.
-pub const BAD_CODE: &str = "bad-code";
+pub const BAD_CODE: ReleaseReason = ReleaseReason::BadCode;
 
 /// The reason given to the peer of a client that stopped answering.
-pub const PEER_VANISHED: &str = "peer vanished";
+pub const PEER_VANISHED: ReleaseReason = ReleaseReason::PeerVanished;
 
 /// The reason given to the peer of a client whose connection closed.
-pub const PEER_DISCONNECTED: &str = "peer disconnected";
+pub const PEER_DISCONNECTED: ReleaseReason = ReleaseReason::PeerDisconnected;
 
 /// Limits and timers of the rendezvous logic.
 #[derive(Debug, Clone)]
@@ -77,6 +79,36 @@ pub struct Config {
     /// when it runs apart from this server (default none: the relay, if
     /// any, answers on this server's own address).
     pub relay_addr: Option<String>,
+    /// Which addresses count as one party for the per-address budgets
+    /// (default: IPv4 per address, IPv6 per /64).
+    pub bucketing: Bucketing,
+    /// Failed claims (unknown nameplate, or one with two sides; also a
+    /// `reserve` of a taken one) one connection may make before it is
+    /// closed (default 3).
+    pub failed_claims_per_connection: u32,
+    /// Failed claims one address bucket may make a minute (default 10);
+    /// beyond that its claims are refused for [`Config::claim_block`].
+    pub failed_claims_per_minute: u32,
+    /// How long an address bucket over its failed-claim budget may not
+    /// claim (default 60 s).
+    pub claim_block: Duration,
+    /// Claims from one address bucket that may end in a `bad-code`
+    /// release within [`Config::bad_code_window`] (default 3): the one
+    /// that reaches it blocks the bucket's claims for
+    /// [`Config::bad_code_block`].
+    pub bad_codes_per_window: u32,
+    /// See [`Config::bad_codes_per_window`] (default 10 minutes).
+    pub bad_code_window: Duration,
+    /// See [`Config::bad_codes_per_window`] (default 10 minutes).
+    pub bad_code_block: Duration,
+    /// How long a greeted client may hold no nameplate (nor rejoin
+    /// channel) before it is closed (default 30 s): connections must be
+    /// for a transfer, not for holding a slot.
+    pub idle_timeout: Duration,
+    /// How many address buckets the budget tables track at most (default
+    /// 100 000); when full, new buckets are refused rather than the
+    /// tables growing.
+    pub max_tracked_buckets: usize,
 }
 
 impl Default for Config {
@@ -90,6 +122,15 @@ impl Default for Config {
             relay_key: None,
             relay_token_ttl: Duration::from_secs(120),
             relay_addr: None,
+            bucketing: Bucketing::default(),
+            failed_claims_per_connection: 3,
+            failed_claims_per_minute: 10,
+            claim_block: Duration::from_secs(60),
+            bad_codes_per_window: 3,
+            bad_code_window: Duration::from_secs(600),
+            bad_code_block: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(30),
+            max_tracked_buckets: 100_000,
         }
     }
 }
@@ -108,15 +149,53 @@ pub struct Rendezvous {
     /// Wall-clock time, Unix seconds, as the driver last said.
     unix: u64,
     next_ping_id: u64,
+    /// Nameplates in use per number of digits (index 0: 1-2 digits, 1: 3
+    /// digits, ..., 8: 10 digits), so allocation needs no scan.
+    digits_used: [usize; 9],
+    /// The time origin of the budget tables (the first time fed in).
+    origin: Option<Instant>,
+    /// Failed-claim budget per address bucket.
+    claim_failures: RateTable<AddrBucket>,
+    /// Bad-code budget per address bucket.
+    bad_codes: RateTable<AddrBucket>,
+    /// Buckets that may not claim until the given time.
+    blocked: HashMap<AddrBucket, Instant>,
+    /// Armed deadlines, earliest first.
+    timers: BTreeSet<(Instant, Timer)>,
+}
+
+/// What a deadline in [`Rendezvous::timers`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// A client's silence, ping or idle deadline.
+    Client(ClientId),
+    /// A nameplate's expiry.
+    Nameplate(u32),
 }
 
 #[derive(Debug)]
 struct Client {
     addr: SocketAddr,
+    bucket: AddrBucket,
+    failed_claims: u32,
+    /// When the hello came; with no nameplate, the idle clock runs from it.
+    greeted_at: Option<Instant>,
+    /// The deadline armed in the timers for this client, if any.
+    scheduled: Option<Instant>,
     greeted: bool,
     nameplate: Option<u32>,
     last_heard: Instant,
     next_ping: Instant,
+}
+
+impl Client {
+    /// When this client is closed for holding no nameplate, if it holds none.
+    fn idle_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
+        match (self.greeted_at, self.nameplate) {
+            (Some(greeted), None) => Some(greeted + idle_timeout),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +217,13 @@ struct Nameplate {
     /// The rejoin channel this hidden nameplate serves: sides that leave
     /// open up again (the peer may come back), and `claim` cannot reach it.
     rejoin: Option<String>,
+    /// Which sides asked for the relay token since the latest join.
+    relay_asked: [bool; 2],
+    /// The address bucket of the claimer, penalised if the pairing ends
+    /// in a bad code.
+    claimer_bucket: Option<AddrBucket>,
+    /// The expiry timer armed for this nameplate (`expires` may be later).
+    armed: Instant,
 }
 
 impl Rendezvous {
@@ -155,7 +241,24 @@ impl Rendezvous {
     }
 
     fn from_rng(config: Config, rng: StdRng) -> Self {
+        let per_minute = f64::from(config.failed_claims_per_minute.max(1));
+        let claim_failures =
+            RateTable::new(per_minute / 60.0, per_minute, config.max_tracked_buckets);
+        // The bad code that reaches the limit is the one refused: the
+        // bucket holds one token less than the limit.
+        let bad_burst = f64::from(config.bad_codes_per_window.max(1) - 1);
+        let bad_codes = RateTable::new(
+            bad_burst.max(1.0) / config.bad_code_window.as_secs_f64().max(1.0),
+            bad_burst,
+            config.max_tracked_buckets,
+        );
         Rendezvous {
+            digits_used: [0; 9],
+            origin: None,
+            claim_failures,
+            bad_codes,
+            blocked: HashMap::new(),
+            timers: BTreeSet::new(),
             config,
             rng,
             clients: HashMap::new(),
@@ -182,16 +285,22 @@ impl Rendezvous {
             debug!(client, "duplicate connect ignored");
             return;
         }
+        self.origin.get_or_insert(now);
         self.clients.insert(
             client,
             Client {
                 addr: peer_addr,
+                bucket: self.config.bucketing.bucket(peer_addr.ip()),
+                failed_claims: 0,
+                greeted_at: None,
+                scheduled: None,
                 greeted: false,
                 nameplate: None,
                 last_heard: now,
                 next_ping: now + self.config.heartbeat,
             },
         );
+        self.schedule(client);
     }
 
     /// A frame from `client`.
@@ -204,6 +313,7 @@ impl Rendezvous {
             match msg {
                 ClientToServer::Hello { protocol, agent } if protocol == PROTOCOL_VERSION => {
                     state.greeted = true;
+                    state.greeted_at = Some(now);
                     debug!(client, addr = %state.addr, agent, "hello");
                     let welcome = ServerToClient::Welcome {
                         protocol: PROTOCOL_VERSION,
@@ -214,6 +324,8 @@ impl Rendezvous {
                         relay_addr: self.config.relay_addr.clone(),
                     };
                     self.transmits.push_back((client, welcome));
+                    // The ping and idle deadlines start now.
+                    self.schedule(client);
                 }
                 ClientToServer::Hello { protocol, .. } => {
                     debug!(client, protocol, "wrong protocol version");
@@ -238,11 +350,15 @@ impl Rendezvous {
             }
             ClientToServer::Allocate => self.allocate(now, client, None),
             ClientToServer::Reserve { nameplate } => self.allocate(now, client, Some(nameplate)),
-            ClientToServer::Claim { nameplate } => self.claim(client, nameplate),
+            ClientToServer::Claim { nameplate } => self.claim(now, client, nameplate),
             ClientToServer::Rejoin { channel } => self.rejoin(now, client, channel),
             ClientToServer::Send { body } => self.send(client, body),
+            ClientToServer::RelayRequest => self.relay_request(client),
             ClientToServer::Release { reason } => {
-                self.remove_client(client, reason);
+                // Only known codes are passed on (the type holds no text);
+                // a code this version does not know is dropped.
+                let reason = reason.filter(|r| *r != ReleaseReason::Unknown);
+                self.remove_client(now, client, reason);
                 self.closes.push_back(client);
             }
             ClientToServer::Ping { id } => {
@@ -279,59 +395,119 @@ impl Rendezvous {
     }
 
     /// The connection of `client` closed.
-    pub fn handle_disconnect(&mut self, _now: Instant, client: ClientId) {
-        self.remove_client(client, Some(PEER_DISCONNECTED.to_string()));
+    pub fn handle_disconnect(&mut self, now: Instant, client: ClientId) {
+        self.remove_client(now, client, Some(PEER_DISCONNECTED));
     }
 
     /// Time passed: send pings, drop silent clients, expire nameplates.
+    ///
+    /// Only the timers that are due are looked at (a [`BTreeSet`] of
+    /// deadlines), never every client: a client's timer is re-armed
+    /// lazily, when it fires, from its latest state.
     pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Client(client) => self.client_timer(now, client, at),
+                Timer::Nameplate(number) => self.nameplate_timer(now, number),
+            }
+        }
+    }
+
+    fn client_timer(&mut self, now: Instant, client: ClientId, at: Instant) {
         let silence = self.config.heartbeat * MISSED_HEARTBEATS;
-        let silent: Vec<ClientId> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| now >= c.last_heard + silence)
-            .map(|(id, _)| *id)
-            .collect();
-        for client in silent {
+        let idle_timeout = self.config.idle_timeout;
+        let Some(state) = self.clients.get_mut(&client) else {
+            return;
+        };
+        if state.scheduled != Some(at) {
+            return;
+        }
+        state.scheduled = None;
+        if now >= state.last_heard + silence {
             debug!(
                 client,
                 "client silent for {MISSED_HEARTBEATS} heartbeats, dropping"
             );
-            self.remove_client(client, Some(PEER_VANISHED.to_string()));
+            self.remove_client(now, client, Some(PEER_VANISHED));
             self.closes.push_back(client);
+            return;
         }
-        for (id, client) in &mut self.clients {
-            if client.greeted && now >= client.next_ping {
-                client.next_ping = now + self.config.heartbeat;
-                let ping = ServerToClient::Ping {
-                    id: self.next_ping_id,
-                };
-                self.next_ping_id += 1;
-                self.transmits.push_back((*id, ping));
+        if state.idle_deadline(idle_timeout).is_some_and(|d| now >= d) {
+            debug!(client, "client held no nameplate for too long; closing");
+            let message = format!(
+                "you held no nameplate for {} s; connect again when you send or receive",
+                idle_timeout.as_secs()
+            );
+            self.fail(now, client, ErrorCode::Idle, message);
+            return;
+        }
+        if state.greeted && now >= state.next_ping {
+            state.next_ping = now + self.config.heartbeat;
+            let ping = ServerToClient::Ping {
+                id: self.next_ping_id,
+            };
+            self.next_ping_id += 1;
+            self.transmits.push_back((client, ping));
+        }
+        self.schedule(client);
+    }
+
+    fn nameplate_timer(&mut self, now: Instant, number: u32) {
+        let Some(nameplate) = self.nameplates.get_mut(&number) else {
+            return;
+        };
+        if now < nameplate.expires {
+            // Pushed back (a rejoin) since this timer was armed.
+            nameplate.armed = nameplate.expires;
+            self.timers
+                .insert((nameplate.expires, Timer::Nameplate(number)));
+            return;
+        }
+        let Some(nameplate) = self.remove_nameplate(number) else {
+            return;
+        };
+        info!(nameplate = number, "nameplate expired");
+        let minutes = self.config.nameplate_ttl.as_secs() / 60;
+        for side in nameplate.sides {
+            if let Side::Here(client) = side {
+                if let Some(state) = self.clients.get_mut(&client) {
+                    state.nameplate = None;
+                }
+                let message = format!(
+                    "nameplate {number} expired after {minutes} minutes; start again with a new code"
+                );
+                self.fail(now, client, ErrorCode::Expired, message);
             }
         }
-        let expired: Vec<u32> = self
-            .nameplates
-            .iter()
-            .filter(|(_, n)| now >= n.expires)
-            .map(|(n, _)| *n)
-            .collect();
-        for number in expired {
-            let Some(nameplate) = self.remove_nameplate(number) else {
-                continue;
-            };
-            info!(nameplate = number, "nameplate expired");
-            let minutes = self.config.nameplate_ttl.as_secs() / 60;
-            for side in nameplate.sides {
-                if let Side::Here(client) = side {
-                    if let Some(state) = self.clients.get_mut(&client) {
-                        state.nameplate = None;
-                    }
-                    let message = format!(
-                        "nameplate {number} expired after {minutes} minutes; start again with a new code"
-                    );
-                    self.fail(now, client, ErrorCode::Expired, message);
+    }
+
+    /// Arms `client`'s timer for its next deadline (silence, ping, idle),
+    /// unless one at or before it is armed already.
+    fn schedule(&mut self, client: ClientId) {
+        let silence = self.config.heartbeat * MISSED_HEARTBEATS;
+        let idle_timeout = self.config.idle_timeout;
+        let Some(state) = self.clients.get_mut(&client) else {
+            return;
+        };
+        let mut due = state.last_heard + silence;
+        if state.greeted {
+            due = due.min(state.next_ping);
+        }
+        if let Some(idle) = state.idle_deadline(idle_timeout) {
+            due = due.min(idle);
+        }
+        match state.scheduled {
+            Some(armed) if armed <= due => {}
+            armed => {
+                if let Some(armed) = armed {
+                    self.timers.remove(&(armed, Timer::Client(client)));
                 }
+                state.scheduled = Some(due);
+                self.timers.insert((due, Timer::Client(client)));
             }
         }
     }
@@ -348,17 +524,7 @@ impl Rendezvous {
 
     /// When [`Rendezvous::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let silence = self.config.heartbeat * MISSED_HEARTBEATS;
-        let clients = self.clients.values().map(|c| {
-            let vanish = c.last_heard + silence;
-            if c.greeted {
-                vanish.min(c.next_ping)
-            } else {
-                vanish
-            }
-        });
-        let nameplates = self.nameplates.values().map(|n| n.expires);
-        clients.chain(nameplates).min()
+        self.timers.first().map(|(at, _)| *at)
     }
 
     /// How many nameplates exist.
@@ -385,6 +551,8 @@ impl Rendezvous {
                     "nameplate {number} is in use or invalid; choose another code, or let ferry pick one"
                 );
                 self.error(client, ErrorCode::NameplateTaken, message);
+                // Probing which nameplates exist costs like a failed claim.
+                self.claim_failed(now, client);
                 return;
             }
         }
@@ -434,6 +602,7 @@ impl Rendezvous {
         if let Some(channel) = &rejoin {
             self.rejoins.insert(channel.clone(), number);
         }
+        self.digits_used[digits_index(number)] += 1;
         self.nameplates.insert(
             number,
             Nameplate {
@@ -441,8 +610,13 @@ impl Rendezvous {
                 expires: now + self.config.nameplate_ttl,
                 pending: VecDeque::new(),
                 rejoin,
+                relay_asked: [false; 2],
+                claimer_bucket: None,
+                armed: now + self.config.nameplate_ttl,
             },
         );
+        self.timers
+            .insert((now + self.config.nameplate_ttl, Timer::Nameplate(number)));
         if let Some(state) = self.clients.get_mut(&client) {
             state.nameplate = Some(number);
         }
@@ -450,10 +624,21 @@ impl Rendezvous {
             .push_back((client, ServerToClient::Allocated { nameplate: number }));
     }
 
-    fn claim(&mut self, client: ClientId, number: u32) {
+    fn claim(&mut self, now: Instant, client: ClientId, number: u32) {
         if self.refuse_second_nameplate(client) {
             return;
         }
+        if let Some(wait) = self.blocked_for(now, client) {
+            debug!(client, "claim from a blocked address bucket");
+            let message = format!(
+                "too many failed claims or wrong codes from your address; wait {} s, then check the code and try again",
+                wait.as_secs().max(1)
+            );
+            self.error(client, ErrorCode::RateLimited, message);
+            self.claim_failed(now, client);
+            return;
+        }
+        let bucket = self.clients.get(&client).map(|c| c.bucket);
         let Some(nameplate) = self
             .nameplates
             .get_mut(&number)
@@ -463,6 +648,7 @@ impl Rendezvous {
                 "no transfer is waiting under {number}; check the code or ask for a new one"
             );
             self.error(client, ErrorCode::UnknownNameplate, message);
+            self.claim_failed(now, client);
             return;
         };
         if nameplate.sides[1] != Side::Open {
@@ -470,9 +656,11 @@ impl Rendezvous {
                 "nameplate {number} is in use by two peers already; ask the sender for a new code"
             );
             self.error(client, ErrorCode::NameplateTaken, message);
+            self.claim_failed(now, client);
             return;
         }
         nameplate.sides[1] = Side::Here(client);
+        nameplate.claimer_bucket = bucket;
         info!(nameplate = number, client, "nameplate claimed");
         self.join(client, number, 1);
     }
@@ -486,24 +674,22 @@ impl Rendezvous {
         };
         let other = nameplate.sides[1 - index];
         let pending = std::mem::take(&mut nameplate.pending);
+        nameplate.relay_asked = [false; 2];
         if let Some(state) = self.clients.get_mut(&client) {
             state.nameplate = Some(number);
         }
-        let relay_token = self.config.relay_key.as_ref().map(|key| {
-            let expires = ferry_relay::token::expiry(self.unix, self.config.relay_token_ttl);
-            let token = key.issue(number, expires, self.rng.r#gen());
-            ferry_relay::token_to_hex(&token)
-        });
+        // No relay token yet: a claimer who guessed the nameplate but not
+        // the code never pairs, so it never gets one (see relay_request).
         self.transmits.push_back((
             client,
             ServerToClient::Claimed {
                 nameplate: number,
-                relay_token: relay_token.clone(),
+                relay_token: None,
             },
         ));
         if let Side::Here(other) = other {
             self.transmits
-                .push_back((other, ServerToClient::PeerJoined { relay_token }));
+                .push_back((other, ServerToClient::PeerJoined { relay_token: None }));
         }
         for body in pending {
             self.transmits
@@ -555,6 +741,56 @@ impl Rendezvous {
         self.open_nameplate(now, client, number, Some(channel));
     }
 
+    /// `client` asks for the relay token: both sides get it once both are
+    /// here and both asked since the latest join (so both paired).
+    fn relay_request(&mut self, client: ClientId) {
+        let Some(number) = self.nameplate_of(client) else {
+            let message = "claim or allocate a nameplate before asking for a relay token".into();
+            self.error(client, ErrorCode::NotClaimed, message);
+            return;
+        };
+        let Some(nameplate) = self.nameplates.get_mut(&number) else {
+            return;
+        };
+        let Some(index) = nameplate
+            .sides
+            .iter()
+            .position(|s| *s == Side::Here(client))
+        else {
+            return;
+        };
+        nameplate.relay_asked[index] = true;
+        let [Side::Here(first), Side::Here(second)] = nameplate.sides else {
+            return;
+        };
+        if nameplate.relay_asked != [true, true] {
+            return;
+        }
+        nameplate.relay_asked = [false; 2];
+        let relay_token = self.relay_token(number);
+        debug!(
+            nameplate = number,
+            "relay token issued to a paired nameplate"
+        );
+        for side in [first, second] {
+            self.transmits.push_back((
+                side,
+                ServerToClient::RelayToken {
+                    relay_token: relay_token.clone(),
+                },
+            ));
+        }
+    }
+
+    /// A fresh relay token for nameplate `number`, when the server issues them.
+    fn relay_token(&mut self, number: u32) -> Option<String> {
+        self.config.relay_key.as_ref().map(|key| {
+            let expires = ferry_relay::token::expiry(self.unix, self.config.relay_token_ttl);
+            let token = key.issue(number, expires, self.rng.r#gen());
+            ferry_relay::token_to_hex(&token)
+        })
+    }
+
     fn send(&mut self, client: ClientId, body: String) {
         let Some(number) = self.nameplate_of(client) else {
             let message = "claim or allocate a nameplate before sending".into();
@@ -586,14 +822,71 @@ impl Rendezvous {
         }
     }
 
+    /// How long `client`'s address bucket may not claim, if it is blocked.
+    fn blocked_for(&mut self, now: Instant, client: ClientId) -> Option<Duration> {
+        let bucket = self.clients.get(&client)?.bucket;
+        let until = *self.blocked.get(&bucket)?;
+        if now >= until {
+            self.blocked.remove(&bucket);
+            return None;
+        }
+        Some(until - now)
+    }
+
+    /// Blocks `bucket`'s claims until `until` (a later block wins).
+    fn block(&mut self, now: Instant, bucket: AddrBucket, until: Instant) {
+        if self.blocked.len() >= self.config.max_tracked_buckets {
+            self.blocked.retain(|_, t| *t > now);
+            if self.blocked.len() >= self.config.max_tracked_buckets {
+                debug!(%bucket, "block table full; not blocking");
+                return;
+            }
+        }
+        let entry = self.blocked.entry(bucket).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// Charges a failed claim to `client` and its address bucket: the
+    /// connection closes after a few, the bucket is blocked for a while
+    /// beyond its budget.
+    fn claim_failed(&mut self, now: Instant, client: ClientId) {
+        let since = now.saturating_duration_since(*self.origin.get_or_insert(now));
+        let Some(state) = self.clients.get_mut(&client) else {
+            return;
+        };
+        state.failed_claims += 1;
+        let failed = state.failed_claims;
+        let bucket = state.bucket;
+        if !self.claim_failures.allow(&bucket, since) {
+            debug!(client, %bucket, "address bucket over its failed-claim budget");
+            self.block(now, bucket, now + self.config.claim_block);
+        }
+        if failed >= self.config.failed_claims_per_connection {
+            debug!(client, failed, "too many failed claims; closing");
+            let message = format!(
+                "{failed} failed claims on this connection; check the code, then try again"
+            );
+            self.fail(now, client, ErrorCode::RateLimited, message);
+        }
+    }
+
+    /// A pairing whose claimer came from `bucket` ended in a wrong code.
+    fn bad_code_from(&mut self, now: Instant, bucket: AddrBucket) {
+        let since = now.saturating_duration_since(*self.origin.get_or_insert(now));
+        if !self.bad_codes.allow(&bucket, since) {
+            debug!(%bucket, "address bucket over its bad-code budget");
+            self.block(now, bucket, now + self.config.bad_code_block);
+        }
+    }
+
     /// Sends an error and closes `client`.
-    fn fail(&mut self, _now: Instant, client: ClientId, code: ErrorCode, message: String) {
+    fn fail(&mut self, now: Instant, client: ClientId, code: ErrorCode, message: String) {
         self.error(client, code, message);
         let reason = match code {
-            ErrorCode::Expired => Some("nameplate expired".to_string()),
-            _ => Some(PEER_DISCONNECTED.to_string()),
+            ErrorCode::Expired => Some(ReleaseReason::Expired),
+            _ => Some(PEER_DISCONNECTED),
         };
-        self.remove_client(client, reason);
+        self.remove_client(now, client, reason);
         self.closes.push_back(client);
     }
 
@@ -608,10 +901,13 @@ impl Rendezvous {
 
     /// Forgets `client` and takes it out of its nameplate; the other side
     /// hears `reason`.
-    fn remove_client(&mut self, client: ClientId, reason: Option<String>) {
+    fn remove_client(&mut self, now: Instant, client: ClientId, reason: Option<ReleaseReason>) {
         let Some(state) = self.clients.remove(&client) else {
             return;
         };
+        if let Some(armed) = state.scheduled {
+            self.timers.remove(&(armed, Timer::Client(client)));
+        }
         let Some(number) = state.nameplate else {
             return;
         };
@@ -628,7 +924,8 @@ impl Rendezvous {
         let rejoin = nameplate.rejoin.is_some();
         nameplate.sides[index] = if rejoin { Side::Open } else { Side::Gone };
         let other = nameplate.sides[1 - index];
-        let burn = reason.as_deref() == Some(BAD_CODE);
+        let burn = reason == Some(BAD_CODE);
+        let claimer_bucket = nameplate.claimer_bucket;
         if rejoin {
             if let Side::Here(other) = other {
                 self.transmits
@@ -640,15 +937,15 @@ impl Rendezvous {
             return;
         }
         if let Side::Here(other) = other {
-            self.transmits.push_back((
-                other,
-                ServerToClient::PeerLeft {
-                    reason: reason.clone(),
-                },
-            ));
+            self.transmits
+                .push_back((other, ServerToClient::PeerLeft { reason }));
             if burn {
                 // The other side learns the code was wrong, then leaves too.
-                self.clients.remove(&other);
+                if let Some(gone) = self.clients.remove(&other) {
+                    if let Some(armed) = gone.scheduled {
+                        self.timers.remove(&(armed, Timer::Client(other)));
+                    }
+                }
                 self.closes.push_back(other);
             } else {
                 return;
@@ -656,6 +953,9 @@ impl Rendezvous {
         }
         self.remove_nameplate(number);
         if burn {
+            if let Some(bucket) = claimer_bucket {
+                self.bad_code_from(now, bucket);
+            }
             info!(nameplate = number, "nameplate burnt after a wrong code");
         } else {
             info!(nameplate = number, "nameplate freed");
@@ -665,46 +965,49 @@ impl Rendezvous {
     /// Forgets a nameplate (and its rejoin channel).
     fn remove_nameplate(&mut self, number: u32) -> Option<Nameplate> {
         let nameplate = self.nameplates.remove(&number)?;
+        self.timers
+            .remove(&(nameplate.armed, Timer::Nameplate(number)));
+        let used = &mut self.digits_used[digits_index(number)];
+        *used = used.saturating_sub(1);
         if let Some(channel) = &nameplate.rejoin {
             self.rejoins.remove(channel);
         }
         Some(nameplate)
     }
 
-    /// A free number, at random, from the smallest range with room:
-    /// 1-99, then 100-999, then 1000-9999, ...
+    /// A free number, at random, from the smallest range `1..=99`,
+    /// `1..=999`, ... that is less than half full, so that a guess hits a
+    /// nameplate in use at most half the time, and codes stay short.
+    /// Counts per number of digits are kept, so this needs no scan.
     fn pick_nameplate(&mut self) -> Option<u32> {
-        let mut low: u64 = 1;
-        let mut high: u64 = 99;
-        while low <= u64::from(u32::MAX) {
-            let high_clamped = high.min(u64::from(u32::MAX));
-            let size = high_clamped - low + 1;
-            let used = self
-                .nameplates
-                .keys()
-                .filter(|n| (low..=high_clamped).contains(&u64::from(**n)))
-                .count() as u64;
-            if used < size {
-                for _ in 0..32 {
-                    let candidate = self.rng.gen_range(low..=high_clamped) as u32;
-                    if !self.nameplates.contains_key(&candidate) {
-                        return Some(candidate);
-                    }
-                }
-                // Crowded range: scan from a random start.
-                let start = self.rng.gen_range(0..size);
-                for step in 0..size {
-                    let candidate = (low + (start + step) % size) as u32;
+        let mut high: u32 = 99;
+        let mut used = 0;
+        for digits in 0..self.digits_used.len() - 1 {
+            used += self.digits_used[digits];
+            if used * 2 < high as usize {
+                // Less than half full: 64 misses in a row are a 2^-64 event.
+                for _ in 0..64 {
+                    let candidate = self.rng.gen_range(1..=high);
                     if !self.nameplates.contains_key(&candidate) {
                         return Some(candidate);
                     }
                 }
             }
-            low = high + 1;
-            high = high * 10 + 9;
+            high = high.saturating_mul(10).saturating_add(9);
         }
         None
     }
+}
+
+/// Which `digits_used` slot counts nameplate `number`.
+fn digits_index(number: u32) -> usize {
+    let mut index = 0;
+    let mut high: u64 = 99;
+    while u64::from(number) > high && index < 8 {
+        index += 1;
+        high = high * 10 + 9;
+    }
+    index
 }
 
 fn heartbeat_secs(heartbeat: Duration) -> u32 {
@@ -921,7 +1224,7 @@ mod tests {
         h.msg(
             2,
             ClientToServer::Release {
-                reason: Some("done".into()),
+                reason: Some(ReleaseReason::Done),
             },
         );
         assert_eq!(
@@ -929,7 +1232,7 @@ mod tests {
             vec![(
                 1,
                 ServerToClient::PeerLeft {
-                    reason: Some("done".into())
+                    reason: Some(ReleaseReason::Done)
                 }
             )]
         );
@@ -966,7 +1269,7 @@ mod tests {
         h.msg(
             2,
             ClientToServer::Release {
-                reason: Some(BAD_CODE.into()),
+                reason: Some(BAD_CODE),
             },
         );
         assert_eq!(
@@ -974,7 +1277,7 @@ mod tests {
             vec![(
                 1,
                 ServerToClient::PeerLeft {
-                    reason: Some(BAD_CODE.into())
+                    reason: Some(BAD_CODE)
                 }
             )]
         );
@@ -1035,7 +1338,7 @@ mod tests {
             out.contains(&(
                 1,
                 ServerToClient::PeerLeft {
-                    reason: Some(PEER_VANISHED.into())
+                    reason: Some(PEER_VANISHED)
                 }
             )),
             "{out:?}"
@@ -1135,7 +1438,7 @@ mod tests {
     }
 
     #[test]
-    fn allocation_fills_small_range_first_then_grows() {
+    fn allocation_stays_short_and_grows_at_half_occupancy() {
         let config = Config {
             max_nameplates: 200,
             ..Config::default()
@@ -1150,16 +1453,264 @@ mod tests {
                 ref other => panic!("{other:?}"),
             }
         }
-        let mut first: Vec<u32> = numbers[..99].to_vec();
-        first.sort();
-        assert_eq!(first, (1..=99).collect::<Vec<_>>());
-        assert!(numbers[99..].iter().all(|n| (100..=999).contains(n)));
+        // While fewer than half of 1-99 are in use, codes use two digits.
+        assert!(numbers[..50].iter().all(|n| (1..=99).contains(n)));
+        // Then 1-999, never more than half of the 99 small ones taken.
+        assert!(numbers[50..].iter().all(|n| (1..=999).contains(n)));
+        assert!(numbers[50..].iter().any(|n| *n >= 100));
+        let mut distinct = numbers.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), numbers.len());
         // Random, not sequential.
         assert_ne!(numbers[..10], (1..=10).collect::<Vec<u32>>()[..]);
+        assert_eq!(digits_index(99), 0);
+        assert_eq!(digits_index(100), 1);
+        assert_eq!(digits_index(u32::MAX), 8);
+    }
+
+    /// Connects and greets `client` from `ip`.
+    fn greet_from(h: &mut Harness, client: ClientId, ip: [u8; 4]) {
+        h.core
+            .handle_connect(h.now, client, SocketAddr::from((ip, 40000)));
+        h.msg(
+            client,
+            ClientToServer::Hello {
+                protocol: PROTOCOL_VERSION,
+                agent: "test".into(),
+            },
+        );
+        h.drain();
     }
 
     #[test]
-    fn claim_issues_one_signed_relay_token_to_both_sides() {
+    fn failed_claims_close_the_connection_and_block_the_address() {
+        let mut h = Harness::new(Config::default());
+        // Three misses on one connection: closed, with a clear error.
+        greet_from(&mut h, 1, [203, 0, 113, 1]);
+        for n in 1..=3 {
+            h.msg(1, ClientToServer::Claim { nameplate: n });
+        }
+        let out = h.drain();
+        assert_eq!(
+            error_code(&out),
+            vec![
+                (1, ErrorCode::UnknownNameplate),
+                (1, ErrorCode::UnknownNameplate),
+                (1, ErrorCode::UnknownNameplate),
+                (1, ErrorCode::RateLimited)
+            ]
+        );
+        assert_eq!(h.closes(), vec![1]);
+        // Seven more misses from the same address on fresh connections
+        // use up its ten a minute; the eleventh blocks the address.
+        let mut id = 2;
+        for _ in 0..8 {
+            greet_from(&mut h, id, [203, 0, 113, 1]);
+            h.msg(id, ClientToServer::Claim { nameplate: 50 });
+            id += 1;
+        }
+        h.drain();
+        // A genuine sender now allocates: the blocked address cannot
+        // claim it even with the right number, another address can.
+        greet_from(&mut h, 100, [198, 51, 100, 1]);
+        h.msg(100, ClientToServer::Allocate);
+        let [(100, ServerToClient::Allocated { nameplate })] = h.drain()[..] else {
+            panic!("no allocation");
+        };
+        greet_from(&mut h, id, [203, 0, 113, 1]);
+        h.msg(id, ClientToServer::Claim { nameplate });
+        let out = h.drain();
+        assert_eq!(error_code(&out), vec![(id, ErrorCode::RateLimited)]);
+        let ServerToClient::Error { message, .. } = &out[0].1 else {
+            panic!()
+        };
+        assert!(message.contains("wait"), "{message}");
+        greet_from(&mut h, 101, [198, 51, 100, 2]);
+        h.msg(101, ClientToServer::Claim { nameplate });
+        assert!(matches!(
+            h.drain()[0],
+            (101, ServerToClient::Claimed { .. })
+        ));
+        // After the block the address may claim again.
+        h.now += Duration::from_secs(61);
+        h.msg(id, ClientToServer::Claim { nameplate: 4242 });
+        assert_eq!(
+            error_code(&h.drain()),
+            vec![(id, ErrorCode::UnknownNameplate)]
+        );
+    }
+
+    #[test]
+    fn probing_with_reserve_costs_like_a_failed_claim() {
+        let mut h = Harness::new(Config::default());
+        greet_from(&mut h, 1, [198, 51, 100, 1]);
+        h.msg(1, ClientToServer::Reserve { nameplate: 77 });
+        h.drain();
+        greet_from(&mut h, 2, [203, 0, 113, 1]);
+        for _ in 0..3 {
+            h.msg(2, ClientToServer::Reserve { nameplate: 77 });
+        }
+        let out = h.drain();
+        assert_eq!(out.len(), 4, "{out:?}");
+        assert!(matches!(
+            out[3],
+            (
+                2,
+                ServerToClient::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }
+            )
+        ));
+        assert_eq!(h.closes(), vec![2]);
+    }
+
+    #[test]
+    fn three_bad_codes_block_the_claimers_address_for_ten_minutes() {
+        let mut h = Harness::new(Config::default());
+        let mut id = 1;
+        let guesser = [203, 0, 113, 9];
+        for round in 0..3 {
+            greet_from(&mut h, id, [198, 51, 100, 1]);
+            h.msg(id, ClientToServer::Allocate);
+            let [(_, ServerToClient::Allocated { nameplate })] = h.drain()[..] else {
+                panic!("no allocation");
+            };
+            greet_from(&mut h, id + 1, guesser);
+            h.msg(id + 1, ClientToServer::Claim { nameplate });
+            assert!(
+                matches!(h.drain()[0], (_, ServerToClient::Claimed { .. })),
+                "round {round}: the guesser may still claim"
+            );
+            // The sender finds the code wrong and burns the nameplate.
+            h.msg(
+                id,
+                ClientToServer::Release {
+                    reason: Some(BAD_CODE),
+                },
+            );
+            h.drain();
+            h.closes();
+            id += 2;
+        }
+        greet_from(&mut h, id, [198, 51, 100, 1]);
+        h.msg(id, ClientToServer::Allocate);
+        let [(_, ServerToClient::Allocated { nameplate })] = h.drain()[..] else {
+            panic!("no allocation");
+        };
+        greet_from(&mut h, id + 1, guesser);
+        h.msg(id + 1, ClientToServer::Claim { nameplate });
+        assert_eq!(
+            error_code(&h.drain()),
+            vec![(id + 1, ErrorCode::RateLimited)]
+        );
+        h.now += Duration::from_secs(9 * 60);
+        h.msg(id + 1, ClientToServer::Claim { nameplate });
+        assert_eq!(
+            error_code(&h.drain()),
+            vec![(id + 1, ErrorCode::RateLimited)]
+        );
+        h.now += Duration::from_secs(61);
+        greet_from(&mut h, id + 2, guesser);
+        h.msg(id + 2, ClientToServer::Claim { nameplate });
+        assert!(matches!(h.drain()[0], (_, ServerToClient::Claimed { .. })));
+    }
+
+    #[test]
+    fn greeted_clients_without_a_nameplate_are_closed_after_the_idle_timeout() {
+        let mut h = Harness::new(Config {
+            idle_timeout: Duration::from_secs(30),
+            ..Config::default()
+        });
+        h.greet(1);
+        h.greet(2);
+        h.greet(3);
+        h.msg(2, ClientToServer::Allocate);
+        h.msg(
+            3,
+            ClientToServer::Rejoin {
+                channel: "ab".repeat(16),
+            },
+        );
+        h.drain();
+        for _ in 0..6 {
+            h.advance(Duration::from_secs(5));
+            for client in 1..=3 {
+                h.msg(client, ClientToServer::Pong { id: 0 });
+            }
+        }
+        let out = h.drain();
+        assert_eq!(error_code(&out), vec![(1, ErrorCode::Idle)]);
+        assert_eq!(h.closes(), vec![1]);
+        assert_eq!(h.core.client_count(), 2, "holders of a nameplate stay");
+    }
+
+    /// Both sides of `nameplate`'s pair ask for the relay token; returns
+    /// the one both got.
+    fn both_ask(h: &mut Harness, first: ClientId, second: ClientId) -> String {
+        h.msg(first, ClientToServer::RelayRequest);
+        assert!(h.drain().is_empty(), "no token before both asked");
+        h.msg(second, ClientToServer::RelayRequest);
+        let out = h.drain();
+        let [
+            (
+                a,
+                ServerToClient::RelayToken {
+                    relay_token: Some(ref x),
+                },
+            ),
+            (
+                b,
+                ServerToClient::RelayToken {
+                    relay_token: Some(ref y),
+                },
+            ),
+        ] = out[..]
+        else {
+            panic!("no token for both sides: {out:?}");
+        };
+        let mut got = [a, b];
+        got.sort();
+        let mut want = [first, second];
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(x, y, "both sides got the same token");
+        x.clone()
+    }
+
+    #[test]
+    fn timers_track_only_live_clients_and_nameplates() {
+        let mut h = Harness::new(Config::default());
+        for round in 0..50u64 {
+            let a = 1000 + 2 * round;
+            h.greet(a);
+            h.greet(a + 1);
+            h.msg(a, ClientToServer::Allocate);
+            let [(_, ServerToClient::Allocated { nameplate })] = h.drain()[..] else {
+                panic!("no allocation");
+            };
+            h.msg(a + 1, ClientToServer::Claim { nameplate });
+            h.msg(
+                a + 1,
+                ClientToServer::Release {
+                    reason: Some(ReleaseReason::Done),
+                },
+            );
+            h.core.handle_disconnect(h.now, a);
+            h.drain();
+            h.closes();
+        }
+        h.greet(1);
+        h.msg(1, ClientToServer::Allocate);
+        h.drain();
+        assert_eq!(h.core.client_count(), 1);
+        // One timer for the client, one for its nameplate.
+        assert_eq!(h.core.timers.len(), 2);
+    }
+
+    #[test]
+    fn relay_token_only_once_both_paired_sides_ask() {
         let key = TokenKey::from_secret(&[5; 32]).unwrap();
         let config = Config {
             relay_key: Some(key.clone()),
@@ -1168,41 +1719,23 @@ mod tests {
         };
         let mut h = Harness::new(config);
         h.core.handle_unix_time(1_700_000_000);
-        h.greet(1);
-        h.greet(2);
-        h.msg(1, ClientToServer::Allocate);
-        let [(1, ServerToClient::Allocated { nameplate })] = h.drain()[..] else {
-            panic!("no allocation");
-        };
-        h.msg(2, ClientToServer::Claim { nameplate });
-        let out = h.drain();
-        let [
-            (
-                2,
-                ServerToClient::Claimed {
-                    relay_token: Some(ref claimed),
-                    ..
-                },
-            ),
-            (
-                1,
-                ServerToClient::PeerJoined {
-                    relay_token: Some(ref joined),
-                },
-            ),
-        ] = out[..]
-        else {
-            panic!("no token for both sides: {out:?}");
-        };
-        assert_eq!(claimed, joined, "both sides got the same token");
-        let token = ferry_relay::token_from_hex(claimed).expect("64 hex digits");
+        // Claiming alone gives no token (paired() asserts none in
+        // claimed and peer-joined)...
+        let nameplate = h.paired();
+        // ...nor does asking alone: a claimer that guessed the nameplate
+        // but not the code never pairs, so the sender never asks.
+        h.msg(2, ClientToServer::RelayRequest);
+        h.msg(2, ClientToServer::RelayRequest);
+        assert!(h.drain().is_empty());
+        let token = both_ask(&mut h, 2, 1);
+        let bytes = ferry_relay::token_from_hex(&token).expect("64 hex digits");
         // The relay's view: signed with the key, bound to this nameplate,
-        // expiring one TTL after the claim.
-        let claims = key.verify(&token).expect("signed with the relay key");
+        // expiring one TTL after it was issued.
+        let claims = key.verify(&bytes).expect("signed with the relay key");
         assert_eq!(claims.nameplate, nameplate);
         assert_eq!(claims.expires, 1_700_000_090);
         let other_key = TokenKey::from_secret(&[6; 32]).unwrap();
-        assert_eq!(other_key.verify(&token), None);
+        assert_eq!(other_key.verify(&bytes), None);
         // Another pair gets another token.
         h.greet(3);
         h.greet(4);
@@ -1211,21 +1744,27 @@ mod tests {
             panic!("no allocation");
         };
         h.msg(4, ClientToServer::Claim { nameplate });
-        let out = h.drain();
-        let [
-            (
-                4,
-                ServerToClient::Claimed {
-                    relay_token: Some(ref other),
-                    ..
-                },
-            ),
-            ..,
-        ] = out[..]
-        else {
-            panic!("no token: {out:?}");
-        };
-        assert_ne!(other, claimed);
+        h.drain();
+        assert_ne!(both_ask(&mut h, 3, 4), token);
+        // Without a nameplate there is nothing to ask for.
+        h.greet(5);
+        h.msg(5, ClientToServer::RelayRequest);
+        assert_eq!(error_code(&h.drain()), vec![(5, ErrorCode::NotClaimed)]);
+        // A side alone (its peer not come yet) gets nothing either.
+        h.msg(5, ClientToServer::Allocate);
+        h.drain();
+        h.msg(5, ClientToServer::RelayRequest);
+        assert!(h.drain().is_empty());
+    }
+
+    #[test]
+    fn without_a_relay_key_the_answer_has_no_token() {
+        let mut h = Harness::new(Config::default());
+        h.paired();
+        h.msg(1, ClientToServer::RelayRequest);
+        h.msg(2, ClientToServer::RelayRequest);
+        let none = ServerToClient::RelayToken { relay_token: None };
+        assert_eq!(h.drain(), vec![(1, none.clone()), (2, none)]);
     }
 
     #[test]
@@ -1321,25 +1860,21 @@ mod tests {
         );
         assert!(h.drain().is_empty());
         let out = rejoin(&mut h, 2, CHANNEL);
-        let token = match &out[..] {
+        match &out[..] {
             [
                 (
                     2,
                     ServerToClient::Claimed {
                         nameplate: n,
-                        relay_token: Some(t),
+                        relay_token: None,
                     },
                 ),
-                (
-                    1,
-                    ServerToClient::PeerJoined {
-                        relay_token: Some(u),
-                    },
-                ),
+                (1, ServerToClient::PeerJoined { relay_token: None }),
                 (2, ServerToClient::Message { body }),
-            ] if *n == nameplate && t == u && body == "early" => t.clone(),
+            ] if *n == nameplate && body == "early" => {}
             other => panic!("unexpected {other:?}"),
-        };
+        }
+        let token = both_ask(&mut h, 1, 2);
         // A third party on the same channel is refused.
         let out = rejoin(&mut h, 3, CHANNEL);
         assert_eq!(error_code(&out), vec![(3, ErrorCode::NameplateTaken)]);
@@ -1353,19 +1888,17 @@ mod tests {
         );
         h.greet(4);
         let out = rejoin(&mut h, 4, CHANNEL);
-        match &out[..] {
-            [
-                (
-                    4,
-                    ServerToClient::Claimed {
-                        relay_token: Some(t),
-                        ..
-                    },
-                ),
-                (1, ServerToClient::PeerJoined { .. }),
-            ] => assert_ne!(*t, token),
-            other => panic!("unexpected {other:?}"),
-        }
+        assert!(
+            matches!(
+                &out[..],
+                [
+                    (4, ServerToClient::Claimed { .. }),
+                    (1, ServerToClient::PeerJoined { .. })
+                ]
+            ),
+            "{out:?}"
+        );
+        assert_ne!(both_ask(&mut h, 4, 1), token);
         // Both leave: the channel is gone, the next rejoin waits afresh.
         h.core.handle_disconnect(h.now, 1);
         h.core.handle_disconnect(h.now, 4);

@@ -7,7 +7,9 @@ use bytes::BytesMut;
 use ferry_proto::signal::{
     ClientToServer, ErrorCode, PROTOCOL_VERSION, ServerToClient, decode_frame, encode_frame,
 };
-use ferry_rendezvous::{Config, ServerConfig, SignalClient, SignalError, SignalEvent, serve};
+use ferry_rendezvous::{
+    Config, ReleaseReason, ServerConfig, SignalClient, SignalError, SignalEvent, serve,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -156,10 +158,10 @@ async fn two_clients_pair_and_exchange_messages() {
         receiver.recv().await.unwrap(),
         SignalEvent::Message("after cancel".into())
     );
-    sender.release(Some("done")).await.unwrap();
+    sender.release(Some(ReleaseReason::Done)).await.unwrap();
     assert_eq!(
         receiver.recv().await.unwrap(),
-        SignalEvent::PeerLeft(Some("done".into()))
+        SignalEvent::PeerLeft(Some(ReleaseReason::Done))
     );
     server.stop().await;
 }
@@ -233,7 +235,10 @@ async fn silent_peer_makes_recv_return_peer_left() {
         .await
         .expect("peer-left within a few seconds")
         .unwrap();
-    assert_eq!(event, SignalEvent::PeerLeft(Some("peer vanished".into())));
+    assert_eq!(
+        event,
+        SignalEvent::PeerLeft(Some(ReleaseReason::PeerVanished))
+    );
     assert!(
         started.elapsed() >= Duration::from_secs(2),
         "not before the heartbeats ran out"
@@ -248,10 +253,13 @@ async fn silent_peer_makes_recv_return_peer_left() {
 async fn bad_code_release_reaches_peer_and_burns() {
     let server = Server::quick().await;
     let (mut sender, receiver, nameplate) = pair(&server).await;
-    receiver.release(Some("bad-code")).await.unwrap();
+    receiver
+        .release(Some(ReleaseReason::BadCode))
+        .await
+        .unwrap();
     assert_eq!(
         sender.recv().await.unwrap(),
-        SignalEvent::PeerLeft(Some("bad-code".into()))
+        SignalEvent::PeerLeft(Some(ReleaseReason::BadCode))
     );
     // The server closed the sender too.
     let err = timeout(Duration::from_secs(5), sender.recv())

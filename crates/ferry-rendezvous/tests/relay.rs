@@ -59,6 +59,9 @@ impl Server {
         receiver.claim(nameplate).await.unwrap();
         let joined = timeout(WAIT, sender.recv()).await.unwrap().unwrap();
         assert_eq!(joined, SignalEvent::PeerJoined);
+        assert_eq!(receiver.relay_token(), None, "no token before pairing");
+        let (a, b) = tokio::join!(sender.request_relay_token(), receiver.request_relay_token());
+        assert_eq!(a.unwrap(), b.unwrap());
         let token = receiver
             .relay_token()
             .expect("the claimer got a relay token");
@@ -307,6 +310,9 @@ async fn without_a_relay_no_token_is_issued_and_relay_frames_are_refused() {
         timeout(WAIT, sender.recv()).await.unwrap().unwrap(),
         SignalEvent::PeerJoined
     );
+    let (a, b) = tokio::join!(sender.request_relay_token(), receiver.request_relay_token());
+    assert_eq!(a.unwrap(), None);
+    assert_eq!(b.unwrap(), None);
     assert_eq!(receiver.relay_token(), None);
     assert_eq!(sender.relay_token(), None);
     let (code, message) = refused_code(relay_connect(addr, &[1u8; 32], WAIT).await);
@@ -331,7 +337,8 @@ async fn serve_config_relay_enables_the_relay() {
     let (mut receiver, _) = SignalClient::connect(&server).await.unwrap();
     let nameplate = sender.allocate().await.unwrap();
     receiver.claim(nameplate).await.unwrap();
-    let token = receiver.relay_token().unwrap();
+    let (_, token) = tokio::join!(sender.request_relay_token(), receiver.request_relay_token());
+    let token = token.unwrap().unwrap();
     let (a, b) = tokio::join!(
         relay_connect(addr, &token, WAIT),
         relay_connect(addr, &token, WAIT)
@@ -371,6 +378,9 @@ async fn relay_on_another_listener_pairs_with_tokens_from_the_rendezvous() {
     let nameplate = sender.allocate().await.unwrap();
     receiver.claim(nameplate).await.unwrap();
     timeout(WAIT, sender.recv()).await.unwrap().unwrap();
+    let (a, b) = tokio::join!(sender.request_relay_token(), receiver.request_relay_token());
+    a.unwrap();
+    b.unwrap();
     let token = receiver.relay_token().expect("tokens for the remote relay");
     assert_eq!(sender.relay_token(), Some(token));
     // The rendezvous listener itself relays nothing.

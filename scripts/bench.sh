@@ -171,7 +171,7 @@ forget_pid() {
 }
 
 # relay_load_run PAIRS MIB: relay_load against a fresh `ferry serve`; prints
-# "aggregate_MiB/s peak_rss_KiB hwm_KiB cpu_s idle_rss_KiB pair_median pair_min"
+# "aggregate_MiB/s peak_rss_KiB hwm_KiB cpu_s idle_rss_KiB pair_median pair_min pairs_verified"
 relay_load_run() {
     local pairs=$1 mib=$2 out=$work/relay-serve.out
     # relay_load spreads its clients over loopback source addresses (one
@@ -216,7 +216,7 @@ relay_load_run() {
     [ "$load_rc" -eq 0 ] || die "relay_load failed (exit $load_rc): $(cat "$work/relay-load.json") $(tail -3 "$work/relay-load.log")"
     echo "$(jq -r '.aggregate_mib_per_sec' "$work/relay-load.json") $peak $hwm" \
         "$(python3 -c "print(round($after - $before, 2))") $idle" \
-        "$(jq -r '"\(.pair_mib_per_sec_median) \(.pair_mib_per_sec_min)"' "$work/relay-load.json")"
+        "$(jq -r '"\(.pair_mib_per_sec_median) \(.pair_mib_per_sec_min) \(.pairs_ok)"' "$work/relay-load.json")"
 }
 
 if section relay-load; then
@@ -227,7 +227,7 @@ if section relay-load; then
     : >"$work/relay-rows"
     for run in $(seq 1 "$runs"); do
         relay_load_run "$relay_pairs" "$relay_mib" >>"$work/relay-rows"
-        say "  run $run: $(tail -n1 "$work/relay-rows") (MiB/s, peak RSS KiB, VmHWM KiB, CPU s, idle RSS KiB, pair median/min MiB/s)"
+        say "  run $run: $(tail -n1 "$work/relay-rows") (MiB/s, peak RSS KiB, VmHWM KiB, CPU s, idle RSS KiB, pair median/min MiB/s, pairs verified)"
     done
     results+=("$(python3 -c '
 import sys, statistics
@@ -235,7 +235,7 @@ pairs, mib = sys.argv[1], sys.argv[2]
 rows = [[float(x) for x in l.split()] for l in sys.stdin if l.strip()]
 med = lambda i: statistics.median(r[i] for r in rows)
 label = f"relay load {pairs} x {mib} MiB (loopback)"
-what = f"{pairs} pairs at once"
+what = f"{min(r[7] for r in rows):.0f}/{pairs} pairs verified"
 print(f"{label:<34} {what:<22} {med(0):8.0f} MiB/s  serve peak RSS {med(1)/1024:6.1f} MiB (VmHWM {med(2)/1024:.1f}, idle {med(4)/1024:.1f})  serve CPU {med(3):6.2f} s  pair median {med(5):.1f} min {med(6):.1f} MiB/s  (median of {len(rows)})")
 ' "$relay_pairs" "$relay_mib" <"$work/relay-rows")")
 fi

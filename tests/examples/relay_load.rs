@@ -3,34 +3,46 @@
 //! JSON object and exits non-zero if any pair failed.
 //!
 //! ```text
-//! cargo run --release -p ferry-tests --example relay_load -- --server 127.0.0.1:8443 [--pairs 50] [--mib 64]
+//! cargo run --release -p ferry-tests --example relay_load -- --server 127.0.0.1:8443 [--pairs 200] [--mib 16]
 //! ```
 //!
 //! 1. Signal: per pair, a sender allocates a nameplate and a receiver
 //!    claims it; both get the nameplate's relay token.
-//! 2. Join: all 2 x pairs relay connections at once (`relay_connect`, each
-//!    side with the token its own signalling client got).
+//! 2. Join: all 2 x pairs relay connections at once (the relay's first
+//!    line, as `relay_connect` sends it, each side with the token its own
+//!    signalling client got).
 //! 3. Push: once every pair that joined is joined, each sender writes
 //!    `--mib` MiB of a [`Pattern`] seeded per pair and closes; each receiver
 //!    reads to the end and compares every byte with the pattern.
 //!
 //! `secs` runs from the first byte received by any pair to the last byte
 //! received by any pair; `aggregate_mib_per_sec` is all pairs' bytes over
-//! it. The server needs limits that let one address hold 2 x pairs
-//! signalling plus 2 x pairs relay connections: `--max-connections-per-ip`,
-//! `--relay-max-per-ip`, `--relay-max-pairs`.
+//! it. With a loopback server, each side of a pair connects from its own
+//! loopback source address (127.B.C.D: one signalling and one relay
+//! connection each), so per-address caps and connection rate limits see
+//! many small parties; with `--one-source`, or another server, everything
+//! comes from one address and the server needs limits that let it hold
+//! 2 x pairs signalling plus 2 x pairs relay connections:
+//! `--max-connections-per-ip`, `--relay-max-per-ip`. `--relay-max-pairs`
+//! must let all pairs in at once either way.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use bytes::BytesMut;
 use clap::Parser;
-use ferry_relay::relay_connect;
+use ferry_proto::signal::{
+    ClientToServer, MAX_RELAY_FRAME, RELAY_PROTOCOL_VERSION, ServerToClient, decode_frame,
+    encode_frame,
+};
+use ferry_relay::{Token, token_to_hex};
 use ferry_rendezvous::{SignalClient, SignalEvent};
 use ferry_tests::Pattern;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout};
@@ -38,9 +50,13 @@ use tokio::time::{Instant, timeout};
 /// Many relayed pairs at once through a running `ferry serve`.
 #[derive(Debug, Parser)]
 struct Args {
-    /// The server, HOST:PORT.
+    /// The server, IP:PORT.
     #[arg(long)]
-    server: String,
+    server: SocketAddr,
+    /// Connect every client from the default source address, even to a
+    /// loopback server.
+    #[arg(long)]
+    one_source: bool,
     /// Pairs at once.
     #[arg(long, default_value_t = 50)]
     pairs: usize,
@@ -81,12 +97,17 @@ async fn main() -> Result<()> {
     // the phases are clean: nobody pushes data while others still join.
     let barriers = Arc::new((Barrier::new(args.pairs), Barrier::new(args.pairs)));
     let mut tasks = JoinSet::new();
+    let spread = args.server.ip().is_loopback() && !args.one_source;
     for index in 0..args.pairs {
-        let server = args.server.clone();
+        let sources = spread.then(|| (source_addr(2 * index), source_addr(2 * index + 1)));
+        let ends = Ends {
+            server: args.server,
+            sources,
+        };
         let barriers = barriers.clone();
         let setup = Duration::from_secs(args.setup_secs);
         let transfer = Duration::from_secs(args.transfer_secs);
-        tasks.spawn(run_pair(index, server, barriers, setup, transfer, bytes));
+        tasks.spawn(run_pair(index, ends, barriers, setup, transfer, bytes));
     }
     let mut reports = Vec::new();
     while let Some(done) = tasks.join_next().await {
@@ -154,11 +175,103 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// Where a pair connects to, and from: the (sender, receiver) source
+/// addresses, or `None` for the default.
+struct Ends {
+    server: SocketAddr,
+    sources: Option<(IpAddr, IpAddr)>,
+}
+
+/// The `index`-th loopback source address: 127.B.C.D with B varying
+/// fastest, so neighbouring indices share no /16 and no /24.
+fn source_addr(index: usize) -> IpAddr {
+    let b = 1 + index % 250;
+    let c = (index / 250) % 256;
+    let d = 1 + (index / (250 * 256)) % 254;
+    IpAddr::V4(Ipv4Addr::new(127, b as u8, c as u8, d as u8))
+}
+
+/// A TCP connection to `server` from `source` (any port), or from the
+/// default address.
+async fn connect_from(server: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream> {
+    let socket = if server.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .context("socket")?;
+    if let Some(source) = source {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .with_context(|| format!("binding to {source}"))?;
+    }
+    socket
+        .connect(server)
+        .await
+        .with_context(|| format!("connecting to {server} from {source:?}"))
+}
+
+/// A signalling client connected from `source`.
+async fn signal_from(
+    server: SocketAddr,
+    source: Option<IpAddr>,
+) -> Result<(SignalClient, SocketAddr)> {
+    let stream = connect_from(server, source).await?;
+    let (client, welcome) = SignalClient::connect_over(&server.to_string(), Some(stream)).await?;
+    Ok((client, welcome.server_addr))
+}
+
+/// Joins the relay from `source` with `token`, as `relay_connect` does:
+/// the `relay` line, then lines up to `relay-paired`, read byte by byte
+/// so no piped byte is taken.
+async fn relay_from(
+    relay: SocketAddr,
+    source: Option<IpAddr>,
+    token: &Token,
+    wait: Duration,
+) -> Result<TcpStream> {
+    timeout(wait, async {
+        let mut stream = connect_from(relay, source).await?;
+        let _ = stream.set_nodelay(true);
+        let mut first = BytesMut::new();
+        let hello = ClientToServer::Relay {
+            protocol: RELAY_PROTOCOL_VERSION,
+            token: token_to_hex(token),
+        };
+        encode_frame(&hello, &mut first)?;
+        stream
+            .write_all(&first)
+            .await
+            .context("sending the token")?;
+        let mut line = BytesMut::with_capacity(64);
+        loop {
+            let byte = stream
+                .read_u8()
+                .await
+                .context("connection lost before pairing")?;
+            line.extend_from_slice(&[byte]);
+            if byte != b'\n' {
+                if line.len() >= MAX_RELAY_FRAME {
+                    bail!("relay line longer than {MAX_RELAY_FRAME} bytes");
+                }
+                continue;
+            }
+            match decode_frame::<ServerToClient>(&mut line)? {
+                Some(ServerToClient::RelayWaiting) | None => {}
+                Some(ServerToClient::RelayPaired) => return Ok(stream),
+                Some(other) => bail!("relay refused: {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(anyhow!("not paired at the relay within {wait:?}")))
+}
+
 /// One pair from signalling to the last byte. The tokens stay local and
-/// go from `relay_token()` to `relay_connect` untouched.
+/// go from `relay_token()` to the relay untouched.
 async fn run_pair(
     index: usize,
-    server: String,
+    ends: Ends,
     barriers: Arc<(Barrier, Barrier)>,
     setup: Duration,
     transfer: Duration,
@@ -166,10 +279,11 @@ async fn run_pair(
 ) -> PairReport {
     // 1. Signal: the sender allocates, the receiver claims.
     let signalled = timeout(setup, async {
-        let (mut sender, _) = SignalClient::connect(&server)
+        let (a, b) = ends.sources.unzip();
+        let (mut sender, _) = signal_from(ends.server, a)
             .await
             .context("sender connect")?;
-        let (mut receiver, welcome) = SignalClient::connect(&server)
+        let (mut receiver, relay) = signal_from(ends.server, b)
             .await
             .context("receiver connect")?;
         let nameplate = sender.allocate().await.context("allocate")?;
@@ -187,7 +301,7 @@ async fn run_pair(
         let token_b = receiver
             .relay_token()
             .context("the server gave the receiver no relay token (is the relay on?)")?;
-        Ok::<_, anyhow::Error>((sender, receiver, welcome.server_addr, token_a, token_b))
+        Ok::<_, anyhow::Error>((sender, receiver, relay, token_a, token_b))
     })
     .await
     .unwrap_or_else(|_| Err(anyhow!("signalling timed out")));
@@ -198,13 +312,14 @@ async fn run_pair(
     // clients stay open for the pair's life, as ferry's do.
     let joined = match &signalled {
         Ok((_, _, relay, token_a, token_b)) => {
+            let (source_a, source_b) = ends.sources.unzip();
             let (a, b) = tokio::join!(
-                relay_connect(*relay, token_a, setup),
-                relay_connect(*relay, token_b, setup)
+                relay_from(*relay, source_a, token_a, setup),
+                relay_from(*relay, source_b, token_b, setup)
             );
             match (a, b) {
                 (Ok(a), Ok(b)) => Ok((a, b)),
-                (Err(error), _) | (_, Err(error)) => Err(anyhow!("relay join: {error}")),
+                (Err(error), _) | (_, Err(error)) => Err(anyhow!("relay join: {error:#}")),
             }
         }
         Err(error) => Err(anyhow!("{error:#}")),

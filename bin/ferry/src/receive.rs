@@ -10,6 +10,7 @@ use indicatif::HumanBytes;
 use serde_json::json;
 
 use crate::cli::ReceiveArgs;
+use crate::escape;
 use crate::exit::Failure;
 use crate::output::{self, Output};
 use crate::send::{plural, show_event};
@@ -57,7 +58,7 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
             if out.is_json() {
                 out.event("done", json!({"kind": "text", "path": path.code()}));
             } else {
-                println!("{text}");
+                println!("{}", escape::text(&text));
             }
             Ok(())
         }
@@ -87,7 +88,7 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
                 HumanBytes(manifest.total_bytes())
             ));
             for name in names.iter().take(10) {
-                out.say(format!("    {name}"));
+                out.say(format!("    {}", escape::line(name)));
             }
             if manifest.entries.len() > 10 {
                 out.say(format!("    ... and {} more", manifest.entries.len() - 10));

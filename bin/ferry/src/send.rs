@@ -6,6 +6,7 @@ use indicatif::HumanBytes;
 use serde_json::json;
 
 use crate::cli::SendArgs;
+use crate::escape;
 use crate::exit::Failure;
 use crate::output::{self, Output};
 use crate::session::{self, Reconnect};
@@ -73,7 +74,8 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
             Ok(())
         }
         SendOutcome::Declined(reason) => Err(Failure::peer_gone(format!(
-            "the receiver declined the offer ({reason})"
+            "the receiver declined the offer ({})",
+            escape::line(&reason)
         ))),
         SendOutcome::Files(report) => {
             output::announce_done(&report, path, "Sent", out);
@@ -94,7 +96,8 @@ pub fn show_event(out: &mut Output, event: Event) {
         } if resumed_from > 0 => {
             out.event("resume", json!({"path": path, "offset": resumed_from}));
             out.say(format!(
-                "Resuming {path} from {} already received",
+                "Resuming {} from {} already received",
+                escape::line(&path),
                 HumanBytes(resumed_from)
             ));
         }

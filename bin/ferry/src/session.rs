@@ -10,6 +10,7 @@ use ferry_proto::code::Code;
 use ferry_transfer::TransferError;
 use serde_json::json;
 
+use crate::escape;
 use crate::exit::Failure;
 use crate::output::Output;
 
@@ -147,13 +148,14 @@ impl Reconnect {
             if attempt == 1 {
                 out.say(format!(
                     "The connection broke ({}); reconnecting, try 1 of {}...",
-                    describe_break(&error),
+                    escape::line(&describe_break(&error)),
                     self.retries
                 ));
             } else {
                 out.say(format!(
-                    "Still reconnecting, try {attempt} of {} (last try: {last})...",
-                    self.retries
+                    "Still reconnecting, try {attempt} of {} (last try: {})...",
+                    self.retries,
+                    escape::line(&last)
                 ));
             }
             tokio::time::sleep(pause).await;

@@ -2,7 +2,8 @@
 //! one JSON object per line (`--json`) for scripts.
 //!
 //! JSON events (field `event`):
-//! - `code`: `{code, command}` (sender: the code and the receiver's command)
+//! - `code`: `{code, command}` (sender: the code, and the receiver's command
+//!   without it: the receiver types the code, or sets `FERRY_CODE`)
 //! - `offer`: `{kind: "files"|"text", files, dirs, bytes, names}`
 //! - `path`: `{path, description, local, remote, connect_secs, lost: [{path, why}], relay_reason}`:
 //!   how the peers connected; `path` is `lan`, `tcp`, `quic`,

@@ -19,10 +19,11 @@ use crate::session::{self, Reconnect};
 /// Runs `ferry receive`.
 pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
     let server = session::server_address(&args.server.server)?;
-    let code: Code = args.code.parse().map_err(|e| {
+    let code = session::receiver_code(args.code.as_deref(), args.code_file.as_deref()).await?;
+    let code: Code = code.parse().map_err(|e| {
         Failure::usage(format!(
             "{:?} is not a ferry code ({e}); it looks like 7-orbit-lantern",
-            args.code
+            escape::line(&code)
         ))
     })?;
     std::fs::create_dir_all(&args.out)

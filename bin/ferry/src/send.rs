@@ -31,7 +31,12 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
         )),
     }
 
-    let mut link = session::sender(&server, args.code.as_deref(), args.path.options(), out).await?;
+    let code = session::given_code(
+        args.code.as_deref(),
+        args.code_file.as_deref(),
+        std::env::var(session::CODE_VARIABLE).ok(),
+    )?;
+    let mut link = session::sender(&server, code.as_deref(), args.path.options(), out).await?;
     output::announce_path(&link, out);
     let mut mending = Reconnect::new(&mut link, args.path.retries);
     let (outcome, path) = loop {

@@ -17,7 +17,9 @@ pub const LIMIT: Duration = Duration::from_secs(120);
 /// The binary under test.
 pub fn ferry() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.env_remove("FERRY_SERVER").env("NO_COLOR", "1");
+    cmd.env_remove("FERRY_SERVER")
+        .env_remove("FERRY_CODE")
+        .env("NO_COLOR", "1");
     cmd
 }
 

@@ -209,6 +209,18 @@ pub struct ReceiveArgs {
     #[arg(long)]
     pub overwrite: bool,
 
+    /// Accept entries under a `.git/` folder. Refused by default: a
+    /// repository's hooks (`.git/hooks/post-checkout`) and config run code
+    /// the next time you use git there.
+    #[arg(long)]
+    pub allow_git: bool,
+
+    /// List every entry of the offer before asking, not only the top-level
+    /// ones (which stop after 200; hidden paths and executable files are
+    /// always listed in full).
+    #[arg(long)]
+    pub list: bool,
+
     #[command(flatten)]
     pub server: ServerArg,
 

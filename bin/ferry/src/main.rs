@@ -6,6 +6,7 @@
 mod cli;
 mod escape;
 mod exit;
+mod listing;
 mod nat;
 mod output;
 mod receive;

@@ -4,7 +4,11 @@
 //! JSON events (field `event`):
 //! - `code`: `{code, command}` (sender: the code, and the receiver's command
 //!   without it: the receiver types the code, or sets `FERRY_CODE`)
-//! - `offer`: `{kind: "files"|"text", files, dirs, bytes, names}`
+//! - `offer`: `{kind: "files", files, dirs, bytes, names, top, flagged}`:
+//!   `names` the first 20 paths; `top` every top-level entry as
+//!   `{name, kind: "file"|"folder", files, bytes}`; `flagged` every hidden
+//!   path (a component starting with `.`; the shortest such prefix, a
+//!   folder ending in `/`) and executable file as `{path, hidden, executable}`
 //! - `path`: `{path, description, local, remote, connect_secs, lost: [{path, why}], relay_reason}`:
 //!   how the peers connected; `path` is `lan`, `tcp`, `quic`,
 //!   `tcp-simultaneous-open` or `relay`; `lost` lists the paths that

@@ -101,7 +101,9 @@ async fn hostile_sender(server: &Server, out: &Path, args: &[&str]) -> (Stream, 
     let sender = Sender::start(&server.addr, None, Default::default())
         .await
         .unwrap();
-    let recv = Proc::spawn(receive_cmd(server, &sender.code().to_string(), out, args));
+    let mut recv = Proc::spawn(receive_cmd(server, &sender.code().to_string(), out, args));
+    // The answer to the question, if asked (not with --yes).
+    recv.answer("n");
     let link = sender.connect(|| {}).await.unwrap();
     (link.stream, recv)
 }
@@ -136,7 +138,7 @@ fn offer(names: &[String]) -> Frame {
 async fn hostile_file_names_reach_the_terminal_escaped() {
     let server = tokio::task::spawn_blocking(Server::start).await.unwrap();
     let out = tempfile::tempdir().unwrap();
-    // Asked on stdin, which the test closes: the receiver says no.
+    // Asked, and the answer on stdin is no.
     let (mut stream, recv) = hostile_sender(&server, out.path(), &[]).await;
     write_frame(&mut stream, offer(&hostile_names())).await;
     let mut buf = BytesMut::new();

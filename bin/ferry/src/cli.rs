@@ -20,13 +20,15 @@ Exit codes:
 
 Environment:
   FERRY_SERVER   rendezvous server HOST:PORT, used when --server is not given
+  FERRY_CODE     the code, for `ferry receive` (and `ferry send`) when none is given
+                 on the command line: unlike an argument, it is not in the process list
   RUST_LOG       log filter (e.g. ferry=debug), overrides -v
   NO_COLOR       disable colours";
 
 /// ferry: send files and folders between two computers, even behind NATs.
 ///
 /// One side runs `ferry send PATH...` and reads out the code it prints;
-/// the other runs `ferry receive CODE`. Both meet at a rendezvous server
+/// the other runs `ferry receive` and types the code when asked. Both meet at a rendezvous server
 /// (`ferry serve`, self-hosted), agree on a key from the code (SPAKE2),
 /// then connect directly with TLS 1.3 and move the files in
 /// BLAKE3-verified chunks. An interrupted transfer resumes when you run
@@ -118,9 +120,16 @@ pub struct SendArgs {
     pub text: Option<String>,
 
     /// Use this code instead of a generated one, e.g. 7-orbit-lantern
-    /// (a number, then two words from ferry's word list).
+    /// (a number, then two words from ferry's word list). Any user of this
+    /// computer can read command-line arguments in the process list (ps,
+    /// /proc) while ferry runs: prefer FERRY_CODE or --code-file.
     #[arg(long, value_name = "CODE")]
     pub code: Option<String>,
+
+    /// Read the code to use from FILE (its first line) instead of
+    /// generating one; not visible in the process list, unlike --code.
+    #[arg(long, value_name = "FILE", conflicts_with = "code")]
+    pub code_file: Option<PathBuf>,
 
     /// Cap the sending rate, in bytes per second: 10M, 512k, 1.5G.
     #[arg(long, value_name = "RATE", value_parser = crate::throttle::parse_rate)]
@@ -176,8 +185,17 @@ impl PathArgs {
 /// `ferry receive`.
 #[derive(Debug, Args)]
 pub struct ReceiveArgs {
-    /// The code the sender printed, e.g. 7-orbit-lantern.
-    pub code: String,
+    /// The code the sender shows, e.g. 7-orbit-lantern. Better left out:
+    /// any user of this computer can read command-line arguments in the
+    /// process list (ps, /proc) while ferry runs, and the code is all it
+    /// takes to receive in your place. Leave it out and type it when asked
+    /// (on a terminal), or set FERRY_CODE, or pass --code-file.
+    pub code: Option<String>,
+
+    /// Read the code from FILE (its first line); not visible in the
+    /// process list, unlike the CODE argument.
+    #[arg(long, value_name = "FILE", conflicts_with = "code")]
+    pub code_file: Option<PathBuf>,
 
     /// Folder to save into (created if missing).
     #[arg(long, short = 'o', default_value = ".", value_name = "DIR")]
@@ -190,6 +208,18 @@ pub struct ReceiveArgs {
     /// Replace files that already exist in the output folder.
     #[arg(long)]
     pub overwrite: bool,
+
+    /// Accept entries under a `.git/` folder. Refused by default: a
+    /// repository's hooks (`.git/hooks/post-checkout`) and config run code
+    /// the next time you use git there.
+    #[arg(long)]
+    pub allow_git: bool,
+
+    /// List every entry of the offer before asking, not only the top-level
+    /// ones (which stop after 200; hidden paths and executable files are
+    /// always listed in full).
+    #[arg(long)]
+    pub list: bool,
 
     #[command(flatten)]
     pub server: ServerArg,
@@ -444,6 +474,17 @@ mod tests {
         assert_eq!(off.relay.relay_total_rate, None);
         assert_eq!(off.relay.relay_max_bytes, None);
         assert!(relay(&["--relay-max-bytes", "lots"]).is_err());
+    }
+
+    #[test]
+    fn a_code_comes_from_one_place_only() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["ferry"], args].concat());
+        assert!(parse(&["receive"]).is_ok());
+        assert!(parse(&["receive", "7-a-b"]).is_ok());
+        assert!(parse(&["receive", "--code-file", "f"]).is_ok());
+        assert!(parse(&["receive", "7-a-b", "--code-file", "f"]).is_err());
+        assert!(parse(&["send", "x", "--code-file", "f"]).is_ok());
+        assert!(parse(&["send", "x", "--code", "7-a-b", "--code-file", "f"]).is_err());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod cli;
+mod escape;
 mod exit;
+mod listing;
 mod nat;
 mod output;
 mod receive;

@@ -2,8 +2,13 @@
 //! one JSON object per line (`--json`) for scripts.
 //!
 //! JSON events (field `event`):
-//! - `code`: `{code, command}` (sender: the code and the receiver's command)
-//! - `offer`: `{kind: "files"|"text", files, dirs, bytes, names}`
+//! - `code`: `{code, command}` (sender: the code, and the receiver's command
+//!   without it: the receiver types the code, or sets `FERRY_CODE`)
+//! - `offer`: `{kind: "files", files, dirs, bytes, names, top, flagged}`:
+//!   `names` the first 20 paths; `top` every top-level entry as
+//!   `{name, kind: "file"|"folder", files, bytes}`; `flagged` every hidden
+//!   path (a component starting with `.`; the shortest such prefix, a
+//!   folder ending in `/`) and executable file as `{path, hidden, executable}`
 //! - `path`: `{path, description, local, remote, connect_secs, lost: [{path, why}], relay_reason}`:
 //!   how the peers connected; `path` is `lan`, `tcp`, `quic`,
 //!   `tcp-simultaneous-open` or `relay`; `lost` lists the paths that
@@ -16,12 +21,22 @@
 //! - `text`: `{text}` (receiver of a text message)
 //! - `done`: `{files, bytes_total, bytes_transferred, bytes_resumed, secs, rate_bytes_per_sec, path}`
 //! - `error`: `{message, exit_code}`
+//!
+//! Strings that came from the peer or the server (names, text, reasons,
+//! error messages) are escaped before they are shown (see
+//! [`crate::escape`]): in human output, controls and bidi characters show
+//! as `\x1b` or `\u{202e}`; in JSON the string keeps its exact value but
+//! DEL, C1 controls and bidi characters are written as `\u009b`-style
+//! escapes (serde_json escapes C0 itself), so no raw control byte reaches
+//! the terminal either way.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
+
+use crate::escape;
 
 /// The output sink for one command.
 pub struct Output {
@@ -48,16 +63,19 @@ impl Output {
         self.json
     }
 
-    /// A human line (suppressed in JSON mode).
+    /// A human line (suppressed in JSON mode). Controls other than newline
+    /// and tab are escaped here as a last guard; remote strings that must
+    /// stay on one line (names, reasons) go through [`escape::line`] first.
     pub fn say(&self, line: impl AsRef<str>) {
         if self.json {
             return;
         }
+        let line = escape::text(line.as_ref());
         match &self.bar {
             Some(bar) => bar.println(line.as_ref()),
             None => {
                 let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{}", line.as_ref());
+                let _ = writeln!(out, "{line}");
                 let _ = out.flush();
             }
         }
@@ -71,8 +89,9 @@ impl Output {
         if let Value::Object(map) = &mut fields {
             map.insert("event".into(), Value::String(name.into()));
         }
+        let line = escape::json_line(&fields);
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{fields}");
+        let _ = writeln!(out, "{line}");
         let _ = out.flush();
     }
 
@@ -127,13 +146,15 @@ impl Output {
         }
     }
 
-    /// Reports a fatal error (stderr for humans, an `error` event for scripts).
+    /// Reports a fatal error (stderr for humans, an `error` event for
+    /// scripts). The message may embed remote strings (a peer's reason, a
+    /// path it named): it is escaped to one line.
     pub fn error(&mut self, message: &str, exit_code: i32) {
         self.finish_progress();
         if self.json {
             self.event("error", json!({"message": message, "exit_code": exit_code}));
         } else {
-            eprintln!("error: {message}");
+            eprintln!("error: {}", escape::line(message));
         }
     }
 }
@@ -168,9 +189,9 @@ pub fn announce_path(link: &ferry_connect::PeerLink, out: &Output) {
             "Connected: relay via {} ({}), in {}; the relay sees only encrypted bytes",
             link.remote,
             if why.starts_with("--") {
-                why.clone()
+                escape::line(why).into_owned()
             } else {
-                format!("no direct path: {why}")
+                format!("no direct path: {}", escape::line(why))
             },
             short_duration(link.connect_time)
         )),
@@ -183,7 +204,7 @@ pub fn announce_path(link: &ferry_connect::PeerLink, out: &Output) {
         )),
     }
     for (kind, why) in &link.lost {
-        tracing::info!("{kind} lost: {why}");
+        tracing::info!("{kind} lost: {}", escape::line(why));
     }
 }
 

@@ -6,22 +6,24 @@ use std::io::BufRead;
 use anyhow::{Context, Result};
 use ferry_proto::code::Code;
 use ferry_transfer::{Event, Offer, ReceiveOptions};
-use indicatif::HumanBytes;
 use serde_json::json;
 
 use crate::cli::ReceiveArgs;
+use crate::escape;
 use crate::exit::Failure;
+use crate::listing;
 use crate::output::{self, Output};
-use crate::send::{plural, show_event};
+use crate::send::show_event;
 use crate::session::{self, Reconnect};
 
 /// Runs `ferry receive`.
 pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
     let server = session::server_address(&args.server.server)?;
-    let code: Code = args.code.parse().map_err(|e| {
+    let code = session::receiver_code(args.code.as_deref(), args.code_file.as_deref()).await?;
+    let code: Code = code.parse().map_err(|e| {
         Failure::usage(format!(
             "{:?} is not a ferry code ({e}); it looks like 7-orbit-lantern",
-            args.code
+            escape::line(&code)
         ))
     })?;
     std::fs::create_dir_all(&args.out)
@@ -57,17 +59,19 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
             if out.is_json() {
                 out.event("done", json!({"kind": "text", "path": path.code()}));
             } else {
-                println!("{text}");
+                println!("{}", escape::text(&text));
             }
             Ok(())
         }
         Offer::Files(manifest) => {
+            let listing = listing::summarize(manifest);
             let names: Vec<String> = manifest
                 .entries
                 .iter()
                 .take(20)
                 .map(|e| e.path.clone())
                 .collect();
+            let (top, flagged) = listing::to_json(&listing);
             out.event(
                 "offer",
                 json!({
@@ -76,21 +80,24 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
                     "dirs": manifest.dir_count(),
                     "bytes": manifest.total_bytes(),
                     "names": names,
+                    "top": top,
+                    "flagged": flagged,
                 }),
             );
-            out.say(format!(
-                "Offered: {} file{} and {} folder{}, {} in all:",
-                manifest.file_count(),
-                plural(manifest.file_count()),
-                manifest.dir_count(),
-                plural(manifest.dir_count()),
-                HumanBytes(manifest.total_bytes())
-            ));
-            for name in names.iter().take(10) {
-                out.say(format!("    {name}"));
+            for line in listing::render(manifest, &listing, args.list) {
+                out.say(line);
             }
-            if manifest.entries.len() > 10 {
-                out.say(format!("    ... and {} more", manifest.entries.len() - 10));
+            if let (Some(git), false) = (&listing.git, args.allow_git) {
+                let git = escape::line(git).into_owned();
+                incoming
+                    .decline("the receiver does not take .git/ entries without --allow-git")
+                    .await?;
+                stream.close().await;
+                return Err(Failure::local(format!(
+                    "refused the offer: it holds a .git/ entry ({git}); a repository's \
+                     hooks and config can run code on this computer. Nothing was written. \
+                     Run again with --allow-git if you trust the sender with that"
+                )));
             }
             if !args.yes {
                 let question = format!("Accept into {}? [y/N] ", args.out.display());

@@ -6,6 +6,7 @@ use indicatif::HumanBytes;
 use serde_json::json;
 
 use crate::cli::SendArgs;
+use crate::escape;
 use crate::exit::Failure;
 use crate::output::{self, Output};
 use crate::session::{self, Reconnect};
@@ -30,7 +31,12 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
         )),
     }
 
-    let mut link = session::sender(&server, args.code.as_deref(), args.path.options(), out).await?;
+    let code = session::given_code(
+        args.code.as_deref(),
+        args.code_file.as_deref(),
+        std::env::var(session::CODE_VARIABLE).ok(),
+    )?;
+    let mut link = session::sender(&server, code.as_deref(), args.path.options(), out).await?;
     output::announce_path(&link, out);
     let mut mending = Reconnect::new(&mut link, args.path.retries);
     let (outcome, path) = loop {
@@ -73,7 +79,8 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
             Ok(())
         }
         SendOutcome::Declined(reason) => Err(Failure::peer_gone(format!(
-            "the receiver declined the offer ({reason})"
+            "the receiver declined the offer ({})",
+            escape::line(&reason)
         ))),
         SendOutcome::Files(report) => {
             output::announce_done(&report, path, "Sent", out);
@@ -94,7 +101,8 @@ pub fn show_event(out: &mut Output, event: Event) {
         } if resumed_from > 0 => {
             out.event("resume", json!({"path": path, "offset": resumed_from}));
             out.say(format!(
-                "Resuming {path} from {} already received",
+                "Resuming {} from {} already received",
+                escape::line(&path),
                 HumanBytes(resumed_from)
             ));
         }

@@ -1,6 +1,8 @@
 //! The CLI side of a session: where the server is, and what the user sees
 //! while the library (`ferry_connect::session`) pairs and connects.
 
+use std::io::{BufRead, IsTerminal, Read};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -10,6 +12,7 @@ use ferry_proto::code::Code;
 use ferry_transfer::TransferError;
 use serde_json::json;
 
+use crate::escape;
 use crate::exit::Failure;
 use crate::output::Output;
 
@@ -38,8 +41,80 @@ pub fn server_address(arg: &Option<String>) -> Result<String> {
     })
 }
 
-/// The sender's side: shows the code and the receiver's command, then
-/// waits for the receiver and connects.
+/// The environment variable that carries a code.
+pub const CODE_VARIABLE: &str = "FERRY_CODE";
+
+/// The most bytes read from a `--code-file` (a code is a few dozen).
+const CODE_FILE_LIMIT: u64 = 4096;
+
+/// The code given without a prompt, if any: the argument, else the first
+/// line of `--code-file`, else `FERRY_CODE` (`env`, empty counts as unset).
+pub fn given_code(
+    argument: Option<&str>,
+    file: Option<&Path>,
+    env: Option<String>,
+) -> Result<Option<String>> {
+    if let Some(code) = argument {
+        return Ok(Some(code.trim().to_string()));
+    }
+    if let Some(file) = file {
+        let mut text = String::new();
+        std::fs::File::open(file)
+            .and_then(|f| f.take(CODE_FILE_LIMIT).read_to_string(&mut text))
+            .map_err(|e| {
+                Failure::usage(format!(
+                    "cannot read the code from {}: {e}; check the --code-file path",
+                    file.display()
+                ))
+            })?;
+        let code = text.lines().next().unwrap_or_default().trim();
+        if code.is_empty() {
+            return Err(Failure::usage(format!(
+                "{} holds no code; write the code (such as 7-orbit-lantern) on its first line",
+                file.display()
+            )));
+        }
+        return Ok(Some(code.to_string()));
+    }
+    Ok(env
+        .map(|code| code.trim().to_string())
+        .filter(|code| !code.is_empty()))
+}
+
+/// The receiver's code: as [`given_code`], else typed at a prompt when
+/// stdin is a terminal. The prompt echoes: the code is not a secret the
+/// user chose (it is on the sender's screen, it is good for one try and
+/// one transfer), and seeing it catches a typo before it burns the code.
+pub async fn receiver_code(argument: Option<&str>, file: Option<&Path>) -> Result<String> {
+    let env = std::env::var(CODE_VARIABLE).ok();
+    if let Some(code) = given_code(argument, file, env)? {
+        return Ok(code);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::usage(format!(
+            "no code given, and stdin is not a terminal to ask for it: set {CODE_VARIABLE}, \
+             pass --code-file FILE, or run on a terminal and type the code when asked \
+             (`ferry receive CODE` works too, but shows the code to every user of this \
+             computer in the process list)"
+        )));
+    }
+    eprint!("Code (as the sender shows it, e.g. 7-orbit-lantern): ");
+    let typed = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map(|_| line)
+    })
+    .await??;
+    let code = typed.trim();
+    if code.is_empty() {
+        return Err(Failure::usage(
+            "no code typed; run again and type the code the sender shows",
+        ));
+    }
+    Ok(code.to_string())
+}
+
+/// The sender's side: shows the code and how to receive, then waits for
+/// the receiver and connects.
 pub async fn sender(
     server: &str,
     code: Option<&str>,
@@ -48,10 +123,15 @@ pub async fn sender(
 ) -> Result<PeerLink> {
     let sender = Sender::start(server, code, options).await?;
     let code = sender.code().to_string();
-    let command = format!("ferry receive --server {server} {code}");
+    // The code is left out of the command: pasted as an argument, it would
+    // sit in the receiver's process list for every local user to read.
+    let command = format!("ferry receive --server {server}");
     out.event("code", json!({"code": code, "command": command}));
     out.say(format!("Code: {code}"));
-    out.say(format!("On the other machine, run:\n    {command}"));
+    out.say(format!(
+        "On the other computer, run `{command}` and type the code when asked \
+         (or set {CODE_VARIABLE}, or pass --code-file FILE)."
+    ));
     let link = sender
         .connect(|| out.say("Receiver connected; checking the code..."))
         .await?;
@@ -147,13 +227,14 @@ impl Reconnect {
             if attempt == 1 {
                 out.say(format!(
                     "The connection broke ({}); reconnecting, try 1 of {}...",
-                    describe_break(&error),
+                    escape::line(&describe_break(&error)),
                     self.retries
                 ));
             } else {
                 out.say(format!(
-                    "Still reconnecting, try {attempt} of {} (last try: {last})...",
-                    self.retries
+                    "Still reconnecting, try {attempt} of {} (last try: {})...",
+                    self.retries,
+                    escape::line(&last)
                 ));
             }
             tokio::time::sleep(pause).await;
@@ -206,6 +287,31 @@ fn describe_break(error: &TransferError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_comes_from_argument_then_file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("code");
+        std::fs::write(&file, "  12-orbit-lantern \nignored\n").unwrap();
+        let env = || Some("9-a-b".to_string());
+        let given = |a, f, e| given_code(a, f, e).unwrap();
+        assert_eq!(
+            given(Some("1-x-y"), Some(&file), env()).as_deref(),
+            Some("1-x-y")
+        );
+        assert_eq!(
+            given(None, Some(&file), env()).as_deref(),
+            Some("12-orbit-lantern")
+        );
+        assert_eq!(given(None, None, env()).as_deref(), Some("9-a-b"));
+        assert_eq!(given(None, None, Some(" ".into())), None);
+        assert_eq!(given(None, None, None), None);
+        std::fs::write(&file, "\n").unwrap();
+        let empty = given_code(None, Some(&file), None).unwrap_err().to_string();
+        assert!(empty.contains("holds no code"), "{empty}");
+        let missing = given_code(None, Some(&dir.path().join("nope")), None).unwrap_err();
+        assert!(missing.to_string().contains("--code-file"), "{missing}");
+    }
 
     #[test]
     fn server_address_adds_default_port() {

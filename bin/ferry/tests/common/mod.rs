@@ -17,7 +17,9 @@ pub const LIMIT: Duration = Duration::from_secs(120);
 /// The binary under test.
 pub fn ferry() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.env_remove("FERRY_SERVER").env("NO_COLOR", "1");
+    cmd.env_remove("FERRY_SERVER")
+        .env_remove("FERRY_CODE")
+        .env("NO_COLOR", "1");
     cmd
 }
 
@@ -94,6 +96,28 @@ impl Proc {
                         self.stderr_text()
                     )
                 }
+            }
+        }
+    }
+
+    /// Waits for a stdout line for which `pred` holds and returns it (for
+    /// human output, without `--json`).
+    pub fn wait_line(&mut self, pred: impl Fn(&str) -> bool, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no such line within {within:?}; stdout so far: {:?}; stderr: {}",
+                    self.seen,
+                    self.stderr_text()
+                ),
             }
         }
     }
@@ -237,6 +261,20 @@ impl Relay {
         let addr = ev["relay"].as_str().unwrap().to_string();
         Relay { addr, proc }
     }
+}
+
+/// The first word of `line` shaped like a ferry code (`7-orbit-lantern`).
+pub fn code_in(line: &str) -> Option<String> {
+    line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .find(|w| {
+            let parts: Vec<&str> = w.split('-').collect();
+            parts.len() == 3
+                && parts[0].parse::<u32>().is_ok()
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+        })
+        .map(str::to_string)
 }
 
 /// Writes a fresh relay secret (32 random bytes as hex) to `path`.

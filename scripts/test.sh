@@ -8,6 +8,7 @@
 #   scripts/test.sh            everything
 #   scripts/test.sh --quick    skip fmt and clippy
 #   scripts/test.sh --no-lab   skip the lab (also skipped, with a note, when not root)
+#   FUZZ_SECONDS=N scripts/test.sh   fuzz each target N s (default 15; 0 only replays the seeds)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$FERRY_ROOT"
@@ -30,6 +31,8 @@ if [ -z "$quick" ]; then
 fi
 say "cargo test (unit and loopback integration tests)"
 cargo test --workspace --locked 2>&1
+say "fuzzing (every target briefly; scripts/fuzz.sh runs longer)"
+FUZZ_SECONDS=${FUZZ_SECONDS:-15} scripts/fuzz.sh
 
 if [ -z "$lab" ]; then
     say "lab tests skipped (--no-lab)"

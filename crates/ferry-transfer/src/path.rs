@@ -41,7 +41,7 @@ const WINDOWS_DEVICES: &[&str] = &[
 ];
 
 /// Characters Windows does not allow in a name (besides controls and `/`).
-const WINDOWS_FORBIDDEN: &[char] = &['<', '>', ':', '"', '|', '?', '*', '\\'];
+const WINDOWS_FORBIDDEN: &[char] = &['<', '>', ':', '"', '|', '?', '*'];
 
 /// Whether `c` must never reach a terminal or a file name raw: C0 and C1
 /// controls, DEL, and the bidirectional embeddings, overrides and isolates
@@ -69,9 +69,11 @@ pub fn escape(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Checks that `path` is a safe relative path, and one that means the same
-/// file on every operating system: the Windows rules are applied on unix
-/// too.
+/// Checks that `path` is a safe relative path. Windows device names
+/// (`CON`, `nul.txt`), backslashes and drive prefixes are refused on every
+/// operating system, since they are dangerous where the folder may travel
+/// next; characters that are merely invalid on Windows (`12:30.txt`) are
+/// refused only on Windows.
 pub fn sanitize(path: &str) -> Result<RelativePath, UnsafePath> {
     let bad = |reason: String| UnsafePath {
         path: path.to_owned(),
@@ -117,18 +119,25 @@ pub fn check_component(component: &str) -> Result<(), String> {
         };
         return Err(format!("contains the {what} \\u{{{:x}}}", c as u32));
     }
-    if let Some(c) = component.chars().find(|c| WINDOWS_FORBIDDEN.contains(c)) {
-        let shown = if c == '\\' {
-            "\\\\".to_owned()
-        } else {
-            c.to_string()
-        };
-        return Err(format!(
-            "contains `{shown}`, which Windows does not allow in a name"
-        ));
+    if component.contains('\\') {
+        // A path separator on Windows: `a\\..\\..\\x` would climb out there.
+        return Err("contains `\\\\`, a path separator on Windows".into());
     }
-    if component.ends_with('.') || component.ends_with(' ') {
-        return Err("ends in a dot or a space, which Windows drops from a name".into());
+    let b = component.as_bytes();
+    if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
+        return Err("starts with a Windows drive prefix".into());
+    }
+    if cfg!(windows) {
+        // These name nothing on Windows, but are ordinary on unix
+        // (`12:30.txt`): refused only where they cannot be created.
+        if let Some(c) = component.chars().find(|c| WINDOWS_FORBIDDEN.contains(c)) {
+            return Err(format!(
+                "contains `{c}`, which Windows does not allow in a name"
+            ));
+        }
+        if component.ends_with('.') || component.ends_with(' ') {
+            return Err("ends in a dot or a space, which Windows drops from a name".into());
+        }
     }
     let stem = component
         .split('.')
@@ -225,6 +234,11 @@ mod tests {
                 "{p}"
             );
         }
+        // A colon later in a name, or a trailing dot, is fine on unix.
+        #[cfg(unix)]
+        for p in ["notes/12:30.txt", "ab:c", "dir/..."] {
+            assert!(sanitize(p).is_ok(), "{p}");
+        }
         // Names close to reserved ones are fine.
         for p in [
             "console",
@@ -276,6 +290,12 @@ mod tests {
             "COM\u{b9}",
             "conin$",
             "CON .txt",
+        ] {
+            let e = sanitize(p).unwrap_err();
+            assert!(e.to_string().contains("Windows"), "{p}: {e}");
+        }
+        // Invalid on Windows only: refused there, ordinary names on unix.
+        for p in [
             "trailing.",
             "trailing ",
             "d/x./y",
@@ -287,8 +307,7 @@ mod tests {
             "a?b",
             "a*b",
         ] {
-            let e = sanitize(p).unwrap_err();
-            assert!(e.to_string().contains("Windows"), "{p}: {e}");
+            assert_eq!(sanitize(p).is_err(), cfg!(windows), "{p}");
         }
     }
 
@@ -313,8 +332,7 @@ mod tests {
             "a/",
             "/",
             "//server/share",
-            // Windows drops trailing dots: these name something else there.
-            "dir/...",
+            "d/c:x",
         ] {
             assert!(sanitize(p).is_err(), "{p:?} should be rejected");
         }

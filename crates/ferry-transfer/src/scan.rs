@@ -227,7 +227,7 @@ mod tests {
             "line\nbreak",
             "rtl\u{202e}txt",
             "CON.txt",
-            "a:b",
+            "back\\slash",
         ] {
             let t = tempfile::tempdir().unwrap();
             let root = t.path().join("dir");

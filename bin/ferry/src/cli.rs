@@ -474,6 +474,16 @@ mod tests {
         assert_eq!(off.relay.relay_total_rate, None);
         assert_eq!(off.relay.relay_max_bytes, None);
         assert!(relay(&["--relay-max-bytes", "lots"]).is_err());
+        // On serve too, and refused with a relay elsewhere.
+        let serve = |extra: &[&str]| {
+            let mut args = vec!["ferry", "serve"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args)
+        };
+        assert!(serve(&["--relay-total-rate", "1G", "--stun-rate", "50"]).is_ok());
+        assert!(serve(&["--stun-rate", "0"]).is_err());
+        let elsewhere = ["--relay-url", "r:443", "--relay-secret-file", "s"];
+        assert!(serve(&[&elsewhere[..], &["--relay-max-bytes", "1G"]].concat()).is_err());
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //!   counters. No sockets, no clock.
 //! - [`server`]: the tokio driver ([`RelayServer`]): takes a connection whose
 //!   first line was `relay {token}`, waits for its partner and copies bytes
-//!   both ways with large buffers, an idle timeout and an optional rate limit.
+//!   both ways with large buffers, under an idle timeout and, by default,
+//!   a rate per pair and in all, a byte limit and a lifetime per pair
+//!   ([`PairBudget`], [`PairEnd`]). On a listener of its own it caps
+//!   connections per address bucket at accept and drains pairs for a grace
+//!   period on shutdown.
 //! - [`client`]: [`relay_connect`], which hands back a TCP stream that is a
 //!   raw pipe to the other peer, ready for TLS.
 //!

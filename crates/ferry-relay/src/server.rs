@@ -14,7 +14,9 @@
 //!                connection permits stay held for the pair's life)
 //!   the waiting side's task: relay-paired to both, bytes that arrived
 //!   early, then copy_bidirectional_with_sizes (256 KiB per direction)
-//!   under the idle timeout and the optional per-pair rate limit
+//!   under the idle timeout, the pair's and the relay's rate limits, the
+//!   pair's byte budget and lifetime (PairBudget); a limit that ends a pair
+//!   is counted in Stats and logged with its PairEnd reason
 //! ```
 //!
 //! The core sits behind a `std::sync::Mutex` that is never held across an

@@ -9,8 +9,10 @@
 //!   - accept errors back off (up to 1 s)
 //!   - spawns connection(), one task per TCP connection
 //! connection(): reads frames (64 KiB limit, checked before buffering more)
-//!   -> ActorMsg to the actor; writes the frames the actor queues for it
-//!   (bounded queue; a client that does not keep up is dropped)
+//!   -> ActorMsg to the actor; writes the frames the actor encodes for it
+//!   (queue bounded in bytes, OUTBOUND_BYTES; a client that does not keep
+//!   up is dropped). An idle connection holds no read or write buffer:
+//!   they are taken when bytes come and given back when drained.
 //! actor(): owns state::Rendezvous, the only place decisions are made;
 //!   one timer re-armed from poll_timeout()
 //! shutdown: the accept loop stops, the actor sends every client an
@@ -35,7 +37,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::{BufMut, Bytes, BytesMut};
 use ferry_proto::signal::{
     ClientToServer, ErrorCode, FrameError, MAX_FRAME, RELAY_PROTOCOL_VERSION, ServerToClient,
     decode_frame, encode_frame,
@@ -53,8 +57,9 @@ use crate::admission::{Admission, AdmissionLimits, Refusal};
 use crate::state::{ClientId, Config, Rendezvous};
 use ferry_limits::AddrBucket;
 
-/// Frames queued for one client before it counts as too slow and is dropped.
-pub const OUTBOUND_QUEUE: usize = 256;
+/// Bytes of frames queued for one client before it counts as too slow and
+/// is dropped.
+pub const OUTBOUND_BYTES: usize = 1 << 20;
 
 /// How long one write may take before the client counts as dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -239,7 +244,7 @@ enum ActorMsg {
     Connect {
         id: ClientId,
         addr: SocketAddr,
-        out: mpsc::Sender<Out>,
+        out: Outbox,
     },
     Frame {
         id: ClientId,
@@ -256,9 +261,39 @@ enum ActorMsg {
 
 /// Messages from the actor to one connection task.
 enum Out {
-    Frame(ServerToClient),
+    /// An encoded frame.
+    Frame(Bytes),
     /// Flush what is queued, then close.
     Close,
+}
+
+/// The actor's end of one connection's queue, bounded in bytes.
+struct Outbox {
+    tx: mpsc::UnboundedSender<Out>,
+    /// Bytes queued and not yet written; the connection task subtracts
+    /// what it wrote.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Outbox {
+    /// Queues `msg`; false when the client's queue is full or it is gone.
+    fn frame(&self, msg: &ServerToClient) -> bool {
+        let mut buf = BytesMut::new();
+        if let Err(error) = encode_frame(msg, &mut buf) {
+            debug!(%error, "could not encode frame");
+            return true;
+        }
+        let len = buf.len();
+        if self.queued.load(Ordering::Relaxed) + len > OUTBOUND_BYTES {
+            return false;
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.tx.send(Out::Frame(buf.freeze())).is_ok()
+    }
+
+    fn close(&self) {
+        let _ = self.tx.send(Out::Close);
+    }
 }
 
 async fn actor(
@@ -266,7 +301,7 @@ async fn actor(
     mut inbox: mpsc::Receiver<ActorMsg>,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let mut conns: HashMap<ClientId, mpsc::Sender<Out>> = HashMap::new();
+    let mut conns: HashMap<ClientId, Outbox> = HashMap::new();
     loop {
         let deadline = core.poll_timeout().map(Instant::from_std);
         let timer = async {
@@ -300,20 +335,20 @@ async fn actor(
         flush(&mut core, &mut conns);
     }
     for (_, out) in conns.drain() {
-        let _ = out.try_send(Out::Frame(ServerToClient::Error {
+        out.frame(&ServerToClient::Error {
             code: ErrorCode::ShuttingDown,
             message: "the rendezvous server is shutting down; try again in a moment".into(),
-        }));
-        let _ = out.try_send(Out::Close);
+        });
+        out.close();
     }
 }
 
 /// Hands the core's frames and closes to the connection tasks.
-fn flush(core: &mut Rendezvous, conns: &mut HashMap<ClientId, mpsc::Sender<Out>>) {
+fn flush(core: &mut Rendezvous, conns: &mut HashMap<ClientId, Outbox>) {
     loop {
         while let Some((id, msg)) = core.poll_transmit() {
             let Some(out) = conns.get(&id) else { continue };
-            if out.try_send(Out::Frame(msg)).is_err() {
+            if !out.frame(&msg) {
                 debug!(
                     client = id,
                     "client does not keep up with its frames; dropping it"
@@ -325,8 +360,7 @@ fn flush(core: &mut Rendezvous, conns: &mut HashMap<ClientId, mpsc::Sender<Out>>
         }
         let Some(id) = core.poll_close() else { break };
         if let Some(out) = conns.remove(&id) {
-            // If the queue is full, dropping `out` closes the connection anyway.
-            let _ = out.try_send(Out::Close);
+            out.close();
         }
     }
 }
@@ -353,21 +387,25 @@ async fn connection(conn: Conn, mut stream: TcpStream) {
     } = conn;
     let _ = stream.set_nodelay(true);
     let mut first_frame = true;
-    let (out_tx, mut out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (tx, mut out_rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let outbox = Outbox {
+        tx,
+        queued: queued.clone(),
+    };
     if inbox
         .send(ActorMsg::Connect {
             id,
             addr,
-            out: out_tx,
+            out: outbox,
         })
         .await
         .is_err()
     {
         return;
     }
-    let mut input = BytesMut::with_capacity(READ_CHUNK);
-    let mut output = BytesMut::new();
-    let mut chunk = vec![0u8; READ_CHUNK];
+    // Empty until bytes arrive: an idle connection holds no buffer.
+    let mut input = BytesMut::new();
     let mut reading = true;
     'conn: loop {
         // Hand every complete frame to the actor.
@@ -403,47 +441,56 @@ async fn connection(conn: Conn, mut stream: TcpStream) {
                 }
             }
         }
+        if input.is_empty() && input.capacity() > 0 {
+            // Drained: give the buffer back.
+            input = BytesMut::new();
+        }
         tokio::select! {
             out = out_rx.recv() => {
-                let mut close = false;
                 let mut next = out;
-                // Batch whatever is queued into one write.
+                // Write whatever is queued, frame by frame.
                 loop {
                     match next {
-                        Some(Out::Frame(msg)) => {
-                            if let Err(error) = encode_frame(&msg, &mut output) {
-                                debug!(client = id, %error, "could not encode frame");
+                        Some(Out::Frame(frame)) => {
+                            match timeout(WRITE_TIMEOUT, stream.write_all(&frame)).await {
+                                Ok(Ok(())) => {
+                                    queued.fetch_sub(frame.len(), Ordering::Relaxed);
+                                }
+                                Ok(Err(error)) => {
+                                    debug!(client = id, %error, "write failed");
+                                    break 'conn;
+                                }
+                                Err(_) => {
+                                    debug!(client = id, "write timed out");
+                                    break 'conn;
+                                }
                             }
                         }
-                        Some(Out::Close) | None => { close = true; break; }
+                        Some(Out::Close) | None => {
+                            linger(&mut stream).await;
+                            break 'conn;
+                        }
                     }
                     match out_rx.try_recv() {
                         Ok(msg) => next = Some(msg),
                         Err(_) => break,
                     }
                 }
-                if !output.is_empty() {
-                    match timeout(WRITE_TIMEOUT, stream.write_all(&output)).await {
-                        Ok(Ok(())) => output.clear(),
-                        Ok(Err(error)) => {
-                            debug!(client = id, %error, "write failed");
-                            break 'conn;
-                        }
-                        Err(_) => {
-                            debug!(client = id, "write timed out");
-                            break 'conn;
-                        }
-                    }
-                }
-                if close {
-                    linger(&mut stream).await;
+            }
+            ready = stream.readable(), if reading => {
+                if let Err(error) = ready {
+                    debug!(client = id, %error, "read failed");
                     break 'conn;
                 }
-            }
-            read = stream.read(&mut chunk[..READ_CHUNK.min(MAX_FRAME.saturating_sub(input.len()).max(1))]), if reading => {
-                match read {
+                // Never more than MAX_FRAME buffered: decode_frame refuses
+                // a full buffer without a newline.
+                let room = READ_CHUNK.min(MAX_FRAME.saturating_sub(input.len()).max(1));
+                input.reserve(room);
+                let mut limited = (&mut input).limit(room);
+                match stream.try_read_buf(&mut limited) {
                     Ok(0) => break 'conn,
-                    Ok(n) => input.extend_from_slice(&chunk[..n]),
+                    Ok(_) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(error) => {
                         debug!(client = id, %error, "read failed");
                         break 'conn;

@@ -408,3 +408,139 @@ async fn a_claimer_that_never_pairs_gets_no_relay_token() {
     drop(sniper);
     server.stop().await;
 }
+
+/// Attack 9: a peer that never reads while its partner floods it is
+/// dropped once its queue holds a bounded number of bytes; the partner
+/// hears it left and the server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_is_dropped_and_the_server_serves_on() {
+    let server = Server::start(ServerConfig::default()).await;
+    let (mut sender, _) = SignalClient::connect(&server.addr).await.unwrap();
+    let nameplate = sender.allocate().await.unwrap();
+    let mut sink = Raw::connect(&server.addr).await;
+    sink.greet().await;
+    sink.send(&ClientToServer::Claim { nameplate }).await;
+    assert_eq!(sender.recv().await.unwrap(), SignalEvent::PeerJoined);
+    // `sink` reads nothing from here on.
+    let body = "x".repeat(60_000);
+    let started = tokio::time::Instant::now();
+    let mut left = None;
+    for _ in 0..1000 {
+        sender.send(body.clone()).await.unwrap();
+        if let Ok(event) = timeout(Duration::from_millis(2), sender.recv()).await {
+            left = Some(event.unwrap());
+            break;
+        }
+    }
+    let left = match left {
+        Some(event) => event,
+        None => timeout(Duration::from_secs(8), sender.recv())
+            .await
+            .expect("the sender hears its peer was dropped")
+            .unwrap(),
+    };
+    assert_eq!(
+        left,
+        SignalEvent::PeerLeft(Some(ReleaseReason::PeerDisconnected))
+    );
+    // Not the write timeout (10 s): the byte bound.
+    assert!(started.elapsed() < Duration::from_secs(9));
+    drop(sink);
+    let (mut a, _) = SignalClient::connect(&server.addr).await.unwrap();
+    let (mut b, _) = SignalClient::connect(&server.addr).await.unwrap();
+    let nameplate = a.allocate().await.unwrap();
+    b.claim(nameplate).await.unwrap();
+    assert_eq!(a.recv().await.unwrap(), SignalEvent::PeerJoined);
+    server.stop().await;
+}
+
+/// Hostile frames: each gets a clear error (and a close where the
+/// connection cannot go on), and the server goes on serving.
+#[tokio::test]
+async fn malformed_unknown_and_trickled_frames() {
+    let server = Server::start(ServerConfig::default()).await;
+    // A hello trickled in byte by byte is still a hello.
+    let mut slow = Raw::connect(&server.addr).await;
+    let mut hello = BytesMut::new();
+    encode_frame(
+        &ClientToServer::Hello {
+            protocol: PROTOCOL_VERSION,
+            agent: "slow".into(),
+        },
+        &mut hello,
+    )
+    .unwrap();
+    for byte in hello.iter() {
+        slow.send_bytes(&[*byte]).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(matches!(
+        slow.recv().await,
+        Some(ServerToClient::Welcome { .. })
+    ));
+    // Sending for a nameplate it does not hold.
+    slow.send(&ClientToServer::Send {
+        body: "to whom?".into(),
+    })
+    .await;
+    assert!(matches!(
+        slow.recv().await,
+        Some(ServerToClient::Error {
+            code: ErrorCode::NotClaimed,
+            ..
+        })
+    ));
+    slow.send(&ClientToServer::RelayRequest).await;
+    assert!(matches!(
+        slow.recv().await,
+        Some(ServerToClient::Error {
+            code: ErrorCode::NotClaimed,
+            ..
+        })
+    ));
+    // An unknown message type after hello: error and close.
+    slow.send_bytes(b"{\"type\":\"steal\",\"nameplate\":7}\n")
+        .await;
+    assert!(matches!(
+        slow.recv().await,
+        Some(ServerToClient::Error {
+            code: ErrorCode::BadFrame,
+            ..
+        })
+    ));
+    assert_eq!(slow.recv().await, None);
+    // Malformed JSON.
+    let mut broken = Raw::connect(&server.addr).await;
+    broken
+        .send_bytes(b"{\"type\":\"hello\",\"protocol\":\n")
+        .await;
+    assert!(matches!(
+        broken.recv().await,
+        Some(ServerToClient::Error {
+            code: ErrorCode::BadFrame,
+            ..
+        })
+    ));
+    assert_eq!(broken.recv().await, None);
+    // Another protocol version.
+    let mut future = Raw::connect(&server.addr).await;
+    future
+        .send(&ClientToServer::Hello {
+            protocol: 99,
+            agent: "future".into(),
+        })
+        .await;
+    let said = future.recv().await;
+    let Some(ServerToClient::Error {
+        code: ErrorCode::ProtocolVersion,
+        message,
+    }) = said
+    else {
+        panic!("{said:?}");
+    };
+    assert!(message.contains("same ferry version"), "{message}");
+    // Still serving.
+    let (mut client, _) = SignalClient::connect(&server.addr).await.unwrap();
+    client.allocate().await.unwrap();
+    server.stop().await;
+}

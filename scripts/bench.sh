@@ -311,7 +311,7 @@ rendezvous_load_run() {
     line=$(awk -v l="$label" -v s="$summary" -v h="$hwm" -v p="$peak" -v c="$(awk -v a="$after" -v b="$before" 'BEGIN {print a - b}')" \
         'BEGIN {printf "%-34s %s; serve VmHWM %.1f MiB (peak VmRSS %.1f), CPU %.1f s", l, s, h / 1024, p / 1024, c}')
     if [ "$load_rc" -ne 0 ]; then
-        line="FAILED $line: $(jq -c '.failure_reasons // .idle.failure_reasons' "$work/rv-load.json" 2>/dev/null)"
+        line="FAILED $line; failures: $(jq -c '(.failure_reasons // []) + (.idle.failure_reasons // []) | .[:5]' "$work/rv-load.json" 2>/dev/null)"
         bench_failed=1
     elif [ "$max_hwm" -gt 0 ] && [ "$hwm" -ge $((max_hwm * 1024)) ]; then
         line="FAILED $line: VmHWM over $max_hwm MiB"

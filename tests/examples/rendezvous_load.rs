@@ -102,6 +102,10 @@ enum Mode {
         /// Pause between two messages, in milliseconds.
         #[arg(long, default_value_t = 5)]
         interval_ms: u64,
+        /// Bound on the measuring, in seconds: no new pair after it (the
+        /// figure then fails, with the samples taken so far).
+        #[arg(long, default_value_t = 180)]
+        budget_secs: u64,
     },
 }
 
@@ -151,11 +155,13 @@ async fn main() -> Result<()> {
             samples,
             per_pair,
             interval_ms,
+            budget_secs,
         } => {
             let timing = Timing {
                 samples,
                 per_pair: per_pair.max(1),
                 interval: Duration::from_millis(interval_ms),
+                budget: Duration::from_secs(budget_secs),
             };
             run_latency(args.server, per_source, &idle, timing).await?
         }
@@ -315,6 +321,8 @@ struct IdleStats {
     pings_sent: AtomicU64,
     pings_answered: AtomicU64,
     server_pings: AtomicU64,
+    /// Round trips of the answered counted pings.
+    rtts: Mutex<Vec<Duration>>,
     reasons: Mutex<Vec<String>>,
 }
 
@@ -406,6 +414,8 @@ impl Idle {
         let s = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let reasons = s.reasons.lock().map(|r| r.clone()).unwrap_or_default();
+        let mut rtts = s.rtts.lock().map(|r| r.clone()).unwrap_or_default();
+        rtts.sort();
         let ok = get(&s.connected) == self.connections as u64
             && get(&s.with_nameplate) == self.connections as u64
             && get(&s.dropped) == 0
@@ -423,6 +433,9 @@ impl Idle {
             "heartbeats_sent": get(&s.pings_sent),
             "heartbeats_answered": get(&s.pings_answered),
             "server_pings_answered": get(&s.server_pings),
+            "heartbeat_rtt_ms_p50": round3(ms(percentile(&rtts, 0.50))),
+            "heartbeat_rtt_ms_p99": round3(ms(percentile(&rtts, 0.99))),
+            "heartbeat_rtt_ms_max": round3(ms(rtts.last().copied().unwrap_or_default())),
             "failure_reasons": reasons,
         });
         (value, ok)
@@ -478,7 +491,7 @@ async fn idle_client(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut next_id: u64 = 0;
     // Counted pings not yet answered (a few at most).
-    let mut counted: Vec<u64> = Vec::new();
+    let mut counted: Vec<(u64, Instant)> = Vec::new();
     let end = loop {
         let now_phase = *phase.borrow();
         if now_phase == Phase::Stop {
@@ -493,7 +506,7 @@ async fn idle_client(
             _ = ticker.tick() => {
                 next_id += 1;
                 if now_phase == Phase::Window {
-                    counted.push(next_id);
+                    counted.push((next_id, Instant::now()));
                     stats.pings_sent.fetch_add(1, Ordering::Relaxed);
                 }
                 if let Err(error) = client.send(&ClientToServer::Ping { id: next_id }).await {
@@ -517,9 +530,12 @@ async fn idle_client(
                             }
                         }
                         Ok(Some(ServerToClient::Pong { id })) => {
-                            if let Some(at) = counted.iter().position(|c| *c == id) {
-                                counted.swap_remove(at);
+                            if let Some(at) = counted.iter().position(|c| c.0 == id) {
+                                let (_, sent) = counted.swap_remove(at);
                                 stats.pings_answered.fetch_add(1, Ordering::Relaxed);
+                                if let Ok(mut rtts) = stats.rtts.lock() {
+                                    rtts.push(sent.elapsed());
+                                }
                             }
                         }
                         Ok(Some(other)) => {
@@ -584,13 +600,17 @@ async fn run_idle(
     let get = |k: &str| report[k].as_u64().unwrap_or(0);
     let summary = format!(
         "idle: {}/{} connected ({} holding a nameplate) in {:.1} s; {window_secs} s window: \
-         heartbeats sent {} answered {}, server pings answered {}, dropped {}, setup failed {}",
+         heartbeats sent {} answered {} (round trip p50 {} ms p99 {} ms max {} ms), server pings answered {}, \
+         dropped {}, setup failed {}",
         get("connected"),
         args.connections,
         get("with_nameplate"),
         report["setup_secs"].as_f64().unwrap_or(0.0),
         get("heartbeats_sent"),
         get("heartbeats_answered"),
+        report["heartbeat_rtt_ms_p50"],
+        report["heartbeat_rtt_ms_p99"],
+        report["heartbeat_rtt_ms_max"],
         get("server_pings_answered"),
         get("dropped"),
         get("setup_failed"),
@@ -731,6 +751,7 @@ struct Timing {
     samples: usize,
     per_pair: usize,
     interval: Duration,
+    budget: Duration,
 }
 
 /// Figure 3: one mailbox message's latency with an idle population.
@@ -753,8 +774,18 @@ async fn run_latency(
     let mut latencies = Vec::with_capacity(timing.samples);
     let mut failures = Vec::new();
     let pairs = timing.samples.div_ceil(timing.per_pair);
+    let stop_at = Instant::now() + timing.budget;
     for pair_index in 0..pairs as u32 {
         if latencies.len() >= timing.samples {
+            break;
+        }
+        if Instant::now() >= stop_at {
+            failures.push(format!(
+                "measuring took over {:?}: {} of {} messages",
+                timing.budget,
+                latencies.len(),
+                timing.samples
+            ));
             break;
         }
         let a = source_addr(first_source + 2 * pair_index);

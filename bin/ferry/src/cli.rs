@@ -42,7 +42,8 @@ pub struct Cli {
 
     /// Print one JSON object per line on stdout (events: code, offer,
     /// path, reconnect, reconnected, resume, progress, done, error)
-    /// instead of human output.
+    /// instead of human output. Control and bidi characters in strings
+    /// are written as \uXXXX escapes, never raw.
     #[arg(long, global = true)]
     pub json: bool,
 

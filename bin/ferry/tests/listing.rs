@@ -93,7 +93,11 @@ async fn offer_to_receiver(
     let mut recv = Proc::spawn(cmd);
     // The answer to the question, if asked (not with --yes).
     recv.answer("n");
-    let mut stream = sender.connect(|| {}).await.unwrap().stream;
+    let mut stream = tokio::time::timeout(Duration::from_secs(30), sender.connect(|| {}))
+        .await
+        .expect("the receiver did not connect within 30 s")
+        .unwrap()
+        .stream;
     write_frame(&mut stream, offer).await;
     let answer = read_frame(&mut stream).await;
     stream.close().await;

@@ -1,14 +1,28 @@
-//! Ordering of host addresses for direct connections (sans-IO, no sockets).
+//! Ordering of host addresses for direct connections, and the check of the
+//! candidates a peer sends (sans-IO, no sockets).
 //!
 //! Peers on one LAN reach each other fastest and most reliably through their
 //! private addresses, so those come first; public addresses next; loopback
 //! last (it only helps when both peers run on the same machine, and then
 //! every other address works too). The full address classification lives in
 //! `ferry-nat`; this is the small subset the priority order needs.
+//!
+//! The peer's candidates arrive sealed in its `hello`, but the peer itself
+//! may be hostile: [`peer_candidates`] keeps only addresses worth dialing,
+//! so a peer cannot make us connect or punch to our own loopback services,
+//! link-local neighbours, multicast or broadcast groups, port 0, or to
+//! hundreds of targets. [`offered_candidates`] applies the same rule to
+//! what we send.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use tracing::debug;
+
 use crate::{Candidate, CandidateKind, Transport};
+
+/// Most candidates taken from a peer's `hello` (TCP and UDP together);
+/// the best by the peer's priority are kept, the rest dropped.
+pub(crate) const MAX_PEER_CANDIDATES: usize = 32;
 
 /// Coarse class of an address, best for direct connections first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -98,6 +112,95 @@ pub(crate) fn host_candidates(
     }
     sort_by_priority(&mut candidates);
     candidates
+}
+
+/// The peer's candidates that we may dial or punch to, best first by the
+/// peer's priority (ties keep the peer's order), at most
+/// [`MAX_PEER_CANDIDATES`], each address and transport once. Refused (and
+/// logged at debug): unspecified, multicast, broadcast, `0.0.0.0/8`,
+/// link-local (169.254/16, fe80::/10: IPv6 link-local needs a scope id we
+/// cannot know, and a LAN without DHCP still has its peers' other
+/// addresses or the relay), port 0, and loopback unless both sides are on
+/// this machine: our signalling connection reached the server over
+/// loopback (`our_observed`) and the peer says the same of its own
+/// (its server-observed candidate is loopback).
+pub(crate) fn peer_candidates(
+    candidates: Vec<Candidate>,
+    our_observed: SocketAddr,
+) -> Vec<Candidate> {
+    let received = candidates.len();
+    let their_observed_loopback = candidates
+        .iter()
+        .any(|c| c.kind == CandidateKind::ServerObserved && canonical(c.addr.ip()).is_loopback());
+    let loopback_ok = canonical(our_observed.ip()).is_loopback() && their_observed_loopback;
+    let mut kept: Vec<Candidate> = Vec::with_capacity(received.min(MAX_PEER_CANDIDATES));
+    for candidate in candidates {
+        if let Some(why) = refusal(candidate.addr, loopback_ok) {
+            debug!(addr = %candidate.addr, why, "dropping a peer candidate");
+            continue;
+        }
+        if kept
+            .iter()
+            .any(|c| c.addr == candidate.addr && c.transport == candidate.transport)
+        {
+            debug!(addr = %candidate.addr, "dropping a duplicate peer candidate");
+            continue;
+        }
+        kept.push(candidate);
+    }
+    // Stable: equal priorities keep the peer's order.
+    kept.sort_by_key(|c| std::cmp::Reverse(c.priority));
+    if kept.len() > MAX_PEER_CANDIDATES {
+        debug!(
+            received,
+            kept = MAX_PEER_CANDIDATES,
+            "peer sent too many candidates; keeping its best"
+        );
+        kept.truncate(MAX_PEER_CANDIDATES);
+    }
+    kept
+}
+
+/// Our own candidates as we offer them: the same rule as
+/// [`peer_candidates`] (without the cap), with loopback offered only when
+/// the rendezvous server is on loopback itself (then the peer may be on
+/// this machine; otherwise it cannot be reached there and need not learn
+/// of it).
+pub(crate) fn offered_candidates(candidates: Vec<Candidate>, server: SocketAddr) -> Vec<Candidate> {
+    let loopback_ok = canonical(server.ip()).is_loopback();
+    candidates
+        .into_iter()
+        .filter(|c| refusal(c.addr, loopback_ok).is_none())
+        .collect()
+}
+
+/// Why `addr` is not a place to dial or punch to, or `None` when it is.
+pub(crate) fn refusal(addr: SocketAddr, loopback_ok: bool) -> Option<&'static str> {
+    if addr.port() == 0 {
+        return Some("port 0");
+    }
+    let ip = canonical(addr.ip());
+    if ip.is_unspecified() {
+        return Some("unspecified address");
+    }
+    if ip.is_multicast() {
+        return Some("multicast address");
+    }
+    if ip.is_loopback() {
+        return (!loopback_ok).then_some("loopback address of a peer on another machine");
+    }
+    match ip {
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("broadcast address"),
+        IpAddr::V4(v4) if v4.octets()[0] == 0 => Some("\"this network\" address (0.0.0.0/8)"),
+        IpAddr::V4(v4) if v4.is_link_local() => Some("link-local address"),
+        IpAddr::V6(v6) if is_unicast_link_local(v6) => Some("link-local address"),
+        _ => None,
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as the IPv4 address they stand for.
+fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
 }
 
 /// Sorts candidates best first; ties are broken by address so the order is
@@ -227,5 +330,187 @@ mod tests {
         assert_eq!(candidates.len(), 1);
         assert_eq!(candidates[0].transport, Transport::Tcp);
         assert_eq!(candidates[0].kind, CandidateKind::Host);
+    }
+
+    fn peer(addr: &str, transport: Transport, kind: CandidateKind, priority: u32) -> Candidate {
+        Candidate {
+            addr: addr.parse().unwrap(),
+            transport,
+            kind,
+            priority,
+        }
+    }
+
+    fn tcp(addr: &str) -> Candidate {
+        peer(addr, Transport::Tcp, CandidateKind::Host, 100)
+    }
+
+    fn addrs(candidates: &[Candidate]) -> Vec<String> {
+        candidates.iter().map(|c| c.addr.to_string()).collect()
+    }
+
+    const REMOTE_OBSERVED: &str = "198.51.100.20:40000";
+    const LOOPBACK_OBSERVED: &str = "127.0.0.1:40000";
+
+    #[test]
+    fn a_peer_cannot_point_us_at_loopback_link_local_or_nonsense() {
+        let hostile = [
+            "127.0.0.1:22",
+            "127.8.9.10:6379",
+            "[::1]:22",
+            "[::ffff:127.0.0.1]:22",
+            "0.0.0.0:4000",
+            "[::]:4000",
+            "0.1.2.3:4000",
+            "169.254.169.254:80",
+            "[fe80::1]:4000",
+            "[::ffff:169.254.169.254]:80",
+            "224.0.0.251:5353",
+            "239.255.255.250:1900",
+            "[ff02::1]:4000",
+            "255.255.255.255:4000",
+            "10.0.0.2:0",
+        ];
+        for transport in [Transport::Tcp, Transport::Udp] {
+            for kind in [CandidateKind::Host, CandidateKind::ServerObserved] {
+                let sent: Vec<Candidate> = hostile
+                    .iter()
+                    .map(|a| peer(a, transport, kind, 1000))
+                    .collect();
+                let kept = peer_candidates(sent, REMOTE_OBSERVED.parse().unwrap());
+                assert!(
+                    kept.is_empty(),
+                    "{transport:?} {kind:?} kept {:?}",
+                    addrs(&kept)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn lan_public_and_documentation_addresses_are_kept_best_first() {
+        let sent = vec![
+            peer("203.0.113.7:4000", Transport::Udp, CandidateKind::Stun, 900),
+            tcp("10.0.0.2:4100"),
+            peer(
+                "192.0.2.5:4000",
+                Transport::Tcp,
+                CandidateKind::ServerObserved,
+                100,
+            ),
+            peer(
+                "[2001:db8::5]:4200",
+                Transport::Tcp,
+                CandidateKind::Host,
+                300,
+            ),
+            peer("100.64.0.1:4000", Transport::Udp, CandidateKind::Host, 50),
+        ];
+        let kept = peer_candidates(sent, REMOTE_OBSERVED.parse().unwrap());
+        assert_eq!(
+            addrs(&kept),
+            [
+                "203.0.113.7:4000",
+                "[2001:db8::5]:4200",
+                "10.0.0.2:4100",
+                "192.0.2.5:4000",
+                "100.64.0.1:4000",
+            ]
+        );
+    }
+
+    #[test]
+    fn loopback_only_when_both_sides_reached_the_server_over_loopback() {
+        let sent = || {
+            vec![
+                tcp("127.0.0.1:4100"),
+                peer("127.0.0.1:5000", Transport::Udp, CandidateKind::Host, 10),
+                peer(
+                    "127.0.0.1:41000",
+                    Transport::Tcp,
+                    CandidateKind::ServerObserved,
+                    100,
+                ),
+            ]
+        };
+        // Two processes on one machine with the server on loopback: the
+        // loopback tests rely on this.
+        let kept = peer_candidates(sent(), LOOPBACK_OBSERVED.parse().unwrap());
+        assert_eq!(kept.len(), 3);
+        let kept = peer_candidates(sent(), "[::1]:40000".parse().unwrap());
+        assert_eq!(kept.len(), 3);
+        // We reached the server from elsewhere: the peer's loopback is ours.
+        assert!(peer_candidates(sent(), REMOTE_OBSERVED.parse().unwrap()).is_empty());
+        // The server is on our loopback but the peer came from elsewhere.
+        let mut remote_peer = sent();
+        remote_peer[2].addr = "198.51.100.9:41000".parse().unwrap();
+        let kept = peer_candidates(remote_peer, LOOPBACK_OBSERVED.parse().unwrap());
+        assert_eq!(addrs(&kept), ["198.51.100.9:41000"]);
+    }
+
+    #[test]
+    fn at_most_max_peer_candidates_and_no_duplicates() {
+        let mut sent: Vec<Candidate> = (0..200u32)
+            .map(|i| {
+                let addr = format!("10.0.{}.{}:4000", i / 250, i % 250 + 1);
+                peer(&addr, Transport::Udp, CandidateKind::Host, i)
+            })
+            .collect();
+        sent.push(peer(
+            "10.9.9.9:4000",
+            Transport::Tcp,
+            CandidateKind::Host,
+            5000,
+        ));
+        sent.push(peer(
+            "10.9.9.9:4000",
+            Transport::Tcp,
+            CandidateKind::Host,
+            5000,
+        ));
+        sent.push(peer(
+            "10.9.9.9:4000",
+            Transport::Udp,
+            CandidateKind::Host,
+            5000,
+        ));
+        let kept = peer_candidates(sent, REMOTE_OBSERVED.parse().unwrap());
+        assert_eq!(kept.len(), MAX_PEER_CANDIDATES);
+        assert_eq!(kept[0].addr.to_string(), "10.9.9.9:4000");
+        assert_eq!(kept[0].transport, Transport::Tcp);
+        assert_eq!(kept[1].addr.to_string(), "10.9.9.9:4000");
+        assert_eq!(kept[1].transport, Transport::Udp);
+        assert_eq!(kept[2].priority, 199);
+        assert_eq!(kept[MAX_PEER_CANDIDATES - 1].priority, 200 - 30);
+    }
+
+    #[test]
+    fn we_offer_loopback_only_when_the_server_is_on_loopback() {
+        let ours = || {
+            vec![
+                tcp("192.168.1.20:4100"),
+                tcp("127.0.0.1:4100"),
+                peer("127.0.0.1:5000", Transport::Udp, CandidateKind::Host, 10),
+                peer("169.254.9.9:5000", Transport::Udp, CandidateKind::Host, 10),
+                peer(
+                    "203.0.113.7:41000",
+                    Transport::Tcp,
+                    CandidateKind::ServerObserved,
+                    100,
+                ),
+            ]
+        };
+        let offered = offered_candidates(ours(), "203.0.113.1:443".parse().unwrap());
+        assert_eq!(addrs(&offered), ["192.168.1.20:4100", "203.0.113.7:41000"]);
+        let offered = offered_candidates(ours(), "127.0.0.1:443".parse().unwrap());
+        assert_eq!(
+            addrs(&offered),
+            [
+                "192.168.1.20:4100",
+                "127.0.0.1:4100",
+                "127.0.0.1:5000",
+                "203.0.113.7:41000"
+            ]
+        );
     }
 }

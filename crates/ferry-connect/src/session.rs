@@ -660,6 +660,7 @@ async fn run_session(
         kind: CandidateKind::ServerObserved,
         priority: 100,
     });
+    let ours = crate::address::offered_candidates(ours, welcome.server_addr);
     let network = NetworkHint {
         udp: gathered.udp_mapping,
         tcp_port_kept: Some(welcome.observed_addr.port() == welcome.local_addr.port()),
@@ -671,6 +672,7 @@ async fn run_session(
     };
     signal.send(channel.seal(&hello)).await?;
     let (peer_fingerprint, theirs, their_network) = receive_hello(&mut signal, channel).await?;
+    let theirs = crate::address::peer_candidates(theirs, welcome.observed_addr);
     debug!(?theirs, ?their_network, "peer candidates");
     let hopeless = direct_hopeless(&network, &their_network, &ours, &theirs);
     if let Some(why) = &hopeless {

@@ -257,6 +257,12 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u8).range(0..=32))]
     pub ipv4_prefix: u8,
 
+    /// On Ctrl-C or SIGTERM, stop accepting and give open connections
+    /// (relayed transfers above all) this many seconds to finish before
+    /// cutting them.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub shutdown_grace: u64,
+
     /// Most nameplates (waiting or paired transfers) at once.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub max_nameplates: usize,

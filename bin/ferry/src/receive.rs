@@ -38,6 +38,7 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
     let options = ReceiveOptions {
         out_dir: args.out.clone(),
         overwrite: args.overwrite,
+        allow_git: args.allow_git,
         ..Default::default()
     };
     let incoming = match ferry_transfer::receive_offer(&mut stream, options.clone()).await {

@@ -138,6 +138,7 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
         relay: relay_here.then(|| relay_config(&args.relay)),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
         ..ServerConfig::default()
     };
     let rendezvous = ferry_rendezvous::serve(listener, config, stopped(stop_rx.clone()));

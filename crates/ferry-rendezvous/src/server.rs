@@ -68,7 +68,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 20;
 const INBOX: usize = 1024;
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const READ_CHUNK: usize = 8 * 1024;
 /// Refused connections lingering at once to deliver their error frame.
 const MAX_LINGERING_REFUSALS: usize = 64;
@@ -96,6 +95,9 @@ pub struct ServerConfig {
     /// tokens are signed with `rendezvous.relay_key` when set, else with a
     /// random key made at start.
     pub relay: Option<RelayConfig>,
+    /// On shutdown, how long open connections (relayed pairs above all) may
+    /// run on before they are cut (default 5 s).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -107,6 +109,7 @@ impl Default for ServerConfig {
             connections_per_second: 10.0,
             connection_burst: 30.0,
             relay: None,
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -226,7 +229,7 @@ pub async fn serve_with_relay(
         let _ = actor.await;
         while tasks.join_next().await.is_some() {}
     };
-    if timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+    if timeout(config.shutdown_grace, drain).await.is_err() {
         debug!("connections still open after the grace period; aborting them");
         tasks.abort_all();
     }

@@ -761,7 +761,35 @@ async fn run_latency(
     args: &IdleArgs,
     timing: Timing,
 ) -> Result<(serde_json::Value, bool)> {
-    let idle = start_idle(server, per_source, args).await;
+    // Pairs use source addresses after the idle population's.
+    let first_source = (args.connections as u32).div_ceil(per_source) + 1;
+    // The first pair pairs before the idle clients come, so a server
+    // whose nameplate cap they fill still has the pair's (each next pair
+    // takes the one its predecessor freed); it pings while it waits.
+    let (mut sender, mut receiver) = pair(
+        server,
+        source_addr(first_source),
+        source_addr(first_source + 1),
+    )
+    .await
+    .context("the first latency pair")?;
+    let idle = {
+        let up = start_idle(server, per_source, args);
+        tokio::pin!(up);
+        let mut beat = tokio::time::interval(Duration::from_secs(1));
+        let mut id = 0;
+        loop {
+            tokio::select! {
+                idle = &mut up => break idle,
+                _ = beat.tick() => {
+                    id += 1;
+                    sender.send(&ClientToServer::Ping { id }).await?;
+                    receiver.send(&ClientToServer::Ping { id }).await?;
+                }
+            }
+        }
+    };
+    let mut first_pair = Some((sender, receiver));
     eprintln!(
         "rendezvous_load: {} idle clients up in {:.1} s; measuring {} messages",
         idle.stats.connected.load(Ordering::Relaxed),
@@ -769,8 +797,6 @@ async fn run_latency(
         timing.samples
     );
     let _ = idle.phase.send(Phase::Window);
-    // Pairs use source addresses after the idle population's.
-    let first_source = (args.connections as u32).div_ceil(per_source) + 1;
     let mut latencies = Vec::with_capacity(timing.samples);
     let mut failures = Vec::new();
     let pairs = timing.samples.div_ceil(timing.per_pair);
@@ -793,7 +819,7 @@ async fn run_latency(
         let want = timing.per_pair.min(timing.samples - latencies.len());
         let measured = timeout(
             CYCLE_TIMEOUT + timing.interval * want as u32,
-            measure_pair(server, a, b, want, timing.interval),
+            measure_pair(server, first_pair.take(), (a, b), want, timing.interval),
         )
         .await;
         match measured {
@@ -845,12 +871,15 @@ async fn run_latency(
 /// `send` to the other side reading its `message`.
 async fn measure_pair(
     server: SocketAddr,
-    a: IpAddr,
-    b: IpAddr,
+    paired: Option<(Client, Client)>,
+    (a, b): (IpAddr, IpAddr),
     count: usize,
     interval: Duration,
 ) -> Result<Vec<Duration>> {
-    let (mut sender, mut receiver) = pair(server, a, b).await?;
+    let (mut sender, mut receiver) = match paired {
+        Some(paired) => paired,
+        None => pair(server, a, b).await?,
+    };
     let mut latencies = Vec::with_capacity(count);
     for n in 0..count {
         let body = format!("m{n}");

@@ -26,8 +26,6 @@ pub struct Listing {
     pub top: Vec<Top>,
     /// Hidden paths and executable files, in offer order.
     pub flagged: Vec<Flagged>,
-    /// The first path with a `.git` component, if any.
-    pub git: Option<String>,
 }
 
 /// One top-level entry.
@@ -87,9 +85,6 @@ pub fn summarize(manifest: &Manifest) -> Listing {
         }
 
         let components: Vec<&str> = entry.path.split('/').collect();
-        if listing.git.is_none() && components.iter().any(|c| c.eq_ignore_ascii_case(".git")) {
-            listing.git = Some(entry.path.clone());
-        }
         let mut flag = |path: String, hidden: bool, executable: bool| {
             let at = *flag_index.entry(path.clone()).or_insert_with(|| {
                 listing.flagged.push(Flagged {
@@ -273,7 +268,6 @@ mod tests {
                 ("photos/.thumbs/", true, false),
             ]
         );
-        assert_eq!(listing.git.as_deref(), Some(".git"));
         let lines = render(&manifest, &listing, false);
         assert!(lines.contains(&"    photos/ (folder: 3 files, 33 B)".to_string()));
         assert!(lines.contains(&"! 2 hidden paths and 2 executable files:".to_string()));
@@ -289,7 +283,6 @@ mod tests {
         entries.push(file(".sneaky\x1b[2J", 1, 0o755));
         let manifest = Manifest { entries };
         let listing = summarize(&manifest);
-        assert_eq!(listing.git, None);
         let lines = render(&manifest, &listing, false);
         assert_eq!(lines.len(), 1 + TOP_LIMIT + 1 + 2, "{lines:#?}");
         assert!(

@@ -88,18 +88,6 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
             for line in listing::render(manifest, &listing, args.list) {
                 out.say(line);
             }
-            if let (Some(git), false) = (&listing.git, args.allow_git) {
-                let git = escape::line(git).into_owned();
-                incoming
-                    .decline("the receiver does not take .git/ entries without --allow-git")
-                    .await?;
-                stream.close().await;
-                return Err(Failure::local(format!(
-                    "refused the offer: it holds a .git/ entry ({git}); a repository's \
-                     hooks and config can run code on this computer. Nothing was written. \
-                     Run again with --allow-git if you trust the sender with that"
-                )));
-            }
             if !args.yes {
                 let question = format!("Accept into {}? [y/N] ", args.out.display());
                 if !ask(question).await? {

@@ -29,6 +29,9 @@ async fn a_peer_cannot_make_the_receiver_dial_loopback() {
     let out = tempfile::tempdir().unwrap();
     let _recv = start_receive(&server, &code, out.path(), &["--yes"]);
     let mut channel = pair(&mut signal, &code).await;
+    // Paired: the server hands out the relay token once both sides asked,
+    // and the receiver waits for that before it gathers and says hello.
+    signal.request_relay_token().await.unwrap();
 
     // No server-observed candidate: a peer that says nothing of where the
     // server saw it is not known to be on this machine.

@@ -132,7 +132,7 @@ cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1
 results=()
 if section loopback; then
     say "loopback: $size_mib MiB, $runs runs each"
-    "$FERRY" serve --listen 127.0.0.1:0 --stun-listen 127.0.0.1:0 --stun-second-port 0 --json >"$work/server.out" 2>/dev/null &
+    "$FERRY" serve --listen 127.0.0.1:0 --stun-listen 127.0.0.1:0 --stun-second-port 0 --relay-rate off --relay-total-rate off --json >"$work/server.out" 2>/dev/null &
     pids+=($!)
     for _ in $(seq 1 100); do
         server=$(jq -r 'select(.event == "listening") | .signal' "$work/server.out" 2>/dev/null | head -n1)
@@ -180,7 +180,7 @@ relay_load_run() {
     # raised all the same, so that a `--one-source` run fits too.
     "$FERRY" serve --listen 127.0.0.1:0 --no-stun --json --max-connections $((4 * pairs + 64)) \
         --max-connections-per-ip $((4 * pairs + 16)) --relay-max-per-ip $((2 * pairs + 8)) \
-        --relay-max-pairs $((pairs + 8)) >"$out" 2>"$work/relay-serve.log" &
+        --relay-max-pairs $((pairs + 8)) --relay-rate off --relay-total-rate off >"$out" 2>"$work/relay-serve.log" &
     local spid=$! addr=
     pids+=("$spid")
     for _ in $(seq 1 100); do
@@ -350,7 +350,7 @@ elif [ "$(id -u)" -eq 0 ] && [ "${BENCH_LAB:-1}" = 1 ]; then
         "$LAB" up "${up[@]}" >/dev/null
         [ "${up[0]}" = upnp ] && "$LAB" stun stop >/dev/null
         "$LAB" exec server -- "$FERRY" serve --listen 203.0.113.10:443 --stun-listen 203.0.113.10:3478 \
-            --stun-alt-ip 203.0.113.11 >/dev/null 2>&1 &
+            --stun-alt-ip 203.0.113.11 --relay-rate off --relay-total-rate off >/dev/null 2>&1 &
         local spid=$!
         sleep 0.3
         local rows

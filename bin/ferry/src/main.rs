@@ -4,7 +4,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod cli;
-mod escape;
+use ferry_proto::escape;
 mod exit;
 mod listing;
 mod nat;

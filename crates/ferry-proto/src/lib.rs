@@ -10,12 +10,15 @@
 //! - [`pairing`]: SPAKE2 over the server's mailbox, key confirmation and the
 //!   sealed channel that carries [`peer`] messages.
 //! - [`peer`]: messages between the two peers (always sealed).
+//! - [`escape`]: how anything a peer or a stranger sent is shown, so that
+//!   it cannot drive a terminal.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
 pub mod code;
+pub mod escape;
 pub mod pairing;
 pub mod peer;
 pub mod signal;

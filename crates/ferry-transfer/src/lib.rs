@@ -11,7 +11,7 @@
 //!   overrides or Windows-reserved names), and [`escape`] for showing
 //!   untrusted text.
 //! - [`validate_manifest`]: whole-manifest bounds ([`ManifestLimits`]), case
-//!   collisions, `.git` folders; [`Manifest::top_level`] for the listing.
+//!   collisions, `.git` folders.
 //! - `fsx` (private): file operations that never follow a link below the
 //!   output directory (`openat`/`O_NOFOLLOW`, no-replace rename, `fchmod`
 //!   with the umask).
@@ -65,7 +65,7 @@ pub use check::{
 pub use codec::{CodecError, DEFAULT_CHUNK, Frame, MAX_CHUNK, MAX_CONTROL_LEN, MAX_DATA_LEN};
 pub use error::TransferError;
 pub use io::{ANSWER_TIMEOUT, FINISH_TIMEOUT, IO_TIMEOUT, PIPELINE_DEPTH, WRITE_TIMEOUT};
-pub use message::{Control, Entry, EntryKind, Manifest, Offer, ResumePoint, TopLevelEntry};
+pub use message::{Control, Entry, EntryKind, Manifest, Offer, ResumePoint};
 pub use path::{RelativePath, UnsafePath, escape, is_dangerous_char, sanitize};
 pub use protocol::{PART_SUFFIX, ReceiverCore, SenderCore, validate_manifest};
 pub use receive::{ENTRY_SPACE, Incoming, ReceiveOptions, cancel_receiving, receive_offer};

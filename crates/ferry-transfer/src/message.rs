@@ -71,47 +71,6 @@ impl Manifest {
             .fold(0u64, |acc, (_, size, _)| acc.saturating_add(size))
     }
 
-    /// Every top-level entry, in the order it first appears, with its
-    /// size, file count, hidden entries and executables: what a receiver
-    /// should show before asking, since a sender can hide anything after
-    /// the first few names. Linear in the manifest size.
-    pub fn top_level(&self) -> Vec<TopLevelEntry> {
-        let mut out: Vec<TopLevelEntry> = Vec::new();
-        let mut index = std::collections::HashMap::new();
-        for entry in &self.entries {
-            let (top, rest) = match entry.path.split_once('/') {
-                Some((top, rest)) => (top, Some(rest)),
-                None => (entry.path.as_str(), None),
-            };
-            let i = *index.entry(top).or_insert_with(|| {
-                out.push(TopLevelEntry {
-                    name: top.to_owned(),
-                    is_dir: false,
-                    bytes: 0,
-                    files: 0,
-                    hidden_entries: 0,
-                    executables: 0,
-                });
-                out.len() - 1
-            });
-            let t = &mut out[i];
-            if rest.is_some() || matches!(entry.kind, EntryKind::Dir { .. }) {
-                t.is_dir = true;
-            }
-            if entry.path.split('/').any(|c| c.starts_with('.')) {
-                t.hidden_entries += 1;
-            }
-            if let EntryKind::File { size, mode } = entry.kind {
-                t.files += 1;
-                t.bytes = t.bytes.saturating_add(size);
-                if mode & 0o111 != 0 {
-                    t.executables += 1;
-                }
-            }
-        }
-        out
-    }
-
     /// The file entries in send order as `(path, size, mode)`. The n-th item
     /// is file index `n` in [`Control::FileStart`] and [`Control::Accept`].
     pub fn files(&self) -> impl Iterator<Item = (&str, u64, u32)> {
@@ -119,38 +78,6 @@ impl Manifest {
             EntryKind::File { size, mode } => Some((e.path.as_str(), size, mode)),
             EntryKind::Dir { .. } => None,
         })
-    }
-}
-
-/// One top-level entry of a [`Manifest`] with what lies below it, for the
-/// listing a receiver shows before asking (see [`Manifest::top_level`]).
-/// `name` is as offered: escape it before showing it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopLevelEntry {
-    /// The first path component, as offered (untrusted text).
-    pub name: String,
-    /// A folder (listed as one, or with entries inside).
-    pub is_dir: bool,
-    /// Bytes of all files in it (or of the file itself), saturating.
-    pub bytes: u64,
-    /// Number of files in it (1 for a file).
-    pub files: usize,
-    /// Entries in it (itself included) with a component starting with
-    /// `.`, hidden from a usual listing.
-    pub hidden_entries: usize,
-    /// Files in it (itself included) with an execute bit.
-    pub executables: usize,
-}
-
-impl TopLevelEntry {
-    /// Whether anything here is hidden.
-    pub fn has_hidden(&self) -> bool {
-        self.hidden_entries > 0
-    }
-
-    /// Whether any file here is executable.
-    pub fn has_executable(&self) -> bool {
-        self.executables > 0
     }
 }
 
@@ -215,56 +142,4 @@ pub enum Control {
         /// Human-readable reason.
         message: String,
     },
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(path: &str, kind: EntryKind) -> Entry {
-        Entry {
-            path: path.into(),
-            kind,
-        }
-    }
-
-    #[test]
-    fn top_level_summarises_every_top_entry() {
-        let file = |size, mode| EntryKind::File { size, mode };
-        let dir = EntryKind::Dir { mode: 0o755 };
-        let mut entries: Vec<Entry> = (0..10)
-            .map(|i| entry(&format!("decoy{i}.jpg"), file(10, 0o644)))
-            .collect();
-        entries.extend([
-            entry("repo", dir),
-            entry("repo/src", dir),
-            entry("repo/src/main.rs", file(100, 0o644)),
-            entry("repo/.git", dir),
-            entry("repo/.git/hooks", dir),
-            entry("repo/.git/hooks/post-checkout", file(50, 0o755)),
-            entry(".bashrc", file(7, 0o644)),
-            entry("run.sh", file(3, 0o700)),
-            entry("implied/x", file(1, 0o644)),
-        ]);
-        let top = Manifest { entries }.top_level();
-        assert_eq!(top.len(), 14);
-        assert_eq!(top[0].name, "decoy0.jpg");
-        let repo = &top[10];
-        assert_eq!(
-            repo,
-            &TopLevelEntry {
-                name: "repo".into(),
-                is_dir: true,
-                bytes: 150,
-                files: 2,
-                hidden_entries: 3,
-                executables: 1,
-            }
-        );
-        assert!(repo.has_hidden() && repo.has_executable());
-        assert!(top[11].has_hidden() && !top[11].is_dir && top[11].files == 1);
-        assert!(top[12].has_executable() && !top[12].has_hidden());
-        assert!(top[13].is_dir && top[13].files == 1);
-        assert!(!top[0].has_hidden() && !top[0].has_executable());
-    }
 }

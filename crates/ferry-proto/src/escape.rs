@@ -31,7 +31,7 @@ use std::fmt::Write as _;
 use std::io;
 
 /// Whether `c` must not reach a terminal raw.
-pub fn is_unsafe(c: char) -> bool {
+pub fn must_escape(c: char) -> bool {
     c.is_control() // C0, DEL, C1
         || matches!(
             c,
@@ -70,12 +70,12 @@ pub fn json_line(value: &serde_json::Value) -> String {
 }
 
 fn escape_with(s: &str, keep: impl Fn(char) -> bool) -> Cow<'_, str> {
-    if !s.chars().any(|c| is_unsafe(c) && !keep(c)) {
+    if !s.chars().any(|c| must_escape(c) && !keep(c)) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if !is_unsafe(c) || keep(c) {
+        if !must_escape(c) || keep(c) {
             out.push(c);
             continue;
         }
@@ -106,7 +106,7 @@ impl serde_json::ser::Formatter for SafeFormatter {
     ) -> io::Result<()> {
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
-            if is_unsafe(c) {
+            if must_escape(c) {
                 writer.write_all(&fragment.as_bytes()[start..i])?;
                 write!(writer, "\\u{:04x}", c as u32)?;
                 start = i + c.len_utf8();
@@ -147,7 +147,7 @@ mod tests {
         let original = "n\x1b[2J\u{9b}\u{202e}\x7f\"\\é";
         let value = serde_json::json!({"name": original});
         let line = json_line(&value);
-        assert!(!line.chars().any(is_unsafe), "{line:?}");
+        assert!(!line.chars().any(must_escape), "{line:?}");
         assert!(
             line.contains("\\u009b") && line.contains("\\u202e"),
             "{line}"

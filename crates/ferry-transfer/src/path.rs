@@ -44,7 +44,7 @@ const WINDOWS_FORBIDDEN: &[char] = &['<', '>', ':', '"', '|', '?', '*'];
 
 /// What may not appear in a name, and how names are shown in errors: one
 /// rule for the whole of ferry ([`ferry_proto::escape`]).
-pub use ferry_proto::escape::{must_escape as is_dangerous_char, line as escape};
+pub use ferry_proto::escape::{line as escape, must_escape as is_dangerous_char};
 
 /// Checks that `path` is a safe relative path. Windows device names
 /// (`CON`, `nul.txt`), backslashes and drive prefixes are refused on every

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use ferry_transfer::protocol::{ReceiverCore, validate_manifest};
+use ferry_transfer::protocol::{ManifestLimits, ReceiverCore, validate_manifest};
 use ferry_transfer::{
     Control, EntryKind, Frame, Manifest, Offer, PART_SUFFIX, ResumePoint, sanitize,
 };
@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let total = manifest.total_bytes();
     assert!(manifest.files().all(|(_, size, _)| size <= total));
 
-    let checked = validate_manifest(&manifest);
+    let checked = validate_manifest(&manifest, &ManifestLimits::default(), false);
     let mut core = ReceiverCore::new();
     let offered = core.handle_frame(Frame::Control(Control::Offer {
         offer: Offer::Files(manifest.clone()),

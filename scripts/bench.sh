@@ -171,6 +171,29 @@ forget_pid() {
     pids=("${keep[@]}")
 }
 
+# watch_load SERVER_PID LOAD_PID: samples the server's RSS every 100 ms while
+# the load generator runs (at most an hour; the generators bound themselves
+# too), then stops both. Sets the caller's locals load_rc (the generator's
+# exit code), peak (KiB), hwm (VmHWM KiB) and after (the server's CPU s).
+watch_load() {
+    local spid=$1 lpid=$2 rss
+    peak=0
+    for _ in $(seq 1 36000); do
+        kill -0 "$lpid" 2>/dev/null || break
+        rss=$(rss_kib "$spid" VmRSS) && [ "${rss:-0}" -gt "$peak" ] && peak=$rss
+        sleep 0.1
+    done
+    kill "$lpid" 2>/dev/null || true
+    load_rc=0
+    wait "$lpid" || load_rc=$?
+    forget_pid "$lpid"
+    after=$(cpu_secs "$spid")
+    hwm=$(rss_kib "$spid" VmHWM)
+    kill "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    forget_pid "$spid"
+}
+
 # relay_load_run PAIRS MIB: relay_load against a fresh `ferry serve`; prints
 # "aggregate_MiB/s peak_rss_KiB hwm_KiB cpu_s idle_rss_KiB pair_median pair_min pairs_verified"
 relay_load_run() {
@@ -196,24 +219,9 @@ relay_load_run() {
     idle=$(rss_kib "$spid" VmRSS)
     before=$(cpu_secs "$spid")
     "$RELAY_LOAD" --server "$addr" --pairs "$pairs" --mib "$mib" >"$work/relay-load.json" 2>"$work/relay-load.log" &
-    local lpid=$! peak=0 rss
+    local lpid=$! peak load_rc after hwm
     pids+=("$lpid")
-    # Sample the server's RSS every 100 ms while the load runs (at most an hour).
-    for _ in $(seq 1 36000); do
-        kill -0 "$lpid" 2>/dev/null || break
-        rss=$(rss_kib "$spid" VmRSS) && [ "${rss:-0}" -gt "$peak" ] && peak=$rss
-        sleep 0.1
-    done
-    kill "$lpid" 2>/dev/null || true
-    local load_rc=0
-    wait "$lpid" || load_rc=$?
-    forget_pid "$lpid"
-    local after hwm
-    after=$(cpu_secs "$spid")
-    hwm=$(rss_kib "$spid" VmHWM)
-    kill "$spid" 2>/dev/null || true
-    wait "$spid" 2>/dev/null || true
-    forget_pid "$spid"
+    watch_load "$spid" "$lpid"
     [ "$load_rc" -eq 0 ] || die "relay_load failed (exit $load_rc): $(cat "$work/relay-load.json") $(tail -3 "$work/relay-load.log")"
     echo "$(jq -r '.aggregate_mib_per_sec' "$work/relay-load.json") $peak $hwm" \
         "$(python3 -c "print(round($after - $before, 2))") $idle" \
@@ -287,24 +295,9 @@ rendezvous_load_run() {
     before=$(cpu_secs "$spid")
     say "  $label: rendezvous_load --server $addr $*"
     "$RENDEZVOUS_LOAD" --server "$addr" "$@" >"$work/rv-load.json" 2>"$work/rv-load.log" &
-    local lpid=$! peak=0 rss
+    local lpid=$! peak load_rc after hwm
     pids+=("$lpid")
-    # The generator bounds itself; this loop too (at most an hour).
-    for _ in $(seq 1 36000); do
-        kill -0 "$lpid" 2>/dev/null || break
-        rss=$(rss_kib "$spid" VmRSS) && [ "${rss:-0}" -gt "$peak" ] && peak=$rss
-        sleep 0.1
-    done
-    kill "$lpid" 2>/dev/null || true
-    local load_rc=0
-    wait "$lpid" || load_rc=$?
-    forget_pid "$lpid"
-    local after hwm
-    after=$(cpu_secs "$spid")
-    hwm=$(rss_kib "$spid" VmHWM)
-    kill "$spid" 2>/dev/null || true
-    wait "$spid" 2>/dev/null || true
-    forget_pid "$spid"
+    watch_load "$spid" "$lpid"
     local summary line
     summary=$(jq -r '.summary' "$work/rv-load.json" 2>/dev/null || true)
     [ -n "$summary" ] || summary="no report: $(tail -3 "$work/rv-load.log")"

@@ -226,6 +226,13 @@ struct Nameplate {
     armed: Instant,
 }
 
+impl Nameplate {
+    /// Which side (0 allocator, 1 claimer) `client` is here, if any.
+    fn side_of(&self, client: ClientId) -> Option<usize> {
+        self.sides.iter().position(|s| *s == Side::Here(client))
+    }
+}
+
 impl Rendezvous {
     /// A fresh server state; `rng_seed` drives nameplate choice and relay
     /// tokens. Fine for tests; a server that issues relay tokens should use
@@ -752,11 +759,7 @@ impl Rendezvous {
         let Some(nameplate) = self.nameplates.get_mut(&number) else {
             return;
         };
-        let Some(index) = nameplate
-            .sides
-            .iter()
-            .position(|s| *s == Side::Here(client))
-        else {
+        let Some(index) = nameplate.side_of(client) else {
             return;
         };
         nameplate.relay_asked[index] = true;
@@ -914,11 +917,7 @@ impl Rendezvous {
         let Some(nameplate) = self.nameplates.get_mut(&number) else {
             return;
         };
-        let Some(index) = nameplate
-            .sides
-            .iter()
-            .position(|s| *s == Side::Here(client))
-        else {
+        let Some(index) = nameplate.side_of(client) else {
             return;
         };
         let rejoin = nameplate.rejoin.is_some();

@@ -9,7 +9,11 @@
 #   - the server (rendezvous and relay) is killed and restarted 2 s later
 #     in the middle of a relayed transfer;
 #   - nothing passes the sender's NAT for 20 s in the middle of a QUIC
-#     transfer (both sides give the path up after 15 s of silence).
+#     transfer (both sides give the path up after 15 s of silence);
+#   - the server is killed for good in the middle of a direct transfer
+#     (which needs it no more: no reconnect, same path to the end);
+#   - the server restarts while the sender waits for its receiver (the
+#     sender reconnects, holds its nameplate again, the code still works).
 # Each case checks: both sides exit 0, the bytes are intact, the path on
 # both sides, and for the breaking cases that both sides said they
 # reconnected and that the receiver resumed (bytes_resumed > 0).
@@ -49,9 +53,17 @@ restart_server() {
     start_server
 }
 
+# kill_server: kills ferry serve for good (SIGKILL)
+kill_server() {
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+}
+
 # survive CASE PATH BREAK MUST_RECONNECT [UP ARGS...]
 #   BREAK: flush_nats | restart_server, run once the receiver holds a third
-#   MUST_RECONNECT: yes (both sides must reconnect and resume) | maybe
+#   MUST_RECONNECT: yes (both sides must reconnect and resume) | maybe |
+#     no (neither side may reconnect: the path never broke)
 survive() {
     CASE=$1
     local want=$2 break_with=$3 must=$4
@@ -112,10 +124,59 @@ survive() {
         fi
         printf '          paths: %s; reconnected after %.1f s\n' "$paths" "${after:-0}"
         TABLE+=("$(printf '%-40s %-28s %6.1f s  resumed %3s MiB' "$CASE" "$paths" "${after:-0}" "$((${resumed:-0} / 1048576))")")
+    elif [ "$must" = no ]; then
+        expect "receiver reconnected" 0 "$recv_mended"
+        expect "sender reconnected" 0 "$send_mended"
+        expect "paths (receiver)" "$want" "$paths"
+        TABLE+=("$(printf '%-40s %-28s reconnects: %s' "$CASE" "$paths" "$recv_mended")")
     else
         printf '          paths: %s; reconnected %s time(s)\n' "$paths" "$recv_mended"
         TABLE+=("$(printf '%-40s %-28s reconnects: %s' "$CASE" "$paths" "$recv_mended")")
     fi
+    stop_server
+}
+
+# waiting_sender CASE [UP ARGS...]: the server restarts while the sender
+# waits for its receiver; the receiver comes once the sender holds its
+# nameplate again, with the code it was given before the restart
+waiting_sender() {
+    CASE=$1
+    shift
+    echo "== $CASE"
+    lab_up "$@" || return 0
+    start_server || return 0
+    local out="$E2E_WORK/out.waiting" send_out="$E2E_WORK/send.waiting.json" recv_out="$E2E_WORK/recv.waiting.json"
+    mkdir -p "$out"
+    head -c 1048576 /dev/urandom >"$E2E_WORK/small.bin"
+    start_send "$send_out" "$E2E_WORK/small.bin" || return 0
+    local sender=$SENDER_PID code=$CODE back=
+    restart_server || fail "restart_server failed"
+    for _ in $(seq 1 200); do
+        back=$(jq -r 'select(.event == "server-back") | .after_secs' "$send_out" 2>/dev/null | head -n1)
+        [ -n "$back" ] && break
+        kill -0 "$sender" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ -n "$back" ]; then
+        pass "the sender reached the server again after $(printf '%.1f' "$back") s"
+    else
+        fail "the sender never said it reached the server again: $(tail -3 "$send_out.log")"
+    fi
+    local recv_rc=0 send_rc=0
+    timeout 120 "$LAB" exec b -- "$FERRY" receive --json --yes --server "$SIGNAL" --out "$out" "$code" \
+        >"$recv_out" 2>"$recv_out.log" || recv_rc=$?
+    wait "$sender" || send_rc=$?
+    expect "receiver exit code" 0 "$recv_rc"
+    expect "sender exit code" 0 "$send_rc"
+    if cmp -s "$E2E_WORK/small.bin" "$out/small.bin"; then
+        pass "1 MiB arrived intact with the code from before the restart"
+    else
+        fail "the received file differs (or is missing)"
+    fi
+    local lost
+    lost=$(jq -s '[.[] | select(.event == "server-lost")] | length' "$send_out")
+    if [ "$lost" -ge 1 ]; then pass "the sender said it lost the server ($lost tries)"; else fail "no server-lost event"; fi
+    TABLE+=("$(printf '%-40s %-28s back after %.1f s, %s tries' "$CASE" "$(jq -r 'select(.event == "path") | .path' "$recv_out" | head -n1)" "${back:-0}" "$lost")")
     stop_server
 }
 
@@ -124,6 +185,8 @@ survive "TCP path, both NATs flushed halfway" tcp-simultaneous-open flush_nats y
 survive "QUIC path, both NATs flushed halfway" quic flush_nats maybe port-restricted
 survive "relay killed and restarted halfway" relay restart_server yes symmetric
 survive "QUIC path, sender's link down for 20 s" quic link_down yes port-restricted
+survive "TCP path, server killed halfway" tcp-simultaneous-open kill_server no udp-blocked
+waiting_sender "server restarted while the sender waits" port-restricted
 
 echo
 printf '%-40s %-28s %s\n' "case" "paths (receiver)" "break"

@@ -51,7 +51,7 @@ else
     scripts/e2e-nat.sh
     say "lab: 64 MiB transfers through every kind of NAT, checking bytes and path"
     scripts/e2e-paths.sh
-    say "lab: transfers whose path breaks halfway (NAT state flushed, relay restarted) reconnect and resume"
+    say "lab: transfers whose path breaks halfway (NAT state flushed, relay restarted) reconnect and resume; a server restart does not void a waiting sender's code"
     scripts/e2e-resilience.sh
     say "lab: bogus, expired and reused relay tokens refused while a genuine pair moves its bytes"
     scripts/e2e-relay-tokens.sh

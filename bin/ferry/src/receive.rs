@@ -30,7 +30,7 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
         .with_context(|| format!("cannot create the output folder {}", args.out.display()))
         .map_err(|e| Failure::local(format!("{e:#}")))?;
 
-    let mut link = session::receiver(&server, &code, args.path.options()).await?;
+    let mut link = session::receiver(&server, &code, args.path.options(), out).await?;
     output::announce_path(&link, out);
     let mut mending = Reconnect::new(&mut link, args.path.retries);
     let mut path = link.path;

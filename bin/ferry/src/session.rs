@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ferry_connect::session::{self, Rejoin, Sender};
-use ferry_connect::{PeerLink, SessionOptions};
+use ferry_connect::{Backoff, PeerLink, SessionOptions, Waiting};
 use ferry_proto::code::Code;
 use ferry_transfer::TransferError;
 use serde_json::json;
@@ -121,7 +121,7 @@ pub async fn sender(
     options: SessionOptions,
     out: &Output,
 ) -> Result<PeerLink> {
-    let sender = Sender::start(server, code, options).await?;
+    let sender = Sender::start_with(server, code, options, |w| show_waiting(out, w)).await?;
     let code = sender.code().to_string();
     // The code is left out of the command: pasted as an argument, it would
     // sit in the receiver's process list for every local user to read.
@@ -132,15 +132,67 @@ pub async fn sender(
         "On the other computer, run `{command}` and type the code when asked \
          (or set {CODE_VARIABLE}, or pass --code-file FILE)."
     ));
-    let link = sender
-        .connect(|| out.say("Receiver connected; checking the code..."))
-        .await?;
+    let link = sender.connect(|w| show_waiting(out, w)).await?;
     Ok(link)
 }
 
 /// The receiver's side.
-pub async fn receiver(server: &str, code: &Code, options: SessionOptions) -> Result<PeerLink> {
-    Ok(session::receive(server, code, options).await?)
+pub async fn receiver(
+    server: &str,
+    code: &Code,
+    options: SessionOptions,
+    out: &Output,
+) -> Result<PeerLink> {
+    Ok(session::receive_with(server, code, options, |w| show_waiting(out, w)).await?)
+}
+
+/// Tells the user what happens while one side waits for the other: the
+/// receiver has come, or the server went away and we try again.
+fn show_waiting(out: &Output, waiting: Waiting) {
+    match waiting {
+        Waiting::Joined => {
+            out.event("joined", json!({}));
+            out.say("Receiver connected; checking the code...");
+        }
+        Waiting::ServerLost {
+            reason,
+            attempt,
+            retry_in,
+        } => {
+            out.event(
+                "server-lost",
+                json!({"try": attempt, "retry_in_secs": retry_in.as_secs_f64(), "error": reason}),
+            );
+            // One line at the start, then one about every 30 s.
+            if attempt == 1 {
+                out.say(format!(
+                    "{}; trying again in {}...",
+                    escape::line(&reason),
+                    crate::output::short_duration(retry_in)
+                ));
+            } else if attempt % 6 == 0 {
+                out.say(format!(
+                    "Still trying to reach the server (try {attempt})..."
+                ));
+            }
+        }
+        Waiting::ServerBack { after } => {
+            out.event("server-back", json!({"after_secs": after.as_secs_f64()}));
+            out.say(format!(
+                "Reached the server again after {}; still waiting, the code stays the same",
+                crate::output::short_duration(after)
+            ));
+        }
+        Waiting::SenderReturning { wait } => {
+            out.event("sender-returning", json!({"wait_secs": wait.as_secs_f64()}));
+            out.say(format!(
+                "The server restarted moments ago and has no transfer under this code yet; \
+                 giving the sender {} to reconnect...",
+                crate::output::short_duration(wait)
+            ));
+        }
+        _ => {}
+    }
 }
 
 /// Runs `work` (a transfer over the peer stream) unless the user presses
@@ -174,8 +226,6 @@ pub async fn fail_closing<T>(stream: ferry_connect::PeerStream, error: anyhow::E
     Err(error)
 }
 
-/// The longest one break may take to mend, all tries included.
-const RECONNECT_BUDGET: Duration = Duration::from_secs(120);
 /// The most breaks one transfer may survive.
 const MAX_BREAKS: u32 = 20;
 
@@ -206,7 +256,8 @@ impl Reconnect {
     }
 
     /// Reconnects after `error` broke the path: up to `retries` tries with
-    /// growing pauses, within [`RECONNECT_BUDGET`]. Says so on the output.
+    /// growing pauses, within 2 minutes ([`Backoff::mend`]). Says so on the
+    /// output.
     pub async fn mend(&mut self, error: TransferError, out: &mut Output) -> Result<PeerLink> {
         let Some(rejoin) = self.rejoin.as_mut() else {
             return Err(anyhow::anyhow!("cannot reconnect: nothing to rejoin"));
@@ -215,11 +266,11 @@ impl Reconnect {
         out.finish_progress();
         let broke = Instant::now();
         let mut last = String::new();
+        let schedule = Backoff::mend(self.retries);
         for attempt in 1..=self.retries {
-            let pause = Duration::from_millis(500 << (attempt - 1).min(4));
-            if broke.elapsed() + pause > RECONNECT_BUDGET {
+            let Some(pause) = schedule.next(attempt, broke.elapsed()) else {
                 break;
-            }
+            };
             out.event(
                 "reconnect",
                 json!({"try": attempt, "of": self.retries, "error": error.to_string(), "last": last}),
@@ -238,7 +289,7 @@ impl Reconnect {
                 ));
             }
             tokio::time::sleep(pause).await;
-            let remaining = RECONNECT_BUDGET.saturating_sub(broke.elapsed());
+            let remaining = schedule.budget.saturating_sub(broke.elapsed());
             match tokio::time::timeout(remaining, rejoin.reconnect()).await {
                 Ok(Ok(link)) => {
                     let after = broke.elapsed();

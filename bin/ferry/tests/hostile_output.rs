@@ -104,7 +104,7 @@ async fn hostile_sender(server: &Server, out: &Path, args: &[&str]) -> (Stream, 
     let mut recv = Proc::spawn(receive_cmd(server, &sender.code().to_string(), out, args));
     // The answer to the question, if asked (not with --yes).
     recv.answer("n");
-    let link = tokio::time::timeout(Duration::from_secs(30), sender.connect(|| {}))
+    let link = tokio::time::timeout(Duration::from_secs(30), sender.connect(|_| {}))
         .await
         .expect("the receiver did not connect within 30 s")
         .unwrap();

@@ -93,7 +93,7 @@ async fn offer_to_receiver(
     let mut recv = Proc::spawn(cmd);
     // The answer to the question, if asked (not with --yes).
     recv.answer("n");
-    let mut stream = tokio::time::timeout(Duration::from_secs(30), sender.connect(|| {}))
+    let mut stream = tokio::time::timeout(Duration::from_secs(30), sender.connect(|_| {}))
         .await
         .expect("the receiver did not connect within 30 s")
         .unwrap()

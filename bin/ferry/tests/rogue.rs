@@ -46,7 +46,7 @@ async fn rogue_sender(server: &Server, out: &Path) -> (Stream, Proc) {
         .await
         .unwrap();
     let recv = start_receive(server, &sender.code().to_string(), out, &["--yes"]);
-    let link = sender.connect(|| {}).await.unwrap();
+    let link = sender.connect(|_| {}).await.unwrap();
     (link.stream, recv)
 }
 

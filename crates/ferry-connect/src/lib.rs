@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 mod address;
+pub mod backoff;
 pub mod direct;
 mod error;
 pub mod punch;
@@ -41,12 +42,13 @@ pub mod session;
 pub mod simopen;
 pub mod tls;
 
+pub use backoff::Backoff;
 pub use direct::{DirectListener, connect_first};
 pub use error::{CandidateFailure, ConnectError, FailureReason};
 pub use ferry_proto::peer::{Candidate, CandidateKind, Transport};
 pub use punch::{PunchResult, punch};
 pub use quic::{QuicStream, quic_connect};
 pub use race::{PathKind, PeerStream};
-pub use session::{PeerLink, SessionError, SessionOptions};
+pub use session::{PeerLink, SessionError, SessionOptions, Waiting};
 pub use simopen::{SimOpenSchedule, bind_reusable, connect_from, simultaneous_open};
 pub use tls::{Identity, certificate_fingerprint, tls_acceptor, tls_connector};

@@ -27,6 +27,7 @@ use ferry_nat::upnp::{MappingGuard, Protocol, UpnpOptions};
 use ferry_proto::code::{Code, CodeError};
 use ferry_proto::pairing::{Pairing, PairingError, Role, SecureChannel};
 use ferry_proto::peer::{Candidate, CandidateKind, NetworkHint, PeerToPeer, Transport, UdpMapping};
+use ferry_proto::signal::ErrorCode;
 use ferry_rendezvous::{SignalClient, SignalError, SignalEvent, Welcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
@@ -34,7 +35,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info};
 
 use crate::race::{Action, NOMINATION, PathId, PathKind, PeerStream, Race, RaceConfig};
-use crate::{ConnectError, DirectListener, Identity};
+use crate::{Backoff, ConnectError, DirectListener, Identity};
 
 /// ferry's agent string, sent to the server and the peer.
 pub const AGENT: &str = concat!("ferry/", env!("CARGO_PKG_VERSION"));
@@ -247,6 +248,10 @@ pub enum SessionError {
     /// A local socket problem.
     #[error("local network error: {0}")]
     Io(#[from] std::io::Error),
+    /// The rendezvous server went away while we waited for the receiver
+    /// and did not come back, or came back without our nameplate.
+    #[error("{0}")]
+    ServerLost(String),
 }
 
 fn no_path_message(failures: &[(PathKind, String)], relay_forced: bool) -> String {
@@ -279,6 +284,46 @@ impl From<PairingError> for SessionError {
     }
 }
 
+/// What happens while one side waits for the other, for the caller to
+/// show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Waiting {
+    /// The receiver claimed the nameplate: pairing starts.
+    Joined,
+    /// The rendezvous server could not be reached, or the connection to it
+    /// was lost: try `attempt` follows after `retry_in`.
+    ServerLost {
+        /// Why (our own error text, not the server's).
+        reason: String,
+        /// Which try follows (1-based).
+        attempt: u32,
+        /// The pause before it.
+        retry_in: Duration,
+    },
+    /// Connected again (and, for the sender, the nameplate is held again)
+    /// `after` the connection was lost.
+    ServerBack {
+        /// Since the connection was lost.
+        after: Duration,
+    },
+    /// The server restarted moments ago and knows no transfer under the
+    /// code yet: the receiver waits `wait` for the sender to come back.
+    SenderReturning {
+        /// How long the receiver waits before claiming again.
+        wait: Duration,
+    },
+}
+
+/// A receiver told "no transfer is waiting" by a server that has run for
+/// less than this asks once more after [`RESTART_GRACE`] of uptime: the
+/// sender may be reconnecting after the restart.
+pub const RESTARTED_WITHIN: Duration = Duration::from_secs(30);
+/// The uptime by which a waiting sender has reserved its nameplate again
+/// after a restart: [`Backoff::SERVER_RESTART`] pauses at most 5 s, plus
+/// the connection.
+pub const RESTART_GRACE: Duration = Duration::from_secs(8);
+
 /// The sender's side, in two steps so the caller can show the code while
 /// waiting: [`Sender::start`] then [`Sender::connect`].
 pub struct Sender {
@@ -299,6 +344,17 @@ impl Sender {
         chosen: Option<&str>,
         options: SessionOptions,
     ) -> Result<Sender, SessionError> {
+        Self::start_with(server, chosen, options, |_| {}).await
+    }
+
+    /// Like [`start`](Self::start), telling `on_wait` about retries of the
+    /// first connection ([`Backoff::SERVER_CONNECT`]).
+    pub async fn start_with(
+        server: &str,
+        chosen: Option<&str>,
+        options: SessionOptions,
+        mut on_wait: impl FnMut(Waiting),
+    ) -> Result<Sender, SessionError> {
         let chosen = chosen
             .map(|text| {
                 text.parse::<Code>()
@@ -308,7 +364,7 @@ impl Sender {
                     })
             })
             .transpose()?;
-        let (mut signal, welcome) = connect_signal(server).await?;
+        let (mut signal, welcome) = connect_signal_retrying(server, &mut on_wait).await?;
         let code = match chosen {
             Some(code) => {
                 signal.reserve(code.nameplate).await?;
@@ -341,31 +397,54 @@ impl Sender {
     }
 
     /// Waits for the receiver (as long as the server keeps the nameplate),
-    /// pairs, and races the paths. `on_joined` is called when the receiver
-    /// has claimed the nameplate.
-    pub async fn connect(self, on_joined: impl FnOnce()) -> Result<PeerLink, SessionError> {
+    /// pairs, and races the paths. `on_wait` hears when the receiver has
+    /// claimed the nameplate ([`Waiting::Joined`]), and when the server
+    /// went away and we reconnect ([`Waiting::ServerLost`],
+    /// [`Waiting::ServerBack`]): a restarted server has forgotten the
+    /// nameplate, so we reserve it again, and the code stays good.
+    pub async fn connect(self, mut on_wait: impl FnMut(Waiting)) -> Result<PeerLink, SessionError> {
         let Sender {
             server,
             mut signal,
             code,
-            welcome,
+            mut welcome,
             options,
             gathering,
         } = self;
         // Wait for the receiver to claim the nameplate.
         loop {
-            match signal.recv().await? {
-                SignalEvent::PeerJoined => break,
-                SignalEvent::PeerLeft(reason) => {
+            match signal.recv().await {
+                Ok(SignalEvent::PeerJoined) => break,
+                Ok(SignalEvent::PeerLeft(reason)) => {
+                    gathering.abort();
                     return Err(SessionError::PeerGone(format!(
                         "the receiver left before pairing ({})",
                         reason.map_or("no reason given", |r| r.describe())
                     )));
                 }
-                SignalEvent::Message(_) => debug!("message before the peer joined; ignored"),
+                Ok(SignalEvent::Message(_)) => debug!("message before the peer joined; ignored"),
+                Err(error) if error.is_connection_lost() => {
+                    info!(%error, "lost the rendezvous server while waiting; reconnecting");
+                    match hold_again(&server, code.nameplate, error, &mut on_wait).await {
+                        Ok((again, new_welcome)) => {
+                            // Simultaneous open uses the new connection's
+                            // mapping; the gathered UDP socket stays.
+                            signal = again;
+                            welcome = new_welcome;
+                        }
+                        Err(error) => {
+                            gathering.abort();
+                            return Err(error);
+                        }
+                    }
+                }
+                Err(error) => {
+                    gathering.abort();
+                    return Err(error.into());
+                }
             }
         }
-        on_joined();
+        on_wait(Waiting::Joined);
         let started = Instant::now();
         let (signal, mut channel) = pair(signal, &code, Role::Sender).await?;
         let mut link = run_session(
@@ -383,17 +462,141 @@ impl Sender {
     }
 }
 
+/// After the connection to the server was lost (`error`) while waiting:
+/// reconnects on [`Backoff::SERVER_RESTART`] and reserves `nameplate`
+/// again.
+async fn hold_again(
+    server: &str,
+    nameplate: u32,
+    error: SignalError,
+    on_wait: &mut impl FnMut(Waiting),
+) -> Result<(SignalClient, Welcome), SessionError> {
+    let lost = Instant::now();
+    let mut reason = error.to_string();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(pause) = Backoff::SERVER_RESTART.next(attempt, lost.elapsed()) else {
+            return Err(SessionError::ServerLost(format!(
+                "lost the rendezvous server at {server} while waiting for the receiver, and it \
+                 did not come back within {} s (last: {reason}); run `ferry send` again when \
+                 the server is back",
+                Backoff::SERVER_RESTART.budget.as_secs()
+            )));
+        };
+        on_wait(Waiting::ServerLost {
+            reason: reason.clone(),
+            attempt,
+            retry_in: pause,
+        });
+        tokio::time::sleep(pause).await;
+        let (mut signal, welcome) = match connect_signal(server).await {
+            Ok(connected) => connected,
+            Err(SessionError::Signal(error)) if error.is_connection_lost() => {
+                reason = error.to_string();
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        match signal.reserve(nameplate).await {
+            Ok(()) => {
+                info!(nameplate, "holding the nameplate again");
+                on_wait(Waiting::ServerBack {
+                    after: lost.elapsed(),
+                });
+                return Ok((signal, welcome));
+            }
+            Err(error) if error.is_connection_lost() => reason = error.to_string(),
+            Err(SignalError::Server {
+                code: ErrorCode::NameplateTaken,
+                ..
+            }) => {
+                return Err(SessionError::ServerLost(format!(
+                    "the rendezvous server at {server} restarted, and someone else now holds \
+                     nameplate {nameplate}, so this code is void; run `ferry send` again for a \
+                     new code"
+                )));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// [`connect_signal`], with a few tries more when the server cannot be
+/// reached ([`Backoff::SERVER_CONNECT`]).
+async fn connect_signal_retrying(
+    server: &str,
+    on_wait: &mut impl FnMut(Waiting),
+) -> Result<(SignalClient, Welcome), SessionError> {
+    let first = Instant::now();
+    let mut attempt = 0;
+    loop {
+        let error = match connect_signal(server).await {
+            Ok(connected) => {
+                if attempt > 0 {
+                    on_wait(Waiting::ServerBack {
+                        after: first.elapsed(),
+                    });
+                }
+                return Ok(connected);
+            }
+            Err(SessionError::Signal(error)) if error.is_connection_lost() => error,
+            Err(error) => return Err(error),
+        };
+        attempt += 1;
+        let Some(pause) = Backoff::SERVER_CONNECT.next(attempt, first.elapsed()) else {
+            return Err(error.into());
+        };
+        on_wait(Waiting::ServerLost {
+            reason: error.to_string(),
+            attempt,
+            retry_in: pause,
+        });
+        tokio::time::sleep(pause).await;
+    }
+}
+
 /// The receiver's side: claims the nameplate, pairs, races the paths.
 pub async fn receive(
     server: &str,
     code: &Code,
     options: SessionOptions,
 ) -> Result<PeerLink, SessionError> {
-    let (mut signal, welcome) = connect_signal(server).await?;
+    receive_with(server, code, options, |_| {}).await
+}
+
+/// Like [`receive`], telling `on_wait` about retries of the connection
+/// and about a server that restarted moments ago
+/// ([`Waiting::SenderReturning`]).
+pub async fn receive_with(
+    server: &str,
+    code: &Code,
+    options: SessionOptions,
+    mut on_wait: impl FnMut(Waiting),
+) -> Result<PeerLink, SessionError> {
+    let (mut signal, welcome) = connect_signal_retrying(server, &mut on_wait).await?;
     // Gather while pairing; the receiver maps nothing with UPnP (the
     // sender's mappings serve both directions) to save the search time.
     let gathering = start_gathering(&welcome, false, false);
-    signal.claim(code.nameplate).await?;
+    let claimed = match signal.claim(code.nameplate).await {
+        Err(SignalError::UnknownNameplate { .. })
+            if welcome.uptime.is_some_and(|up| up < RESTARTED_WITHIN) =>
+        {
+            // A server that has just restarted: a sender that waited on it
+            // is reconnecting and reserves the nameplate again.
+            let up = welcome.uptime.unwrap_or_default();
+            let wait = RESTART_GRACE.saturating_sub(up).max(Duration::from_secs(1));
+            info!(?up, ?wait, "the server restarted moments ago; asking again");
+            on_wait(Waiting::SenderReturning { wait });
+            tokio::time::sleep(wait).await;
+            signal.claim(code.nameplate).await
+        }
+        other => other,
+    };
+    if let Err(error) = claimed {
+        gathering.abort();
+        return Err(error.into());
+    }
     let started = Instant::now();
     let (signal, mut channel) = pair(signal, code, Role::Receiver).await?;
     let mut link = run_session(

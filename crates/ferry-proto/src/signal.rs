@@ -158,6 +158,13 @@ pub enum ServerToClient {
         /// relay, if any, answers on this server's own address and port.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         relay_addr: Option<String>,
+        /// How long the server has been running, in seconds. A server
+        /// that started moments ago has lost the nameplates it held
+        /// before: a receiver told "no transfer is waiting" then gives a
+        /// sender that is reconnecting a moment to reserve its nameplate
+        /// again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uptime_secs: Option<u64>,
     },
     /// Answer to `allocate`: the client now holds this nameplate.
     Allocated {
@@ -465,6 +472,7 @@ mod tests {
                 stun_port: None,
                 stun_second_port: None,
                 relay_addr: None,
+                uptime_secs: None,
             }),
             "{\"type\":\"welcome\",\"protocol\":1,\"observed_addr\":\"203.0.113.5:40000\",\"heartbeat_secs\":5}\n"
         );
@@ -476,6 +484,7 @@ mod tests {
                 stun_port: Some(3478),
                 stun_second_port: None,
                 relay_addr: Some("relay.example.org:443".into()),
+                uptime_secs: None,
             }),
             "{\"type\":\"welcome\",\"protocol\":1,\"observed_addr\":\"203.0.113.5:40000\",\"heartbeat_secs\":5,\"stun_port\":3478,\"relay_addr\":\"relay.example.org:443\"}\n"
         );
@@ -744,7 +753,8 @@ mod tests {
                 any::<u32>(),
                 any::<Option<u16>>(),
                 any::<Option<u16>>(),
-                proptest::option::of(".*")
+                proptest::option::of(".*"),
+                any::<Option<u64>>()
             )
                 .prop_map(
                     |(
@@ -754,6 +764,7 @@ mod tests {
                         stun_port,
                         stun_second_port,
                         relay_addr,
+                        uptime_secs,
                     )| {
                         ServerToClient::Welcome {
                             protocol,
@@ -762,6 +773,7 @@ mod tests {
                             stun_port,
                             stun_second_port,
                             relay_addr,
+                            uptime_secs,
                         }
                     }
                 ),

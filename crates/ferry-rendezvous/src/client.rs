@@ -59,6 +59,10 @@ pub struct Welcome {
     /// address the server advertised in its welcome, resolved, or else
     /// the server's own address ([`server_addr`](Self::server_addr)).
     pub relay_addr: SocketAddr,
+    /// How long the server had been running when it welcomed us (servers
+    /// before this field say nothing): a server that started moments ago
+    /// has lost the nameplates it held before.
+    pub uptime: Option<Duration>,
 }
 
 /// Something the other side of the nameplate did.
@@ -167,6 +171,20 @@ pub enum SignalError {
         /// [`MAX_FRAME`].
         limit: usize,
     },
+}
+
+impl SignalError {
+    /// Whether the server could not be reached or the connection to it was
+    /// lost: worth another try after a pause (a restarting server comes
+    /// back), unlike an answer the server gave.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            SignalError::Connect { .. }
+                | SignalError::Timeout { .. }
+                | SignalError::ServerGone { .. }
+        )
+    }
 }
 
 /// A connection to the rendezvous server.
@@ -527,13 +545,14 @@ async fn handshake(
             Err(e) => return Err(gone(e.to_string())),
         }
     };
-    let (observed, heartbeat_secs, stun_port, stun_second_port, relay) = match first {
+    let (observed, heartbeat_secs, stun_port, stun_second_port, relay, uptime) = match first {
         ServerToClient::Welcome {
             observed_addr,
             heartbeat_secs,
             stun_port,
             stun_second_port,
             relay_addr,
+            uptime_secs,
             ..
         } => (
             observed_addr,
@@ -541,6 +560,7 @@ async fn handshake(
             stun_port,
             stun_second_port,
             relay_addr,
+            uptime_secs,
         ),
         ServerToClient::Error { code, message } => {
             return Err(SignalError::Server { code, message });
@@ -562,6 +582,7 @@ async fn handshake(
         stun_port,
         stun_second_port,
         relay_addr,
+        uptime: uptime.map(Duration::from_secs),
     };
     let heartbeat = Duration::from_secs(u64::from(heartbeat_secs.clamp(1, 300)));
     Ok((stream, input, welcome, heartbeat))

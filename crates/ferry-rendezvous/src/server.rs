@@ -157,7 +157,8 @@ pub async fn serve_with_relay(
         "rendezvous server listening"
     );
     // 32 bytes of seed: relay token nonces come from this rng.
-    let core = Rendezvous::with_seed(core_config, rand::random::<[u8; 32]>());
+    let mut core = Rendezvous::with_seed(core_config, rand::random::<[u8; 32]>());
+    core.start(Instant::now().into_std());
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
     let (stop_tx, stop_rx) = oneshot::channel();
     let actor = tokio::spawn(actor(core, inbox_rx, stop_rx));

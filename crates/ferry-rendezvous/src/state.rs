@@ -152,7 +152,9 @@ pub struct Rendezvous {
     /// Nameplates in use per number of digits (index 0: 1-2 digits, 1: 3
     /// digits, ..., 8: 10 digits), so allocation needs no scan.
     digits_used: [usize; 9],
-    /// The time origin of the budget tables (the first time fed in).
+    /// When the server started ([`Rendezvous::start`]), else the first
+    /// time fed in: the origin of the budget tables and of the uptime in
+    /// the welcome.
     origin: Option<Instant>,
     /// Failed-claim budget per address bucket.
     claim_failures: RateTable<AddrBucket>,
@@ -285,6 +287,16 @@ impl Rendezvous {
         self.unix = unix;
     }
 
+    /// The server starts serving at `now`: the welcome's uptime counts
+    /// from here (a driver calls this once, before the first client).
+    pub fn start(&mut self, now: Instant) {
+        self.origin = Some(now);
+    }
+
+    fn uptime(&mut self, now: Instant) -> Duration {
+        now.saturating_duration_since(*self.origin.get_or_insert(now))
+    }
+
     /// A new connection from `peer_addr`. It must say hello within three
     /// heartbeats.
     pub fn handle_connect(&mut self, now: Instant, client: ClientId, peer_addr: SocketAddr) {
@@ -329,6 +341,7 @@ impl Rendezvous {
                         stun_port: self.config.stun_port,
                         stun_second_port: self.config.stun_second_port,
                         relay_addr: self.config.relay_addr.clone(),
+                        uptime_secs: Some(self.uptime(now).as_secs()),
                     };
                     self.transmits.push_back((client, welcome));
                     // The ping and idle deadlines start now.
@@ -1057,6 +1070,7 @@ mod tests {
                         stun_port: None,
                         stun_second_port: None,
                         relay_addr: None,
+                        uptime_secs: Some(0),
                     }
                 )]
             );

@@ -334,6 +334,7 @@ async fn dead_server_is_noticed_by_heartbeat() {
             stun_port: None,
             stun_second_port: None,
             relay_addr: None,
+            uptime_secs: None,
         };
         encode_frame(&welcome, &mut out).unwrap();
         stream.write_all(&out).await.unwrap();

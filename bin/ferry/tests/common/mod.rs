@@ -221,6 +221,11 @@ impl Server {
         }
     }
 
+    /// Kills the server: every connection through it breaks at once.
+    pub fn stop(&mut self) {
+        self.proc.kill();
+    }
+
     /// Kills the server (every connection through it breaks at once, the
     /// relayed ones included) and starts a fresh one on the same address
     /// after `down`.

@@ -328,18 +328,30 @@ impl SignalClient {
     /// Asks for the relay token once paired (see
     /// [`ClientToServer::RelayRequest`]) and waits, up to
     /// [`REQUEST_TIMEOUT`], until the other side has asked too. `Ok(None)`
-    /// when the server issues no relay tokens; afterwards
+    /// when the server issues no relay tokens, or at once when the other
+    /// side leaves meanwhile (its [`SignalEvent::PeerLeft`] then comes
+    /// from [`recv`](Self::recv)); afterwards
     /// [`relay_token`](Self::relay_token) says the same.
     pub async fn request_relay_token(&mut self) -> Result<Option<[u8; 32]>, SignalError> {
+        enum Answer {
+            Token(Option<String>),
+            Left(Option<ReleaseReason>),
+        }
         self.command(ClientToServer::RelayRequest).await?;
-        let token = self
+        let answer = self
             .answer("relay-token", |msg| match msg {
-                ServerToClient::RelayToken { relay_token } => Some(relay_token.clone()),
+                ServerToClient::RelayToken { relay_token } => {
+                    Some(Answer::Token(relay_token.clone()))
+                }
+                ServerToClient::PeerLeft { reason } => Some(Answer::Left(*reason)),
                 _ => None,
             })
             .await?;
         self.relay_token = None;
-        self.note_relay_token(token.as_deref());
+        match answer {
+            Answer::Token(token) => self.note_relay_token(token.as_deref()),
+            Answer::Left(reason) => self.stash.push_back(SignalEvent::PeerLeft(reason)),
+        }
         Ok(self.relay_token)
     }
 

@@ -402,3 +402,33 @@ async fn welcome_with_the_server_address_when_the_relay_is_here() {
         .unwrap();
     assert_eq!(welcome.relay_addr, server.addr);
 }
+
+#[tokio::test]
+async fn asking_for_the_relay_token_stops_waiting_when_the_peer_leaves() {
+    let server = Server::start(Some(RelayConfig::default())).await;
+    let addr = server.addr.to_string();
+    let (mut sender, _) = SignalClient::connect(&addr).await.unwrap();
+    let (mut receiver, _) = SignalClient::connect(&addr).await.unwrap();
+    let nameplate = sender.allocate().await.unwrap();
+    receiver.claim(nameplate).await.unwrap();
+    assert_eq!(
+        timeout(WAIT, sender.recv()).await.unwrap().unwrap(),
+        SignalEvent::PeerJoined
+    );
+    // The receiver goes before asking: the sender's request ends at once
+    // (not after the 10 s request timeout), without a token, and the
+    // departure is what recv says next.
+    receiver.release(None).await.unwrap();
+    let asked = Instant::now();
+    let token = timeout(WAIT, sender.request_relay_token()).await.unwrap();
+    assert_eq!(token.unwrap(), None);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(matches!(
+        timeout(WAIT, sender.recv()).await.unwrap().unwrap(),
+        SignalEvent::PeerLeft(_)
+    ));
+}

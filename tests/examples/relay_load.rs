@@ -258,7 +258,7 @@ async fn relay_from(
             }
             match decode_frame::<ServerToClient>(&mut line)? {
                 Some(ServerToClient::RelayWaiting) | None => {}
-                Some(ServerToClient::RelayPaired) => return Ok(stream),
+                Some(ServerToClient::RelayPaired { .. }) => return Ok(stream),
                 Some(other) => bail!("relay refused: {other:?}"),
             }
         }

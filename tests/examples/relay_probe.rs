@@ -270,7 +270,9 @@ async fn bogus(relay: SocketAddr, wait: Duration) -> Result<(), RelayError> {
                 decode_frame::<ServerToClient>(&mut line).map_err(|e| protocol(e.to_string()))?
             {
                 match msg {
-                    ServerToClient::RelayWaiting | ServerToClient::RelayPaired => return Ok(()),
+                    ServerToClient::RelayWaiting | ServerToClient::RelayPaired { .. } => {
+                        return Ok(());
+                    }
                     ServerToClient::Error { code, message } => {
                         return Err(RelayError::Refused {
                             relay,

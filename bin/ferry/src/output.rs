@@ -44,6 +44,11 @@ pub struct Output {
     tty: bool,
     bar: Option<ProgressBar>,
     last_plain: Option<Instant>,
+    /// Bytes done as the last progress said.
+    done: u64,
+    /// Bytes done at the first progress on the current link (the resumed
+    /// offset after a reconnect), once it came.
+    link_base: Option<u64>,
 }
 
 impl Output {
@@ -55,6 +60,8 @@ impl Output {
             tty: std::io::stdout().is_terminal(),
             bar: None,
             last_plain: None,
+            done: 0,
+            link_base: None,
         }
     }
 
@@ -97,6 +104,8 @@ impl Output {
 
     /// Progress of the whole transfer.
     pub fn progress(&mut self, done: u64, total: u64) {
+        self.done = done;
+        self.link_base.get_or_insert(done);
         if self.json {
             self.event(
                 "progress",
@@ -137,6 +146,21 @@ impl Output {
                 ));
             }
         }
+    }
+
+    /// Bytes moved on the current link: since its first progress (the
+    /// offset it resumed from), as the last progress said.
+    pub fn bytes_on_link(&self) -> u64 {
+        self.done
+            .saturating_sub(self.link_base.unwrap_or(self.done))
+    }
+
+    /// A new link carries the transfer from here: [`bytes_on_link`]
+    /// counts from its first progress.
+    ///
+    /// [`bytes_on_link`]: Self::bytes_on_link
+    pub fn start_link(&mut self) {
+        self.link_base = None;
     }
 
     /// Ends the progress bar, if any.
@@ -182,6 +206,10 @@ pub fn announce_path(link: &ferry_connect::PeerLink, out: &Output) {
             "connect_secs": link.connect_time.as_secs_f64(),
             "lost": lost,
             "relay_reason": link.relay_reason,
+            "relay_limits": link.relay_limits.map(|l| json!({
+                "max_bytes": l.max_bytes,
+                "max_secs": l.max_lifetime.map(|d| d.as_secs()),
+            })),
         }),
     );
     match &link.relay_reason {

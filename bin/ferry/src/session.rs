@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ferry_connect::session::{self, Rejoin, Sender};
-use ferry_connect::{Backoff, PeerLink, SessionOptions, Waiting};
+use ferry_connect::{Backoff, PairLimits, PeerLink, SessionOptions, Waiting};
 use ferry_proto::code::Code;
+use ferry_relay::PairEnd;
 use ferry_transfer::TransferError;
 use serde_json::json;
 
@@ -234,6 +235,9 @@ pub struct Reconnect {
     rejoin: Option<Rejoin>,
     retries: u32,
     breaks: u32,
+    /// The current link: since when, and the relay's limits on it.
+    since: Instant,
+    relay_limits: Option<PairLimits>,
 }
 
 impl Reconnect {
@@ -243,6 +247,30 @@ impl Reconnect {
             rejoin: link.rejoin.take(),
             retries,
             breaks: 0,
+            since: Instant::now(),
+            relay_limits: link.relay_limits,
+        }
+    }
+
+    /// Which of the relay's limits ended the current link, when one
+    /// explains it: in the user's words, and as a code.
+    fn relay_limit(&self, out: &Output) -> Option<(String, &'static str)> {
+        let limits = self.relay_limits?;
+        match limits.explains(out.bytes_on_link(), self.since.elapsed())? {
+            PairEnd::ByteLimit => Some((
+                format!(
+                    "the relay ends each pair after {} (its operator's --relay-max-bytes)",
+                    indicatif::HumanBytes(limits.max_bytes.unwrap_or_default())
+                ),
+                "bytes",
+            )),
+            _ => Some((
+                format!(
+                    "the relay ends each pair after {} (its operator's --relay-max-lifetime)",
+                    crate::output::short_duration(limits.max_lifetime.unwrap_or_default())
+                ),
+                "lifetime",
+            )),
         }
     }
 
@@ -259,11 +287,15 @@ impl Reconnect {
     /// growing pauses, within 2 minutes ([`Backoff::mend`]). Says so on the
     /// output.
     pub async fn mend(&mut self, error: TransferError, out: &mut Output) -> Result<PeerLink> {
+        let relay_limit = self.relay_limit(out);
         let Some(rejoin) = self.rejoin.as_mut() else {
             return Err(anyhow::anyhow!("cannot reconnect: nothing to rejoin"));
         };
         self.breaks += 1;
         out.finish_progress();
+        let why = relay_limit
+            .as_ref()
+            .map_or_else(|| describe_break(&error), |(text, _)| text.clone());
         let broke = Instant::now();
         let mut last = String::new();
         let schedule = Backoff::mend(self.retries);
@@ -273,12 +305,18 @@ impl Reconnect {
             };
             out.event(
                 "reconnect",
-                json!({"try": attempt, "of": self.retries, "error": error.to_string(), "last": last}),
+                json!({
+                    "try": attempt,
+                    "of": self.retries,
+                    "error": error.to_string(),
+                    "last": last,
+                    "relay_limit": relay_limit.as_ref().map(|(_, code)| code),
+                }),
             );
             if attempt == 1 {
                 out.say(format!(
-                    "The connection broke ({}); reconnecting, try 1 of {}...",
-                    escape::line(&describe_break(&error)),
+                    "The connection ended ({}); reconnecting, try 1 of {}...",
+                    escape::line(&why),
                     self.retries
                 ));
             } else {
@@ -292,6 +330,9 @@ impl Reconnect {
             let remaining = schedule.budget.saturating_sub(broke.elapsed());
             match tokio::time::timeout(remaining, rejoin.reconnect()).await {
                 Ok(Ok(link)) => {
+                    self.since = Instant::now();
+                    self.relay_limits = link.relay_limits;
+                    out.start_link();
                     let after = broke.elapsed();
                     out.event(
                         "reconnected",

@@ -301,6 +301,52 @@ fn relay_restarted_halfway_reconnects_and_resumes_on_its_own() {
 }
 
 #[test]
+fn a_relay_byte_limit_is_told_apart_from_a_broken_path_and_the_transfer_resumes() {
+    // The relay ends each pair after 8 MiB; a 20 MiB relayed transfer
+    // takes three pairs. Both sides say it was the relay's limit, not a
+    // broken path, and the file arrives whole.
+    let server = Server::start_with(&["--relay-max-bytes", "8M"]);
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.bin");
+    random_file(&file, 20 << 20);
+    let args = ["--force-path", "relay", "--retries", "5"];
+    let (mut send, code) = start_send(&server, &[&args[..], &[file.to_str().unwrap()]].concat());
+    let mut recv = start_receive(
+        &server,
+        &code,
+        dst.path(),
+        &[&args[..], &["--yes"]].concat(),
+    );
+    assert_eq!(
+        recv.finish(),
+        0,
+        "receiver: {:?} {}",
+        recv.seen,
+        recv.stderr_text()
+    );
+    assert_eq!(
+        send.finish(),
+        0,
+        "sender: {:?} {}",
+        send.seen,
+        send.stderr_text()
+    );
+    assert_same_file(&file, &dst.path().join("big.bin"));
+    for side in [&send, &recv] {
+        let paths = side.events("path");
+        assert!(paths.len() >= 3, "{:?}", side.seen);
+        assert_eq!(paths[0]["relay_limits"]["max_bytes"], 8 << 20, "{paths:?}");
+        let reconnects = side.events("reconnect");
+        assert!(!reconnects.is_empty(), "{:?}", side.seen);
+        assert!(
+            reconnects.iter().all(|r| r["relay_limit"] == "bytes"),
+            "{reconnects:?}"
+        );
+    }
+}
+
+#[test]
 fn without_retries_a_broken_path_fails_cleanly() {
     let mut server = Server::start();
     let args = ["--force-path", "relay", "--retries", "0"];

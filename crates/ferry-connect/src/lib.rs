@@ -46,6 +46,7 @@ pub use backoff::Backoff;
 pub use direct::{DirectListener, connect_first};
 pub use error::{CandidateFailure, ConnectError, FailureReason};
 pub use ferry_proto::peer::{Candidate, CandidateKind, Transport};
+pub use ferry_relay::PairLimits;
 pub use punch::{PunchResult, punch};
 pub use quic::{QuicStream, quic_connect};
 pub use race::{PathKind, PeerStream};

@@ -112,6 +112,10 @@ pub struct PeerLink {
     pub lost: Vec<(PathKind, String)>,
     /// When the relay carries the transfer: why no direct path did.
     pub relay_reason: Option<String>,
+    /// When the relay carries the transfer: the limits it set on the pair
+    /// (reaching one ends the pipe; [`ferry_relay::PairLimits::explains`]
+    /// tells such an end from a broken path).
+    pub relay_limits: Option<ferry_relay::PairLimits>,
     /// How to find the peer again if this path breaks: set on the link of
     /// the first connection ([`Sender::connect`], [`receive`]), `None` on
     /// the links [`Rejoin::reconnect`] returns (keep using that `Rejoin`).
@@ -950,6 +954,7 @@ async fn run_session(
         connect_time: started.elapsed(),
         lost,
         relay_reason,
+        relay_limits: established.relay_limits,
         rejoin: None,
     })
 }
@@ -1024,6 +1029,8 @@ struct Established {
     kind: PathKind,
     local: SocketAddr,
     remote: SocketAddr,
+    /// On the relay path: the limits the relay set on the pair.
+    relay_limits: Option<ferry_relay::PairLimits>,
 }
 
 type Attempt = std::pin::Pin<
@@ -1069,6 +1076,7 @@ impl Plan {
                                 kind: tcp_kind(remote),
                                 local,
                                 remote,
+                                relay_limits: None,
                             })
                         }),
                     ));
@@ -1095,6 +1103,7 @@ impl Plan {
                                 kind: tcp_kind(remote),
                                 local,
                                 remote,
+                                relay_limits: None,
                             })
                         }),
                     ));
@@ -1137,6 +1146,7 @@ impl Plan {
                             kind: PathKind::SimultaneousOpen,
                             local,
                             remote,
+                            relay_limits: None,
                         })
                     }),
                 ));
@@ -1190,6 +1200,7 @@ impl Plan {
                         kind: PathKind::Quic,
                         local,
                         remote: punched.remote,
+                        relay_limits: None,
                     })
                 }),
             ));
@@ -1260,7 +1271,7 @@ async fn relay_path(
 ) -> Result<Established, ConnectError> {
     tokio::time::sleep(head_start).await;
     let failed = |reason: String| ConnectError::Relay { reason };
-    let tcp = ferry_relay::relay_connect(relay, &token, RELAY_WAIT)
+    let (tcp, limits) = ferry_relay::relay_join(relay, &token, RELAY_WAIT)
         .await
         .map_err(|e| failed(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
@@ -1291,6 +1302,7 @@ async fn relay_path(
         kind: PathKind::Relay,
         local,
         remote: relay,
+        relay_limits: Some(limits),
     })
 }
 

@@ -227,8 +227,18 @@ pub enum ServerToClient {
     /// The relay accepted the token; the other side has not arrived yet.
     RelayWaiting,
     /// Both sides are here: from the next byte on the connection is a raw
-    /// pipe to the other side.
-    RelayPaired,
+    /// pipe to the other side. The pair's limits come along, so that the
+    /// peers can tell a limit that ended the pipe from a broken path (the
+    /// pipe carries TLS from here on: the relay cannot say it later).
+    RelayPaired {
+        /// Bytes the pair may move, both directions together; then the
+        /// relay ends it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_bytes: Option<u64>,
+        /// Seconds the pair may last; then the relay ends it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_secs: Option<u64>,
+    },
 }
 
 /// Machine-readable kinds of [`ServerToClient::Error`].
@@ -518,8 +528,18 @@ mod tests {
             "{\"type\":\"relay-waiting\"}\n"
         );
         assert_eq!(
-            encoded(&ServerToClient::RelayPaired),
+            encoded(&ServerToClient::RelayPaired {
+                max_bytes: None,
+                max_secs: None
+            }),
             "{\"type\":\"relay-paired\"}\n"
+        );
+        assert_eq!(
+            encoded(&ServerToClient::RelayPaired {
+                max_bytes: Some(1 << 30),
+                max_secs: Some(86400)
+            }),
+            "{\"type\":\"relay-paired\",\"max_bytes\":1073741824,\"max_secs\":86400}\n"
         );
         assert_eq!(
             encoded(&ServerToClient::Error {
@@ -787,7 +807,12 @@ mod tests {
             proptest::option::of(".*")
                 .prop_map(|relay_token| ServerToClient::PeerJoined { relay_token }),
             Just(ServerToClient::RelayWaiting),
-            Just(ServerToClient::RelayPaired),
+            (any::<Option<u64>>(), any::<Option<u64>>()).prop_map(|(max_bytes, max_secs)| {
+                ServerToClient::RelayPaired {
+                    max_bytes,
+                    max_secs,
+                }
+            }),
             ".*".prop_map(|body| ServerToClient::Message { body }),
             proptest::option::of(any_reason())
                 .prop_map(|reason| ServerToClient::PeerLeft { reason }),

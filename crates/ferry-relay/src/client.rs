@@ -66,6 +66,38 @@ pub enum RelayError {
     },
 }
 
+/// The limits the relay set on a pair (`relay-paired`): when one is
+/// reached, the relay ends the pipe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PairLimits {
+    /// Bytes the pair may move, both directions together.
+    pub max_bytes: Option<u64>,
+    /// How long the pair may last.
+    pub max_lifetime: Option<Duration>,
+}
+
+impl PairLimits {
+    /// Which limit explains a pipe that ended after `moved` bytes of
+    /// payload and `lasted`. The relay counts more than the payload (TLS,
+    /// framing, both directions), and a receiver counts only whole chunks:
+    /// so within 10 % plus 512 KiB of the byte limit, or within 2 s of the
+    /// lifetime.
+    pub fn explains(&self, moved: u64, lasted: Duration) -> Option<crate::PairEnd> {
+        const SLACK: u64 = 512 << 10;
+        let near = |max: u64| (max - max / 10).saturating_sub(SLACK);
+        if self.max_bytes.is_some_and(|max| moved >= near(max)) {
+            return Some(crate::PairEnd::ByteLimit);
+        }
+        if self
+            .max_lifetime
+            .is_some_and(|max| lasted + Duration::from_secs(2) >= max)
+        {
+            return Some(crate::PairEnd::Lifetime);
+        }
+        None
+    }
+}
+
 /// Connects to the relay, presents `token` and waits until the other side
 /// presented it too. The returned stream is a raw pipe to the other peer.
 ///
@@ -75,6 +107,17 @@ pub async fn relay_connect(
     token: &Token,
     wait: Duration,
 ) -> Result<TcpStream, RelayError> {
+    relay_join(relay, token, wait)
+        .await
+        .map(|(stream, _)| stream)
+}
+
+/// [`relay_connect`], also returning the limits the relay set on the pair.
+pub async fn relay_join(
+    relay: SocketAddr,
+    token: &Token,
+    wait: Duration,
+) -> Result<(TcpStream, PairLimits), RelayError> {
     timeout(wait, exchange(relay, token))
         .await
         .map_err(|_| RelayError::Timeout {
@@ -83,7 +126,7 @@ pub async fn relay_connect(
         })?
 }
 
-async fn exchange(relay: SocketAddr, token: &Token) -> Result<TcpStream, RelayError> {
+async fn exchange(relay: SocketAddr, token: &Token) -> Result<(TcpStream, PairLimits), RelayError> {
     let protocol = |reason: String| RelayError::Protocol { relay, reason };
     let mut stream = TcpStream::connect(relay)
         .await
@@ -123,7 +166,16 @@ async fn exchange(relay: SocketAddr, token: &Token) -> Result<TcpStream, RelayEr
         line.clear();
         match msg {
             ServerToClient::RelayWaiting => {}
-            ServerToClient::RelayPaired => return Ok(stream),
+            ServerToClient::RelayPaired {
+                max_bytes,
+                max_secs,
+            } => {
+                let limits = PairLimits {
+                    max_bytes,
+                    max_lifetime: max_secs.map(Duration::from_secs),
+                };
+                return Ok((stream, limits));
+            }
             ServerToClient::Error { code, message } => {
                 return Err(RelayError::Refused {
                     relay,
@@ -133,5 +185,27 @@ async fn exchange(relay: SocketAddr, token: &Token) -> Result<TcpStream, RelayEr
             }
             other => return Err(protocol(format!("unexpected {other:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PairEnd;
+
+    #[test]
+    fn limits_explain_an_end_only_near_them() {
+        let limits = PairLimits {
+            max_bytes: Some(8 << 20),
+            max_lifetime: Some(Duration::from_secs(60)),
+        };
+        let s = Duration::from_secs;
+        assert_eq!(limits.explains(8 << 20, s(1)), Some(PairEnd::ByteLimit));
+        // A receiver that lost the last chunks in flight still counts.
+        assert_eq!(limits.explains(7 << 20, s(1)), Some(PairEnd::ByteLimit));
+        assert_eq!(limits.explains(4 << 20, s(1)), None);
+        assert_eq!(limits.explains(0, s(59)), Some(PairEnd::Lifetime));
+        assert_eq!(limits.explains(0, s(30)), None);
+        assert_eq!(PairLimits::default().explains(u64::MAX, s(1 << 30)), None);
     }
 }

@@ -45,7 +45,7 @@ pub mod pairing;
 pub mod server;
 pub mod token;
 
-pub use client::{RelayError, relay_connect};
+pub use client::{PairLimits, RelayError, relay_connect, relay_join};
 pub use pairing::{ConnId, Join, PairBudget, PairEnd, Refusal, Relay, RelayConfig, Stats, Token};
 pub use server::RelayServer;
 pub use token::{SecretError, TokenKey};

@@ -427,9 +427,14 @@ impl RelayServer {
             early: early_b,
             _done,
         } = handoff;
+        let config = &self.inner.config;
+        let paired = ServerToClient::RelayPaired {
+            max_bytes: config.max_pair_bytes,
+            max_secs: config.max_pair_lifetime.map(|l| l.as_secs()),
+        };
         let setup = async {
-            send_line(&mut a, &ServerToClient::RelayPaired).await?;
-            send_line(&mut b, &ServerToClient::RelayPaired).await?;
+            send_line(&mut a, &paired).await?;
+            send_line(&mut b, &paired).await?;
             // Bytes a side sent too early go to the other side first.
             write_timed(&mut b, &early_a).await?;
             write_timed(&mut a, &early_b).await
@@ -439,7 +444,6 @@ impl RelayServer {
             return;
         }
         debug!(conn, other, "relay pair joined; copying");
-        let config = &self.inner.config;
         let activity = Arc::new(Activity::new());
         let budget = Arc::new(Mutex::new(PairBudget::new(
             config,

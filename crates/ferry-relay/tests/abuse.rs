@@ -84,7 +84,7 @@ async fn join_from(
     loop {
         match read_line(&mut stream).await {
             Some(ServerToClient::RelayWaiting) => {}
-            Some(ServerToClient::RelayPaired) => return Ok(stream),
+            Some(ServerToClient::RelayPaired { .. }) => return Ok(stream),
             other => return Err(other),
         }
     }

@@ -289,7 +289,8 @@ async fn bytes_sent_before_relay_paired_are_delivered() {
     }
     assert_eq!(
         String::from_utf8(seen).unwrap(),
-        "{\"type\":\"relay-waiting\"}\n{\"type\":\"relay-paired\"}\nhi"
+        "{\"type\":\"relay-waiting\"}\n\
+         {\"type\":\"relay-paired\",\"max_bytes\":68719476736,\"max_secs\":86400}\nhi"
     );
 }
 

@@ -296,6 +296,11 @@ where
             }
         }
         drop(tx);
+        if loop_result.is_err() {
+            // Where the transfer stopped, for a caller that explains the
+            // stop (the relay's byte limit) or resumes.
+            progress.advance(0, true, &mut *events);
+        }
         let written = writer
             .await
             .map_err(|e| TransferError::Internal(format!("file writer thread: {e}")))?;

@@ -11,6 +11,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -114,37 +115,50 @@ where
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let names: Vec<(String, u64)> = files.iter().map(|f| (f.path.clone(), f.size)).collect();
     let producer = tokio::task::spawn_blocking(move || read_files(files, DEFAULT_CHUNK, tx));
-    let writing = write_files(wr, rx, producer, names, total, events);
-    let waiting = reader.next();
-    tokio::pin!(waiting);
-    tokio::select! {
-        report = writing => {
-            let mut report = match report {
-                Err(TransferError::Stream(error)) => {
-                    // Our write failed (a reset, a broken pipe): the peer may
-                    // have said why just before, e.g. that it stopped on
-                    // purpose. Its words explain more than our error.
-                    return Err(match tokio::time::timeout(PEER_REASON_WAIT, &mut waiting).await {
-                        Ok(Err(peer @ (TransferError::PeerError(_) | TransferError::PeerClosed))) => peer,
-                        Ok(Ok(frame)) => match core.handle_final(frame) {
-                            Err(peer @ TransferError::PeerError(_)) => peer,
+    // Bytes written so far, for a last progress report when the transfer
+    // stops early (a caller may explain the stop, e.g. a relay's limit).
+    let done = AtomicU64::new(0);
+    let result = async {
+        let writing = write_files(wr, rx, producer, names, total, &done, &mut *events);
+        let waiting = reader.next();
+        tokio::pin!(waiting);
+        tokio::select! {
+            report = writing => {
+                let mut report = match report {
+                    Err(TransferError::Stream(error)) => {
+                        // Our write failed (a reset, a broken pipe): the peer may
+                        // have said why just before, e.g. that it stopped on
+                        // purpose. Its words explain more than our error.
+                        return Err(match tokio::time::timeout(PEER_REASON_WAIT, &mut waiting).await {
+                            Ok(Err(peer @ (TransferError::PeerError(_) | TransferError::PeerClosed))) => peer,
+                            Ok(Ok(frame)) => match core.handle_final(frame) {
+                                Err(peer @ TransferError::PeerError(_)) => peer,
+                                _ => TransferError::Stream(error),
+                            },
                             _ => TransferError::Stream(error),
-                        },
-                        _ => TransferError::Stream(error),
-                    });
-                }
-                other => other?,
-            };
-            let last = timed("waiting for the receiver to finish", FINISH_TIMEOUT, &mut waiting).await?;
-            core.handle_final(last)?;
-            report.elapsed = started.elapsed();
-            Ok(SendOutcome::Files(report))
-        }
-        frame = &mut waiting => {
-            core.handle_final(frame?)?;
-            Err(TransferError::Protocol("the receiver finished before all files were sent".into()))
+                        });
+                    }
+                    other => other?,
+                };
+                let last = timed("waiting for the receiver to finish", FINISH_TIMEOUT, &mut waiting).await?;
+                core.handle_final(last)?;
+                report.elapsed = started.elapsed();
+                Ok(SendOutcome::Files(report))
+            }
+            frame = &mut waiting => {
+                core.handle_final(frame?)?;
+                Err(TransferError::Protocol("the receiver finished before all files were sent".into()))
+            }
         }
     }
+    .await;
+    if result.is_err() {
+        events(Event::Progress {
+            bytes_done: done.load(Ordering::Relaxed),
+            bytes_total: total,
+        });
+    }
+    result
 }
 
 /// How long a failed write waits for the peer's last words.
@@ -192,6 +206,7 @@ async fn write_files<W: AsyncWrite + Unpin>(
     producer: tokio::task::JoinHandle<Result<(), TransferError>>,
     names: Vec<(String, u64)>,
     total: u64,
+    done: &AtomicU64,
     events: &mut (impl FnMut(Event) + Send),
 ) -> Result<Report, TransferError> {
     let mut progress = Progress::new(total);
@@ -230,6 +245,7 @@ async fn write_files<W: AsyncWrite + Unpin>(
                 progress.advance(0, true, events);
             }
         }
+        done.store(progress.done, Ordering::Relaxed);
     }
     // The channel closed: the disk thread finished or failed.
     producer

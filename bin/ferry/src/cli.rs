@@ -169,9 +169,9 @@ pub struct PathArgs {
 
 impl PathArgs {
     /// The session options these flags ask for.
-    pub fn options(&self) -> ferry_connect::SessionOptions {
+    pub fn options(&self) -> ferry_session::SessionOptions {
         use ferry_connect::PathKind;
-        ferry_connect::SessionOptions {
+        ferry_session::SessionOptions {
             force_path: self.force_path.as_deref().map(|p| match p {
                 "lan" => PathKind::Lan,
                 "udp" => PathKind::Quic,

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use ferry_connect::SessionError;
+use ferry_session::SessionError;
 use ferry_transfer::TransferError;
 
 /// Success.

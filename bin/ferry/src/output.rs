@@ -190,7 +190,7 @@ pub fn rate(bytes: u64, elapsed: Duration) -> String {
 }
 
 /// Tells how the peers connected.
-pub fn announce_path(link: &ferry_connect::PeerLink, out: &Output) {
+pub fn announce_path(link: &ferry_session::PeerLink, out: &Output) {
     let lost: Vec<_> = link
         .lost
         .iter()

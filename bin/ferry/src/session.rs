@@ -1,15 +1,15 @@
 //! The CLI side of a session: where the server is, and what the user sees
-//! while the library (`ferry_connect::session`) pairs and connects.
+//! while the library (`ferry_session`) pairs and connects.
 
 use std::io::{BufRead, IsTerminal, Read};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use ferry_connect::session::{self, Rejoin, Sender};
-use ferry_connect::{Backoff, PairLimits, PeerLink, SessionOptions, Waiting};
 use ferry_proto::code::Code;
 use ferry_relay::PairEnd;
+use ferry_session::{self as session, Rejoin, Sender};
+use ferry_session::{Backoff, PairLimits, PeerLink, SessionOptions, Waiting};
 use ferry_transfer::TransferError;
 use serde_json::json;
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
-use ferry_connect::session::Sender;
+use ferry_session::Sender;
 use ferry_transfer::codec::{self, Frame};
 use ferry_transfer::{Control, Entry, EntryKind, Manifest, Offer, ReceiveOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -256,10 +256,9 @@ async fn hostile_decline_reason_reaches_the_sender_escaped() {
     });
     let (send, code) = code.await.unwrap();
 
-    let link =
-        ferry_connect::session::receive(&server.addr, &code.parse().unwrap(), Default::default())
-            .await
-            .unwrap();
+    let link = ferry_session::receive(&server.addr, &code.parse().unwrap(), Default::default())
+        .await
+        .unwrap();
     let mut stream = link.stream;
     let scratch = tempfile::tempdir().unwrap();
     let options = ReceiveOptions {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
-use ferry_connect::session::Sender;
+use ferry_session::Sender;
 use ferry_transfer::codec::{self, Frame};
 use ferry_transfer::{Control, Entry, EntryKind, Manifest, Offer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

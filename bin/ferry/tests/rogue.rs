@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use common::*;
-use ferry_connect::session::Sender;
+use ferry_session::Sender;
 use ferry_transfer::codec::{self, Frame};
 use ferry_transfer::{Control, Entry, EntryKind, Manifest, Offer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -22,7 +22,7 @@ use crate::{Candidate, CandidateKind, Transport};
 
 /// Most candidates taken from a peer's `hello` (TCP and UDP together);
 /// the best by the peer's priority are kept, the rest dropped.
-pub(crate) const MAX_PEER_CANDIDATES: usize = 32;
+pub const MAX_PEER_CANDIDATES: usize = 32;
 
 /// Coarse class of an address, best for direct connections first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -124,10 +124,7 @@ pub(crate) fn host_candidates(
 /// this machine: our signalling connection reached the server over
 /// loopback (`our_observed`) and the peer says the same of its own
 /// (its server-observed candidate is loopback).
-pub(crate) fn peer_candidates(
-    candidates: Vec<Candidate>,
-    our_observed: SocketAddr,
-) -> Vec<Candidate> {
+pub fn peer_candidates(candidates: Vec<Candidate>, our_observed: SocketAddr) -> Vec<Candidate> {
     let received = candidates.len();
     let their_observed_loopback = candidates
         .iter()
@@ -166,7 +163,7 @@ pub(crate) fn peer_candidates(
 /// the rendezvous server is on loopback itself (then the peer may be on
 /// this machine; otherwise it cannot be reached there and need not learn
 /// of it).
-pub(crate) fn offered_candidates(candidates: Vec<Candidate>, server: SocketAddr) -> Vec<Candidate> {
+pub fn offered_candidates(candidates: Vec<Candidate>, server: SocketAddr) -> Vec<Candidate> {
     let loopback_ok = canonical(server.ip()).is_loopback();
     candidates
         .into_iter()

@@ -19,37 +19,35 @@
 //!   ◀════════ TLS 1.3 stream, both certificates pinned ══▶
 //! ```
 //!
-//! Modules: [`tls`] (identities, pinned rustls configurations) and
-//! [`direct`] (the TCP listener and the candidate race). Hole punching, QUIC,
-//! TCP simultaneous open and the race against the relay come later in their
-//! own modules. [`session`] glues signalling, pairing and the direct path
-//! together for one side. What this crate does not do: key agreement,
-//! NAT discovery (see `ferry-nat`), relaying, or the transfer itself.
+//! Modules: [`tls`] (identities, pinned rustls configurations),
+//! [`direct`] (the TCP listener and the candidate race), [`simopen`] (TCP
+//! simultaneous open), [`punch`] (authenticated UDP hole punching),
+//! [`quic`] (QUIC on a punched socket), [`race`] (the sans-IO core of the
+//! path race and the secured stream type), [`address`] (host candidates and
+//! the filter for a peer's candidates). What this crate does not do:
+//! signalling, key agreement, gathering or path policy (`ferry-session`),
+//! NAT discovery (`ferry-nat`), relaying (`ferry-relay`), or the transfer
+//! itself (`ferry-transfer`).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
-mod address;
-pub mod backoff;
+pub mod address;
 pub mod direct;
 mod error;
 pub mod punch;
 pub mod quic;
 pub mod race;
-pub mod session;
 pub mod simopen;
 pub mod tls;
 
-pub use backoff::Backoff;
 pub use direct::{DirectListener, connect_first};
 pub use error::{CandidateFailure, ConnectError, FailureReason};
 pub use ferry_proto::peer::{Candidate, CandidateKind, Transport};
-pub use ferry_relay::PairLimits;
 pub use punch::{PunchResult, punch};
 pub use quic::{QuicStream, quic_connect};
 pub use race::{PathKind, PeerStream};
-pub use session::{PeerLink, SessionError, SessionOptions, Waiting};
 pub use simopen::{SimOpenSchedule, bind_reusable, connect_from, simultaneous_open};
 pub use tls::{Identity, certificate_fingerprint, tls_acceptor, tls_connector};

@@ -422,8 +422,18 @@ async fn connection(conn: Conn, mut stream: TcpStream) {
                     if std::mem::take(&mut first_frame) {
                         if let ClientToServer::Relay { protocol, token } = msg {
                             let _ = inbox.send(ActorMsg::Disconnect { id }).await;
-                            relay_connection(stream, addr, protocol, token, input, relay.as_ref())
-                                .await;
+                            // Boxed: the relay's state machine is large, and
+                            // every signalling connection's task would
+                            // otherwise carry its size.
+                            Box::pin(relay_connection(
+                                stream,
+                                addr,
+                                protocol,
+                                token,
+                                input,
+                                relay.as_ref(),
+                            ))
+                            .await;
                             return;
                         }
                     }

@@ -1,0 +1,363 @@
+//! One side's journey, start to end: the sender ([`Sender`]) and the
+//! receiver ([`receive`]) connect, pair, gather, race and return a
+//! [`PeerLink`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_connect::Identity;
+use ferry_connect::race::{PathKind, PeerStream};
+use ferry_nat::upnp::Protocol;
+use ferry_proto::code::Code;
+use ferry_proto::pairing::{Role, SecureChannel};
+use ferry_proto::peer::{Candidate, CandidateKind, NetworkHint, PeerToPeer, Transport};
+use ferry_rendezvous::{SignalClient, SignalError, SignalEvent, Welcome};
+use tracing::{debug, info};
+
+use crate::*;
+
+/// The sender's side, in two steps so the caller can show the code while
+/// waiting: [`Sender::start`] then [`Sender::connect`].
+pub struct Sender {
+    server: String,
+    signal: SignalClient,
+    code: Code,
+    welcome: Welcome,
+    options: SessionOptions,
+    gathering: Gathering,
+}
+
+impl Sender {
+    /// Connects to the server, allocates a nameplate (a fresh one, or the
+    /// one of `chosen`, a code the user picked) and starts gathering
+    /// candidates while the receiver is on its way.
+    pub async fn start(
+        server: &str,
+        chosen: Option<&str>,
+        options: SessionOptions,
+    ) -> Result<Sender, SessionError> {
+        Self::start_with(server, chosen, options, |_| {}).await
+    }
+
+    /// Like [`start`](Self::start), telling `on_wait` about retries of the
+    /// first connection ([`Backoff::SERVER_CONNECT`]).
+    pub async fn start_with(
+        server: &str,
+        chosen: Option<&str>,
+        options: SessionOptions,
+        mut on_wait: impl FnMut(Waiting),
+    ) -> Result<Sender, SessionError> {
+        let chosen = chosen
+            .map(|text| {
+                text.parse::<Code>()
+                    .map_err(|problem| SessionError::BadCode {
+                        text: text.to_string(),
+                        problem,
+                    })
+            })
+            .transpose()?;
+        let (mut signal, welcome) = connect_signal_retrying(server, &mut on_wait).await?;
+        let code = match chosen {
+            Some(code) => {
+                signal.reserve(code.nameplate).await?;
+                code
+            }
+            None => {
+                let nameplate = signal.allocate().await?;
+                Code::generate(nameplate, &mut rand::thread_rng())
+            }
+        };
+        let gathering = start_gathering(&welcome, true, !options.no_upnp);
+        Ok(Sender {
+            server: server.to_string(),
+            signal,
+            code,
+            welcome,
+            options,
+            gathering,
+        })
+    }
+
+    /// The code to give to the receiver.
+    pub fn code(&self) -> &Code {
+        &self.code
+    }
+
+    /// What the server told us about ourselves.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// Waits for the receiver (as long as the server keeps the nameplate),
+    /// pairs, and races the paths. `on_wait` hears when the receiver has
+    /// claimed the nameplate ([`Waiting::Joined`]), and when the server
+    /// went away and we reconnect ([`Waiting::ServerLost`],
+    /// [`Waiting::ServerBack`]): a restarted server has forgotten the
+    /// nameplate, so we reserve it again, and the code stays good.
+    pub async fn connect(self, mut on_wait: impl FnMut(Waiting)) -> Result<PeerLink, SessionError> {
+        let Sender {
+            server,
+            mut signal,
+            code,
+            mut welcome,
+            options,
+            gathering,
+        } = self;
+        // Wait for the receiver to claim the nameplate.
+        loop {
+            match signal.recv().await {
+                Ok(SignalEvent::PeerJoined) => break,
+                Ok(SignalEvent::PeerLeft(reason)) => {
+                    gathering.abort();
+                    return Err(SessionError::PeerGone(format!(
+                        "the receiver left before pairing ({})",
+                        reason.map_or("no reason given", |r| r.describe())
+                    )));
+                }
+                Ok(SignalEvent::Message(_)) => debug!("message before the peer joined; ignored"),
+                Err(error) if error.is_connection_lost() => {
+                    info!(%error, "lost the rendezvous server while waiting; reconnecting");
+                    match hold_again(&server, code.nameplate, error, &mut on_wait).await {
+                        Ok((again, new_welcome)) => {
+                            // Simultaneous open uses the new connection's
+                            // mapping; the gathered UDP socket stays.
+                            signal = again;
+                            welcome = new_welcome;
+                        }
+                        Err(error) => {
+                            gathering.abort();
+                            return Err(error);
+                        }
+                    }
+                }
+                Err(error) => {
+                    gathering.abort();
+                    return Err(error.into());
+                }
+            }
+        }
+        on_wait(Waiting::Joined);
+        let started = Instant::now();
+        let (signal, mut channel) = pair(signal, &code, Role::Sender).await?;
+        let mut link = run_session(
+            signal,
+            &mut channel,
+            welcome,
+            gathering,
+            options,
+            true,
+            started,
+        )
+        .await?;
+        link.rejoin = Some(Rejoin::new(&server, channel, true, options));
+        Ok(link)
+    }
+}
+
+/// The receiver's side: claims the nameplate, pairs, races the paths.
+pub async fn receive(
+    server: &str,
+    code: &Code,
+    options: SessionOptions,
+) -> Result<PeerLink, SessionError> {
+    receive_with(server, code, options, |_| {}).await
+}
+
+/// Like [`receive`], telling `on_wait` about retries of the connection
+/// and about a server that restarted moments ago
+/// ([`Waiting::SenderReturning`]).
+pub async fn receive_with(
+    server: &str,
+    code: &Code,
+    options: SessionOptions,
+    mut on_wait: impl FnMut(Waiting),
+) -> Result<PeerLink, SessionError> {
+    let (mut signal, welcome) = connect_signal_retrying(server, &mut on_wait).await?;
+    // Gather while pairing; the receiver maps nothing with UPnP (the
+    // sender's mappings serve both directions) to save the search time.
+    let gathering = start_gathering(&welcome, false, false);
+    let claimed = match signal.claim(code.nameplate).await {
+        Err(SignalError::UnknownNameplate { .. })
+            if welcome.uptime.is_some_and(|up| up < RESTARTED_WITHIN) =>
+        {
+            // A server that has just restarted: a sender that waited on it
+            // is reconnecting and reserves the nameplate again.
+            let up = welcome.uptime.unwrap_or_default();
+            let wait = RESTART_GRACE.saturating_sub(up).max(Duration::from_secs(1));
+            info!(?up, ?wait, "the server restarted moments ago; asking again");
+            on_wait(Waiting::SenderReturning { wait });
+            tokio::time::sleep(wait).await;
+            signal.claim(code.nameplate).await
+        }
+        other => other,
+    };
+    if let Err(error) = claimed {
+        gathering.abort();
+        return Err(error.into());
+    }
+    let started = Instant::now();
+    let (signal, mut channel) = pair(signal, code, Role::Receiver).await?;
+    let mut link = run_session(
+        signal,
+        &mut channel,
+        welcome,
+        gathering,
+        options,
+        false,
+        started,
+    )
+    .await?;
+    link.rejoin = Some(Rejoin::new(server, channel, false, options));
+    Ok(link)
+}
+
+/// Exchanges hellos, races the paths, releases the nameplate.
+pub(crate) async fn run_session(
+    mut signal: SignalClient,
+    channel: &mut SecureChannel,
+    welcome: Welcome,
+    gathering: Gathering,
+    options: SessionOptions,
+    controlling: bool,
+    started: Instant,
+) -> Result<PeerLink, SessionError> {
+    // Paired (or rejoined) on both sides: only now does the server hand
+    // out the relay token, once both of us asked.
+    signal.request_relay_token().await?;
+    let gathered = gathering
+        .await
+        .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
+    let identity = Arc::new(Identity::generate()?);
+    let mut ours = gathered.candidates.clone();
+    let upnp = upnp_result(gathered.upnp).await;
+    let mut guard = None;
+    if let Some((g, mapped)) = upnp {
+        for (protocol, external) in mapped {
+            ours.push(Candidate {
+                addr: SocketAddr::V4(external),
+                transport: match protocol {
+                    Protocol::Udp => Transport::Udp,
+                    Protocol::Tcp => Transport::Tcp,
+                },
+                kind: CandidateKind::Upnp,
+                priority: 850,
+            });
+        }
+        guard = Some(g);
+    }
+    ours.push(Candidate {
+        addr: welcome.observed_addr,
+        transport: Transport::Tcp,
+        kind: CandidateKind::ServerObserved,
+        priority: 100,
+    });
+    let ours = ferry_connect::address::offered_candidates(ours, welcome.server_addr);
+    let network = NetworkHint {
+        udp: gathered.udp_mapping,
+        tcp_port_kept: Some(welcome.observed_addr.port() == welcome.local_addr.port()),
+    };
+    let hello = PeerToPeer::Hello {
+        cert_fingerprint: identity.fingerprint(),
+        candidates: ours.clone(),
+        network,
+    };
+    signal.send(channel.seal(&hello)).await?;
+    let (peer_fingerprint, theirs, their_network) = receive_hello(&mut signal, channel).await?;
+    let theirs = ferry_connect::address::peer_candidates(theirs, welcome.observed_addr);
+    debug!(?theirs, ?their_network, "peer candidates");
+    let hopeless = direct_hopeless(&network, &their_network, &ours, &theirs);
+    if let Some(why) = &hopeless {
+        info!(why, "no direct path can work: the relay starts at once");
+    }
+    let relay_token = signal.relay_token();
+    if options.force_path == Some(PathKind::Relay) && relay_token.is_none() {
+        let _ = signal.release(None).await;
+        return Err(SessionError::NoPath {
+            failures: Vec::new(),
+            relay_forced: true,
+        });
+    }
+    let plan = Plan {
+        identity,
+        peer_fingerprint,
+        theirs,
+        welcome,
+        punch_key: channel.derive_secret(ferry_connect::punch::PROBE_KEY_CONTEXT),
+        relay_token,
+        // Shown as our end of a QUIC path: the socket itself is bound to
+        // the wildcard address.
+        udp_mapped: gathered
+            .candidates
+            .iter()
+            .find(|c| c.transport == Transport::Udp && c.kind == CandidateKind::Stun)
+            .map(|c| c.addr),
+        controlling,
+        options,
+        hopeless: hopeless.is_some(),
+    };
+    let result = plan
+        .race(gathered.udp, gathered.listener, &mut signal, channel)
+        .await;
+    if let Some(guard) = guard {
+        // Established flows outlive the port mapping in the NAT's table.
+        if let Err(error) = guard.close().await {
+            debug!(%error, "removing the UPnP mappings failed");
+        }
+    }
+    let _ = signal.release(None).await;
+    let (established, lost) = result?;
+    for (kind, why) in &lost {
+        info!(path = %kind, why, "path lost");
+    }
+    if let PeerStream::Tls(tls) = &established.stream {
+        detect_breaks(tls.get_ref().0);
+    }
+    let relay_reason = (established.kind == PathKind::Relay).then(|| {
+        let within = format!(
+            "none answered within {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        match hopeless {
+            _ if options.force_path == Some(PathKind::Relay) => "--force-path relay".to_string(),
+            Some(why) => why,
+            None if lost.is_empty() => within,
+            None => {
+                let failed: Vec<String> = lost
+                    .iter()
+                    .map(|(kind, why)| format!("{kind}: {why}"))
+                    .collect();
+                format!("{within}; {}", failed.join("; "))
+            }
+        }
+    });
+    Ok(PeerLink {
+        stream: established.stream,
+        path: established.kind,
+        local: established.local,
+        remote: established.remote,
+        connect_time: started.elapsed(),
+        lost,
+        relay_reason,
+        relay_limits: established.relay_limits,
+        rejoin: None,
+    })
+}
+
+/// Makes a broken TCP path fail within about [`TCP_DEAD_AFTER`] instead of
+/// hanging: keepalive probes while we only read, and a user timeout while
+/// our data goes unacknowledged (a NAT that lost its state, a link down).
+pub(crate) fn detect_breaks(tcp: &tokio::net::TcpStream) {
+    let socket = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(2))
+        .with_retries(4);
+    if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
+        debug!(%error, "cannot enable TCP keepalive");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    if let Err(error) = socket.set_tcp_user_timeout(Some(TCP_DEAD_AFTER)) {
+        debug!(%error, "cannot set the TCP user timeout");
+    }
+}

@@ -1,0 +1,168 @@
+//! One side's journey from the rendezvous server to a secure stream with
+//! the peer: signalling (`ferry-rendezvous`), pairing (`ferry-proto`),
+//! candidate gathering (`ferry-nat`: STUN, UPnP), then the race of direct
+//! paths of this crate.
+//!
+//! ```text
+//! sender (controlling)            server                  receiver (controlled)
+//!   | hello / allocate -----------> |  (signalling from a reusable port:
+//!   | <----------- allocated N      |   its public mapping serves TCP
+//!   |  gather: UDP socket + STUN,    |   simultaneous open)
+//!   |  TCP listener, UPnP mappings   | <------------ hello / claim N |
+//!   | <----------- peer-joined      |                               |  gather: UDP + STUN
+//!   | pake / version (sealed) <--------------------------> pake / version  SPAKE2 + confirmation
+//!   | hello{cert fp, candidates} <-----------------> hello{cert fp, candidates}  (sealed)
+//!   | race: accept TCP, simultaneous open, punch+QUIC  | race: connect TCP, simultaneous open, punch+QUIC
+//!   | "ferry-go" on the best authenticated path ======> uses the path that says "ferry-go"
+//!   | release                       |                       release |
+//! ```
+//!
+//! Modules, in the order of the journey: [`journey`] (the two sides'
+//! entry points), `signal` (server connection, retries, pairing),
+//! `gather` (our candidates), `plan` (which paths, with which head start),
+//! `race` (the drivers), `relay` (the relay path), [`rejoin`] (finding the
+//! peer again), [`backoff`] (every retry schedule), `error`.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+#![deny(missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ferry_connect::{PathKind, PeerStream};
+
+pub mod backoff;
+mod error;
+mod gather;
+pub mod journey;
+mod plan;
+mod race;
+pub mod rejoin;
+mod relay;
+mod signal;
+
+pub use backoff::Backoff;
+pub use error::SessionError;
+pub use ferry_relay::PairLimits;
+pub use journey::{Sender, receive, receive_with};
+pub use plan::direct_hopeless;
+pub use rejoin::Rejoin;
+pub use signal::{RESTART_GRACE, RESTARTED_WITHIN, Waiting};
+
+pub(crate) use gather::*;
+pub(crate) use journey::*;
+pub(crate) use plan::*;
+pub(crate) use race::*;
+pub(crate) use relay::*;
+pub(crate) use signal::*;
+
+/// ferry's agent string, sent to the server and the peer.
+pub const AGENT: &str = concat!("ferry/", env!("CARGO_PKG_VERSION"));
+
+/// How long pairing and the candidate exchange may take once both sides
+/// are present.
+pub const PAIR_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the whole race may take.
+pub const RACE_DEADLINE: Duration = Duration::from_secs(20);
+/// How long the sender waits for the receiver's direct TCP connection.
+pub(crate) const ACCEPT_TIMEOUT: Duration = Duration::from_secs(12);
+/// How long TCP simultaneous open keeps trying.
+pub(crate) const SIMOPEN_DEADLINE: Duration = Duration::from_secs(8);
+/// How long hole punching keeps trying.
+pub(crate) const PUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the QUIC handshake on a punched socket may take.
+pub(crate) const QUIC_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long the controlled side waits for the nomination on a path.
+pub(crate) const NOMINATION_TIMEOUT: Duration = Duration::from_secs(RACE_DEADLINE.as_secs() + 5);
+/// UPnP lease for the sender's mappings (removed when the race is over).
+pub(crate) const UPNP_LEASE: Duration = Duration::from_secs(600);
+/// How long direct paths run before the relay joins the race.
+pub(crate) const RELAY_HEAD_START: Duration = Duration::from_millis(1500);
+/// How long the relay may take to join us with the peer.
+pub(crate) const RELAY_WAIT: Duration = Duration::from_secs(15);
+/// How long the race waits for UPnP once pairing is done.
+pub(crate) const UPNP_WAIT: Duration = Duration::from_millis(300);
+/// How long a side that reconnects waits for the peer to come back.
+pub const REJOIN_WAIT: Duration = Duration::from_secs(40);
+/// How long a TCP path may go without an acknowledgement (of data, or of a
+/// keepalive probe) before it counts as broken. QUIC uses
+/// [`ferry_connect::quic::IDLE_TIMEOUT`].
+pub const TCP_DEAD_AFTER: Duration = Duration::from_secs(15);
+/// The context of the rejoin meeting point derived from the pairing key.
+pub(crate) const REJOIN_CONTEXT: &str = "ferry v1 rejoin meeting";
+
+/// Which paths to try.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Only this kind of path (`--force-path`): [`PathKind::Lan`],
+    /// [`PathKind::Tcp`] (direct TCP and simultaneous open),
+    /// [`PathKind::Quic`] or [`PathKind::Relay`].
+    pub force_path: Option<PathKind>,
+    /// Skip UPnP.
+    pub no_upnp: bool,
+}
+
+impl SessionOptions {
+    pub(crate) fn allows(&self, kind: PathKind) -> bool {
+        match (self.force_path, kind) {
+            (None, _) => true,
+            (Some(PathKind::Tcp), PathKind::Lan | PathKind::Tcp | PathKind::SimultaneousOpen) => {
+                true
+            }
+            (Some(PathKind::Lan), PathKind::Lan | PathKind::Tcp) => true,
+            (Some(forced), kind) => forced == kind,
+        }
+    }
+}
+
+/// A secure stream to the peer and how it was made.
+pub struct PeerLink {
+    /// The secure stream (certificates pinned both ways).
+    pub stream: PeerStream,
+    /// The path that won.
+    pub path: PathKind,
+    /// Our address on the path.
+    pub local: SocketAddr,
+    /// The peer's address on the path.
+    pub remote: SocketAddr,
+    /// From "both peers present" to the secure stream.
+    pub connect_time: Duration,
+    /// The paths that failed, and why (the others lost the race).
+    pub lost: Vec<(PathKind, String)>,
+    /// When the relay carries the transfer: why no direct path did.
+    pub relay_reason: Option<String>,
+    /// When the relay carries the transfer: the limits it set on the pair
+    /// (reaching one ends the pipe; [`ferry_relay::PairLimits::explains`]
+    /// tells such an end from a broken path).
+    pub relay_limits: Option<ferry_relay::PairLimits>,
+    /// How to find the peer again if this path breaks: set on the link of
+    /// the first connection ([`Sender::connect`], [`receive`]), `None` on
+    /// the links [`Rejoin::reconnect`] returns (keep using that `Rejoin`).
+    pub rejoin: Option<Rejoin>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forced_paths_allow_what_they_say() {
+        let only = |kind| SessionOptions {
+            force_path: Some(kind),
+            no_upnp: false,
+        };
+        let all = SessionOptions::default();
+        assert!(all.allows(PathKind::Tcp) && all.allows(PathKind::Quic));
+        assert!(all.allows(PathKind::Relay));
+        assert!(only(PathKind::Relay).allows(PathKind::Relay));
+        assert!(!only(PathKind::Relay).allows(PathKind::Tcp));
+        assert!(only(PathKind::Tcp).allows(PathKind::SimultaneousOpen));
+        assert!(!only(PathKind::Tcp).allows(PathKind::Quic));
+        assert!(only(PathKind::Quic).allows(PathKind::Quic));
+        assert!(!only(PathKind::Quic).allows(PathKind::Tcp));
+        assert!(only(PathKind::Lan).allows(PathKind::Tcp));
+        assert!(!only(PathKind::Lan).allows(PathKind::SimultaneousOpen));
+    }
+}

@@ -1,0 +1,272 @@
+//! Signalling and pairing: the connection to the rendezvous server (with
+//! retries when it is down or restarts), SPAKE2 over the mailbox, and the
+//! sealed hello with each side's certificate and candidates.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ferry_proto::code::Code;
+use ferry_proto::pairing::{Pairing, PairingError, Role, SecureChannel};
+use ferry_proto::peer::{Candidate, NetworkHint, PeerToPeer};
+use ferry_proto::signal::ErrorCode;
+use ferry_rendezvous::{SignalClient, SignalError, SignalEvent, Welcome};
+use tracing::{debug, info};
+
+use crate::*;
+
+/// What happens while one side waits for the other, for the caller to
+/// show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Waiting {
+    /// The receiver claimed the nameplate: pairing starts.
+    Joined,
+    /// The rendezvous server could not be reached, or the connection to it
+    /// was lost: try `attempt` follows after `retry_in`.
+    ServerLost {
+        /// Why (our own error text, not the server's).
+        reason: String,
+        /// Which try follows (1-based).
+        attempt: u32,
+        /// The pause before it.
+        retry_in: Duration,
+    },
+    /// Connected again (and, for the sender, the nameplate is held again)
+    /// `after` the connection was lost.
+    ServerBack {
+        /// Since the connection was lost.
+        after: Duration,
+    },
+    /// The server restarted moments ago and knows no transfer under the
+    /// code yet: the receiver waits `wait` for the sender to come back.
+    SenderReturning {
+        /// How long the receiver waits before claiming again.
+        wait: Duration,
+    },
+}
+
+/// A receiver told "no transfer is waiting" by a server that has run for
+/// less than this asks once more after [`RESTART_GRACE`] of uptime: the
+/// sender may be reconnecting after the restart.
+pub const RESTARTED_WITHIN: Duration = Duration::from_secs(30);
+/// The uptime by which a waiting sender has reserved its nameplate again
+/// after a restart: [`Backoff::SERVER_RESTART`] pauses at most 5 s, plus
+/// the connection.
+pub const RESTART_GRACE: Duration = Duration::from_secs(8);
+
+/// After the connection to the server was lost (`error`) while waiting:
+/// reconnects on [`Backoff::SERVER_RESTART`] and reserves `nameplate`
+/// again.
+pub(crate) async fn hold_again(
+    server: &str,
+    nameplate: u32,
+    error: SignalError,
+    on_wait: &mut impl FnMut(Waiting),
+) -> Result<(SignalClient, Welcome), SessionError> {
+    let lost = Instant::now();
+    let mut reason = error.to_string();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(pause) = Backoff::SERVER_RESTART.next(attempt, lost.elapsed()) else {
+            return Err(SessionError::ServerLost(format!(
+                "lost the rendezvous server at {server} while waiting for the receiver, and it \
+                 did not come back within {} s (last: {reason}); run `ferry send` again when \
+                 the server is back",
+                Backoff::SERVER_RESTART.budget.as_secs()
+            )));
+        };
+        on_wait(Waiting::ServerLost {
+            reason: reason.clone(),
+            attempt,
+            retry_in: pause,
+        });
+        tokio::time::sleep(pause).await;
+        let (mut signal, welcome) = match connect_signal(server).await {
+            Ok(connected) => connected,
+            Err(SessionError::Signal(error)) if error.is_connection_lost() => {
+                reason = error.to_string();
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        match signal.reserve(nameplate).await {
+            Ok(()) => {
+                info!(nameplate, "holding the nameplate again");
+                on_wait(Waiting::ServerBack {
+                    after: lost.elapsed(),
+                });
+                return Ok((signal, welcome));
+            }
+            Err(error) if error.is_connection_lost() => reason = error.to_string(),
+            Err(SignalError::Server {
+                code: ErrorCode::NameplateTaken,
+                ..
+            }) => {
+                return Err(SessionError::ServerLost(format!(
+                    "the rendezvous server at {server} restarted, and someone else now holds \
+                     nameplate {nameplate}, so this code is void; run `ferry send` again for a \
+                     new code"
+                )));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// [`connect_signal`], with a few tries more when the server cannot be
+/// reached ([`Backoff::SERVER_CONNECT`]).
+pub(crate) async fn connect_signal_retrying(
+    server: &str,
+    on_wait: &mut impl FnMut(Waiting),
+) -> Result<(SignalClient, Welcome), SessionError> {
+    let first = Instant::now();
+    let mut attempt = 0;
+    loop {
+        let error = match connect_signal(server).await {
+            Ok(connected) => {
+                if attempt > 0 {
+                    on_wait(Waiting::ServerBack {
+                        after: first.elapsed(),
+                    });
+                }
+                return Ok(connected);
+            }
+            Err(SessionError::Signal(error)) if error.is_connection_lost() => error,
+            Err(error) => return Err(error),
+        };
+        attempt += 1;
+        let Some(pause) = Backoff::SERVER_CONNECT.next(attempt, first.elapsed()) else {
+            return Err(error.into());
+        };
+        on_wait(Waiting::ServerLost {
+            reason: error.to_string(),
+            attempt,
+            retry_in: pause,
+        });
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Opens the signalling connection from a reusable local port, so that
+/// its public mapping (what the server observes) can later serve TCP
+/// simultaneous open.
+pub(crate) async fn connect_signal(server: &str) -> Result<(SignalClient, Welcome), SessionError> {
+    let resolved = tokio::net::lookup_host(server).await.map_err(|e| {
+        SessionError::Signal(SignalError::Resolve {
+            server: server.to_string(),
+            reason: e.to_string(),
+        })
+    })?;
+    let mut stream = None;
+    let mut last_error = None;
+    for addr in resolved {
+        let local = match addr {
+            SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+        };
+        match ferry_connect::simopen::connect_from(local, addr, Duration::from_secs(10)).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let Some(stream) = stream else {
+        return Err(SessionError::Signal(SignalError::Connect {
+            server: server.to_string(),
+            reason: last_error.map_or_else(|| "no address found".into(), |e| e.to_string()),
+        }));
+    };
+    let (signal, welcome) = SignalClient::connect_over(server, Some(stream)).await?;
+    debug!(observed = %welcome.observed_addr, local = %welcome.local_addr, "connected to the rendezvous server");
+    Ok((signal, welcome))
+}
+
+/// SPAKE2 and key confirmation over the mailbox.
+pub(crate) async fn pair(
+    mut signal: SignalClient,
+    code: &Code,
+    role: Role,
+) -> Result<(SignalClient, SecureChannel), SessionError> {
+    let mut pairing = Pairing::new(&code.to_string(), role, AGENT);
+    let deadline = tokio::time::Instant::now() + PAIR_TIMEOUT;
+    loop {
+        while let Some(body) = pairing.poll_outbound() {
+            signal.send(body).await?;
+        }
+        let event = tokio::time::timeout_at(deadline, signal.recv())
+            .await
+            .map_err(|_| {
+                SessionError::PeerGone("pairing timed out: the peer stopped answering".into())
+            })??;
+        match event {
+            SignalEvent::Message(body) => match pairing.handle_inbound(&body) {
+                Ok(Some(channel)) => {
+                    // Our own key confirmation may still be queued.
+                    while let Some(body) = pairing.poll_outbound() {
+                        signal.send(body).await?;
+                    }
+                    let (protocol, agent) = channel.peer_version();
+                    info!(protocol, agent, "paired");
+                    return Ok((signal, channel));
+                }
+                Ok(None) => {}
+                Err(PairingError::CodeMismatch) => {
+                    let _ = signal.release(Some(ferry_rendezvous::BAD_CODE)).await;
+                    return Err(SessionError::CodeMismatch);
+                }
+                Err(e) => return Err(e.into()),
+            },
+            SignalEvent::PeerLeft(reason) => {
+                return Err(match reason {
+                    Some(ferry_rendezvous::BAD_CODE) => SessionError::CodeMismatch,
+                    other => SessionError::PeerGone(format!(
+                        "the peer left during pairing ({})",
+                        other.map_or("no reason given", |r| r.describe())
+                    )),
+                });
+            }
+            SignalEvent::PeerJoined => {}
+        }
+    }
+}
+
+/// Waits for the peer's sealed `Hello`: its certificate fingerprint and
+/// candidates.
+pub(crate) async fn receive_hello(
+    signal: &mut SignalClient,
+    channel: &mut SecureChannel,
+) -> Result<(String, Vec<Candidate>, NetworkHint), SessionError> {
+    let deadline = tokio::time::Instant::now() + PAIR_TIMEOUT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, signal.recv())
+            .await
+            .map_err(|_| {
+                SessionError::PeerGone("the peer stopped answering after pairing".into())
+            })??;
+        match event {
+            SignalEvent::Message(body) => match channel.open(&body)? {
+                PeerToPeer::Hello {
+                    cert_fingerprint,
+                    candidates,
+                    network,
+                } => return Ok((cert_fingerprint, candidates, network)),
+                PeerToPeer::Abort { reason } => {
+                    return Err(SessionError::PeerGone(format!(
+                        "the peer cancelled: {reason}"
+                    )));
+                }
+                other => debug!(?other, "unexpected message while waiting for hello"),
+            },
+            SignalEvent::PeerLeft(reason) => {
+                return Err(SessionError::PeerGone(format!(
+                    "the peer left before connecting ({})",
+                    reason.map_or("no reason given", |r| r.describe())
+                )));
+            }
+            SignalEvent::PeerJoined => {}
+        }
+    }
+}

@@ -110,7 +110,11 @@ fn transfer_code(e: &TransferError) -> i32 {
     use TransferError as T;
     match e {
         T::ChunkMismatch { .. } | T::FileMismatch { .. } => INTEGRITY,
-        T::Declined(_) | T::PeerClosed | T::PeerError(_) | T::OfferTooLarge { .. } => PEER,
+        T::Declined(_)
+        | T::PeerClosed
+        | T::PeerError(_)
+        | T::OfferTooLarge { .. }
+        | T::OfferChanged => PEER,
         T::GitDir { .. } | T::Unsendable { .. } => LOCAL,
         T::Stream(_) => NETWORK,
         T::Io { .. }

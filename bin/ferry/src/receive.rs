@@ -122,24 +122,19 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
                     finished: finished.clone(),
                     ..options.clone()
                 };
-                let incoming = match ferry_transfer::receive_offer(&mut stream, options).await {
-                    Ok(incoming) => incoming,
-                    Err(error) => {
-                        let error = anyhow::Error::new(error)
-                            .context("cannot take the offer after reconnecting");
-                        return session::fail_closing(stream, error).await;
-                    }
-                };
-                if *incoming.offer() != offered {
-                    incoming
-                        .decline("after reconnecting, the offer differs from the first one")
-                        .await?;
-                    stream.close().await;
-                    return Err(Failure::peer_gone(
-                        "after reconnecting, the sender offered different files; \
-                         stopped (what was received so far is kept)",
-                    ));
-                }
+                let incoming =
+                    match ferry_transfer::resume_offer(&mut stream, options, &offered).await {
+                        Ok(incoming) => incoming,
+                        Err(error @ ferry_transfer::TransferError::OfferChanged) => {
+                            stream.close().await;
+                            return Err(Failure::peer_gone(error.to_string()));
+                        }
+                        Err(error) => {
+                            let error = anyhow::Error::new(error)
+                                .context("cannot take the offer after reconnecting");
+                            return session::fail_closing(stream, error).await;
+                        }
+                    };
                 let accepted = incoming.accept(|event| note_event(out, &mut finished, event));
                 let Some(again) = session::unless_interrupted(accepted).await else {
                     return Err(session::interrupted(stream, true).await);

@@ -3,13 +3,12 @@
 
 use std::io::{BufRead, IsTerminal, Read};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use ferry_proto::code::Code;
-use ferry_relay::PairEnd;
-use ferry_session::{self as session, Rejoin, Sender};
-use ferry_session::{Backoff, PairLimits, PeerLink, SessionOptions, Waiting};
+use ferry_session::{self as session, Sender};
+use ferry_session::{MendError, MendEvent, Mender, PathEnd, PeerLink, SessionOptions, Waiting};
 use ferry_transfer::TransferError;
 use serde_json::json;
 
@@ -227,137 +226,107 @@ pub async fn fail_closing<T>(stream: ferry_connect::PeerStream, error: anyhow::E
     Err(error)
 }
 
-/// The most breaks one transfer may survive.
-const MAX_BREAKS: u32 = 20;
-
-/// Reconnecting after the path broke mid-transfer (`--retries`).
+/// Reconnecting after the path broke mid-transfer (`--retries`): the
+/// library's [`Mender`] decides and reconnects; this renders what it does.
 pub struct Reconnect {
-    rejoin: Option<Rejoin>,
-    retries: u32,
-    breaks: u32,
-    /// The current link: since when, and the relay's limits on it.
-    since: Instant,
-    relay_limits: Option<PairLimits>,
+    mender: Mender,
 }
 
 impl Reconnect {
     /// Takes what the first link offers to find the peer again.
     pub fn new(link: &mut PeerLink, retries: u32) -> Self {
         Reconnect {
-            rejoin: link.rejoin.take(),
-            retries,
-            breaks: 0,
-            since: Instant::now(),
-            relay_limits: link.relay_limits,
+            mender: Mender::new(link, retries),
         }
     }
 
-    /// Which of the relay's limits ended the current link, when one
-    /// explains it: in the user's words, and as a code.
-    fn relay_limit(&self, out: &Output) -> Option<(String, &'static str)> {
-        let limits = self.relay_limits?;
-        match limits.explains(out.bytes_on_link(), self.since.elapsed())? {
-            PairEnd::ByteLimit => Some((
-                format!(
-                    "the relay ends each pair after {} (its operator's --relay-max-bytes)",
-                    indicatif::HumanBytes(limits.max_bytes.unwrap_or_default())
-                ),
-                "bytes",
-            )),
-            _ => Some((
-                format!(
-                    "the relay ends each pair after {} (its operator's --relay-max-lifetime)",
-                    crate::output::short_duration(limits.max_lifetime.unwrap_or_default())
-                ),
-                "lifetime",
-            )),
-        }
-    }
-
-    /// Whether `error` is a broken path we may mend by reconnecting: a
-    /// reset, an end without TLS close_notify, a dead QUIC connection, a
-    /// stall. Not a deliberate end (the peer closed its stream cleanly, as
-    /// after Ctrl-C), a refusal, a verification failure or a local problem.
+    /// Whether `error` is a broken path we may mend by reconnecting.
     pub fn may_mend(&self, error: &TransferError) -> bool {
-        let broken = matches!(error, TransferError::Stream(_) | TransferError::Timeout(_));
-        broken && self.retries > 0 && self.rejoin.is_some() && self.breaks < MAX_BREAKS
+        self.mender.may_mend(error)
     }
 
-    /// Reconnects after `error` broke the path: up to `retries` tries with
-    /// growing pauses, within 2 minutes ([`Backoff::mend`]). Says so on the
-    /// output.
+    /// Reconnects after `error` broke the path. Says so on the output.
     pub async fn mend(&mut self, error: TransferError, out: &mut Output) -> Result<PeerLink> {
-        let relay_limit = self.relay_limit(out);
-        let Some(rejoin) = self.rejoin.as_mut() else {
-            return Err(anyhow::anyhow!("cannot reconnect: nothing to rejoin"));
-        };
-        self.breaks += 1;
         out.finish_progress();
-        let why = relay_limit
-            .as_ref()
-            .map_or_else(|| describe_break(&error), |(text, _)| text.clone());
-        let broke = Instant::now();
-        let mut last = String::new();
-        let schedule = Backoff::mend(self.retries);
-        for attempt in 1..=self.retries {
-            let Some(pause) = schedule.next(attempt, broke.elapsed()) else {
-                break;
+        let on_link = out.bytes_on_link();
+        let mended = self
+            .mender
+            .mend(&error, on_link, |event| show_mending(out, event))
+            .await;
+        match mended {
+            Ok(link) => {
+                out.start_link();
+                Ok(link)
+            }
+            Err(MendError::GaveUp { last }) => Err(anyhow::Error::new(error).context(format!(
+                "the connection broke and reconnecting failed ({last}); run the same command \
+                 again with a new code: the transfer resumes from the last verified byte"
+            ))),
+            Err(other) => Err(anyhow::Error::new(error).context(other.to_string())),
+        }
+    }
+}
+
+/// What mending does, in the user's words (and as JSON events).
+fn show_mending(out: &Output, event: MendEvent<'_>) {
+    match event {
+        MendEvent::Trying {
+            attempt,
+            of,
+            end,
+            error,
+            last,
+            ..
+        } => {
+            let relay_limit = match end {
+                PathEnd::RelayByteLimit { .. } => Some("bytes"),
+                PathEnd::RelayLifetime { .. } => Some("lifetime"),
+                _ => None,
             };
             out.event(
                 "reconnect",
                 json!({
                     "try": attempt,
-                    "of": self.retries,
+                    "of": of,
                     "error": error.to_string(),
-                    "last": last,
-                    "relay_limit": relay_limit.as_ref().map(|(_, code)| code),
+                    "last": last.unwrap_or_default(),
+                    "relay_limit": relay_limit,
                 }),
             );
             if attempt == 1 {
+                let why = match end {
+                    PathEnd::RelayByteLimit { max_bytes } => format!(
+                        "the relay ends each pair after {} (its operator's --relay-max-bytes)",
+                        indicatif::HumanBytes(max_bytes)
+                    ),
+                    PathEnd::RelayLifetime { max } => format!(
+                        "the relay ends each pair after {} (its operator's --relay-max-lifetime)",
+                        crate::output::short_duration(max)
+                    ),
+                    _ => describe_break(error),
+                };
                 out.say(format!(
-                    "The connection ended ({}); reconnecting, try 1 of {}...",
-                    escape::line(&why),
-                    self.retries
+                    "The connection ended ({}); reconnecting, try 1 of {of}...",
+                    escape::line(&why)
                 ));
             } else {
                 out.say(format!(
-                    "Still reconnecting, try {attempt} of {} (last try: {})...",
-                    self.retries,
-                    escape::line(&last)
+                    "Still reconnecting, try {attempt} of {of} (last try: {})...",
+                    escape::line(last.unwrap_or_default())
                 ));
             }
-            tokio::time::sleep(pause).await;
-            let remaining = schedule.budget.saturating_sub(broke.elapsed());
-            match tokio::time::timeout(remaining, rejoin.reconnect()).await {
-                Ok(Ok(link)) => {
-                    self.since = Instant::now();
-                    self.relay_limits = link.relay_limits;
-                    out.start_link();
-                    let after = broke.elapsed();
-                    out.event(
-                        "reconnected",
-                        json!({"after_secs": after.as_secs_f64(), "tries": attempt}),
-                    );
-                    out.say(format!(
-                        "Reconnected after {}; resuming from the last verified byte",
-                        crate::output::short_duration(after)
-                    ));
-                    return Ok(link);
-                }
-                Ok(Err(why)) => {
-                    tracing::info!(attempt, error = %why, "reconnecting failed");
-                    last = why.to_string();
-                }
-                Err(_) => {
-                    last = "out of time".into();
-                    break;
-                }
-            }
         }
-        Err(anyhow::Error::new(error).context(format!(
-            "the connection broke and reconnecting failed ({last}); run the same command \
-             again with a new code: the transfer resumes from the last verified byte"
-        )))
+        MendEvent::Reconnected { after, tries } => {
+            out.event(
+                "reconnected",
+                json!({"after_secs": after.as_secs_f64(), "tries": tries}),
+            );
+            out.say(format!(
+                "Reconnected after {}; resuming from the last verified byte",
+                crate::output::short_duration(after)
+            ));
+        }
+        _ => {}
     }
 }
 

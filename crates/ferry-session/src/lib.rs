@@ -21,7 +21,8 @@
 //! entry points), `signal` (server connection, retries, pairing),
 //! `gather` (our candidates), `plan` (which paths, with which head start),
 //! `race` (the drivers), `relay` (the relay path), [`rejoin`] (finding the
-//! peer again), [`backoff`] (every retry schedule), `error`.
+//! peer again), [`mend`] (reconnecting after a break mid-transfer),
+//! [`backoff`] (every retry schedule), `error`.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -37,6 +38,7 @@ pub mod backoff;
 mod error;
 mod gather;
 pub mod journey;
+pub mod mend;
 mod plan;
 mod race;
 pub mod rejoin;
@@ -47,6 +49,7 @@ pub use backoff::Backoff;
 pub use error::SessionError;
 pub use ferry_relay::PairLimits;
 pub use journey::{Sender, receive, receive_with};
+pub use mend::{MendError, MendEvent, Mender, PathEnd, mendable};
 pub use plan::direct_hopeless;
 pub use rejoin::Rejoin;
 pub use signal::{RESTART_GRACE, RESTARTED_WITHIN, Waiting};

@@ -120,6 +120,13 @@ pub enum TransferError {
     /// The peer reported an error and gave up.
     #[error("the peer reported: {}", escape(.0))]
     PeerError(String),
+    /// After a reconnect the sender offered something else than the
+    /// first time; the new offer was declined and nothing more written.
+    #[error(
+        "after reconnecting, the sender offered different files; stopped (what was received \
+         so far is kept)"
+    )]
+    OfferChanged,
     /// A bug or a crashed worker thread on our side.
     #[error("internal error: {0}")]
     Internal(String),

@@ -68,7 +68,9 @@ pub use io::{ANSWER_TIMEOUT, FINISH_TIMEOUT, IO_TIMEOUT, PIPELINE_DEPTH, WRITE_T
 pub use message::{Control, Entry, EntryKind, Manifest, Offer, ResumePoint};
 pub use path::{RelativePath, UnsafePath, escape, is_dangerous_char, sanitize};
 pub use protocol::{PART_SUFFIX, ReceiverCore, SenderCore, validate_manifest};
-pub use receive::{ENTRY_SPACE, Incoming, ReceiveOptions, cancel_receiving, receive_offer};
+pub use receive::{
+    ENTRY_SPACE, Incoming, ReceiveOptions, cancel_receiving, receive_offer, resume_offer,
+};
 pub use scan::{Source, scan};
 pub use send::{SendOutcome, send};
 

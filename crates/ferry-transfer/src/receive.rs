@@ -126,6 +126,29 @@ async fn read_offer<S: AsyncRead + Unpin>(
     Ok(offer)
 }
 
+/// After a reconnect: reads the sender's offer again on the new stream
+/// and checks that it is the offer first accepted (`first`). Files named
+/// in `opts.finished` are kept as they are; the rest resume from their
+/// verified bytes once [`Incoming::accept`]ed. A different offer is
+/// declined (the sender is told why) and is [`TransferError::OfferChanged`].
+pub async fn resume_offer<S>(
+    stream: S,
+    opts: ReceiveOptions,
+    first: &Offer,
+) -> Result<Incoming<S>, TransferError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let incoming = receive_offer(stream, opts).await?;
+    if incoming.offer() != first {
+        incoming
+            .decline("after reconnecting, the offer differs from the first one")
+            .await?;
+        return Err(TransferError::OfferChanged);
+    }
+    Ok(incoming)
+}
+
 /// Tells the sender that the receiver stops on purpose (the user pressed
 /// Ctrl-C): an error frame saying `reason`, then the end of our side of
 /// the stream. Safe to call after dropping [`Incoming::accept`] halfway,

@@ -815,3 +815,41 @@ async fn a_finished_file_that_changed_is_not_overwritten() {
         random_bytes("other", 1000)
     );
 }
+
+#[tokio::test]
+async fn after_a_reconnect_a_different_offer_is_declined() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    fs::write(src.path().join("f"), b"data").unwrap();
+    fs::write(src.path().join("g"), b"other").unwrap();
+    let first = match scan(&[src.path().join("f")]).unwrap() {
+        Source::Files { manifest, .. } => Offer::Files(manifest),
+        other => panic!("{other:?}"),
+    };
+    // The same offer resumes.
+    let (a, b) = tokio::io::duplex(BUF);
+    let (o, f) = (opts(out.path(), false), first.clone());
+    let receiver = tokio::spawn(async move {
+        let incoming = ferry_transfer::resume_offer(b, o, &f).await.unwrap();
+        incoming.accept(|_| {}).await.unwrap();
+    });
+    let sent = send(a, scan(&[src.path().join("f")]).unwrap(), |_| {}).await;
+    assert!(matches!(sent, Ok(SendOutcome::Files(_))), "{sent:?}");
+    receiver.await.unwrap();
+    // Another offer is declined, and the receiver says why.
+    let (a, b) = tokio::io::duplex(BUF);
+    let o = opts(out.path(), true);
+    let receiver = tokio::spawn(async move {
+        let result = ferry_transfer::resume_offer(b, o, &first).await;
+        assert!(matches!(result, Err(TransferError::OfferChanged)));
+    });
+    let sent = send(a, scan(&[src.path().join("g")]).unwrap(), |_| {})
+        .await
+        .unwrap();
+    assert!(
+        matches!(&sent, SendOutcome::Declined(why) if why.contains("differs")),
+        "{sent:?}"
+    );
+    receiver.await.unwrap();
+    assert!(!out.path().join("g").exists());
+}

@@ -19,7 +19,9 @@
 //!
 //! Modules, in the order of the journey: [`journey`] (the two sides'
 //! entry points), `signal` (server connection, retries, pairing),
-//! `gather` (our candidates), `plan` (which paths, with which head start),
+//! `gather` (our candidates), [`plan`] (sans-IO: which paths, to which
+//! targets, with which head start), `attempt` (each planned path as a
+//! socket operation),
 //! `race` (the drivers), `relay` (the relay path), [`rejoin`] (finding the
 //! peer again), [`mend`] (reconnecting after a break mid-transfer),
 //! [`backoff`] (every retry schedule), `error`.
@@ -34,12 +36,13 @@ use std::time::Duration;
 
 use ferry_connect::{PathKind, PeerStream};
 
+mod attempt;
 pub mod backoff;
 mod error;
 mod gather;
 pub mod journey;
 pub mod mend;
-mod plan;
+pub mod plan;
 mod race;
 pub mod rejoin;
 mod relay;
@@ -50,10 +53,11 @@ pub use error::SessionError;
 pub use ferry_relay::PairLimits;
 pub use journey::{Sender, receive, receive_with};
 pub use mend::{MendError, MendEvent, Mender, PathEnd, mendable};
-pub use plan::direct_hopeless;
+pub use plan::{PlanInput, Step, direct_hopeless, plan_paths};
 pub use rejoin::Rejoin;
 pub use signal::{RESTART_GRACE, RESTARTED_WITHIN, Waiting};
 
+pub(crate) use attempt::*;
 pub(crate) use gather::*;
 pub(crate) use journey::*;
 pub(crate) use plan::*;

@@ -1,21 +1,157 @@
-//! The path plan: which paths to try, to which targets, with which head
-//! start, and whether a direct path can work at all.
+//! The path plan, sans-IO: from both sides' candidates and network
+//! reports, which paths to try, to which targets, with which head start
+//! ([`plan_paths`]), and whether a direct path can work at all
+//! ([`direct_hopeless`]). A pure function: the driver (`attempt`) turns
+//! each [`Step`] into a socket operation.
+//!
+//! ```text
+//! controlling (sender)                 controlled (receiver)
+//!   AcceptTcp (if it listens)            ConnectTcp { host + UPnP TCP targets }
+//!   SimultaneousOpen { peer's server-observed TCP mapping }   (both; not
+//!       when both share one public address, nor with --force-path lan)
+//!   PunchQuic { peer's UDP targets, best first, no duplicates }  (both)
+//!   Relay { head start 1.5 s; 0 when it is the only path or direct is hopeless }
+//! ```
 
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use ferry_connect::race::{PathKind, PeerStream};
-use ferry_connect::{ConnectError, DirectListener, Identity};
-use ferry_proto::pairing::SecureChannel;
+use ferry_connect::race::PathKind;
 use ferry_proto::peer::{Candidate, CandidateKind, NetworkHint, Transport, UdpMapping};
-use ferry_rendezvous::{SignalClient, Welcome};
-use tokio::net::UdpSocket;
-use tokio::task::JoinSet;
-use tracing::debug;
 
-use crate::*;
+use crate::{RELAY_HEAD_START, SessionOptions};
+
+/// What the plan is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    /// We are the sender (the side that nominates).
+    pub controlling: bool,
+    /// The paths the user allows.
+    pub options: SessionOptions,
+    /// The peer's candidates (already filtered).
+    pub theirs: &'a [Candidate],
+    /// Our public TCP mapping as the server saw it.
+    pub our_observed: SocketAddr,
+    /// We listen for direct TCP (the sender, when it could bind).
+    pub listening: bool,
+    /// The server gave us a relay token.
+    pub relay_token: bool,
+    /// Both networks rule out a direct path ([`direct_hopeless`]).
+    pub hopeless: bool,
+}
+
+/// One path to try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Accept the peer's direct TCP connection on our listener.
+    AcceptTcp,
+    /// Connect to the first of these TCP addresses that answers.
+    ConnectTcp {
+        /// The peer's host and UPnP TCP candidates.
+        targets: Vec<Candidate>,
+    },
+    /// TCP simultaneous open from our signalling port to `remote`.
+    SimultaneousOpen {
+        /// The peer's public TCP mapping.
+        remote: SocketAddr,
+    },
+    /// Punch towards these UDP addresses (best first), then QUIC.
+    PunchQuic {
+        /// The peer's UDP candidates, by priority, without duplicates.
+        targets: Vec<SocketAddr>,
+    },
+    /// The relay, after `head_start`.
+    Relay {
+        /// How long the direct paths run alone first.
+        head_start: Duration,
+    },
+}
+
+impl Step {
+    /// The kind of path this step makes (a direct TCP step may still turn
+    /// out a LAN path, see [`tcp_kind`]).
+    pub fn kind(&self) -> PathKind {
+        match self {
+            Step::AcceptTcp | Step::ConnectTcp { .. } => PathKind::Tcp,
+            Step::SimultaneousOpen { .. } => PathKind::SimultaneousOpen,
+            Step::PunchQuic { .. } => PathKind::Quic,
+            Step::Relay { .. } => PathKind::Relay,
+        }
+    }
+}
+
+/// The paths to try, in this order, from `input`.
+pub fn plan_paths(input: &PlanInput<'_>) -> Vec<Step> {
+    let options = input.options;
+    let lan_only = options.force_path == Some(PathKind::Lan);
+    let mut steps = Vec::new();
+    // Direct TCP: the sender listens, the receiver connects to all of the
+    // sender's host and UPnP addresses.
+    if options.allows(PathKind::Tcp) {
+        if input.controlling {
+            if input.listening {
+                steps.push(Step::AcceptTcp);
+            }
+        } else {
+            let targets: Vec<Candidate> = input
+                .theirs
+                .iter()
+                .filter(|c| c.transport == Transport::Tcp)
+                .filter(|c| matches!(c.kind, CandidateKind::Host | CandidateKind::Upnp))
+                .filter(|c| !lan_only || tcp_kind(c.addr) == PathKind::Lan)
+                .cloned()
+                .collect();
+            if !targets.is_empty() {
+                steps.push(Step::ConnectTcp { targets });
+            }
+        }
+    }
+    // TCP simultaneous open between the signalling ports' public mappings.
+    // Pointless when both sit behind the same public address (NATs rarely
+    // hairpin): the LAN path covers that.
+    let peer_observed = input
+        .theirs
+        .iter()
+        .find(|c| c.transport == Transport::Tcp && c.kind == CandidateKind::ServerObserved)
+        .map(|c| c.addr);
+    if let Some(remote) = peer_observed {
+        if options.allows(PathKind::SimultaneousOpen)
+            && !lan_only
+            && remote.ip() != input.our_observed.ip()
+        {
+            steps.push(Step::SimultaneousOpen { remote });
+        }
+    }
+    // UDP hole punching from the very socket whose mapping we sent, then
+    // QUIC on it.
+    let mut udp: Vec<&Candidate> = input
+        .theirs
+        .iter()
+        .filter(|c| c.transport == Transport::Udp)
+        .collect();
+    udp.sort_by_key(|c| std::cmp::Reverse(c.priority));
+    let mut seen = HashSet::new();
+    let targets: Vec<SocketAddr> = udp
+        .into_iter()
+        .map(|c| c.addr)
+        .filter(|a| seen.insert(*a))
+        .collect();
+    if options.allows(PathKind::Quic) && !lan_only && !targets.is_empty() {
+        steps.push(Step::PunchQuic { targets });
+    }
+    // The relay, after a head start for the direct paths (none when it is
+    // the only path, or when both networks rule out a direct one).
+    if input.relay_token && options.allows(PathKind::Relay) {
+        let head_start = if steps.is_empty() || input.hopeless {
+            Duration::ZERO
+        } else {
+            RELAY_HEAD_START
+        };
+        steps.push(Step::Relay { head_start });
+    }
+    steps
+}
 
 /// Why no direct path can work, when both sides' networks say so: UDP
 /// useless on both sides (blocked, or a symmetric NAT whose punched holes
@@ -28,7 +164,7 @@ pub fn direct_hopeless(
     our_candidates: &[Candidate],
     their_candidates: &[Candidate],
 ) -> Option<String> {
-    pub(crate) fn udp_words(mapping: UdpMapping) -> Option<&'static str> {
+    fn udp_words(mapping: UdpMapping) -> Option<&'static str> {
         match mapping {
             UdpMapping::Varies => Some("symmetric NAT"),
             UdpMapping::Blocked => Some("UDP blocked"),
@@ -63,256 +199,8 @@ pub fn direct_hopeless(
     })
 }
 
-/// One authenticated, confirmed path.
-pub(crate) struct Established {
-    pub(crate) stream: PeerStream,
-    pub(crate) kind: PathKind,
-    pub(crate) local: SocketAddr,
-    pub(crate) remote: SocketAddr,
-    /// On the relay path: the limits the relay set on the pair.
-    pub(crate) relay_limits: Option<ferry_relay::PairLimits>,
-}
-
-pub(crate) type Attempt = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Established, ConnectError>> + Send + 'static>,
->;
-
-/// Everything the path attempts need.
-pub(crate) struct Plan {
-    pub(crate) identity: Arc<Identity>,
-    pub(crate) peer_fingerprint: String,
-    pub(crate) theirs: Vec<Candidate>,
-    pub(crate) welcome: Welcome,
-    pub(crate) punch_key: [u8; 32],
-    pub(crate) relay_token: Option<[u8; 32]>,
-    pub(crate) udp_mapped: Option<SocketAddr>,
-    pub(crate) controlling: bool,
-    pub(crate) options: SessionOptions,
-    /// Both networks rule out a direct path: no head start for them.
-    pub(crate) hopeless: bool,
-}
-
-impl Plan {
-    pub(crate) fn attempts(
-        &self,
-        udp: UdpSocket,
-        listener: Option<DirectListener>,
-    ) -> Result<Vec<(PathKind, Attempt)>, SessionError> {
-        let mut attempts: Vec<(PathKind, Attempt)> = Vec::new();
-        let lan_only = self.options.force_path == Some(PathKind::Lan);
-        // Direct TCP: the sender listens, the receiver connects to all of
-        // the sender's host and UPnP addresses.
-        if self.options.allows(PathKind::Tcp) {
-            if self.controlling {
-                if let Some(listener) = listener {
-                    let acceptor =
-                        ferry_connect::tls_acceptor(&self.identity, &self.peer_fingerprint)?;
-                    attempts.push((
-                        PathKind::Tcp,
-                        Box::pin(async move {
-                            let (tls, remote) = listener.accept(&acceptor, ACCEPT_TIMEOUT).await?;
-                            let local = local_of(tls.get_ref().0);
-                            Ok(Established {
-                                stream: PeerStream::Tls(Box::new(tls)),
-                                kind: tcp_kind(remote),
-                                local,
-                                remote,
-                                relay_limits: None,
-                            })
-                        }),
-                    ));
-                }
-            } else {
-                let targets: Vec<Candidate> = self
-                    .theirs
-                    .iter()
-                    .filter(|c| c.transport == Transport::Tcp)
-                    .filter(|c| matches!(c.kind, CandidateKind::Host | CandidateKind::Upnp))
-                    .filter(|c| !lan_only || tcp_kind(c.addr) == PathKind::Lan)
-                    .cloned()
-                    .collect();
-                if !targets.is_empty() {
-                    let connector =
-                        ferry_connect::tls_connector(&self.identity, &self.peer_fingerprint)?;
-                    attempts.push((
-                        PathKind::Tcp,
-                        Box::pin(async move {
-                            let (tls, remote) =
-                                ferry_connect::connect_first(&targets, &connector, ACCEPT_TIMEOUT)
-                                    .await?;
-                            let local = local_of(tls.get_ref().0);
-                            Ok(Established {
-                                stream: PeerStream::Tls(Box::new(tls)),
-                                kind: tcp_kind(remote),
-                                local,
-                                remote,
-                                relay_limits: None,
-                            })
-                        }),
-                    ));
-                }
-            }
-        }
-        // TCP simultaneous open between the signalling ports' public
-        // mappings. Pointless when both sit behind the same public address
-        // (NATs rarely hairpin): the LAN path covers that.
-        let peer_observed = self
-            .theirs
-            .iter()
-            .find(|c| c.transport == Transport::Tcp && c.kind == CandidateKind::ServerObserved)
-            .map(|c| c.addr);
-        if let Some(remote) = peer_observed {
-            if self.options.allows(PathKind::SimultaneousOpen)
-                && !lan_only
-                && remote.ip() != self.welcome.observed_addr.ip()
-            {
-                let local = self.welcome.local_addr;
-                let identity = self.identity.clone();
-                let fingerprint = self.peer_fingerprint.clone();
-                let controlling = self.controlling;
-                attempts.push((
-                    PathKind::SimultaneousOpen,
-                    Box::pin(async move {
-                        let (tls, remote) = ferry_connect::simultaneous_open(
-                            local,
-                            remote,
-                            tokio::time::Instant::now(),
-                            controlling,
-                            &identity,
-                            &fingerprint,
-                            SIMOPEN_DEADLINE,
-                        )
-                        .await?;
-                        let local = local_of(tls.get_ref().0);
-                        Ok(Established {
-                            stream: PeerStream::Tls(Box::new(tls)),
-                            kind: PathKind::SimultaneousOpen,
-                            local,
-                            remote,
-                            relay_limits: None,
-                        })
-                    }),
-                ));
-            }
-        }
-        // UDP hole punching from the very socket whose mapping we sent,
-        // then QUIC on it.
-        let mut udp_targets: Vec<&Candidate> = self
-            .theirs
-            .iter()
-            .filter(|c| c.transport == Transport::Udp)
-            .collect();
-        udp_targets.sort_by_key(|c| std::cmp::Reverse(c.priority));
-        let mut seen = HashSet::new();
-        let udp_targets: Vec<SocketAddr> = udp_targets
-            .into_iter()
-            .map(|c| c.addr)
-            .filter(|a| seen.insert(*a))
-            .collect();
-        if self.options.allows(PathKind::Quic) && !lan_only && !udp_targets.is_empty() {
-            let identity = self.identity.clone();
-            let fingerprint = self.peer_fingerprint.clone();
-            let controlling = self.controlling;
-            let key = self.punch_key;
-            let mapped = self.udp_mapped;
-            attempts.push((
-                PathKind::Quic,
-                Box::pin(async move {
-                    let punched =
-                        ferry_connect::punch(&udp, key, controlling, &udp_targets, PUNCH_TIMEOUT)
-                            .await?;
-                    let local = match (mapped, udp.local_addr()) {
-                        (Some(mapped), _) => mapped,
-                        (None, Ok(local)) => local,
-                        (None, Err(_)) => UNSPECIFIED,
-                    };
-                    let socket = udp
-                        .into_std()
-                        .map_err(|source| ConnectError::UdpSocket { source })?;
-                    let quic = ferry_connect::quic_connect(
-                        socket,
-                        punched.remote,
-                        &identity,
-                        &fingerprint,
-                        controlling,
-                        Some(punched.rtt),
-                        QUIC_TIMEOUT,
-                    )
-                    .await?;
-                    Ok(Established {
-                        stream: PeerStream::Quic(Box::new(quic)),
-                        kind: PathKind::Quic,
-                        local,
-                        remote: punched.remote,
-                        relay_limits: None,
-                    })
-                }),
-            ));
-        }
-        // The relay the server named (its own port unless it runs apart),
-        // after a head start for the direct paths (none when it is the
-        // only path, or when both networks rule out a direct one).
-        if let (Some(token), true) = (self.relay_token, self.options.allows(PathKind::Relay)) {
-            let head_start = if attempts.is_empty() || self.hopeless {
-                Duration::ZERO
-            } else {
-                RELAY_HEAD_START
-            };
-            attempts.push((
-                PathKind::Relay,
-                Box::pin(relay_path(
-                    self.welcome.relay_addr,
-                    token,
-                    self.identity.clone(),
-                    self.peer_fingerprint.clone(),
-                    self.controlling,
-                    head_start,
-                )),
-            ));
-        }
-        Ok(attempts)
-    }
-
-    pub(crate) async fn race(
-        self,
-        udp: UdpSocket,
-        listener: Option<DirectListener>,
-        signal: &mut SignalClient,
-        channel: &mut SecureChannel,
-    ) -> Result<(Established, Vec<(PathKind, String)>), SessionError> {
-        let attempts = self.attempts(udp, listener)?;
-        let mut set = JoinSet::new();
-        let mut kinds = Vec::new();
-        for (id, (kind, attempt)) in attempts.into_iter().enumerate() {
-            debug!(path = %kind, "trying");
-            kinds.push(kind);
-            set.spawn(async move { (id, attempt.await) });
-        }
-        let mut mailbox = Mailbox { signal, channel };
-        if self.controlling {
-            race_controlling(set, &kinds, mailbox).await
-        } else {
-            if !kinds.contains(&PathKind::Tcp) {
-                // Nothing to connect to: the sender need not wait for us.
-                mailbox
-                    .path_failed(PathKind::Tcp, "no TCP address to try")
-                    .await;
-            }
-            race_controlled(set, &kinds, mailbox).await
-        }
-    }
-}
-
-pub(crate) const UNSPECIFIED: SocketAddr =
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-
-/// Our address on a TCP path (informational only).
-pub(crate) fn local_of(tcp: &tokio::net::TcpStream) -> SocketAddr {
-    tcp.local_addr().unwrap_or(UNSPECIFIED)
-}
-
 /// A TCP path to a private, link-local or loopback address is a LAN path.
-pub(crate) fn tcp_kind(remote: SocketAddr) -> PathKind {
+pub fn tcp_kind(remote: SocketAddr) -> PathKind {
     use ferry_nat::AddrClass as C;
     match ferry_nat::classify(remote.ip()) {
         C::Private | C::UniqueLocal | C::LinkLocal | C::Loopback => PathKind::Lan,
@@ -323,6 +211,190 @@ pub(crate) fn tcp_kind(remote: SocketAddr) -> PathKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cand(addr: &str, transport: Transport, kind: CandidateKind, priority: u32) -> Candidate {
+        Candidate {
+            addr: addr.parse().unwrap(),
+            transport,
+            kind,
+            priority,
+        }
+    }
+
+    fn peer() -> Vec<Candidate> {
+        vec![
+            cand(
+                "192.168.1.20:5000",
+                Transport::Tcp,
+                CandidateKind::Host,
+                900,
+            ),
+            cand(
+                "198.51.100.9:41000",
+                Transport::Tcp,
+                CandidateKind::ServerObserved,
+                100,
+            ),
+            cand(
+                "198.51.100.9:6000",
+                Transport::Tcp,
+                CandidateKind::Upnp,
+                850,
+            ),
+            cand(
+                "192.168.1.20:7000",
+                Transport::Udp,
+                CandidateKind::Host,
+                900,
+            ),
+            cand(
+                "198.51.100.9:7001",
+                Transport::Udp,
+                CandidateKind::Stun,
+                500,
+            ),
+            cand(
+                "192.168.1.20:7000",
+                Transport::Udp,
+                CandidateKind::Host,
+                300,
+            ),
+        ]
+    }
+
+    fn input(theirs: &[Candidate], controlling: bool) -> PlanInput<'_> {
+        PlanInput {
+            controlling,
+            options: SessionOptions::default(),
+            theirs,
+            our_observed: "203.0.113.5:40000".parse().unwrap(),
+            listening: true,
+            relay_token: true,
+            hopeless: false,
+        }
+    }
+
+    #[test]
+    fn the_receiver_connects_the_sender_accepts_both_punch_and_relay_last() {
+        let theirs = peer();
+        let steps = plan_paths(&input(&theirs, false));
+        let kinds: Vec<PathKind> = steps.iter().map(Step::kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                PathKind::Tcp,
+                PathKind::SimultaneousOpen,
+                PathKind::Quic,
+                PathKind::Relay
+            ]
+        );
+        let Step::ConnectTcp { targets } = &steps[0] else {
+            panic!("{steps:?}")
+        };
+        let addrs: Vec<String> = targets.iter().map(|c| c.addr.to_string()).collect();
+        assert_eq!(addrs, ["192.168.1.20:5000", "198.51.100.9:6000"]);
+        assert_eq!(
+            steps[1],
+            Step::SimultaneousOpen {
+                remote: "198.51.100.9:41000".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            steps[2],
+            Step::PunchQuic {
+                targets: vec![
+                    "192.168.1.20:7000".parse().unwrap(),
+                    "198.51.100.9:7001".parse().unwrap()
+                ]
+            }
+        );
+        assert_eq!(
+            steps[3],
+            Step::Relay {
+                head_start: RELAY_HEAD_START
+            }
+        );
+        let sender = plan_paths(&input(&theirs, true));
+        assert_eq!(sender[0], Step::AcceptTcp);
+        let not_listening = PlanInput {
+            listening: false,
+            ..input(&theirs, true)
+        };
+        assert_eq!(
+            plan_paths(&not_listening)[0].kind(),
+            PathKind::SimultaneousOpen
+        );
+    }
+
+    #[test]
+    fn forced_and_lan_only_plans_hold_what_they_say() {
+        let theirs = peer();
+        let forced = |kind| PlanInput {
+            options: SessionOptions {
+                force_path: Some(kind),
+                no_upnp: false,
+            },
+            ..input(&theirs, false)
+        };
+        let relay = plan_paths(&forced(PathKind::Relay));
+        assert_eq!(
+            relay,
+            [Step::Relay {
+                head_start: Duration::ZERO
+            }]
+        );
+        let lan = plan_paths(&forced(PathKind::Lan));
+        let [Step::ConnectTcp { targets }] = &lan[..] else {
+            panic!("{lan:?}")
+        };
+        assert_eq!(targets.len(), 1, "only the private address");
+        let quic = plan_paths(&forced(PathKind::Quic));
+        assert_eq!(
+            quic.iter().map(Step::kind).collect::<Vec<_>>(),
+            [PathKind::Quic]
+        );
+    }
+
+    #[test]
+    fn no_simultaneous_open_behind_one_public_address_and_no_head_start_when_hopeless() {
+        let theirs = peer();
+        let same = PlanInput {
+            our_observed: "198.51.100.9:40000".parse().unwrap(),
+            ..input(&theirs, false)
+        };
+        assert!(
+            !plan_paths(&same)
+                .iter()
+                .any(|s| s.kind() == PathKind::SimultaneousOpen)
+        );
+        let hopeless = PlanInput {
+            hopeless: true,
+            ..input(&theirs, false)
+        };
+        assert_eq!(
+            plan_paths(&hopeless).last(),
+            Some(&Step::Relay {
+                head_start: Duration::ZERO
+            })
+        );
+        let no_token = PlanInput {
+            relay_token: false,
+            ..input(&theirs, false)
+        };
+        assert!(
+            !plan_paths(&no_token)
+                .iter()
+                .any(|s| s.kind() == PathKind::Relay)
+        );
+        // Nothing known about the peer: the relay alone, at once.
+        let alone = plan_paths(&input(&[], false));
+        assert_eq!(
+            alone,
+            [Step::Relay {
+                head_start: Duration::ZERO
+            }]
+        );
+    }
 
     #[test]
     fn lan_paths_are_told_apart() {

@@ -37,6 +37,7 @@ use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::escape;
+use ferry_session::RelayReason;
 
 /// The output sink for one command.
 pub struct Output {
@@ -205,7 +206,7 @@ pub fn announce_path(link: &ferry_session::PeerLink, out: &Output) {
             "remote": link.remote.to_string(),
             "connect_secs": link.connect_time.as_secs_f64(),
             "lost": lost,
-            "relay_reason": link.relay_reason,
+            "relay_reason": link.relay_reason.as_ref().map(relay_reason),
             "relay_limits": link.relay_limits.map(|l| json!({
                 "max_bytes": l.max_bytes,
                 "max_secs": l.max_lifetime.map(|d| d.as_secs()),
@@ -216,10 +217,9 @@ pub fn announce_path(link: &ferry_session::PeerLink, out: &Output) {
         Some(why) => out.say(format!(
             "Connected: relay via {} ({}), in {}; the relay sees only encrypted bytes",
             link.remote,
-            if why.starts_with("--") {
-                escape::line(why).into_owned()
-            } else {
-                format!("no direct path: {}", escape::line(why))
+            match why {
+                RelayReason::Forced => relay_reason(why),
+                _ => format!("no direct path: {}", escape::line(&relay_reason(why))),
             },
             short_duration(link.connect_time)
         )),
@@ -233,6 +233,14 @@ pub fn announce_path(link: &ferry_session::PeerLink, out: &Output) {
     }
     for (kind, why) in &link.lost {
         tracing::info!("{kind} lost: {}", escape::line(why));
+    }
+}
+
+/// Why the relay carries the transfer, in the words of this command line.
+fn relay_reason(why: &RelayReason) -> String {
+    match why {
+        RelayReason::Forced => "--force-path relay".into(),
+        other => other.to_string(),
     }
 }
 

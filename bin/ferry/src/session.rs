@@ -132,8 +132,26 @@ pub async fn sender(
         "On the other computer, run `{command}` and type the code when asked \
          (or set {CODE_VARIABLE}, or pass --code-file FILE)."
     ));
-    let link = sender.connect(|w| show_waiting(out, w)).await?;
+    let link = sender
+        .connect(|w| show_waiting(out, w))
+        .await
+        .map_err(in_flags)?;
     Ok(link)
+}
+
+/// A session error in the words of this command line, where the flags
+/// explain it better than the library can.
+fn in_flags(error: session::SessionError) -> anyhow::Error {
+    match error {
+        session::SessionError::NoPath {
+            failures,
+            relay_forced: true,
+        } if failures.is_empty() => Failure::network(
+            "--force-path relay, but the rendezvous server offers no relay (it runs with \
+             --no-relay); run without --force-path",
+        ),
+        other => other.into(),
+    }
 }
 
 /// The receiver's side.
@@ -143,7 +161,9 @@ pub async fn receiver(
     options: SessionOptions,
     out: &Output,
 ) -> Result<PeerLink> {
-    Ok(session::receive_with(server, code, options, |w| show_waiting(out, w)).await?)
+    session::receive_with(server, code, options, |w| show_waiting(out, w))
+        .await
+        .map_err(in_flags)
 }
 
 /// Tells the user what happens while one side waits for the other: the

@@ -514,6 +514,7 @@ fn forced_relay_path_fails_clearly_when_the_server_does_not_relay() {
         .unwrap()
         .to_string();
     assert!(message.contains("offers no relay"), "{message}");
+    assert!(message.contains("--no-relay"), "{message}");
 }
 
 #[test]

@@ -6,6 +6,8 @@ use ferry_proto::code::CodeError;
 use ferry_proto::pairing::PairingError;
 use ferry_rendezvous::SignalError;
 
+use crate::PeerGone;
+
 /// What can go wrong between "connect to the server" and "secure stream".
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -32,7 +34,7 @@ pub enum SessionError {
     Pairing(PairingError),
     /// The peer left, cancelled, or stopped answering.
     #[error("{0}")]
-    PeerGone(String),
+    PeerGone(PeerGone),
     /// A path could not be set up locally.
     #[error(transparent)]
     Connect(#[from] ConnectError),
@@ -55,8 +57,8 @@ pub enum SessionError {
 
 pub(crate) fn no_path_message(failures: &[(PathKind, String)], relay_forced: bool) -> String {
     if relay_forced && failures.is_empty() {
-        return "--force-path relay, but the rendezvous server offers no relay \
-                (it runs with --no-relay); run without --force-path"
+        return "only the relay was allowed, but the rendezvous server offers no relay; \
+                allow direct paths too, or use a server that relays"
             .into();
     }
     let tried: Vec<String> = failures
@@ -98,6 +100,8 @@ mod tests {
         );
         assert!(text.contains("direct QUIC over UDP: no answer"), "{text}");
         assert!(text.contains("direct TCP: refused"), "{text}");
-        assert!(no_path_message(&[], true).contains("--no-relay"));
+        // No flag is named here: the binary says which flags (cli.rs).
+        assert!(no_path_message(&[], true).contains("offers no relay"));
+        assert!(!no_path_message(&[], true).contains("--"));
     }
 }

@@ -110,10 +110,7 @@ impl Sender {
                 Ok(SignalEvent::PeerJoined) => break,
                 Ok(SignalEvent::PeerLeft(reason)) => {
                     gathering.abort();
-                    return Err(SessionError::PeerGone(format!(
-                        "the receiver left before pairing ({})",
-                        reason.map_or("no reason given", |r| r.describe())
-                    )));
+                    return Err(SessionError::PeerGone(PeerGone::LeftBeforePairing(reason)));
                 }
                 Ok(SignalEvent::Message(_)) => debug!("message before the peer joined; ignored"),
                 Err(error) if error.is_connection_lost() => {
@@ -268,7 +265,7 @@ pub(crate) async fn run_session(
     debug!(?theirs, ?their_network, "peer candidates");
     let hopeless = direct_hopeless(&network, &their_network, &ours, &theirs);
     if let Some(why) = &hopeless {
-        info!(why, "no direct path can work: the relay starts at once");
+        info!(%why, "no direct path can work: the relay starts at once");
     }
     let relay_token = signal.relay_token();
     if options.force_path == Some(PathKind::Relay) && relay_token.is_none() {
@@ -313,23 +310,13 @@ pub(crate) async fn run_session(
     if let PeerStream::Tls(tls) = &established.stream {
         detect_breaks(tls.get_ref().0);
     }
-    let relay_reason = (established.kind == PathKind::Relay).then(|| {
-        let within = format!(
-            "none answered within {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
-        match hopeless {
-            _ if options.force_path == Some(PathKind::Relay) => "--force-path relay".to_string(),
-            Some(why) => why,
-            None if lost.is_empty() => within,
-            None => {
-                let failed: Vec<String> = lost
-                    .iter()
-                    .map(|(kind, why)| format!("{kind}: {why}"))
-                    .collect();
-                format!("{within}; {}", failed.join("; "))
-            }
-        }
+    let relay_reason = (established.kind == PathKind::Relay).then(|| match hopeless {
+        _ if options.force_path == Some(PathKind::Relay) => RelayReason::Forced,
+        Some(why) => RelayReason::Hopeless(why),
+        None => RelayReason::NoneAnswered {
+            within: started.elapsed(),
+            failed: lost.clone(),
+        },
     });
     Ok(PeerLink {
         stream: established.stream,

@@ -44,6 +44,7 @@ pub mod journey;
 pub mod mend;
 pub mod plan;
 mod race;
+pub mod reason;
 pub mod rejoin;
 mod relay;
 mod signal;
@@ -54,6 +55,7 @@ pub use ferry_relay::PairLimits;
 pub use journey::{Sender, receive, receive_with};
 pub use mend::{MendError, MendEvent, Mender, PathEnd, mendable};
 pub use plan::{PlanInput, Step, direct_hopeless, plan_paths};
+pub use reason::{Hopeless, PeerGone, RelayReason, UdpObstacle};
 pub use rejoin::Rejoin;
 pub use signal::{RESTART_GRACE, RESTARTED_WITHIN, Waiting};
 
@@ -139,7 +141,7 @@ pub struct PeerLink {
     /// The paths that failed, and why (the others lost the race).
     pub lost: Vec<(PathKind, String)>,
     /// When the relay carries the transfer: why no direct path did.
-    pub relay_reason: Option<String>,
+    pub relay_reason: Option<RelayReason>,
     /// When the relay carries the transfer: the limits it set on the pair
     /// (reaching one ends the pipe; [`ferry_relay::PairLimits::explains`]
     /// tells such an end from a broken path).

@@ -20,7 +20,7 @@ use std::time::Duration;
 use ferry_connect::race::PathKind;
 use ferry_proto::peer::{Candidate, CandidateKind, NetworkHint, Transport, UdpMapping};
 
-use crate::{RELAY_HEAD_START, SessionOptions};
+use crate::{Hopeless, RELAY_HEAD_START, SessionOptions, UdpObstacle};
 
 /// What the plan is made from.
 #[derive(Debug, Clone, Copy)]
@@ -163,11 +163,11 @@ pub fn direct_hopeless(
     theirs: &NetworkHint,
     our_candidates: &[Candidate],
     their_candidates: &[Candidate],
-) -> Option<String> {
-    fn udp_words(mapping: UdpMapping) -> Option<&'static str> {
+) -> Option<Hopeless> {
+    fn udp_words(mapping: UdpMapping) -> Option<UdpObstacle> {
         match mapping {
-            UdpMapping::Varies => Some("symmetric NAT"),
-            UdpMapping::Blocked => Some("UDP blocked"),
+            UdpMapping::Varies => Some(UdpObstacle::SymmetricNat),
+            UdpMapping::Blocked => Some(UdpObstacle::Blocked),
             UdpMapping::Stable | UdpMapping::Unknown => None,
         }
     }
@@ -192,11 +192,7 @@ pub fn direct_hopeless(
     if !simultaneous_open_fails {
         return None;
     }
-    Some(if here == there {
-        format!("{here} on both sides")
-    } else {
-        format!("{here} here, {there} at the peer")
-    })
+    Some(Hopeless { here, there })
 }
 
 /// A TCP path to a private, link-local or loopback address is a LAN path.
@@ -421,12 +417,16 @@ mod tests {
         let behind_nat = [tcp("10.0.1.10:4000", CandidateKind::Host)];
         let symmetric = hint(UdpMapping::Varies, false);
         assert_eq!(
-            direct_hopeless(&symmetric, &symmetric, &behind_nat, &behind_nat).as_deref(),
+            direct_hopeless(&symmetric, &symmetric, &behind_nat, &behind_nat)
+                .map(|h| h.to_string())
+                .as_deref(),
             Some("symmetric NAT on both sides")
         );
         let blocked = hint(UdpMapping::Blocked, true);
         assert_eq!(
-            direct_hopeless(&symmetric, &blocked, &behind_nat, &[]).as_deref(),
+            direct_hopeless(&symmetric, &blocked, &behind_nat, &[])
+                .map(|h| h.to_string())
+                .as_deref(),
             Some("symmetric NAT here, UDP blocked at the peer")
         );
         // A cone NAT on one side: punching may work.

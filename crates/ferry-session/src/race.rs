@@ -40,18 +40,17 @@ impl Mailbox<'_> {
         match self.signal.recv().await? {
             SignalEvent::Message(body) => match self.channel.open(&body)? {
                 PeerToPeer::PathFailed { path, why } => Ok(Some((path, why))),
-                PeerToPeer::Abort { reason } => Err(SessionError::PeerGone(format!(
-                    "the peer cancelled: {reason}"
-                ))),
+                PeerToPeer::Abort { reason } => {
+                    Err(SessionError::PeerGone(PeerGone::Cancelled(reason)))
+                }
                 other => {
                     debug!(?other, "unexpected message during the race");
                     Ok(None)
                 }
             },
-            SignalEvent::PeerLeft(reason) => Err(SessionError::PeerGone(format!(
-                "the peer gave up on connecting ({})",
-                reason.map_or("no reason given", |r| r.describe())
-            ))),
+            SignalEvent::PeerLeft(reason) => {
+                Err(SessionError::PeerGone(PeerGone::GaveUpConnecting(reason)))
+            }
             SignalEvent::PeerJoined => Ok(None),
         }
     }
@@ -95,9 +94,8 @@ pub(crate) async fn race_controlling(
                             return Ok((winner, race.failures().to_vec()));
                         }
                         _ => {
-                            return Err(SessionError::PeerGone(format!(
-                                "the peer went away as the {} path was chosen",
-                                winner.kind
+                            return Err(SessionError::PeerGone(PeerGone::WentAwayAsChosen(
+                                winner.kind,
                             )));
                         }
                     }
@@ -237,7 +235,7 @@ pub(crate) async fn race_controlled(
                 // nominated a path and released the nameplate. Wait briefly
                 // for that nomination, then stop.
                 Err(SessionError::PeerGone(why)) => {
-                    debug!(why, "the sender left the rendezvous");
+                    debug!(%why, "the sender left the rendezvous");
                     mailbox_open = false;
                     deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(3));
                 }

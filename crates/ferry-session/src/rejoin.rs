@@ -78,9 +78,8 @@ impl Rejoin {
                 Err(_) => {
                     gathering.abort();
                     let _ = signal.release(None).await;
-                    return Err(SessionError::PeerGone(format!(
-                        "the peer did not come back within {} s",
-                        REJOIN_WAIT.as_secs()
+                    return Err(SessionError::PeerGone(PeerGone::DidNotComeBack(
+                        REJOIN_WAIT,
                     )));
                 }
             }

@@ -198,9 +198,7 @@ pub(crate) async fn pair(
         }
         let event = tokio::time::timeout_at(deadline, signal.recv())
             .await
-            .map_err(|_| {
-                SessionError::PeerGone("pairing timed out: the peer stopped answering".into())
-            })??;
+            .map_err(|_| SessionError::PeerGone(PeerGone::PairingTimedOut))??;
         match event {
             SignalEvent::Message(body) => match pairing.handle_inbound(&body) {
                 Ok(Some(channel)) => {
@@ -222,10 +220,7 @@ pub(crate) async fn pair(
             SignalEvent::PeerLeft(reason) => {
                 return Err(match reason {
                     Some(ferry_rendezvous::BAD_CODE) => SessionError::CodeMismatch,
-                    other => SessionError::PeerGone(format!(
-                        "the peer left during pairing ({})",
-                        other.map_or("no reason given", |r| r.describe())
-                    )),
+                    other => SessionError::PeerGone(PeerGone::LeftDuringPairing(other)),
                 });
             }
             SignalEvent::PeerJoined => {}
@@ -243,9 +238,7 @@ pub(crate) async fn receive_hello(
     loop {
         let event = tokio::time::timeout_at(deadline, signal.recv())
             .await
-            .map_err(|_| {
-                SessionError::PeerGone("the peer stopped answering after pairing".into())
-            })??;
+            .map_err(|_| SessionError::PeerGone(PeerGone::SilentAfterPairing))??;
         match event {
             SignalEvent::Message(body) => match channel.open(&body)? {
                 PeerToPeer::Hello {
@@ -254,16 +247,13 @@ pub(crate) async fn receive_hello(
                     network,
                 } => return Ok((cert_fingerprint, candidates, network)),
                 PeerToPeer::Abort { reason } => {
-                    return Err(SessionError::PeerGone(format!(
-                        "the peer cancelled: {reason}"
-                    )));
+                    return Err(SessionError::PeerGone(PeerGone::Cancelled(reason)));
                 }
                 other => debug!(?other, "unexpected message while waiting for hello"),
             },
             SignalEvent::PeerLeft(reason) => {
-                return Err(SessionError::PeerGone(format!(
-                    "the peer left before connecting ({})",
-                    reason.map_or("no reason given", |r| r.describe())
+                return Err(SessionError::PeerGone(PeerGone::LeftBeforeConnecting(
+                    reason,
                 )));
             }
             SignalEvent::PeerJoined => {}

@@ -16,8 +16,9 @@
 //!   drop B ─────────────┴────────────────────────▶ B reads EOF: dropped
 //! ```
 //!
-//! [`Race`] is the sans-IO decision logic of the controlling side; the
-//! drivers live in [`crate::session`].
+//! [`Race`] is the sans-IO decision logic of the controlling side,
+//! [`Nominee`] that of the controlled side; the drivers live in
+//! `ferry-session`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -245,6 +246,152 @@ impl Race {
     }
 }
 
+/// How long the controlled side still waits for a nomination once the
+/// controlling side has left the rendezvous: it may have nominated a path
+/// and released the nameplate.
+pub const AFTER_PEER_LEFT: Duration = Duration::from_secs(3);
+
+/// What the controlled side's driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NomineeAction {
+    /// Tell the controlling side that this path failed here (only direct
+    /// TCP: the controlling side's accept waits for our connect).
+    Report {
+        /// The path.
+        kind: PathKind,
+        /// Why, in our words.
+        why: String,
+    },
+    /// Wait on this established path for the [`NOMINATION`].
+    Await(PathId),
+    /// The controlling side nominated this path: use it.
+    Use(PathId),
+    /// Nothing was nominated: give up.
+    GiveUp,
+}
+
+/// The controlled side's part of the race, sans-IO: it holds every
+/// established path until the controlling side names one with
+/// [`NOMINATION`], and gives up when all paths failed or the deadline
+/// passed.
+///
+/// ```text
+/// handle_established(id) -> Await(id)        handle_nominated(id) -> Use(id)
+/// handle_failed(id, why) -> Report (TCP)     all failed / deadline -> GiveUp
+/// handle_peer_left(now)  -> deadline = min(deadline, now + AFTER_PEER_LEFT)
+/// ```
+#[derive(Debug)]
+pub struct Nominee {
+    deadline: Instant,
+    pending: HashMap<PathId, PathKind>,
+    awaiting: HashMap<PathId, PathKind>,
+    failures: Vec<(PathKind, String)>,
+    actions: Vec<NomineeAction>,
+    done: bool,
+}
+
+impl Nominee {
+    /// A race whose nomination must come within `wait` of `now`.
+    pub fn new(now: Instant, wait: Duration) -> Self {
+        Nominee {
+            deadline: now + wait,
+            pending: HashMap::new(),
+            awaiting: HashMap::new(),
+            failures: Vec::new(),
+            actions: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// A path attempt started.
+    pub fn handle_started(&mut self, id: PathId, kind: PathKind) {
+        self.pending.insert(id, kind);
+    }
+
+    /// A path is authenticated and confirmed: wait on it for the
+    /// nomination.
+    pub fn handle_established(&mut self, id: PathId) {
+        if let Some(kind) = self.pending.remove(&id) {
+            if !self.done {
+                self.awaiting.insert(id, kind);
+                self.actions.push(NomineeAction::Await(id));
+            }
+        }
+    }
+
+    /// A path attempt failed.
+    pub fn handle_failed(&mut self, now: Instant, id: PathId, why: String) {
+        if let Some(kind) = self.pending.remove(&id) {
+            if kind == PathKind::Tcp && !self.done {
+                self.actions.push(NomineeAction::Report {
+                    kind,
+                    why: why.clone(),
+                });
+            }
+            self.failures.push((kind, why));
+        }
+        self.check(now);
+    }
+
+    /// The controlling side wrote [`NOMINATION`] on this path.
+    pub fn handle_nominated(&mut self, id: PathId) {
+        if self.awaiting.remove(&id).is_some() && !self.done {
+            self.done = true;
+            self.actions.push(NomineeAction::Use(id));
+        }
+    }
+
+    /// This path ended without the nomination: another was chosen.
+    pub fn handle_not_chosen(&mut self, now: Instant, id: PathId) {
+        self.awaiting.remove(&id);
+        self.check(now);
+    }
+
+    /// The controlling side left the rendezvous.
+    pub fn handle_peer_left(&mut self, now: Instant) {
+        self.deadline = self.deadline.min(now + AFTER_PEER_LEFT);
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.deadline {
+            self.give_up();
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (!self.done).then_some(self.deadline)
+    }
+
+    /// The next thing to do.
+    pub fn poll_action(&mut self) -> Option<NomineeAction> {
+        if self.actions.is_empty() {
+            None
+        } else {
+            Some(self.actions.remove(0))
+        }
+    }
+
+    /// Why each failed path failed.
+    pub fn failures(&self) -> &[(PathKind, String)] {
+        &self.failures
+    }
+
+    fn check(&mut self, now: Instant) {
+        if self.pending.is_empty() && self.awaiting.is_empty() || now >= self.deadline {
+            self.give_up();
+        }
+    }
+
+    fn give_up(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.actions.push(NomineeAction::GiveUp);
+        }
+    }
+}
+
 /// A secure stream to the peer over whichever path won.
 #[derive(Debug)]
 pub enum PeerStream {
@@ -319,6 +466,61 @@ impl AsyncWrite for PeerStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nominee_uses_the_nominated_path_and_reports_tcp_failures() {
+        let t0 = Instant::now();
+        let mut n = Nominee::new(t0, Duration::from_secs(25));
+        n.handle_started(0, PathKind::Tcp);
+        n.handle_started(1, PathKind::Quic);
+        n.handle_started(2, PathKind::Relay);
+        n.handle_failed(t0, 0, "refused".into());
+        assert_eq!(
+            n.poll_action(),
+            Some(NomineeAction::Report {
+                kind: PathKind::Tcp,
+                why: "refused".into()
+            })
+        );
+        n.handle_established(1);
+        n.handle_established(2);
+        assert_eq!(n.poll_action(), Some(NomineeAction::Await(1)));
+        assert_eq!(n.poll_action(), Some(NomineeAction::Await(2)));
+        n.handle_not_chosen(t0, 1);
+        assert_eq!(n.poll_action(), None);
+        n.handle_nominated(2);
+        assert_eq!(n.poll_action(), Some(NomineeAction::Use(2)));
+        assert_eq!(n.poll_timeout(), None);
+        // A QUIC failure is not reported: only TCP.
+        assert_eq!(n.failures(), [(PathKind::Tcp, "refused".to_string())]);
+    }
+
+    #[test]
+    fn the_nominee_gives_up_when_all_fail_or_time_runs_out() {
+        let t0 = Instant::now();
+        let mut n = Nominee::new(t0, Duration::from_secs(25));
+        n.handle_started(0, PathKind::Quic);
+        n.handle_failed(t0, 0, "no answer".into());
+        assert_eq!(n.poll_action(), Some(NomineeAction::GiveUp));
+        // Established but never nominated: the deadline ends it.
+        let mut n = Nominee::new(t0, Duration::from_secs(25));
+        n.handle_started(0, PathKind::Relay);
+        n.handle_established(0);
+        assert_eq!(n.poll_action(), Some(NomineeAction::Await(0)));
+        n.handle_timeout(t0 + Duration::from_secs(24));
+        assert_eq!(n.poll_action(), None);
+        // The sender left: three more seconds, not the full wait.
+        n.handle_peer_left(t0 + Duration::from_secs(1));
+        assert_eq!(
+            n.poll_timeout(),
+            Some(t0 + Duration::from_secs(1) + AFTER_PEER_LEFT)
+        );
+        n.handle_timeout(t0 + Duration::from_secs(4));
+        assert_eq!(n.poll_action(), Some(NomineeAction::GiveUp));
+        // A late nomination changes nothing.
+        n.handle_nominated(0);
+        assert_eq!(n.poll_action(), None);
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

@@ -2,10 +2,13 @@
 //! authenticated path, the controlled side uses the one nominated; both
 //! talk over the mailbox meanwhile.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ferry_connect::ConnectError;
-use ferry_connect::race::{Action, NOMINATION, PathId, PathKind, Race, RaceConfig};
+use ferry_connect::race::{
+    Action, NOMINATION, Nominee, NomineeAction, PathId, PathKind, Race, RaceConfig,
+};
 use ferry_proto::pairing::SecureChannel;
 use ferry_proto::peer::PeerToPeer;
 use ferry_rendezvous::{SignalClient, SignalEvent};
@@ -171,60 +174,93 @@ pub(crate) async fn race_controlling(
 }
 
 /// The receiver waits for the sender to say "ferry-go" on one of the
-/// paths it established.
+/// paths it established; the decisions are [`Nominee`]'s.
 pub(crate) async fn race_controlled(
     mut set: JoinSet<(PathId, Result<Established, ConnectError>)>,
     kinds: &[PathKind],
     mut mailbox: Mailbox<'_>,
 ) -> Result<(Established, Vec<(PathKind, String)>), SessionError> {
-    let mut failures: Vec<(PathKind, String)> = Vec::new();
+    let mut nominee = Nominee::new(Instant::now(), NOMINATION_TIMEOUT);
+    for (id, kind) in kinds.iter().enumerate() {
+        nominee.handle_started(id, *kind);
+    }
+    // Established paths, until the nomination says which one to keep.
+    let mut held: HashMap<PathId, Established> = HashMap::new();
+    let mut waiting: JoinSet<(PathId, Option<Established>)> = JoinSet::new();
     let mut mailbox_open = true;
-    let mut waiting: JoinSet<Result<Established, (PathKind, String)>> = JoinSet::new();
-    let mut deadline = tokio::time::Instant::now() + NOMINATION_TIMEOUT;
     loop {
-        if set.is_empty() && waiting.is_empty() {
-            return Err(SessionError::NoPath {
-                failures,
-                relay_forced: false,
-            });
-        }
-        tokio::select! {
-            joined = set.join_next(), if !set.is_empty() => match joined {
-                Some(Ok((_, Ok(mut path)))) => {
-                    debug!(path = %path.kind, remote = %path.remote, "path established; waiting for the nomination");
+        while let Some(action) = nominee.poll_action() {
+            match action {
+                NomineeAction::Report { kind, why } => mailbox.path_failed(kind, &why).await,
+                NomineeAction::Await(id) => {
+                    let Some(mut path) = held.remove(&id) else {
+                        continue;
+                    };
+                    let deadline = nominee.poll_timeout().unwrap_or_else(Instant::now);
                     waiting.spawn(async move {
                         let mut word = [0u8; NOMINATION.len()];
-                        match tokio::time::timeout_at(deadline, path.stream.read_exact(&mut word)).await {
-                            Ok(Ok(_)) if &word == NOMINATION => Ok(path),
-                            _ => Err((path.kind, "the sender chose another path".to_string())),
+                        let read = tokio::time::timeout_at(
+                            deadline.into(),
+                            path.stream.read_exact(&mut word),
+                        )
+                        .await;
+                        match read {
+                            Ok(Ok(_)) if &word == NOMINATION => (id, Some(path)),
+                            _ => (id, None),
                         }
                     });
                 }
+                NomineeAction::Use(id) => {
+                    let Some(path) = held.remove(&id) else {
+                        continue;
+                    };
+                    info!(path = %path.kind, remote = %path.remote, "the sender chose this path");
+                    return Ok((path, nominee.failures().to_vec()));
+                }
+                NomineeAction::GiveUp => {
+                    return Err(SessionError::NoPath {
+                        failures: nominee.failures().to_vec(),
+                        relay_forced: false,
+                    });
+                }
+            }
+        }
+        if set.is_empty() && waiting.is_empty() {
+            // Nothing left that could be nominated (also when a path task
+            // died without saying which path it was).
+            return Err(SessionError::NoPath {
+                failures: nominee.failures().to_vec(),
+                relay_forced: false,
+            });
+        }
+        let wake = nominee.poll_timeout().unwrap_or_else(Instant::now);
+        tokio::select! {
+            joined = set.join_next(), if !set.is_empty() => match joined {
+                Some(Ok((id, Ok(path)))) => {
+                    debug!(path = %path.kind, remote = %path.remote, "path established; waiting for the nomination");
+                    held.insert(id, path);
+                    nominee.handle_established(id);
+                }
                 Some(Ok((id, Err(error)))) => {
-                    let kind = kinds.get(id).copied().unwrap_or(PathKind::Tcp);
-                    debug!(path = %kind, %error, "path failed");
-                    if kind == PathKind::Tcp {
-                        mailbox.path_failed(kind, &error.to_string()).await;
-                    }
-                    failures.push((kind, error.to_string()));
+                    debug!(path = ?kinds.get(id), %error, "path failed");
+                    nominee.handle_failed(Instant::now(), id, error.to_string());
                 }
                 Some(Err(error)) => debug!(%error, "path task failed"),
                 None => {}
             },
             nominated = waiting.join_next(), if !waiting.is_empty() => match nominated {
-                Some(Ok(Ok(path))) => {
-                    info!(path = %path.kind, remote = %path.remote, "the sender chose this path");
-                    return Ok((path, failures));
+                Some(Ok((id, Some(path)))) => {
+                    held.insert(id, path);
+                    nominee.handle_nominated(id);
                 }
-                Some(Ok(Err((kind, why)))) => {
-                    debug!(path = %kind, why, "path not chosen");
+                Some(Ok((id, None))) => {
+                    debug!(path = ?kinds.get(id), "path not chosen");
+                    nominee.handle_not_chosen(Instant::now(), id);
                 }
                 Some(Err(error)) => debug!(%error, "nomination task failed"),
                 None => {}
             },
-            () = tokio::time::sleep_until(deadline) => {
-                return Err(SessionError::NoPath { failures, relay_forced: false });
-            }
+            () = tokio::time::sleep_until(wake.into()) => nominee.handle_timeout(Instant::now()),
             said = mailbox.next(), if mailbox_open => match said {
                 Ok(_) => {}
                 Err(SessionError::Signal(error)) => {
@@ -237,7 +273,7 @@ pub(crate) async fn race_controlled(
                 Err(SessionError::PeerGone(why)) => {
                     debug!(%why, "the sender left the rendezvous");
                     mailbox_open = false;
-                    deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(3));
+                    nominee.handle_peer_left(Instant::now());
                 }
                 Err(error) => return Err(error),
             },

@@ -14,8 +14,7 @@ use std::collections::HashMap;
 
 use crate::error::TransferError;
 use crate::message::{EntryKind, Manifest};
-use crate::path::{RelativePath, sanitize};
-use crate::protocol::PART_SUFFIX;
+use crate::path::{PART_SUFFIX, RelativePath, sanitize};
 
 /// Bounds on what an offered manifest may ask the receiver to create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

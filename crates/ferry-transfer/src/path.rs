@@ -9,6 +9,9 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// Suffix of partially received files.
+pub const PART_SUFFIX: &str = ".ferry-part";
+
 /// Longest accepted path (bytes).
 pub const MAX_PATH_LEN: usize = 4096;
 /// Longest accepted path component (bytes).

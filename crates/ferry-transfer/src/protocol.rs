@@ -24,8 +24,7 @@ use crate::path::RelativePath;
 
 pub use crate::check::{ManifestLimits, validate_manifest};
 
-/// Suffix of partially received files.
-pub const PART_SUFFIX: &str = ".ferry-part";
+pub use crate::path::PART_SUFFIX;
 
 /// Where the sender starts a file, given the receiver's resume point, the
 /// file size and the BLAKE3 of the sender's own first `point.offset` bytes:

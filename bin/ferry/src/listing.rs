@@ -4,10 +4,10 @@
 //! every executable file, flagged. Without it a sender could slip
 //! `.git/hooks/post-checkout` (mode 0755) in after a screenful of decoys.
 //!
-//! Pure functions over the manifest: no I/O, so they are tested directly.
+//! The summary itself is `ferry_transfer::listing` (pure over the
+//! manifest); this renders it, for people and as JSON.
 
-use std::collections::HashMap;
-
+pub use ferry_transfer::listing::{Listing, summarize};
 use ferry_transfer::{EntryKind, Manifest};
 use indicatif::HumanBytes;
 use serde_json::{Value, json};
@@ -18,101 +18,6 @@ use crate::send::plural;
 /// The most top-level entries listed before "... and N more" (flagged
 /// paths are listed in full regardless; `--list` lists every entry).
 pub const TOP_LIMIT: usize = 200;
-
-/// An offer, summed up for the receiver.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Listing {
-    /// The top-level entries, in offer order.
-    pub top: Vec<Top>,
-    /// Hidden paths and executable files, in offer order.
-    pub flagged: Vec<Flagged>,
-}
-
-/// One top-level entry.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Top {
-    /// Its name (untrusted: escape before showing).
-    pub name: String,
-    /// A folder (anything below it), or a single file.
-    pub folder: bool,
-    /// Files at or below it.
-    pub files: usize,
-    /// Their bytes.
-    pub bytes: u64,
-}
-
-/// A path the receiver should notice.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Flagged {
-    /// The path: a hidden prefix (`.git/`, with a slash for a folder) or
-    /// an executable file.
-    pub path: String,
-    /// It is the shortest hidden prefix of an offered path: its last
-    /// component starts with `.`.
-    pub hidden: bool,
-    /// A file with an execute bit.
-    pub executable: bool,
-}
-
-/// Sums `manifest` up.
-pub fn summarize(manifest: &Manifest) -> Listing {
-    let mut listing = Listing::default();
-    let mut top_index: HashMap<&str, usize> = HashMap::new();
-    let mut flag_index: HashMap<String, usize> = HashMap::new();
-    for entry in &manifest.entries {
-        let (size, file, mode) = match entry.kind {
-            EntryKind::File { size, mode } => (size, true, mode),
-            EntryKind::Dir { mode } => (0, false, mode),
-        };
-        let (first, below) = match entry.path.split_once('/') {
-            Some((first, _)) => (first, true),
-            None => (entry.path.as_str(), false),
-        };
-        let at = *top_index.entry(first).or_insert_with(|| {
-            listing.top.push(Top {
-                name: first.to_string(),
-                folder: false,
-                files: 0,
-                bytes: 0,
-            });
-            listing.top.len() - 1
-        });
-        let top = &mut listing.top[at];
-        top.folder |= below || !file;
-        if file {
-            top.files += 1;
-            top.bytes = top.bytes.saturating_add(size);
-        }
-
-        let components: Vec<&str> = entry.path.split('/').collect();
-        let mut flag = |path: String, hidden: bool, executable: bool| {
-            let at = *flag_index.entry(path.clone()).or_insert_with(|| {
-                listing.flagged.push(Flagged {
-                    path,
-                    hidden: false,
-                    executable: false,
-                });
-                listing.flagged.len() - 1
-            });
-            listing.flagged[at].hidden |= hidden;
-            listing.flagged[at].executable |= executable;
-        };
-        // The shortest hidden prefix stands for everything below it.
-        if let Some(i) = components.iter().position(|c| c.starts_with('.')) {
-            let mut prefix = components[..=i].join("/");
-            if i + 1 < components.len() || !file {
-                prefix.push('/');
-            }
-            flag(prefix, true, false);
-        }
-        // Hidden as well only when it is that prefix itself (`.run.sh`);
-        // below a hidden folder, the folder's line says it.
-        if file && mode & 0o111 != 0 {
-            flag(entry.path.clone(), false, true);
-        }
-    }
-    listing
-}
 
 /// The human lines: the summary, the top-level entries (up to
 /// [`TOP_LIMIT`] unless `all`), then the flagged paths, all of them.

@@ -49,6 +49,7 @@ pub mod codec;
 mod error;
 mod fsx;
 mod io;
+pub mod listing;
 pub mod message;
 pub mod path;
 pub mod protocol;

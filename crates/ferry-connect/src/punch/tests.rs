@@ -1,9 +1,10 @@
 //! Deterministic tests of the puncher in virtual time, through a small
-//! in-memory internet with one NAT in front of each peer.
+//! in-memory internet (`ferry-netsim`'s NATs) with one NAT in front of
+//! each peer.
 
-use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use ferry_netsim::{Nat, NatConfig};
 use rand::Rng;
 
 use super::*;
@@ -25,77 +26,20 @@ enum NatType {
     Symmetric,
 }
 
-#[derive(Debug)]
-struct Nat {
-    kind: NatType,
-    public_ip: IpAddr,
-    next_port: u16,
-    mappings: HashMap<(SocketAddr, Option<SocketAddr>), u16>,
-    internal_of: HashMap<u16, SocketAddr>,
-    sent_to: HashSet<(u16, SocketAddr)>,
+impl NatType {
+    /// The shared network model's NAT of this type.
+    fn config(self) -> NatConfig {
+        match self {
+            NatType::FullCone => NatConfig::FULL_CONE,
+            NatType::AddressRestricted => NatConfig::ADDRESS_RESTRICTED,
+            NatType::PortRestricted => NatConfig::PORT_RESTRICTED,
+            NatType::Symmetric => NatConfig::SYMMETRIC,
+        }
+    }
 }
 
-impl Nat {
-    fn new(kind: NatType, public_ip: [u8; 4]) -> Nat {
-        Nat {
-            kind,
-            public_ip: IpAddr::V4(public_ip.into()),
-            next_port: 40_000,
-            mappings: HashMap::new(),
-            internal_of: HashMap::new(),
-            sent_to: HashSet::new(),
-        }
-    }
-
-    fn key(&self, internal: SocketAddr, dst: SocketAddr) -> (SocketAddr, Option<SocketAddr>) {
-        match self.kind {
-            NatType::Symmetric => (internal, Some(dst)),
-            _ => (internal, None),
-        }
-    }
-
-    /// Translates an outgoing datagram's source, creating the mapping and
-    /// the filter permission.
-    fn outbound(&mut self, internal: SocketAddr, dst: SocketAddr) -> SocketAddr {
-        let key = self.key(internal, dst);
-        let port = match self.mappings.get(&key) {
-            Some(&port) => port,
-            None => {
-                // Symmetric NATs scatter their ports; cones allocate in order.
-                self.next_port += if self.kind == NatType::Symmetric {
-                    7
-                } else {
-                    1
-                };
-                let port = self.next_port;
-                self.mappings.insert(key, port);
-                self.internal_of.insert(port, internal);
-                port
-            }
-        };
-        self.sent_to.insert((port, dst));
-        SocketAddr::new(self.public_ip, port)
-    }
-
-    /// The external address an earlier outgoing datagram to `dst` used.
-    fn existing_mapping(&self, internal: SocketAddr, dst: SocketAddr) -> Option<SocketAddr> {
-        let port = self.mappings.get(&self.key(internal, dst))?;
-        Some(SocketAddr::new(self.public_ip, *port))
-    }
-
-    /// Where an incoming datagram goes, if the filter lets it in.
-    fn inbound(&self, port: u16, from: SocketAddr) -> Option<SocketAddr> {
-        let internal = *self.internal_of.get(&port)?;
-        let allowed = match self.kind {
-            NatType::FullCone => true,
-            NatType::AddressRestricted => self
-                .sent_to
-                .iter()
-                .any(|&(p, to)| p == port && to.ip() == from.ip()),
-            NatType::PortRestricted | NatType::Symmetric => self.sent_to.contains(&(port, from)),
-        };
-        allowed.then_some(internal)
-    }
+fn nat(kind: NatType, public_ip: [u8; 4]) -> Nat {
+    Nat::new(kind.config(), IpAddr::V4(public_ip.into()))
 }
 
 struct Side {
@@ -154,14 +98,14 @@ impl Sim {
             SocketAddr::from(([10, 0, 0, 2], 5000)),
         ];
         let mut nats = [
-            Nat::new(setup.nats[0], [203, 0, 113, 10]),
-            Nat::new(setup.nats[1], [203, 0, 113, 20]),
+            nat(setup.nats[0], [203, 0, 113, 10]),
+            nat(setup.nats[1], [203, 0, 113, 20]),
         ];
         // What each peer learnt by STUN before punching: its mapping towards
         // the STUN server (for a symmetric NAT, useless towards anyone else).
         let stun = [
-            nats[0].outbound(internal[0], STUN_SERVER),
-            nats[1].outbound(internal[1], STUN_SERVER),
+            nats[0].outbound(internal[0], STUN_SERVER).unwrap(),
+            nats[1].outbound(internal[1], STUN_SERVER).unwrap(),
         ];
         let candidates = |other: usize| vec![(internal[other], 100), (stun[other], 50)];
         let [nat0, nat1] = nats;
@@ -246,7 +190,9 @@ impl Sim {
 
     fn route(&mut self, from_side: usize, transmit: Transmit) {
         let side = &mut self.sides[from_side];
-        let from = side.nat.outbound(side.internal, transmit.dst);
+        let Some(from) = side.nat.outbound(side.internal, transmit.dst) else {
+            return;
+        };
         if side.drop_kind == Some(transmit.payload[4]) {
             return;
         }
@@ -254,7 +200,7 @@ impl Sim {
             return;
         }
         // Only public NAT addresses are routable; private ones go nowhere.
-        let Some(to) = (0..2).find(|&j| self.sides[j].nat.public_ip == transmit.dst.ip()) else {
+        let Some(to) = (0..2).find(|&j| self.sides[j].nat.public_ip() == transmit.dst.ip()) else {
             return;
         };
         self.in_flight.push(Datagram {
@@ -286,10 +232,10 @@ impl Sim {
         let (remote_a, rtt_a) = self.confirmed(0).expect("A did not confirm");
         let (remote_b, rtt_b) = self.confirmed(1).expect("B did not confirm");
         let [a, b] = &self.sides;
-        assert_eq!(remote_a.ip(), b.nat.public_ip, "A's remote is B's NAT");
-        assert_eq!(remote_b.ip(), a.nat.public_ip, "B's remote is A's NAT");
-        assert_eq!(a.nat.existing_mapping(a.internal, remote_a), Some(remote_b));
-        assert_eq!(b.nat.existing_mapping(b.internal, remote_b), Some(remote_a));
+        assert_eq!(remote_a.ip(), b.nat.public_ip(), "A's remote is B's NAT");
+        assert_eq!(remote_b.ip(), a.nat.public_ip(), "B's remote is A's NAT");
+        assert_eq!(a.nat.existing(a.internal, remote_a), Some(remote_b));
+        assert_eq!(b.nat.existing(b.internal, remote_b), Some(remote_a));
         assert_eq!(b.nat.inbound(remote_a.port(), remote_b), Some(b.internal));
         assert_eq!(a.nat.inbound(remote_b.port(), remote_a), Some(a.internal));
         (rtt_a, rtt_b)
@@ -348,7 +294,7 @@ fn symmetric_and_full_cone_confirm_through_the_peer_reflexive_address() {
         let seen_by_cone = sim.confirmed(1 - symmetric).unwrap().0;
         let stun = sim.sides[symmetric]
             .nat
-            .existing_mapping(sim.sides[symmetric].internal, STUN_SERVER)
+            .existing(sim.sides[symmetric].internal, STUN_SERVER)
             .unwrap();
         assert_ne!(seen_by_cone, stun, "learnt, not the advertised candidate");
     }

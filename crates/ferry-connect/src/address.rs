@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tracing::debug;
 
-use crate::{Candidate, CandidateKind, Transport};
+use ferry_proto::peer::{Candidate, CandidateKind, Transport};
 
 /// Most candidates taken from a peer's `hello` (TCP and UDP together);
 /// the best by the peer's priority are kept, the rest dropped.

@@ -41,9 +41,8 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::debug;
 
-use crate::error::FailureReason;
-use crate::tls::{self, ALPN, CERTIFICATE_NAME};
-use crate::{ConnectError, Identity};
+use crate::error::{ConnectError, FailureReason};
+use crate::tls::{self, ALPN, CERTIFICATE_NAME, Identity};
 
 /// What the client writes first on the stream.
 pub const HELLO: &[u8; 10] = b"ferry-quic";

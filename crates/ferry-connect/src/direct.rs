@@ -109,8 +109,8 @@ impl DirectListener {
     /// link-local ones) with our port, best first: private LAN, then other
     /// and public addresses, loopback last. All are TCP host candidates.
     pub fn candidates(&self) -> Vec<Candidate> {
-        let addresses: Vec<IpAddr> = match if_addrs::get_if_addrs() {
-            Ok(interfaces) => interfaces.iter().map(|i| i.ip()).collect(),
+        let addresses: Vec<IpAddr> = match ferry_nat::addr::try_interfaces() {
+            Ok(interfaces) => interfaces.iter().map(|i| i.addr).collect(),
             Err(error) => {
                 debug!(%error, "could not list interfaces; offering loopback only");
                 vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]

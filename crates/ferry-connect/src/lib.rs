@@ -24,13 +24,14 @@
 //! simultaneous open), [`punch`] (authenticated UDP hole punching),
 //! [`quic`] (QUIC on a punched socket), [`race`] (the sans-IO core of the
 //! path race and the secured stream type), [`address`] (host candidates and
-//! the filter for a peer's candidates); privately `error` (the error types
+//! the filter for a peer's candidates), [`priority`] (the one priority table
+//! of every kind of candidate); privately `error` (the error types
 //! and how they are told) and `confirm` (the listener's confirmation,
 //! shared by `direct` and `simopen`). Dependencies point one way:
 //!
 //! ```text
 //! race ──▶ quic ──▶ tls ──▶ error
-//! direct ──▶ address     punch ──▶ error
+//! direct ──▶ address ──▶ priority     punch ──▶ error
 //! direct, simopen ──▶ confirm, tls, error      confirm ──▶ error
 //! ```
 //!
@@ -48,6 +49,7 @@ pub mod address;
 mod confirm;
 pub mod direct;
 mod error;
+pub mod priority;
 pub mod punch;
 pub mod quic;
 pub mod race;

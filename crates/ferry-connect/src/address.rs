@@ -5,7 +5,7 @@
 //! private addresses, so those come first; public addresses next; loopback
 //! last (it only helps when both peers run on the same machine, and then
 //! every other address works too). The priorities are the TCP host rows of
-//! the [`priority`](crate::priority) table; addresses are classified by
+//! the [`priority`] table; addresses are classified by
 //! [`ferry_nat::classify`].
 //!
 //! The peer's candidates arrive sealed in its `hello`, but the peer itself

@@ -21,7 +21,7 @@
 //!
 //! Modules: [`tls`] (identities, pinned rustls configurations),
 //! [`direct`] (the TCP listener and the candidate race), [`simopen`] (TCP
-//! simultaneous open), [`punch`] (authenticated UDP hole punching),
+//! simultaneous open), [`punch`](mod@punch) (authenticated UDP hole punching),
 //! [`quic`] (QUIC on a punched socket), [`race`] (the sans-IO core of the
 //! path race and the secured stream type), [`address`] (host candidates and
 //! the filter for a peer's candidates), [`priority`] (the one priority table

@@ -4,7 +4,7 @@
 //! the very same socket to quinn, so the NAT mappings just opened carry the
 //! QUIC traffic. The controlling side (the sender) is the QUIC server, the
 //! other side the client; both present their throw-away certificate and pin
-//! the peer's (the TLS 1.3 configurations of [`tls`](crate::tls), ALPN
+//! the peer's (the TLS 1.3 configurations of [`tls`], ALPN
 //! `ferry/1`, no early data).
 //!
 //! ```text

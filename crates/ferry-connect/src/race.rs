@@ -17,7 +17,7 @@
 //! ```
 //!
 //! [`Race`] is the sans-IO decision logic of the controlling side; the
-//! drivers live in [`crate::session`].
+//! drivers live in `ferry-session`.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -4,8 +4,9 @@
 //! Peers on one LAN reach each other fastest and most reliably through their
 //! private addresses, so those come first; public addresses next; loopback
 //! last (it only helps when both peers run on the same machine, and then
-//! every other address works too). The full address classification lives in
-//! `ferry-nat`; this is the small subset the priority order needs.
+//! every other address works too). The priorities are the TCP host rows of
+//! the [`priority`] table; addresses are classified by
+//! [`ferry_nat::classify`].
 //!
 //! The peer's candidates arrive sealed in its `hello`, but the peer itself
 //! may be hostile: [`peer_candidates`] keeps only addresses worth dialing,
@@ -14,63 +15,23 @@
 //! hundreds of targets. [`offered_candidates`] applies the same rule to
 //! what we send.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
+use ferry_nat::AddrClass;
+use ferry_proto::peer::{Candidate, CandidateKind, Transport};
 use tracing::debug;
 
-use crate::{Candidate, CandidateKind, Transport};
+use crate::priority::{self, Origin};
 
 /// Most candidates taken from a peer's `hello` (TCP and UDP together);
 /// the best by the peer's priority are kept, the rest dropped.
 pub const MAX_PEER_CANDIDATES: usize = 32;
 
-/// Coarse class of an address, best for direct connections first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum AddressClass {
-    /// 10/8, 172.16/12, 192.168/16, fc00::/7.
-    PrivateLan,
-    /// Everything routable that is not private (public, carrier-grade NAT).
-    Other,
-    /// 169.254/16: only reaches peers on the same link.
-    LinkLocal,
-    /// 127/8, ::1.
-    Loopback,
-}
-
-/// Classifies an address for the priority order.
-pub(crate) fn classify(ip: IpAddr) -> AddressClass {
-    match ip {
-        IpAddr::V4(v4) => classify_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return classify_v4(v4);
-            }
-            if v6.is_loopback() {
-                AddressClass::Loopback
-            } else if is_unique_local(v6) {
-                AddressClass::PrivateLan
-            } else if is_unicast_link_local(v6) {
-                AddressClass::LinkLocal
-            } else {
-                AddressClass::Other
-            }
-        }
-    }
-}
-
-/// Priority of a host candidate: higher is better. Within a class IPv4 goes
-/// first, because home routers far more often route and filter IPv4 sanely
-/// between LAN hosts than IPv6.
+/// Priority of a (TCP) host candidate: higher is better, from the
+/// [`priority`] table. Within a tier IPv4 goes first, because home routers
+/// far more often route and filter IPv4 sanely between LAN hosts than IPv6.
 pub(crate) fn host_priority(ip: IpAddr) -> u32 {
-    let class_score = match classify(ip) {
-        AddressClass::PrivateLan => 4,
-        AddressClass::Other => 3,
-        AddressClass::LinkLocal => 2,
-        AddressClass::Loopback => 1,
-    };
-    let family_score = if ip.is_ipv4() { 1 } else { 0 };
-    // Leave room below each step for later kinds (UPnP, STUN, relay) to slot in.
-    class_score * 100_000 + family_score * 10_000
+    priority::of(Origin::Host(ip), Transport::Tcp)
 }
 
 /// Builds the sorted, de-duplicated host candidates for the given interface
@@ -90,7 +51,7 @@ pub(crate) fn host_candidates(
         let port = match ip {
             IpAddr::V4(_) => port_v4,
             IpAddr::V6(v6) => {
-                if is_unicast_link_local(v6) {
+                if is_scoped_link_local(v6) {
                     continue;
                 }
                 match port_v6 {
@@ -128,8 +89,8 @@ pub fn peer_candidates(candidates: Vec<Candidate>, our_observed: SocketAddr) -> 
     let received = candidates.len();
     let their_observed_loopback = candidates
         .iter()
-        .any(|c| c.kind == CandidateKind::ServerObserved && canonical(c.addr.ip()).is_loopback());
-    let loopback_ok = canonical(our_observed.ip()).is_loopback() && their_observed_loopback;
+        .any(|c| c.kind == CandidateKind::ServerObserved && is_loopback(c.addr.ip()));
+    let loopback_ok = is_loopback(our_observed.ip()) && their_observed_loopback;
     let mut kept: Vec<Candidate> = Vec::with_capacity(received.min(MAX_PEER_CANDIDATES));
     for candidate in candidates {
         if let Some(why) = refusal(candidate.addr, loopback_ok) {
@@ -164,7 +125,7 @@ pub fn peer_candidates(candidates: Vec<Candidate>, our_observed: SocketAddr) -> 
 /// this machine; otherwise it cannot be reached there and need not learn
 /// of it).
 pub fn offered_candidates(candidates: Vec<Candidate>, server: SocketAddr) -> Vec<Candidate> {
-    let loopback_ok = canonical(server.ip()).is_loopback();
+    let loopback_ok = is_loopback(server.ip());
     candidates
         .into_iter()
         .filter(|c| refusal(c.addr, loopback_ok).is_none())
@@ -172,60 +133,46 @@ pub fn offered_candidates(candidates: Vec<Candidate>, server: SocketAddr) -> Vec
 }
 
 /// Why `addr` is not a place to dial or punch to, or `None` when it is.
+/// IPv4-mapped IPv6 addresses count as the IPv4 address they carry.
 pub(crate) fn refusal(addr: SocketAddr, loopback_ok: bool) -> Option<&'static str> {
     if addr.port() == 0 {
         return Some("port 0");
     }
-    let ip = canonical(addr.ip());
-    if ip.is_unspecified() {
-        return Some("unspecified address");
-    }
-    if ip.is_multicast() {
-        return Some("multicast address");
-    }
-    if ip.is_loopback() {
-        return (!loopback_ok).then_some("loopback address of a peer on another machine");
-    }
-    match ip {
-        IpAddr::V4(v4) if v4.is_broadcast() => Some("broadcast address"),
-        IpAddr::V4(v4) if v4.octets()[0] == 0 => Some("\"this network\" address (0.0.0.0/8)"),
-        IpAddr::V4(v4) if v4.is_link_local() => Some("link-local address"),
-        IpAddr::V6(v6) if is_unicast_link_local(v6) => Some("link-local address"),
+    match ferry_nat::classify(addr.ip()) {
+        AddrClass::Unspecified => Some("unspecified address"),
+        AddrClass::Multicast => Some("multicast address"),
+        AddrClass::Loopback => {
+            (!loopback_ok).then_some("loopback address of a peer on another machine")
+        }
+        AddrClass::Broadcast => Some("broadcast address"),
+        AddrClass::Reserved if is_this_network(addr.ip()) => {
+            Some("\"this network\" address (0.0.0.0/8)")
+        }
+        AddrClass::LinkLocal => Some("link-local address"),
         _ => None,
     }
 }
 
-/// IPv4-mapped IPv6 addresses as the IPv4 address they stand for.
-fn canonical(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
+/// 127/8 and `::1`, also IPv4-mapped.
+fn is_loopback(ip: IpAddr) -> bool {
+    ferry_nat::classify(ip) == AddrClass::Loopback
+}
+
+/// 0.0.0.0/8, also IPv4-mapped (part of what `ferry_nat` calls reserved).
+fn is_this_network(ip: IpAddr) -> bool {
+    matches!(ip.to_canonical(), IpAddr::V4(v4) if v4.octets()[0] == 0)
+}
+
+/// An IPv6 link-local address (fe80::/10), which needs a scope id to be
+/// dialed; IPv4-mapped addresses are never scoped.
+fn is_scoped_link_local(ip: Ipv6Addr) -> bool {
+    ip.to_ipv4_mapped().is_none() && ferry_nat::classify(IpAddr::V6(ip)) == AddrClass::LinkLocal
 }
 
 /// Sorts candidates best first; ties are broken by address so the order is
 /// deterministic.
 pub(crate) fn sort_by_priority(candidates: &mut [Candidate]) {
     candidates.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.addr.cmp(&b.addr)));
-}
-
-fn classify_v4(ip: Ipv4Addr) -> AddressClass {
-    if ip.is_loopback() {
-        AddressClass::Loopback
-    } else if ip.is_private() {
-        AddressClass::PrivateLan
-    } else if ip.is_link_local() {
-        AddressClass::LinkLocal
-    } else {
-        AddressClass::Other
-    }
-}
-
-/// fc00::/7.
-fn is_unique_local(ip: Ipv6Addr) -> bool {
-    (ip.segments()[0] & 0xfe00) == 0xfc00
-}
-
-/// fe80::/10.
-fn is_unicast_link_local(ip: Ipv6Addr) -> bool {
-    (ip.segments()[0] & 0xffc0) == 0xfe80
 }
 
 #[cfg(test)]
@@ -241,25 +188,6 @@ mod tests {
             .into_iter()
             .map(|c| c.addr.to_string())
             .collect()
-    }
-
-    #[test]
-    fn classifies_private_public_loopback_and_link_local() {
-        assert_eq!(classify(ip("10.1.2.3")), AddressClass::PrivateLan);
-        assert_eq!(classify(ip("172.16.0.1")), AddressClass::PrivateLan);
-        assert_eq!(classify(ip("172.31.255.1")), AddressClass::PrivateLan);
-        assert_eq!(classify(ip("172.32.0.1")), AddressClass::Other);
-        assert_eq!(classify(ip("192.168.1.20")), AddressClass::PrivateLan);
-        assert_eq!(classify(ip("fd12:3456::1")), AddressClass::PrivateLan);
-        assert_eq!(classify(ip("fc00::1")), AddressClass::PrivateLan);
-        assert_eq!(classify(ip("203.0.113.7")), AddressClass::Other);
-        assert_eq!(classify(ip("100.64.0.1")), AddressClass::Other);
-        assert_eq!(classify(ip("2001:db8::1")), AddressClass::Other);
-        assert_eq!(classify(ip("169.254.3.4")), AddressClass::LinkLocal);
-        assert_eq!(classify(ip("127.0.0.1")), AddressClass::Loopback);
-        assert_eq!(classify(ip("127.8.9.10")), AddressClass::Loopback);
-        assert_eq!(classify(ip("::1")), AddressClass::Loopback);
-        assert_eq!(classify(ip("::ffff:192.168.0.1")), AddressClass::PrivateLan);
     }
 
     #[test]

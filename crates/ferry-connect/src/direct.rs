@@ -28,19 +28,20 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use rustls::AlertDescription;
 use rustls::pki_types::ServerName;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 use tracing::debug;
 
-use crate::error::{CandidateFailure, FailureReason};
+use ferry_proto::peer::{Candidate, Transport};
+
+use crate::address;
+use crate::confirm::{confirm, read_confirmation};
+use crate::error::{CandidateFailure, ConnectError, FailureReason, classify_io};
 use crate::tls::ALPN;
-use crate::{Candidate, ConnectError, Transport, address};
 
 /// Delay between starting one candidate and the next (happy eyeballs).
 pub const STAGGER: Duration = Duration::from_millis(25);
@@ -58,9 +59,6 @@ pub const MAX_CANDIDATES: usize = 32;
 /// Incoming handshakes in flight at once; further connections are dropped
 /// until some finish, so a flood of idle connections cannot exhaust memory.
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
-
-/// Sent by the listener on the one connection it chose.
-pub(crate) const CONFIRMATION: &[u8; 8] = b"ferry-ok";
 
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -111,8 +109,8 @@ impl DirectListener {
     /// link-local ones) with our port, best first: private LAN, then other
     /// and public addresses, loopback last. All are TCP host candidates.
     pub fn candidates(&self) -> Vec<Candidate> {
-        let addresses: Vec<IpAddr> = match if_addrs::get_if_addrs() {
-            Ok(interfaces) => interfaces.iter().map(|i| i.ip()).collect(),
+        let addresses: Vec<IpAddr> = match ferry_nat::addr::try_interfaces() {
+            Ok(interfaces) => interfaces.iter().map(|i| i.addr).collect(),
             Err(error) => {
                 debug!(%error, "could not list interfaces; offering loopback only");
                 vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
@@ -327,26 +325,13 @@ async fn attempt(
         if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
             return Err(FailureReason::NotFerry);
         }
-        let mut confirmation = [0u8; CONFIRMATION.len()];
-        tls.read_exact(&mut confirmation)
-            .await
-            .map_err(classify_io)?;
-        if &confirmation != CONFIRMATION {
-            return Err(FailureReason::NotFerry);
-        }
+        read_confirmation(&mut tls).await?;
         Ok(tls)
     };
     match timeout_at(attempt_deadline, connect).await {
         Ok(result) => result,
         Err(_) => Err(FailureReason::TimedOut),
     }
-}
-
-pub(crate) async fn confirm(
-    tls: &mut tokio_rustls::server::TlsStream<TcpStream>,
-) -> io::Result<()> {
-    tls.write_all(CONFIRMATION).await?;
-    tls.flush().await
 }
 
 fn bind_v6(port: u16) -> io::Result<TcpListener> {
@@ -362,86 +347,4 @@ fn bind_v6(port: u16) -> io::Result<TcpListener> {
 
 fn local_port(listener: &TcpListener) -> Option<u16> {
     listener.local_addr().ok().map(|addr| addr.port())
-}
-
-/// Maps a socket or TLS error to what the user should hear about it.
-pub(crate) fn classify_io(error: io::Error) -> FailureReason {
-    if let Some(tls) = error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        return match tls {
-            rustls::Error::InvalidCertificate(_) => FailureReason::WrongCertificate,
-            rustls::Error::AlertReceived(alert) if is_certificate_alert(*alert) => {
-                FailureReason::RejectedByPeer
-            }
-            rustls::Error::NoApplicationProtocol
-            | rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol) => {
-                FailureReason::NotFerry
-            }
-            other => FailureReason::Tls(other.to_string()),
-        };
-    }
-    match error.kind() {
-        io::ErrorKind::ConnectionRefused => FailureReason::Refused,
-        io::ErrorKind::TimedOut => FailureReason::TimedOut,
-        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
-            FailureReason::Unreachable
-        }
-        io::ErrorKind::UnexpectedEof
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::BrokenPipe => FailureReason::ClosedByPeer,
-        _ => FailureReason::Io(error.to_string()),
-    }
-}
-
-fn is_certificate_alert(alert: AlertDescription) -> bool {
-    matches!(
-        alert,
-        AlertDescription::BadCertificate
-            | AlertDescription::UnsupportedCertificate
-            | AlertDescription::CertificateRevoked
-            | AlertDescription::CertificateExpired
-            | AlertDescription::CertificateUnknown
-            | AlertDescription::CertificateRequired
-            | AlertDescription::UnknownCA
-            | AlertDescription::AccessDenied
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classifies_socket_errors() {
-        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
-        assert_eq!(classify_io(refused), FailureReason::Refused);
-        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
-        assert_eq!(classify_io(eof), FailureReason::ClosedByPeer);
-        let unreachable = io::Error::from(io::ErrorKind::NetworkUnreachable);
-        assert_eq!(classify_io(unreachable), FailureReason::Unreachable);
-    }
-
-    #[test]
-    fn classifies_tls_errors() {
-        let wrong = io::Error::new(
-            io::ErrorKind::InvalidData,
-            rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ),
-        );
-        assert_eq!(classify_io(wrong), FailureReason::WrongCertificate);
-        let rejected = io::Error::new(
-            io::ErrorKind::InvalidData,
-            rustls::Error::AlertReceived(AlertDescription::AccessDenied),
-        );
-        assert_eq!(classify_io(rejected), FailureReason::RejectedByPeer);
-        let other = io::Error::new(
-            io::ErrorKind::InvalidData,
-            rustls::Error::AlertReceived(AlertDescription::HandshakeFailure),
-        );
-        assert!(matches!(classify_io(other), FailureReason::Tls(_)));
-    }
 }

@@ -1,8 +1,16 @@
-//! Errors of ferry-connect.
+//! Errors of ferry-connect, and how they are told to the user: the error
+//! type of every path ([`ConnectError`]), why one attempt failed
+//! ([`FailureReason`], [`CandidateFailure`], [`PunchFailure`]), the mapping of
+//! socket and TLS errors to those reasons, and the summaries and hints the
+//! messages carry. Depends on nothing else in the crate: every path module
+//! depends on this one.
 
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use rustls::AlertDescription;
 
 /// Everything that can go wrong while setting up a direct connection.
 #[derive(Debug, thiserror::Error)]
@@ -97,8 +105,8 @@ pub enum ConnectError {
     /// TCP simultaneous open gave no confirmed connection before the deadline.
     #[error(
         "TCP simultaneous open from {local} to {remote} failed after {waited:?}: {}; {}",
-        crate::simopen::describe_attempts(.attempts),
-        crate::simopen::failure_hint(.attempts)
+        describe_attempts(.attempts),
+        failure_hint(.attempts)
     )]
     SimultaneousOpenFailed {
         /// Our local address (the signalling port).
@@ -119,7 +127,7 @@ pub enum ConnectError {
     )]
     PunchFailed {
         /// What was seen.
-        why: crate::punch::PunchFailure,
+        why: PunchFailure,
         /// How long we tried.
         waited: Duration,
     },
@@ -233,6 +241,126 @@ fn hint(failures: &[CandidateFailure]) -> &'static str {
     }
 }
 
+/// Why hole punching failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PunchFailure {
+    /// No valid probe from the peer ever arrived.
+    NoAnswer,
+    /// The peer's probes arrived but none of ours were answered: a typical
+    /// sign of a symmetric NAT on one side and a filtering NAT on the other.
+    OneWayOnly,
+    /// Probes worked both ways, but the controlling side never nominated a
+    /// path (we are the controlled side).
+    NotNominated,
+    /// We nominated a path but the peer never acknowledged it.
+    NominationUnanswered,
+}
+
+impl fmt::Display for PunchFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PunchFailure::NoAnswer => "no probe from the peer arrived",
+            PunchFailure::OneWayOnly => {
+                "the peer's probes arrived but ours were never answered (a symmetric NAT?)"
+            }
+            PunchFailure::NotNominated => "the peer never chose a path",
+            PunchFailure::NominationUnanswered => "the peer never acknowledged the chosen path",
+        })
+    }
+}
+
+/// "3 attempts (refused x2, timed out)": consecutive equal reasons merged.
+pub(crate) fn describe_attempts(attempts: &[FailureReason]) -> String {
+    if attempts.is_empty() {
+        return "no attempt was made before the deadline".to_owned();
+    }
+    let mut runs: Vec<(&FailureReason, usize)> = Vec::new();
+    for reason in attempts {
+        match runs.last_mut() {
+            Some((last, count)) if *last == reason => *count += 1,
+            _ => runs.push((reason, 1)),
+        }
+    }
+    let runs: Vec<String> = runs
+        .into_iter()
+        .map(|(reason, count)| {
+            if count == 1 {
+                reason.to_string()
+            } else {
+                format!("{reason} x{count}")
+            }
+        })
+        .collect();
+    format!(
+        "{} attempt{} ({})",
+        attempts.len(),
+        if attempts.len() == 1 { "" } else { "s" },
+        runs.join(", ")
+    )
+}
+
+/// What the user might do about a failed simultaneous open.
+pub(crate) fn failure_hint(attempts: &[FailureReason]) -> &'static str {
+    let certificate_trouble = attempts.iter().any(|reason| {
+        matches!(
+            reason,
+            FailureReason::WrongCertificate | FailureReason::RejectedByPeer
+        )
+    });
+    if certificate_trouble {
+        "something other than the paired peer answered; if this repeats, start over with a new code"
+    } else {
+        "a NAT may change the port or block TCP simultaneous open; other paths may still work"
+    }
+}
+
+/// Maps a socket or TLS error to what the user should hear about it.
+pub(crate) fn classify_io(error: io::Error) -> FailureReason {
+    if let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return match tls {
+            rustls::Error::InvalidCertificate(_) => FailureReason::WrongCertificate,
+            rustls::Error::AlertReceived(alert) if is_certificate_alert(*alert) => {
+                FailureReason::RejectedByPeer
+            }
+            rustls::Error::NoApplicationProtocol
+            | rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol) => {
+                FailureReason::NotFerry
+            }
+            other => FailureReason::Tls(other.to_string()),
+        };
+    }
+    match error.kind() {
+        io::ErrorKind::ConnectionRefused => FailureReason::Refused,
+        io::ErrorKind::TimedOut => FailureReason::TimedOut,
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+            FailureReason::Unreachable
+        }
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => FailureReason::ClosedByPeer,
+        _ => FailureReason::Io(error.to_string()),
+    }
+}
+
+fn is_certificate_alert(alert: AlertDescription) -> bool {
+    matches!(
+        alert,
+        AlertDescription::BadCertificate
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateRequired
+            | AlertDescription::UnknownCA
+            | AlertDescription::AccessDenied
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +400,57 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("new code"), "{text}");
+    }
+
+    #[test]
+    fn attempts_are_described_with_runs_merged() {
+        assert_eq!(
+            describe_attempts(&[]),
+            "no attempt was made before the deadline"
+        );
+        assert_eq!(
+            describe_attempts(&[FailureReason::TimedOut]),
+            "1 attempt (timed out)"
+        );
+        assert_eq!(
+            describe_attempts(&[
+                FailureReason::Refused,
+                FailureReason::Refused,
+                FailureReason::TimedOut,
+                FailureReason::Refused,
+            ]),
+            "4 attempts (refused x2, timed out, refused)"
+        );
+    }
+
+    #[test]
+    fn classifies_socket_errors() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(classify_io(refused), FailureReason::Refused);
+        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert_eq!(classify_io(eof), FailureReason::ClosedByPeer);
+        let unreachable = io::Error::from(io::ErrorKind::NetworkUnreachable);
+        assert_eq!(classify_io(unreachable), FailureReason::Unreachable);
+    }
+
+    #[test]
+    fn classifies_tls_errors() {
+        let wrong = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ),
+        );
+        assert_eq!(classify_io(wrong), FailureReason::WrongCertificate);
+        let rejected = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(AlertDescription::AccessDenied),
+        );
+        assert_eq!(classify_io(rejected), FailureReason::RejectedByPeer);
+        let other = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(AlertDescription::HandshakeFailure),
+        );
+        assert!(matches!(classify_io(other), FailureReason::Tls(_)));
     }
 }

@@ -21,10 +21,21 @@
 //!
 //! Modules: [`tls`] (identities, pinned rustls configurations),
 //! [`direct`] (the TCP listener and the candidate race), [`simopen`] (TCP
-//! simultaneous open), [`punch`] (authenticated UDP hole punching),
+//! simultaneous open), [`punch`](mod@punch) (authenticated UDP hole punching),
 //! [`quic`] (QUIC on a punched socket), [`race`] (the sans-IO core of the
 //! path race and the secured stream type), [`address`] (host candidates and
-//! the filter for a peer's candidates). What this crate does not do:
+//! the filter for a peer's candidates), [`priority`] (the one priority table
+//! of every kind of candidate); privately `error` (the error types
+//! and how they are told) and `confirm` (the listener's confirmation,
+//! shared by `direct` and `simopen`). Dependencies point one way:
+//!
+//! ```text
+//! race ──▶ quic ──▶ tls ──▶ error
+//! direct ──▶ address ──▶ priority     punch ──▶ error
+//! direct, simopen ──▶ confirm, tls, error      confirm ──▶ error
+//! ```
+//!
+//! What this crate does not do:
 //! signalling, key agreement, gathering or path policy (`ferry-session`),
 //! NAT discovery (`ferry-nat`), relaying (`ferry-relay`), or the transfer
 //! itself (`ferry-transfer`).
@@ -35,8 +46,10 @@
 #![deny(missing_docs)]
 
 pub mod address;
+mod confirm;
 pub mod direct;
 mod error;
+pub mod priority;
 pub mod punch;
 pub mod quic;
 pub mod race;

@@ -40,7 +40,6 @@
 //! Datagrams with the wrong magic, length or tag are not ours (logged at debug).
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -49,7 +48,8 @@ use rand::{RngCore, SeedableRng};
 use tokio::net::UdpSocket;
 use tracing::debug;
 
-use crate::ConnectError;
+use crate::error::ConnectError;
+pub use crate::error::PunchFailure;
 
 /// Length of every probe datagram.
 pub const PROBE_LEN: usize = 38;
@@ -114,35 +114,6 @@ pub enum Event {
         /// What was seen, to tell the user why.
         why: PunchFailure,
     },
-}
-
-/// Why hole punching failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PunchFailure {
-    /// No valid probe from the peer ever arrived.
-    NoAnswer,
-    /// The peer's probes arrived but none of ours were answered: a typical
-    /// sign of a symmetric NAT on one side and a filtering NAT on the other.
-    OneWayOnly,
-    /// Probes worked both ways, but the controlling side never nominated a
-    /// path (we are the controlled side).
-    NotNominated,
-    /// We nominated a path but the peer never acknowledged it.
-    NominationUnanswered,
-}
-
-impl fmt::Display for PunchFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PunchFailure::NoAnswer => "no probe from the peer arrived",
-            PunchFailure::OneWayOnly => {
-                "the peer's probes arrived but ours were never answered (a symmetric NAT?)"
-            }
-            PunchFailure::NotNominated => "the peer never chose a path",
-            PunchFailure::NominationUnanswered => "the peer never acknowledged the chosen path",
-        })
-    }
 }
 
 /// The sans-IO hole punching state machine; see the [module docs](self).

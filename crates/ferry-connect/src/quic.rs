@@ -4,7 +4,7 @@
 //! the very same socket to quinn, so the NAT mappings just opened carry the
 //! QUIC traffic. The controlling side (the sender) is the QUIC server, the
 //! other side the client; both present their throw-away certificate and pin
-//! the peer's (the TLS 1.3 configurations of [`tls`](crate::tls), ALPN
+//! the peer's (the TLS 1.3 configurations of [`tls`], ALPN
 //! `ferry/1`, no early data).
 //!
 //! ```text
@@ -41,9 +41,8 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::debug;
 
-use crate::error::FailureReason;
-use crate::tls::{self, ALPN, CERTIFICATE_NAME};
-use crate::{ConnectError, Identity};
+use crate::error::{ConnectError, FailureReason};
+use crate::tls::{self, ALPN, CERTIFICATE_NAME, Identity};
 
 /// What the client writes first on the stream.
 pub const HELLO: &[u8; 10] = b"ferry-quic";

@@ -30,7 +30,7 @@
 //!
 //! TCP has no client or server after a simultaneous open, so the TLS roles
 //! come from the ferry roles. The confirmation is the one [`crate::direct`]
-//! uses: in TLS 1.3 the client finishes before the server has checked the
+//! uses (the private `confirm` module): in TLS 1.3 the client finishes before the server has checked the
 //! client's certificate, so the client waits for the server's `ferry-ok`.
 //! Once a TCP connection exists its 4-tuple is used up (a retry could only
 //! collide with it or its TIME-WAIT), so a TLS failure ends the attempt.
@@ -46,16 +46,14 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 use tracing::debug;
 
-use crate::direct::{CONFIRMATION, classify_io, confirm};
-use crate::error::FailureReason;
-use crate::tls::ALPN;
-use crate::{ConnectError, Identity, tls_acceptor, tls_connector};
+use crate::confirm::{confirm, read_confirmation};
+use crate::error::{ConnectError, FailureReason, classify_io};
+use crate::tls::{ALPN, Identity, tls_acceptor, tls_connector};
 
 /// Earliest time between the starts of two attempts.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(250);
@@ -404,13 +402,7 @@ async fn secure(
             if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
                 return Err(FailureReason::NotFerry);
             }
-            let mut confirmation = [0u8; CONFIRMATION.len()];
-            tls.read_exact(&mut confirmation)
-                .await
-                .map_err(classify_io)?;
-            if &confirmation != CONFIRMATION {
-                return Err(FailureReason::NotFerry);
-            }
+            read_confirmation(&mut tls).await?;
             Ok(tls.into())
         }
     }
@@ -425,51 +417,6 @@ fn connectable(local: SocketAddr, remote: SocketAddr) -> bool {
         && local.port() != 0
         // Connecting a port to itself would be a TCP self-connect.
         && local != remote
-}
-
-/// "3 attempts (refused x2, timed out)": consecutive equal reasons merged.
-pub(crate) fn describe_attempts(attempts: &[FailureReason]) -> String {
-    if attempts.is_empty() {
-        return "no attempt was made before the deadline".to_owned();
-    }
-    let mut runs: Vec<(&FailureReason, usize)> = Vec::new();
-    for reason in attempts {
-        match runs.last_mut() {
-            Some((last, count)) if *last == reason => *count += 1,
-            _ => runs.push((reason, 1)),
-        }
-    }
-    let runs: Vec<String> = runs
-        .into_iter()
-        .map(|(reason, count)| {
-            if count == 1 {
-                reason.to_string()
-            } else {
-                format!("{reason} x{count}")
-            }
-        })
-        .collect();
-    format!(
-        "{} attempt{} ({})",
-        attempts.len(),
-        if attempts.len() == 1 { "" } else { "s" },
-        runs.join(", ")
-    )
-}
-
-/// What the user might do about a failed simultaneous open.
-pub(crate) fn failure_hint(attempts: &[FailureReason]) -> &'static str {
-    let certificate_trouble = attempts.iter().any(|reason| {
-        matches!(
-            reason,
-            FailureReason::WrongCertificate | FailureReason::RejectedByPeer
-        )
-    });
-    if certificate_trouble {
-        "something other than the paired peer answered; if this repeats, start over with a new code"
-    } else {
-        "a NAT may change the port or block TCP simultaneous open; other paths may still work"
-    }
 }
 
 #[cfg(test)]
@@ -599,27 +546,6 @@ mod tests {
         assert_eq!(s.poll_timeout(), None);
         assert_eq!(s.next_attempt(t0), None);
         assert_eq!(s.attempts(), 0);
-    }
-
-    #[test]
-    fn attempts_are_described_with_runs_merged() {
-        assert_eq!(
-            describe_attempts(&[]),
-            "no attempt was made before the deadline"
-        );
-        assert_eq!(
-            describe_attempts(&[FailureReason::TimedOut]),
-            "1 attempt (timed out)"
-        );
-        assert_eq!(
-            describe_attempts(&[
-                FailureReason::Refused,
-                FailureReason::Refused,
-                FailureReason::TimedOut,
-                FailureReason::Refused,
-            ]),
-            "4 attempts (refused x2, timed out, refused)"
-        );
     }
 
     #[test]

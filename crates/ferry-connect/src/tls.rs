@@ -21,7 +21,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::ConnectError;
+use crate::error::ConnectError;
 
 /// The ALPN protocol both sides require.
 pub const ALPN: &[u8] = b"ferry/1";

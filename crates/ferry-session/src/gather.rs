@@ -70,7 +70,10 @@ pub(crate) async fn gather(
                     addr: SocketAddr::from((ip, udp_port)),
                     transport: Transport::Udp,
                     kind: CandidateKind::Host,
-                    priority: interface.class.candidate_priority(),
+                    priority: ferry_connect::priority::of(
+                        ferry_connect::priority::Origin::Host(interface.addr),
+                        Transport::Udp,
+                    ),
                 });
             }
         }
@@ -124,7 +127,10 @@ pub(crate) async fn gather(
             addr: mapped,
             transport: Transport::Udp,
             kind: CandidateKind::Stun,
-            priority: 900,
+            priority: ferry_connect::priority::of(
+                ferry_connect::priority::Origin::Stun,
+                Transport::Udp,
+            ),
         });
     }
     debug!(?candidates, "gathered candidates");

@@ -231,14 +231,18 @@ pub(crate) async fn run_session(
     let mut guard = None;
     if let Some((g, mapped)) = upnp {
         for (protocol, external) in mapped {
+            let transport = match protocol {
+                Protocol::Udp => Transport::Udp,
+                Protocol::Tcp => Transport::Tcp,
+            };
             ours.push(Candidate {
                 addr: SocketAddr::V4(external),
-                transport: match protocol {
-                    Protocol::Udp => Transport::Udp,
-                    Protocol::Tcp => Transport::Tcp,
-                },
+                transport,
                 kind: CandidateKind::Upnp,
-                priority: 850,
+                priority: ferry_connect::priority::of(
+                    ferry_connect::priority::Origin::Upnp,
+                    transport,
+                ),
             });
         }
         guard = Some(g);
@@ -247,7 +251,10 @@ pub(crate) async fn run_session(
         addr: welcome.observed_addr,
         transport: Transport::Tcp,
         kind: CandidateKind::ServerObserved,
-        priority: 100,
+        priority: ferry_connect::priority::of(
+            ferry_connect::priority::Origin::ServerObserved,
+            Transport::Tcp,
+        ),
     });
     let ours = ferry_connect::address::offered_candidates(ours, welcome.server_addr);
     let network = NetworkHint {

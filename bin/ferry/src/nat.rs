@@ -3,6 +3,10 @@
 //! mappings, NAT mapping and filtering behaviour (RFC 5780, when the server
 //! has two IPs), port preservation, UPnP, and a one-line verdict.
 //!
+//! This module runs the probes and renders the report; the verdict itself
+//! is decided by [`ferry_nat::verdict::Verdict::decide`] from what they
+//! observed, and worded here ([`verdict_text`]).
+//!
 //! JSON (`--json`, one object, event `nat`), fields:
 //! - `server`: the rendezvous server asked; `stun_server`: its STUN address
 //! - `interfaces`: `[{name, addr, class}]`
@@ -26,6 +30,7 @@ use anyhow::Result;
 use ferry_nat::behaviour::{DiscoveryConfig, Filtering, Mapping, NatReport, discover_udp};
 use ferry_nat::stun::binding_tcp;
 use ferry_nat::upnp::{TestMapping, UpnpOptions, UpnpReport};
+use ferry_nat::verdict::{Observations, Reach, Verdict};
 use ferry_rendezvous::SignalClient;
 use serde::Serialize;
 use tokio::net::UdpSocket;
@@ -45,7 +50,7 @@ pub struct Report {
     udp: UdpReport,
     tcp: TcpReport,
     upnp: UpnpReport,
-    verdict: Verdict,
+    verdict: VerdictReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,10 +91,12 @@ struct TcpReport {
     error: Option<String>,
 }
 
+/// The verdict as reported: `code` is the one-word [`Reach`], `text` the
+/// sentence for people.
 #[derive(Debug, Serialize)]
-struct Verdict {
-    code: &'static str,
-    text: String,
+struct VerdictReport {
+    code: Reach,
+    text: &'static str,
 }
 
 /// Runs `ferry nat`.
@@ -124,7 +131,7 @@ pub async fn check(server: &str, stun_port: u16) -> Result<Report> {
         .ok()
         .and_then(|mut addrs| addrs.find(SocketAddr::is_ipv4));
 
-    let (rendezvous, udp, tcp, upnp) = tokio::join!(
+    let (rendezvous, (udp, nat), tcp, upnp) = tokio::join!(
         check_rendezvous(server),
         check_udp(stun_server),
         check_tcp(stun_server),
@@ -136,7 +143,18 @@ pub async fn check(server: &str, stun_port: u16) -> Result<Report> {
             rendezvous.error.clone().unwrap_or_default()
         )));
     }
-    let verdict = verdict(&rendezvous, &udp, &tcp, &upnp);
+    let verdict = Verdict::decide(&Observations {
+        rendezvous_reachable: rendezvous.reachable,
+        rendezvous_port_preserved: rendezvous.port_preserved,
+        udp: nat,
+        tcp_mapped: tcp.mapped.is_some(),
+        tcp_port_preserved: tcp.port_preserved,
+        upnp_mapped: matches!(upnp.test_mapping, TestMapping::Mapped { .. }),
+    });
+    let verdict = VerdictReport {
+        code: verdict.reach(),
+        text: verdict_text(verdict),
+    };
     Ok(Report {
         server: server.to_string(),
         stun_server: stun_server.map(|a| a.to_string()),
@@ -168,28 +186,35 @@ async fn check_rendezvous(server: &str) -> RendezvousReport {
     }
 }
 
-async fn check_udp(stun: Option<SocketAddr>) -> UdpReport {
+/// The UDP part of the report, and the discovery report itself when
+/// discovery ran (for the verdict).
+async fn check_udp(stun: Option<SocketAddr>) -> (UdpReport, Option<NatReport>) {
     let Some(stun) = stun else {
-        return UdpReport {
+        let report = UdpReport {
             error: Some("the server's name did not resolve to an IPv4 address".into()),
             ..unknown_udp()
         };
+        return (report, None);
     };
     let socket = match UdpSocket::bind("0.0.0.0:0").await {
         Ok(s) => s,
         Err(e) => {
-            return UdpReport {
+            let report = UdpReport {
                 error: Some(format!("cannot open a UDP socket: {e}")),
                 ..unknown_udp()
             };
+            return (report, None);
         }
     };
     match discover_udp(&socket, stun, DiscoveryConfig::default()).await {
-        Ok(report) => udp_report(report),
-        Err(e) => UdpReport {
-            error: Some(e.to_string()),
-            ..unknown_udp()
-        },
+        Ok(report) => (udp_report(report.clone()), Some(report)),
+        Err(e) => {
+            let report = UdpReport {
+                error: Some(e.to_string()),
+                ..unknown_udp()
+            };
+            (report, None)
+        }
     }
 }
 
@@ -270,72 +295,40 @@ async fn check_upnp() -> UpnpReport {
     ferry_nat::upnp::probe(&UpnpOptions::default(), local).await
 }
 
-fn verdict(
-    rendezvous: &RendezvousReport,
-    udp: &UdpReport,
-    tcp: &TcpReport,
-    upnp: &UpnpReport,
-) -> Verdict {
-    let v = |code, text: &str| Verdict {
-        code,
-        text: text.to_string(),
-    };
-    if !rendezvous.reachable && udp.mapped.is_none() && tcp.mapped.is_none() {
-        return v(
-            "unreachable",
-            "the server cannot be reached from here: check the address, or the network blocks it",
-        );
-    }
-    let upnp_works = matches!(upnp.test_mapping, TestMapping::Mapped { .. });
-    if udp.blocked || udp.mapped.is_none() {
-        if rendezvous.reachable && tcp.mapped.is_none() {
-            return v(
-                "relay",
-                "only a few TCP ports get out of this network (UDP and STUN are blocked): only the relay (TCP 443) will work",
-            );
+/// The sentence for people, per verdict (the JSON `verdict.text`).
+fn verdict_text(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Unreachable => {
+            "the server cannot be reached from here: check the address, or the network blocks it"
         }
-        let tcp_preserved = tcp.port_preserved.or(rendezvous.port_preserved) == Some(true);
-        return if tcp_preserved {
-            v(
-                "direct-tcp",
-                "UDP is blocked: direct connections only over TCP, with peers on open or port-preserving networks; otherwise the relay",
-            )
-        } else {
-            v(
-                "relay",
-                "UDP is blocked and TCP ports are rewritten: only the relay (TCP 443) will work with most peers",
-            )
-        };
-    }
-    match (udp.mapping, udp.filtering) {
-        ("none", "endpoint-independent") => v(
-            "open",
-            "open network, no NAT: peers can connect to you directly",
-        ),
-        ("none", _) => v(
-            "direct",
-            "no NAT, but a firewall filters inbound traffic: direct connections will work with most peers",
-        ),
-        ("endpoint-independent", _) => v(
-            "direct",
-            "direct connections will work with most peers (your NAT keeps one public port per socket)",
-        ),
-        ("address-dependent" | "address-and-port-dependent", _) if upnp_works => v(
-            "direct",
-            "symmetric NAT, but its UPnP gateway maps ports: direct connections through the mapped port",
-        ),
-        ("address-dependent" | "address-and-port-dependent", _) => v(
-            "relay",
-            "symmetric NAT: direct connections only with peers on open networks, otherwise the relay",
-        ),
-        _ if udp.port_preserved == Some(true) => v(
-            "unknown",
-            "your NAT keeps ports, so direct connections will likely work; the server could not test NAT behaviour fully (it needs two IPs: ferry serve --stun-alt-ip)",
-        ),
-        _ => v(
-            "unknown",
-            "could not tell how your NAT behaves; the server needs two IPs for that (ferry serve --stun-alt-ip)",
-        ),
+        Verdict::FewTcpPortsOnly => {
+            "only a few TCP ports get out of this network (UDP and STUN are blocked): only the relay (TCP 443) will work"
+        }
+        Verdict::UdpBlockedTcpPreserved => {
+            "UDP is blocked: direct connections only over TCP, with peers on open or port-preserving networks; otherwise the relay"
+        }
+        Verdict::UdpBlockedTcpRewritten => {
+            "UDP is blocked and TCP ports are rewritten: only the relay (TCP 443) will work with most peers"
+        }
+        Verdict::Open => "open network, no NAT: peers can connect to you directly",
+        Verdict::NoNatFiltered => {
+            "no NAT, but a firewall filters inbound traffic: direct connections will work with most peers"
+        }
+        Verdict::EndpointIndependent => {
+            "direct connections will work with most peers (your NAT keeps one public port per socket)"
+        }
+        Verdict::SymmetricWithUpnp => {
+            "symmetric NAT, but its UPnP gateway maps ports: direct connections through the mapped port"
+        }
+        Verdict::Symmetric => {
+            "symmetric NAT: direct connections only with peers on open networks, otherwise the relay"
+        }
+        Verdict::UnknownPortPreserved => {
+            "your NAT keeps ports, so direct connections will likely work; the server could not test NAT behaviour fully (it needs two IPs: ferry serve --stun-alt-ip)"
+        }
+        Verdict::Unknown => {
+            "could not tell how your NAT behaves; the server needs two IPs for that (ferry serve --stun-alt-ip)"
+        }
     }
 }
 

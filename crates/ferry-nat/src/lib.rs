@@ -1,4 +1,4 @@
-//! ferry-nat: know the network.
+//! ferry-nat: know the network, and say what will work from it.
 //!
 //! - [`addr`]: classify IP addresses (private LAN, carrier-grade NAT,
 //!   link-local, public, ...) and list this host's interfaces.
@@ -7,10 +7,18 @@
 //!   plus thin tokio drivers for UDP and TCP.
 //! - [`behaviour`]: a sans-IO RFC 5780 NAT behaviour discovery procedure
 //!   (mapping, filtering, port preservation) built on the STUN client.
-//! - [`upnp`]: UPnP IGD port mapping (discovery, mappings with lease
-//!   renewal and removal on exit, a one-shot probe for reports).
+//! - [`upnp`]: UPnP IGD port mapping, one module per layer behind one
+//!   public API: search (gateway discovery), gateway (the SOAP calls that
+//!   add, renew and remove mappings), guard (lease renewal on a sans-IO
+//!   schedule, removal on exit), probe (a one-shot check for reports).
+//! - [`verdict`]: the verdict about a network, pure and typed: from what
+//!   the probes observed (rendezvous TCP, UDP behaviour, STUN over TCP,
+//!   the UPnP test mapping) to a [`verdict::Verdict`] and its one-word
+//!   [`verdict::Reach`] (`open`, `direct`, `direct-tcp`, `relay`,
+//!   `unreachable`, `unknown`).
 //!
-//! Not here: the `ferry nat` command (it lives in the binary).
+//! Not here: the `ferry nat` command, which runs the probes and words the
+//! verdict for people and `--json` (it lives in the binary).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -20,5 +28,6 @@ pub mod addr;
 pub mod behaviour;
 pub mod stun;
 pub mod upnp;
+pub mod verdict;
 
 pub use addr::{AddrClass, Interface, classify, interfaces};

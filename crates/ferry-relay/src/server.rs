@@ -52,8 +52,7 @@ use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tracing::{debug, info};
 
 use crate::pairing::{ConnId, Join, PairBudget, PairEnd, Refusal, Relay, RelayConfig, Stats};
-use crate::token::{TokenKey, unix_secs};
-use crate::token_from_hex;
+use crate::token::{TokenKey, token_from_hex, unix_secs};
 
 /// Buffer size of each copy direction.
 pub const COPY_BUFFER: usize = 256 * 1024;

@@ -7,15 +7,19 @@
 //! any fixed origin the caller chooses (e.g. the server's start), so tests
 //! run in virtual time.
 //!
-//! Around that core, one tokio module (tokio's io traits and timer only):
+//! Around that core, two tokio modules:
 //!
 //! - [`throttle`]: [`Throttled`], a stream whose writes are paced by a
 //!   [`TokenBucket`] (`ferry send --limit-rate`), and [`parse_rate`].
+//! - [`accept`]: the accept loop of ferry's TCP servers (the rendezvous
+//!   server, the relay): a connection cap, back-off on accept errors,
+//!   bounded lingering refusals, graceful shutdown within a grace.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
+pub mod accept;
 pub mod throttle;
 
 pub use throttle::{Throttled, parse_rate};

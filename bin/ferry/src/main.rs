@@ -13,7 +13,7 @@ mod receive;
 mod send;
 mod serve;
 mod session;
-mod throttle;
+use ferry_limits::throttle;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;

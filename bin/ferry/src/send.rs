@@ -10,7 +10,7 @@ use crate::escape;
 use crate::exit::Failure;
 use crate::output::{self, Output};
 use crate::session::{self, Reconnect};
-use crate::throttle::Throttled;
+use ferry_limits::Throttled;
 
 /// Runs `ferry send`.
 pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {

@@ -6,14 +6,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use ferry_nat::stun::{SourceLimits, StunServer, StunServerConfig};
+use anyhow::Result;
 use ferry_relay::token::SECRET_HOWTO;
-use ferry_relay::{RelayConfig, RelayServer, TokenKey};
-use ferry_rendezvous::{Config, ServerConfig};
+use ferry_relay::{RelayConfig, TokenKey};
+use ferry_server::{
+    RelayMode, RelayNode, RelayNodeConfig, Server, ServerConfig, StartError, StunConfig,
+};
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::cli::{RelayArgs, RelayLimitArgs, ServeArgs};
@@ -36,51 +35,51 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
     }
     // A relay elsewhere: its address as clients will use it, checked now
     // so a typo shows at start-up rather than in every transfer.
-    let remote_relay = match (&args.relay_url, &args.relay_secret_file) {
-        (Some(url), Some(file)) => {
-            let addr = relay_url(url).await?;
-            Some((addr, load_relay_key(file)?))
-        }
-        _ => None,
+    let relay = match (&args.relay_url, &args.relay_secret_file) {
+        (Some(url), Some(file)) => RelayMode::Elsewhere {
+            addr: relay_url(url).await?,
+            key: load_relay_key(file)?,
+        },
+        _ if args.no_relay => RelayMode::Off,
+        _ => RelayMode::Here(relay_config(&args.relay)),
     };
-    let relay_here = !args.no_relay && remote_relay.is_none();
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| bind_failure(&e, &args.listen.to_string(), "--listen"))?;
-    let local = listener.local_addr()?;
+    let config = ServerConfig {
+        listen: args.listen,
+        nameplate_ttl: Duration::from_secs(args.nameplate_ttl),
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        ipv4_prefix: args.ipv4_prefix,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        max_nameplates: args.max_nameplates,
+        stun: (!args.no_stun).then_some(StunConfig {
+            listen: args.stun_listen,
+            second_port: args.stun_second_port,
+            alt_ip: args.stun_alt_ip,
+            rate: args.stun_rate,
+        }),
+        relay,
+        relay_token_ttl: Duration::from_secs(args.relay_token_ttl),
+    };
+    let server = Server::start(config).await.map_err(|e| match e {
+        StartError::Listen { source, .. } => {
+            bind_failure(&source, &args.listen.to_string(), "--listen")
+        }
+        StartError::StunAltNeedsIp(_) => Failure::usage(
+            "--stun-alt-ip needs a specific primary IP: pass --stun-listen IP:3478 with one of this host's addresses",
+        ),
+        StartError::Stun(e) => Failure::local(format!(
+            "cannot start the STUN responder: {e}; choose other addresses with --stun-listen / \
+             --stun-second-port, or run without it (--no-stun)"
+        )),
+        other => other.into(),
+    })?;
 
-    let stun = if args.no_stun {
-        None
-    } else {
-        if args.stun_alt_ip.is_some() && args.stun_listen.ip().is_unspecified() {
-            return Err(Failure::usage(
-                "--stun-alt-ip needs a specific primary IP: pass --stun-listen IP:3478 with one of this host's addresses",
-            ));
-        }
-        let config = StunServerConfig {
-            second_port: Some(args.stun_second_port),
-            alternate_ip: args.stun_alt_ip,
-            udp_limits: SourceLimits {
-                rate: args.stun_rate,
-                burst: args.stun_rate.saturating_mul(2),
-                ..SourceLimits::default()
-            },
-            ..StunServerConfig::new(args.stun_listen)
-        };
-        let server = StunServer::bind(config).await.map_err(|e| {
-            Failure::local(format!(
-                "cannot start the STUN responder: {e}; choose other addresses with --stun-listen / \
-                 --stun-second-port, or run without it (--no-stun)"
-            ))
-        })?;
-        Some(server)
-    };
-    let stun_addrs: Vec<String> = stun
-        .as_ref()
-        .map(|s| s.udp_addrs().iter().map(ToString::to_string).collect())
-        .unwrap_or_default();
-    let rfc5780 = stun.as_ref().is_some_and(|s| s.alt_config().is_some());
-    let relay_url = remote_relay.as_ref().map(|(addr, _)| addr.clone());
+    let listening = server.listening();
+    let local = listening.signal;
+    let relay_here = listening.relay_here;
+    let rfc5780 = listening.rfc5780;
+    let stun_addrs: Vec<String> = listening.stun.iter().map(ToString::to_string).collect();
+    let relay_url = listening.relay_url.clone();
     out.event(
         "listening",
         json!({"signal": local.to_string(), "stun": stun_addrs, "rfc5780": rfc5780, "relay": relay_here, "relay_url": relay_url}),
@@ -103,60 +102,10 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
             }
         ));
     }
-    info!(%local, ?stun_addrs, rfc5780, relay_here, ?relay_url, "server listening");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let config = ServerConfig {
-        rendezvous: Config {
-            nameplate_ttl: Duration::from_secs(args.nameplate_ttl),
-            stun_port: stun
-                .as_ref()
-                .and_then(|s| s.udp_addrs().first().map(|a| a.port())),
-            // Another port on the same IP as the first: lets clients see
-            // whether their NAT maps each destination apart.
-            stun_second_port: stun.as_ref().and_then(|s| {
-                let addrs = s.udp_addrs();
-                let first = addrs.first()?;
-                addrs
-                    .iter()
-                    .find(|a| a.ip() == first.ip() && a.port() != first.port())
-                    .map(|a| a.port())
-            }),
-            relay_key: remote_relay.as_ref().map(|(_, key)| key.clone()),
-            relay_addr: relay_url,
-            relay_token_ttl: Duration::from_secs(args.relay_token_ttl),
-            max_nameplates: args.max_nameplates,
-            bucketing: ferry_limits::Bucketing {
-                ipv4_prefix: args.ipv4_prefix,
-                ..ferry_limits::Bucketing::default()
-            },
-            ..Config::default()
-        },
-        max_connections: args.max_connections,
-        max_connections_per_ip: args.max_connections_per_ip,
-        relay: relay_here.then(|| relay_config(&args.relay)),
-        shutdown_grace: Duration::from_secs(args.shutdown_grace),
-        ..ServerConfig::default()
-    };
-    let rendezvous = ferry_rendezvous::serve(listener, config, stopped(stop_rx.clone()));
-    let stun_task = async {
-        match stun {
-            Some(server) => server.run(stopped(stop_rx.clone())).await,
-            None => Ok(()),
-        }
-    };
-    let signal = async {
-        shutdown_signal().await;
-        info!("shutting down");
-        let _ = stop_tx.send(true);
-    };
-    let (rendezvous, stun, ()) = tokio::join!(rendezvous, stun_task, signal);
-    rendezvous.context("the rendezvous server failed")?;
-    stun.context("the STUN responder failed")?;
-    info!("server stopped");
+    shutdown_signal().await;
+    info!("shutting down");
+    server.shutdown().await?;
     Ok(())
 }
 
@@ -164,33 +113,33 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
 /// SIGTERM.
 pub async fn run_relay(args: RelayArgs, out: &mut Output) -> Result<()> {
     let key = load_relay_key(&args.relay_secret_file)?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| bind_failure(&e, &args.listen.to_string(), "--listen"))?;
-    let local = listener.local_addr()?;
-    let config = RelayConfig {
-        shutdown_grace: Duration::from_secs(args.shutdown_grace),
-        ..relay_config(&args.relay)
+    let config = RelayNodeConfig {
+        listen: args.listen,
+        relay: RelayConfig {
+            shutdown_grace: Duration::from_secs(args.shutdown_grace),
+            ..relay_config(&args.relay)
+        },
+        key,
     };
-    let relay = RelayServer::new(config, key);
+    let relay = RelayNode::start(config).await.map_err(|e| match e {
+        StartError::Listen { source, .. } => {
+            bind_failure(&source, &args.listen.to_string(), "--listen")
+        }
+        other => other.into(),
+    })?;
+    let local = relay.addr();
     out.event("listening", json!({"relay": local.to_string()}));
     out.say(format!(
         "ferry relay listening on {local} (TCP); give the rendezvous server \
          --relay-url THIS-HOST:{} and the same secret file",
         local.port()
     ));
-    info!(%local, "relay listening");
-    relay
-        .serve(listener, async {
-            shutdown_signal().await;
-            info!(
-                "shutting down: no new connections; open transfers have {} s to finish",
-                args.shutdown_grace
-            );
-        })
-        .await
-        .context("the relay failed")?;
-    let stats = relay.stats();
+    shutdown_signal().await;
+    info!(
+        "shutting down: no new connections; open transfers have {} s to finish",
+        args.shutdown_grace
+    );
+    let stats = relay.shutdown().await?;
     info!(
         paired = stats.paired,
         unknown_token = stats.unknown_token,

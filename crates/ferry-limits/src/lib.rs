@@ -6,10 +6,23 @@
 //! Sans-IO: no clock, no sockets. Time is passed in as a [`Duration`] since
 //! any fixed origin the caller chooses (e.g. the server's start), so tests
 //! run in virtual time.
+//!
+//! Around that core, two tokio modules:
+//!
+//! - [`throttle`]: [`Throttled`], a stream whose writes are paced by a
+//!   [`TokenBucket`] (`ferry send --limit-rate`), and [`parse_rate`].
+//! - [`accept`]: the accept loop of ferry's TCP servers (the rendezvous
+//!   server, the relay): a connection cap, back-off on accept errors,
+//!   bounded lingering refusals, graceful shutdown within a grace.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![deny(missing_docs)]
+
+pub mod accept;
+pub mod throttle;
+
+pub use throttle::{Throttled, parse_rate};
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -140,6 +153,12 @@ impl TokenBucket {
             return Duration::MAX;
         }
         Duration::from_secs_f64((n - self.tokens) / self.rate)
+    }
+
+    /// How many tokens the bucket holds at `now` (negative when in debt).
+    pub fn available(&mut self, now: Duration) -> f64 {
+        self.refill(now);
+        self.tokens
     }
 
     /// Whether the bucket is full at `now` (a full bucket carries no state
@@ -293,6 +312,8 @@ mod tests {
         assert_eq!(t.take_debt(secs(0.0), 100.0), Duration::ZERO);
         assert_eq!(t.take_debt(secs(0.0), 500.0), secs(0.5));
         assert_eq!(t.take_debt(secs(0.5), 0.0), Duration::ZERO);
+        assert_eq!(t.available(secs(0.5)), 0.0);
+        assert_eq!(t.available(secs(0.6)), 100.0);
     }
 
     #[test]

@@ -23,8 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::pairing::Token;
-use crate::token_to_hex;
+use crate::token::{Token, token_to_hex};
 
 /// Errors of [`relay_connect`].
 #[derive(Debug, thiserror::Error)]

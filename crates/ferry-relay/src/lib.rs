@@ -3,10 +3,10 @@
 //!
 //! - [`token`]: relay tokens signed with a secret the rendezvous server and
 //!   the relay share ([`TokenKey`]), so a relay on another host can check
-//!   them on its own. Pure functions.
+//!   them on its own. Pure functions; uses no other module here.
 //! - [`pairing`]: the pairing rules as a sans-IO state machine ([`Relay`]): token
 //!   checks (MAC, expiry, single use), limits, wait timeouts, refusal
-//!   counters. No sockets, no clock.
+//!   counters. No sockets, no clock. Builds on [`token`].
 //! - [`server`]: the tokio driver ([`RelayServer`]): takes a connection whose
 //!   first line was `relay {token}`, waits for its partner and copies bytes
 //!   both ways with large buffers, under an idle timeout and, by default,
@@ -46,21 +46,6 @@ pub mod server;
 pub mod token;
 
 pub use client::{PairLimits, RelayError, relay_connect, relay_join};
-pub use pairing::{ConnId, Join, PairBudget, PairEnd, Refusal, Relay, RelayConfig, Stats, Token};
+pub use pairing::{ConnId, Join, PairBudget, PairEnd, Refusal, Relay, RelayConfig, Stats};
 pub use server::RelayServer;
-pub use token::{SecretError, TokenKey};
-
-/// Formats a token as the 64 hex digits that travel in frames.
-pub fn token_to_hex(token: &Token) -> String {
-    hex::encode(token)
-}
-
-/// Parses 64 hex digits into a token; `None` for anything else.
-pub fn token_from_hex(text: &str) -> Option<Token> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut token = [0u8; 32];
-    hex::decode_to_slice(text, &mut token).ok()?;
-    Some(token)
-}
+pub use token::{SecretError, Token, TokenKey, token_from_hex, token_to_hex};

@@ -40,11 +40,8 @@ use std::time::{Duration, Instant};
 use ferry_limits::{AddrBucket, Bucketing};
 use tracing::debug;
 
+pub use crate::token::Token;
 use crate::token::{Claims, TokenKey};
-
-/// A relay token: 32 bytes the rendezvous gives both sides of a nameplate,
-/// signed with the relay's key (layout in [`crate::token`]).
-pub type Token = [u8; 32];
 
 /// Identifies one relay connection; the driver never reuses an id.
 pub type ConnId = u64;

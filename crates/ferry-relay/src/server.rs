@@ -25,12 +25,15 @@
 //! the key) or on another host (sharing the secret).
 //!
 //! [`RelayServer::serve`] is a listener of its own for a relay that runs
-//! apart from the signalling listener (`ferry relay`, or a second port):
-//! it caps connections per address bucket at accept, reads the first line
+//! apart from the signalling listener (`ferry relay`, or a second port),
+//! on the accept loop shared with the rendezvous server
+//! (`ferry_limits::accept`): it caps connections per address bucket at
+//! accept, then in all, reads the first line
 //! (at most `MAX_RELAY_FRAME` bytes, within `first_line_timeout`, 3 s)
 //! and calls [`RelayServer::handle`].
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,20 +43,19 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use ferry_limits::AddrBucket;
+use ferry_limits::accept::{AcceptConfig, Accepted, Verdict};
 use ferry_proto::signal::{
     ClientToServer, ErrorCode, MAX_RELAY_FRAME, RELAY_PROTOCOL_VERSION, ServerToClient,
     decode_frame, encode_frame,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot};
-use tokio::task::JoinSet;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tracing::{debug, info};
 
 use crate::pairing::{ConnId, Join, PairBudget, PairEnd, Refusal, Relay, RelayConfig, Stats};
-use crate::token::{TokenKey, unix_secs};
-use crate::token_from_hex;
+use crate::token::{TokenKey, token_from_hex, unix_secs};
 
 /// Buffer size of each copy direction.
 pub const COPY_BUFFER: usize = 256 * 1024;
@@ -150,69 +152,58 @@ impl RelayServer {
         let local = listener.local_addr()?;
         debug!(%local, "relay listening");
         let config = &self.inner.config;
-        let limit = config.max_pairs.saturating_mul(2).saturating_add(64);
-        let semaphore = Arc::new(Semaphore::new(limit));
-        // Refusals get their line and a moment to be read, but only so many
-        // at once: past that a refused connection gets its line without
-        // waiting and is closed, so a flood of refusals costs no tasks.
-        let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
+        let accept = AcceptConfig {
+            max_connections: config.max_pairs.saturating_mul(2).saturating_add(64),
+            // Refusals get their line and a moment to be read, but only so
+            // many at once: past that a refused connection gets its line
+            // without waiting and is closed, so a flood of refusals costs
+            // no tasks.
+            max_lingering_refusals: REFUSALS_AT_ONCE,
+            shutdown_grace: config.shutdown_grace,
+            name: "relay",
+        };
         let per_bucket = Arc::new(Mutex::new(BucketCounts::default()));
-        let mut tasks = JoinSet::new();
-        let mut backoff = Duration::from_millis(10);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            debug!(%error, "relay accept failed; backing off {backoff:?}");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(1));
-                            continue;
-                        }
-                    };
-                    backoff = Duration::from_millis(10);
-                    let bucket = config.bucketing.bucket(peer.ip());
-                    let Some(slot) = BucketSlot::take(&per_bucket, bucket, config.max_connections_per_ip) else {
-                        debug!(%peer, %bucket, "relay per-address connection limit reached");
-                        refuse_at_accept(stream, &refusals, &mut tasks, Refusal::PerIpLimit.message());
-                        continue;
-                    };
-                    let Ok(permit) = semaphore.clone().try_acquire_owned() else {
-                        debug!(%peer, "relay connection limit reached");
-                        refuse_at_accept(stream, &refusals, &mut tasks, CONNECTION_LIMIT_MESSAGE);
-                        continue;
-                    };
-                    let relay = self.clone();
-                    tasks.spawn(async move {
-                        let _permit = permit;
-                        let _slot = slot;
-                        relay.serve_one(stream, peer).await;
-                    });
-                }
-            }
-        }
-        drop(listener);
-        self.inner.shutting_down.store(true, Ordering::Relaxed);
-        // Nobody new can come, so nobody waiting will be joined: dropping
-        // their inboxes tells them so.
-        self.waiters().clear();
+        let admit = |accepted: Accepted| {
+            let Accepted {
+                stream,
+                addr: peer,
+                permit,
+            } = accepted;
+            let bucket = config.bucketing.bucket(peer.ip());
+            let Some(slot) = BucketSlot::take(&per_bucket, bucket, config.max_connections_per_ip)
+            else {
+                debug!(%peer, %bucket, "relay per-address connection limit reached");
+                return Verdict::Refuse(refuse_at_accept(stream, Refusal::PerIpLimit.message()));
+            };
+            let Some(permit) = permit else {
+                debug!(%peer, "relay connection limit reached");
+                return Verdict::Refuse(refuse_at_accept(stream, CONNECTION_LIMIT_MESSAGE));
+            };
+            let relay = self.clone();
+            Verdict::Serve(permit, async move {
+                let _slot = slot;
+                relay.serve_one(stream, peer).await;
+            })
+        };
         let grace = config.shutdown_grace;
-        info!(
-            connections = tasks.len(),
-            "relay stopped accepting; letting open pairs finish for up to {grace:?}"
-        );
-        let drain = async { while tasks.join_next().await.is_some() {} };
-        if timeout(grace, drain).await.is_err() {
+        let stopping = |open: usize| {
+            self.inner.shutting_down.store(true, Ordering::Relaxed);
+            // Nobody new can come, so nobody waiting will be joined:
+            // dropping their inboxes tells them so.
+            self.waiters().clear();
             info!(
-                connections = tasks.len(),
-                "relay pairs still open after the grace period; cutting them"
+                connections = open,
+                "relay stopped accepting; letting open pairs finish for up to {grace:?}"
             );
-            tasks.shutdown().await;
+            std::future::ready(())
+        };
+        let drained =
+            ferry_limits::accept::serve(listener, accept, shutdown, admit, stopping).await;
+        if drained.cut > 0 {
+            info!(
+                connections = drained.cut,
+                "relay pairs still open after the grace period; cut them"
+            );
         }
         Ok(())
     }
@@ -515,30 +506,28 @@ impl RelayServer {
     }
 }
 
-/// Tells a connection refused at accept why (`error {server-full}`) and
-/// closes it: in a task of its own while fewer than [`REFUSALS_AT_ONCE`]
-/// are lingering, else at once with a non-blocking write.
+/// Tells a connection refused at accept why (`error {server-full}`) with
+/// a non-blocking write; the future it returns closes it after a linger.
+/// The accept loop runs that while fewer than [`REFUSALS_AT_ONCE`] are
+/// lingering, else drops it: the connection then closes at once.
 fn refuse_at_accept(
     mut stream: TcpStream,
-    refusals: &Arc<Semaphore>,
-    tasks: &mut JoinSet<()>,
     message: &'static str,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let mut line = BytesMut::new();
     let msg = ServerToClient::Error {
         code: ErrorCode::ServerFull,
         message: message.to_string(),
     };
-    if encode_frame(&msg, &mut line).is_err() {
-        return;
+    let encoded = encode_frame(&msg, &mut line).is_ok();
+    if encoded {
+        // A fresh socket's send buffer takes a line without blocking.
+        let _ = stream.try_write(&line);
     }
-    // A fresh socket's send buffer takes a line without blocking.
-    let _ = stream.try_write(&line);
-    if let Ok(permit) = refusals.clone().try_acquire_owned() {
-        tasks.spawn(async move {
-            let _permit = permit;
+    async move {
+        if encoded {
             linger(&mut stream).await;
-        });
+        }
     }
 }
 

@@ -3,8 +3,8 @@
 //! The rendezvous server and the relay share a secret (at least 32 random
 //! bytes). On a claim the rendezvous gives both sides of the nameplate one
 //! token; the relay checks its MAC and its expiry itself, and remembers the
-//! tokens it saw (in [`crate::pairing`]) so that only two connections can
-//! present one. This is the TURN REST-API idea with BLAKE3 in place of
+//! tokens it saw (its pairing rules, which use this module) so that only
+//! two connections can present one. This is the TURN REST-API idea with BLAKE3 in place of
 //! HMAC-SHA1, plus single use.
 //!
 //! ```text
@@ -21,14 +21,32 @@
 //!   must agree to well within the token's lifetime (NTP).
 //! - Bound to its nameplate, and unique: the nonce comes from the
 //!   rendezvous server's seeded rng, so two claims never share a token.
-//! - Single use is the relay's memory, not the token's: see
-//!   [`crate::pairing`].
+//! - Single use is the relay's memory, not the token's: see the pairing
+//!   rules.
 //!
-//! Pure functions: no sockets, no clock (time is an argument).
+//! Pure functions: no sockets, no clock (time is an argument). This module
+//! uses no other module of the crate; `pairing` builds on it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::pairing::Token;
+/// A relay token: 32 bytes the rendezvous gives both sides of a nameplate,
+/// signed with the relay's key (layout above).
+pub type Token = [u8; 32];
+
+/// Formats a token as the 64 hex digits that travel in frames.
+pub fn token_to_hex(token: &Token) -> String {
+    hex::encode(token)
+}
+
+/// Parses 64 hex digits into a token; `None` for anything else.
+pub fn token_from_hex(text: &str) -> Option<Token> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut token = [0u8; 32];
+    hex::decode_to_slice(text, &mut token).ok()?;
+    Some(token)
+}
 
 /// The BLAKE3 `derive_key` context; a new token format takes a new one.
 pub const KEY_CONTEXT: &str = "ferry relay token v1";

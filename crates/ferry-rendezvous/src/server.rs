@@ -1,11 +1,13 @@
 //! The tokio driver of the rendezvous server.
 //!
 //! ```text
-//! serve(): accept loop
-//!   - Semaphore caps connections; admission::Admission caps each address
-//!     bucket (IPv4 prefix, IPv6 /64) and its rate of new connections;
-//!     refused connections get one error frame and are closed (a bounded
-//!     number linger briefly so the frame arrives; the rest close at once)
+//! serve(): ferry_limits::accept::serve, the accept loop shared with the
+//!   relay:
+//!   - it caps connections (max_connections); then admission::Admission
+//!     caps each address bucket (IPv4 prefix, IPv6 /64) and its rate of
+//!     new connections; refused connections get one error frame and are
+//!     closed (a bounded number linger briefly so the frame arrives; the
+//!     rest close at once)
 //!   - accept errors back off (up to 1 s)
 //!   - spawns connection(), one task per TCP connection
 //! connection(): reads frames (64 KiB limit, checked before buffering more)
@@ -16,7 +18,8 @@
 //! actor(): owns state::Rendezvous, the only place decisions are made;
 //!   one timer re-armed from poll_timeout()
 //! shutdown: the accept loop stops, the actor sends every client an
-//!   `error {shutting-down}` and closes it; tasks get 5 s to finish.
+//!   `error {shutting-down}` and closes it; the actor and the tasks get
+//!   shutdown_grace (5 s) to finish, then the rest are aborted.
 //! ```
 //!
 //! The first frame of a connection decides what it is for: `hello` is
@@ -40,6 +43,7 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use ferry_limits::accept::{AcceptConfig, Accepted, Verdict};
 use ferry_proto::signal::{
     ClientToServer, ErrorCode, FrameError, MAX_FRAME, RELAY_PROTOCOL_VERSION, ServerToClient,
     decode_frame, encode_frame,
@@ -48,10 +52,9 @@ use ferry_relay::token::unix_secs;
 use ferry_relay::{RelayConfig, RelayServer, TokenKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep, sleep_until, timeout};
-use tracing::{debug, info, warn};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{debug, info};
 
 use crate::admission::{Admission, AdmissionLimits, Refusal};
 use crate::state::{ClientId, Config, Rendezvous};
@@ -163,7 +166,6 @@ pub async fn serve_with_relay(
     let (stop_tx, stop_rx) = oneshot::channel();
     let actor = tokio::spawn(actor(core, inbox_rx, stop_rx));
 
-    let semaphore = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let admission = Arc::new(Mutex::new(Admission::new(AdmissionLimits {
         bucketing: config.rendezvous.bucketing,
         max_per_bucket: config.max_connections_per_ip.max(1),
@@ -172,67 +174,61 @@ pub async fn serve_with_relay(
         max_tracked_buckets: config.rendezvous.max_tracked_buckets,
     })));
     let started = Instant::now();
-    // Refused connections that may linger to deliver their error frame;
-    // beyond this many at once, they are closed at once.
-    let refusals = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
-    let mut tasks = JoinSet::new();
     let mut next_id: ClientId = 1;
-    let mut backoff = Duration::from_millis(10);
-    tokio::pin!(shutdown);
-
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            accepted = listener.accept() => {
-                let (stream, addr) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Usually out of file descriptors: wait for some to free up.
-                        warn!(%error, "accept failed; backing off {backoff:?}");
-                        sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                        continue;
-                    }
-                };
-                backoff = Duration::from_millis(10);
-                let Ok(permit) = semaphore.clone().try_acquire_owned() else {
-                    debug!(%addr, "connection limit reached");
-                    let message = "the server is at its connection limit; try again later".to_string();
-                    refuse(&mut tasks, &refusals, stream, ErrorCode::ServerFull, message);
-                    continue;
-                };
-                let slot = match BucketSlot::take(&admission, started.elapsed(), addr) {
-                    Ok(slot) => slot,
-                    Err(refusal) => {
-                        debug!(%addr, %refusal, "connection refused");
-                        let code = match refusal {
-                            Refusal::PerAddress { .. } => ErrorCode::ServerFull,
-                            _ => ErrorCode::RateLimited,
-                        };
-                        refuse(&mut tasks, &refusals, stream, code, refusal.to_string());
-                        continue;
-                    }
-                };
-                let id = next_id;
-                next_id += 1;
-                let conn = Conn { id, addr, inbox: inbox_tx.clone(), relay: relay.clone(), _permit: permit, _slot: slot };
-                tasks.spawn(connection(conn, stream));
-            }
-        }
-    }
-
-    info!("rendezvous server shutting down");
-    drop(listener);
-    let _ = stop_tx.send(());
-    let drain = async {
-        let _ = actor.await;
-        while tasks.join_next().await.is_some() {}
+    let accept = AcceptConfig {
+        max_connections: config.max_connections,
+        // Refused connections that may linger to deliver their error
+        // frame; beyond this many at once, they are closed at once.
+        max_lingering_refusals: MAX_LINGERING_REFUSALS,
+        shutdown_grace: config.shutdown_grace,
+        name: "rendezvous",
     };
-    if timeout(config.shutdown_grace, drain).await.is_err() {
-        debug!("connections still open after the grace period; aborting them");
-        tasks.abort_all();
+    let admit = |accepted: Accepted| {
+        let Accepted {
+            stream,
+            addr,
+            permit,
+        } = accepted;
+        let Some(permit) = permit else {
+            debug!(%addr, "connection limit reached");
+            let message = "the server is at its connection limit; try again later".to_string();
+            return Verdict::Refuse(refuse(stream, ErrorCode::ServerFull, message));
+        };
+        let slot = match BucketSlot::take(&admission, started.elapsed(), addr) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                debug!(%addr, %refusal, "connection refused");
+                let code = match refusal {
+                    Refusal::PerAddress { .. } => ErrorCode::ServerFull,
+                    _ => ErrorCode::RateLimited,
+                };
+                return Verdict::Refuse(refuse(stream, code, refusal.to_string()));
+            }
+        };
+        let id = next_id;
+        next_id += 1;
+        let conn = Conn {
+            id,
+            addr,
+            inbox: inbox_tx.clone(),
+            relay: relay.clone(),
+            _slot: slot,
+        };
+        Verdict::Serve(permit, connection(conn, stream))
+    };
+    let stopping = |_open| {
+        info!("rendezvous server shutting down");
+        let _ = stop_tx.send(());
+        async move {
+            let _ = actor.await;
+        }
+    };
+    let drained = ferry_limits::accept::serve(listener, accept, shutdown, admit, stopping).await;
+    if drained.cut > 0 {
+        debug!(
+            connections = drained.cut,
+            "connections still open after the grace period; aborted them"
+        );
     }
     Ok(())
 }
@@ -369,13 +365,13 @@ fn flush(core: &mut Rendezvous, conns: &mut HashMap<ClientId, Outbox>) {
     }
 }
 
-/// What a connection task holds; the permits are released when it ends.
+/// What a connection task holds; its bucket slot is released when it ends
+/// (its place under the connection cap right after).
 struct Conn {
     id: ClientId,
     addr: SocketAddr,
     inbox: mpsc::Sender<ActorMsg>,
     relay: Option<RelayServer>,
-    _permit: OwnedSemaphorePermit,
     _slot: BucketSlot,
 }
 
@@ -565,28 +561,24 @@ async fn linger(stream: &mut TcpStream) {
     .await;
 }
 
-/// Writes one error frame to a refused connection without waiting, and
-/// closes it: after a short linger (so the frame is read, not lost to a
-/// reset) while fewer than [`MAX_LINGERING_REFUSALS`] do so, else at once.
+/// Writes one error frame to a refused connection without waiting; the
+/// future it returns closes it after a short linger (so the frame is read,
+/// not lost to a reset). The accept loop runs that while fewer than
+/// [`MAX_LINGERING_REFUSALS`] do so, else drops it: the connection then
+/// closes at once.
 fn refuse(
-    tasks: &mut JoinSet<()>,
-    refusals: &Arc<Semaphore>,
     mut stream: TcpStream,
     code: ErrorCode,
     message: String,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let mut frame = BytesMut::new();
     if encode_frame(&ServerToClient::Error { code, message }, &mut frame).is_ok() {
         // A fresh socket's send buffer takes one small frame at once.
         let _ = stream.try_write(&frame);
     }
-    let Ok(permit) = refusals.clone().try_acquire_owned() else {
-        return;
-    };
-    tasks.spawn(async move {
+    async move {
         let _ = timeout(REFUSAL_LINGER, linger(&mut stream)).await;
-        drop(permit);
-    });
+    }
 }
 
 /// One connection's share of its address bucket; released on drop.

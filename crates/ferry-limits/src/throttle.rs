@@ -1,5 +1,8 @@
-//! `--limit-rate`: a token-bucket cap on how fast we write to the peer, for
-//! shared links (and for tests that need a transfer to take a while).
+//! A write-rate cap on a tokio stream ([`Throttled`], the `--limit-rate`
+//! of `ferry send`), for shared links and for tests that need a transfer
+//! to take a while, and the parser of its rates ([`parse_rate`]).
+//!
+//! The pacing is a [`TokenBucket`] in bytes; the tokio timer says when.
 
 use std::io;
 use std::pin::Pin;
@@ -9,27 +12,31 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// A stream whose writes are capped at `rate` bytes per second.
+use crate::TokenBucket;
+
+/// A stream whose writes are capped at `rate` bytes per second. Reads pass
+/// through.
 pub struct Throttled<S> {
     inner: S,
-    rate: f64,
+    /// Bytes that may be written; starts full (one burst).
+    bucket: TokenBucket,
     burst: f64,
-    allowance: f64,
-    last: Instant,
+    /// The bucket's time origin.
+    origin: Instant,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> Throttled<S> {
-    /// Caps writes to `rate` bytes per second (at least 1 KiB/s).
+    /// Caps writes to `rate` bytes per second (at least 1 KiB/s), in bursts
+    /// of a twentieth of a second's worth (at least 16 KiB).
     pub fn new(inner: S, rate: u64) -> Self {
         let rate = rate.max(1024) as f64;
         let burst = (rate / 20.0).max(16.0 * 1024.0);
         Throttled {
             inner,
-            rate,
+            bucket: TokenBucket::new(rate, burst, Duration::ZERO),
             burst,
-            allowance: burst,
-            last: Instant::now(),
+            origin: Instant::now(),
             sleep: None,
         }
     }
@@ -52,24 +59,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Throttled<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        loop {
+        let (now, allowance) = loop {
             if let Some(sleep) = this.sleep.as_mut() {
                 ready!(sleep.as_mut().poll(cx));
                 this.sleep = None;
             }
-            let now = Instant::now();
-            let elapsed = now.duration_since(this.last).as_secs_f64();
-            this.last = now;
-            this.allowance = (this.allowance + elapsed * this.rate).min(this.burst);
-            if this.allowance >= 1.0 {
-                break;
+            let now = this.origin.elapsed();
+            let allowance = this.bucket.available(now);
+            if allowance >= 1.0 {
+                break (now, allowance);
             }
-            let wait = (1024.0_f64.min(this.burst) - this.allowance) / this.rate;
-            this.sleep = Some(Box::pin(tokio::time::sleep(Duration::from_secs_f64(wait))));
-        }
-        let n = buf.len().min(this.allowance as usize).max(1);
+            // Wait for a KiB (or the whole burst, if smaller) rather than
+            // writing byte by byte.
+            let wait = this.bucket.wait_for(now, 1024.0_f64.min(this.burst));
+            this.sleep = Some(Box::pin(tokio::time::sleep(wait)));
+        };
+        let n = buf.len().min(allowance as usize).max(1);
         let written = ready!(Pin::new(&mut this.inner).poll_write(cx, &buf[..n]))?;
-        this.allowance -= written as f64;
+        this.bucket.take_debt(now, written as f64);
         Poll::Ready(Ok(written))
     }
 

@@ -1,0 +1,210 @@
+//! [`Server`]: the rendezvous server and the STUN responder of one
+//! [`ServerConfig`], bound and running as tasks of the current tokio
+//! runtime, until [`Server::shutdown`].
+
+use std::io;
+use std::net::SocketAddr;
+
+use ferry_limits::Bucketing;
+use ferry_nat::stun::{SourceLimits, StunServer, StunServerConfig};
+use ferry_rendezvous::Config;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::config::{RelayMode, ServerConfig, StunConfig};
+use crate::error::{ServerError, StartError};
+
+/// Where a started [`Server`] listens: what `ferry serve` reports in its
+/// `listening` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listening {
+    /// The signalling listener (TCP); the relay too when
+    /// [`relay_here`](Self::relay_here).
+    pub signal: SocketAddr,
+    /// The STUN responder's UDP sockets: primary first, then the second
+    /// port, then the alternate IP's two. Empty without STUN.
+    pub stun: Vec<SocketAddr>,
+    /// STUN over TCP, on the primary STUN address.
+    pub stun_tcp: Option<SocketAddr>,
+    /// Whether RFC 5780 behaviour tests are on (an alternate IP).
+    pub rfc5780: bool,
+    /// Whether the relay runs on the signalling listener.
+    pub relay_here: bool,
+    /// The relay elsewhere that clients are told about.
+    pub relay_url: Option<String>,
+}
+
+/// A running server. Dropping it without [`shutdown`](Self::shutdown)
+/// starts the same graceful shutdown in the background.
+#[derive(Debug)]
+pub struct Server {
+    listening: Listening,
+    stop: watch::Sender<bool>,
+    rendezvous: JoinHandle<io::Result<()>>,
+    stun: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Server {
+    /// Binds the signalling listener, then the STUN sockets, and starts
+    /// serving on both.
+    pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let signal = listener.local_addr().map_err(StartError::LocalAddr)?;
+        let stun = match &config.stun {
+            Some(stun) => Some(bind_stun(stun).await?),
+            None => None,
+        };
+        let stun_udp = stun.as_ref().map(StunServer::udp_addrs).unwrap_or_default();
+        let (relay_here, relay_url) = match &config.relay {
+            RelayMode::Here(_) => (true, None),
+            RelayMode::Elsewhere { addr, .. } => (false, Some(addr.clone())),
+            RelayMode::Off => (false, None),
+        };
+        let listening = Listening {
+            signal,
+            stun_tcp: stun.as_ref().and_then(StunServer::tcp_addr),
+            rfc5780: stun.as_ref().is_some_and(|s| s.alt_config().is_some()),
+            stun: stun_udp,
+            relay_here,
+            relay_url,
+        };
+        info!(
+            local = %signal,
+            stun_addrs = ?listening.stun,
+            rfc5780 = listening.rfc5780,
+            relay_here,
+            relay_url = ?listening.relay_url,
+            "server listening"
+        );
+
+        let (stop, stop_rx) = watch::channel(false);
+        let rendezvous = tokio::spawn(ferry_rendezvous::serve(
+            listener,
+            rendezvous_config(&config, &listening.stun),
+            stopped(stop_rx.clone()),
+        ));
+        let stun = stun.map(|server| tokio::spawn(server.run(stopped(stop_rx))));
+        Ok(Server {
+            listening,
+            stop,
+            rendezvous,
+            stun,
+        })
+    }
+
+    /// Where it listens.
+    pub fn listening(&self) -> &Listening {
+        &self.listening
+    }
+
+    /// The signalling listener's address (what clients call the server).
+    pub fn signal_addr(&self) -> SocketAddr {
+        self.listening.signal
+    }
+
+    /// Stops accepting everywhere; signalling clients are told the server
+    /// is shutting down, and open connections (relayed pairs above all)
+    /// get the configured `shutdown_grace` to finish before they are cut.
+    /// Returns once every part has stopped.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let Server {
+            stop,
+            rendezvous,
+            stun,
+            ..
+        } = self;
+        let _ = stop.send(true);
+        let rendezvous = rendezvous.await;
+        let stun = match stun {
+            Some(task) => Some(task.await),
+            None => None,
+        };
+        rendezvous
+            .map_err(|source| ServerError::Task {
+                part: "rendezvous",
+                source,
+            })?
+            .map_err(ServerError::Rendezvous)?;
+        if let Some(stun) = stun {
+            stun.map_err(|source| ServerError::Task {
+                part: "STUN",
+                source,
+            })?
+            .map_err(ServerError::Stun)?;
+        }
+        info!("server stopped");
+        Ok(())
+    }
+}
+
+/// Resolves once `stop` says so, or its sender is gone.
+pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+async fn bind_stun(stun: &StunConfig) -> Result<StunServer, StartError> {
+    if stun.alt_ip.is_some() && stun.listen.ip().is_unspecified() {
+        return Err(StartError::StunAltNeedsIp(stun.listen));
+    }
+    let config = StunServerConfig {
+        second_port: Some(stun.second_port),
+        alternate_ip: stun.alt_ip,
+        udp_limits: SourceLimits {
+            rate: stun.rate,
+            burst: stun.rate.saturating_mul(2),
+            ..SourceLimits::default()
+        },
+        ..StunServerConfig::new(stun.listen)
+    };
+    StunServer::bind(config).await.map_err(StartError::Stun)
+}
+
+/// The rendezvous server's settings: the flags', plus the STUN ports it
+/// tells clients about and where the relay is.
+fn rendezvous_config(
+    config: &ServerConfig,
+    stun_udp: &[SocketAddr],
+) -> ferry_rendezvous::ServerConfig {
+    let first = stun_udp.first();
+    let (relay, relay_key, relay_addr) = match &config.relay {
+        RelayMode::Here(relay) => (Some(relay.clone()), None, None),
+        RelayMode::Elsewhere { addr, key } => (None, Some(key.clone()), Some(addr.clone())),
+        RelayMode::Off => (None, None, None),
+    };
+    ferry_rendezvous::ServerConfig {
+        rendezvous: Config {
+            nameplate_ttl: config.nameplate_ttl,
+            stun_port: first.map(SocketAddr::port),
+            // Another port on the same IP as the first: lets clients see
+            // whether their NAT maps each destination apart.
+            stun_second_port: first.and_then(|first| {
+                stun_udp
+                    .iter()
+                    .find(|a| a.ip() == first.ip() && a.port() != first.port())
+                    .map(SocketAddr::port)
+            }),
+            relay_key,
+            relay_addr,
+            relay_token_ttl: config.relay_token_ttl,
+            max_nameplates: config.max_nameplates,
+            bucketing: Bucketing {
+                ipv4_prefix: config.ipv4_prefix,
+                ..Bucketing::default()
+            },
+            ..Config::default()
+        },
+        max_connections: config.max_connections,
+        max_connections_per_ip: config.max_connections_per_ip,
+        relay,
+        shutdown_grace: config.shutdown_grace,
+        ..ferry_rendezvous::ServerConfig::default()
+    }
+}

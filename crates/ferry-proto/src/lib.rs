@@ -1,15 +1,24 @@
-//! ferry-proto: the messages ferry speaks, their framing, code phrases and
-//! the SPAKE2 pairing state machine.
+//! ferry-proto: the messages ferry speaks, their framing, code phrases,
+//! the SPAKE2 pairing state machine and the one rule for showing untrusted
+//! text. Every other ferry crate builds on it.
 //!
 //! Everything here is sans-IO: no sockets, no clock, no tasks. Callers feed
-//! bytes and strings in and take bytes and strings out; the tokio drivers in
-//! `ferry-rendezvous` and the CLI move them over the network.
+//! bytes and strings in and take bytes and strings out. The drivers that
+//! move them live elsewhere: `ferry-rendezvous` (the server and its client),
+//! `ferry-relay` (the relay's first frames), `ferry-session` (pairing and
+//! the sealed peer messages over the server's mailbox); `ferry-transfer`
+//! and the CLI use [`escape`].
 //!
-//! - [`signal`]: client ⇄ rendezvous-server messages, newline-delimited JSON.
+//! - [`signal`]: client ⇄ rendezvous-server messages, newline-delimited
+//!   JSON: nameplates, the mailbox, rejoin channels, relay tokens (asked
+//!   for once paired), release reasons as fixed codes, heartbeats, and the
+//!   frames that open a relay connection on the same listener.
 //! - [`code`]: code phrases such as `7-orbit-lantern`.
 //! - [`pairing`]: SPAKE2 over the server's mailbox, key confirmation and the
 //!   sealed channel that carries [`peer`] messages.
-//! - [`peer`]: messages between the two peers (always sealed).
+//! - [`peer`]: messages between the two peers (always sealed): version,
+//!   hello (certificate fingerprint, candidates, network hints), failed
+//!   paths during the race, abort.
 //! - [`escape`]: how anything a peer or a stranger sent is shown, so that
 //!   it cannot drive a terminal.
 #![forbid(unsafe_code)]

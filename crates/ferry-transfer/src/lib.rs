@@ -1,7 +1,15 @@
-//! ferry-transfer: chunked, BLAKE3-verified file transfer with resume over
-//! any `AsyncRead + AsyncWrite` stream (in practice the TLS stream between
-//! the two peers). It does not connect, encrypt or authenticate: that is
-//! `ferry-connect`'s job.
+//! ferry-transfer: chunked, BLAKE3-verified transfer of files, folders or a
+//! text message, with resume, over any `AsyncRead + AsyncWrite` stream (in
+//! practice the secure stream between the two peers: TLS 1.3 over TCP or
+//! the relay, or QUIC). It does not connect, encrypt or authenticate: that
+//! is done before the stream reaches it (`ferry-session`, with the path
+//! mechanics of `ferry-connect`), and it depends on neither. The receiver
+//! treats everything from the peer as hostile: paths are sanitized and
+//! bounded before anything is written, nothing below the output directory
+//! is followed through a link, and every chunk and file is verified before
+//! a file takes its final name. After a broken path, a new stream resumes
+//! from the `.ferry-part` files ([`ReceiveOptions::finished`] keeps the
+//! files completed before the break).
 //!
 //! Layers:
 //! - [`codec`]: pure frame codec `[u8 kind][u32 BE length][payload]`.

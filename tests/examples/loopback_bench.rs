@@ -1,5 +1,5 @@
 //! Throughput check: sends one file over TLS 1.3 on 127.0.0.1 and prints
-//! MB/s. `cargo run --release -p ferry-transfer --example loopback_bench -- [MiB] [--plain]`
+//! MB/s. `cargo run --release -p ferry-tests --example loopback_bench -- [MiB] [--plain]`
 //! (default 1024 MiB; `--plain` skips TLS).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +17,9 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("big.bin");
     let out = dir.path().join("out");
+    // ReceiveOptions::out_dir says "created if missing", but accept fails
+    // on a missing one (it looks for part files in it first).
+    std::fs::create_dir(&out).unwrap();
     {
         let mut xof = blake3::Hasher::new().update(b"bench").finalize_xof();
         let mut buf = vec![0u8; 1 << 20];

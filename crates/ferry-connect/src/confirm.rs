@@ -1,5 +1,9 @@
-//! The listener's confirmation on a pinned TLS-over-TCP connection, shared
-//! by [`direct`](crate::direct) and [`simopen`](crate::simopen).
+//! One way to secure a TCP stream to the peer ([`secure_tcp`]): pinned
+//! TLS 1.3, the ferry ALPN, then the TLS server's confirmation. Direct TCP
+//! ([`direct`](crate::direct): its listener handshakes many candidates at
+//! once and confirms the one it keeps), TCP simultaneous open
+//! ([`simopen`](crate::simopen)) and the relay path (`ferry-session`) all
+//! end in it.
 //!
 //! In TLS 1.3 the client finishes its handshake before the server has
 //! checked the client's certificate, so the TLS server writes
@@ -9,9 +13,62 @@
 
 use std::io;
 
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream, client, server};
 
 use crate::error::{FailureReason, classify_io};
+use crate::tls::ALPN;
+
+/// Which end of the TLS handshake this side is.
+#[derive(Clone)]
+pub enum Secure<'a> {
+    /// The TLS server (the controlling side, the sender).
+    Server(&'a TlsAcceptor),
+    /// The TLS client, naming the server as its certificate does.
+    Client(&'a TlsConnector, ServerName<'static>),
+}
+
+/// Secures `tcp`: the pinned TLS handshake, the ferry ALPN, then the
+/// server confirms (or the client waits for the confirmation). A peer
+/// that speaks TLS but not ferry is [`FailureReason::NotFerry`].
+pub async fn secure_tcp(
+    tcp: TcpStream,
+    how: Secure<'_>,
+) -> Result<TlsStream<TcpStream>, FailureReason> {
+    Ok(match how {
+        Secure::Server(acceptor) => secure_server(tcp, acceptor).await?.into(),
+        Secure::Client(connector, name) => secure_client(tcp, connector, name).await?.into(),
+    })
+}
+
+/// [`secure_tcp`] as the TLS server.
+pub async fn secure_server(
+    tcp: TcpStream,
+    acceptor: &TlsAcceptor,
+) -> Result<server::TlsStream<TcpStream>, FailureReason> {
+    let mut tls = acceptor.accept(tcp).await.map_err(classify_io)?;
+    if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
+        return Err(FailureReason::NotFerry);
+    }
+    confirm(&mut tls).await.map_err(classify_io)?;
+    Ok(tls)
+}
+
+/// [`secure_tcp`] as the TLS client.
+pub async fn secure_client(
+    tcp: TcpStream,
+    connector: &TlsConnector,
+    name: ServerName<'static>,
+) -> Result<client::TlsStream<TcpStream>, FailureReason> {
+    let mut tls = connector.connect(name, tcp).await.map_err(classify_io)?;
+    if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
+        return Err(FailureReason::NotFerry);
+    }
+    read_confirmation(&mut tls).await?;
+    Ok(tls)
+}
 
 /// Sent by the TLS server on the one connection it chose.
 pub(crate) const CONFIRMATION: &[u8; 8] = b"ferry-ok";

@@ -39,7 +39,7 @@ use tracing::debug;
 use ferry_proto::peer::{Candidate, Transport};
 
 use crate::address;
-use crate::confirm::{confirm, read_confirmation};
+use crate::confirm::{confirm, secure_client};
 use crate::error::{CandidateFailure, ConnectError, FailureReason, classify_io};
 use crate::tls::ALPN;
 
@@ -318,15 +318,7 @@ async fn attempt(
         if let Err(error) = tcp.set_nodelay(true) {
             debug!(%addr, %error, "could not set TCP_NODELAY");
         }
-        let mut tls = connector
-            .connect(ServerName::from(addr.ip()), tcp)
-            .await
-            .map_err(classify_io)?;
-        if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
-            return Err(FailureReason::NotFerry);
-        }
-        read_confirmation(&mut tls).await?;
-        Ok(tls)
+        secure_client(tcp, &connector, ServerName::from(addr.ip())).await
     };
     match timeout_at(attempt_deadline, connect).await {
         Ok(result) => result,

@@ -46,7 +46,7 @@
 #![deny(missing_docs)]
 
 pub mod address;
-mod confirm;
+pub mod confirm;
 pub mod direct;
 mod error;
 pub mod priority;
@@ -56,6 +56,7 @@ pub mod race;
 pub mod simopen;
 pub mod tls;
 
+pub use confirm::{Secure, secure_client, secure_server, secure_tcp};
 pub use direct::{DirectListener, connect_first};
 pub use error::{CandidateFailure, ConnectError, FailureReason};
 pub use ferry_proto::peer::{Candidate, CandidateKind, Transport};

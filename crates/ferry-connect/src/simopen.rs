@@ -51,9 +51,9 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 use tracing::debug;
 
-use crate::confirm::{confirm, read_confirmation};
+use crate::confirm::{Secure, secure_tcp};
 use crate::error::{ConnectError, FailureReason, classify_io};
-use crate::tls::{ALPN, Identity, tls_acceptor, tls_connector};
+use crate::tls::{Identity, tls_acceptor, tls_connector};
 
 /// Earliest time between the starts of two attempts.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(250);
@@ -386,24 +386,13 @@ async fn secure(
     role: &Role,
 ) -> Result<TlsStream<TcpStream>, FailureReason> {
     match role {
-        Role::Server(acceptor) => {
-            let mut tls = acceptor.accept(tcp).await.map_err(classify_io)?;
-            if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
-                return Err(FailureReason::NotFerry);
-            }
-            confirm(&mut tls).await.map_err(classify_io)?;
-            Ok(tls.into())
-        }
+        Role::Server(acceptor) => secure_tcp(tcp, Secure::Server(acceptor)).await,
         Role::Client(connector) => {
-            let mut tls = connector
-                .connect(ServerName::from(remote.ip()), tcp)
-                .await
-                .map_err(classify_io)?;
-            if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
-                return Err(FailureReason::NotFerry);
-            }
-            read_confirmation(&mut tls).await?;
-            Ok(tls.into())
+            secure_tcp(
+                tcp,
+                Secure::Client(connector, ServerName::from(remote.ip())),
+            )
+            .await
         }
     }
 }

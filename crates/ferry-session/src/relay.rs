@@ -1,4 +1,5 @@
-//! The relay path: join the peer through the relay, then pinned TLS.
+//! The relay path: join the peer through the relay, then secure the pipe
+//! as every TCP path is ([`ferry_connect::secure_tcp`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,24 +27,20 @@ pub(crate) async fn relay_path(
         .map_err(|e| failed(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     let local = local_of(&tcp);
+    // The same securing as the direct paths: pinned TLS, the ferry ALPN,
+    // the sender's confirmation.
     let handshake = async {
-        let tls: tokio_rustls::TlsStream<tokio::net::TcpStream> = if controlling {
-            ferry_connect::tls_acceptor(&identity, &fingerprint)?
-                .accept(tcp)
-                .await
-                .map_err(|e| failed(format!("TLS through the relay: {e}")))?
-                .into()
+        let secured = if controlling {
+            let acceptor = ferry_connect::tls_acceptor(&identity, &fingerprint)?;
+            ferry_connect::secure_tcp(tcp, ferry_connect::Secure::Server(&acceptor)).await
         } else {
             let name =
                 rustls::pki_types::ServerName::try_from(ferry_connect::tls::CERTIFICATE_NAME)
                     .map_err(|e| failed(e.to_string()))?;
-            ferry_connect::tls_connector(&identity, &fingerprint)?
-                .connect(name, tcp)
-                .await
-                .map_err(|e| failed(format!("TLS through the relay: {e}")))?
-                .into()
+            let connector = ferry_connect::tls_connector(&identity, &fingerprint)?;
+            ferry_connect::secure_tcp(tcp, ferry_connect::Secure::Client(&connector, name)).await
         };
-        Ok::<_, ConnectError>(tls)
+        secured.map_err(|why| failed(format!("TLS through the relay: {why}")))
     };
     let tls = tokio::time::timeout(Duration::from_secs(10), handshake)
         .await

@@ -410,6 +410,9 @@ struct WriteFile {
 /// creates the directories.
 fn prepare(opts: &ReceiveOptions, targets: Vec<Target>) -> Result<Prepared, TransferError> {
     check_targets(opts, &targets)?;
+    // The output folder is created if missing (as ReceiveOptions says)
+    // before anything is looked up below it.
+    fs::create_dir_all(&opts.out_dir).map_err(|e| TransferError::io(&opts.out_dir, e))?;
     let mut files = Vec::new();
     let mut dirs = Vec::new();
     let mut resume = Vec::new();
@@ -457,7 +460,6 @@ fn prepare(opts: &ReceiveOptions, targets: Vec<Target>) -> Result<Prepared, Tran
         .len();
     let entries = (targets.len() + implied) as u64;
     needed = needed.saturating_add(entries.saturating_mul(ENTRY_SPACE));
-    fs::create_dir_all(&opts.out_dir).map_err(|e| TransferError::io(&opts.out_dir, e))?;
     let available =
         fs4::available_space(&opts.out_dir).map_err(|e| TransferError::io(&opts.out_dir, e))?;
     if needed > available {

@@ -853,3 +853,15 @@ async fn after_a_reconnect_a_different_offer_is_declined() {
     receiver.await.unwrap();
     assert!(!out.path().join("g").exists());
 }
+
+#[tokio::test]
+async fn a_missing_output_folder_is_created() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    fs::create_dir(src.path().join("d")).unwrap();
+    fs::write(src.path().join("d").join("f"), b"data").unwrap();
+    let target = out.path().join("not").join("there");
+    let o = transfer(&[src.path().join("d")], &target, false).await;
+    assert!(o.received.is_ok(), "{:?}", o.received);
+    assert_eq!(fs::read(target.join("d").join("f")).unwrap(), b"data");
+}

@@ -36,7 +36,8 @@
 //! ```
 //!
 //! An unknown, expired or reused token gets `error {relay-refused}` and a
-//! close. The token comes from `claimed` / `peer-joined` (hex, 32 bytes).
+//! close. The token comes from `relay-token` (hex, 32 bytes), which the
+//! server sends both paired sides once both have sent `relay-request`.
 //! The relay answers on the rendezvous server's own address unless
 //! `welcome` names another one (`relay_addr`, `host:port`): then it runs
 //! on that host, with the same frames, and checks the tokens' signature
@@ -84,8 +85,9 @@ pub enum ClientToServer {
     /// Meet the peer of an earlier transfer again, to reconnect after its
     /// path broke: both sides send the same `channel`, a secret both
     /// derived from their pairing key. The first to arrive is answered
-    /// `allocated` and waits; the second is answered `claimed` (with a
-    /// fresh relay token for both) and the first hears `peer-joined`. The
+    /// `allocated` and waits; the second is answered `claimed` and the
+    /// first hears `peer-joined` (a fresh relay token then follows
+    /// `relay-request`, as after a claim). The
     /// mailbox then works as for a nameplate. Channel names are 32 to 64
     /// lowercase hex digits; `claim` cannot reach them.
     Rejoin {
@@ -126,7 +128,7 @@ pub enum ClientToServer {
     Relay {
         /// The client's [`RELAY_PROTOCOL_VERSION`].
         protocol: u32,
-        /// The relay token from `claimed` / `peer-joined`, 64 hex digits.
+        /// The relay token from `relay-token`, 64 hex digits.
         token: String,
     },
 }

@@ -546,7 +546,7 @@ pub async fn discover_udp(
 mod tests {
     use super::*;
     use crate::stun::{AltConfig, respond};
-    use std::collections::{HashMap, HashSet};
+    use ferry_netsim::{Behaviour, Nat, NatConfig, PortAllocation};
     use std::time::Duration;
 
     #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -556,8 +556,9 @@ mod tests {
         AddressAndPortDependent,
     }
 
-    /// An in-memory NAT in front of one host, talking to our real
-    /// responder with the RFC 5780 layout.
+    /// An in-memory NAT (`ferry-netsim`'s) in front of one host, talking
+    /// to our real responder with the RFC 5780 layout. The flags may be
+    /// set until the first datagram; the NAT is made then.
     struct Net {
         mapping: Kind,
         filtering: Kind,
@@ -567,10 +568,7 @@ mod tests {
         blocked: bool,
         /// The server has only one address (no alternate).
         single_ip: bool,
-        public_ip: IpAddr,
-        ports: HashMap<(Option<IpAddr>, Option<u16>), u16>,
-        contacted: HashSet<SocketAddr>,
-        next_port: u16,
+        nat: Option<Nat>,
     }
 
     const LOCAL: &str = "10.0.0.2:5000";
@@ -582,6 +580,14 @@ mod tests {
         }
     }
 
+    fn behaviour(kind: Kind) -> Behaviour {
+        match kind {
+            Kind::EndpointIndependent => Behaviour::EndpointIndependent,
+            Kind::AddressDependent => Behaviour::AddressDependent,
+            Kind::AddressAndPortDependent => Behaviour::AddressAndPortDependent,
+        }
+    }
+
     impl Net {
         fn new(mapping: Kind, filtering: Kind) -> Self {
             Self {
@@ -590,54 +596,44 @@ mod tests {
                 preserve_port: false,
                 blocked: false,
                 single_ip: false,
-                public_ip: "203.0.113.9".parse().unwrap(),
-                ports: HashMap::new(),
-                contacted: HashSet::new(),
-                next_port: 61000,
+                nat: None,
             }
         }
 
-        fn public_port(&mut self, dst: SocketAddr) -> u16 {
-            let key = match self.mapping {
-                Kind::EndpointIndependent => (None, None),
-                Kind::AddressDependent => (Some(dst.ip()), None),
-                Kind::AddressAndPortDependent => (Some(dst.ip()), Some(dst.port())),
+        fn nat(&mut self) -> &mut Nat {
+            let config = NatConfig {
+                mapping: behaviour(self.mapping),
+                filtering: behaviour(self.filtering),
+                allocation: if self.preserve_port {
+                    PortAllocation::PreserveThenSequential {
+                        first: 61000,
+                        step: 7,
+                    }
+                } else {
+                    PortAllocation::Sequential {
+                        first: 61000,
+                        step: 7,
+                    }
+                },
+                blocked: self.blocked,
             };
-            if let Some(p) = self.ports.get(&key) {
-                return *p;
-            }
-            let port = if self.preserve_port && self.ports.is_empty() {
-                5000
-            } else {
-                self.next_port += 7;
-                self.next_port
-            };
-            self.ports.insert(key, port);
-            port
-        }
-
-        fn allows(&self, src: SocketAddr) -> bool {
-            match self.filtering {
-                Kind::EndpointIndependent => true,
-                Kind::AddressDependent => self.contacted.iter().any(|c| c.ip() == src.ip()),
-                Kind::AddressAndPortDependent => self.contacted.contains(&src),
-            }
+            self.nat
+                .get_or_insert_with(|| Nat::new(config, "203.0.113.9".parse().unwrap()))
         }
 
         /// Sends one datagram through the NAT; returns the answer that gets
         /// back in, if any.
         fn send(&mut self, t: Transmit) -> Option<(SocketAddr, Vec<u8>)> {
-            if self.blocked {
-                return None;
-            }
-            let from = SocketAddr::new(self.public_ip, self.public_port(t.dst));
-            self.contacted.insert(t.dst);
+            let local: SocketAddr = LOCAL.parse().unwrap();
+            let from = self.nat().outbound(local, t.dst)?;
             if self.single_ip && t.dst != alt().primary {
                 return None;
             }
             let layout = (!self.single_ip).then(alt);
             let r = respond(&t.payload, from, t.dst, layout)?;
-            self.allows(r.send_from).then_some((r.send_from, r.payload))
+            self.nat()
+                .inbound(from.port(), r.send_from)
+                .map(|_| (r.send_from, r.payload))
         }
     }
 

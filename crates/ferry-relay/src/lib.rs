@@ -20,8 +20,8 @@
 //! ```text
 //! rendezvous core --claim--> token = (nameplate, expiry, nonce, MAC under the shared key)
 //!        |
-//!  claimed/peer-joined {relay_token} (and welcome {relay_addr} when the
-//!        |                            relay runs on another host)
+//!  relay-token {relay_token} to both paired sides (and welcome
+//!        |                 {relay_addr} when the relay runs on another host)
 //!        v
 //! peer A: relay_connect --first line relay{token}--> RelayServer::handle -+- Relay::handle_join:
 //! peer B: relay_connect --first line relay{token}--> RelayServer::handle -+  MAC, expiry, 2 joins

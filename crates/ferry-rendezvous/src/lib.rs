@@ -3,7 +3,9 @@
 //! talks to it.
 //!
 //! - [`state`]: the server logic as a sans-IO state machine (no sockets, no
-//!   clock: time and the rng seed are arguments).
+//!   clock: time and the rng seed are arguments), a module per concern:
+//!   nameplates (allocation, claims, mailbox, rejoin, relay tokens),
+//!   budgets (failed claims, bad codes), timers.
 //! - [`server`]: the tokio driver around it: [`serve`] on a bound listener;
 //!   with a relay configured, the same listener also serves `ferry-relay`
 //!   connections (told apart by their first frame).

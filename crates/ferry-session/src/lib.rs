@@ -1,7 +1,8 @@
-//! One side's journey from the rendezvous server to a secure stream with
-//! the peer: signalling (`ferry-rendezvous`), pairing (`ferry-proto`),
-//! candidate gathering (`ferry-nat`: STUN, UPnP), then the race of direct
-//! paths of this crate.
+//! ferry-session: one side's journey from the rendezvous server to a
+//! secure stream with the peer, and back to it when the path breaks:
+//! signalling (`ferry-rendezvous`), pairing (`ferry-proto`), candidate
+//! gathering (`ferry-nat`: STUN, UPnP), the path plan, and the race of the
+//! paths whose mechanics live in `ferry-connect`.
 //!
 //! ```text
 //! sender (controlling)            server                  receiver (controlled)
@@ -18,13 +19,14 @@
 //! ```
 //!
 //! Modules, in the order of the journey: [`journey`] (the two sides'
-//! entry points), `signal` (server connection, retries, pairing),
-//! `gather` (our candidates), [`plan`] (sans-IO: which paths, to which
-//! targets, with which head start), `attempt` (each planned path as a
-//! socket operation),
-//! `race` (the drivers), `relay` (the relay path), [`rejoin`] (finding the
-//! peer again), [`mend`] (reconnecting after a break mid-transfer),
-//! [`backoff`] (every retry schedule), `error`.
+//! entry points), `signal` (server connection, retries when it is down or
+//! restarts, pairing), `gather` (our candidates), [`plan`] (sans-IO: which
+//! paths, to which targets, with which head start), `attempt` (each
+//! planned path as a socket operation), `race` (the drivers around
+//! `ferry_connect::race`'s cores), `relay` (the relay path), [`rejoin`]
+//! (finding the peer again), [`mend`] (reconnecting after a break
+//! mid-transfer), [`backoff`] (every retry schedule), [`reason`] (why, as
+//! types the binary renders), `error`.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]

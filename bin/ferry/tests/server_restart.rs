@@ -52,6 +52,25 @@ fn a_waiting_sender_reconnects_after_a_restart_and_its_code_still_works() {
 }
 
 #[test]
+fn a_waiting_sender_rides_out_a_graceful_restart_too() {
+    // SIGTERM, as systemd restarts a service: the server says
+    // `shutting-down` before it closes, which is a restart, not a refusal.
+    let grace = ["--shutdown-grace", "1"];
+    let mut server = Server::start_with(&grace);
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("notes.bin");
+    random_file(&file, 300_000);
+    let (mut send, code) = start_send(&server, &[file.to_str().unwrap()]);
+    server.restart_gracefully(Duration::from_millis(500), &grace);
+    send.wait_event("server-lost", Duration::from_secs(10));
+    send.wait_event("server-back", Duration::from_secs(20));
+    let mut recv = start_receive(&server, &code, dst.path(), &["--yes"]);
+    finish_both(&mut send, &mut recv);
+    assert_same_file(&file, &dst.path().join("notes.bin"));
+}
+
+#[test]
 fn a_receiver_right_after_the_restart_waits_for_the_sender_to_come_back() {
     let mut server = Server::start();
     let src = tempfile::tempdir().unwrap();

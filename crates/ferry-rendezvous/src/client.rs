@@ -175,14 +175,19 @@ pub enum SignalError {
 
 impl SignalError {
     /// Whether the server could not be reached or the connection to it was
-    /// lost: worth another try after a pause (a restarting server comes
-    /// back), unlike an answer the server gave.
+    /// lost, or the server said it is shutting down (a restart, e.g. by
+    /// SIGTERM): worth another try after a pause, unlike any other answer
+    /// the server gave.
     pub fn is_connection_lost(&self) -> bool {
         matches!(
             self,
             SignalError::Connect { .. }
                 | SignalError::Timeout { .. }
                 | SignalError::ServerGone { .. }
+                | SignalError::Server {
+                    code: ErrorCode::ShuttingDown,
+                    ..
+                }
         )
     }
 }

@@ -226,6 +226,37 @@ impl Server {
         self.proc.kill();
     }
 
+    /// Stops the server as a service manager does (SIGTERM, by its PID),
+    /// waits for it to exit, and starts a fresh one on the same address
+    /// after `down`.
+    pub fn restart_gracefully(&mut self, down: Duration, extra: &[&str]) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.proc.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.proc.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "ferry serve ignored SIGTERM");
+            thread::sleep(Duration::from_millis(20));
+        }
+        thread::sleep(down);
+        let mut cmd = ferry();
+        cmd.args([
+            "serve",
+            "--json",
+            "--listen",
+            &self.addr,
+            "--stun-listen",
+            "127.0.0.1:0",
+            "--stun-second-port",
+            "0",
+        ])
+        .args(extra);
+        self.proc = Proc::spawn(cmd);
+        self.proc.wait_event("listening", Duration::from_secs(20));
+    }
+
     /// Kills the server (every connection through it breaks at once, the
     /// relayed ones included) and starts a fresh one on the same address
     /// after `down`.

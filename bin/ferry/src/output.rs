@@ -37,6 +37,7 @@ use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::escape;
+use ferry_connect::PathFailure;
 use ferry_session::RelayReason;
 
 /// The output sink for one command.
@@ -195,7 +196,7 @@ pub fn announce_path(link: &ferry_session::PeerLink, out: &Output) {
     let lost: Vec<_> = link
         .lost
         .iter()
-        .map(|(kind, why)| json!({"path": kind.code(), "why": why}))
+        .map(|(kind, why)| json!({"path": kind.code(), "why": failure_json(why)}))
         .collect();
     out.event(
         "path",
@@ -232,7 +233,18 @@ pub fn announce_path(link: &ferry_session::PeerLink, out: &Output) {
         )),
     }
     for (kind, why) in &link.lost {
-        tracing::info!("{kind} lost: {}", escape::line(why));
+        tracing::info!("{kind} lost: {why}");
+    }
+}
+
+/// A path failure for JSON: the exact text (the JSON writer escapes what
+/// must be), where `Display` escapes for a terminal.
+fn failure_json(why: &PathFailure) -> String {
+    match why {
+        PathFailure::Failed(text) => text.clone(),
+        PathFailure::AtPeer(text) => format!("the receiver: {text}"),
+        PathFailure::Abandoned(text) => format!("abandoned: {text}"),
+        other => other.to_string(),
     }
 }
 

@@ -62,6 +62,6 @@ pub use error::{CandidateFailure, ConnectError, FailureReason};
 pub use ferry_proto::peer::{Candidate, CandidateKind, Transport};
 pub use punch::{PunchResult, punch};
 pub use quic::{QuicStream, quic_connect};
-pub use race::{PathKind, PeerStream};
+pub use race::{PathFailure, PathKind, PeerStream};
 pub use simopen::{SimOpenSchedule, bind_reusable, connect_from, simultaneous_open};
 pub use tls::{Identity, certificate_fingerprint, tls_acceptor, tls_connector};

@@ -87,6 +87,33 @@ impl fmt::Display for PathKind {
     }
 }
 
+/// Why a path did not make it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PathFailure {
+    /// Our attempt failed: our own error, as text.
+    Failed(String),
+    /// The receiver gave up on this path, in its own words (untrusted:
+    /// [`Display`](fmt::Display) escapes them).
+    AtPeer(String),
+    /// The race ended before the path got anywhere.
+    TimedOut,
+    /// The peer left the race; why.
+    Abandoned(String),
+}
+
+impl fmt::Display for PathFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ferry_proto::escape::line;
+        match self {
+            PathFailure::Failed(why) => f.write_str(&line(why)),
+            PathFailure::AtPeer(why) => write!(f, "the receiver: {}", line(why)),
+            PathFailure::TimedOut => f.write_str("timed out"),
+            PathFailure::Abandoned(why) => write!(f, "abandoned: {}", line(why)),
+        }
+    }
+}
+
 /// Identifies one path attempt within a race.
 pub type PathId = usize;
 
@@ -131,7 +158,7 @@ pub struct Race {
     decide_at: Option<Instant>,
     winner: Option<PathId>,
     gave_up: bool,
-    failures: Vec<(PathKind, String)>,
+    failures: Vec<(PathKind, PathFailure)>,
     actions: Vec<Action>,
 }
 
@@ -169,7 +196,7 @@ impl Race {
     }
 
     /// A path attempt failed.
-    pub fn handle_failed(&mut self, now: Instant, id: PathId, reason: String) {
+    pub fn handle_failed(&mut self, now: Instant, id: PathId, reason: PathFailure) {
         if let Some(kind) = self.pending.remove(&id) {
             self.failures.push((kind, reason));
         }
@@ -202,7 +229,7 @@ impl Race {
     }
 
     /// Why each failed path failed.
-    pub fn failures(&self) -> &[(PathKind, String)] {
+    pub fn failures(&self) -> &[(PathKind, PathFailure)] {
         &self.failures
     }
 
@@ -236,7 +263,7 @@ impl Race {
             }
             None if self.pending.is_empty() || now >= self.deadline => {
                 for kind in self.pending.drain().map(|(_, kind)| kind) {
-                    self.failures.push((kind, "timed out".into()));
+                    self.failures.push((kind, PathFailure::TimedOut));
                 }
                 self.gave_up = true;
                 self.actions.push(Action::GiveUp);
@@ -285,7 +312,7 @@ pub struct Nominee {
     deadline: Instant,
     pending: HashMap<PathId, PathKind>,
     awaiting: HashMap<PathId, PathKind>,
-    failures: Vec<(PathKind, String)>,
+    failures: Vec<(PathKind, PathFailure)>,
     actions: Vec<NomineeAction>,
     done: bool,
 }
@@ -328,7 +355,7 @@ impl Nominee {
                     why: why.clone(),
                 });
             }
-            self.failures.push((kind, why));
+            self.failures.push((kind, PathFailure::Failed(why)));
         }
         self.check(now);
     }
@@ -374,7 +401,7 @@ impl Nominee {
     }
 
     /// Why each failed path failed.
-    pub fn failures(&self) -> &[(PathKind, String)] {
+    pub fn failures(&self) -> &[(PathKind, PathFailure)] {
         &self.failures
     }
 
@@ -492,7 +519,10 @@ mod tests {
         assert_eq!(n.poll_action(), Some(NomineeAction::Use(2)));
         assert_eq!(n.poll_timeout(), None);
         // A QUIC failure is not reported: only TCP.
-        assert_eq!(n.failures(), [(PathKind::Tcp, "refused".to_string())]);
+        assert_eq!(
+            n.failures(),
+            [(PathKind::Tcp, PathFailure::Failed("refused".into()))]
+        );
     }
 
     #[test]
@@ -585,9 +615,12 @@ mod tests {
         race.handle_started(0, PathKind::Tcp);
         race.handle_started(1, PathKind::Quic);
         race.handle_established(t0 + ms(100), 1, PathKind::Quic);
-        race.handle_failed(t0 + ms(110), 0, "refused".into());
+        race.handle_failed(t0 + ms(110), 0, PathFailure::Failed("refused".into()));
         assert_eq!(drain(&mut race), vec![Action::Nominate(1)]);
-        assert_eq!(race.failures(), &[(PathKind::Tcp, "refused".to_string())]);
+        assert_eq!(
+            race.failures(),
+            &[(PathKind::Tcp, PathFailure::Failed("refused".into()))]
+        );
     }
 
     #[test]
@@ -596,9 +629,9 @@ mod tests {
         let mut race = Race::new(t0, RaceConfig::default());
         race.handle_started(0, PathKind::Tcp);
         race.handle_started(1, PathKind::Quic);
-        race.handle_failed(t0 + ms(10), 0, "refused".into());
+        race.handle_failed(t0 + ms(10), 0, PathFailure::Failed("refused".into()));
         assert_eq!(drain(&mut race), vec![]);
-        race.handle_failed(t0 + ms(20), 1, "no answer".into());
+        race.handle_failed(t0 + ms(20), 1, PathFailure::Failed("no answer".into()));
         assert_eq!(drain(&mut race), vec![Action::GiveUp]);
         assert_eq!(race.failures().len(), 2);
     }
@@ -617,7 +650,7 @@ mod tests {
         assert_eq!(drain(&mut race), vec![Action::GiveUp]);
         assert_eq!(
             race.failures(),
-            &[(PathKind::SimultaneousOpen, "timed out".to_string())]
+            &[(PathKind::SimultaneousOpen, PathFailure::TimedOut)]
         );
     }
 

@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
-use ferry_connect::race::{PathKind, PeerStream};
+use ferry_connect::race::{PathFailure, PathKind, PeerStream};
 use ferry_connect::{ConnectError, DirectListener, Identity};
 use ferry_proto::pairing::SecureChannel;
 use ferry_proto::peer::Candidate;
@@ -192,7 +192,7 @@ impl Plan {
         listener: Option<DirectListener>,
         signal: &mut SignalClient,
         channel: &mut SecureChannel,
-    ) -> Result<(Established, Vec<(PathKind, String)>), SessionError> {
+    ) -> Result<(Established, Vec<(PathKind, PathFailure)>), SessionError> {
         let attempts = self.attempts(udp, listener)?;
         let mut set = JoinSet::new();
         let mut kinds = Vec::new();

@@ -1,7 +1,7 @@
 //! What can go wrong on the journey, as one error type.
 
 use ferry_connect::ConnectError;
-use ferry_connect::race::PathKind;
+use ferry_connect::race::{PathFailure, PathKind};
 use ferry_proto::code::CodeError;
 use ferry_proto::pairing::PairingError;
 use ferry_rendezvous::SignalError;
@@ -42,7 +42,7 @@ pub enum SessionError {
     #[error("{}", no_path_message(.failures, *.relay_forced))]
     NoPath {
         /// Each path tried, and why it failed.
-        failures: Vec<(PathKind, String)>,
+        failures: Vec<(PathKind, PathFailure)>,
         /// `--force-path relay` was asked for.
         relay_forced: bool,
     },
@@ -55,7 +55,7 @@ pub enum SessionError {
     ServerLost(String),
 }
 
-pub(crate) fn no_path_message(failures: &[(PathKind, String)], relay_forced: bool) -> String {
+pub(crate) fn no_path_message(failures: &[(PathKind, PathFailure)], relay_forced: bool) -> String {
     if relay_forced && failures.is_empty() {
         return "only the relay was allowed, but the rendezvous server offers no relay; \
                 allow direct paths too, or use a server that relays"
@@ -93,8 +93,8 @@ mod tests {
     fn no_path_message_lists_every_path() {
         let text = no_path_message(
             &[
-                (PathKind::Quic, "no answer".into()),
-                (PathKind::Tcp, "refused".into()),
+                (PathKind::Quic, PathFailure::Failed("no answer".into())),
+                (PathKind::Tcp, PathFailure::Failed("refused".into())),
             ],
             false,
         );

@@ -312,7 +312,7 @@ pub(crate) async fn run_session(
     let _ = signal.release(None).await;
     let (established, lost) = result?;
     for (kind, why) in &lost {
-        info!(path = %kind, why, "path lost");
+        info!(path = %kind, %why, "path lost");
     }
     if let PeerStream::Tls(tls) = &established.stream {
         detect_breaks(tls.get_ref().0);

@@ -36,7 +36,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ferry_connect::{PathKind, PeerStream};
+use ferry_connect::{PathFailure, PathKind, PeerStream};
 
 mod attempt;
 pub mod backoff;
@@ -141,7 +141,7 @@ pub struct PeerLink {
     /// From "both peers present" to the secure stream.
     pub connect_time: Duration,
     /// The paths that failed, and why (the others lost the race).
-    pub lost: Vec<(PathKind, String)>,
+    pub lost: Vec<(PathKind, PathFailure)>,
     /// When the relay carries the transfer: why no direct path did.
     pub relay_reason: Option<RelayReason>,
     /// When the relay carries the transfer: the limits it set on the pair

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ferry_connect::ConnectError;
 use ferry_connect::race::{
-    Action, NOMINATION, Nominee, NomineeAction, PathId, PathKind, Race, RaceConfig,
+    Action, NOMINATION, Nominee, NomineeAction, PathFailure, PathId, PathKind, Race, RaceConfig,
 };
 use ferry_proto::pairing::SecureChannel;
 use ferry_proto::peer::PeerToPeer;
@@ -64,7 +64,7 @@ pub(crate) async fn race_controlling(
     mut set: JoinSet<(PathId, Result<Established, ConnectError>)>,
     kinds: &[PathKind],
     mut mailbox: Mailbox<'_>,
-) -> Result<(Established, Vec<(PathKind, String)>), SessionError> {
+) -> Result<(Established, Vec<(PathKind, PathFailure)>), SessionError> {
     let mut mailbox_open = true;
     let mut race = Race::new(
         Instant::now(),
@@ -134,7 +134,7 @@ pub(crate) async fn race_controlling(
                     }
                     Some(Ok((id, Err(error)))) => {
                         debug!(path = ?kinds.get(id), %error, "path failed");
-                        race.handle_failed(now, id, error.to_string());
+                        race.handle_failed(now, id, PathFailure::Failed(error.to_string()));
                     }
                     Some(Err(error)) => debug!(%error, "path task failed"),
                     None => {}
@@ -147,7 +147,7 @@ pub(crate) async fn race_controlling(
                     let now = Instant::now();
                     for (id, kind) in kinds.iter().enumerate() {
                         if kind.code() == path && established.get(id).is_some_and(Option::is_none) {
-                            race.handle_failed(now, id, format!("the receiver: {why}"));
+                            race.handle_failed(now, id, PathFailure::AtPeer(why.clone()));
                         }
                     }
                 }
@@ -162,7 +162,7 @@ pub(crate) async fn race_controlling(
                     let mut failures = race.failures().to_vec();
                     for kind in kinds {
                         if !failures.iter().any(|(k, _)| k == kind) {
-                            failures.push((*kind, format!("abandoned: {why}")));
+                            failures.push((*kind, PathFailure::Abandoned(why.to_string())));
                         }
                     }
                     return Err(SessionError::NoPath { failures, relay_forced: false });
@@ -179,7 +179,7 @@ pub(crate) async fn race_controlled(
     mut set: JoinSet<(PathId, Result<Established, ConnectError>)>,
     kinds: &[PathKind],
     mut mailbox: Mailbox<'_>,
-) -> Result<(Established, Vec<(PathKind, String)>), SessionError> {
+) -> Result<(Established, Vec<(PathKind, PathFailure)>), SessionError> {
     let mut nominee = Nominee::new(Instant::now(), NOMINATION_TIMEOUT);
     for (id, kind) in kinds.iter().enumerate() {
         nominee.handle_started(id, *kind);

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use ferry_connect::race::PathKind;
+use ferry_connect::race::{PathFailure, PathKind};
 use ferry_proto::escape;
 use ferry_proto::signal::ReleaseReason;
 
@@ -63,7 +63,7 @@ pub enum RelayReason {
         /// From "both peers present" to the relay's stream.
         within: Duration,
         /// The paths that failed, and why.
-        failed: Vec<(PathKind, String)>,
+        failed: Vec<(PathKind, PathFailure)>,
     },
 }
 
@@ -77,7 +77,7 @@ impl fmt::Display for RelayReason {
                 if !failed.is_empty() {
                     let failed: Vec<String> = failed
                         .iter()
-                        .map(|(kind, why)| format!("{kind}: {}", escape::line(why)))
+                        .map(|(kind, why)| format!("{kind}: {why}"))
                         .collect();
                     write!(f, "; {}", failed.join("; "))?;
                 }
@@ -168,7 +168,10 @@ mod tests {
         );
         let none = RelayReason::NoneAnswered {
             within: Duration::from_millis(1520),
-            failed: vec![(PathKind::Quic, "no answer\x1b[2J".into())],
+            failed: vec![(
+                PathKind::Quic,
+                PathFailure::Failed("no answer\x1b[2J".into()),
+            )],
         };
         assert_eq!(
             none.to_string(),

@@ -318,20 +318,7 @@ fn a_relay_byte_limit_is_told_apart_from_a_broken_path_and_the_transfer_resumes(
         dst.path(),
         &[&args[..], &["--yes"]].concat(),
     );
-    assert_eq!(
-        recv.finish(),
-        0,
-        "receiver: {:?} {}",
-        recv.seen,
-        recv.stderr_text()
-    );
-    assert_eq!(
-        send.finish(),
-        0,
-        "sender: {:?} {}",
-        send.seen,
-        send.stderr_text()
-    );
+    finish_both(&mut send, &mut recv);
     assert_same_file(&file, &dst.path().join("big.bin"));
     for side in [&send, &recv] {
         let paths = side.events("path");

@@ -11,23 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn finish_both(send: &mut Proc, recv: &mut Proc) {
-    assert_eq!(
-        recv.finish(),
-        0,
-        "receiver: {:?} {}",
-        recv.seen,
-        recv.stderr_text()
-    );
-    assert_eq!(
-        send.finish(),
-        0,
-        "sender: {:?} {}",
-        send.seen,
-        send.stderr_text()
-    );
-}
-
 #[test]
 fn a_waiting_sender_reconnects_after_a_restart_and_its_code_still_works() {
     let mut server = Server::start();

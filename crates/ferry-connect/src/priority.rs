@@ -107,19 +107,9 @@ pub fn of(origin: Origin, transport: Transport) -> u32 {
             };
             if ip.is_ipv4() { tier } else { tier - 50 }
         }
-        (Origin::Host(ip), Transport::Udp) => match ferry_nat::classify(ip) {
-            AddrClass::Private => 1000,
-            AddrClass::UniqueLocal => 950,
-            AddrClass::Public => 800,
-            AddrClass::Documentation => 750,
-            AddrClass::SharedCgnat => 600,
-            AddrClass::LinkLocal => 400,
-            AddrClass::Loopback => 100,
-            AddrClass::Multicast
-            | AddrClass::Broadcast
-            | AddrClass::Unspecified
-            | AddrClass::Reserved => 0,
-        },
+        // The address classes' own ranking (ferry-nat), the table's
+        // UDP host column.
+        (Origin::Host(ip), Transport::Udp) => ferry_nat::classify(ip).candidate_priority(),
         (Origin::Stun, _) => 900,
         (Origin::Upnp, _) => 850,
         (Origin::ServerObserved, _) => 100,

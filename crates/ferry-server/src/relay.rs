@@ -6,14 +6,13 @@ use std::io;
 use std::net::SocketAddr;
 
 use ferry_relay::{RelayServer, Stats};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::config::RelayNodeConfig;
 use crate::error::{ServerError, StartError};
-use crate::server::stopped;
+use crate::server::{bind, stopped};
 
 /// A running relay. Dropping it without [`shutdown`](Self::shutdown)
 /// starts the same graceful shutdown in the background.
@@ -28,14 +27,7 @@ pub struct RelayNode {
 impl RelayNode {
     /// Binds the listener and starts relaying.
     pub async fn start(config: RelayNodeConfig) -> Result<RelayNode, StartError> {
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(StartError::LocalAddr)?;
+        let (listener, addr) = bind(config.listen).await?;
         let relay = RelayServer::new(config.relay, config.key);
         info!(local = %addr, "relay listening");
         let (stop, stop_rx) = watch::channel(false);

@@ -50,14 +50,7 @@ impl Server {
     /// Binds the signalling listener, then the STUN sockets, and starts
     /// serving on both.
     pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
-        let signal = listener.local_addr().map_err(StartError::LocalAddr)?;
+        let (listener, signal) = bind(config.listen).await?;
         let stun = match &config.stun {
             Some(stun) => Some(bind_stun(stun).await?),
             None => None,
@@ -143,6 +136,18 @@ impl Server {
         info!("server stopped");
         Ok(())
     }
+}
+
+/// Binds a TCP listener on `listen`; it and the address it got.
+pub(crate) async fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(StartError::LocalAddr)?;
+    Ok((listener, addr))
 }
 
 /// Resolves once `stop` says so, or its sender is gone.

@@ -185,6 +185,43 @@ impl Drop for Proc {
     }
 }
 
+/// Starts `ferry serve --json` signalling on `listen`, STUN on loopback
+/// ports the system picks, with `extra` flags.
+fn serve_on(listen: &str, extra: &[&str]) -> Proc {
+    let mut cmd = ferry();
+    cmd.args([
+        "serve",
+        "--json",
+        "--listen",
+        listen,
+        "--stun-listen",
+        "127.0.0.1:0",
+        "--stun-second-port",
+        "0",
+    ])
+    .args(extra);
+    Proc::spawn(cmd)
+}
+
+/// Waits for both sides and asserts both exited 0 (with what they said
+/// otherwise).
+pub fn finish_both(send: &mut Proc, recv: &mut Proc) {
+    assert_eq!(
+        recv.finish(),
+        0,
+        "receiver: {:?} {}",
+        recv.seen,
+        recv.stderr_text()
+    );
+    assert_eq!(
+        send.finish(),
+        0,
+        "sender: {:?} {}",
+        send.seen,
+        send.stderr_text()
+    );
+}
+
 /// A real `ferry serve` on 127.0.0.1 with an ephemeral port.
 pub struct Server {
     pub addr: String,
@@ -199,19 +236,7 @@ impl Server {
     }
 
     pub fn start_with(extra: &[&str]) -> Server {
-        let mut cmd = ferry();
-        cmd.args([
-            "serve",
-            "--json",
-            "--listen",
-            "127.0.0.1:0",
-            "--stun-listen",
-            "127.0.0.1:0",
-            "--stun-second-port",
-            "0",
-        ])
-        .args(extra);
-        let mut proc = Proc::spawn(cmd);
+        let mut proc = serve_on("127.0.0.1:0", extra);
         let ev = proc.wait_event("listening", Duration::from_secs(20));
         let addr = ev["signal"].as_str().unwrap().to_string();
         Server {
@@ -241,19 +266,7 @@ impl Server {
             thread::sleep(Duration::from_millis(20));
         }
         thread::sleep(down);
-        let mut cmd = ferry();
-        cmd.args([
-            "serve",
-            "--json",
-            "--listen",
-            &self.addr,
-            "--stun-listen",
-            "127.0.0.1:0",
-            "--stun-second-port",
-            "0",
-        ])
-        .args(extra);
-        self.proc = Proc::spawn(cmd);
+        self.proc = serve_on(&self.addr, extra);
         self.proc.wait_event("listening", Duration::from_secs(20));
     }
 
@@ -263,19 +276,7 @@ impl Server {
     pub fn restart(&mut self, down: Duration, extra: &[&str]) {
         self.proc.kill();
         thread::sleep(down);
-        let mut cmd = ferry();
-        cmd.args([
-            "serve",
-            "--json",
-            "--listen",
-            &self.addr,
-            "--stun-listen",
-            "127.0.0.1:0",
-            "--stun-second-port",
-            "0",
-        ])
-        .args(extra);
-        self.proc = Proc::spawn(cmd);
+        self.proc = serve_on(&self.addr, extra);
         self.proc.wait_event("listening", Duration::from_secs(20));
     }
 }

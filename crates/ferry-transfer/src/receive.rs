@@ -6,8 +6,13 @@
 //!  read frame, ReceiverCore checks order ──►  verify chunk hash, write to
 //!  and bounds, emit progress         bounded  NAME.ferry-part, update the
 //!                                    channel  whole-file hash; at FileEnd
-//!  FileDone events                 ◄──────── compare, fsync, chmod, rename
+//!  FileDone events                 ◄──────── compare, chmod, fsync, rename
 //! ```
+//!
+//! Files under 4 MiB are made durable in batches (up to 128 files or
+//! 32 MiB, `fsync`s run side by side so the file system commits them
+//! together), larger ones on their own; a file is reported done once it
+//! is durable under its own name.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -545,14 +550,85 @@ struct Open {
 
 /// The disk thread: verifies and writes chunks, finishes files. Stops at
 /// the first error; the `.ferry-part` then holds only verified bytes.
+/// Verified files in the batch still waiting to be made durable are
+/// finished even then, so a resume need not send them again.
 fn write_files(
     mut prepared: Prepared,
     overwrite: bool,
-    mut rx: mpsc::Receiver<Cmd>,
+    rx: mpsc::Receiver<Cmd>,
     done: mpsc::UnboundedSender<usize>,
 ) -> Result<(), TransferError> {
+    let mut batch = Batch::default();
+    let written = write_loop(&mut prepared, overwrite, rx, &done, &mut batch);
+    let flushed = batch.flush(&prepared.files, overwrite, &done);
+    written?;
+    flushed?;
+    if batch.finished == prepared.files.len() {
+        apply_dir_modes(&prepared.out_dir, &mut prepared.dirs)?;
+    }
+    Ok(())
+}
+
+/// Files at least this large are made durable on their own (`fsync`): the
+/// call's cost is small against their writing. Smaller ones wait in a
+/// [`Batch`].
+const SYNC_ALONE: u64 = 4 * 1024 * 1024;
+/// Most files in one batch (each holds two descriptors meanwhile).
+const BATCH_FILES: usize = 128;
+/// Most bytes in one batch.
+const BATCH_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Verified small files, mode set, still named `.ferry-part`: made durable
+/// together ([`sync_files`](crate::fsx::sync_files)), then renamed and
+/// reported done. One `fsync` each, one after the other, cost 26 s for
+/// 10,000 files of 4 KiB.
+#[derive(Default)]
+struct Batch {
+    files: Vec<(usize, Dir, File)>,
+    bytes: u64,
+    /// Files finished so far, batched or not.
+    finished: usize,
+}
+
+impl Batch {
+    fn flush(
+        &mut self,
+        files: &[WriteFile],
+        overwrite: bool,
+        done: &mpsc::UnboundedSender<usize>,
+    ) -> Result<(), TransferError> {
+        let batch = std::mem::take(&mut self.files);
+        self.bytes = 0;
+        let named = batch
+            .iter()
+            .filter_map(|(index, _, file)| Some((file, files.get(*index)?)))
+            .collect::<Vec<_>>();
+        crate::fsx::sync_files(named.iter().map(|(file, f)| (*file, f.part_path.as_path())))
+            .map_err(|(part, e)| {
+                let f = named.iter().find(|(_, f)| f.part_path == part);
+                write_error(f.map_or(part, |(_, f)| &f.final_path), part, e)
+            })?;
+        for (index, dir, file) in batch {
+            drop(file);
+            let f = files
+                .get(index)
+                .ok_or_else(|| TransferError::Internal(format!("no file {index}")))?;
+            dir.rename(&f.part_name, &f.name, overwrite)?;
+            self.finished += 1;
+            let _ = done.send(index);
+        }
+        Ok(())
+    }
+}
+
+fn write_loop(
+    prepared: &mut Prepared,
+    overwrite: bool,
+    mut rx: mpsc::Receiver<Cmd>,
+    done: &mpsc::UnboundedSender<usize>,
+    batch: &mut Batch,
+) -> Result<(), TransferError> {
     let mut open: Option<Open> = None;
-    let mut finished = 0;
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {
             Cmd::Start { index, offset } => {
@@ -595,21 +671,32 @@ fn write_files(
                         path: f.rel.clone(),
                     });
                 }
+                // Without a file: finished in an earlier attempt, nothing
+                // to write.
                 if let Some(Open {
                     file: Some(file),
                     dir: Some(dir),
                     ..
                 }) = open.take()
                 {
-                    finish_file(f, &dir, file, overwrite)?;
+                    set_file_mode(&file, &f.part_path, f.mode)?;
+                    if f.size < SYNC_ALONE {
+                        batch.bytes += f.size;
+                        batch.files.push((index, dir, file));
+                        if batch.files.len() >= BATCH_FILES || batch.bytes >= BATCH_BYTES {
+                            batch.flush(&prepared.files, overwrite, done)?;
+                        }
+                        continue;
+                    }
+                    file.sync_all()
+                        .map_err(|e| write_error(&f.final_path, &f.part_path, e))?;
+                    drop(file);
+                    dir.rename(&f.part_name, &f.name, overwrite)?;
                 }
-                finished += 1;
+                batch.finished += 1;
                 let _ = done.send(index);
             }
         }
-    }
-    if finished == prepared.files.len() {
-        apply_dir_modes(&prepared.out_dir, &mut prepared.dirs)?;
     }
     Ok(())
 }
@@ -673,14 +760,6 @@ fn open_part(
         file: Some(file),
         hasher,
     })
-}
-
-fn finish_file(f: &WriteFile, dir: &Dir, file: File, overwrite: bool) -> Result<(), TransferError> {
-    file.sync_all()
-        .map_err(|e| write_error(&f.final_path, &f.part_path, e))?;
-    set_file_mode(&file, &f.part_path, f.mode)?;
-    drop(file);
-    dir.rename(&f.part_name, &f.name, overwrite)
 }
 
 fn apply_dir_modes(out_dir: &Path, dirs: &mut [(RelativePath, u32)]) -> Result<(), TransferError> {

@@ -865,3 +865,110 @@ async fn a_missing_output_folder_is_created() {
     assert!(o.received.is_ok(), "{:?}", o.received);
     assert_eq!(fs::read(target.join("d").join("f")).unwrap(), b"data");
 }
+
+/// Small files are made durable in batches (one `syncfs` each), large ones
+/// on their own: across several batches, with large files between them,
+/// every file arrives once, under its own name, and is reported done once.
+#[tokio::test]
+async fn many_small_files_across_batches_and_large_ones_all_arrive() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..300 {
+        let rel = format!("d{}/f{i:03}", i % 7);
+        let data = random_bytes(&rel, (i * 37) % 5000);
+        fs::create_dir_all(src.path().join(format!("tree/d{}", i % 7))).unwrap();
+        fs::write(src.path().join("tree").join(&rel), &data).unwrap();
+        expected.insert(format!("tree/{rel}"), data);
+    }
+    for (name, len) in [("d3/big-a", 5 << 20), ("d5/big-b", (4 << 20) + 1)] {
+        let data = random_bytes(name, len);
+        fs::write(src.path().join("tree").join(name), &data).unwrap();
+        expected.insert(format!("tree/{name}"), data);
+    }
+    let o = transfer(&[src.path().join("tree")], out.path(), false).await;
+    let received = o.received.as_ref().unwrap();
+    assert_eq!(received.files, expected.len());
+    let mut done = o
+        .receive_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::FileDone { path } => Some(path.clone()),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    done.sort();
+    assert_eq!(done, expected.keys().cloned().collect::<Vec<_>>());
+    for (rel, data) in &expected {
+        assert_eq!(&fs::read(out.path().join(rel)).unwrap(), data, "{rel}");
+    }
+    let parts = walk(out.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".ferry-part"))
+        .collect::<Vec<_>>();
+    assert!(parts.is_empty(), "left behind: {parts:?}");
+}
+
+/// A break in the middle of a batch: the files verified before it still
+/// get their names and are reported done, so a resume need not send them.
+#[tokio::test]
+async fn a_break_mid_batch_still_finishes_the_verified_files() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    let paths = (0..200)
+        .map(|i| {
+            let path = src.path().join(format!("f{i:03}"));
+            fs::write(&path, random_bytes(&format!("f{i}"), 1024)).unwrap();
+            path
+        })
+        .collect::<Vec<_>>();
+    let (a, a_proxy) = tokio::io::duplex(BUF);
+    let (b_proxy, b) = tokio::io::duplex(BUF);
+    // One chunk per file: the 151st file's chunk never arrives.
+    let proxy = tokio::spawn(cutting_proxy(a_proxy, b_proxy, 150));
+    let receiver = tokio::spawn(receive_all(b, opts(out.path(), false)));
+    let sent = tokio::time::timeout(LIMIT, send(a, scan(&paths).unwrap(), |_| {}))
+        .await
+        .expect("send hung");
+    assert!(sent.is_err(), "{sent:?}");
+    let (received, events) = tokio::time::timeout(LIMIT, receiver)
+        .await
+        .expect("receive hung")
+        .unwrap();
+    assert!(received.is_err(), "{received:?}");
+    proxy.await.unwrap();
+    let done = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::FileDone { path } => Some(path.clone()),
+            _ => None,
+        })
+        .collect::<std::collections::BTreeSet<_>>();
+    let whole = (0..200)
+        .map(|i| format!("f{i:03}"))
+        .filter(|name| out.path().join(name).exists())
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(done.len(), 150, "{done:?}");
+    assert_eq!(done, whole);
+    for name in &whole {
+        let i: usize = name[1..].parse().unwrap();
+        assert_eq!(
+            fs::read(out.path().join(name)).unwrap(),
+            random_bytes(&format!("f{i}"), 1024)
+        );
+        assert!(!out.path().join(format!("{name}.ferry-part")).exists());
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}

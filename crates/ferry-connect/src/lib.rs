@@ -31,7 +31,7 @@
 //!
 //! ```text
 //! race ──▶ quic ──▶ tls ──▶ error
-//! direct ──▶ address ──▶ priority     punch ──▶ error
+//! direct ──▶ address ──▶ priority     punch ──▶ error, ferry_nat::drive
 //! direct, simopen ──▶ confirm, tls, error      confirm ──▶ error
 //! ```
 //!

@@ -2,10 +2,10 @@
 //! working address pair.
 //!
 //! [`Puncher`] is a sans-IO state machine (time and randomness are
-//! arguments); [`punch`] drives it on a tokio [`UdpSocket`]. Each peer sends
-//! probes from the one socket it will later hand to QUIC, to every UDP
-//! candidate of the other peer, so each NAT sees outgoing traffic and lets
-//! the answers in.
+//! arguments); [`punch`] drives it on a tokio [`UdpSocket`] with ferry-nat's
+//! one UDP loop ([`drive_udp`]). Each peer sends probes from the one socket
+//! it will later hand to QUIC, to every UDP candidate of the other peer, so
+//! each NAT sees outgoing traffic and lets the answers in.
 //!
 //! ```text
 //! controlling (sender)                              controlled (receiver)
@@ -43,6 +43,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use ferry_nat::drive::{DriveOptions, UdpMachine, drive_udp};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tokio::net::UdpSocket;
@@ -50,6 +51,9 @@ use tracing::debug;
 
 use crate::error::ConnectError;
 pub use crate::error::PunchFailure;
+// A datagram to send is ferry-nat's one type, which every UDP machine hands
+// its driver.
+pub use ferry_nat::drive::Transmit;
 
 /// Length of every probe datagram.
 pub const PROBE_LEN: usize = 38;
@@ -87,15 +91,6 @@ impl Default for PunchConfig {
             keepalive_interval: Duration::from_secs(5),
         }
     }
-}
-
-/// A datagram the caller must send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    /// Where to send it.
-    pub dst: SocketAddr,
-    /// The bytes to send.
-    pub payload: Vec<u8>,
 }
 
 /// What the puncher reports.
@@ -601,56 +596,47 @@ pub async fn punch(
         rand::random(),
     );
     // Probes are PROBE_LEN bytes; anything longer is not ours but must not
-    // fail the read either.
-    let mut buffer = vec![0u8; 2048];
-    loop {
-        while let Some(transmit) = puncher.poll_transmit() {
-            match tokio::time::timeout(
-                Duration::from_secs(1),
-                socket.send_to(&transmit.payload, transmit.dst),
-            )
-            .await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => debug!(dst = %transmit.dst, %error, "sending a probe failed"),
-                Err(_) => debug!(dst = %transmit.dst, "sending a probe timed out"),
-            }
-        }
-        if let Some(event) = puncher.poll_event() {
-            match event {
-                Event::Confirmed { remote, rtt } => return Ok(PunchResult { remote, rtt }),
-                Event::Failed { why } => {
-                    return Err(ConnectError::PunchFailed {
-                        why,
-                        waited: started.elapsed(),
-                    });
-                }
-            }
-        }
-        let Some(wake_at) = puncher.poll_timeout() else {
-            return Err(ConnectError::PunchFailed {
-                why: PunchFailure::NoAnswer,
-                waited: started.elapsed(),
-            });
-        };
-        tokio::select! {
-            received = socket.recv_from(&mut buffer) => match received {
-                Ok((len, from)) => {
-                    let now = tokio::time::Instant::now().into_std();
-                    puncher.handle_datagram(now, from, &buffer[..len]);
-                }
-                // E.g. ICMP port unreachable reported on the next read (Windows,
-                // some Linux setups): one dead candidate must not end punching.
-                Err(error) => {
-                    debug!(%error, "receiving on the punch socket failed");
-                    // A persistent error must not turn this loop into a spin.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            },
-            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake_at)) => {
-                puncher.handle_timeout(tokio::time::Instant::now().into_std());
-            }
-        }
+    // fail the read either: the default 2048-byte buffer.
+    let options = DriveOptions {
+        receive_error_pause: Duration::from_millis(5),
+        ..DriveOptions::new("hole punching")
+    };
+    match drive_udp(socket, &mut puncher, options).await {
+        Some(Event::Confirmed { remote, rtt }) => Ok(PunchResult { remote, rtt }),
+        Some(Event::Failed { why }) => Err(ConnectError::PunchFailed {
+            why,
+            waited: started.elapsed(),
+        }),
+        None => Err(ConnectError::PunchFailed {
+            why: PunchFailure::NoAnswer,
+            waited: started.elapsed(),
+        }),
+    }
+}
+
+/// [`punch`] stops at the first event: confirmed or failed. (A confirmed
+/// puncher would go on with keepalives; the socket goes to QUIC instead.)
+impl UdpMachine for Puncher {
+    type Output = Event;
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        Puncher::poll_transmit(self)
+    }
+
+    fn poll_output(&mut self) -> Option<Event> {
+        self.poll_event()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Puncher::poll_timeout(self)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Puncher::handle_timeout(self, now);
+    }
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        Puncher::handle_datagram(self, now, from, bytes);
     }
 }
 

@@ -1,4 +1,5 @@
-//! RFC 5780 NAT behaviour discovery, sans-IO, plus a tokio driver.
+//! RFC 5780 NAT behaviour discovery, sans-IO, plus a tokio driver (the
+//! shared [`drive_udp`] loop).
 //!
 //! All tests run from one local UDP socket against one RFC 5780 server
 //! with primary address `P` (IP `Pi`, port `Pp`) and alternate `A`
@@ -31,6 +32,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
+use crate::drive::{DriveOptions, UdpMachine, drive_udp};
 use crate::stun::{
     BindingRequest, BindingResult, RetransmitConfig, StunError, StunTransaction, Transmit,
 };
@@ -507,38 +509,42 @@ pub async fn discover_udp(
         config,
         rand::random(),
     )?;
-    let mut buf = vec![0u8; crate::stun::MAX_MESSAGE_LEN];
-    loop {
-        while let Some(t) = discovery.poll_transmit() {
-            if let Err(e) = socket.send_to(&t.payload, t.dst).await {
-                debug!(dst = %t.dst, "NAT discovery: send failed: {e}");
-            }
-        }
-        if let Some(report) = discovery.poll_report() {
-            return Ok(report);
-        }
-        let Some(deadline) = discovery.poll_timeout() else {
-            // Finished without a report cannot happen; be safe anyway.
-            return Err(StunError::Timeout {
-                server,
-                sends: 0,
-                waited: std::time::Duration::ZERO,
-            });
-        };
-        tokio::select! {
-            _ = tokio::time::sleep_until(TokioInstant::from_std(deadline)) => {
-                discovery.handle_timeout(TokioInstant::now().into_std());
-            }
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((n, from)) => {
-                    discovery.handle_datagram(TokioInstant::now().into_std(), from, &buf[..n]);
-                }
-                Err(e) => {
-                    debug!(%server, "NAT discovery: receive error: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            },
-        }
+    let options = DriveOptions {
+        buffer_len: crate::stun::MAX_MESSAGE_LEN,
+        ..DriveOptions::new("NAT discovery")
+    };
+    drive_udp(socket, &mut discovery, options)
+        .await
+        // Finished without a report cannot happen; be safe anyway.
+        .ok_or(StunError::Timeout {
+            server,
+            sends: 0,
+            waited: std::time::Duration::ZERO,
+        })
+}
+
+/// Discovery ends with its report; [`discover_udp`] drives it.
+impl UdpMachine for NatDiscovery {
+    type Output = NatReport;
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        NatDiscovery::poll_transmit(self)
+    }
+
+    fn poll_output(&mut self) -> Option<NatReport> {
+        self.poll_report()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        NatDiscovery::poll_timeout(self)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        NatDiscovery::handle_timeout(self, now);
+    }
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        NatDiscovery::handle_datagram(self, now, from, bytes);
     }
 }
 

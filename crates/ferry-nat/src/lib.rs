@@ -11,6 +11,9 @@
 //!   public API: search (gateway discovery), gateway (the SOAP calls that
 //!   add, renew and remove mappings), guard (lease renewal on a sans-IO
 //!   schedule, removal on exit), probe (a one-shot check for reports).
+//! - [`drive`]: the one tokio driver of the sans-IO machines that talk
+//!   over one UDP socket ([`UdpMachine`], [`drive_udp`]): the STUN
+//!   transaction, behaviour discovery, and `ferry-connect`'s hole punching.
 //! - [`verdict`]: the verdict about a network, pure and typed: from what
 //!   the probes observed (rendezvous TCP, UDP behaviour, STUN over TCP,
 //!   the UPnP test mapping) to a [`verdict::Verdict`] and its one-word
@@ -26,8 +29,10 @@
 
 pub mod addr;
 pub mod behaviour;
+pub mod drive;
 pub mod stun;
 pub mod upnp;
 pub mod verdict;
 
 pub use addr::{AddrClass, Interface, classify, interfaces};
+pub use drive::{DriveOptions, Transmit, UdpMachine, drive_udp};

@@ -1,11 +1,10 @@
-//! Deterministic tests of the puncher in virtual time, through a small
-//! in-memory internet (`ferry-netsim`'s NATs) with one NAT in front of
-//! each peer.
+//! Deterministic tests of the puncher in virtual time, on `ferry-netsim`'s
+//! in-memory network: one NAT in front of each peer, and its wire (20 ms
+//! one way, seeded loss) between the NATs.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use ferry_netsim::{Nat, NatConfig};
-use rand::Rng;
+use ferry_netsim::{Nat, NatConfig, Wire};
 
 use super::*;
 
@@ -51,22 +50,12 @@ struct Side {
     drop_kind: Option<u8>,
 }
 
-struct Datagram {
-    deliver_at: Instant,
-    to: usize,
-    from: SocketAddr,
-    dst: SocketAddr,
-    payload: Vec<u8>,
-}
-
 struct Sim {
     start: Instant,
     now: Instant,
     sides: [Side; 2],
-    in_flight: Vec<Datagram>,
-    rng: StdRng,
-    loss: f64,
-    latency: Duration,
+    wire: Wire<Vec<u8>>,
+    /// Datagrams that got through the receiving side's NAT.
     delivered: usize,
 }
 
@@ -127,10 +116,7 @@ impl Sim {
             start,
             now: start,
             sides: [side(0, nat0), side(1, nat1)],
-            in_flight: Vec::new(),
-            rng: StdRng::seed_from_u64(setup.seed),
-            loss: setup.loss,
-            latency: Duration::from_millis(20),
+            wire: Wire::new(Duration::from_millis(20), setup.loss, setup.seed),
             delivered: 0,
         }
     }
@@ -142,13 +128,16 @@ impl Sim {
             if self.sides.iter().all(|s| !s.events.is_empty()) {
                 return;
             }
-            let next_delivery = self.in_flight.iter().map(|d| d.deliver_at).min();
             let next_timer = self
                 .sides
                 .iter()
                 .filter_map(|s| s.puncher.poll_timeout())
                 .min();
-            let Some(next) = [next_delivery, next_timer].into_iter().flatten().min() else {
+            let Some(next) = [self.wire.next_due(), next_timer]
+                .into_iter()
+                .flatten()
+                .min()
+            else {
                 return;
             };
             if next > self.start + limit {
@@ -156,12 +145,16 @@ impl Sim {
             }
             self.now = self.now.max(next);
             let now = self.now;
-            let (due, later): (Vec<_>, Vec<_>) =
-                self.in_flight.drain(..).partition(|d| d.deliver_at <= now);
-            self.in_flight = later;
-            for datagram in due {
-                let side = &mut self.sides[datagram.to];
-                if let Some(internal) = side.nat.inbound(datagram.dst.port(), datagram.from) {
+            for datagram in self.wire.take_due(now) {
+                // Only public NAT addresses are routable; private ones go nowhere.
+                let Some(side) = self
+                    .sides
+                    .iter_mut()
+                    .find(|s| s.nat.public_ip() == datagram.to.ip())
+                else {
+                    continue;
+                };
+                if let Some(internal) = side.nat.inbound(datagram.to.port(), datagram.from) {
                     assert_eq!(internal, side.internal);
                     self.delivered += 1;
                     side.puncher
@@ -188,6 +181,7 @@ impl Sim {
         }
     }
 
+    /// Through the sender's NAT onto the wire (which may lose it).
     fn route(&mut self, from_side: usize, transmit: Transmit) {
         let side = &mut self.sides[from_side];
         let Some(from) = side.nat.outbound(side.internal, transmit.dst) else {
@@ -196,20 +190,8 @@ impl Sim {
         if side.drop_kind == Some(transmit.payload[4]) {
             return;
         }
-        if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
-            return;
-        }
-        // Only public NAT addresses are routable; private ones go nowhere.
-        let Some(to) = (0..2).find(|&j| self.sides[j].nat.public_ip() == transmit.dst.ip()) else {
-            return;
-        };
-        self.in_flight.push(Datagram {
-            deliver_at: self.now + self.latency,
-            to,
-            from,
-            dst: transmit.dst,
-            payload: transmit.payload,
-        });
+        self.wire
+            .send(self.now, from, transmit.dst, transmit.payload);
     }
 
     fn confirmed(&self, i: usize) -> Option<(SocketAddr, Duration)> {

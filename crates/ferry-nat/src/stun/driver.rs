@@ -1,7 +1,8 @@
 //! Tokio drivers for the STUN client transaction and the responder.
 //!
 //! - [`binding_udp`]: one transaction on a caller-owned, *unconnected* UDP
-//!   socket (answers to CHANGE-REQUEST come from another address).
+//!   socket (answers to CHANGE-REQUEST come from another address), run by
+//!   the shared [`drive_udp`] loop.
 //! - [`binding_tcp`]: connect (optionally from a given local port, with
 //!   `SO_REUSEADDR`/`SO_REUSEPORT` so the same port can later be used for
 //!   TCP simultaneous open), send one request, read one framed answer.
@@ -28,8 +29,9 @@ use tracing::{debug, info};
 
 use super::{
     AltConfig, BindingRequest, BindingResult, HEADER_LEN, MAX_MESSAGE_LEN, RetransmitConfig,
-    SourceLimiter, SourceLimits, StunError, StunTransaction, framed_len, respond,
+    SourceLimiter, SourceLimits, StunError, StunTransaction, Transmit, framed_len, respond,
 };
+use crate::drive::{DriveOptions, UdpMachine, drive_udp};
 
 /// Options of one UDP Binding transaction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,42 +61,42 @@ pub async fn binding_udp(
         opts.request,
         opts.retransmit,
     )?;
-    let mut buf = vec![0u8; MAX_MESSAGE_LEN];
-    loop {
-        while let Some(t) = tx.poll_transmit() {
-            if let Err(e) = socket.send_to(&t.payload, t.dst).await {
-                // A transient send error (e.g. ICMP-induced) is retried by
-                // the schedule; a persistent one ends in Timeout.
-                debug!(dst = %t.dst, "STUN: send failed: {e}");
-            }
-        }
-        if let Some(result) = tx.poll_event() {
-            return result;
-        }
-        let Some(deadline) = tx.poll_timeout() else {
-            // Unreachable in practice: a running transaction has a deadline.
-            return Err(StunError::Timeout {
-                server,
-                sends: 0,
-                waited: Duration::ZERO,
-            });
-        };
-        tokio::select! {
-            _ = tokio::time::sleep_until(Instant::from_std(deadline)) => {
-                tx.handle_timeout(Instant::now().into_std());
-            }
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((n, from)) => {
-                    tx.handle_datagram(Instant::now().into_std(), from, &buf[..n]);
-                }
-                Err(e) => {
-                    // Linux reports ICMP port unreachable from an earlier
-                    // send as a receive error; keep waiting for the schedule.
-                    debug!(%server, "STUN: receive error: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-        }
+    let options = DriveOptions {
+        buffer_len: MAX_MESSAGE_LEN,
+        ..DriveOptions::new("STUN")
+    };
+    drive_udp(socket, &mut tx, options)
+        .await
+        // Unreachable in practice: a running transaction has a deadline.
+        .unwrap_or(Err(StunError::Timeout {
+            server,
+            sends: 0,
+            waited: Duration::ZERO,
+        }))
+}
+
+/// A transaction ends with its result; [`binding_udp`] drives it.
+impl UdpMachine for StunTransaction {
+    type Output = Result<BindingResult, StunError>;
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        StunTransaction::poll_transmit(self)
+    }
+
+    fn poll_output(&mut self) -> Option<Self::Output> {
+        self.poll_event()
+    }
+
+    fn poll_timeout(&self) -> Option<std::time::Instant> {
+        StunTransaction::poll_timeout(self)
+    }
+
+    fn handle_timeout(&mut self, now: std::time::Instant) {
+        StunTransaction::handle_timeout(self, now);
+    }
+
+    fn handle_datagram(&mut self, now: std::time::Instant, from: SocketAddr, bytes: &[u8]) {
+        StunTransaction::handle_datagram(self, now, from, bytes);
     }
 }
 

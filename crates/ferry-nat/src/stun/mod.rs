@@ -45,6 +45,10 @@ pub use driver::{
 };
 pub use server::{AltConfig, Response, SourceLimiter, SourceLimits, respond};
 
+// The client's datagrams to send (encoded STUN messages) are the one type
+// every UDP machine in ferry hands its driver.
+pub use crate::drive::Transmit;
+
 /// The largest STUN message we accept or produce, in bytes. Binding
 /// messages are far smaller; anything bigger is dropped (UDP) or closes the
 /// connection (TCP) before allocating.
@@ -53,15 +57,6 @@ pub const MAX_MESSAGE_LEN: usize = 2048;
 /// The size of a STUN message header; its bytes 2..4 give the length of the
 /// rest, which is how STUN over TCP is framed.
 pub const HEADER_LEN: usize = 20;
-
-/// A datagram the caller must send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    /// Where to send it.
-    pub dst: SocketAddr,
-    /// The encoded STUN message.
-    pub payload: Vec<u8>,
-}
 
 /// What a successful Binding transaction learnt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

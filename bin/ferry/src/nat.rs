@@ -22,6 +22,10 @@
 //!   {status: mapped|failed|not_tried, external, removed, error}, error}`
 //! - `verdict`: `{code, text}`; code is one of `open`, `direct`,
 //!   `direct-tcp`, `relay`, `unreachable`, `unknown`
+//!
+//! Exit code 0 with the report; 4 (network) when nothing answered (the
+//! verdict `unreachable`), after the report, with one line naming the
+//! server.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -108,7 +112,19 @@ pub async fn run(args: NatArgs, out: &mut Output) -> Result<()> {
     } else {
         print_human(&report, out);
     }
+    if report.verdict.code == Reach::Unreachable {
+        // The report says what was tried; the exit code, that nothing answered.
+        return Err(unreachable(&server, &report.rendezvous));
+    }
     Ok(())
+}
+
+/// The failure when nothing at `server` answered.
+fn unreachable(server: &str, rendezvous: &RendezvousReport) -> anyhow::Error {
+    Failure::network(format!(
+        "cannot reach the server {server}: {}",
+        rendezvous.error.clone().unwrap_or_default()
+    ))
 }
 
 /// Runs every check against `server` (HOST:PORT of the rendezvous server,
@@ -138,10 +154,7 @@ pub async fn check(server: &str, stun_port: u16) -> Result<Report> {
         check_upnp()
     );
     if !rendezvous.reachable && stun_server.is_none() {
-        return Err(Failure::network(format!(
-            "cannot reach the server {server}: {}",
-            rendezvous.error.clone().unwrap_or_default()
-        )));
+        return Err(unreachable(server, &rendezvous));
     }
     let verdict = Verdict::decide(&Observations {
         rendezvous_reachable: rendezvous.reachable,

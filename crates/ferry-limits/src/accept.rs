@@ -17,22 +17,41 @@
 //!               the tasks get shutdown_grace to finish; then the rest are
 //!               aborted (and awaited)
 //! ```
+//!
+//! And what both servers' `admit` and tasks share around it:
+//! [`BucketSlot`], a connection's share of its address bucket, given back
+//! when its task ends; [`refuse`], the refusal frame and the lingering
+//! future for [`Verdict::Refuse`]; [`linger`], the close that lets a last
+//! frame arrive rather than be lost to a reset.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout};
 use tracing::warn;
 
+use crate::{AddrBucket, OpenCounts};
+
 /// The first pause after a failed accept.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 /// The longest pause after failed accepts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long [`linger`] may take to half-close, and then to drain.
+const LINGER: Duration = Duration::from_secs(1);
+/// How much unread input [`linger`] discards at most.
+const LINGER_BYTES: usize = 1 << 20;
+/// Its read buffer: on the heap, taken only while lingering, so a task that
+/// may linger does not carry it all its life.
+const LINGER_CHUNK: usize = 8 * 1024;
+
+/// The longest [`linger`] takes (half-close, then drain).
+pub const LINGER_AT_MOST: Duration = Duration::from_secs(2);
 
 /// Settings of [`serve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,10 +185,109 @@ where
     Drained { open, cut }
 }
 
+/// Half-closes `stream` and discards its input for a moment (at most
+/// [`LINGER_AT_MOST`] and 1 MiB), so the last frame written is read rather
+/// than lost to a reset caused by unread data.
+pub async fn linger(stream: &mut TcpStream) {
+    let _ = timeout(LINGER, stream.shutdown()).await;
+    let mut discard = vec![0u8; LINGER_CHUNK];
+    let mut total = 0;
+    let _ = timeout(LINGER, async {
+        while total < LINGER_BYTES {
+            match stream.read(&mut discard).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// Refuses a connection just accepted: writes `frame` (the encoded
+/// refusal) without waiting, as a fresh socket's send buffer takes one
+/// small frame at once, and returns the future that then closes it after a
+/// [`linger`] of at most `within`, for [`Verdict::Refuse`]. [`serve`] runs
+/// that while fewer than `max_lingering_refusals` do, else drops it: the
+/// connection then closes at once. An empty `frame` has nothing to deliver
+/// and closes at once too.
+pub fn refuse(
+    mut stream: TcpStream,
+    frame: &[u8],
+    within: Duration,
+) -> impl Future<Output = ()> + Send + 'static + use<> {
+    // `use<>`: the future holds the stream, not the borrowed frame.
+    let lingers = !frame.is_empty();
+    if lingers {
+        let _ = stream.try_write(frame);
+    }
+    async move {
+        if lingers {
+            let _ = timeout(within, linger(&mut stream)).await;
+        }
+    }
+}
+
+/// What a [`BucketSlot`] gives its share back to: a table of connections
+/// open per address bucket ([`OpenCounts`], or a server's own admission
+/// that keeps one).
+pub trait Release {
+    /// A connection of `bucket` ended.
+    fn release(&mut self, bucket: AddrBucket);
+}
+
+impl Release for OpenCounts {
+    fn release(&mut self, bucket: AddrBucket) {
+        self.close(bucket);
+    }
+}
+
+/// One connection's share of its address bucket in a shared table `T`;
+/// given back when dropped (with the connection's task).
+#[derive(Debug)]
+pub struct BucketSlot<T: Release> {
+    table: Arc<Mutex<T>>,
+    bucket: AddrBucket,
+}
+
+impl<T: Release> BucketSlot<T> {
+    /// Takes a share under the table's lock: `take` counts the connection
+    /// and says in which bucket, or why not (then there is no share to give
+    /// back).
+    pub fn take<E>(
+        table: &Arc<Mutex<T>>,
+        take: impl FnOnce(&mut T) -> Result<AddrBucket, E>,
+    ) -> Result<Self, E> {
+        let bucket = take(&mut lock(table))?;
+        Ok(BucketSlot {
+            table: table.clone(),
+            bucket,
+        })
+    }
+
+    /// The bucket this share is of.
+    pub fn bucket(&self) -> AddrBucket {
+        self.bucket
+    }
+}
+
+impl<T: Release> Drop for BucketSlot<T> {
+    fn drop(&mut self) {
+        lock(&self.table).release(self.bucket);
+    }
+}
+
+/// A table stays usable after a task panicked holding it: its counts are
+/// plain numbers, never left half-updated.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use crate::Bucketing;
     use tokio::sync::oneshot;
 
     fn config(max_connections: usize, grace: Duration) -> AcceptConfig {
@@ -266,5 +384,57 @@ mod tests {
             TcpStream::connect(addr).await.is_err(),
             "the listener is closed"
         );
+    }
+
+    #[test]
+    fn a_bucket_slot_gives_its_share_back_when_dropped() {
+        let bucket = Bucketing::default().bucket("203.0.113.9".parse().unwrap());
+        let table = Arc::new(Mutex::new(OpenCounts::default()));
+        let take = |open: &mut OpenCounts| open.try_open(bucket, 1).then_some(bucket).ok_or(());
+        let slot = BucketSlot::take(&table, take).unwrap();
+        assert_eq!(slot.bucket(), bucket);
+        assert!(
+            BucketSlot::take(&table, take).is_err(),
+            "the bucket is full"
+        );
+        assert_eq!(table.lock().unwrap().count(bucket), 1);
+        drop(slot);
+        assert!(table.lock().unwrap().is_empty());
+        assert!(BucketSlot::take(&table, take).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_read_whole_then_the_connection_closes() {
+        // Unread input at the server must not turn its close into a reset.
+        let (got, _) = refuse_one(b"go away\n", 64 * 1024).await;
+        assert_eq!(got, b"go away\n");
+    }
+
+    #[tokio::test]
+    async fn an_empty_refusal_closes_at_once() {
+        let (got, took) = refuse_one(b"", 0).await;
+        assert!(got.is_empty());
+        // The client does not close its side: a linger would wait its second.
+        assert!(took < Duration::from_millis(500), "{took:?}");
+    }
+
+    /// Refuses one loopback connection with `frame` after the client sent
+    /// `sends` bytes; what the client read (a reset fails the test), and
+    /// how long the refusal took.
+    async fn refuse_one(frame: &'static [u8], sends: usize) -> (Vec<u8>, Duration) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(&vec![1u8; sends]).await.unwrap();
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        let started = tokio::time::Instant::now();
+        refuse(stream, frame, LINGER_AT_MOST).await;
+        let took = started.elapsed();
+        (client.await.unwrap(), took)
     }
 }

@@ -1,7 +1,10 @@
 //! ferry-limits: the vocabulary every ferry server uses to stay available
 //! under abuse: which addresses count as one party ([`Bucketing`]), how fast
-//! a party may do something ([`TokenBucket`]), and a table of such budgets
-//! per party that cannot grow without bound ([`RateTable`]).
+//! a party may do something ([`TokenBucket`]), a table of such budgets per
+//! party that cannot grow without bound ([`RateTable`]), how many
+//! connections each party holds open ([`OpenCounts`]), and a byte rate that
+//! a copy may overdraw and then pays back by pausing ([`ByteRate`], the
+//! relay's rate limits).
 //!
 //! Sans-IO: no clock, no sockets. Time is passed in as a [`Duration`] since
 //! any fixed origin the caller chooses (e.g. the server's start), so tests
@@ -13,7 +16,10 @@
 //!   [`TokenBucket`] (`ferry send --limit-rate`), and [`parse_rate`].
 //! - [`accept`]: the accept loop of ferry's TCP servers (the rendezvous
 //!   server, the relay): a connection cap, back-off on accept errors,
-//!   bounded lingering refusals, graceful shutdown within a grace.
+//!   bounded lingering refusals, graceful shutdown within a grace; and what
+//!   both servers do around it: a connection's share of its address bucket
+//!   ([`accept::BucketSlot`]), a refusal at accept ([`accept::refuse`]) and
+//!   a close that lets the last frame arrive ([`accept::linger`]).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -152,7 +158,7 @@ impl TokenBucket {
         if self.rate <= 0.0 {
             return Duration::MAX;
         }
-        Duration::from_secs_f64((n - self.tokens) / self.rate)
+        secs_or_max((n - self.tokens) / self.rate)
     }
 
     /// How many tokens the bucket holds at `now` (negative when in debt).
@@ -174,7 +180,7 @@ impl TokenBucket {
         } else if self.rate <= 0.0 {
             Duration::MAX
         } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
+            secs_or_max(-self.tokens / self.rate)
         }
     }
 
@@ -182,6 +188,104 @@ impl TokenBucket {
         let elapsed = now.saturating_sub(self.last).as_secs_f64();
         self.last = self.last.max(now);
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+}
+
+/// `secs` (positive) as a [`Duration`]; a pause too long for one (a huge
+/// debt at a tiny rate) is [`Duration::MAX`] rather than a panic.
+fn secs_or_max(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+}
+
+/// A byte rate that a copy may overdraw: the copy asks [`ByteRate::pause`]
+/// before a read (not knowing yet how much it will get) and
+/// [`spend`](ByteRate::spend)s what the read brought, however much; the
+/// next read then waits until the debt is paid. So the average rate holds,
+/// and a burst is at most one second's worth (at least
+/// [`ByteRate::MIN_BURST`]) plus one read. The relay's limits per pair and
+/// in all are these, shared by both directions of a copy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ByteRate {
+    bucket: TokenBucket,
+}
+
+impl ByteRate {
+    /// The least burst, however low the rate: one read of a small buffer.
+    pub const MIN_BURST: u64 = 16 * 1024;
+    /// The shortest pause [`ByteRate::pause`] asks for; shorter sleeps cost
+    /// more wake-ups than they pace.
+    pub const MIN_PAUSE: Duration = Duration::from_millis(1);
+
+    /// `bytes_per_second` (at least 1), full at `now`.
+    pub fn new(bytes_per_second: u64, now: Duration) -> Self {
+        let rate = bytes_per_second.max(1) as f64;
+        let burst = rate.max(Self::MIN_BURST as f64);
+        ByteRate {
+            bucket: TokenBucket::new(rate, burst, now),
+        }
+    }
+
+    /// `None` when a read may go ahead at `now` (a byte is there to spend);
+    /// otherwise how long to wait before asking again (at least
+    /// [`ByteRate::MIN_PAUSE`]).
+    pub fn pause(&mut self, now: Duration) -> Option<Duration> {
+        if self.bucket.available(now) >= 1.0 {
+            return None;
+        }
+        Some(self.bucket.wait_for(now, 1.0).max(Self::MIN_PAUSE))
+    }
+
+    /// `bytes` moved at `now`; they may leave the rate in debt.
+    pub fn spend(&mut self, now: Duration, bytes: usize) {
+        self.bucket.take_debt(now, bytes as f64);
+    }
+}
+
+/// Connections open per address bucket. A bucket with none open holds no
+/// entry, so the table is as large as the connections open, not as the
+/// addresses ever seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenCounts(HashMap<AddrBucket, usize>);
+
+impl OpenCounts {
+    /// Connections open in `bucket`.
+    pub fn count(&self, bucket: AddrBucket) -> usize {
+        self.0.get(&bucket).copied().unwrap_or(0)
+    }
+
+    /// One more open in `bucket`.
+    pub fn open(&mut self, bucket: AddrBucket) {
+        *self.0.entry(bucket).or_insert(0) += 1;
+    }
+
+    /// One more open in `bucket` if it holds fewer than `max`: whether it
+    /// was counted.
+    pub fn try_open(&mut self, bucket: AddrBucket, max: usize) -> bool {
+        if self.count(bucket) >= max {
+            return false;
+        }
+        self.open(bucket);
+        true
+    }
+
+    /// One in `bucket` closed.
+    pub fn close(&mut self, bucket: AddrBucket) {
+        if let Some(count) = self.0.get_mut(&bucket) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.0.remove(&bucket);
+            }
+        }
+    }
+
+    /// Buckets with a connection open.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no bucket has a connection open.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -340,6 +444,87 @@ mod tests {
         assert_eq!(table.len(), 1);
         table.forget_full(secs(10.0));
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn byte_rate_allows_a_burst_then_paces() {
+        let start = secs(7.0);
+        let mut rate = ByteRate::new(100_000, start);
+        assert_eq!(rate.pause(start), None);
+        rate.spend(start, 100_000);
+        let pause = rate.pause(start).expect("an empty bucket waits");
+        assert_eq!(pause, ByteRate::MIN_PAUSE);
+        // Debt of 50 000 bytes at 100 000 B/s: about half a second.
+        rate.spend(start, 50_000);
+        let wait = rate.pause(start).expect("in debt");
+        assert!(
+            wait >= Duration::from_millis(500) && wait < Duration::from_millis(510),
+            "{wait:?}"
+        );
+        assert_eq!(rate.pause(start + Duration::from_millis(501)), None);
+    }
+
+    #[test]
+    fn byte_rate_does_not_save_up_beyond_its_capacity() {
+        let start = secs(0.0);
+        let mut rate = ByteRate::new(20_000, start);
+        let later = start + Duration::from_secs(3600);
+        assert_eq!(rate.pause(later), None);
+        rate.spend(later, 20_001);
+        assert!(rate.pause(later).is_some());
+    }
+
+    #[test]
+    fn byte_rate_bursts_at_least_16_kib() {
+        let mut rate = ByteRate::new(1024, secs(0.0));
+        rate.spend(secs(0.0), 16 * 1024 - 1);
+        assert_eq!(rate.pause(secs(0.0)), None);
+        rate.spend(secs(0.0), 1);
+        // One byte short at 1 KiB/s: a thousandth of a second or so.
+        let wait = rate.pause(secs(0.0)).unwrap();
+        assert!(wait < Duration::from_millis(2), "{wait:?}");
+        // A debt of 2 KiB at 1 KiB/s takes two seconds (and a byte) to pay.
+        rate.spend(secs(0.0), 2048);
+        let wait = rate.pause(secs(0.0)).unwrap();
+        assert!(wait > secs(2.0) && wait < secs(2.01), "{wait:?}");
+        assert!(rate.pause(secs(2.0)).is_some());
+        assert_eq!(rate.pause(secs(2.01)), None);
+    }
+
+    #[test]
+    fn byte_rate_of_zero_is_one_byte_a_second_and_a_huge_debt_does_not_panic() {
+        let mut rate = ByteRate::new(0, secs(0.0));
+        rate.spend(secs(0.0), usize::MAX);
+        let wait = rate.pause(secs(0.0)).unwrap();
+        assert!(wait > Duration::from_secs(1 << 40), "{wait:?}");
+        let mut bucket = TokenBucket::new(1e-300, 1.0, secs(0.0));
+        assert_eq!(bucket.take_debt(secs(0.0), 1e300), Duration::MAX);
+        assert_eq!(bucket.wait_for(secs(0.0), 1e300), Duration::MAX);
+    }
+
+    #[test]
+    fn open_counts_cap_each_bucket_and_forget_empty_ones() {
+        let b = Bucketing::default();
+        let x = b.bucket("198.51.100.7".parse().unwrap());
+        let y = b.bucket("198.51.100.8".parse().unwrap());
+        let mut open = OpenCounts::default();
+        assert!(open.try_open(x, 2));
+        assert!(open.try_open(x, 2));
+        assert!(!open.try_open(x, 2));
+        assert!(open.try_open(y, 2));
+        assert_eq!((open.count(x), open.count(y), open.len()), (2, 1, 2));
+        open.close(x);
+        open.close(y);
+        assert_eq!((open.count(x), open.len()), (1, 1));
+        // A cap of 0 refuses without leaving an entry behind.
+        assert!(!open.try_open(y, 0));
+        assert_eq!(open.len(), 1);
+        open.close(x);
+        // Closing more than was opened neither panics nor goes below 0.
+        open.close(x);
+        assert!(open.is_empty());
+        open.open(x);
+        assert_eq!(open.count(x), 1);
     }
 
     proptest::proptest! {

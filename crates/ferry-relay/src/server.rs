@@ -14,9 +14,10 @@
 //!                connection permits stay held for the pair's life)
 //!   the waiting side's task: relay-paired to both, bytes that arrived
 //!   early, then copy_bidirectional_with_sizes (256 KiB per direction)
-//!   under the idle timeout, the pair's and the relay's rate limits, the
-//!   pair's byte budget and lifetime (PairBudget); a limit that ends a pair
-//!   is counted in Stats and logged with its PairEnd reason
+//!   under the idle timeout, the pair's and the relay's rate limits
+//!   (`ferry_limits::ByteRate`, paced on reads), the pair's byte budget
+//!   and lifetime (PairBudget); a limit that ends a pair is counted in
+//!   Stats and logged with its PairEnd reason
 //! ```
 //!
 //! The core sits behind a `std::sync::Mutex` that is never held across an
@@ -27,8 +28,9 @@
 //! [`RelayServer::serve`] is a listener of its own for a relay that runs
 //! apart from the signalling listener (`ferry relay`, or a second port),
 //! on the accept loop shared with the rendezvous server
-//! (`ferry_limits::accept`): it caps connections per address bucket at
-//! accept, then in all, reads the first line
+//! (`ferry_limits::accept`, with its bucket slots, refusals and lingering
+//! close): it caps connections per address bucket at accept, then in all,
+//! reads the first line
 //! (at most `MAX_RELAY_FRAME` bytes, within `first_line_timeout`, 3 s)
 //! and calls [`RelayServer::handle`].
 
@@ -42,8 +44,8 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use ferry_limits::AddrBucket;
-use ferry_limits::accept::{AcceptConfig, Accepted, Verdict};
+use ferry_limits::accept::{self, AcceptConfig, Accepted, BucketSlot, Verdict, linger};
+use ferry_limits::{ByteRate, OpenCounts};
 use ferry_proto::signal::{
     ClientToServer, ErrorCode, MAX_RELAY_FRAME, RELAY_PROTOCOL_VERSION, ServerToClient,
     decode_frame, encode_frame,
@@ -89,7 +91,9 @@ struct Inner {
     waiters: Mutex<HashMap<ConnId, oneshot::Sender<Handoff>>>,
     next_id: AtomicU64,
     /// The whole relay's rate limit, shared by every pair.
-    total_rate: Option<Arc<Mutex<TokenBucket>>>,
+    total_rate: Option<Arc<Mutex<ByteRate>>>,
+    /// The origin of the rate limits' time.
+    origin: Instant,
     /// Set when [`RelayServer::serve`] stops accepting.
     shutting_down: AtomicBool,
 }
@@ -108,9 +112,10 @@ impl RelayServer {
     /// A relay with these limits that joins the holders of tokens `key`
     /// signed.
     pub fn new(config: RelayConfig, key: TokenKey) -> Self {
+        let origin = Instant::now();
         let total_rate = config
             .total_rate_limit
-            .map(|rate| Arc::new(Mutex::new(TokenBucket::new(rate, Instant::now()))));
+            .map(|rate| Arc::new(Mutex::new(ByteRate::new(rate, Duration::ZERO))));
         RelayServer {
             inner: Arc::new(Inner {
                 core: Mutex::new(Relay::new(config.clone(), key.clone())),
@@ -119,6 +124,7 @@ impl RelayServer {
                 waiters: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 total_rate,
+                origin,
                 shutting_down: AtomicBool::new(false),
             }),
         }
@@ -162,7 +168,7 @@ impl RelayServer {
             shutdown_grace: config.shutdown_grace,
             name: "relay",
         };
-        let per_bucket = Arc::new(Mutex::new(BucketCounts::default()));
+        let per_bucket = Arc::new(Mutex::new(OpenCounts::default()));
         let admit = |accepted: Accepted| {
             let Accepted {
                 stream,
@@ -170,8 +176,10 @@ impl RelayServer {
                 permit,
             } = accepted;
             let bucket = config.bucketing.bucket(peer.ip());
-            let Some(slot) = BucketSlot::take(&per_bucket, bucket, config.max_connections_per_ip)
-            else {
+            let max = config.max_connections_per_ip;
+            let Ok(slot) = BucketSlot::take(&per_bucket, |open: &mut OpenCounts| {
+                open.try_open(bucket, max).then_some(bucket).ok_or(())
+            }) else {
                 debug!(%peer, %bucket, "relay per-address connection limit reached");
                 return Verdict::Refuse(refuse_at_accept(stream, Refusal::PerIpLimit.message()));
             };
@@ -440,14 +448,19 @@ impl RelayServer {
             config,
             Instant::now().into_std(),
         )));
-        let mut buckets: Vec<_> = config
+        let origin = self.inner.origin;
+        let mut rates: Vec<_> = config
             .rate_limit
-            .map(|rate| Arc::new(Mutex::new(TokenBucket::new(rate, Instant::now()))))
+            .map(|rate| Arc::new(Mutex::new(ByteRate::new(rate, origin.elapsed()))))
             .into_iter()
             .collect();
-        buckets.extend(self.inner.total_rate.clone());
-        let mut a = Metered::new(a, activity.clone(), budget.clone(), buckets.clone());
-        let mut b = Metered::new(b, activity.clone(), budget.clone(), buckets);
+        rates.extend(self.inner.total_rate.clone());
+        let rates = Rates {
+            origin,
+            limits: rates,
+        };
+        let mut a = Metered::new(a, activity.clone(), budget.clone(), rates.clone());
+        let mut b = Metered::new(b, activity.clone(), budget.clone(), rates);
         let idle = config.idle_timeout;
         let lifetime = lock(&budget).deadline().map(Instant::from_std);
         let copy =
@@ -507,11 +520,10 @@ impl RelayServer {
 }
 
 /// Tells a connection refused at accept why (`error {server-full}`) with
-/// a non-blocking write; the future it returns closes it after a linger.
-/// The accept loop runs that while fewer than [`REFUSALS_AT_ONCE`] are
-/// lingering, else drops it: the connection then closes at once.
+/// a non-blocking write; the future it returns closes it after a linger
+/// (`accept::refuse`).
 fn refuse_at_accept(
-    mut stream: TcpStream,
+    stream: TcpStream,
     message: &'static str,
 ) -> impl Future<Output = ()> + Send + 'static {
     let mut line = BytesMut::new();
@@ -519,62 +531,9 @@ fn refuse_at_accept(
         code: ErrorCode::ServerFull,
         message: message.to_string(),
     };
-    let encoded = encode_frame(&msg, &mut line).is_ok();
-    if encoded {
-        // A fresh socket's send buffer takes a line without blocking.
-        let _ = stream.try_write(&line);
-    }
-    async move {
-        if encoded {
-            linger(&mut stream).await;
-        }
-    }
-}
-
-/// Open connections per address bucket on a listener of the relay's own.
-#[derive(Debug, Default)]
-struct BucketCounts(HashMap<AddrBucket, usize>);
-
-/// One connection's share of its bucket; given back on drop.
-#[derive(Debug)]
-struct BucketSlot {
-    counts: Arc<Mutex<BucketCounts>>,
-    bucket: AddrBucket,
-}
-
-impl BucketSlot {
-    fn take(counts: &Arc<Mutex<BucketCounts>>, bucket: AddrBucket, max: usize) -> Option<Self> {
-        let mut guard = counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = guard.0.entry(bucket).or_insert(0);
-        if *count >= max {
-            if *count == 0 {
-                guard.0.remove(&bucket);
-            }
-            return None;
-        }
-        *count += 1;
-        Some(BucketSlot {
-            counts: counts.clone(),
-            bucket,
-        })
-    }
-}
-
-impl Drop for BucketSlot {
-    fn drop(&mut self) {
-        let mut guard = self
-            .counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = guard.0.get_mut(&self.bucket) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                guard.0.remove(&self.bucket);
-            }
-        }
-    }
+    // Not encoded (it always is): nothing to deliver, so no linger either.
+    let _ = encode_frame(&msg, &mut line);
+    accept::refuse(stream, &line, accept::LINGER_AT_MOST)
 }
 
 async fn refuse(stream: &mut TcpStream, refusal: Refusal) {
@@ -610,24 +569,6 @@ async fn write_timed(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))?
 }
 
-/// Half-closes and discards input for a moment, so the last line is not
-/// lost to a reset caused by unread data.
-async fn linger(stream: &mut TcpStream) {
-    const LINGER: Duration = Duration::from_secs(1);
-    let _ = timeout(LINGER, stream.shutdown()).await;
-    let mut discard = [0u8; 4096];
-    let mut total = 0;
-    let _ = timeout(LINGER, async {
-        while total < 1 << 20 {
-            match stream.read(&mut discard).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    })
-    .await;
-}
-
 /// When a pair last moved a byte, shared by both directions.
 #[derive(Debug)]
 struct Activity {
@@ -653,57 +594,12 @@ impl Activity {
     }
 }
 
-/// A token bucket in bytes, shared by both directions of a pair. Reads may
-/// take it into debt; the next read then waits until it is positive again,
-/// so the average rate holds and a burst is at most one buffer.
-#[derive(Debug)]
-struct TokenBucket {
-    rate: u64,
-    capacity: i64,
-    tokens: i64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u64, now: Instant) -> Self {
-        let rate = rate.max(1);
-        let capacity = i64::try_from(rate).unwrap_or(i64::MAX).max(16 * 1024);
-        TokenBucket {
-            rate,
-            capacity,
-            tokens: capacity,
-            last: now,
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last);
-        let add = (elapsed.as_nanos() * u128::from(self.rate) / 1_000_000_000) as i64;
-        if add > 0 {
-            self.tokens = self.tokens.saturating_add(add).min(self.capacity);
-            self.last = now;
-        }
-    }
-
-    /// `None` when reading may go ahead, else when to look again.
-    fn check(&mut self, now: Instant) -> Option<Instant> {
-        self.refill(now);
-        if self.tokens > 0 {
-            return None;
-        }
-        let missing = u128::from(self.tokens.unsigned_abs()) + 1;
-        let nanos = missing * 1_000_000_000 / u128::from(self.rate);
-        Some(
-            now + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-                .max(Duration::from_millis(1)),
-        )
-    }
-
-    fn take(&mut self, bytes: usize) {
-        self.tokens = self
-            .tokens
-            .saturating_sub(i64::try_from(bytes).unwrap_or(i64::MAX));
-    }
+/// The rate limits a pair obeys (its own, the relay's), each shared by
+/// both directions of the pair, and the origin of their time.
+#[derive(Debug, Clone)]
+struct Rates {
+    origin: Instant,
+    limits: Vec<Arc<Mutex<ByteRate>>>,
 }
 
 /// A stream that records activity, obeys the pair's and the relay's rate
@@ -714,7 +610,7 @@ struct Metered<S> {
     inner: S,
     activity: Arc<Activity>,
     budget: Arc<Mutex<PairBudget>>,
-    buckets: Vec<Arc<Mutex<TokenBucket>>>,
+    rates: Rates,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
@@ -723,13 +619,13 @@ impl<S> Metered<S> {
         inner: S,
         activity: Arc<Activity>,
         budget: Arc<Mutex<PairBudget>>,
-        buckets: Vec<Arc<Mutex<TokenBucket>>>,
+        rates: Rates,
     ) -> Self {
         Metered {
             inner,
             activity,
             budget,
-            buckets,
+            rates,
             sleep: None,
         }
     }
@@ -742,22 +638,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        loop {
+        let since = loop {
             if let Some(sleep) = &mut this.sleep {
                 ready!(sleep.as_mut().poll(cx));
                 this.sleep = None;
             }
             let now = Instant::now();
-            let wait = this
-                .buckets
+            let since = now.saturating_duration_since(this.rates.origin);
+            let pause = this
+                .rates
+                .limits
                 .iter()
-                .filter_map(|bucket| lock(bucket).check(now))
+                .filter_map(|rate| lock(rate).pause(since))
                 .max();
-            match wait {
-                None => break,
-                Some(until) => this.sleep = Some(Box::pin(sleep_until(until))),
+            match pause {
+                None => break since,
+                Some(pause) => this.sleep = Some(Box::pin(sleep_until(now + pause))),
             }
-        }
+        };
         let allowed = lock(&this.budget).allowed(buf.remaining());
         if allowed == 0 && buf.remaining() > 0 {
             return Poll::Ready(Err(std::io::Error::other(PairEnd::ByteLimit.message())));
@@ -771,8 +669,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         if n > 0 {
             this.activity.touch();
             lock(&this.budget).spend(n);
-            for bucket in &this.buckets {
-                lock(bucket).take(n);
+            for rate in &this.rates.limits {
+                lock(rate).spend(since, n);
             }
         }
         Poll::Ready(Ok(()))
@@ -805,39 +703,5 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bucket_allows_a_burst_then_paces() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(100_000, start);
-        assert_eq!(bucket.check(start), None);
-        bucket.take(100_000);
-        let until = bucket.check(start).expect("empty bucket waits");
-        assert!(until > start);
-        // Debt of 50 000 bytes at 100 000 B/s: about half a second.
-        bucket.take(50_000);
-        let until = bucket.check(start).expect("in debt");
-        let wait = until - start;
-        assert!(
-            wait >= Duration::from_millis(500) && wait < Duration::from_millis(510),
-            "{wait:?}"
-        );
-        assert_eq!(bucket.check(start + Duration::from_millis(501)), None);
-    }
-
-    #[test]
-    fn bucket_does_not_save_up_beyond_its_capacity() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(20_000, start);
-        let later = start + Duration::from_secs(3600);
-        assert_eq!(bucket.check(later), None);
-        bucket.take(20_001);
-        assert!(bucket.check(later).is_some());
     }
 }

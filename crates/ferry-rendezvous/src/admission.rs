@@ -6,12 +6,15 @@
 //! accept -> admit(now, ip) -> Ok(bucket)  ... connection ends -> release(bucket)
 //!                          -> Err(Refusal) -> one error frame, close
 //! ```
+//!
+//! The server holds it behind a mutex, each connection a
+//! `ferry_limits::accept::BucketSlot` of it that releases on drop.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ferry_limits::{AddrBucket, Bucketing, RateTable};
+use ferry_limits::accept::Release;
+use ferry_limits::{AddrBucket, Bucketing, OpenCounts, RateTable};
 
 /// Limits of [`Admission`].
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +50,7 @@ pub enum Refusal {
 #[derive(Debug)]
 pub struct Admission {
     limits: AdmissionLimits,
-    open: HashMap<AddrBucket, usize>,
+    open: OpenCounts,
     rate: RateTable<AddrBucket>,
 }
 
@@ -56,7 +59,7 @@ impl Admission {
     pub fn new(limits: AdmissionLimits) -> Self {
         Admission {
             limits,
-            open: HashMap::new(),
+            open: OpenCounts::default(),
             rate: RateTable::new(limits.per_second, limits.burst, limits.max_tracked_buckets),
         }
     }
@@ -65,8 +68,7 @@ impl Admission {
     /// when taken (hand it back with [`Admission::release`]), or why not.
     pub fn admit(&mut self, now: Duration, ip: IpAddr) -> Result<AddrBucket, Refusal> {
         let bucket = self.limits.bucketing.bucket(ip);
-        let open = self.open.get(&bucket).copied().unwrap_or(0);
-        if open >= self.limits.max_per_bucket {
+        if self.open.count(bucket) >= self.limits.max_per_bucket {
             return Err(Refusal::PerAddress {
                 limit: self.limits.max_per_bucket,
             });
@@ -74,24 +76,24 @@ impl Admission {
         if !self.rate.allow(&bucket, now) {
             return Err(Refusal::TooFast);
         }
-        *self.open.entry(bucket).or_insert(0) += 1;
+        self.open.open(bucket);
         Ok(bucket)
     }
 
     /// A connection of `bucket` ended.
     pub fn release(&mut self, bucket: AddrBucket) {
-        if let Some(count) = self.open.get_mut(&bucket) {
-            *count -= 1;
-            if *count == 0 {
-                self.open.remove(&bucket);
-            }
-        }
+        self.open.close(bucket);
     }
 
     /// Connections open in `ip`'s bucket.
     pub fn open_in(&self, ip: IpAddr) -> usize {
-        let bucket = self.limits.bucketing.bucket(ip);
-        self.open.get(&bucket).copied().unwrap_or(0)
+        self.open.count(self.limits.bucketing.bucket(ip))
+    }
+}
+
+impl Release for Admission {
+    fn release(&mut self, bucket: AddrBucket) {
+        Admission::release(self, bucket);
     }
 }
 

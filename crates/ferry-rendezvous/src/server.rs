@@ -5,9 +5,10 @@
 //!   relay:
 //!   - it caps connections (max_connections); then admission::Admission
 //!     caps each address bucket (IPv4 prefix, IPv6 /64) and its rate of
-//!     new connections; refused connections get one error frame and are
-//!     closed (a bounded number linger briefly so the frame arrives; the
-//!     rest close at once)
+//!     new connections (a connection holds an accept::BucketSlot of it);
+//!     refused connections get one error frame and are closed
+//!     (accept::refuse: a bounded number linger briefly so the frame
+//!     arrives; the rest close at once)
 //!   - accept errors back off (up to 1 s)
 //!   - spawns connection(), one task per TCP connection
 //! connection(): reads frames (64 KiB limit, checked before buffering more)
@@ -43,14 +44,14 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ferry_limits::accept::{AcceptConfig, Accepted, Verdict};
+use ferry_limits::accept::{self, AcceptConfig, Accepted, BucketSlot, Verdict, linger};
 use ferry_proto::signal::{
     ClientToServer, ErrorCode, FrameError, MAX_FRAME, RELAY_PROTOCOL_VERSION, ServerToClient,
     decode_frame, encode_frame,
 };
 use ferry_relay::token::unix_secs;
 use ferry_relay::{RelayConfig, RelayServer, TokenKey};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -58,7 +59,6 @@ use tracing::{debug, info};
 
 use crate::admission::{Admission, AdmissionLimits, Refusal};
 use crate::state::{ClientId, Config, Rendezvous};
-use ferry_limits::AddrBucket;
 
 /// Bytes of frames queued for one client before it counts as too slow and
 /// is dropped.
@@ -66,10 +66,6 @@ pub const OUTBOUND_BYTES: usize = 1 << 20;
 
 /// How long one write may take before the client counts as dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a closing connection drains unread input (so the kernel sends
-/// FIN, not RST, and the client reads our last error frame).
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 1 << 20;
 const INBOX: usize = 1024;
 const READ_CHUNK: usize = 8 * 1024;
 /// Refused connections lingering at once to deliver their error frame.
@@ -194,7 +190,8 @@ pub async fn serve_with_relay(
             let message = "the server is at its connection limit; try again later".to_string();
             return Verdict::Refuse(refuse(stream, ErrorCode::ServerFull, message));
         };
-        let slot = match BucketSlot::take(&admission, started.elapsed(), addr) {
+        let now = started.elapsed();
+        let slot = match BucketSlot::take(&admission, |admission| admission.admit(now, addr.ip())) {
             Ok(slot) => slot,
             Err(refusal) => {
                 debug!(%addr, %refusal, "connection refused");
@@ -372,7 +369,7 @@ struct Conn {
     addr: SocketAddr,
     inbox: mpsc::Sender<ActorMsg>,
     relay: Option<RelayServer>,
-    _slot: BucketSlot,
+    _slot: BucketSlot<Admission>,
 }
 
 /// One connection: frames in to the actor, frames out to the socket; or,
@@ -544,71 +541,15 @@ async fn relay_connection(
     linger(&mut stream).await;
 }
 
-/// Half-closes and discards input for a moment, so our last frame is not
-/// lost to a reset caused by unread data.
-async fn linger(stream: &mut TcpStream) {
-    let _ = timeout(LINGER, stream.shutdown()).await;
-    let mut discard = vec![0u8; READ_CHUNK];
-    let mut total = 0;
-    let _ = timeout(LINGER, async {
-        while total < LINGER_BYTES {
-            match stream.read(&mut discard).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    })
-    .await;
-}
-
 /// Writes one error frame to a refused connection without waiting; the
-/// future it returns closes it after a short linger (so the frame is read,
-/// not lost to a reset). The accept loop runs that while fewer than
-/// [`MAX_LINGERING_REFUSALS`] do so, else drops it: the connection then
-/// closes at once.
+/// future it returns closes it after a short linger (`accept::refuse`).
 fn refuse(
-    mut stream: TcpStream,
+    stream: TcpStream,
     code: ErrorCode,
     message: String,
 ) -> impl Future<Output = ()> + Send + 'static {
     let mut frame = BytesMut::new();
-    if encode_frame(&ServerToClient::Error { code, message }, &mut frame).is_ok() {
-        // A fresh socket's send buffer takes one small frame at once.
-        let _ = stream.try_write(&frame);
-    }
-    async move {
-        let _ = timeout(REFUSAL_LINGER, linger(&mut stream)).await;
-    }
-}
-
-/// One connection's share of its address bucket; released on drop.
-struct BucketSlot {
-    admission: Arc<Mutex<Admission>>,
-    bucket: AddrBucket,
-}
-
-impl BucketSlot {
-    fn take(
-        admission: &Arc<Mutex<Admission>>,
-        now: Duration,
-        addr: SocketAddr,
-    ) -> Result<BucketSlot, Refusal> {
-        let mut guard = admission
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let bucket = guard.admit(now, addr.ip())?;
-        Ok(BucketSlot {
-            admission: admission.clone(),
-            bucket,
-        })
-    }
-}
-
-impl Drop for BucketSlot {
-    fn drop(&mut self) {
-        self.admission
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .release(self.bucket);
-    }
+    // Not encoded (it always is): nothing to deliver, so no linger either.
+    let _ = encode_frame(&ServerToClient::Error { code, message }, &mut frame);
+    accept::refuse(stream, &frame, REFUSAL_LINGER)
 }

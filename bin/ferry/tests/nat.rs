@@ -1,0 +1,213 @@
+//! `ferry nat` end to end on loopback: the real binary against a real
+//! `ferry serve` (signalling and STUN on 127.0.0.1). Loopback has no NAT,
+//! so every mapped address is the local one, every port is kept, and
+//! everything answers; a closed port answers nothing.
+//!
+//! `ferry nat` asks STUN at its own `--stun-port` (default 3478), not at
+//! the port the server's welcome announces (issue 15), so these tests pass
+//! the port the server reports in its `listening` event.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// How long one `ferry nat` may take to report (its probes time out in
+/// a few seconds).
+const REPORT_WITHIN: Duration = Duration::from_secs(60);
+
+#[test]
+fn nat_json_on_loopback_sees_no_nat_and_reaches_everything() {
+    // A second IP (127.0.0.2 is loopback too) lets the server run the
+    // RFC 5780 tests, so mapping and filtering are known, not guessed.
+    let server = Server::start_with(&["--stun-alt-ip", "127.0.0.2"]);
+    assert_eq!(server.listening["rfc5780"], true);
+    let stun = stun_addr(&server);
+    let mut nat = nat(&server.addr, stun.port(), true);
+    let report = nat.wait_event("nat", REPORT_WITHIN);
+    assert_eq!(nat.finish(), 0, "{report} {}", nat.stderr_text());
+
+    assert_eq!(report["server"], server.addr.as_str());
+    assert_eq!(report["stun_server"], stun.to_string());
+
+    let rendezvous = &report["rendezvous"];
+    assert_eq!(rendezvous["reachable"], true, "{rendezvous}");
+    assert_eq!(rendezvous["error"], Value::Null);
+    let local = addr(&rendezvous["local"]);
+    assert!(local.ip().is_loopback(), "{rendezvous}");
+    assert_eq!(
+        addr(&rendezvous["observed"]),
+        local,
+        "no NAT: seen as itself"
+    );
+    assert_eq!(rendezvous["port_preserved"], true);
+
+    let udp = &report["udp"];
+    assert_eq!(udp["blocked"], false, "{udp}");
+    assert_eq!(udp["error"], Value::Null, "{udp}");
+    assert_mapped_to_itself(udp);
+    assert_eq!(udp["mapping"], "none", "{udp}");
+    assert_eq!(udp["mapping_why"], Value::Null);
+    assert_eq!(udp["filtering"], "endpoint-independent", "{udp}");
+    assert_eq!(udp["filtering_why"], Value::Null);
+    assert_eq!(udp["rfc5780"], true);
+
+    let tcp = &report["tcp"];
+    assert_eq!(tcp["error"], Value::Null, "{tcp}");
+    assert_mapped_to_itself(tcp);
+
+    let interfaces = report["interfaces"].as_array().unwrap();
+    for interface in interfaces {
+        assert!(interface["name"].is_string(), "{interface}");
+        assert!(interface["class"].is_string(), "{interface}");
+        interface["addr"]
+            .as_str()
+            .unwrap()
+            .parse::<IpAddr>()
+            .unwrap();
+    }
+    assert!(
+        interfaces
+            .iter()
+            .any(|i| i["addr"] == "127.0.0.1" && i["class"] == "loopback"),
+        "{interfaces:?}"
+    );
+
+    // Whatever gateway this machine has: the fields are there, typed.
+    let upnp = &report["upnp"];
+    assert!(
+        upnp["gateway"].is_null() || upnp["gateway"].is_string(),
+        "{upnp}"
+    );
+    assert!(upnp["test_mapping"]["status"].is_string(), "{upnp}");
+
+    assert_eq!(report["verdict"]["code"], "open", "{report}");
+    let text = report["verdict"]["text"].as_str().unwrap();
+    assert!(text.contains("no NAT"), "{text}");
+}
+
+#[test]
+fn nat_human_output_on_loopback_says_reachable_and_ports_kept() {
+    // The plain layout: one STUN address, so NAT behaviour cannot be
+    // tested, and the verdict says what the server needs for that.
+    let server = Server::start();
+    let stun = stun_addr(&server);
+    let mut nat = nat(&server.addr, stun.port(), false);
+    let verdict = nat.wait_line(|l| l.starts_with("Verdict: "), REPORT_WITHIN);
+    assert_eq!(nat.finish(), 0, "{:?} {}", nat.seen, nat.stderr_text());
+    let said = nat.seen.join("\n");
+
+    assert!(
+        said.contains(&format!("Server: {} (STUN {stun})", server.addr)),
+        "{said}"
+    );
+    let rendezvous = line_starting(&nat.seen, "Rendezvous (TCP): ");
+    assert!(rendezvous.contains("reachable, 127.0.0.1:"), "{rendezvous}");
+    assert!(rendezvous.ends_with("(port kept: yes)"), "{rendezvous}");
+    for prefix in ["UDP: ", "TCP: "] {
+        let line = line_starting(&nat.seen, prefix);
+        assert!(line.contains(" seen as 127.0.0.1:"), "{line}");
+        assert!(line.ends_with("(port kept: yes)"), "{line}");
+    }
+    let mapping = line_starting(&nat.seen, "    mapping:   ");
+    assert!(
+        mapping.contains("unknown (the STUN server has a single address"),
+        "{mapping}"
+    );
+    assert!(line_starting(&nat.seen, "UPnP: ").len() > "UPnP: ".len());
+    assert!(
+        verdict.contains("direct connections will likely work"),
+        "{verdict}"
+    );
+    assert!(verdict.contains("--stun-alt-ip"), "{verdict}");
+}
+
+#[test]
+fn nat_at_a_closed_port_exits_4_and_names_the_address() {
+    // Nothing listens here, for TCP (signalling, STUN over TCP) or UDP.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let stun_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("127.0.0.1:{port}");
+    // Both at once: each waits out its probes.
+    let mut json = nat(&server, stun_port, true);
+    let mut human = nat(&server, stun_port, false);
+
+    let report = json.wait_event("nat", REPORT_WITHIN);
+    assert_eq!(report["verdict"]["code"], "unreachable", "{report}");
+    assert_eq!(report["rendezvous"]["reachable"], false);
+    let why = report["rendezvous"]["error"].as_str().unwrap();
+    assert!(why.contains(&server), "{why}");
+    assert!(report["udp"]["mapped"].is_null() && report["tcp"]["mapped"].is_null());
+    let error = json.wait_event("error", REPORT_WITHIN);
+    assert_eq!(json.finish(), 4, "{:?}", json.seen);
+    assert_eq!(error["exit_code"], 4, "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("cannot reach the server {server}")),
+        "{message}"
+    );
+
+    human.wait_line(|l| l.starts_with("Verdict: "), REPORT_WITHIN);
+    assert_eq!(human.finish(), 4, "{:?}", human.seen);
+    let rendezvous = line_starting(&human.seen, "Rendezvous (TCP): ");
+    assert!(rendezvous.contains("not reachable"), "{rendezvous}");
+    let stderr = human.stderr_text();
+    assert!(
+        stderr.contains(&format!("error: cannot reach the server {server}")),
+        "{stderr}"
+    );
+}
+
+/// Starts `ferry nat` against `server`, asking STUN at `stun_port`.
+fn nat(server: &str, stun_port: u16, json: bool) -> Proc {
+    let mut cmd = ferry();
+    cmd.args(["nat", "--server", server, "--stun-port"])
+        .arg(stun_port.to_string());
+    if json {
+        cmd.arg("--json");
+    }
+    Proc::spawn(cmd)
+}
+
+/// The server's first STUN address, from its `listening` event.
+fn stun_addr(server: &Server) -> SocketAddr {
+    addr(&server.listening["stun"][0])
+}
+
+fn addr(value: &Value) -> SocketAddr {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("not an address: {value}"))
+        .parse()
+        .unwrap()
+}
+
+/// Asserts that a `udp` or `tcp` report's mapped address is its own local
+/// one: the same port, seen from loopback (the socket is bound to
+/// 0.0.0.0).
+fn assert_mapped_to_itself(report: &Value) {
+    let local = addr(&report["local"]);
+    let mapped = addr(&report["mapped"]);
+    assert!(mapped.ip().is_loopback(), "{report}");
+    assert_eq!(mapped.port(), local.port(), "{report}");
+    assert_eq!(report["port_preserved"], true, "{report}");
+}
+
+fn line_starting<'a>(lines: &'a [String], prefix: &str) -> &'a str {
+    lines
+        .iter()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in {lines:?}"))
+}

@@ -74,9 +74,13 @@ impl Failure {
     }
 }
 
-/// The exit code and the one-line message for an error.
+/// The exit code and the one-line message for an error: what happened,
+/// and what to do when [`advice`](crate::advice) knows.
 pub fn classify(err: &anyhow::Error) -> (i32, String) {
-    let message = format!("{err:#}");
+    let message = match crate::advice::for_error(err) {
+        Some(advice) => format!("{err:#}; {advice}"),
+        None => format!("{err:#}"),
+    };
     for cause in err.chain() {
         if let Some(f) = cause.downcast_ref::<Failure>() {
             return (f.code, message);
@@ -112,7 +116,7 @@ fn transfer_code(e: &TransferError) -> i32 {
         T::ChunkMismatch { .. } | T::FileMismatch { .. } => INTEGRITY,
         T::Declined(_)
         | T::PeerClosed
-        | T::PeerError(_)
+        | T::PeerError { .. }
         | T::OfferTooLarge { .. }
         | T::OfferChanged => PEER,
         T::GitDir { .. } | T::Unsendable { .. } => LOCAL,

@@ -3,6 +3,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod advice;
 mod cli;
 use ferry_proto::escape;
 mod exit;

@@ -193,7 +193,7 @@ async fn check_rendezvous(server: &str) -> RendezvousReport {
             }
         }
         Err(e) => RendezvousReport {
-            error: Some(e.to_string()),
+            error: Some(crate::advice::signal_text(&e)),
             ..RendezvousReport::default()
         },
     }

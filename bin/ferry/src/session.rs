@@ -175,10 +175,11 @@ fn show_waiting(out: &Output, waiting: Waiting) {
             out.say("Receiver connected; checking the code...");
         }
         Waiting::ServerLost {
-            reason,
+            error,
             attempt,
             retry_in,
         } => {
+            let reason = crate::advice::signal_text(&error);
             out.event(
                 "server-lost",
                 json!({"try": attempt, "retry_in_secs": retry_in.as_secs_f64(), "error": reason}),
@@ -314,17 +315,7 @@ fn show_mending(out: &Output, event: MendEvent<'_>) {
                 }),
             );
             if attempt == 1 {
-                let why = match end {
-                    PathEnd::RelayByteLimit { max_bytes } => format!(
-                        "the relay ends each pair after {} (its operator's --relay-max-bytes)",
-                        indicatif::HumanBytes(max_bytes)
-                    ),
-                    PathEnd::RelayLifetime { max } => format!(
-                        "the relay ends each pair after {} (its operator's --relay-max-lifetime)",
-                        crate::output::short_duration(max)
-                    ),
-                    _ => describe_break(error),
-                };
+                let why = relay_limit_why(end).unwrap_or_else(|| describe_break(error));
                 out.say(format!(
                     "The connection ended ({}); reconnecting, try 1 of {of}...",
                     escape::line(&why)
@@ -347,6 +338,22 @@ fn show_mending(out: &Output, event: MendEvent<'_>) {
             ));
         }
         _ => {}
+    }
+}
+
+/// Which of the relay's limits ended the pipe, named by the option its
+/// operator sets it with.
+fn relay_limit_why(end: PathEnd) -> Option<String> {
+    match end {
+        PathEnd::RelayByteLimit { max_bytes } => Some(format!(
+            "the relay ends each pair after {} (its operator's --relay-max-bytes)",
+            indicatif::HumanBytes(max_bytes)
+        )),
+        PathEnd::RelayLifetime { max } => Some(format!(
+            "the relay ends each pair after {} (its operator's --relay-max-lifetime)",
+            crate::output::short_duration(max)
+        )),
+        _ => None,
     }
 }
 
@@ -392,6 +399,24 @@ mod tests {
         assert!(empty.contains("holds no code"), "{empty}");
         let missing = given_code(None, Some(&dir.path().join("nope")), None).unwrap_err();
         assert!(missing.to_string().contains("--code-file"), "{missing}");
+    }
+
+    #[test]
+    fn relay_limits_are_named_by_the_operators_options() {
+        let bytes = relay_limit_why(PathEnd::RelayByteLimit { max_bytes: 8 << 20 }).unwrap();
+        assert_eq!(
+            bytes,
+            "the relay ends each pair after 8.00 MiB (its operator's --relay-max-bytes)"
+        );
+        let lifetime = relay_limit_why(PathEnd::RelayLifetime {
+            max: Duration::from_secs(2),
+        })
+        .unwrap();
+        assert!(
+            lifetime.ends_with("(its operator's --relay-max-lifetime)"),
+            "{lifetime}"
+        );
+        assert_eq!(relay_limit_why(PathEnd::Broken), None);
     }
 
     #[test]

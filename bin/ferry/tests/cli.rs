@@ -188,10 +188,19 @@ fn existing_file_is_not_overwritten_without_the_flag() {
         .unwrap()
         .to_string();
     assert!(
-        message.contains("a.txt") && message.contains("--overwrite"),
+        message.contains("a.txt") && message.contains("--overwrite") && message.contains("--out"),
         "{message}"
     );
+    // The sender learns which file, and what the receiver can do.
     assert_ne!(send.finish(), 0);
+    let told = send.events("error")[0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        told.contains("a.txt already exists") && told.contains("the receiver can pass --overwrite"),
+        "{told}"
+    );
     assert_eq!(fs::read(dst.path().join("a.txt")).unwrap(), b"old");
 
     let (mut send, code) = start_send(&server, &[a.to_str().unwrap()]);
@@ -424,11 +433,13 @@ fn server_flag_is_required_and_errors_say_what_to_do() {
         ])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "could not reach the rendezvous server at 127.0.0.1:{port}"
+        )) && stderr.contains("is `ferry serve` running there? set --server or FERRY_SERVER"),
+        "{stderr}"
     );
 
     let help = ferry().arg("--help").output().unwrap();

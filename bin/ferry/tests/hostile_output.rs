@@ -206,7 +206,14 @@ async fn hostile_error_reason_from_the_sender_is_escaped() {
         "{answer:?}"
     );
     let message = format!("disk on fire{OSC52}{CLEAR}\n{FAKE_DONE}\u{9b}31m\u{202e}");
-    write_frame(&mut stream, Frame::Control(Control::Error { message })).await;
+    write_frame(
+        &mut stream,
+        Frame::Control(Control::Error {
+            message,
+            code: None,
+        }),
+    )
+    .await;
     let _ = read_frame(&mut stream, &mut buf).await;
     drop(stream);
     let (code, recv, stderr) = finish(recv).await;

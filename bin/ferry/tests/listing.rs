@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use common::*;
 use ferry_session::Sender;
 use ferry_transfer::codec::{self, Frame};
-use ferry_transfer::{Control, Entry, EntryKind, Manifest, Offer};
+use ferry_transfer::{Control, Entry, EntryKind, ErrorCode, Manifest, Offer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 type Stream = ferry_connect::PeerStream;
@@ -150,9 +150,12 @@ async fn git_hook_after_ten_decoys_is_refused_by_name_without_allow_git_even_wit
     )
     .await;
     // The library's offer check refuses it before anything is listed or
-    // asked, and tells the sender why.
+    // asked, and tells the sender why: what it refused, and by the code
+    // that the receiver may allow it (a sending `ferry` then names
+    // --allow-git: see `a_sender_of_a_git_folder_is_told_the_receiver_can_allow_it`).
     assert!(
-        matches!(&answer, Some(Frame::Control(Control::Error { message })) if message.contains("--allow-git")),
+        matches!(&answer, Some(Frame::Control(Control::Error { message, code: Some(ErrorCode::GitDir) }))
+            if message.contains(".git/hooks/post-checkout") && message.contains(".git folder")),
         "{answer:?}"
     );
     assert_eq!(code, 7, "{stdout:?} {stderr}");
@@ -194,4 +197,41 @@ async fn allow_git_takes_the_offer_and_json_flags_the_hook() {
                 .any(|f| f["path"] == ".git/" && f["hidden"] == true),
         "{offer}"
     );
+}
+
+#[test]
+fn a_sender_of_a_git_folder_is_told_the_receiver_can_allow_it() {
+    // The real sender and receiver: the receiver refuses the .git folder
+    // and says which flag takes it; the sender learns what was refused and
+    // what the receiver can do.
+    let server = Server::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let repo = src.path().join("repo");
+    std::fs::create_dir_all(repo.join(".git/hooks")).unwrap();
+    std::fs::write(repo.join("README"), b"hello").unwrap();
+    std::fs::write(repo.join(".git/hooks/post-checkout"), b"#!/bin/sh\n").unwrap();
+    let (mut send, code) = start_send(&server, &[repo.to_str().unwrap()]);
+    let mut recv = start_receive(&server, &code, dst.path(), &["--yes"]);
+    assert_eq!(recv.finish(), 7, "receiver: {:?}", recv.seen);
+    assert_ne!(send.finish(), 0, "sender: {:?}", send.seen);
+    let message = |side: &Proc| {
+        side.events("error")[0]["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let received = message(&recv);
+    assert!(
+        received.contains("repo/.git")
+            && received.ends_with("; pass --allow-git to receive it anyway"),
+        "{received}"
+    );
+    let sent = message(&send);
+    assert!(
+        sent.contains("the peer reported: refusing \"repo/.git")
+            && sent.ends_with("; the receiver can pass --allow-git to receive it anyway"),
+        "{sent}"
+    );
+    assert_eq!(std::fs::read_dir(dst.path()).unwrap().count(), 0);
 }

@@ -111,16 +111,18 @@ pub enum PairEnd {
 }
 
 impl PairEnd {
-    /// A sentence for the relay's operator and the user, saying what to do.
+    /// A sentence for the relay's log and the user, saying what to do. The
+    /// limits are the relay's configuration; a program that knows how its
+    /// operator sets them can name that (`ferry` does: `--relay-max-bytes`).
     pub fn message(self) -> &'static str {
         match self {
             PairEnd::ByteLimit => {
-                "the relay ended the transfer at its limit of bytes per transfer \
-                 (--relay-max-bytes); resume it to carry on, or ask the relay's operator"
+                "the relay ended the transfer at its limit of bytes per transfer; \
+                 resume it to carry on, or ask the relay's operator"
             }
             PairEnd::Lifetime => {
-                "the relay ended the transfer at its time limit per transfer \
-                 (--relay-max-lifetime); resume it to carry on, or ask the relay's operator"
+                "the relay ended the transfer at its time limit per transfer; \
+                 resume it to carry on, or ask the relay's operator"
             }
             PairEnd::Idle => "the relay ended the transfer: nothing moved for too long",
         }
@@ -229,13 +231,15 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// A sentence for the refused user, saying what to do.
+    /// A sentence for the refused user, saying what to do. It travels to
+    /// the client as the text of the relay's error line:
+    /// [`Refusal::in_text`] finds it again there.
     pub fn message(self) -> &'static str {
         match self {
             Refusal::UnknownToken => {
                 "unknown relay token: this relay did not sign it; pair again through the rendezvous \
                  server, and if it keeps happening tell its operator (the rendezvous server and the \
-                 relay may hold different --relay-secret-file secrets)"
+                 relay may hold different relay secrets)"
             }
             Refusal::Expired => "the relay token expired; pair again to get a fresh one",
             Refusal::Reused => {
@@ -245,6 +249,24 @@ impl Refusal {
             Refusal::PairsLimit => "the relay is at its limit of transfers; try again later",
             Refusal::WaitTimeout => "the other side did not come to the relay in time",
         }
+    }
+
+    /// Which refusal `text` reports: a relay's message, or an error that
+    /// ends with one (as [`RelayError::Refused`](crate::RelayError::Refused)
+    /// and the errors that carry it on do), so a client can explain it in
+    /// its own terms. `None` for any other text, such as the words of a
+    /// relay of another version.
+    pub fn in_text(text: &str) -> Option<Refusal> {
+        [
+            Refusal::UnknownToken,
+            Refusal::Expired,
+            Refusal::Reused,
+            Refusal::PerIpLimit,
+            Refusal::PairsLimit,
+            Refusal::WaitTimeout,
+        ]
+        .into_iter()
+        .find(|refusal| text.ends_with(refusal.message()))
     }
 }
 
@@ -868,5 +890,23 @@ mod tests {
         );
         assert_eq!(unlimited.allowed(usize::MAX), usize::MAX);
         assert_eq!(unlimited.deadline(), None);
+    }
+
+    #[test]
+    fn each_refusal_is_found_again_in_the_text_that_carries_it() {
+        for refusal in [
+            Refusal::UnknownToken,
+            Refusal::Expired,
+            Refusal::Reused,
+            Refusal::PerIpLimit,
+            Refusal::PairsLimit,
+            Refusal::WaitTimeout,
+        ] {
+            assert_eq!(Refusal::in_text(refusal.message()), Some(refusal));
+            let carried = format!("the relay at 192.0.2.1:443 refused: {}", refusal.message());
+            assert_eq!(Refusal::in_text(&carried), Some(refusal), "{carried}");
+        }
+        assert_eq!(Refusal::in_text("unknown relay token"), None);
+        assert_eq!(Refusal::in_text(""), None);
     }
 }

@@ -77,14 +77,13 @@ pub enum SignalEvent {
     PeerLeft(Option<ReleaseReason>),
 }
 
-/// Errors of [`SignalClient`].
-#[derive(Debug, thiserror::Error)]
+/// Errors of [`SignalClient`]. They say what happened; what the user can
+/// do about it (which option names the server) is for the program to add.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SignalError {
     /// The server name did not resolve.
-    #[error(
-        "could not resolve the rendezvous server {server}: {reason}; check --server or FERRY_SERVER"
-    )]
+    #[error("could not resolve the rendezvous server {server}: {reason}")]
     Resolve {
         /// The `host:port` given.
         server: String,
@@ -92,9 +91,7 @@ pub enum SignalError {
         reason: String,
     },
     /// No TCP connection could be made.
-    #[error(
-        "could not reach the rendezvous server at {server}: {reason}; is `ferry serve` running there? set --server or FERRY_SERVER"
-    )]
+    #[error("could not reach the rendezvous server at {server}: {reason}")]
     Connect {
         /// The `host:port` given.
         server: String,
@@ -143,9 +140,11 @@ pub enum SignalError {
         /// The server's explanation.
         message: String,
     },
-    /// The relay the server advertised did not resolve.
+    /// The relay the server advertised did not resolve: this computer's
+    /// DNS fails, or the server's operator named a relay that does not
+    /// exist.
     #[error(
-        "could not resolve the relay {relay} that the rendezvous server at {server} names: {reason}; check this computer's DNS, or ask the server's operator to fix its --relay-url"
+        "could not resolve the relay {relay} that the rendezvous server at {server} names: {reason}"
     )]
     RelayResolve {
         /// The server.

@@ -24,8 +24,9 @@ pub enum Waiting {
     /// The rendezvous server could not be reached, or the connection to it
     /// was lost: try `attempt` follows after `retry_in`.
     ServerLost {
-        /// Why (our own error text, not the server's).
-        reason: String,
+        /// Why: the connection failed or was lost, or the server said it
+        /// is shutting down.
+        error: SignalError,
         /// Which try follows (1-based).
         attempt: u32,
         /// The pause before it.
@@ -64,20 +65,20 @@ pub(crate) async fn hold_again(
     on_wait: &mut impl FnMut(Waiting),
 ) -> Result<(SignalClient, Welcome), SessionError> {
     let lost = Instant::now();
-    let mut reason = error.to_string();
+    let mut last = error;
     let mut attempt = 0;
     loop {
         attempt += 1;
         let Some(pause) = Backoff::SERVER_RESTART.next(attempt, lost.elapsed()) else {
             return Err(SessionError::ServerLost(format!(
                 "lost the rendezvous server at {server} while waiting for the receiver, and it \
-                 did not come back within {} s (last: {reason}); run `ferry send` again when \
+                 did not come back within {} s (last: {last}); run `ferry send` again when \
                  the server is back",
                 Backoff::SERVER_RESTART.budget.as_secs()
             )));
         };
         on_wait(Waiting::ServerLost {
-            reason: reason.clone(),
+            error: last.clone(),
             attempt,
             retry_in: pause,
         });
@@ -85,7 +86,7 @@ pub(crate) async fn hold_again(
         let (mut signal, welcome) = match connect_signal(server).await {
             Ok(connected) => connected,
             Err(SessionError::Signal(error)) if error.is_connection_lost() => {
-                reason = error.to_string();
+                last = error;
                 continue;
             }
             Err(error) => return Err(error),
@@ -98,7 +99,7 @@ pub(crate) async fn hold_again(
                 });
                 return Ok((signal, welcome));
             }
-            Err(error) if error.is_connection_lost() => reason = error.to_string(),
+            Err(error) if error.is_connection_lost() => last = error,
             Err(SignalError::Server {
                 code: ErrorCode::NameplateTaken,
                 ..
@@ -140,7 +141,7 @@ pub(crate) async fn connect_signal_retrying(
             return Err(error.into());
         };
         on_wait(Waiting::ServerLost {
-            reason: error.to_string(),
+            error: error.clone(),
             attempt,
             retry_in: pause,
         });

@@ -357,7 +357,11 @@ mod tests {
                 matches!(&e, TransferError::GitDir { path } if path == p),
                 "{p}: {e}"
             );
-            assert!(e.to_string().contains("--allow-git"), "{e}");
+            // The sender is told by code that the receiver may allow it;
+            // the flag that does is the binary's to name
+            // (bin/ferry/tests/listing.rs).
+            assert_eq!(e.code(), Some(crate::ErrorCode::GitDir), "{e}");
+            assert!(e.to_string().contains(".git folder"), "{e}");
             let manifest = Manifest {
                 entries: vec![file(p)],
             };

@@ -195,7 +195,7 @@ fn take_hash(payload: &mut BytesMut) -> [u8; HASH_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Entry, EntryKind, Manifest, Offer, ResumePoint};
+    use crate::message::{Entry, EntryKind, ErrorCode, Manifest, Offer, ResumePoint};
     use proptest::prelude::*;
 
     fn enc(frame: &Frame) -> Vec<u8> {
@@ -248,6 +248,55 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&bytes[5..]).unwrap(),
             r#"{"type":"accept","files":[{"offset":2,"prefix_hash":"ab"}]}"#
+        );
+    }
+
+    #[test]
+    fn error_json_snapshot_and_older_and_newer_peers() {
+        let json = |control: Control| {
+            let bytes = enc(&Frame::Control(control));
+            String::from_utf8(bytes[5..].to_vec()).unwrap()
+        };
+        // No code: the frame is byte for byte what peers before codes sent.
+        assert_eq!(
+            json(Control::Error {
+                message: "disk full".into(),
+                code: None,
+            }),
+            r#"{"type":"error","message":"disk full"}"#
+        );
+        assert_eq!(
+            json(Control::Error {
+                message: "x".into(),
+                code: Some(ErrorCode::GitDir),
+            }),
+            r#"{"type":"error","message":"x","code":"git_dir"}"#
+        );
+        let decoded = |json: &str| {
+            let mut b = BytesMut::new();
+            b.put_u8(KIND_CONTROL);
+            b.put_u32(json.len() as u32);
+            b.extend_from_slice(json.as_bytes());
+            decode(&mut b).unwrap().unwrap()
+        };
+        let error = |message: &str, code| {
+            Frame::Control(Control::Error {
+                message: message.into(),
+                code,
+            })
+        };
+        assert_eq!(
+            decoded(r#"{"type":"error","message":"old"}"#),
+            error("old", None)
+        );
+        assert_eq!(
+            decoded(r#"{"type":"error","message":"e","code":"exists"}"#),
+            error("e", Some(ErrorCode::Exists))
+        );
+        // A code from a newer peer is kept as unknown, not a protocol error.
+        assert_eq!(
+            decoded(r#"{"type":"error","message":"new","code":"out_of_tea"}"#),
+            error("new", Some(ErrorCode::Unknown))
         );
     }
 
@@ -314,7 +363,15 @@ mod tests {
         prop_oneof![
             any::<bool>().prop_map(|ok| Control::Done { ok }),
             ".*".prop_map(|reason| Control::Decline { reason }),
-            ".*".prop_map(|message| Control::Error { message }),
+            (
+                ".*",
+                proptest::option::of(prop_oneof![
+                    Just(ErrorCode::Exists),
+                    Just(ErrorCode::GitDir),
+                    Just(ErrorCode::Unknown),
+                ])
+            )
+                .prop_map(|(message, code)| Control::Error { message, code }),
             Just(Control::Ack),
             (any::<usize>(), any::<u64>())
                 .prop_map(|(index, offset)| Control::FileStart { index, offset }),

@@ -4,6 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::codec::{CodecError, KIND_CONTROL};
+use crate::message::ErrorCode;
 use crate::path::{UnsafePath, escape};
 
 /// Everything that can go wrong in a transfer. Messages are meant to be
@@ -51,10 +52,12 @@ pub enum TransferError {
         limit: usize,
     },
     /// The offer has an entry inside a `.git` folder, whose hooks and
-    /// config can run commands on this computer.
+    /// config can run commands on this computer; refused unless
+    /// [`ReceiveOptions::allow_git`](crate::ReceiveOptions::allow_git).
+    /// The sender is told with [`ErrorCode::GitDir`].
     #[error(
         "refusing \"{}\": it is inside a .git folder, whose hooks and settings can run \
-         commands on this computer; pass --allow-git to receive it anyway",
+         commands on this computer",
         escape(path)
     )]
     GitDir {
@@ -70,11 +73,10 @@ pub enum TransferError {
         /// What is wrong with the name.
         reason: String,
     },
-    /// A file of the offer already exists in the output directory.
-    #[error(
-        "{} already exists; pass --overwrite to replace it or choose another directory with --out",
-        path.display()
-    )]
+    /// A file of the offer already exists in the output directory, and
+    /// [`ReceiveOptions::overwrite`](crate::ReceiveOptions::overwrite) is
+    /// off. The sender is told with [`ErrorCode::Exists`].
+    #[error("{} already exists", path.display())]
     Exists {
         /// The existing file.
         path: PathBuf,
@@ -118,8 +120,13 @@ pub enum TransferError {
     #[error("the peer closed the connection")]
     PeerClosed,
     /// The peer reported an error and gave up.
-    #[error("the peer reported: {}", escape(.0))]
-    PeerError(String),
+    #[error("the peer reported: {}", escape(.message))]
+    PeerError {
+        /// Its words, raw (`Display` escapes them).
+        message: String,
+        /// What the error is about, when the peer said (see [`ErrorCode`]).
+        code: Option<ErrorCode>,
+    },
     /// After a reconnect the sender offered something else than the
     /// first time; the new offer was declined and nothing more written.
     #[error(
@@ -145,8 +152,23 @@ impl TransferError {
     pub(crate) fn worth_reporting(&self) -> bool {
         !matches!(
             self,
-            Self::Stream(_) | Self::PeerClosed | Self::PeerError(_) | Self::Timeout(_)
+            Self::Stream(_) | Self::PeerClosed | Self::PeerError { .. } | Self::Timeout(_)
         )
+    }
+
+    /// The code that tells the peer what this error is about, for the
+    /// errors its user can ask ours to fix.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Exists { .. } => Some(ErrorCode::Exists),
+            Self::GitDir { .. } => Some(ErrorCode::GitDir),
+            _ => None,
+        }
+    }
+
+    /// The peer's error frame as an error.
+    pub(crate) fn from_peer(message: String, code: Option<ErrorCode>) -> Self {
+        Self::PeerError { message, code }
     }
 }
 

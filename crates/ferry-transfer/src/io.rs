@@ -129,6 +129,7 @@ pub(crate) async fn report_error<W: AsyncWrite + Unpin>(w: &mut W, error: &Trans
     }
     let frame = Frame::Control(crate::message::Control::Error {
         message: error.to_string(),
+        code: error.code(),
     });
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         write_frame(w, &frame).await?;

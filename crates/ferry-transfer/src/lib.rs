@@ -74,7 +74,7 @@ pub use check::{
 pub use codec::{CodecError, DEFAULT_CHUNK, Frame, MAX_CHUNK, MAX_CONTROL_LEN, MAX_DATA_LEN};
 pub use error::TransferError;
 pub use io::{ANSWER_TIMEOUT, FINISH_TIMEOUT, IO_TIMEOUT, PIPELINE_DEPTH, WRITE_TIMEOUT};
-pub use message::{Control, Entry, EntryKind, Manifest, Offer, ResumePoint};
+pub use message::{Control, Entry, EntryKind, ErrorCode, Manifest, Offer, ResumePoint};
 pub use path::{RelativePath, UnsafePath, escape, is_dangerous_char, sanitize};
 pub use protocol::{PART_SUFFIX, ReceiverCore, SenderCore, validate_manifest};
 pub use receive::{

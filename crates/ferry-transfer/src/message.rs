@@ -141,5 +141,30 @@ pub enum Control {
     Error {
         /// Human-readable reason.
         message: String,
+        /// What the error is about, when it is one the other side's user
+        /// can act on (peers before this field send none; it is then left
+        /// out of the JSON).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<ErrorCode>,
     },
+}
+
+/// What an [`Control::Error`] is about, beside its message for people: the
+/// peer's program can then tell its user what to do in its own terms (the
+/// receiver's options are not the sender's to name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// A file of the offer already exists where the receiver writes
+    /// ([`TransferError::Exists`](crate::TransferError::Exists)): the
+    /// receiver may allow overwriting or choose another folder.
+    Exists,
+    /// The offer has an entry inside a `.git` folder
+    /// ([`TransferError::GitDir`](crate::TransferError::GitDir)): the
+    /// receiver may allow them.
+    GitDir,
+    /// A code from a newer peer that this version does not know.
+    #[serde(other)]
+    Unknown,
 }

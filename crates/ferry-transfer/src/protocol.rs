@@ -12,7 +12,7 @@
 //!   | -- Data[hash|chunk] * n ------------------> |  prefix hash matched, else 0
 //!   | -- FileEnd[hash of whole file] -----------> |  verify, fsync, chmod, rename
 //!   | <-------------------------- Done{ok:true} --|
-//!   either side, at any time: Control::Error{message}, then close
+//!   either side, at any time: Control::Error{message, code}, then close
 //! ```
 
 use bytes::Bytes;
@@ -103,7 +103,7 @@ impl SenderCore {
         };
         self.state = SenderState::Finished;
         match (msg, &self.sizes) {
-            (Control::Error { message }, _) => Err(TransferError::PeerError(message)),
+            (Control::Error { message, code }, _) => Err(TransferError::from_peer(message, code)),
             (Control::Decline { reason }, _) => Ok(Answer::Declined(reason)),
             (Control::Ack, None) => Ok(Answer::TextAcked),
             (Control::Accept { files }, Some(sizes)) => {
@@ -138,10 +138,13 @@ impl SenderCore {
         self.state = SenderState::Finished;
         match frame {
             Frame::Control(Control::Done { ok: true }) => Ok(()),
-            Frame::Control(Control::Done { ok: false }) => Err(TransferError::PeerError(
+            Frame::Control(Control::Done { ok: false }) => Err(TransferError::from_peer(
                 "the receiver could not complete the transfer".into(),
+                None,
             )),
-            Frame::Control(Control::Error { message }) => Err(TransferError::PeerError(message)),
+            Frame::Control(Control::Error { message, code }) => {
+                Err(TransferError::from_peer(message, code))
+            }
             Frame::Control(other) => Err(protocol(format!("unexpected {}", name(&other)))),
             _ => Err(protocol("data frame from the receiver")),
         }
@@ -242,9 +245,9 @@ impl ReceiverCore {
 
     /// Feeds one frame from the sender.
     pub fn handle_frame(&mut self, frame: Frame) -> Result<ReceiverEvent, TransferError> {
-        if let Frame::Control(Control::Error { message }) = frame {
+        if let Frame::Control(Control::Error { message, code }) = frame {
             self.state = ReceiverState::Closed;
-            return Err(TransferError::PeerError(message));
+            return Err(TransferError::from_peer(message, code));
         }
         match (&mut self.state, frame) {
             (ReceiverState::AwaitOffer, Frame::Control(Control::Offer { offer })) => {
@@ -407,7 +410,7 @@ fn name(msg: &Control) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Entry, EntryKind, Manifest};
+    use crate::message::{Entry, EntryKind, ErrorCode, Manifest};
 
     fn file(path: &str, size: u64) -> Entry {
         Entry {
@@ -633,9 +636,12 @@ mod tests {
         let e = r
             .handle_frame(Frame::Control(Control::Error {
                 message: "disk on fire".into(),
+                code: None,
             }))
             .unwrap_err();
-        assert!(matches!(e, TransferError::PeerError(m) if m == "disk on fire"));
+        assert!(
+            matches!(e, TransferError::PeerError { message, code: None } if message == "disk on fire")
+        );
     }
 
     #[test]
@@ -720,9 +726,13 @@ mod tests {
         let (mut s, _) = SenderCore::new(Offer::Files(m));
         assert!(matches!(
             s.handle_answer(Frame::Control(Control::Error {
-                message: "x".into()
+                message: "x".into(),
+                code: Some(ErrorCode::GitDir),
             })),
-            Err(TransferError::PeerError(_))
+            Err(TransferError::PeerError {
+                code: Some(ErrorCode::GitDir),
+                ..
+            })
         ));
     }
 

@@ -83,9 +83,9 @@ impl<S> std::fmt::Debug for Incoming<S> {
 }
 
 /// Reads the offer, sanitizes every path and checks conflicts with
-/// existing files (an error names the file and suggests `--overwrite` or
-/// `--out`). Nothing is written and nothing expensive is computed yet. On
-/// an error the sender is told the reason.
+/// existing files ([`TransferError::Exists`] names the file). Nothing is
+/// written and nothing expensive is computed yet. On an error the sender
+/// is told the reason, with its [`TransferError::code`] when it has one.
 pub async fn receive_offer<S>(stream: S, opts: ReceiveOptions) -> Result<Incoming<S>, TransferError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -162,6 +162,7 @@ where
 pub async fn cancel_receiving<W: AsyncWrite + Unpin>(stream: &mut W, reason: &str) {
     let frame = Frame::Control(crate::message::Control::Error {
         message: reason.to_string(),
+        code: None,
     });
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         write_frame(stream, &frame).await?;

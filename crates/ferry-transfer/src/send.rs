@@ -130,9 +130,9 @@ where
                         // have said why just before, e.g. that it stopped on
                         // purpose. Its words explain more than our error.
                         return Err(match tokio::time::timeout(PEER_REASON_WAIT, &mut waiting).await {
-                            Ok(Err(peer @ (TransferError::PeerError(_) | TransferError::PeerClosed))) => peer,
+                            Ok(Err(peer @ (TransferError::PeerError { .. } | TransferError::PeerClosed))) => peer,
                             Ok(Ok(frame)) => match core.handle_final(frame) {
-                                Err(peer @ TransferError::PeerError(_)) => peer,
+                                Err(peer @ TransferError::PeerError { .. }) => peer,
                                 _ => TransferError::Stream(error),
                             },
                             _ => TransferError::Stream(error),

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use ferry_transfer::codec::{self, Frame};
 use ferry_transfer::{
-    Control, Entry, EntryKind, Manifest, Offer, ReceiveOptions, TransferError, is_dangerous_char,
-    receive_offer,
+    Control, Entry, EntryKind, ErrorCode, Manifest, Offer, ReceiveOptions, TransferError,
+    is_dangerous_char, receive_offer,
 };
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -53,11 +53,17 @@ fn offer_bytes(entries: Vec<Entry>) -> BytesMut {
 
 /// Reads frames until the receiver's error message (or the end).
 async fn error_message(stream: &mut DuplexStream) -> Option<String> {
+    error_frame(stream).await.map(|(message, _)| message)
+}
+
+/// Reads frames until the receiver's error (or the end): its message and
+/// its code.
+async fn error_frame(stream: &mut DuplexStream) -> Option<(String, Option<ErrorCode>)> {
     let mut buf = BytesMut::new();
     loop {
         while let Some(f) = codec::decode(&mut buf).unwrap() {
-            if let Frame::Control(Control::Error { message }) = f {
-                return Some(message);
+            if let Frame::Control(Control::Error { message, code }) = f {
+                return Some((message, code));
             }
         }
         if stream.read_buf(&mut buf).await.unwrap() == 0 {
@@ -72,6 +78,15 @@ async fn refused(
     entries: Vec<Entry>,
     options: impl FnOnce(&Path) -> ReceiveOptions,
 ) -> (TransferError, String) {
+    let (e, told, _) = refused_with_code(entries, options).await;
+    (e, told)
+}
+
+/// [`refused`], also returning the code the sender was told.
+async fn refused_with_code(
+    entries: Vec<Entry>,
+    options: impl FnOnce(&Path) -> ReceiveOptions,
+) -> (TransferError, String, Option<ErrorCode>) {
     let top = TempDir::new().unwrap();
     let out = top.path().join("out");
     fs::create_dir(&out).unwrap();
@@ -84,10 +99,10 @@ async fn refused(
     let got = receive_offer(b, options(&out)).await;
     let mut a = writer.await.unwrap();
     let e = got.expect_err("the offer should be refused");
-    let told = error_message(&mut a).await.expect("the sender is told why");
+    let (told, code) = error_frame(&mut a).await.expect("the sender is told why");
     assert_eq!(fs::read_dir(&out).unwrap().count(), 0, "nothing created");
     assert_eq!(fs::read_dir(top.path()).unwrap().count(), 1);
-    (e, told)
+    (e, told, code)
 }
 
 #[tokio::test]
@@ -148,12 +163,19 @@ async fn git_folders_are_refused_unless_allowed() {
         });
         v
     };
-    let (e, told) = refused(entries(), opts).await;
+    let (e, told, code) = refused_with_code(entries(), opts).await;
     assert!(
         matches!(&e, TransferError::GitDir { path } if path == "repo/.git"),
         "{e:?}"
     );
-    assert!(told.contains("--allow-git"), "{told}");
+    // The sender learns what was refused, and by the code that the
+    // receiver may allow it (its program names how: `ferry` says
+    // --allow-git, see bin/ferry/tests/listing.rs).
+    assert!(
+        told.contains("repo/.git") && told.contains(".git folder"),
+        "{told}"
+    );
+    assert_eq!(code, Some(ErrorCode::GitDir), "{told}");
 
     let out = TempDir::new().unwrap();
     let (mut a, b) = tokio::io::duplex(BUF);
@@ -520,7 +542,7 @@ async fn a_source_file_that_grows_or_shrinks_after_the_offer_is_not_delivered() 
         let e = sent.unwrap_err();
         assert!(e.to_string().contains("changed while sending"), "{e}");
         assert!(
-            matches!(&received, Err(TransferError::PeerError(m)) if m.contains("changed")),
+            matches!(&received, Err(TransferError::PeerError { message: m, .. }) if m.contains("changed")),
             "{received:?}"
         );
         assert!(!out.join("f").exists(), "nothing renamed");
@@ -658,12 +680,13 @@ async fn the_peers_words_in_errors_are_escaped() {
     codec::encode(
         &Frame::Control(Control::Error {
             message: "\x1b]0;pwned\x07\x1b[2K\rReceived 1 file, all verified".into(),
+            code: None,
         }),
         &mut frame,
     );
     a.write_all(&frame).await.unwrap();
     let e = receive_offer(b, opts(out.path())).await.unwrap_err();
-    assert!(matches!(e, TransferError::PeerError(_)), "{e:?}");
+    assert!(matches!(e, TransferError::PeerError { .. }), "{e:?}");
     let text = e.to_string();
     assert!(!text.chars().any(is_dangerous_char), "{text:?}");
     assert!(text.contains("\\x1b]0;pwned"), "{text}");

@@ -119,6 +119,7 @@ fn main() -> std::io::Result<()> {
         }),
         Frame::Control(Control::Error {
             message: "disk full".into(),
+            code: None,
         }),
         Frame::Control(Control::Ack),
     ];

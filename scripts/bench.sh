@@ -28,6 +28,7 @@
 # 3. As root, in the lab: time from both peers started to the first data
 #    byte, per topology; and SIZE_MIB over QUIC against TLS over TCP
 #    (simultaneous open) through the same port-restricted NATs.
+#    BENCH_LAB_ONLY=REGEX runs only the lab cases whose label matches.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$FERRY_ROOT"
@@ -340,6 +341,7 @@ elif [ "$(id -u)" -eq 0 ] && [ "${BENCH_LAB:-1}" = 1 ]; then
         while [ "$1" != -- ]; do flags+=("$1"); shift; done
         shift
         up=("$@")
+        if [ -n "${BENCH_LAB_ONLY:-}" ] && ! [[ $label =~ $BENCH_LAB_ONLY ]]; then return 0; fi
         "$LAB" up "${up[@]}" >/dev/null
         [ "${up[0]}" = upnp ] && "$LAB" stun stop >/dev/null
         "$LAB" exec server -- "$FERRY" serve --listen 203.0.113.10:443 --stun-listen 203.0.113.10:3478 \
@@ -356,6 +358,8 @@ elif [ "$(id -u)" -eq 0 ] && [ "${BENCH_LAB:-1}" = 1 ]; then
     }
     say "lab: per topology ($size_mib MiB, $runs runs each)"
     lab_case "lab public <-> public" -- nat --a none --b none
+    lab_case "lab public <-> public, QUIC" --force-path udp -- nat --a none --b none
+    lab_case "lab public <-> public, TCP" --force-path tcp -- nat --a none --b none
     lab_case "lab port-restricted (race)" -- port-restricted
     lab_case "lab port-restricted, QUIC" --force-path udp -- port-restricted
     lab_case "lab port-restricted, TCP sim. open" --force-path tcp -- port-restricted

@@ -122,6 +122,33 @@ fn tls_run(mib: usize) -> f64 {
     secs
 }
 
+/// CPU seconds this process has used so far (both ends run in it), from
+/// /proc/self/stat; 0 where there is none.
+fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // The fields after the command name in parentheses; utime and stime
+    // are the 14th and 15th of the whole line.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // USER_HZ is 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs `run` and returns (seconds it reported, CPU seconds used meanwhile).
+fn timed(run: impl FnOnce() -> f64) -> (f64, f64) {
+    let before = cpu_secs();
+    let secs = run();
+    (secs, cpu_secs() - before)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -134,16 +161,26 @@ fn main() {
         .collect();
     let mib = args.first().copied().unwrap_or(1024);
     let runs = args.get(1).copied().unwrap_or(3).max(1);
-    let mut quic = Vec::new();
-    let mut tls = Vec::new();
+    let (mut quic, mut quic_cpu) = (Vec::new(), Vec::new());
+    let (mut tls, mut tls_cpu) = (Vec::new(), Vec::new());
     // Interleaved, so that a busy moment of the machine hits both alike.
     for _ in 0..runs {
-        tls.push(tls_run(mib));
-        quic.push(quic_run(mib));
+        let (secs, cpu) = timed(|| tls_run(mib));
+        tls.push(secs);
+        tls_cpu.push(cpu);
+        let (secs, cpu) = timed(|| quic_run(mib));
+        quic.push(secs);
+        quic_cpu.push(cpu);
     }
     let mb = (mib * BLOCK) as f64 / 1e6;
+    let gib = mib as f64 / 1024.0;
     let (q, t) = (mb / median(quic), mb / median(tls));
-    println!("TLS over TCP  {t:8.0} MB/s  (median of {runs}, {mib} MiB)");
-    println!("QUIC over UDP {q:8.0} MB/s  (median of {runs}, {mib} MiB)");
-    println!("QUIC / TCP    {:8.2}", q / t);
+    let (qc, tc) = (median(quic_cpu) / gib, median(tls_cpu) / gib);
+    println!(
+        "TLS over TCP  {t:8.0} MB/s  {tc:5.2} CPU s per GiB, both ends  (median of {runs}, {mib} MiB)"
+    );
+    println!(
+        "QUIC over UDP {q:8.0} MB/s  {qc:5.2} CPU s per GiB, both ends  (median of {runs}, {mib} MiB)"
+    );
+    println!("QUIC / TCP    {:8.2}      {:5.2} x the CPU", q / t, qc / tc);
 }

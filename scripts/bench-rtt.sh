@@ -172,4 +172,14 @@ printf '%s\n' "${results[@]}"
 # stopping the delay line makes it print its totals (and its CPU use)
 "$LAB" set delay off >/dev/null
 delay_log=/run/ferry-lab${FERRY_LAB_ID:+-$FERRY_LAB_ID}/logs/delay.log
-[ -f "$delay_log" ] && echo "ferry-lab-delay: $(grep 'exit' "$delay_log" | tail -n 1 | sed 's/^ferry-lab-delay: //')"
+if [ -f "$delay_log" ]; then
+    totals=$(grep 'exit' "$delay_log" | tail -n 1 | sed 's/^ferry-lab-delay: //' || true)
+    echo "ferry-lab-delay: $totals"
+    # On a busy machine the delay line itself can become the bottleneck; its
+    # packets then go out late and the real round trip is longer than asked.
+    late_us=$(sed -n 's/.*late mean \([0-9]*\) us.*/\1/p' <<<"$totals")
+    if [ -n "$late_us" ] && [ "$late_us" -gt 1000 ]; then
+        say "warning: ferry-lab-delay sent packets ${late_us} us late on average (of ${rtt_ms} ms):" \
+            "the machine was too busy for an exact delay, and round trips were longer"
+    fi
+fi

@@ -15,6 +15,14 @@
 #                                  (PERCENT 0 removes it; default direction both)
 #   lab.sh set rate HOST RATE      tc tbf rate limit on HOST's uplink, both directions
 #                                  (RATE like 500kbit, 10mbit, 1gbit; "off" removes it)
+#   lab.sh set delay RTT_MS|off    round-trip delay RTT_MS (e.g. 50, 12.5) on everything
+#                                  inet forwards: ferry-lab-delay holds each packet RTT/2
+#                                  in a TUN device in inet, each direction passes it once
+#                                  ("off" removes it). Needs the binary: cargo build
+#                                  --release -p ferry-tests --bin ferry-lab-delay (or
+#                                  FERRY_LAB_DELAY_BIN=PATH). Its counters and CPU use:
+#                                  /run/ferry-lab*/logs/delay.log. Also raises the TCP
+#                                  buffer maxima (tcp_rmem/tcp_wmem) of a, b, server.
 #   lab.sh stun start|stop         coturn STUN server (RFC 5780) on `server`, port 3478
 #                                  (and 3479) on both server addresses
 #   lab.sh ns HOST                 print the namespace name of HOST (for `ip netns exec`)
@@ -52,6 +60,7 @@
 #   --stun               start coturn's turnserver (STUN only, RFC 5780) on `server`
 #   --loss HOST:PERCENT[:in|out|both]   like `set loss`, repeatable
 #   --rate HOST:RATE                    like `set rate`, repeatable
+#   --delay RTT_MS                      like `set delay`
 #
 # HOSTS (namespace = fy-HOST) and ADDRESSES
 #   inet     the "internet" router: 203.0.113.1 (to server), 198.51.100.1 (to nat-a),
@@ -70,7 +79,16 @@
 #   A host's "uplink" (for loss/rate) is `wan` on NAT routers and `eth0` elsewhere.
 #   Loss is an nftables `numgen random` drop on the uplink (prerouting for "in",
 #   postrouting for "out"); with "both" a ping round trip loses 1-(1-p)^2.
-#   Rate is a tc tbf qdisc on both ends of the uplink veth. No netem: no delay.
+#   On a peer (a, b, server) "out" loses UDP but hardly TCP: a packet netfilter drops
+#   on its sender's way out is an error to the socket and TCP sends it again at once.
+#   For loss both see, put it on a router: `set loss nat-a P` (a plain router in public).
+#   Rate is a tc tbf qdisc on both ends of the uplink veth.
+#   No netem here, so delay is user space: `set delay` starts ferry-lab-delay in inet
+#   with a TUN device `delay0`, and policy routing (rules "iif to-* lookup 100", table
+#   100 "default dev delay0", priority 100) sends every packet inet forwards into it;
+#   what it writes back (iif delay0) is routed by the main table as before. Traffic to
+#   or from inet itself is not delayed. Without `set delay` none of this exists.
+#   Accuracy: tokio's 1 ms timer, so each direction is held RTT/2 within about +-0.5 ms.
 #
 # STATE  /run/ferry-lab/ : namespaces (list, written before each is created),
 #   hosts (NAME ROLE KIND UPLINK ADDRS), topology, pids/ (daemons the lab started),
@@ -346,6 +364,77 @@ set_rate() {
     echo "$rate" >"$STATE/knobs/$h.rate"
 }
 
+DELAY_DEV=delay0
+DELAY_TABLE=100
+
+# delay_bin: path of the ferry-lab-delay binary (FERRY_LAB_DELAY_BIN, else the
+# newest of the release and debug builds under CARGO_TARGET_DIR or target/)
+delay_bin() {
+    if [ -n "${FERRY_LAB_DELAY_BIN:-}" ]; then
+        [ -x "$FERRY_LAB_DELAY_BIN" ] || die "FERRY_LAB_DELAY_BIN=$FERRY_LAB_DELAY_BIN is not an executable"
+        printf '%s\n' "$FERRY_LAB_DELAY_BIN"; return 0
+    fi
+    local t=${CARGO_TARGET_DIR:-$FERRY_ROOT/target} b=''
+    [ -x "$t/release/ferry-lab-delay" ] && b=$t/release/ferry-lab-delay
+    if [ -x "$t/debug/ferry-lab-delay" ] && { [ -z "$b" ] || [ "$t/debug/ferry-lab-delay" -nt "$b" ]; }; then
+        b=$t/debug/ferry-lab-delay
+    fi
+    [ -n "$b" ] || die "no ferry-lab-delay binary under $t; build it: cargo build --release -p ferry-tests --bin ferry-lab-delay (or set FERRY_LAB_DELAY_BIN)"
+    printf '%s\n' "$b"
+}
+
+# delay_unroute: removes the policy rules (the table's route goes with the device)
+delay_unroute() {
+    local pref
+    while read -r pref; do
+        nsx inet ip rule del pref "$pref" 2>/dev/null || true
+    done < <(nsx inet ip rule show | awk -v t="$DELAY_TABLE" '$NF == t { sub(":", "", $1); print $1 }')
+    nsx inet ip route flush table "$DELAY_TABLE" 2>/dev/null || true
+}
+
+set_delay() {
+    local rtt=$1 one_way ifs i
+    [[ $rtt = off || $rtt =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "delay must be a round trip in ms (like 50 or 12.5) or off, not '$rtt'"
+    host_exists inet || die "no lab is up"
+    delay_unroute
+    stop_daemon delay
+    rm -f "$STATE/knobs/inet.delay"
+    if [ "$rtt" = off ] || awk -v r="$rtt" 'BEGIN { exit !(r == 0) }'; then return 0; fi
+    one_way=$(awk -v r="$rtt" 'BEGIN { printf "%.3f", r / 2 }')
+    local bin rt=(); bin=$(delay_bin)
+    # Real-time priority: on a busy machine a normal thread is descheduled for
+    # whole time slices, and packets went out up to 86 ms late (TCP then saw
+    # spurious losses). It sleeps between packets, so it cannot starve anyone.
+    if command -v chrt >/dev/null && nsx inet chrt -f 20 true 2>/dev/null; then rt=(chrt -f 20); fi
+    start_daemon delay inet "${rt[@]}" "$bin" --dev "$DELAY_DEV" --delay-ms "$one_way" --report-secs 10
+    for _ in $(seq 1 50); do
+        nsx inet ip link show dev "$DELAY_DEV" 2>/dev/null | grep -q '[<,]UP[,>]' && break
+        daemon_alive delay || break
+        sleep 0.1
+    done
+    nsx inet ip link show dev "$DELAY_DEV" 2>/dev/null | grep -q '[<,]UP[,>]' \
+        || die "ferry-lab-delay did not bring up $DELAY_DEV; log: $(tail -n 20 "$STATE/logs/delay.log" 2>/dev/null)"
+    # What comes back out of the device must not be dropped as martian or
+    # spoofed: no rp_filter on it (the lab turns it off everywhere else).
+    nsx inet sysctl -qw "net.ipv4.conf.$DELAY_DEV.rp_filter=0"
+    # The kernel queues packets for the device's reader (txqueuelen 500 by
+    # default) and drops beyond; a 1 Gbit/s burst overflows that.
+    nsx inet ip link set dev "$DELAY_DEV" txqueuelen 10000
+    nsx inet ip route add default dev "$DELAY_DEV" table "$DELAY_TABLE"
+    mapfile -t ifs < <(nsx inet ip -o link show | awk -F': ' '{ sub("@.*", "", $2); print $2 }' | grep '^to-')
+    for i in "${ifs[@]}"; do
+        nsx inet ip rule add pref "$DELAY_TABLE" iif "$i" lookup "$DELAY_TABLE"
+    done
+    # A long path needs big windows: 1 Gbit/s x 50 ms is 6.25 MB, and Linux's
+    # default tcp_wmem allows 4 MB. These are the namespaces' own sysctls.
+    local h role
+    while read -r h role _; do
+        [ "$role" = host ] || continue
+        nsx "$h" sysctl -qw net.ipv4.tcp_rmem="4096 131072 67108864" net.ipv4.tcp_wmem="4096 16384 67108864"
+    done <"$STATE/hosts"
+    echo "$rtt" >"$STATE/knobs/inet.delay"
+}
+
 # ---------------------------------------------------------------- daemons
 
 # start_daemon NAME HOST PIDFILE-OR-- CMD...: runs CMD in HOST's namespace in the
@@ -484,7 +573,7 @@ write_state() {
 cmd_up() {
     local topo=${1:-}; [ $# -gt 0 ] && shift
     [ -n "$topo" ] || die "usage: lab.sh up TOPOLOGY [options] (topologies: $TOPOLOGIES)"
-    local ka=port-restricted kb=port-restricted kcgn='' same_lan='' upnp='' stun='' losses=() rates=()
+    local ka=port-restricted kb=port-restricted kcgn='' same_lan='' upnp='' stun='' losses=() rates=() delay=''
     case $topo in
         public) ka=none kb=none ;;
         full-cone|port-restricted|symmetric|udp-blocked|tcp443-only) ka=$topo kb=$topo ;;
@@ -504,6 +593,7 @@ cmd_up() {
             --stun) stun=1 ;;
             --loss) losses+=("${2:?--loss needs HOST:PERCENT[:DIR]}"); shift ;;
             --rate) rates+=("${2:?--rate needs HOST:RATE}"); shift ;;
+            --delay) delay=${2:?--delay needs RTT_MS}; shift ;;
             -h|--help) usage; exit 0 ;;
             *) die "unknown option '$1' for up" ;;
         esac
@@ -641,6 +731,7 @@ cmd_up() {
         IFS=: read -r h k <<<"$spec"
         set_rate "$h" "$k"
     done
+    [ -n "$delay" ] && set_delay "$delay"
 
     # daemons
     [ -n "$stun" ] && stun_start
@@ -706,6 +797,7 @@ cmd_status() {
         [ "$role" = router ] && [ "$name" != inet ] && extra="nat=$kind lan=$(nsx "$name" ip -4 -o addr show dev lan 2>/dev/null | awk '{print $4}' | tr '\n' ' ')"
         [ -f "$STATE/knobs/$name.loss" ] && extra="$extra loss=$(awk '{print $1 "%/" $2}' "$STATE/knobs/$name.loss")"
         [ -f "$STATE/knobs/$name.rate" ] && extra="$extra rate=$(cat "$STATE/knobs/$name.rate")"
+        [ -f "$STATE/knobs/$name.delay" ] && extra="$extra delay=$(cat "$STATE/knobs/$name.delay")ms-rtt"
         printf '%-8s %-14s %-7s %-7s %-30s %s\n' "$name" "$(ns "$name")" "$role" "$up" "$addrs" "$extra"
     done <"$STATE/hosts"
     local f d
@@ -739,7 +831,8 @@ main() {
             case ${1:-} in
                 loss) set_loss "${2:?usage: lab.sh set loss HOST PERCENT [in|out|both]}" "${3:?percent}" "${4:-both}" ;;
                 rate) set_rate "${2:?usage: lab.sh set rate HOST RATE|off}" "${3:?rate}" ;;
-                *) die "usage: lab.sh set loss|rate HOST VALUE" ;;
+                delay) set_delay "${2:?usage: lab.sh set delay RTT_MS|off}" ;;
+                *) die "usage: lab.sh set loss|rate HOST VALUE, or lab.sh set delay RTT_MS|off" ;;
             esac ;;
         stun)
             need_root; lab_is_up || die "no lab is up"; lock

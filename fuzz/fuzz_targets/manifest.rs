@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let mut core = ReceiverCore::new();
     let offered = core.handle_frame(Frame::Control(Control::Offer {
         offer: Offer::Files(manifest.clone()),
+        version: ferry_transfer::TRANSFER_VERSION,
     }));
     assert_eq!(
         checked.is_ok(),
@@ -61,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let resume = vec![ResumePoint::fresh(); manifest.file_count()];
     match core.accept(resume.clone()) {
-        Ok(Control::Accept { files }) => assert_eq!(files, resume),
+        Ok(Control::Accept { files, .. }) => assert_eq!(files, resume),
         other => panic!("a valid manifest was not accepted: {other:?}"),
     }
 });

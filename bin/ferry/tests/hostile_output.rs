@@ -134,6 +134,7 @@ fn offer(names: &[String]) -> Frame {
         .collect();
     Frame::Control(Control::Offer {
         offer: Offer::Files(Manifest { entries }),
+        version: ferry_transfer::TRANSFER_VERSION,
     })
 }
 

@@ -63,6 +63,7 @@ fn decoys_then(last: &str) -> Frame {
     });
     Frame::Control(Control::Offer {
         offer: Offer::Files(Manifest { entries }),
+        version: ferry_transfer::TRANSFER_VERSION,
     })
 }
 

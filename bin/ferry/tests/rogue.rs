@@ -81,6 +81,7 @@ async fn malicious_sender_cannot_write_outside_out() {
             &mut stream,
             Frame::Control(Control::Offer {
                 offer: Offer::Files(manifest),
+                version: ferry_transfer::TRANSFER_VERSION,
             }),
         )
         .await;
@@ -117,7 +118,7 @@ async fn corrupted_chunk_is_detected_and_no_final_file_appears() {
     let out = tempfile::tempdir().unwrap();
     let (mut stream, recv) = rogue_sender(&server, out.path()).await;
 
-    let chunk = 64 * 1024;
+    let chunk = ferry_transfer::CHUNK_SIZE;
     let data: Vec<u8> = (0..3 * chunk).map(|i| (i * 7 % 251) as u8).collect();
     let manifest = Manifest {
         entries: vec![file("f.bin", data.len() as u64)],
@@ -126,6 +127,7 @@ async fn corrupted_chunk_is_detected_and_no_final_file_appears() {
         &mut stream,
         Frame::Control(Control::Offer {
             offer: Offer::Files(manifest),
+            version: ferry_transfer::TRANSFER_VERSION,
         }),
     )
     .await;
@@ -144,7 +146,7 @@ async fn corrupted_chunk_is_detected_and_no_final_file_appears() {
     )
     .await;
     for (i, part) in data.chunks(chunk).enumerate() {
-        let hash = *blake3::hash(part).as_bytes();
+        let hash = ferry_transfer::chunk_hash((i * chunk) as u64, part).unwrap();
         let mut bytes = part.to_vec();
         if i == 1 {
             bytes[100] ^= 0x01; // corrupted after hashing
@@ -190,6 +192,7 @@ async fn whole_file_hash_mismatch_leaves_no_file() {
         &mut stream,
         Frame::Control(Control::Offer {
             offer: Offer::Files(manifest),
+            version: ferry_transfer::TRANSFER_VERSION,
         }),
     )
     .await;
@@ -203,7 +206,7 @@ async fn whole_file_hash_mismatch_leaves_no_file() {
         }),
     )
     .await;
-    let hash = *blake3::hash(&data).as_bytes();
+    let hash = ferry_transfer::chunk_hash(0, &data).unwrap();
     write_frame(
         &mut stream,
         Frame::Data {

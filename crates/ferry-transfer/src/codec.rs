@@ -3,7 +3,7 @@
 //! | kind | name     | payload                                   | max length          |
 //! |------|----------|-------------------------------------------|---------------------|
 //! | 1    | control  | JSON [`Control`]                           | [`MAX_CONTROL_LEN`] (16 MiB) |
-//! | 2    | data     | 32-byte BLAKE3 of the chunk, chunk bytes   | [`MAX_DATA_LEN`] (1 MiB + 32) |
+//! | 2    | data     | 32-byte `chunk_hash`, chunk bytes          | [`MAX_DATA_LEN`] (1 MiB + 32) |
 //! | 3    | file-end | 32-byte BLAKE3 of the whole file           | exactly 32          |
 //!
 //! The length is checked against the limit of its kind from the 5-byte
@@ -24,8 +24,10 @@ pub const MAX_CHUNK: usize = 1024 * 1024;
 pub const MAX_DATA_LEN: usize = MAX_CHUNK + HASH_LEN;
 /// Largest control frame payload (16 MiB, enough for a manifest of ~100k files).
 pub const MAX_CONTROL_LEN: usize = 16 * 1024 * 1024;
-/// Default chunk size used by the sender (256 KiB).
-pub const DEFAULT_CHUNK: usize = 256 * 1024;
+/// The protocol's chunk size (256 KiB): every data frame but a file's last
+/// carries exactly this many bytes, so that each chunk is one subtree of
+/// the file's BLAKE3 tree (see [`chunk_hash`](crate::chunk_hash)).
+pub const CHUNK_SIZE: usize = 256 * 1024;
 
 /// Frame kind byte of control frames.
 pub const KIND_CONTROL: u8 = 1;
@@ -41,7 +43,7 @@ pub enum Frame {
     Control(Control),
     /// A chunk of the current file and its BLAKE3 hash.
     Data {
-        /// BLAKE3 of `chunk`.
+        /// [`chunk_hash`](crate::chunk_hash) of `chunk` at its offset.
         hash: [u8; HASH_LEN],
         /// The bytes (1..=[`MAX_CHUNK`]).
         chunk: Bytes,
@@ -195,7 +197,9 @@ fn take_hash(payload: &mut BytesMut) -> [u8; HASH_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Entry, EntryKind, ErrorCode, Manifest, Offer, ResumePoint};
+    use crate::message::{
+        Entry, EntryKind, ErrorCode, Manifest, Offer, ResumePoint, TRANSFER_VERSION,
+    };
     use proptest::prelude::*;
 
     fn enc(frame: &Frame) -> Vec<u8> {
@@ -232,22 +236,35 @@ mod tests {
                     },
                 ],
             }),
+            version: TRANSFER_VERSION,
         };
         let bytes = enc(&Frame::Control(offer));
         assert_eq!(
             std::str::from_utf8(&bytes[5..]).unwrap(),
-            r#"{"type":"offer","offer":{"files":[{"path":"d","kind":{"type":"dir","mode":493}},{"path":"d/a","kind":{"type":"file","size":3,"mode":420}}]}}"#
+            r#"{"type":"offer","offer":{"files":[{"path":"d","kind":{"type":"dir","mode":493}},{"path":"d/a","kind":{"type":"file","size":3,"mode":420}}]},"version":2}"#
         );
         let accept = Control::Accept {
             files: vec![ResumePoint {
                 offset: 2,
                 prefix_hash: "ab".into(),
             }],
+            version: TRANSFER_VERSION,
         };
         let bytes = enc(&Frame::Control(accept));
         assert_eq!(
             std::str::from_utf8(&bytes[5..]).unwrap(),
-            r#"{"type":"accept","files":[{"offset":2,"prefix_hash":"ab"}]}"#
+            r#"{"type":"accept","files":[{"offset":2,"prefix_hash":"ab"}],"version":2}"#
+        );
+        // Peers from before the version field speak version 1.
+        let old = br#"{"type":"accept","files":[]}"#;
+        let mut frame = BytesMut::from(&[1, 0, 0, 0, old.len() as u8][..]);
+        frame.extend_from_slice(old);
+        assert_eq!(
+            decode(&mut frame).unwrap(),
+            Some(Frame::Control(Control::Accept {
+                files: vec![],
+                version: 1
+            }))
         );
     }
 
@@ -384,10 +401,12 @@ mod tests {
                             prefix_hash,
                         })
                         .collect(),
+                    version: TRANSFER_VERSION,
                 }
             }),
-            ".*".prop_map(|t| Control::Offer {
-                offer: Offer::Text(t)
+            (".*", any::<u32>()).prop_map(|(t, version)| Control::Offer {
+                offer: Offer::Text(t),
+                version,
             }),
             proptest::collection::vec((".*", any::<u64>(), any::<u32>(), any::<bool>()), 0..4)
                 .prop_map(|v| Control::Offer {
@@ -404,6 +423,7 @@ mod tests {
                             })
                             .collect(),
                     }),
+                    version: TRANSFER_VERSION,
                 }),
         ]
     }

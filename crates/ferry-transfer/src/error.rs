@@ -116,6 +116,18 @@ pub enum TransferError {
     /// The peer broke the protocol.
     #[error("protocol error: {}", escape(.0))]
     Protocol(String),
+    /// The peers speak different transfer protocols (see
+    /// [`TRANSFER_VERSION`](crate::TRANSFER_VERSION)); nothing was sent.
+    #[error(
+        "the sender speaks transfer protocol {sender}, the receiver {receiver}: install the same \
+         ferry release on both sides"
+    )]
+    Version {
+        /// The sender's version.
+        sender: u32,
+        /// The receiver's version.
+        receiver: u32,
+    },
     /// The peer closed the connection early.
     #[error("the peer closed the connection")]
     PeerClosed,

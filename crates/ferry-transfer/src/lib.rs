@@ -37,14 +37,18 @@
 //!   | for every file, in manifest order:               |
 //!   |   hash own first `offset` bytes; match -> resume |
 //!   | -- FileStart{index, offset | 0 = restart} -----> |  truncate part if 0
-//!   | -- Data[32-byte BLAKE3(chunk) | chunk] * n ----> |  verify, write NAME.ferry-part
+//!   | -- Data[32-byte chunk_hash | chunk] * n -------> |  verify, write NAME.ferry-part
 //!   | -- FileEnd[32-byte BLAKE3(whole file)] --------> |  verify, fsync, chmod, rename
 //!   | <---------------------------------- Done{ok} --- |
 //!   either side, at any time: Error{message}, then close
 //! ```
 //!
-//! The whole-file hash is computed while streaming (only a resumed prefix
-//! is hashed before its file's first byte moves). On both sides a blocking
+//! Every data frame but a file's last carries exactly [`CHUNK_SIZE`] bytes,
+//! at multiples of it. Each chunk is hashed once: its [`chunk_hash`] is the
+//! chaining value of its subtree in the file's BLAKE3 tree, and the
+//! whole-file hash is merged from those ([`FileHash`], module `hash`), on
+//! both sides. It is computed while streaming (only a resumed prefix is
+//! hashed before its file's first byte moves). On both sides a blocking
 //! disk thread and the network task are connected by a bounded channel of
 //! [`PIPELINE_DEPTH`] chunks, so hashing, disk and network overlap.
 #![forbid(unsafe_code)]
@@ -56,6 +60,7 @@ mod check;
 pub mod codec;
 mod error;
 mod fsx;
+mod hash;
 mod io;
 pub mod listing;
 pub mod message;
@@ -71,10 +76,13 @@ pub use check::{
     DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_TOTAL_PATH_BYTES, ManifestLimits,
     is_git_dir,
 };
-pub use codec::{CodecError, DEFAULT_CHUNK, Frame, MAX_CHUNK, MAX_CONTROL_LEN, MAX_DATA_LEN};
+pub use codec::{CHUNK_SIZE, CodecError, Frame, MAX_CHUNK, MAX_CONTROL_LEN, MAX_DATA_LEN};
 pub use error::TransferError;
+pub use hash::{FileHash, HashError, chunk_hash};
 pub use io::{ANSWER_TIMEOUT, FINISH_TIMEOUT, IO_TIMEOUT, PIPELINE_DEPTH, WRITE_TIMEOUT};
-pub use message::{Control, Entry, EntryKind, ErrorCode, Manifest, Offer, ResumePoint};
+pub use message::{
+    Control, Entry, EntryKind, ErrorCode, Manifest, Offer, ResumePoint, TRANSFER_VERSION,
+};
 pub use path::{RelativePath, UnsafePath, escape, is_dangerous_char, sanitize};
 pub use protocol::{PART_SUFFIX, ReceiverCore, SenderCore, validate_manifest};
 pub use receive::{

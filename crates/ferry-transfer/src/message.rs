@@ -5,6 +5,20 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The transfer protocol version, carried in [`Control::Offer`] and
+/// [`Control::Accept`]; the peers refuse each other unless both speak the
+/// same one. 2: a data frame's hash is the chaining value of its chunk's
+/// subtree in the file's BLAKE3 tree ([`chunk_hash`](crate::chunk_hash)),
+/// chunks are exactly [`CHUNK_SIZE`](crate::CHUNK_SIZE) bytes. 1 (peers
+/// that send no version): a data frame's hash was `blake3::hash` of the
+/// chunk, so a chunk from one would fail verification at the other.
+pub const TRANSFER_VERSION: u32 = 2;
+
+/// The version of peers from before the version field.
+fn first_version() -> u32 {
+    1
+}
+
 /// What a sender offers: a set of files and directories, or a text message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -84,7 +98,8 @@ impl Manifest {
 /// How much of one file the receiver already holds (from a `.ferry-part`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResumePoint {
-    /// Bytes already held; 0 for a fresh start.
+    /// Bytes already held; 0 for a fresh start. A multiple of
+    /// [`CHUNK_SIZE`](crate::CHUNK_SIZE), or the whole file.
     pub offset: u64,
     /// Hex BLAKE3 of those `offset` bytes (empty when `offset` is 0).
     pub prefix_hash: String,
@@ -109,12 +124,18 @@ pub enum Control {
     Offer {
         /// What is offered.
         offer: Offer,
+        /// The sender's [`TRANSFER_VERSION`] (1 when absent).
+        #[serde(default = "first_version")]
+        version: u32,
     },
     /// Receiver → sender: go ahead; one [`ResumePoint`] per file, in
     /// manifest file order.
     Accept {
         /// Resume points, one per file entry.
         files: Vec<ResumePoint>,
+        /// The receiver's [`TRANSFER_VERSION`] (1 when absent).
+        #[serde(default = "first_version")]
+        version: u32,
     },
     /// Receiver → sender: refused.
     Decline {

@@ -5,11 +5,14 @@
 //!
 //! ```text
 //! sender                                   receiver
-//!   | -- Control::Offer{Files|Text} ------------> |  validate paths
-//!   | <-- Accept{files:[{offset,prefix_hash}]} -- |  (Text: Ack; or Decline)
+//!   | -- Control::Offer{Files|Text, version} ---> |  same version? validate paths
+//!   | <-- Accept{files:[{offset,prefix_hash}], -- |  (Text: Ack; or Decline)
+//!   |            version}  same version?          |
 //!   |   for each file, in manifest order:         |
 //!   | -- Control::FileStart{index, offset} -----> |  offset = resume offset if the
-//!   | -- Data[hash|chunk] * n ------------------> |  prefix hash matched, else 0
+//!   | -- Data[hash|chunk] * n ------------------> |  prefix hash matched, else 0;
+//!   |                                             |  chunks of exactly CHUNK_SIZE
+//!   |                                             |  (a file's last: the rest)
 //!   | -- FileEnd[hash of whole file] -----------> |  verify, fsync, chmod, rename
 //!   | <-------------------------- Done{ok:true} --|
 //!   either side, at any time: Control::Error{message, code}, then close
@@ -17,9 +20,9 @@
 
 use bytes::Bytes;
 
-use crate::codec::{Frame, HASH_LEN};
+use crate::codec::{CHUNK_SIZE, Frame, HASH_LEN};
 use crate::error::TransferError;
-use crate::message::{Control, Offer, ResumePoint};
+use crate::message::{Control, Offer, ResumePoint, TRANSFER_VERSION};
 use crate::path::RelativePath;
 
 pub use crate::check::{ManifestLimits, validate_manifest};
@@ -30,13 +33,20 @@ pub use crate::path::PART_SUFFIX;
 /// file size and the BLAKE3 of the sender's own first `point.offset` bytes:
 /// the resume offset when the hashes match, otherwise 0 (restart).
 pub fn resume_offset(point: &ResumePoint, size: u64, local_prefix: &[u8; HASH_LEN]) -> u64 {
-    if point.offset == 0 || point.offset > size {
+    if point.offset == 0 || !resumable(point.offset, size) {
         return 0;
     }
     match parse_hash(&point.prefix_hash) {
         Some(h) if &h == local_prefix => point.offset,
         _ => 0,
     }
+}
+
+/// Whether a file of `size` bytes may resume at `offset`: on a chunk
+/// boundary (chunks sit at multiples of [`CHUNK_SIZE`], so that each is a
+/// subtree of the file's hash tree) or at its end (nothing left to send).
+pub fn resumable(offset: u64, size: u64) -> bool {
+    offset == size || (offset < size && offset % CHUNK_SIZE as u64 == 0)
 }
 
 /// Parses a hex BLAKE3 hash.
@@ -88,7 +98,10 @@ impl SenderCore {
                 sizes,
                 state: SenderState::AwaitAnswer,
             },
-            Control::Offer { offer },
+            Control::Offer {
+                offer,
+                version: TRANSFER_VERSION,
+            },
         )
     }
 
@@ -106,7 +119,13 @@ impl SenderCore {
             (Control::Error { message, code }, _) => Err(TransferError::from_peer(message, code)),
             (Control::Decline { reason }, _) => Ok(Answer::Declined(reason)),
             (Control::Ack, None) => Ok(Answer::TextAcked),
-            (Control::Accept { files }, Some(sizes)) => {
+            (Control::Accept { version, .. }, _) if version != TRANSFER_VERSION => {
+                Err(TransferError::Version {
+                    sender: TRANSFER_VERSION,
+                    receiver: version,
+                })
+            }
+            (Control::Accept { files, .. }, Some(sizes)) => {
                 if files.len() != sizes.len() {
                     return Err(protocol(format!(
                         "accept lists {} files, offer has {}",
@@ -117,6 +136,9 @@ impl SenderCore {
                 for (point, &size) in files.iter().zip(sizes) {
                     if point.offset > size {
                         return Err(protocol("resume offset beyond the end of a file"));
+                    }
+                    if !resumable(point.offset, size) {
+                        return Err(protocol("resume offset not on a chunk boundary"));
                     }
                     if point.offset > 0 && parse_hash(&point.prefix_hash).is_none() {
                         return Err(protocol("resume point without a valid prefix hash"));
@@ -250,7 +272,16 @@ impl ReceiverCore {
             return Err(TransferError::from_peer(message, code));
         }
         match (&mut self.state, frame) {
-            (ReceiverState::AwaitOffer, Frame::Control(Control::Offer { offer })) => {
+            (ReceiverState::AwaitOffer, Frame::Control(Control::Offer { version, .. }))
+                if version != TRANSFER_VERSION =>
+            {
+                self.state = ReceiverState::Closed;
+                Err(TransferError::Version {
+                    sender: version,
+                    receiver: TRANSFER_VERSION,
+                })
+            }
+            (ReceiverState::AwaitOffer, Frame::Control(Control::Offer { offer, .. })) => {
                 let text = match &offer {
                     Offer::Files(m) => {
                         self.paths = validate_manifest(m, &self.limits, self.allow_git)?;
@@ -294,11 +325,22 @@ impl ReceiverCore {
             ) => {
                 let index = *index;
                 let offset = *pos;
-                let end = offset
-                    .checked_add(chunk.len() as u64)
-                    .filter(|&end| end <= self.sizes[index])
-                    .ok_or_else(|| protocol("data beyond the end of the file"))?;
-                *pos = end;
+                let left = self.sizes[index] - offset;
+                if chunk.is_empty() {
+                    return Err(protocol("empty data frame"));
+                }
+                if chunk.len() as u64 > left {
+                    return Err(protocol("data beyond the end of the file"));
+                }
+                // Each chunk must be one subtree of the file's hash tree.
+                if chunk.len() as u64 != left.min(CHUNK_SIZE as u64) {
+                    return Err(protocol(format!(
+                        "a data frame of {} bytes at offset {offset}: chunks are {CHUNK_SIZE} \
+                         bytes, a file's last one the rest",
+                        chunk.len()
+                    )));
+                }
+                *pos = offset + chunk.len() as u64;
                 Ok(ReceiverEvent::Chunk {
                     index,
                     offset,
@@ -351,6 +393,15 @@ impl ReceiverCore {
                 if resume.len() != self.sizes.len() {
                     return Err(protocol("one resume point per file required"));
                 }
+                if resume
+                    .iter()
+                    .zip(&self.sizes)
+                    .any(|(p, &size)| !resumable(p.offset, size))
+                {
+                    return Err(TransferError::Internal(
+                        "resume offset not on a chunk boundary".into(),
+                    ));
+                }
                 self.offered = resume.iter().map(|p| p.offset).collect();
                 self.state = if self.sizes.is_empty() {
                     ReceiverState::Complete
@@ -360,7 +411,10 @@ impl ReceiverCore {
                         current: None,
                     }
                 };
-                Ok(Control::Accept { files: resume })
+                Ok(Control::Accept {
+                    files: resume,
+                    version: TRANSFER_VERSION,
+                })
             }
             _ => Err(protocol("no offer to accept")),
         }
@@ -426,9 +480,12 @@ mod tests {
         }
     }
 
+    const C: u64 = CHUNK_SIZE as u64;
+
     fn offer(entries: Vec<Entry>) -> Frame {
         Frame::Control(Control::Offer {
             offer: Offer::Files(Manifest { entries }),
+            version: TRANSFER_VERSION,
         })
     }
 
@@ -476,13 +533,15 @@ mod tests {
     fn resume_offset_match_and_mismatch() {
         let h = *blake3::hash(b"hello").as_bytes();
         let other = *blake3::hash(b"hellx").as_bytes();
-        assert_eq!(resume_offset(&point(5, &h), 10, &h), 5);
+        assert_eq!(resume_offset(&point(C, &h), 2 * C, &h), C);
+        assert_eq!(resume_offset(&point(10, &h), 10, &h), 10, "complete");
         assert_eq!(
-            resume_offset(&point(5, &h), 10, &other),
+            resume_offset(&point(C, &h), 2 * C, &other),
             0,
             "mismatch restarts"
         );
         assert_eq!(resume_offset(&point(11, &h), 10, &h), 0, "beyond the end");
+        assert_eq!(resume_offset(&point(5, &h), 10, &h), 0, "inside a chunk");
         assert_eq!(resume_offset(&ResumePoint::fresh(), 10, &h), 0);
         let bad = ResumePoint {
             offset: 5,
@@ -495,19 +554,23 @@ mod tests {
     fn full_receive_sequence() {
         let h = [3u8; 32];
         let mut r = accepted(
-            vec![dir("d"), file("d/a", 5), file("z", 0)],
-            vec![point(2, &h), ResumePoint::fresh()],
+            vec![dir("d"), file("d/a", 2 * C + 5), file("z", 0)],
+            vec![point(C, &h), ResumePoint::fresh()],
         );
         assert_eq!(r.paths().len(), 3);
         assert_eq!(
-            r.handle_frame(start(0, 2)).unwrap(),
+            r.handle_frame(start(0, C)).unwrap(),
             ReceiverEvent::FileStart {
                 index: 0,
-                offset: 2
+                offset: C
             }
         );
-        match r.handle_frame(data(3)).unwrap() {
-            ReceiverEvent::Chunk { index, offset, .. } => assert_eq!((index, offset), (0, 2)),
+        match r.handle_frame(data(CHUNK_SIZE)).unwrap() {
+            ReceiverEvent::Chunk { index, offset, .. } => assert_eq!((index, offset), (0, C)),
+            e => panic!("{e:?}"),
+        }
+        match r.handle_frame(data(5)).unwrap() {
+            ReceiverEvent::Chunk { index, offset, .. } => assert_eq!((index, offset), (0, 2 * C)),
             e => panic!("{e:?}"),
         }
         assert!(matches!(
@@ -528,7 +591,7 @@ mod tests {
 
     #[test]
     fn restart_at_zero_after_offered_resume_is_allowed() {
-        let mut r = accepted(vec![file("a", 5)], vec![point(2, &[1; 32])]);
+        let mut r = accepted(vec![file("a", C + 5)], vec![point(C, &[1; 32])]);
         assert_eq!(
             r.handle_frame(start(0, 0)).unwrap(),
             ReceiverEvent::FileStart {
@@ -536,6 +599,7 @@ mod tests {
                 offset: 0
             }
         );
+        r.handle_frame(data(CHUNK_SIZE)).unwrap();
         r.handle_frame(data(5)).unwrap();
         r.handle_frame(END).unwrap();
         assert!(r.is_complete());
@@ -543,10 +607,55 @@ mod tests {
 
     #[test]
     fn start_at_unoffered_offset_is_rejected() {
-        let mut r = accepted(vec![file("a", 5)], vec![point(2, &[1; 32])]);
+        let mut r = accepted(vec![file("a", C + 5)], vec![point(C, &[1; 32])]);
         assert!(matches!(
             r.handle_frame(start(0, 3)),
             Err(TransferError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn resume_points_inside_a_chunk_are_refused() {
+        let mut r = ReceiverCore::new();
+        r.handle_frame(offer(vec![file("a", C + 5)])).unwrap();
+        assert!(r.accept(vec![point(5, &[1; 32])]).is_err());
+        let mut r = ReceiverCore::new();
+        r.handle_frame(offer(vec![file("a", 5)])).unwrap();
+        assert!(r.accept(vec![point(5, &[1; 32])]).is_ok(), "the whole file");
+    }
+
+    #[test]
+    fn other_transfer_versions_are_refused_both_ways() {
+        let mut r = ReceiverCore::new();
+        let old = Frame::Control(Control::Offer {
+            offer: Offer::Text("hi".into()),
+            version: 1,
+        });
+        let e = r.handle_frame(old).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TransferError::Version {
+                    sender: 1,
+                    receiver: TRANSFER_VERSION
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("same ferry release"), "{e}");
+        let (mut s, _) = SenderCore::new(Offer::Files(Manifest {
+            entries: vec![file("a", 1)],
+        }));
+        let old = Frame::Control(Control::Accept {
+            files: vec![ResumePoint::fresh()],
+            version: 1,
+        });
+        assert!(matches!(
+            s.handle_answer(old),
+            Err(TransferError::Version {
+                sender: TRANSFER_VERSION,
+                receiver: 1
+            })
         ));
     }
 
@@ -592,18 +701,29 @@ mod tests {
     fn too_much_or_too_little_data_is_rejected() {
         let mut r = accepted(vec![file("a", 4)], vec![ResumePoint::fresh()]);
         r.handle_frame(start(0, 0)).unwrap();
-        r.handle_frame(data(3)).unwrap();
         assert!(matches!(
-            r.handle_frame(data(2)),
+            r.handle_frame(data(5)),
             Err(TransferError::Protocol(_))
         ));
-        let mut r = accepted(vec![file("a", 4)], vec![ResumePoint::fresh()]);
+        let mut r = accepted(vec![file("a", C + 4)], vec![ResumePoint::fresh()]);
         r.handle_frame(start(0, 0)).unwrap();
-        r.handle_frame(data(3)).unwrap();
+        r.handle_frame(data(CHUNK_SIZE)).unwrap();
         assert!(matches!(
             r.handle_frame(END),
             Err(TransferError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn chunks_of_another_size_are_rejected() {
+        for (size, first) in [(C + 4, 3), (C + 4, 4), (5, 4), (5, 0)] {
+            let mut r = accepted(vec![file("a", size)], vec![ResumePoint::fresh()]);
+            r.handle_frame(start(0, 0)).unwrap();
+            assert!(
+                matches!(r.handle_frame(data(first)), Err(TransferError::Protocol(_))),
+                "{first} bytes of a file of {size}"
+            );
+        }
     }
 
     #[test]
@@ -666,15 +786,16 @@ mod tests {
     #[test]
     fn sender_validates_answers() {
         let m = Manifest {
-            entries: vec![file("a", 10), file("b", 0)],
+            entries: vec![file("a", 2 * C), file("b", 0)],
         };
         let (mut s, first) = SenderCore::new(Offer::Files(m.clone()));
         assert!(matches!(first, Control::Offer { .. }));
         let h = [9u8; 32];
-        let good = vec![point(4, &h), ResumePoint::fresh()];
+        let good = vec![point(C, &h), ResumePoint::fresh()];
         assert_eq!(
             s.handle_answer(Frame::Control(Control::Accept {
-                files: good.clone()
+                files: good.clone(),
+                version: TRANSFER_VERSION,
             }))
             .unwrap(),
             Answer::Accepted(good)
@@ -685,18 +806,27 @@ mod tests {
         );
 
         for bad in [
-            Control::Accept { files: vec![] },
             Control::Accept {
-                files: vec![point(11, &h), ResumePoint::fresh()],
+                files: vec![],
+                version: TRANSFER_VERSION,
+            },
+            Control::Accept {
+                files: vec![point(2 * C + 1, &h), ResumePoint::fresh()],
+                version: TRANSFER_VERSION,
+            },
+            Control::Accept {
+                files: vec![point(C + 1, &h), ResumePoint::fresh()],
+                version: TRANSFER_VERSION,
             },
             Control::Accept {
                 files: vec![
                     ResumePoint {
-                        offset: 3,
+                        offset: C,
                         prefix_hash: String::new(),
                     },
                     ResumePoint::fresh(),
                 ],
+                version: TRANSFER_VERSION,
             },
             Control::Ack,
             Control::Done { ok: true },

@@ -3,9 +3,10 @@
 //!
 //! ```text
 //! network task                               disk thread (spawn_blocking)
-//!  read frame, ReceiverCore checks order ──►  verify chunk hash, write to
-//!  and bounds, emit progress         bounded  NAME.ferry-part, update the
-//!                                    channel  whole-file hash; at FileEnd
+//!  read frame, ReceiverCore checks order ──►  hash the chunk once: check
+//!  and bounds, emit progress         bounded  its chunk_hash, add it to the
+//!                                    channel  FileHash, write NAME.ferry-part;
+//!                                             at FileEnd
 //!  FileDone events                 ◄──────── compare, chmod, fsync, rename
 //! ```
 //!
@@ -26,9 +27,10 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::check::ManifestLimits;
-use crate::codec::{Frame, HASH_LEN};
+use crate::codec::{CHUNK_SIZE, Frame, HASH_LEN};
 use crate::error::TransferError;
 use crate::fsx::{Dir, set_file_mode};
+use crate::hash::{FileHash, hash_prefix};
 use crate::io::{
     FINISH_TIMEOUT, FrameReader, IO_TIMEOUT, PIPELINE_DEPTH, Progress, close, flush, report_error,
     timed, write_frame,
@@ -406,7 +408,7 @@ struct WriteFile {
     size: u64,
     mode: u32,
     /// The whole-file hash state after the resumable prefix.
-    prefix: Option<blake3::Hasher>,
+    prefix: Option<FileHash>,
     /// Received, verified and renamed in an earlier attempt: the final
     /// file is the "part", offered back as complete.
     finished: bool,
@@ -492,12 +494,14 @@ fn prepare(opts: &ReceiveOptions, targets: Vec<Target>) -> Result<Prepared, Tran
 }
 
 /// A resumable `.ferry-part` (or a finished file) `name` in `dir`: its
-/// length and the hash of its bytes.
+/// length in whole chunks (or the whole file) and the hash of those bytes.
+/// A part file holds only verified chunks, but a break can cut the last
+/// write short: that tail is sent again (`open_part` truncates it).
 fn find_part(
     dir: &Dir,
     name: &str,
     size: u64,
-) -> Result<(ResumePoint, Option<blake3::Hasher>), TransferError> {
+) -> Result<(ResumePoint, Option<FileHash>), TransferError> {
     let path = dir.path().join(name);
     let Some(file) = dir.open_file(name, false)? else {
         return Ok((ResumePoint::fresh(), None));
@@ -506,15 +510,24 @@ fn find_part(
         .metadata()
         .map_err(|e| TransferError::io(&path, e))?
         .len();
-    if len == 0 || len > size {
+    if len > size {
         return Ok((ResumePoint::fresh(), None));
     }
-    let mut hasher = blake3::Hasher::new();
-    let read = io::copy(&mut io::Read::take(file, len), &mut hasher)
-        .map_err(|e| TransferError::io(&path, e))?;
-    if read != len {
+    let len = if len == size {
+        len
+    } else {
+        len - len % CHUNK_SIZE as u64
+    };
+    if len == 0 {
         return Ok((ResumePoint::fresh(), None));
     }
+    let hasher = match hash_prefix(file, len, CHUNK_SIZE) {
+        Ok(hasher) => hasher,
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return Ok((ResumePoint::fresh(), None));
+        }
+        Err(e) => return Err(TransferError::io(&path, e)),
+    };
     let point = ResumePoint {
         offset: len,
         prefix_hash: hasher.finalize().to_hex().to_string(),
@@ -546,7 +559,7 @@ struct Open {
     dir: Option<Dir>,
     /// `None` for a file finished in an earlier attempt: nothing to write.
     file: Option<File>,
-    hasher: blake3::Hasher,
+    hasher: FileHash,
 }
 
 /// The disk thread: verifies and writes chunks, finishes files. Stops at
@@ -644,7 +657,14 @@ fn write_loop(
             } => {
                 let cur = current(&mut open, index)?;
                 let f = file_at(&mut prepared.files, index)?;
-                if blake3::hash(&chunk).as_bytes() != &hash {
+                // The one hash of these bytes: checked against the frame's,
+                // then part of the whole-file hash. ReceiverCore let through
+                // only chunks that are subtrees, so an error is ours.
+                let cv = cur
+                    .hasher
+                    .update(&chunk)
+                    .map_err(|e| TransferError::Internal(format!("{}: {e}", f.rel)))?;
+                if cv != hash {
                     debug!(path = %f.rel, offset, "chunk failed verification");
                     return Err(TransferError::ChunkMismatch {
                         path: f.rel.clone(),
@@ -659,7 +679,6 @@ fn write_loop(
                 };
                 file.write_all(&chunk)
                     .map_err(|e| write_error(&f.final_path, &f.part_path, e))?;
-                cur.hasher.update(&chunk);
             }
             Cmd::End { index, hash } => {
                 let cur = current(&mut open, index)?;
@@ -742,7 +761,9 @@ fn open_part(
     let dir = Dir::open_beneath(out_dir, f.parents.iter().map(String::as_str), false)?
         .ok_or_else(|| TransferError::io(&f.part_path, io::Error::from(io::ErrorKind::NotFound)))?;
     let (mut file, hasher) = if offset == 0 {
-        (dir.create_file(&f.part_name)?, blake3::Hasher::new())
+        let hasher =
+            FileHash::new(CHUNK_SIZE).map_err(|e| TransferError::Internal(e.to_string()))?;
+        (dir.create_file(&f.part_name)?, hasher)
     } else {
         let hasher = f
             .prefix
@@ -817,14 +838,30 @@ mod tests {
         let find_part = |_: &Path, size| find_part(&dir, "f.ferry-part", size);
         assert_eq!(find_part(&part, 10).unwrap().0, ResumePoint::fresh());
         fs::write(&part, b"hello").unwrap();
-        let (point, hasher) = find_part(&part, 10).unwrap();
-        assert_eq!(point.offset, 5);
+        let (point, hasher) = find_part(&part, 5).unwrap();
+        assert_eq!(point.offset, 5, "the whole file");
         assert_eq!(
             point.prefix_hash,
             blake3::hash(b"hello").to_hex().to_string()
         );
         assert_eq!(hasher.unwrap().finalize(), blake3::hash(b"hello"));
+        // Less than a chunk of a longer file: nothing to resume.
+        assert_eq!(find_part(&part, 10).unwrap().0, ResumePoint::fresh());
         // Longer than the offered file: start over.
         assert_eq!(find_part(&part, 4).unwrap().0, ResumePoint::fresh());
+    }
+
+    #[test]
+    fn part_files_cut_inside_a_chunk_resume_from_the_last_whole_chunk() {
+        let t = tempfile::tempdir().unwrap();
+        let part = t.path().join("f.ferry-part");
+        let dir = Dir::open_beneath(t.path(), [], false).unwrap().unwrap();
+        let bytes: Vec<u8> = (0..2 * CHUNK_SIZE + 100).map(|i| (i % 251) as u8).collect();
+        fs::write(&part, &bytes).unwrap();
+        let (point, hasher) = find_part(&dir, "f.ferry-part", 3 * CHUNK_SIZE as u64).unwrap();
+        let whole = &bytes[..2 * CHUNK_SIZE];
+        assert_eq!(point.offset, whole.len() as u64);
+        assert_eq!(point.prefix_hash, blake3::hash(whole).to_hex().to_string());
+        assert_eq!(hasher.unwrap().finalize(), blake3::hash(whole));
     }
 }

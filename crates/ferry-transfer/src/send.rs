@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! disk thread (spawn_blocking)            network task
-//!  read chunk, BLAKE3 it, update the  ──►  write FileStart / Data / FileEnd
-//!  whole-file hash               bounded   frames, emit events
+//!  read chunk, hash it once (its     ──►  write FileStart / Data / FileEnd
+//!  chunk_hash feeds the FileHash) bounded  frames, emit events
 //!                                channel   concurrently: read the receiver's
 //!                                          Done (or an early Error)
 //! ```
@@ -14,12 +14,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-use crate::codec::{DEFAULT_CHUNK, Frame, HASH_LEN};
+use crate::codec::{CHUNK_SIZE, Frame, HASH_LEN};
 use crate::error::TransferError;
+use crate::hash::{FileHash, hash_prefix};
 use crate::io::{
     ANSWER_TIMEOUT, FINISH_TIMEOUT, FrameReader, PIPELINE_DEPTH, Progress, close, flush,
     report_error, timed, write_data, write_frame,
@@ -114,16 +115,17 @@ where
 
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let names: Vec<(String, u64)> = files.iter().map(|f| (f.path.clone(), f.size)).collect();
-    let producer = tokio::task::spawn_blocking(move || read_files(files, DEFAULT_CHUNK, tx));
+    let producer = tokio::task::spawn_blocking(move || read_files(files, CHUNK_SIZE, tx));
     // Bytes written so far, for a last progress report when the transfer
     // stops early (a caller may explain the stop, e.g. a relay's limit).
     let done = AtomicU64::new(0);
     let result = async {
         let writing = write_files(wr, rx, producer, names, total, &done, &mut *events);
+        tokio::pin!(writing);
         let waiting = reader.next();
         tokio::pin!(waiting);
         tokio::select! {
-            report = writing => {
+            report = &mut writing => {
                 let mut report = match report {
                     Err(TransferError::Stream(error)) => {
                         // Our write failed (a reset, a broken pipe): the peer may
@@ -146,7 +148,16 @@ where
                 Ok(SendOutcome::Files(report))
             }
             frame = &mut waiting => {
-                core.handle_final(frame?)?;
+                let frame = frame?;
+                if matches!(frame, Frame::Control(Control::Done { ok: true })) {
+                    // The receiver verified the last file before this task
+                    // saw the disk thread end: finish, then take its word.
+                    let mut report = writing.await?;
+                    core.handle_final(frame)?;
+                    report.elapsed = started.elapsed();
+                    return Ok(SendOutcome::Files(report));
+                }
+                core.handle_final(frame)?;
                 Err(TransferError::Protocol("the receiver finished before all files were sent".into()))
             }
         }
@@ -270,19 +281,24 @@ fn read_files(
         if len != f.size {
             return Err(changed(&f, len));
         }
-        let mut hasher = blake3::Hasher::new();
+        let fresh =
+            || FileHash::new(chunk_size).map_err(|e| TransferError::Internal(e.to_string()));
+        let mut hasher = fresh()?;
         let mut offset = 0;
         if f.resume.offset > 0 && f.resume.offset <= f.size {
-            // The prefix must be hashed anyway to continue the whole-file hash.
-            let read =
-                io::copy(&mut (&mut file).take(f.resume.offset), &mut hasher).map_err(io_err)?;
-            if read != f.resume.offset {
-                return Err(changed(&f, read));
-            }
+            // The prefix must be hashed anyway to continue the whole-file
+            // hash; in whole chunks, as the receiver hashed its part file.
+            hasher = hash_prefix(&mut file, f.resume.offset, chunk_size).map_err(|e| {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    changed(&f, file.metadata().map_or(0, |m| m.len()))
+                } else {
+                    io_err(e)
+                }
+            })?;
             offset = resume_offset(&f.resume, f.size, hasher.finalize().as_bytes());
             if offset == 0 {
                 tracing::debug!(path = %f.path, "receiver's partial file differs, restarting");
-                hasher.reset();
+                hasher = fresh()?;
                 file.seek(SeekFrom::Start(0)).map_err(io_err)?;
             }
         }
@@ -300,17 +316,20 @@ fn read_files(
             let n = usize::try_from(remaining)
                 .unwrap_or(chunk_size)
                 .min(chunk_size);
-            let mut buf = BytesMut::zeroed(n);
-            file.read_exact(&mut buf).map_err(|e| {
-                if e.kind() == io::ErrorKind::UnexpectedEof {
-                    changed(&f, f.size - remaining)
-                } else {
-                    io_err(e)
-                }
-            })?;
-            let hash = *blake3::hash(&buf).as_bytes();
-            hasher.update(&buf);
-            let chunk = buf.freeze();
+            // Read into spare capacity: no memset of a buffer about to be
+            // overwritten.
+            let mut buf = Vec::with_capacity(n);
+            (&mut file)
+                .take(n as u64)
+                .read_to_end(&mut buf)
+                .map_err(io_err)?;
+            if buf.len() != n {
+                return Err(changed(&f, f.size - remaining + buf.len() as u64));
+            }
+            let hash = hasher
+                .update(&buf)
+                .map_err(|e| TransferError::Internal(e.to_string()))?;
+            let chunk = Bytes::from(buf);
             if tx.blocking_send(Item::Chunk { hash, chunk }).is_err() {
                 return Ok(());
             }

@@ -8,8 +8,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use ferry_transfer::codec::{self, Frame};
 use ferry_transfer::{
-    Control, Entry, EntryKind, ErrorCode, Event, Incoming, Manifest, Offer, ReceiveOptions, Report,
-    SendOutcome, Source, TransferError, receive_offer, scan, send,
+    CHUNK_SIZE, Control, Entry, EntryKind, ErrorCode, Event, Incoming, Manifest, Offer,
+    ReceiveOptions, Report, SendOutcome, Source, TRANSFER_VERSION, TransferError, chunk_hash,
+    receive_offer, scan, send,
 };
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -330,19 +331,22 @@ async fn resume_from_correct_part_file() {
     fs::write(src.path().join("big"), &data).unwrap();
     let half = len / 2;
     fs::write(out.path().join("big.ferry-part"), &data[..half]).unwrap();
+    // The part was cut inside a chunk: it resumes from its last whole one.
+    let resumed = half - half % CHUNK_SIZE;
+    assert!(resumed > 0 && resumed < half);
     let o = transfer(&[src.path().join("big")], out.path(), false).await;
     let sent = files_report(&o);
     let received = o.received.as_ref().unwrap();
     for r in [&sent, received] {
-        assert_eq!(r.bytes_resumed, half as u64);
-        assert_eq!(r.bytes_transferred, (len - half) as u64);
+        assert_eq!(r.bytes_resumed, resumed as u64);
+        assert_eq!(r.bytes_transferred, (len - resumed) as u64);
     }
     assert_eq!(
         o.receive_events.first(),
         Some(&Event::FileStarted {
             path: "big".into(),
             size: len as u64,
-            resumed_from: half as u64
+            resumed_from: resumed as u64
         })
     );
     assert_eq!(fs::read(out.path().join("big")).unwrap(), data);
@@ -511,6 +515,7 @@ impl RawSender {
     async fn offer(&mut self, manifest: Manifest) {
         self.control(Control::Offer {
             offer: Offer::Files(manifest),
+            version: TRANSFER_VERSION,
         })
         .await;
     }
@@ -613,7 +618,7 @@ async fn whole_file_mismatch_leaves_nothing() {
     })
     .await;
     s.frame(Frame::Data {
-        hash: *blake3::hash(b"abcd").as_bytes(),
+        hash: chunk_hash(0, b"abcd").unwrap(),
         chunk: bytes::Bytes::from_static(b"abcd"),
     })
     .await;

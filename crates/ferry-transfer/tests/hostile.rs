@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use ferry_transfer::codec::{self, Frame};
 use ferry_transfer::{
-    Control, Entry, EntryKind, ErrorCode, Manifest, Offer, ReceiveOptions, TransferError,
-    is_dangerous_char, receive_offer,
+    CHUNK_SIZE, Control, Entry, EntryKind, ErrorCode, Manifest, Offer, ReceiveOptions,
+    TransferError, is_dangerous_char, receive_offer,
 };
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -45,6 +45,7 @@ fn offer_bytes(entries: Vec<Entry>) -> BytesMut {
     codec::encode(
         &Frame::Control(Control::Offer {
             offer: Offer::Files(Manifest { entries }),
+            version: ferry_transfer::TRANSFER_VERSION,
         }),
         &mut out,
     );
@@ -254,6 +255,8 @@ async fn deep_chains_are_refused() {
 struct Raw {
     stream: DuplexStream,
     buf: BytesMut,
+    /// Where the next data frame of the current file starts.
+    pos: u64,
     receiver: tokio::task::JoinHandle<Result<ferry_transfer::Report, TransferError>>,
 }
 
@@ -272,6 +275,7 @@ impl Raw {
         let mut raw = Raw {
             stream: a,
             buf: BytesMut::new(),
+            pos: 0,
             receiver,
         };
         match raw.read().await {
@@ -300,14 +304,17 @@ impl Raw {
     }
 
     async fn start(&mut self, index: usize, offset: u64) {
+        self.pos = offset;
         self.frame(Frame::Control(Control::FileStart { index, offset }))
             .await;
     }
 
     /// A data frame with a correct hash.
     async fn data(&mut self, bytes: &[u8]) {
+        let offset = self.pos;
+        self.pos += bytes.len() as u64;
         self.frame(Frame::Data {
-            hash: *blake3::hash(bytes).as_bytes(),
+            hash: ferry_transfer::chunk_hash(offset, bytes).unwrap(),
             chunk: bytes.to_vec().into(),
         })
         .await;
@@ -468,55 +475,105 @@ fn only_part_kept(out: &Path, name: &str, bytes: &[u8]) {
 #[tokio::test]
 async fn more_bytes_than_offered_are_refused_and_nothing_is_renamed() {
     let (_top, out, outside) = out_and_outside();
-    let mut s = Raw::accepted(vec![file("f", 6)], &out, false).await;
+    let first = random_bytes("first", CHUNK_SIZE);
+    let mut s = Raw::accepted(vec![file("f", CHUNK_SIZE as u64 + 2)], &out, false).await;
     s.start(0, 0).await;
-    s.data(b"abcd").await;
+    s.data(&first).await;
     s.data(b"efgh").await;
-    s.end(b"abcdefgh").await;
+    s.end(&[&first[..], b"efgh"].concat()).await;
     let e = s.result().await.unwrap_err();
     assert!(
         matches!(&e, TransferError::Protocol(m) if m.contains("beyond the end")),
         "{e:?}"
     );
-    only_part_kept(&out, "f", b"abcd");
+    only_part_kept(&out, "f", &first);
     assert_untouched(&outside);
 }
 
 #[tokio::test]
 async fn a_file_shorter_than_offered_is_refused_and_its_part_kept() {
     let (_top, out, outside) = out_and_outside();
-    let mut s = Raw::accepted(vec![file("f", 8), file("g", 1)], &out, false).await;
+    let first = random_bytes("first", CHUNK_SIZE);
+    let size = CHUNK_SIZE as u64 + 4;
+    let mut s = Raw::accepted(vec![file("f", size), file("g", 1)], &out, false).await;
     s.start(0, 0).await;
-    s.data(b"abcd").await;
-    s.end(b"abcd").await;
+    s.data(&first).await;
+    s.end(&first).await;
     let e = s.result().await.unwrap_err();
     assert!(
         matches!(&e, TransferError::Protocol(m) if m.contains("before all its bytes")),
         "{e:?}"
     );
-    only_part_kept(&out, "f", b"abcd");
+    only_part_kept(&out, "f", &first);
     assert_untouched(&outside);
 }
 
 #[tokio::test]
 async fn a_chunk_with_a_wrong_hash_keeps_only_verified_bytes() {
     let (_top, out, outside) = out_and_outside();
-    let mut s = Raw::accepted(vec![file("f", 8)], &out, false).await;
+    let first = random_bytes("first", CHUNK_SIZE);
+    let c = CHUNK_SIZE as u64;
+    let mut s = Raw::accepted(vec![file("f", c + 4)], &out, false).await;
     s.start(0, 0).await;
-    s.data(b"abcd").await;
+    s.data(&first).await;
     s.frame(Frame::Data {
-        hash: *blake3::hash(b"efgh").as_bytes(),
+        hash: ferry_transfer::chunk_hash(c, b"efgh").unwrap(),
         chunk: bytes::Bytes::from_static(b"efgX"),
     })
     .await;
-    s.end(b"abcdefgX").await;
+    s.end(&[&first[..], b"efgX"].concat()).await;
     let e = s.result().await.unwrap_err();
     assert!(
-        matches!(&e, TransferError::ChunkMismatch { path, offset: 4 } if path == "f"),
+        matches!(&e, TransferError::ChunkMismatch { path, offset } if path == "f" && *offset == c),
         "{e:?}"
     );
-    only_part_kept(&out, "f", b"abcd");
+    only_part_kept(&out, "f", &first);
     assert_untouched(&outside);
+}
+
+#[tokio::test]
+async fn chunks_of_another_size_are_refused_and_nothing_is_written() {
+    let (_top, out, outside) = out_and_outside();
+    let mut s = Raw::accepted(vec![file("f", 8)], &out, false).await;
+    s.start(0, 0).await;
+    // Half of a file of 8 bytes: its one chunk must hold all 8.
+    s.data(b"abcd").await;
+    let e = s.result().await.unwrap_err();
+    assert!(
+        matches!(&e, TransferError::Protocol(m) if m.contains("chunks are")),
+        "{e:?}"
+    );
+    only_part_kept(&out, "f", b"");
+    assert_untouched(&outside);
+}
+
+#[tokio::test]
+async fn a_sender_of_another_transfer_version_is_refused_clearly() {
+    let (_top, out, _outside) = out_and_outside();
+    let (mut a, b) = tokio::io::duplex(BUF);
+    let options = opts(&out);
+    let receiver = tokio::spawn(async move { receive_offer(b, options).await.map(|_| ()) });
+    // An offer without a version field, as senders of version 1 wrote it.
+    let json = br#"{"type":"offer","offer":{"text":"hi"}}"#;
+    let mut frame = vec![1, 0, 0, 0, json.len() as u8];
+    frame.extend_from_slice(json);
+    a.write_all(&frame).await.unwrap();
+    let e = receiver.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TransferError::Version {
+                sender: 1,
+                receiver: 2
+            }
+        ),
+        "{e:?}"
+    );
+    // The old sender is told why, in words it can show.
+    let told = error_message(&mut a).await.unwrap();
+    assert!(told.contains("transfer protocol 1"), "{told}");
+    assert!(told.contains("same ferry release"), "{told}");
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 0);
 }
 
 #[tokio::test]
@@ -629,7 +686,7 @@ async fn a_nearly_full_small_tmpfs_refuses_early_or_keeps_the_part_to_resume() {
     assert_eq!(fs::read_dir(&out).unwrap().count(), 0);
 
     // Fits when accepted, then something else fills the disk.
-    let chunk = 256 * 1024;
+    let chunk = CHUNK_SIZE;
     let data = random_bytes("tmpfs", 4 * chunk);
     let mut s = Raw::accepted(vec![file("f", data.len() as u64)], &out, false).await;
     s.start(0, 0).await;

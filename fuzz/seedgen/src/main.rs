@@ -83,13 +83,14 @@ fn main() -> std::io::Result<()> {
     let frames = [
         Frame::Control(Control::Offer {
             offer: Offer::Files(manifest.clone()),
+            version: ferry_transfer::TRANSFER_VERSION,
         }),
         Frame::Control(Control::FileStart {
             index: 0,
             offset: 0,
         }),
         Frame::Data {
-            hash: blake3_hash(chunk),
+            hash: ferry_transfer::chunk_hash(0, chunk).expect("a chunk at offset 0"),
             chunk: bytes::Bytes::from_static(chunk),
         },
         Frame::FileEnd {
@@ -113,6 +114,7 @@ fn main() -> std::io::Result<()> {
                 },
                 ResumePoint::fresh(),
             ],
+            version: ferry_transfer::TRANSFER_VERSION,
         }),
         Frame::Control(Control::Decline {
             reason: "no".into(),
@@ -131,6 +133,7 @@ fn main() -> std::io::Result<()> {
     )?;
     let text = [Frame::Control(Control::Offer {
         offer: Offer::Text("hi there".into()),
+        version: ferry_transfer::TRANSFER_VERSION,
     })];
     write(&root, "transfer_frame", "text-offer", &encode(&text))?;
 

@@ -60,7 +60,7 @@ pub use confirm::{Secure, secure_client, secure_server, secure_tcp};
 pub use direct::{DirectListener, connect_first};
 pub use error::{CandidateFailure, ConnectError, FailureReason};
 pub use ferry_proto::peer::{Candidate, CandidateKind, Transport};
-pub use punch::{PunchResult, punch};
+pub use punch::{PunchResult, punch, punch_with_late};
 pub use quic::{QuicStream, quic_connect};
 pub use race::{PathFailure, PathKind, PeerStream};
 pub use simopen::{SimOpenSchedule, bind_reusable, connect_from, simultaneous_open};

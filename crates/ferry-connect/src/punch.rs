@@ -3,7 +3,9 @@
 //!
 //! [`Puncher`] is a sans-IO state machine (time and randomness are
 //! arguments); [`punch`] drives it on a tokio [`UdpSocket`] with ferry-nat's
-//! one UDP loop ([`drive_udp`]). Each peer sends probes from the one socket
+//! one UDP loop ([`drive_udp`]), and [`punch_with_late`] also feeds it the
+//! peer's addresses that arrive while it runs
+//! ([`Puncher::add_peer_address`]). Each peer sends probes from the one socket
 //! it will later hand to QUIC, to every UDP candidate of the other peer, so
 //! each NAT sees outgoing traffic and lets the answers in.
 //!
@@ -18,6 +20,8 @@
 //!   Event::Confirmed { remote: X }              Event::Confirmed { remote: Y }
 //!                                               (Y = where the nomination came from)
 //!   keepalive pings every few seconds until the caller stops the puncher
+//!   a candidate of the peer that arrives late: pinged at once, then in
+//!   every round like the others
 //! ```
 //!
 //! Agreement: only the controlling side nominates, exactly once, and only a
@@ -43,10 +47,11 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ferry_nat::drive::{DriveOptions, UdpMachine, drive_udp};
+use ferry_nat::drive::{DriveOptions, UdpMachine, drive_udp_with};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::error::ConnectError;
@@ -217,6 +222,30 @@ impl Puncher {
         }
         puncher.handle_timeout(now);
         puncher
+    }
+
+    /// Adds a peer address learnt after the start (a candidate the peer
+    /// sent late) and pings it at once; later rounds probe it like the
+    /// others. Returns whether it is probed: not when it cannot be sent to,
+    /// is known already, would exceed [`MAX_PEER_ADDRESSES`], or when
+    /// checking is over (nominating, confirmed, failed).
+    pub fn add_peer_address(&mut self, now: Instant, addr: SocketAddr, priority: u32) -> bool {
+        if self.state != State::Checking {
+            debug!(%addr, "punching is past checking; not probing a late address");
+            return false;
+        }
+        if addr.ip().is_unspecified() || addr.ip().is_multicast() || addr.port() == 0 {
+            debug!(%addr, "skipping an unusable late punch candidate");
+            return false;
+        }
+        if self.peers.iter().any(|p| p.addr == addr) {
+            return false;
+        }
+        let Some(index) = self.add_peer(addr, priority) else {
+            return false;
+        };
+        self.send_ping(now, index);
+        true
     }
 
     /// Feeds a datagram that arrived on the socket from `from`. Returns
@@ -576,6 +605,31 @@ pub async fn punch(
     peer_candidates: &[SocketAddr],
     timeout: Duration,
 ) -> Result<PunchResult, ConnectError> {
+    // No late addresses: the inbox closes at once.
+    let (_, mut late) = mpsc::channel(1);
+    punch_with_late(
+        socket,
+        key,
+        controlling,
+        peer_candidates,
+        &mut late,
+        timeout,
+    )
+    .await
+}
+
+/// [`punch`], also probing the peer's addresses that arrive on `late`
+/// while it runs (candidates the peer sent after its hello), after the
+/// ones given at the start. Dropping the other end of `late` changes
+/// nothing else.
+pub async fn punch_with_late(
+    socket: &UdpSocket,
+    key: [u8; 32],
+    controlling: bool,
+    peer_candidates: &[SocketAddr],
+    late: &mut mpsc::Receiver<Vec<SocketAddr>>,
+    timeout: Duration,
+) -> Result<PunchResult, ConnectError> {
     let started = tokio::time::Instant::now();
     let count = u32::try_from(peer_candidates.len()).unwrap_or(u32::MAX);
     let addresses: Vec<(SocketAddr, u32)> = peer_candidates
@@ -601,7 +655,15 @@ pub async fn punch(
         receive_error_pause: Duration::from_millis(5),
         ..DriveOptions::new("hole punching")
     };
-    match drive_udp(socket, &mut puncher, options).await {
+    // Late addresses rank below the first ones: they are no better known.
+    let add_late = |puncher: &mut Puncher, now: Instant, addresses: Vec<SocketAddr>| {
+        for addr in addresses {
+            if puncher.add_peer_address(now, addr, 0) {
+                debug!(%addr, "punching towards a late candidate too");
+            }
+        }
+    };
+    match drive_udp_with(socket, &mut puncher, options, late, add_late).await {
         Some(Event::Confirmed { remote, rtt }) => Ok(PunchResult { remote, rtt }),
         Some(Event::Failed { why }) => Err(ConnectError::PunchFailed {
             why,

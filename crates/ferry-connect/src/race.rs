@@ -159,6 +159,8 @@ pub struct Race {
     winner: Option<PathId>,
     gave_up: bool,
     failures: Vec<(PathKind, PathFailure)>,
+    /// The path of each entry of `failures`.
+    failed: Vec<PathId>,
     actions: Vec<Action>,
 }
 
@@ -174,13 +176,32 @@ impl Race {
             winner: None,
             gave_up: false,
             failures: Vec::new(),
+            failed: Vec::new(),
             actions: Vec::new(),
         }
     }
 
-    /// A path attempt started.
+    /// A path attempt started (also while the race runs: an attempt for
+    /// candidates the peer sent late).
     pub fn handle_started(&mut self, id: PathId, kind: PathKind) {
         self.pending.insert(id, kind);
+    }
+
+    /// A path counted as failed is pending again, its failure forgotten:
+    /// the receiver gave up on our listener, and we have just sent it new
+    /// addresses for it while our attempt still runs. Returns whether the
+    /// path was revived (not when it never failed, or the race is decided).
+    pub fn handle_revived(&mut self, id: PathId) -> bool {
+        if self.winner.is_some() || self.gave_up {
+            return false;
+        }
+        let Some(index) = self.failed.iter().position(|&f| f == id) else {
+            return false;
+        };
+        self.failed.remove(index);
+        let (kind, _) = self.failures.remove(index);
+        self.pending.insert(id, kind);
+        true
     }
 
     /// A path is authenticated and confirmed, with its final kind (a TCP
@@ -199,6 +220,7 @@ impl Race {
     pub fn handle_failed(&mut self, now: Instant, id: PathId, reason: PathFailure) {
         if let Some(kind) = self.pending.remove(&id) {
             self.failures.push((kind, reason));
+            self.failed.push(id);
         }
         self.decide(now);
     }
@@ -262,8 +284,9 @@ impl Race {
                 }
             }
             None if self.pending.is_empty() || now >= self.deadline => {
-                for kind in self.pending.drain().map(|(_, kind)| kind) {
+                for (id, kind) in self.pending.drain() {
                     self.failures.push((kind, PathFailure::TimedOut));
+                    self.failed.push(id);
                 }
                 self.gave_up = true;
                 self.actions.push(Action::GiveUp);
@@ -282,7 +305,8 @@ pub const AFTER_PEER_LEFT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NomineeAction {
     /// Tell the controlling side that this path failed here (only direct
-    /// TCP: the controlling side's accept waits for our connect).
+    /// TCP, once no TCP attempt of ours is left: the controlling side's
+    /// accept waits for our connects).
     Report {
         /// The path.
         kind: PathKind,
@@ -304,7 +328,8 @@ pub enum NomineeAction {
 ///
 /// ```text
 /// handle_established(id) -> Await(id)        handle_nominated(id) -> Use(id)
-/// handle_failed(id, why) -> Report (TCP)     all failed / deadline -> GiveUp
+/// handle_failed(id, why) -> Report (the last TCP attempt)
+/// all failed / deadline -> GiveUp
 /// handle_peer_left(now)  -> deadline = min(deadline, now + AFTER_PEER_LEFT)
 /// ```
 #[derive(Debug)]
@@ -330,7 +355,8 @@ impl Nominee {
         }
     }
 
-    /// A path attempt started.
+    /// A path attempt started (also while the race runs: an attempt for
+    /// candidates the peer sent late).
     pub fn handle_started(&mut self, id: PathId, kind: PathKind) {
         self.pending.insert(id, kind);
     }
@@ -349,7 +375,8 @@ impl Nominee {
     /// A path attempt failed.
     pub fn handle_failed(&mut self, now: Instant, id: PathId, why: String) {
         if let Some(kind) = self.pending.remove(&id) {
-            if kind == PathKind::Tcp && !self.done {
+            let tcp_left = self.pending.values().any(|k| *k == PathKind::Tcp);
+            if kind == PathKind::Tcp && !tcp_left && !self.done {
                 self.actions.push(NomineeAction::Report {
                     kind,
                     why: why.clone(),
@@ -550,6 +577,49 @@ mod tests {
         // A late nomination changes nothing.
         n.handle_nominated(0);
         assert_eq!(n.poll_action(), None);
+    }
+
+    #[test]
+    fn the_nominee_reports_tcp_once_its_last_tcp_attempt_failed() {
+        let t0 = Instant::now();
+        let mut n = Nominee::new(t0, Duration::from_secs(25));
+        n.handle_started(0, PathKind::Tcp);
+        n.handle_started(1, PathKind::Quic);
+        // A second TCP attempt, for addresses the sender sent late.
+        n.handle_started(2, PathKind::Tcp);
+        n.handle_failed(t0, 0, "unreachable".into());
+        assert_eq!(n.poll_action(), None, "attempt 2 still runs");
+        n.handle_failed(t0, 2, "refused".into());
+        assert_eq!(
+            n.poll_action(),
+            Some(NomineeAction::Report {
+                kind: PathKind::Tcp,
+                why: "refused".into()
+            })
+        );
+        assert_eq!(n.failures().len(), 2);
+    }
+
+    #[test]
+    fn a_path_the_receiver_gave_up_on_can_be_revived() {
+        let t0 = Instant::now();
+        let mut race = Race::new(t0, RaceConfig::default());
+        race.handle_started(0, PathKind::Tcp);
+        race.handle_started(1, PathKind::Quic);
+        race.handle_failed(t0 + ms(10), 0, PathFailure::AtPeer("unreachable".into()));
+        assert_eq!(race.failures().len(), 1);
+        // We sent the receiver a new TCP address: the accept counts again.
+        assert!(race.handle_revived(0));
+        assert!(!race.handle_revived(0), "pending already");
+        assert!(race.failures().is_empty());
+        race.handle_established(t0 + ms(100), 1, PathKind::Quic);
+        assert_eq!(drain(&mut race), vec![], "a grace for the TCP path");
+        race.handle_established(t0 + ms(300), 0, PathKind::Tcp);
+        assert_eq!(
+            drain(&mut race),
+            vec![Action::Nominate(0), Action::Close(1)]
+        );
+        assert!(!race.handle_revived(1), "decided");
     }
 
     fn ms(n: u64) -> Duration {

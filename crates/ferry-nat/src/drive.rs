@@ -12,6 +12,9 @@
 //!   wait for whichever comes first:
 //!     the deadline  ──▶ handle_timeout(now)
 //!     a datagram    ──▶ handle_datagram(now, from, bytes)
+//!     an input      ──▶ on_input(machine, now, input)   (drive_udp_with only:
+//!                       e.g. targets learnt late; once the inbox closes,
+//!                       the drive goes on without it)
 //!     a receive error (ICMP from an earlier send): pause, then go on
 //! ```
 //!
@@ -22,6 +25,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tracing::debug;
 
 /// A datagram a sans-IO machine asks its driver to send.
@@ -101,6 +105,37 @@ pub async fn drive_udp<M: UdpMachine>(
     machine: &mut M,
     options: DriveOptions,
 ) -> Option<M::Output> {
+    drive(
+        socket,
+        machine,
+        options,
+        None::<(&mut mpsc::Receiver<()>, fn(&mut M, Instant, ()))>,
+    )
+    .await
+}
+
+/// [`drive_udp`], also handing the machine what arrives on `inputs` while
+/// it runs, through `on_input(machine, now, input)`: what the machine
+/// learns from elsewhere meanwhile (e.g. a peer's address that came late
+/// over signalling). When every sender of `inputs` is gone, the drive goes
+/// on without it.
+pub async fn drive_udp_with<M: UdpMachine, T>(
+    socket: &UdpSocket,
+    machine: &mut M,
+    options: DriveOptions,
+    inputs: &mut mpsc::Receiver<T>,
+    on_input: impl FnMut(&mut M, Instant, T),
+) -> Option<M::Output> {
+    drive(socket, machine, options, Some((inputs, on_input))).await
+}
+
+/// The one loop behind [`drive_udp`] and [`drive_udp_with`].
+async fn drive<M: UdpMachine, T, F: FnMut(&mut M, Instant, T)>(
+    socket: &UdpSocket,
+    machine: &mut M,
+    options: DriveOptions,
+    mut inputs: Option<(&mut mpsc::Receiver<T>, F)>,
+) -> Option<M::Output> {
     let name = options.name;
     let mut buffer = vec![0u8; options.buffer_len];
     loop {
@@ -120,10 +155,21 @@ pub async fn drive_udp<M: UdpMachine>(
             return Some(output);
         }
         let deadline = machine.poll_timeout()?;
+        let inbox_open = inputs.is_some();
+        let input = async {
+            match inputs.as_mut() {
+                Some((inbox, _)) => inbox.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 machine.handle_timeout(now());
             }
+            input = input, if inbox_open => match (input, inputs.as_mut()) {
+                (Some(input), Some((_, on_input))) => on_input(machine, now(), input),
+                _ => inputs = None,
+            },
             received = socket.recv_from(&mut buffer) => match received {
                 Ok((len, from)) => machine.handle_datagram(now(), from, &buffer[..len]),
                 Err(e) => {
@@ -261,6 +307,60 @@ mod tests {
         let output = drive_udp(&client, &mut machine, DriveOptions::new("test")).await;
         assert_eq!(output, Some(Ok((server_addr, b"pong".to_vec()))));
         assert_eq!(machine.sends, 2);
+    }
+
+    #[tokio::test]
+    async fn an_input_that_arrives_meanwhile_reaches_the_machine() {
+        let (client, _) = bind().await;
+        let (silent, silent_addr) = bind().await;
+        let (server, server_addr) = bind().await;
+        tokio::spawn(echo(server));
+        let mut machine = Pinger::new(
+            &[silent_addr],
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+        );
+        let (late, mut inbox) = mpsc::channel(4);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            late.send(server_addr).await.unwrap();
+            // The sender goes away here: the drive goes on without it.
+        });
+        let output = drive_udp_with(
+            &client,
+            &mut machine,
+            DriveOptions::new("test"),
+            &mut inbox,
+            |machine: &mut Pinger, _now, addr| {
+                machine.last = addr;
+                machine.queue.push(addr);
+            },
+        )
+        .await;
+        assert_eq!(output, Some(Ok((server_addr, b"pong".to_vec()))));
+        drop(silent);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_inbox_does_not_end_the_drive() {
+        let (client, _) = bind().await;
+        let (_silent, silent_addr) = bind().await;
+        let mut machine = Pinger::new(
+            &[silent_addr],
+            Duration::from_millis(500),
+            Duration::from_millis(1750),
+        );
+        let (closed, mut inbox) = mpsc::channel::<SocketAddr>(1);
+        drop(closed);
+        let output = drive_udp_with(
+            &client,
+            &mut machine,
+            DriveOptions::new("test"),
+            &mut inbox,
+            |_: &mut Pinger, _, _| unreachable!("nothing was sent"),
+        )
+        .await;
+        assert_eq!(output, Some(Err(4)), "the machine's own schedule ended it");
     }
 
     #[tokio::test(start_paused = true)]

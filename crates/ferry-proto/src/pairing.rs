@@ -93,6 +93,7 @@ enum Envelope {
 pub struct Pairing {
     role: Role,
     agent: String,
+    features: Vec<String>,
     spake: Option<Spake2<Ed25519Group>>,
     keys: Option<Keys>,
     outbound: VecDeque<String>,
@@ -123,11 +124,20 @@ impl Pairing {
         Pairing {
             role,
             agent: agent.to_string(),
+            features: Vec::new(),
             spake: Some(spake),
             keys: None,
             outbound,
             done: false,
         }
+    }
+
+    /// Lists `features` (optional parts of the protocol we understand, e.g.
+    /// [`FEATURE_CANDIDATES`](crate::peer::FEATURE_CANDIDATES)) in our
+    /// Version, which goes out once the peer's pake arrives.
+    pub fn with_features(mut self, features: &[&str]) -> Pairing {
+        self.features = features.iter().map(|f| f.to_string()).collect();
+        self
     }
 
     /// The next mailbox body to send to the peer, if any.
@@ -164,6 +174,7 @@ impl Pairing {
                 let version = PeerToPeer::Version {
                     protocol: crate::PROTOCOL_VERSION,
                     agent: self.agent.clone(),
+                    features: self.features.clone(),
                 };
                 self.outbound.push_back(keys.seal(&version));
                 self.keys = Some(keys);
@@ -178,7 +189,12 @@ impl Pairing {
                     Err(PairingError::Tampered) => return Err(PairingError::CodeMismatch),
                     Err(e) => return Err(e),
                 };
-                let PeerToPeer::Version { protocol, agent } = msg else {
+                let PeerToPeer::Version {
+                    protocol,
+                    agent,
+                    features,
+                } = msg
+                else {
                     return Err(PairingError::Unexpected {
                         what: "first sealed message is not version",
                     });
@@ -191,6 +207,7 @@ impl Pairing {
                     keys,
                     peer_protocol: protocol,
                     peer_agent: agent,
+                    peer_features: features,
                 }))
             }
         }
@@ -213,6 +230,7 @@ pub struct SecureChannel {
     keys: Keys,
     peer_protocol: u32,
     peer_agent: String,
+    peer_features: Vec<String>,
 }
 
 impl SecureChannel {
@@ -237,6 +255,16 @@ impl SecureChannel {
         (self.peer_protocol, &self.peer_agent)
     }
 
+    /// The features the peer listed in its Version (none from older peers).
+    pub fn peer_features(&self) -> &[String] {
+        &self.peer_features
+    }
+
+    /// Whether the peer listed `feature` in its Version.
+    pub fn peer_understands(&self, feature: &str) -> bool {
+        self.peer_features.iter().any(|f| f == feature)
+    }
+
     /// A 32-byte secret for `context` derived from the SPAKE2 key, the same
     /// on both sides (e.g. hole-punch probe authentication, relay tokens).
     pub fn derive_secret(&self, context: &str) -> [u8; 32] {
@@ -249,6 +277,7 @@ impl fmt::Debug for SecureChannel {
         f.debug_struct("SecureChannel")
             .field("peer_protocol", &self.peer_protocol)
             .field("peer_agent", &self.peer_agent)
+            .field("peer_features", &self.peer_features)
             .field("send_seq", &self.keys.send_seq)
             .finish_non_exhaustive()
     }
@@ -450,6 +479,42 @@ mod tests {
         assert!(matches!(
             s.handle_inbound(&r_pake),
             Err(PairingError::Unexpected { .. })
+        ));
+    }
+
+    #[test]
+    fn features_are_exchanged_and_unknown_messages_open_as_unknown() {
+        let mut s = Pairing::new("3-acorn-zebra", Role::Sender, "s")
+            .with_features(&[crate::peer::FEATURE_CANDIDATES, "later"]);
+        let mut r = Pairing::new("3-acorn-zebra", Role::Receiver, "r");
+        let s_pake = s.poll_outbound().unwrap();
+        let r_pake = r.poll_outbound().unwrap();
+        assert!(r.handle_inbound(&s_pake).unwrap().is_none());
+        let r_version = r.poll_outbound().unwrap();
+        assert!(s.handle_inbound(&r_pake).unwrap().is_none());
+        let s_chan = s.handle_inbound(&r_version).unwrap().unwrap();
+        let s_version = s.poll_outbound().unwrap();
+        let mut r_chan = r.handle_inbound(&s_version).unwrap().unwrap();
+        assert!(r_chan.peer_understands(crate::peer::FEATURE_CANDIDATES));
+        assert_eq!(r_chan.peer_features(), ["candidates", "later"]);
+        assert!(!s_chan.peer_understands(crate::peer::FEATURE_CANDIDATES));
+        assert!(s_chan.peer_features().is_empty());
+        // A newer peer's message type, sealed by hand: it opens (and counts
+        // for replay protection) as Unknown.
+        let mut keys = Keys::new(&s_chan.keys.shared, Role::Sender).unwrap();
+        keys.send_seq = 5;
+        let mut plain = br#"{"type":"from-the-future","x":1}"#.to_vec();
+        keys.send
+            .seal_in_place_append_tag(nonce(5), Aad::empty(), &mut plain)
+            .unwrap();
+        let body = envelope_string(&Envelope::Sealed {
+            seq: 5,
+            body: hex::encode(plain),
+        });
+        assert_eq!(r_chan.open(&body).unwrap(), PeerToPeer::Unknown);
+        assert!(matches!(
+            r_chan.open(&body),
+            Err(PairingError::Replay { seq: 5, last: 5 })
         ));
     }
 

@@ -9,12 +9,25 @@
 //!   | <--------- version {protocol, agent}  |
 //!   | hello {cert_fingerprint, candidates}> |
 //!   | <-- hello {cert_fingerprint, candidates}
+//!   | path-failed {path, why} (during the race)
+//!   | candidates {candidates} (during the race, to a peer whose version
+//!   |   lists the "candidates" feature: addresses learnt after the hello)
 //!   | abort {reason} (either side, any time)|
 //! ```
+//!
+//! Compatibility: fields added later carry `#[serde(default)]`, so older
+//! peers' messages still parse; a message type a side does not know
+//! decodes as [`PeerToPeer::Unknown`] (skipped). Older ferry fails on an
+//! unknown type, so new types go only to a peer that named them in its
+//! version's `features` (see [`FEATURE_CANDIDATES`]).
 
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+
+/// The feature a side lists in its [`PeerToPeer::Version`] when it takes
+/// [`PeerToPeer::Candidates`] during the race.
+pub const FEATURE_CANDIDATES: &str = "candidates";
 
 /// A message from one peer to the other, JSON inside a sealed body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +39,10 @@ pub enum PeerToPeer {
         protocol: u32,
         /// Free-form software description, e.g. `ferry/0.1.0`.
         agent: String,
+        /// The optional parts of the protocol the side understands, e.g.
+        /// [`FEATURE_CANDIDATES`] (absent from older peers: none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        features: Vec<String>,
     },
     /// The side's TLS certificate fingerprint (hex SHA-256 of the DER) and
     /// its connection candidates.
@@ -53,6 +70,17 @@ pub enum PeerToPeer {
         /// Why, for the log.
         why: String,
     },
+    /// During the race: candidates the side learnt after its hello (a UPnP
+    /// mapping that took longer than pairing), to try as well. Sent only to
+    /// a peer whose version lists [`FEATURE_CANDIDATES`].
+    Candidates {
+        /// Where the side can (also) be reached.
+        candidates: Vec<Candidate>,
+    },
+    /// A message type this side does not know (from a newer peer): never
+    /// sent, skipped where it arrives.
+    #[serde(other)]
+    Unknown,
 }
 
 /// One address at which a peer may be reachable.
@@ -162,7 +190,8 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&PeerToPeer::Version {
                 protocol: 1,
-                agent: "ferry/0.1.0".into()
+                agent: "ferry/0.1.0".into(),
+                features: Vec::new(),
             })
             .unwrap(),
             "{\"type\":\"version\",\"protocol\":1,\"agent\":\"ferry/0.1.0\"}"
@@ -174,6 +203,84 @@ mod tests {
             .unwrap(),
             "{\"type\":\"abort\",\"reason\":\"cancelled\"}"
         );
+    }
+
+    #[test]
+    fn features_travel_in_the_version_and_older_versions_still_parse() {
+        let version = PeerToPeer::Version {
+            protocol: 1,
+            agent: "ferry/0.2.0".into(),
+            features: vec![FEATURE_CANDIDATES.into()],
+        };
+        let json = serde_json::to_string(&version).unwrap();
+        assert_eq!(
+            json,
+            "{\"type\":\"version\",\"protocol\":1,\"agent\":\"ferry/0.2.0\",\"features\":[\"candidates\"]}"
+        );
+        assert_eq!(serde_json::from_str::<PeerToPeer>(&json).unwrap(), version);
+        // An older peer's version: no features.
+        let older = "{\"type\":\"version\",\"protocol\":1,\"agent\":\"ferry/0.1.0\"}";
+        assert_eq!(
+            serde_json::from_str::<PeerToPeer>(older).unwrap(),
+            PeerToPeer::Version {
+                protocol: 1,
+                agent: "ferry/0.1.0".into(),
+                features: Vec::new(),
+            }
+        );
+    }
+
+    #[test]
+    fn an_older_peer_reads_our_version() {
+        // The Version as ferry knew it before features.
+        #[derive(Debug, PartialEq, Deserialize)]
+        #[serde(tag = "type", rename_all = "kebab-case")]
+        enum Older {
+            Version { protocol: u32, agent: String },
+        }
+        let ours = PeerToPeer::Version {
+            protocol: 1,
+            agent: "ferry/0.2.0".into(),
+            features: vec![FEATURE_CANDIDATES.into()],
+        };
+        let json = serde_json::to_string(&ours).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Older>(&json).unwrap(),
+            Older::Version {
+                protocol: 1,
+                agent: "ferry/0.2.0".into()
+            }
+        );
+    }
+
+    #[test]
+    fn snapshot_candidates() {
+        let msg = PeerToPeer::Candidates {
+            candidates: vec![Candidate {
+                addr: "198.51.100.2:41000".parse().unwrap(),
+                transport: Transport::Tcp,
+                kind: CandidateKind::Upnp,
+                priority: 850,
+            }],
+        };
+        let json = serde_json::to_string(&msg).unwrap();
+        assert_eq!(
+            json,
+            "{\"type\":\"candidates\",\"candidates\":[{\"addr\":\"198.51.100.2:41000\",\"transport\":\"tcp\",\"kind\":\"upnp\",\"priority\":850}]}"
+        );
+        assert_eq!(serde_json::from_str::<PeerToPeer>(&json).unwrap(), msg);
+    }
+
+    #[test]
+    fn unknown_types_parse_as_unknown_but_known_ones_must_be_whole() {
+        let newer = "{\"type\":\"something-new\",\"whatever\":[1,2]}";
+        assert_eq!(
+            serde_json::from_str::<PeerToPeer>(newer).unwrap(),
+            PeerToPeer::Unknown
+        );
+        // A known type with a field missing is still an error.
+        assert!(serde_json::from_str::<PeerToPeer>("{\"type\":\"abort\"}").is_err());
+        assert!(serde_json::from_str::<PeerToPeer>("{\"reason\":\"x\"}").is_err());
     }
 
     #[test]

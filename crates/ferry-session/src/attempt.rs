@@ -1,11 +1,12 @@
 //! The path attempts: each [`Step`] of the plan becomes a socket
 //! operation (accept, connect, simultaneous open, punch + QUIC, relay),
-//! and the race runs them all at once.
+//! and the race runs them all at once; the steps that candidates arriving
+//! during the race add ([`late_steps`]) join it ([`Trickle`]).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
-use ferry_connect::race::{PathFailure, PathKind, PeerStream};
+use ferry_connect::race::{PathFailure, PathId, PathKind, PeerStream};
 use ferry_connect::{ConnectError, DirectListener, Identity};
 use ferry_proto::pairing::SecureChannel;
 use ferry_proto::peer::Candidate;
@@ -46,173 +47,272 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn attempts(
-        &self,
-        udp: UdpSocket,
-        listener: Option<DirectListener>,
-    ) -> Result<Vec<(PathKind, Attempt)>, SessionError> {
-        let steps = plan_paths(&PlanInput {
+    /// What the plan is made from; `listening`: we hold a TCP listener.
+    pub(crate) fn input(&self, listening: bool) -> PlanInput<'_> {
+        PlanInput {
             controlling: self.controlling,
             options: self.options,
             theirs: &self.theirs,
             our_observed: self.welcome.observed_addr,
-            listening: listener.is_some(),
+            listening,
             relay_token: self.relay_token.is_some(),
             hopeless: self.hopeless,
-        });
-        let mut listener = listener;
-        let mut udp = Some(udp);
-        let mut attempts: Vec<(PathKind, Attempt)> = Vec::new();
-        for step in steps {
-            let kind = step.kind();
-            let attempt: Attempt = match step {
-                Step::AcceptTcp => {
-                    let Some(listener) = listener.take() else {
-                        continue;
-                    };
-                    let acceptor =
-                        ferry_connect::tls_acceptor(&self.identity, &self.peer_fingerprint)?;
-                    Box::pin(async move {
-                        let (tls, remote) = listener.accept(&acceptor, ACCEPT_TIMEOUT).await?;
-                        let local = local_of(tls.get_ref().0);
-                        Ok(Established {
-                            stream: PeerStream::Tls(Box::new(tls)),
-                            kind: tcp_kind(remote),
-                            local,
-                            remote,
-                            relay_limits: None,
-                        })
-                    })
-                }
-                Step::ConnectTcp { targets } => {
-                    let connector =
-                        ferry_connect::tls_connector(&self.identity, &self.peer_fingerprint)?;
-                    Box::pin(async move {
-                        let (tls, remote) =
-                            ferry_connect::connect_first(&targets, &connector, ACCEPT_TIMEOUT)
-                                .await?;
-                        let local = local_of(tls.get_ref().0);
-                        Ok(Established {
-                            stream: PeerStream::Tls(Box::new(tls)),
-                            kind: tcp_kind(remote),
-                            local,
-                            remote,
-                            relay_limits: None,
-                        })
-                    })
-                }
-                Step::SimultaneousOpen { remote } => {
-                    let local = self.welcome.local_addr;
-                    let identity = self.identity.clone();
-                    let fingerprint = self.peer_fingerprint.clone();
-                    let controlling = self.controlling;
-                    Box::pin(async move {
-                        let (tls, remote) = ferry_connect::simultaneous_open(
-                            local,
-                            remote,
-                            tokio::time::Instant::now(),
-                            controlling,
-                            &identity,
-                            &fingerprint,
-                            SIMOPEN_DEADLINE,
-                        )
-                        .await?;
-                        let local = local_of(tls.get_ref().0);
-                        Ok(Established {
-                            stream: PeerStream::Tls(Box::new(tls)),
-                            kind: PathKind::SimultaneousOpen,
-                            local,
-                            remote,
-                            relay_limits: None,
-                        })
-                    })
-                }
-                Step::PunchQuic { targets } => {
-                    let Some(udp) = udp.take() else {
-                        continue;
-                    };
-                    let identity = self.identity.clone();
-                    let fingerprint = self.peer_fingerprint.clone();
-                    let controlling = self.controlling;
-                    let key = self.punch_key;
-                    let mapped = self.udp_mapped;
-                    Box::pin(async move {
-                        let punched =
-                            ferry_connect::punch(&udp, key, controlling, &targets, PUNCH_TIMEOUT)
-                                .await?;
-                        let local = match (mapped, udp.local_addr()) {
-                            (Some(mapped), _) => mapped,
-                            (None, Ok(local)) => local,
-                            (None, Err(_)) => UNSPECIFIED,
-                        };
-                        let socket = udp
-                            .into_std()
-                            .map_err(|source| ConnectError::UdpSocket { source })?;
-                        let quic = ferry_connect::quic_connect(
-                            socket,
-                            punched.remote,
-                            &identity,
-                            &fingerprint,
-                            controlling,
-                            Some(punched.rtt),
-                            QUIC_TIMEOUT,
-                        )
-                        .await?;
-                        Ok(Established {
-                            stream: PeerStream::Quic(Box::new(quic)),
-                            kind: PathKind::Quic,
-                            local,
-                            remote: punched.remote,
-                            relay_limits: None,
-                        })
-                    })
-                }
-                Step::Relay { head_start } => {
-                    let Some(token) = self.relay_token else {
-                        continue;
-                    };
-                    Box::pin(relay_path(
-                        self.welcome.relay_addr,
-                        token,
-                        self.identity.clone(),
-                        self.peer_fingerprint.clone(),
-                        self.controlling,
-                        head_start,
-                    ))
-                }
-            };
-            attempts.push((kind, attempt));
         }
-        Ok(attempts)
+    }
+
+    /// The attempt that makes `step`, if it needs one: a step for a
+    /// resource already taken (the listener) makes none, and late punch
+    /// targets go to the punch under way instead ([`Punch::Running`]).
+    pub(crate) fn attempt(
+        &self,
+        step: Step,
+        listener: &mut Option<DirectListener>,
+        punch: &mut Punch,
+    ) -> Result<Option<Attempt>, SessionError> {
+        let attempt: Attempt = match step {
+            Step::AcceptTcp => {
+                let Some(listener) = listener.take() else {
+                    return Ok(None);
+                };
+                let acceptor = ferry_connect::tls_acceptor(&self.identity, &self.peer_fingerprint)?;
+                Box::pin(async move {
+                    let (tls, remote) = listener.accept(&acceptor, ACCEPT_TIMEOUT).await?;
+                    let local = local_of(tls.get_ref().0);
+                    Ok(Established {
+                        stream: PeerStream::Tls(Box::new(tls)),
+                        kind: tcp_kind(remote),
+                        local,
+                        remote,
+                        relay_limits: None,
+                    })
+                })
+            }
+            Step::ConnectTcp { targets } => {
+                let connector =
+                    ferry_connect::tls_connector(&self.identity, &self.peer_fingerprint)?;
+                Box::pin(async move {
+                    let (tls, remote) =
+                        ferry_connect::connect_first(&targets, &connector, ACCEPT_TIMEOUT).await?;
+                    let local = local_of(tls.get_ref().0);
+                    Ok(Established {
+                        stream: PeerStream::Tls(Box::new(tls)),
+                        kind: tcp_kind(remote),
+                        local,
+                        remote,
+                        relay_limits: None,
+                    })
+                })
+            }
+            Step::SimultaneousOpen { remote } => {
+                let local = self.welcome.local_addr;
+                let identity = self.identity.clone();
+                let fingerprint = self.peer_fingerprint.clone();
+                let controlling = self.controlling;
+                Box::pin(async move {
+                    let (tls, remote) = ferry_connect::simultaneous_open(
+                        local,
+                        remote,
+                        tokio::time::Instant::now(),
+                        controlling,
+                        &identity,
+                        &fingerprint,
+                        SIMOPEN_DEADLINE,
+                    )
+                    .await?;
+                    let local = local_of(tls.get_ref().0);
+                    Ok(Established {
+                        stream: PeerStream::Tls(Box::new(tls)),
+                        kind: PathKind::SimultaneousOpen,
+                        local,
+                        remote,
+                        relay_limits: None,
+                    })
+                })
+            }
+            Step::PunchQuic { targets } => {
+                let udp = match std::mem::replace(punch, Punch::Gone) {
+                    Punch::Unused(udp) => udp,
+                    Punch::Running(late) => {
+                        // More targets for the punch under way.
+                        match late.try_send(targets) {
+                            Ok(()) => *punch = Punch::Running(late),
+                            Err(error) => {
+                                debug!(%error, "the punch is over; late UDP targets unused")
+                            }
+                        }
+                        return Ok(None);
+                    }
+                    Punch::Gone => {
+                        debug!("no UDP socket left to punch from; late UDP targets unused");
+                        return Ok(None);
+                    }
+                };
+                let (late, mut late_targets) = tokio::sync::mpsc::channel(LATE_TARGET_BATCHES);
+                *punch = Punch::Running(late);
+                let identity = self.identity.clone();
+                let fingerprint = self.peer_fingerprint.clone();
+                let controlling = self.controlling;
+                let key = self.punch_key;
+                let mapped = self.udp_mapped;
+                Box::pin(async move {
+                    let punched = ferry_connect::punch_with_late(
+                        &udp,
+                        key,
+                        controlling,
+                        &targets,
+                        &mut late_targets,
+                        PUNCH_TIMEOUT,
+                    )
+                    .await?;
+                    // Late targets from now on find the punch over.
+                    drop(late_targets);
+                    let local = match (mapped, udp.local_addr()) {
+                        (Some(mapped), _) => mapped,
+                        (None, Ok(local)) => local,
+                        (None, Err(_)) => UNSPECIFIED,
+                    };
+                    let socket = udp
+                        .into_std()
+                        .map_err(|source| ConnectError::UdpSocket { source })?;
+                    let quic = ferry_connect::quic_connect(
+                        socket,
+                        punched.remote,
+                        &identity,
+                        &fingerprint,
+                        controlling,
+                        Some(punched.rtt),
+                        QUIC_TIMEOUT,
+                    )
+                    .await?;
+                    Ok(Established {
+                        stream: PeerStream::Quic(Box::new(quic)),
+                        kind: PathKind::Quic,
+                        local,
+                        remote: punched.remote,
+                        relay_limits: None,
+                    })
+                })
+            }
+            Step::Relay { head_start } => {
+                let Some(token) = self.relay_token else {
+                    return Ok(None);
+                };
+                Box::pin(relay_path(
+                    self.welcome.relay_addr,
+                    token,
+                    self.identity.clone(),
+                    self.peer_fingerprint.clone(),
+                    self.controlling,
+                    head_start,
+                ))
+            }
+        };
+        Ok(Some(attempt))
     }
 
     pub(crate) async fn race(
-        self,
+        mut self,
         udp: UdpSocket,
         listener: Option<DirectListener>,
         signal: &mut SignalClient,
         channel: &mut SecureChannel,
+        upnp: &mut Upnp,
     ) -> Result<(Established, Vec<(PathKind, PathFailure)>), SessionError> {
-        let attempts = self.attempts(udp, listener)?;
-        let mut set = JoinSet::new();
-        let mut kinds = Vec::new();
-        for (id, (kind, attempt)) in attempts.into_iter().enumerate() {
-            debug!(path = %kind, "trying");
-            kinds.push(kind);
-            set.spawn(async move { (id, attempt.await) });
+        let listening = listener.is_some();
+        let mut listener = listener;
+        let mut punch = Punch::Unused(udp);
+        let mut paths = Paths::default();
+        for step in plan_paths(&self.input(listening)) {
+            let kind = step.kind();
+            if let Some(attempt) = self.attempt(step, &mut listener, &mut punch)? {
+                paths.start(kind, attempt);
+            }
         }
+        let has_tcp = paths.kinds.contains(&PathKind::Tcp);
         let mut mailbox = Mailbox { signal, channel };
-        if self.controlling {
-            race_controlling(set, &kinds, mailbox).await
+        let trickle = Trickle {
+            plan: &mut self,
+            punch,
+            listening,
+            upnp,
+        };
+        if trickle.plan.controlling {
+            race_controlling(paths, mailbox, trickle).await
         } else {
-            if !kinds.contains(&PathKind::Tcp) {
+            if !has_tcp {
                 // Nothing to connect to: the sender need not wait for us.
                 mailbox
                     .path_failed(PathKind::Tcp, "no TCP address to try")
                     .await;
             }
-            race_controlled(set, &kinds, mailbox).await
+            race_controlled(paths, mailbox, trickle).await
         }
+    }
+}
+
+/// How many batches of late targets may wait for the punch at once; more
+/// are dropped (they come one per message of the peer, a few at most).
+const LATE_TARGET_BATCHES: usize = 8;
+
+/// The UDP socket: not yet punched from, punching (late targets go in
+/// here), or gone (punched, or never to be used).
+pub(crate) enum Punch {
+    Unused(UdpSocket),
+    Running(tokio::sync::mpsc::Sender<Vec<SocketAddr>>),
+    Gone,
+}
+
+/// The path attempts of one race, by [`PathId`] (the index in `kinds`).
+#[derive(Default)]
+pub(crate) struct Paths {
+    pub(crate) set: JoinSet<(PathId, Result<Established, ConnectError>)>,
+    pub(crate) kinds: Vec<PathKind>,
+}
+
+impl Paths {
+    /// Runs `attempt`; returns its id.
+    pub(crate) fn start(&mut self, kind: PathKind, attempt: Attempt) -> PathId {
+        let id = self.kinds.len();
+        debug!(path = %kind, id, "trying");
+        self.kinds.push(kind);
+        self.set.spawn(async move { (id, attempt.await) });
+        id
+    }
+}
+
+/// What comes during the race besides the paths' results: the peer's late
+/// candidates (new attempts, more punch targets, by [`late_steps`]) and our
+/// own (the UPnP mapping still under way, [`Upnp`]).
+pub(crate) struct Trickle<'a> {
+    pub(crate) plan: &'a mut Plan,
+    pub(crate) punch: Punch,
+    pub(crate) listening: bool,
+    pub(crate) upnp: &'a mut Upnp,
+}
+
+impl Trickle<'_> {
+    /// The attempts that the peer's late candidates add (punch targets go
+    /// to the punch under way); starts them in `paths` and returns their
+    /// ids and kinds, for the race to count.
+    pub(crate) fn take_theirs(
+        &mut self,
+        late: Vec<Candidate>,
+        paths: &mut Paths,
+    ) -> Vec<(PathId, PathKind)> {
+        let (new, steps) = late_steps(&self.plan.input(self.listening), late);
+        debug!(?new, ?steps, "late peer candidates");
+        self.plan.theirs.extend(new);
+        let mut started = Vec::new();
+        let mut none = None;
+        for step in steps {
+            let kind = step.kind();
+            match self.plan.attempt(step, &mut none, &mut self.punch) {
+                Ok(Some(attempt)) => started.push((paths.start(kind, attempt), kind)),
+                Ok(None) => {}
+                Err(error) => debug!(%error, "cannot try a late candidate"),
+            }
+        }
+        started
     }
 }
 

@@ -1,5 +1,8 @@
 //! Gathering our candidates while the peer is on its way: the UDP socket
-//! and its STUN mapping, the TCP listener, UPnP mappings.
+//! and its STUN mapping, the TCP listener, UPnP mappings. A UPnP search
+//! still running when the hello goes out does not hold it up (unless the
+//! peer is an older ferry, see [`upnp_result`]): its candidates follow
+//! during the race ([`Upnp`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -38,8 +41,11 @@ pub(crate) struct Gathered {
     pub(crate) udp_mapping: UdpMapping,
     pub(crate) listener: Option<DirectListener>,
     pub(crate) candidates: Vec<Candidate>,
-    pub(crate) upnp: Option<tokio::task::JoinHandle<Mapped>>,
+    pub(crate) upnp: Option<UpnpTask>,
 }
+
+/// The UPnP search and mapping, in the background.
+pub(crate) type UpnpTask = tokio::task::JoinHandle<Option<Mapped>>;
 
 /// Binds the UDP socket (and, for the sender, the TCP listener), learns the
 /// UDP mapping from the server's STUN responder and, for the sender, maps
@@ -143,12 +149,16 @@ pub(crate) async fn gather(
     })
 }
 
-/// What UPnP mapping produced: the guard that removes the mappings, and
-/// the mapped external addresses.
-pub(crate) type Mapped = Option<(MappingGuard, Vec<(Protocol, SocketAddrV4)>)>;
+/// What UPnP mapping produced: the mapped external addresses as
+/// candidates, and the guard that removes the mappings (none when nothing
+/// needs removing).
+pub(crate) struct Mapped {
+    pub(crate) candidates: Vec<Candidate>,
+    pub(crate) guard: Option<MappingGuard>,
+}
 
 /// Maps our UDP port (and TCP port) on a UPnP gateway, if there is one.
-pub(crate) async fn map_ports(udp_port: u16, tcp_port: Option<u16>) -> Mapped {
+pub(crate) async fn map_ports(udp_port: u16, tcp_port: Option<u16>) -> Option<Mapped> {
     let options = UpnpOptions {
         search_timeout: Duration::from_millis(1500),
         tries: 1,
@@ -163,7 +173,7 @@ pub(crate) async fn map_ports(udp_port: u16, tcp_port: Option<u16>) -> Mapped {
         }
     };
     let mut guard = MappingGuard::new(gateway);
-    let mut mapped = Vec::new();
+    let mut candidates = Vec::new();
     let mut ports = vec![(Protocol::Udp, udp_port)];
     ports.extend(tcp_port.map(|port| (Protocol::Tcp, port)));
     for (protocol, port) in ports {
@@ -172,16 +182,35 @@ pub(crate) async fn map_ports(udp_port: u16, tcp_port: Option<u16>) -> Mapped {
             .add(protocol, local, UPNP_LEASE, "ferry transfer")
             .await
         {
-            Ok(mapping) => mapped.push((protocol, mapping.external)),
+            Ok(mapping) => {
+                let transport = match protocol {
+                    Protocol::Udp => Transport::Udp,
+                    Protocol::Tcp => Transport::Tcp,
+                };
+                candidates.push(Candidate {
+                    addr: SocketAddr::V4(mapping.external),
+                    transport,
+                    kind: CandidateKind::Upnp,
+                    priority: ferry_connect::priority::of(
+                        ferry_connect::priority::Origin::Upnp,
+                        transport,
+                    ),
+                });
+            }
             Err(error) => debug!(%error, %protocol, "UPnP mapping failed"),
         }
     }
-    Some((guard, mapped))
+    debug!(?candidates, "UPnP mapped");
+    Some(Mapped {
+        candidates,
+        guard: Some(guard),
+    })
 }
 
 /// The UPnP result if it is ready within [`UPNP_WAIT`]; a search still
-/// running then is abandoned (no gateway answered: there is none).
-pub(crate) async fn upnp_result(task: Option<tokio::task::JoinHandle<Mapped>>) -> Mapped {
+/// running then is abandoned (no gateway answered: there is none). For a
+/// peer that cannot take candidates during the race (an older ferry).
+pub(crate) async fn upnp_result(task: Option<UpnpTask>) -> Option<Mapped> {
     let mut task = task?;
     match tokio::time::timeout(UPNP_WAIT, &mut task).await {
         Ok(Ok(mapped)) => mapped,
@@ -190,6 +219,80 @@ pub(crate) async fn upnp_result(task: Option<tokio::task::JoinHandle<Mapped>>) -
             debug!("no UPnP answer in time; going on without");
             task.abort();
             None
+        }
+    }
+}
+
+/// The UPnP result if it is there already, else the task still under way
+/// (its candidates then follow the hello).
+pub(crate) async fn upnp_if_done(task: Option<UpnpTask>) -> (Option<Mapped>, Option<UpnpTask>) {
+    match task {
+        Some(task) if task.is_finished() => (task.await.ok().flatten(), None),
+        Some(task) => {
+            debug!("UPnP still under way: its candidates follow the hello");
+            (None, Some(task))
+        }
+        None => (None, None),
+    }
+}
+
+/// Our UPnP mappings during the race: the search still under way when the
+/// hello went out (its candidates then go to the peer), and the guard that
+/// removes the mappings once the race is over ([`Upnp::close`]).
+pub(crate) struct Upnp {
+    pending: Option<UpnpTask>,
+    guard: Option<MappingGuard>,
+    /// Late candidates are offered as in the hello
+    /// ([`ferry_connect::address::offered_candidates`]).
+    server: SocketAddr,
+}
+
+impl Upnp {
+    pub(crate) fn new(
+        pending: Option<UpnpTask>,
+        guard: Option<MappingGuard>,
+        server: SocketAddr,
+    ) -> Upnp {
+        Upnp {
+            pending,
+            guard,
+            server,
+        }
+    }
+
+    /// A search is still under way.
+    pub(crate) fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Waits for the search under way (for ever when there is none) and
+    /// returns its candidates, as offered to the peer. Cancel-safe: the
+    /// search goes on when the wait is dropped.
+    pub(crate) async fn late_candidates(&mut self) -> Vec<Candidate> {
+        let Some(task) = self.pending.as_mut() else {
+            return std::future::pending().await;
+        };
+        let done = task.await;
+        self.pending = None;
+        let Ok(Some(mapped)) = done else {
+            return Vec::new();
+        };
+        self.guard = mapped.guard;
+        ferry_connect::address::offered_candidates(mapped.candidates, self.server)
+    }
+
+    /// The race is over: a search still under way is abandoned (as
+    /// [`upnp_result`] does), the mappings are removed. Established flows
+    /// outlive the port mappings in the NAT's table.
+    pub(crate) async fn close(self) {
+        if let Some(task) = self.pending {
+            debug!("UPnP still under way as the race ends; abandoned");
+            task.abort();
+        }
+        if let Some(guard) = self.guard {
+            if let Err(error) = guard.close().await {
+                debug!(%error, "removing the UPnP mappings failed");
+            }
         }
     }
 }

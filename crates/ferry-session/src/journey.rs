@@ -2,16 +2,16 @@
 //! receiver ([`receive`]) connect, pair, gather, race and return a
 //! [`PeerLink`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_connect::Identity;
 use ferry_connect::race::{PathKind, PeerStream};
-use ferry_nat::upnp::Protocol;
 use ferry_proto::code::Code;
 use ferry_proto::pairing::{Role, SecureChannel};
-use ferry_proto::peer::{Candidate, CandidateKind, NetworkHint, PeerToPeer, Transport};
+use ferry_proto::peer::{
+    Candidate, CandidateKind, FEATURE_CANDIDATES, NetworkHint, PeerToPeer, Transport,
+};
 use ferry_rendezvous::{SignalClient, SignalError, SignalEvent, Welcome};
 use tracing::{debug, info};
 
@@ -227,26 +227,20 @@ pub(crate) async fn run_session(
         .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
     let identity = Arc::new(Identity::generate()?);
     let mut ours = gathered.candidates.clone();
-    let upnp = upnp_result(gathered.upnp).await;
+    // A peer that takes candidates during the race gets our hello at once,
+    // and the UPnP mappings when they are done; an older one gets them in
+    // the hello, if they are done within UPNP_WAIT.
+    let (mapped, pending) = if channel.peer_understands(FEATURE_CANDIDATES) {
+        upnp_if_done(gathered.upnp).await
+    } else {
+        (upnp_result(gathered.upnp).await, None)
+    };
     let mut guard = None;
-    if let Some((g, mapped)) = upnp {
-        for (protocol, external) in mapped {
-            let transport = match protocol {
-                Protocol::Udp => Transport::Udp,
-                Protocol::Tcp => Transport::Tcp,
-            };
-            ours.push(Candidate {
-                addr: SocketAddr::V4(external),
-                transport,
-                kind: CandidateKind::Upnp,
-                priority: ferry_connect::priority::of(
-                    ferry_connect::priority::Origin::Upnp,
-                    transport,
-                ),
-            });
-        }
-        guard = Some(g);
+    if let Some(mapped) = mapped {
+        ours.extend(mapped.candidates);
+        guard = mapped.guard;
     }
+    let mut upnp = Upnp::new(pending, guard, welcome.server_addr);
     ours.push(Candidate {
         addr: welcome.observed_addr,
         transport: Transport::Tcp,
@@ -301,14 +295,15 @@ pub(crate) async fn run_session(
         hopeless: hopeless.is_some(),
     };
     let result = plan
-        .race(gathered.udp, gathered.listener, &mut signal, channel)
+        .race(
+            gathered.udp,
+            gathered.listener,
+            &mut signal,
+            channel,
+            &mut upnp,
+        )
         .await;
-    if let Some(guard) = guard {
-        // Established flows outlive the port mapping in the NAT's table.
-        if let Err(error) = guard.close().await {
-            debug!(%error, "removing the UPnP mappings failed");
-        }
-    }
+    upnp.close().await;
     let _ = signal.release(None).await;
     let (established, lost) = result?;
     for (kind, why) in &lost {
@@ -355,3 +350,6 @@ pub(crate) fn detect_breaks(tcp: &tokio::net::TcpStream) {
         debug!(%error, "cannot set the TCP user timeout");
     }
 }
+
+#[cfg(test)]
+mod tests;

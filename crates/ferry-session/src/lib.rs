@@ -14,6 +14,7 @@
 //!   | pake / version (sealed) <--------------------------> pake / version  SPAKE2 + confirmation
 //!   | hello{cert fp, candidates} <-----------------> hello{cert fp, candidates}  (sealed)
 //!   | race: accept TCP, simultaneous open, punch+QUIC  | race: connect TCP, simultaneous open, punch+QUIC
+//!   | candidates{UPnP mappings done after the hello} (sealed) ---> one more connect, more punch targets
 //!   | "ferry-go" on the best authenticated path ======> uses the path that says "ferry-go"
 //!   | release                       |                       release |
 //! ```
@@ -93,8 +94,12 @@ pub(crate) const UPNP_LEASE: Duration = Duration::from_secs(600);
 pub(crate) const RELAY_HEAD_START: Duration = Duration::from_millis(1500);
 /// How long the relay may take to join us with the peer.
 pub(crate) const RELAY_WAIT: Duration = Duration::from_secs(15);
-/// How long the race waits for UPnP once pairing is done.
+/// How long the hello waits for UPnP once pairing is done, for a peer
+/// that cannot take candidates during the race (an older ferry); a newer
+/// one gets the hello at once and the UPnP candidates when they are done.
 pub(crate) const UPNP_WAIT: Duration = Duration::from_millis(300);
+/// What we understand beyond the base protocol, listed in our Version.
+pub(crate) const FEATURES: &[&str] = &[ferry_proto::peer::FEATURE_CANDIDATES];
 /// How long a side that reconnects waits for the peer to come back.
 pub const REJOIN_WAIT: Duration = Duration::from_secs(40);
 /// How long a TCP path may go without an acknowledgement (of data, or of a

@@ -1,8 +1,9 @@
 //! The path plan, sans-IO: from both sides' candidates and network
 //! reports, which paths to try, to which targets, with which head start
 //! ([`plan_paths`]), and whether a direct path can work at all
-//! ([`direct_hopeless`]). A pure function: the driver (`attempt`) turns
-//! each [`Step`] into a socket operation.
+//! ([`direct_hopeless`]), and what candidates that arrive during the race
+//! add to it ([`late_steps`]). Pure functions: the driver (`attempt`)
+//! turns each [`Step`] into a socket operation.
 //!
 //! ```text
 //! controlling (sender)                 controlled (receiver)
@@ -11,6 +12,10 @@
 //!       when both share one public address, nor with --force-path lan)
 //!   PunchQuic { peer's UDP targets, best first, no duplicates }  (both)
 //!   Relay { head start 1.5 s; 0 when it is the only path or direct is hopeless }
+//!
+//! candidates the peer sends during the race ([`late_steps`]):
+//!   new host/UPnP TCP addresses -> one more ConnectTcp (controlled side)
+//!   new UDP addresses           -> PunchQuic: extra targets for the punch
 //! ```
 
 use std::collections::HashSet;
@@ -151,6 +156,58 @@ pub fn plan_paths(input: &PlanInput<'_>) -> Vec<Step> {
         steps.push(Step::Relay { head_start });
     }
     steps
+}
+
+/// What candidates the peer sent during the race (`late`, as received)
+/// add to it, given the plan's `input` (whose `theirs` are the candidates
+/// known so far, filtered). Returns the newly accepted candidates, for the
+/// caller to add to the known ones, and the steps they add:
+/// [`Step::ConnectTcp`] to new host and UPnP TCP addresses (the controlled
+/// side only, as in [`plan_paths`]), and [`Step::PunchQuic`] whose targets
+/// are new UDP addresses for the punch under way.
+///
+/// The late candidates pass [`ferry_connect::address::peer_candidates`]
+/// together with the known ones (so the loopback rule and the cap of
+/// [`ferry_connect::address::MAX_PEER_CANDIDATES`] hold for all of them),
+/// and `--force-path` limits them as it limits the plan. They never add a
+/// simultaneous open or the relay: the peer's server-observed address came
+/// with its hello (a late one is ignored), and the relay keeps the start
+/// that [`direct_hopeless`] gave it. A hopeless verdict does not stop a
+/// late TCP address, though: a UPnP mapping is just what the verdict
+/// lacked.
+pub fn late_steps(input: &PlanInput<'_>, late: Vec<Candidate>) -> (Vec<Candidate>, Vec<Step>) {
+    use ferry_connect::address::{MAX_PEER_CANDIDATES, peer_candidates};
+    let known = input.theirs;
+    let is_known = |c: &Candidate| {
+        known
+            .iter()
+            .any(|k| k.addr == c.addr && k.transport == c.transport)
+    };
+    let late = late
+        .into_iter()
+        .filter(|c| !matches!(c.kind, CandidateKind::ServerObserved | CandidateKind::Relay));
+    let room = MAX_PEER_CANDIDATES.saturating_sub(known.len());
+    let new: Vec<Candidate> = peer_candidates(
+        known.iter().cloned().chain(late).collect(),
+        input.our_observed,
+    )
+    .into_iter()
+    .filter(|c| !is_known(c))
+    .take(room)
+    .collect();
+    if new.is_empty() {
+        return (new, Vec::new());
+    }
+    let steps = plan_paths(&PlanInput {
+        theirs: &new,
+        listening: false,
+        relay_token: false,
+        ..*input
+    })
+    .into_iter()
+    .filter(|step| matches!(step, Step::ConnectTcp { .. } | Step::PunchQuic { .. }))
+    .collect();
+    (new, steps)
 }
 
 /// Why no direct path can work, when both sides' networks say so: UDP
@@ -390,6 +447,166 @@ mod tests {
                 head_start: Duration::ZERO
             }]
         );
+    }
+
+    fn upnp(addr: &str, transport: Transport) -> Candidate {
+        cand(addr, transport, CandidateKind::Upnp, 850)
+    }
+
+    #[test]
+    fn late_upnp_candidates_add_a_connect_and_punch_targets() {
+        let theirs = peer();
+        let late = vec![
+            upnp("198.51.100.9:6100", Transport::Tcp),
+            upnp("198.51.100.9:7100", Transport::Udp),
+            // Known already: nothing new.
+            cand(
+                "192.168.1.20:5000",
+                Transport::Tcp,
+                CandidateKind::Host,
+                900,
+            ),
+            cand(
+                "198.51.100.9:7001",
+                Transport::Udp,
+                CandidateKind::Stun,
+                500,
+            ),
+        ];
+        let (new, steps) = late_steps(&input(&theirs, false), late);
+        assert_eq!(
+            new.iter().map(|c| c.addr.to_string()).collect::<Vec<_>>(),
+            ["198.51.100.9:6100", "198.51.100.9:7100"]
+        );
+        assert_eq!(
+            steps,
+            [
+                Step::ConnectTcp {
+                    targets: vec![upnp("198.51.100.9:6100", Transport::Tcp)]
+                },
+                Step::PunchQuic {
+                    targets: vec!["198.51.100.9:7100".parse().unwrap()]
+                },
+            ]
+        );
+        // The sender (it listens, the receiver connects): punch targets only.
+        let (_, steps) = late_steps(
+            &input(&theirs, true),
+            vec![
+                upnp("198.51.100.9:6100", Transport::Tcp),
+                upnp("198.51.100.9:7100", Transport::Udp),
+            ],
+        );
+        assert_eq!(
+            steps,
+            [Step::PunchQuic {
+                targets: vec!["198.51.100.9:7100".parse().unwrap()]
+            }]
+        );
+        // Nothing new: nothing to do.
+        assert_eq!(late_steps(&input(&theirs, false), peer()), (vec![], vec![]));
+    }
+
+    #[test]
+    fn late_candidates_respect_forced_paths_and_never_add_simultaneous_open_or_relay() {
+        let theirs = peer();
+        let late = || {
+            vec![
+                upnp("198.51.100.9:6100", Transport::Tcp),
+                upnp("198.51.100.9:7100", Transport::Udp),
+                cand(
+                    "192.168.1.21:5000",
+                    Transport::Tcp,
+                    CandidateKind::Host,
+                    900,
+                ),
+                // A late server-observed address is ignored: no new
+                // simultaneous open.
+                cand(
+                    "198.51.100.77:41000",
+                    Transport::Tcp,
+                    CandidateKind::ServerObserved,
+                    100,
+                ),
+                cand("198.51.100.78:443", Transport::Tcp, CandidateKind::Relay, 1),
+            ]
+        };
+        let forced = |kind| PlanInput {
+            options: SessionOptions {
+                force_path: Some(kind),
+                no_upnp: false,
+            },
+            ..input(&theirs, false)
+        };
+        let kinds = |steps: &[Step]| steps.iter().map(Step::kind).collect::<Vec<_>>();
+        let (new, steps) = late_steps(&input(&theirs, false), late());
+        assert_eq!(new.len(), 3);
+        assert_eq!(kinds(&steps), [PathKind::Tcp, PathKind::Quic]);
+        assert_eq!(late_steps(&forced(PathKind::Relay), late()).1, []);
+        let (_, quic) = late_steps(&forced(PathKind::Quic), late());
+        assert_eq!(kinds(&quic), [PathKind::Quic]);
+        let (_, lan) = late_steps(&forced(PathKind::Lan), late());
+        assert_eq!(
+            lan,
+            [Step::ConnectTcp {
+                targets: vec![cand(
+                    "192.168.1.21:5000",
+                    Transport::Tcp,
+                    CandidateKind::Host,
+                    900
+                )]
+            }]
+        );
+        let (_, tcp) = late_steps(&forced(PathKind::Tcp), late());
+        let [Step::ConnectTcp { targets }] = &tcp[..] else {
+            panic!("{tcp:?}")
+        };
+        assert_eq!(targets.len(), 2);
+        // Hopeless (the relay started at once): a late UPnP TCP mapping is
+        // what the verdict lacked, so it is tried; no relay step either way.
+        let hopeless = PlanInput {
+            hopeless: true,
+            ..input(&theirs, false)
+        };
+        let (_, steps) = late_steps(&hopeless, late());
+        assert_eq!(kinds(&steps), [PathKind::Tcp, PathKind::Quic]);
+    }
+
+    #[test]
+    fn late_candidates_are_filtered_like_the_hello() {
+        use ferry_connect::address::MAX_PEER_CANDIDATES;
+        let theirs = peer();
+        // Loopback from a peer on another machine, port 0, link-local: refused.
+        let refused = vec![
+            upnp("127.0.0.1:6100", Transport::Tcp),
+            upnp("198.51.100.9:0", Transport::Udp),
+            upnp("169.254.1.1:7100", Transport::Udp),
+        ];
+        assert_eq!(
+            late_steps(&input(&theirs, false), refused),
+            (vec![], vec![])
+        );
+        // Both on this machine (both seen by the server on loopback):
+        // loopback is fine, as in the hello.
+        let local = vec![cand(
+            "127.0.0.1:41000",
+            Transport::Tcp,
+            CandidateKind::ServerObserved,
+            100,
+        )];
+        let on_loopback = PlanInput {
+            our_observed: "127.0.0.1:40000".parse().unwrap(),
+            ..input(&local, false)
+        };
+        let (new, steps) = late_steps(&on_loopback, vec![upnp("127.0.0.1:6100", Transport::Tcp)]);
+        assert_eq!(new.len(), 1);
+        assert_eq!(steps.len(), 1);
+        // However many come, the peer's candidates stay within the cap.
+        let many: Vec<Candidate> = (0..100)
+            .map(|i| upnp(&format!("198.51.100.{}:6100", i + 100), Transport::Tcp))
+            .collect();
+        let (new, _) = late_steps(&input(&theirs, false), many);
+        assert_eq!(new.len(), MAX_PEER_CANDIDATES - theirs.len());
     }
 
     #[test]

@@ -1,16 +1,17 @@
 //! The race drivers: the controlling side nominates the best
 //! authenticated path, the controlled side uses the one nominated; both
-//! talk over the mailbox meanwhile.
+//! talk over the mailbox meanwhile: paths given up on, and candidates
+//! learnt after the hello (ours go out when our UPnP mapping is done; the
+//! peer's become more attempts, see [`Trickle`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ferry_connect::ConnectError;
 use ferry_connect::race::{
     Action, NOMINATION, Nominee, NomineeAction, PathFailure, PathId, PathKind, Race, RaceConfig,
 };
 use ferry_proto::pairing::SecureChannel;
-use ferry_proto::peer::PeerToPeer;
+use ferry_proto::peer::{Candidate, FEATURE_CANDIDATES, PeerToPeer, Transport};
 use ferry_rendezvous::{SignalClient, SignalEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
@@ -19,10 +20,21 @@ use tracing::{debug, info};
 use crate::*;
 
 /// The signalling connection during the race: the receiver reports paths
-/// it gave up on, and either side notices the other leaving.
+/// it gave up on, the sender sends candidates it learnt after its hello,
+/// and either side notices the other leaving.
 pub(crate) struct Mailbox<'a> {
     pub(crate) signal: &'a mut SignalClient,
     pub(crate) channel: &'a mut SecureChannel,
+}
+
+/// What the peer said during the race.
+pub(crate) enum Said {
+    /// It gave up on a path (`path`, its short name) for this reason.
+    PathFailed { path: String, why: String },
+    /// Candidates it learnt after its hello.
+    Candidates(Vec<Candidate>),
+    /// Nothing that concerns the race.
+    Nothing,
 }
 
 impl Mailbox<'_> {
@@ -37,33 +49,50 @@ impl Mailbox<'_> {
         }
     }
 
-    /// The next thing the peer says during the race: `Ok(Some(path))` for
-    /// a path it gave up on, `Ok(None)` for anything else.
-    pub(crate) async fn next(&mut self) -> Result<Option<(String, String)>, SessionError> {
+    /// Sends candidates learnt after the hello; only for a peer that
+    /// listed [`FEATURE_CANDIDATES`] (an older one fails on the message).
+    pub(crate) async fn candidates(&mut self, candidates: Vec<Candidate>) {
+        if !self.channel.peer_understands(FEATURE_CANDIDATES) {
+            debug!("the peer takes no late candidates; not sent");
+            return;
+        }
+        let body = self.channel.seal(&PeerToPeer::Candidates { candidates });
+        if let Err(error) = self.signal.send(body).await {
+            debug!(%error, "could not send late candidates");
+        }
+    }
+
+    /// The next thing the peer says during the race.
+    pub(crate) async fn next(&mut self) -> Result<Said, SessionError> {
         match self.signal.recv().await? {
             SignalEvent::Message(body) => match self.channel.open(&body)? {
-                PeerToPeer::PathFailed { path, why } => Ok(Some((path, why))),
+                PeerToPeer::PathFailed { path, why } => Ok(Said::PathFailed { path, why }),
+                PeerToPeer::Candidates { candidates } => Ok(Said::Candidates(candidates)),
                 PeerToPeer::Abort { reason } => {
                     Err(SessionError::PeerGone(PeerGone::Cancelled(reason)))
                 }
+                PeerToPeer::Unknown => {
+                    debug!("a message of a type we do not know during the race; skipped");
+                    Ok(Said::Nothing)
+                }
                 other => {
                     debug!(?other, "unexpected message during the race");
-                    Ok(None)
+                    Ok(Said::Nothing)
                 }
             },
             SignalEvent::PeerLeft(reason) => {
                 Err(SessionError::PeerGone(PeerGone::GaveUpConnecting(reason)))
             }
-            SignalEvent::PeerJoined => Ok(None),
+            SignalEvent::PeerJoined => Ok(Said::Nothing),
         }
     }
 }
 
 /// The sender picks the best authenticated path and nominates it.
 pub(crate) async fn race_controlling(
-    mut set: JoinSet<(PathId, Result<Established, ConnectError>)>,
-    kinds: &[PathKind],
+    mut paths: Paths,
     mut mailbox: Mailbox<'_>,
+    mut trickle: Trickle<'_>,
 ) -> Result<(Established, Vec<(PathKind, PathFailure)>), SessionError> {
     let mut mailbox_open = true;
     let mut race = Race::new(
@@ -73,11 +102,13 @@ pub(crate) async fn race_controlling(
             ..RaceConfig::default()
         },
     );
-    for (id, kind) in kinds.iter().enumerate() {
+    for (id, kind) in paths.kinds.iter().enumerate() {
         race.handle_started(id, *kind);
     }
-    let mut established: Vec<Option<Established>> = kinds.iter().map(|_| None).collect();
-    if kinds.is_empty() {
+    let mut established: Vec<Option<Established>> = paths.kinds.iter().map(|_| None).collect();
+    // Attempts whose task has ended (established or failed).
+    let mut ended: Vec<bool> = paths.kinds.iter().map(|_| false).collect();
+    if paths.kinds.is_empty() {
         race.handle_timeout(Instant::now());
     }
     loop {
@@ -121,7 +152,7 @@ pub(crate) async fn race_controlling(
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + RACE_DEADLINE);
         tokio::select! {
-            joined = set.join_next(), if !set.is_empty() => {
+            joined = paths.set.join_next(), if !paths.set.is_empty() => {
                 let now = Instant::now();
                 match joined {
                     Some(Ok((id, Ok(path)))) => {
@@ -130,10 +161,16 @@ pub(crate) async fn race_controlling(
                         if let Some(slot) = established.get_mut(id) {
                             *slot = Some(path);
                         }
+                        if let Some(ended) = ended.get_mut(id) {
+                            *ended = true;
+                        }
                         race.handle_established(now, id, kind);
                     }
                     Some(Ok((id, Err(error)))) => {
-                        debug!(path = ?kinds.get(id), %error, "path failed");
+                        debug!(path = ?paths.kinds.get(id), %error, "path failed");
+                        if let Some(ended) = ended.get_mut(id) {
+                            *ended = true;
+                        }
                         race.handle_failed(now, id, PathFailure::Failed(error.to_string()));
                     }
                     Some(Err(error)) => debug!(%error, "path task failed"),
@@ -141,17 +178,42 @@ pub(crate) async fn race_controlling(
                 }
             }
             () = tokio::time::sleep_until(wake) => race.handle_timeout(Instant::now()),
+            ours = trickle.upnp.late_candidates(), if trickle.upnp.is_pending() => {
+                if !ours.is_empty() {
+                    info!(candidates = ?ours, "UPnP done after the hello; sending its candidates");
+                    let tcp = ours.iter().any(|c| c.transport == Transport::Tcp);
+                    mailbox.candidates(ours).await;
+                    if tcp {
+                        // The receiver may have given up on our listener
+                        // already: it has a new address to try now.
+                        for (id, kind) in paths.kinds.iter().enumerate() {
+                            let running = ended.get(id).is_some_and(|ended| !ended);
+                            if *kind == PathKind::Tcp && running && race.handle_revived(id) {
+                                debug!(id, "waiting for the receiver's TCP again");
+                            }
+                        }
+                    }
+                }
+            }
             said = mailbox.next(), if mailbox_open => match said {
-                Ok(Some((path, why))) => {
+                Ok(Said::PathFailed { path, why }) => {
                     // The receiver gave up on a path we are still waiting on.
                     let now = Instant::now();
-                    for (id, kind) in kinds.iter().enumerate() {
+                    for (id, kind) in paths.kinds.iter().enumerate() {
                         if kind.code() == path && established.get(id).is_some_and(Option::is_none) {
                             race.handle_failed(now, id, PathFailure::AtPeer(why.clone()));
                         }
                     }
                 }
-                Ok(None) => {}
+                Ok(Said::Candidates(late)) => {
+                    for (id, kind) in trickle.take_theirs(late, &mut paths) {
+                        established.push(None);
+                        ended.push(false);
+                        debug_assert_eq!(established.len(), id + 1);
+                        race.handle_started(id, kind);
+                    }
+                }
+                Ok(Said::Nothing) => {}
                 Err(SessionError::Signal(error)) => {
                     // The direct paths may still work without the server.
                     debug!(%error, "lost the rendezvous server during the race");
@@ -160,7 +222,7 @@ pub(crate) async fn race_controlling(
                 Err(SessionError::PeerGone(why)) => {
                     // The receiver found no path and left.
                     let mut failures = race.failures().to_vec();
-                    for kind in kinds {
+                    for kind in &paths.kinds {
                         if !failures.iter().any(|(k, _)| k == kind) {
                             failures.push((*kind, PathFailure::Abandoned(why.to_string())));
                         }
@@ -176,12 +238,12 @@ pub(crate) async fn race_controlling(
 /// The receiver waits for the sender to say "ferry-go" on one of the
 /// paths it established; the decisions are [`Nominee`]'s.
 pub(crate) async fn race_controlled(
-    mut set: JoinSet<(PathId, Result<Established, ConnectError>)>,
-    kinds: &[PathKind],
+    mut paths: Paths,
     mut mailbox: Mailbox<'_>,
+    mut trickle: Trickle<'_>,
 ) -> Result<(Established, Vec<(PathKind, PathFailure)>), SessionError> {
     let mut nominee = Nominee::new(Instant::now(), NOMINATION_TIMEOUT);
-    for (id, kind) in kinds.iter().enumerate() {
+    for (id, kind) in paths.kinds.iter().enumerate() {
         nominee.handle_started(id, *kind);
     }
     // Established paths, until the nomination says which one to keep.
@@ -215,7 +277,13 @@ pub(crate) async fn race_controlled(
                         continue;
                     };
                     info!(path = %path.kind, remote = %path.remote, "the sender chose this path");
-                    return Ok((path, nominee.failures().to_vec()));
+                    // An earlier attempt at the winning kind of path (TCP to
+                    // the hello's addresses, before late ones won) did not
+                    // lose the race.
+                    let won = paths.kinds.get(id).copied();
+                    let mut lost = nominee.failures().to_vec();
+                    lost.retain(|(kind, _)| Some(*kind) != won);
+                    return Ok((path, lost));
                 }
                 NomineeAction::GiveUp => {
                     return Err(SessionError::NoPath {
@@ -225,7 +293,7 @@ pub(crate) async fn race_controlled(
                 }
             }
         }
-        if set.is_empty() && waiting.is_empty() {
+        if paths.set.is_empty() && waiting.is_empty() {
             // Nothing left that could be nominated (also when a path task
             // died without saying which path it was).
             return Err(SessionError::NoPath {
@@ -235,14 +303,14 @@ pub(crate) async fn race_controlled(
         }
         let wake = nominee.poll_timeout().unwrap_or_else(Instant::now);
         tokio::select! {
-            joined = set.join_next(), if !set.is_empty() => match joined {
+            joined = paths.set.join_next(), if !paths.set.is_empty() => match joined {
                 Some(Ok((id, Ok(path)))) => {
                     debug!(path = %path.kind, remote = %path.remote, "path established; waiting for the nomination");
                     held.insert(id, path);
                     nominee.handle_established(id);
                 }
                 Some(Ok((id, Err(error)))) => {
-                    debug!(path = ?kinds.get(id), %error, "path failed");
+                    debug!(path = ?paths.kinds.get(id), %error, "path failed");
                     nominee.handle_failed(Instant::now(), id, error.to_string());
                 }
                 Some(Err(error)) => debug!(%error, "path task failed"),
@@ -254,15 +322,26 @@ pub(crate) async fn race_controlled(
                     nominee.handle_nominated(id);
                 }
                 Some(Ok((id, None))) => {
-                    debug!(path = ?kinds.get(id), "path not chosen");
+                    debug!(path = ?paths.kinds.get(id), "path not chosen");
                     nominee.handle_not_chosen(Instant::now(), id);
                 }
                 Some(Err(error)) => debug!(%error, "nomination task failed"),
                 None => {}
             },
             () = tokio::time::sleep_until(wake.into()) => nominee.handle_timeout(Instant::now()),
+            ours = trickle.upnp.late_candidates(), if trickle.upnp.is_pending() => {
+                if !ours.is_empty() {
+                    mailbox.candidates(ours).await;
+                }
+            }
             said = mailbox.next(), if mailbox_open => match said {
-                Ok(_) => {}
+                Ok(Said::Candidates(late)) => {
+                    for (id, kind) in trickle.take_theirs(late, &mut paths) {
+                        info!(path = %kind, "trying candidates the sender sent late");
+                        nominee.handle_started(id, kind);
+                    }
+                }
+                Ok(Said::PathFailed { .. } | Said::Nothing) => {}
                 Err(SessionError::Signal(error)) => {
                     debug!(%error, "lost the rendezvous server during the race");
                     mailbox_open = false;

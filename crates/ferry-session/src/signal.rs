@@ -191,7 +191,7 @@ pub(crate) async fn pair(
     code: &Code,
     role: Role,
 ) -> Result<(SignalClient, SecureChannel), SessionError> {
-    let mut pairing = Pairing::new(&code.to_string(), role, AGENT);
+    let mut pairing = Pairing::new(&code.to_string(), role, AGENT).with_features(FEATURES);
     let deadline = tokio::time::Instant::now() + PAIR_TIMEOUT;
     loop {
         while let Some(body) = pairing.poll_outbound() {
@@ -209,6 +209,7 @@ pub(crate) async fn pair(
                     }
                     let (protocol, agent) = channel.peer_version();
                     info!(protocol, agent, "paired");
+                    debug!(features = ?channel.peer_features(), "the peer's features");
                     return Ok((signal, channel));
                 }
                 Ok(None) => {}

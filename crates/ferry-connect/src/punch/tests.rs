@@ -65,6 +65,8 @@ struct Setup {
     controlling: [bool; 2],
     loss: f64,
     seed: u64,
+    /// Side `i`'s STUN mapping is kept from the other side at the start.
+    stun_withheld: [bool; 2],
 }
 
 impl Setup {
@@ -75,6 +77,7 @@ impl Setup {
             controlling: [true, false],
             loss: 0.0,
             seed: 1,
+            stun_withheld: [false, false],
         }
     }
 }
@@ -96,7 +99,13 @@ impl Sim {
             nats[0].outbound(internal[0], STUN_SERVER).unwrap(),
             nats[1].outbound(internal[1], STUN_SERVER).unwrap(),
         ];
-        let candidates = |other: usize| vec![(internal[other], 100), (stun[other], 50)];
+        let candidates = |other: usize| {
+            let mut known = vec![(internal[other], 100)];
+            if !setup.stun_withheld[other] {
+                known.push((stun[other], 50));
+            }
+            known
+        };
         let [nat0, nat1] = nats;
         let side = |i: usize, nat: Nat| Side {
             puncher: Puncher::new(
@@ -537,4 +546,42 @@ fn reflected_probes_of_our_own_role_are_ignored() {
     let ping = p.poll_transmit().unwrap();
     assert!(!p.handle_datagram(now, peer, &ping.payload));
     assert_eq!(p.poll_transmit(), None, "no pong to our own ping");
+}
+
+#[test]
+fn a_late_candidate_lets_the_punch_through() {
+    // Port-restricted on both sides, and the controlled side knows only the
+    // controlling side's private address: its NAT never lets the other's
+    // probes in.
+    let setup = || {
+        let mut setup = Setup::new(NatType::PortRestricted, NatType::PortRestricted);
+        setup.stun_withheld = [true, false];
+        setup
+    };
+    let mut sim = Sim::new(setup());
+    sim.run(Duration::from_secs(15));
+    assert_eq!(sim.confirmed(0), None);
+    assert_eq!(sim.confirmed(1), None);
+    // The same, but the STUN mapping arrives a second in.
+    let mut sim = Sim::new(setup());
+    sim.run(Duration::from_secs(1));
+    assert_eq!(sim.confirmed(1), None);
+    let late = sim.sides[0]
+        .nat
+        .existing(sim.sides[0].internal, STUN_SERVER)
+        .unwrap();
+    let now = sim.now;
+    let b = &mut sim.sides[1].puncher;
+    assert!(b.add_peer_address(now, late, 50));
+    assert!(!b.add_peer_address(now, late, 50), "known already");
+    let ping = b.poll_transmit().expect("pinged at once");
+    assert_eq!(ping.dst, late);
+    sim.route(1, ping);
+    sim.run(Duration::from_secs(15));
+    sim.assert_agreed();
+    assert!(sim.now - sim.start < Duration::from_millis(1500));
+    // Once confirmed, late addresses are not probed.
+    let now = sim.now;
+    let unused: SocketAddr = "203.0.113.10:1".parse().unwrap();
+    assert!(!sim.sides[1].puncher.add_peer_address(now, unused, 1));
 }

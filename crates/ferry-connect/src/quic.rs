@@ -66,6 +66,18 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Idle timeout: the connection is dead after this long without packets.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Receive and send buffer asked for the QUIC socket (the kernel caps it at
+/// `net.core.rmem_max` / `wmem_max`, 4 MiB here). The default, about
+/// 208 KiB, drops bursts at the receiver: in the lab at 50 ms and 1 Gbit/s
+/// a 128 MiB transfer ran at 29 MB/s with it and at 79 MB/s with 4 MiB.
+pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// From this round trip on (as hole punching measured it) QUIC's
+/// congestion controller is BBR instead of CUBIC. In the lab at 50 ms with
+/// 1% loss CUBIC moved 1 MB/s and BBR 34 MB/s; at once-in-a-while loss on
+/// a LAN or loopback quinn's BBR is the slower one (517 against 747 MB/s).
+pub const BBR_FROM_RTT: Duration = Duration::from_millis(5);
+
 /// Handshakes from other addresses in flight at once on the server side.
 const MAX_PENDING_HANDSHAKES: usize = 8;
 
@@ -89,6 +101,14 @@ pub async fn quic_connect(
 ) -> Result<QuicStream, ConnectError> {
     let deadline = Instant::now() + timeout;
     let quic_error = |reason| ConnectError::Quic { remote, reason };
+    let sock = socket2::SockRef::from(&socket);
+    // Best effort: a smaller buffer only costs speed.
+    if let Err(error) = sock
+        .set_recv_buffer_size(SOCKET_BUFFER)
+        .and_then(|()| sock.set_send_buffer_size(SOCKET_BUFFER))
+    {
+        debug!(%error, "could not enlarge the QUIC socket's buffers");
+    }
     socket
         .set_nonblocking(true)
         .map_err(|source| ConnectError::UdpSocket { source })?;
@@ -303,6 +323,9 @@ fn transport_config(peer_bidi_streams: u8, rtt: Option<Duration>) -> TransportCo
         // One probe is one sample: leave room for jitter.
         transport.initial_rtt((rtt * 2).clamp(Duration::from_millis(10), Duration::from_secs(1)));
     }
+    if uses_bbr(rtt) {
+        transport.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    }
     transport
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
@@ -314,6 +337,12 @@ fn transport_config(peer_bidi_streams: u8, rtt: Option<Duration>) -> TransportCo
         .max_concurrent_bidi_streams(VarInt::from(peer_bidi_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0));
     transport
+}
+
+/// Whether a path with this measured round trip gets BBR ([`BBR_FROM_RTT`]);
+/// unknown: CUBIC, quinn's default.
+pub fn uses_bbr(rtt: Option<Duration>) -> bool {
+    rtt.is_some_and(|rtt| rtt >= BBR_FROM_RTT)
 }
 
 /// Server side: accepts until a pinned client completes the hello, or the
@@ -476,6 +505,15 @@ fn classify_write(error: &quinn::WriteError) -> FailureReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bbr_only_for_long_measured_round_trips() {
+        assert!(!uses_bbr(None));
+        assert!(!uses_bbr(Some(Duration::from_micros(300))));
+        assert!(!uses_bbr(Some(Duration::from_millis(4))));
+        assert!(uses_bbr(Some(BBR_FROM_RTT)));
+        assert!(uses_bbr(Some(Duration::from_millis(50))));
+    }
 
     #[test]
     fn crypto_error_codes_map_to_alerts() {

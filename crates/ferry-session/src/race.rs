@@ -108,6 +108,11 @@ pub(crate) async fn race_controlling(
     let mut established: Vec<Option<Established>> = paths.kinds.iter().map(|_| None).collect();
     // Attempts whose task has ended (established or failed).
     let mut ended: Vec<bool> = paths.kinds.iter().map(|_| false).collect();
+    // The receiver's "TCP failed" while our UPnP search may still bring a
+    // TCP mapping: held back until the search ends, so that our listener
+    // stays a pending better path (the race's grace) and a QUIC path that
+    // is up first does not win before the mapping is even sent.
+    let mut tcp_failed_at_peer: Option<String> = None;
     if paths.kinds.is_empty() {
         race.handle_timeout(Instant::now());
     }
@@ -179,9 +184,13 @@ pub(crate) async fn race_controlling(
             }
             () = tokio::time::sleep_until(wake) => race.handle_timeout(Instant::now()),
             ours = trickle.upnp.late_candidates(), if trickle.upnp.is_pending() => {
+                let tcp = ours.iter().any(|c| c.transport == Transport::Tcp);
+                if let Some(why) = tcp_failed_at_peer.take().filter(|_| !tcp) {
+                    // No TCP mapping after all: the receiver's verdict stands.
+                    fail_at_peer(&mut race, &paths.kinds, &established, "tcp", &why);
+                }
                 if !ours.is_empty() {
                     info!(candidates = ?ours, "UPnP done after the hello; sending its candidates");
-                    let tcp = ours.iter().any(|c| c.transport == Transport::Tcp);
                     mailbox.candidates(ours).await;
                     if tcp {
                         // The receiver may have given up on our listener
@@ -198,11 +207,11 @@ pub(crate) async fn race_controlling(
             said = mailbox.next(), if mailbox_open => match said {
                 Ok(Said::PathFailed { path, why }) => {
                     // The receiver gave up on a path we are still waiting on.
-                    let now = Instant::now();
-                    for (id, kind) in paths.kinds.iter().enumerate() {
-                        if kind.code() == path && established.get(id).is_some_and(Option::is_none) {
-                            race.handle_failed(now, id, PathFailure::AtPeer(why.clone()));
-                        }
+                    if path == PathKind::Tcp.code() && trickle.upnp.is_pending() {
+                        debug!(%why, "the receiver's TCP failed; waiting for our UPnP search first");
+                        tcp_failed_at_peer = Some(why);
+                    } else {
+                        fail_at_peer(&mut race, &paths.kinds, &established, &path, &why);
                     }
                 }
                 Ok(Said::Candidates(late)) => {
@@ -231,6 +240,23 @@ pub(crate) async fn race_controlling(
                 }
                 Err(error) => return Err(error),
             },
+        }
+    }
+}
+
+/// The receiver gave up on `path`: every attempt of that kind not yet
+/// established fails with its words.
+fn fail_at_peer<T>(
+    race: &mut Race,
+    kinds: &[PathKind],
+    established: &[Option<T>],
+    path: &str,
+    why: &str,
+) {
+    let now = Instant::now();
+    for (id, kind) in kinds.iter().enumerate() {
+        if kind.code() == path && established.get(id).is_some_and(Option::is_none) {
+            race.handle_failed(now, id, PathFailure::AtPeer(why.to_owned()));
         }
     }
 }

@@ -30,20 +30,7 @@ fn sends_empty_one_byte_and_100_mib_files() {
     let offer = recv.wait_event("offer", Duration::from_secs(30));
     assert_eq!(offer["files"], 3);
     assert_eq!(offer["bytes"], 100 * 1024 * 1024 + 1);
-    assert_eq!(
-        recv.finish(),
-        0,
-        "receiver: {:?} {}",
-        recv.seen,
-        recv.stderr_text()
-    );
-    assert_eq!(
-        send.finish(),
-        0,
-        "sender: {:?} {}",
-        send.seen,
-        send.stderr_text()
-    );
+    finish_both(&mut send, &mut recv);
 
     for name in ["empty", "one", "big.bin"] {
         assert_same_file(&src.path().join(name), &dst.path().join(name));

@@ -231,6 +231,16 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal.
+    pub const ALL: [Refusal; 6] = [
+        Refusal::UnknownToken,
+        Refusal::Expired,
+        Refusal::Reused,
+        Refusal::PerIpLimit,
+        Refusal::PairsLimit,
+        Refusal::WaitTimeout,
+    ];
+
     /// A sentence for the refused user, saying what to do. It travels to
     /// the client as the text of the relay's error line:
     /// [`Refusal::in_text`] finds it again there.
@@ -257,16 +267,9 @@ impl Refusal {
     /// its own terms. `None` for any other text, such as the words of a
     /// relay of another version.
     pub fn in_text(text: &str) -> Option<Refusal> {
-        [
-            Refusal::UnknownToken,
-            Refusal::Expired,
-            Refusal::Reused,
-            Refusal::PerIpLimit,
-            Refusal::PairsLimit,
-            Refusal::WaitTimeout,
-        ]
-        .into_iter()
-        .find(|refusal| text.ends_with(refusal.message()))
+        Refusal::ALL
+            .into_iter()
+            .find(|refusal| text.ends_with(refusal.message()))
     }
 }
 
@@ -894,14 +897,7 @@ mod tests {
 
     #[test]
     fn each_refusal_is_found_again_in_the_text_that_carries_it() {
-        for refusal in [
-            Refusal::UnknownToken,
-            Refusal::Expired,
-            Refusal::Reused,
-            Refusal::PerIpLimit,
-            Refusal::PairsLimit,
-            Refusal::WaitTimeout,
-        ] {
+        for refusal in Refusal::ALL {
             assert_eq!(Refusal::in_text(refusal.message()), Some(refusal));
             let carried = format!("the relay at 192.0.2.1:443 refused: {}", refusal.message());
             assert_eq!(Refusal::in_text(&carried), Some(refusal), "{carried}");

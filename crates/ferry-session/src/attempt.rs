@@ -77,14 +77,7 @@ impl Plan {
                 let acceptor = ferry_connect::tls_acceptor(&self.identity, &self.peer_fingerprint)?;
                 Box::pin(async move {
                     let (tls, remote) = listener.accept(&acceptor, ACCEPT_TIMEOUT).await?;
-                    let local = local_of(tls.get_ref().0);
-                    Ok(Established {
-                        stream: PeerStream::Tls(Box::new(tls)),
-                        kind: tcp_kind(remote),
-                        local,
-                        remote,
-                        relay_limits: None,
-                    })
+                    Ok(direct_tls(tls, tcp_kind(remote), remote))
                 })
             }
             Step::ConnectTcp { targets } => {
@@ -93,14 +86,7 @@ impl Plan {
                 Box::pin(async move {
                     let (tls, remote) =
                         ferry_connect::connect_first(&targets, &connector, ACCEPT_TIMEOUT).await?;
-                    let local = local_of(tls.get_ref().0);
-                    Ok(Established {
-                        stream: PeerStream::Tls(Box::new(tls)),
-                        kind: tcp_kind(remote),
-                        local,
-                        remote,
-                        relay_limits: None,
-                    })
+                    Ok(direct_tls(tls, tcp_kind(remote), remote))
                 })
             }
             Step::SimultaneousOpen { remote } => {
@@ -119,14 +105,7 @@ impl Plan {
                         SIMOPEN_DEADLINE,
                     )
                     .await?;
-                    let local = local_of(tls.get_ref().0);
-                    Ok(Established {
-                        stream: PeerStream::Tls(Box::new(tls)),
-                        kind: PathKind::SimultaneousOpen,
-                        local,
-                        remote,
-                        relay_limits: None,
-                    })
+                    Ok(direct_tls(tls, PathKind::SimultaneousOpen, remote))
                 })
             }
             Step::PunchQuic { targets } => {
@@ -320,6 +299,21 @@ pub(crate) const UNSPECIFIED: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
 
 /// Our address on a TCP path (informational only).
+/// A direct path secured by TLS over TCP.
+fn direct_tls(
+    tls: tokio_rustls::TlsStream<tokio::net::TcpStream>,
+    kind: PathKind,
+    remote: SocketAddr,
+) -> Established {
+    Established {
+        local: local_of(tls.get_ref().0),
+        stream: PeerStream::Tls(Box::new(tls)),
+        kind,
+        remote,
+        relay_limits: None,
+    }
+}
+
 pub(crate) fn local_of(tcp: &tokio::net::TcpStream) -> SocketAddr {
     tcp.local_addr().unwrap_or(UNSPECIFIED)
 }

@@ -55,6 +55,7 @@ pub mod quic;
 pub mod race;
 pub mod simopen;
 pub mod tls;
+pub mod window;
 
 pub use confirm::{Secure, secure_client, secure_server, secure_tcp};
 pub use direct::{DirectListener, connect_first};

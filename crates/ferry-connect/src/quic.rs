@@ -41,6 +41,8 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::debug;
 
+use crate::window::{MAX_WINDOW, MIN_WINDOW, Sample, WindowTuner};
+
 use crate::error::{ConnectError, FailureReason};
 use crate::tls::{self, ALPN, CERTIFICATE_NAME, Identity};
 
@@ -53,12 +55,6 @@ pub const CONFIRMATION: &[u8; 8] = b"ferry-ok";
 /// Longest wait, on shutdown, for the peer to acknowledge our last bytes and
 /// to end its own half.
 pub const LINGER: Duration = Duration::from_secs(5);
-
-/// Receive window of the one stream.
-pub const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
-
-/// Receive (and send) window of the whole connection.
-pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
 /// Keepalive interval; keeps the NAT mappings open while the transfer waits.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -181,6 +177,8 @@ pub struct QuicStream {
     endpoint: Endpoint,
     remote: SocketAddr,
     read_to_end: bool,
+    /// Sizes the connection's windows while the stream lives ([`window`](crate::window)).
+    tuner: tokio::task::AbortHandle,
 }
 
 impl QuicStream {
@@ -191,6 +189,7 @@ impl QuicStream {
         recv: RecvStream,
         remote: SocketAddr,
     ) -> QuicStream {
+        let tuner = tokio::spawn(tune_windows(connection.clone())).abort_handle();
         QuicStream {
             send: Some(send),
             recv,
@@ -198,6 +197,7 @@ impl QuicStream {
             endpoint,
             remote,
             read_to_end: false,
+            tuner,
         }
     }
 
@@ -276,6 +276,7 @@ impl AsyncWrite for QuicStream {
 
 impl Drop for QuicStream {
     fn drop(&mut self) {
+        self.tuner.abort();
         let Some(send) = self.send.take() else {
             return;
         };
@@ -287,6 +288,36 @@ impl Drop for QuicStream {
             }
             // No runtime to wait in: finishing is the best we can do.
             Err(_) => drop(send),
+        }
+    }
+}
+
+/// Feeds the connection's round trip and byte counters to a
+/// [`WindowTuner`] about once per round trip and applies its windows; runs
+/// until aborted (the stream's drop) or the connection ends.
+async fn tune_windows(connection: Connection) {
+    let mut tuner = WindowTuner::new();
+    loop {
+        let stats = connection.stats();
+        let sample = Sample {
+            rtt: stats.path.rtt,
+            min_rtt: stats.path.min_rtt,
+            sent: stats.udp_tx.bytes,
+            received: stats.udp_rx.bytes,
+        };
+        if let Some(windows) = tuner.update(Instant::now().into_std(), sample) {
+            debug!(
+                send = windows.send,
+                receive = windows.receive,
+                min_rtt_us = sample.min_rtt.as_micros() as u64,
+                "QUIC windows"
+            );
+            connection.set_send_window(windows.send);
+            connection.set_receive_window(VarInt::from_u64(windows.receive).unwrap_or(VarInt::MAX));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(WindowTuner::tick(sample.rtt)) => {}
+            _ = connection.closed() => return,
         }
     }
 }
@@ -327,9 +358,11 @@ fn transport_config(peer_bidi_streams: u8, rtt: Option<Duration>) -> TransportCo
         transport.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     }
     transport
-        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
-        .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
-        .send_window(u64::from(CONNECTION_WINDOW))
+        // The connection's windows start small and follow the path
+        // ([`window`](crate::window)); the stream's only caps them.
+        .stream_receive_window(VarInt::from_u64(MAX_WINDOW).unwrap_or(VarInt::MAX))
+        .receive_window(VarInt::from_u64(MIN_WINDOW).unwrap_or(VarInt::MAX))
+        .send_window(MIN_WINDOW)
         .keep_alive_interval(Some(KEEP_ALIVE))
         .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
             u32::try_from(IDLE_TIMEOUT.as_millis()).unwrap_or(u32::MAX),

@@ -202,14 +202,22 @@ async fn last_bytes_arrive_when_the_writer_drops_at_once() {
     .await;
     let (mut s, mut r) = (s.unwrap(), r.unwrap());
     let data = pattern(4 << 20, 3);
-    s.write_all(&data).await.unwrap();
-    // No shutdown, no close: dropping must still deliver and finish.
-    drop(s);
+    // More than the windows hold before the peer reads, so the reader runs
+    // meanwhile.
+    let writer = tokio::spawn({
+        let data = data.clone();
+        async move {
+            s.write_all(&data).await.unwrap();
+            // No shutdown, no close: dropping must still deliver and finish.
+            drop(s);
+        }
+    });
     let mut got = Vec::new();
     tokio::time::timeout(GENEROUS, r.read_to_end(&mut got))
         .await
         .unwrap()
         .unwrap();
+    writer.await.unwrap();
     assert!(got == data);
     r.close().await;
 }

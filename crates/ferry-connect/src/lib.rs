@@ -54,6 +54,7 @@ pub mod punch;
 pub mod quic;
 pub mod race;
 pub mod simopen;
+pub mod spray;
 pub mod tls;
 
 pub use confirm::{Secure, secure_client, secure_server, secure_tcp};

@@ -54,6 +54,7 @@ pub mod punch;
 pub mod quic;
 pub mod race;
 pub mod simopen;
+pub mod spray;
 pub mod tls;
 pub mod window;
 

@@ -167,7 +167,7 @@ enum State {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Ping = 1,
     Pong = 2,
     Nominate = 3,
@@ -175,11 +175,11 @@ enum Kind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Probe {
-    kind: Kind,
-    from_controlling: bool,
-    txid: [u8; 12],
-    argument: u32,
+pub(crate) struct Probe {
+    pub(crate) kind: Kind,
+    pub(crate) from_controlling: bool,
+    pub(crate) txid: [u8; 12],
+    pub(crate) argument: u32,
 }
 
 impl Puncher {
@@ -534,7 +534,8 @@ impl Puncher {
     }
 }
 
-fn encode(key: &[u8; 32], probe: &Probe) -> [u8; PROBE_LEN] {
+/// Also the probe of `spray`, under its own key.
+pub(crate) fn encode(key: &[u8; 32], probe: &Probe) -> [u8; PROBE_LEN] {
     let mut out = [0u8; PROBE_LEN];
     out[..4].copy_from_slice(&MAGIC);
     out[4] = probe.kind as u8;
@@ -546,7 +547,7 @@ fn encode(key: &[u8; 32], probe: &Probe) -> [u8; PROBE_LEN] {
     out
 }
 
-fn decode(key: &[u8; 32], data: &[u8]) -> Option<Probe> {
+pub(crate) fn decode(key: &[u8; 32], data: &[u8]) -> Option<Probe> {
     if data.len() != PROBE_LEN || data[..4] != MAGIC {
         return None;
     }

@@ -29,7 +29,8 @@
 #                              and b points its built-in relay name at ours;
 #                              it races direct and relay as it likes
 #   croc                       Debian's croc with `croc relay` in s, if Debian
-#                              has a package
+#                              has a package (bookworm has none: this path
+#                              was written for croc v10 and never run)
 #   sendme                     only with BENCH_PEERS_SENDME=1: `cargo install
 #                              sendme --locked` into the cache; --relay
 #                              disabled, an addresses-only ticket
@@ -168,8 +169,11 @@ if [ "${BENCH_PEERS_SENDME:-0}" = 1 ]; then
     if [ ! -x "$SENDME" ]; then
         say "installing sendme (cargo install sendme --locked, into $cache/sendme: this compiles for a long time)"
         mkdir -p "$cache/sendme"
-        CARGO_TARGET_DIR=$cache/sendme/target cargo install sendme --locked --root "$cache/sendme" >"$work/sendme-install.log" 2>&1 \
-            || sendme_why="not installed: cargo install sendme failed: $(grep -m1 '^error' "$work/sendme-install.log")"
+        if CARGO_TARGET_DIR=$cache/sendme/target cargo install sendme --locked --root "$cache/sendme" >"$work/sendme-install.log" 2>&1; then
+            rm -rf "$cache/sendme/target" # some 700 MB of build files
+        else
+            sendme_why="not installed: cargo install sendme failed: $(grep -m1 '^error' "$work/sendme-install.log")"
+        fi
     fi
 fi
 
@@ -364,7 +368,8 @@ tool_cmds() {
             recv_stdin=y
             ;;
         croc)
-            send_cmd=(env CROC_SECRET="$code_wormhole" croc --relay "$SERVER_IP:9009" --pass pass123 send "$src")
+            # untested here (no croc package in bookworm): croc v10's flags
+            send_cmd=(croc --relay "$SERVER_IP:9009" --pass pass123 send --code "$code_wormhole" "$src")
             recv_cmd=(env CROC_SECRET="$code_wormhole" croc --relay "$SERVER_IP:9009" --pass pass123 --yes --overwrite)
             ;;
         sendme)

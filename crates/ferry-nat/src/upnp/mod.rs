@@ -69,8 +69,8 @@ mod error;
 mod gateway;
 mod guard;
 mod probe;
-mod schedule;
-mod search;
+pub(crate) mod schedule;
+pub(crate) mod search;
 #[cfg(test)]
 mod tests;
 

@@ -19,7 +19,8 @@
 //! machine, a [`UdpMachine`](crate::drive::UdpMachine)), [`route`] (the
 //! default gateway), then the thin drivers: gateway ([`PmpGateway`], one
 //! socket per request through [`drive_udp`](crate::drive::drive_udp)) and
-//! guard ([`PmpGuard`], renewal and deletion). The external address is
+//! guard ([`PmpGuard`], renewal and deletion), probe (a one-shot check for
+//! `ferry nat`). The external address is
 //! returned classified ([`crate::addr::classify`]); unusable ones
 //! (unspecified, multicast, IPv6 for an IPv4 mapping) are errors.
 //!
@@ -31,6 +32,7 @@ pub mod codec;
 mod error;
 mod gateway;
 mod guard;
+mod probe;
 pub mod route;
 
 pub use client::{MapClient, Mapping, Request, Retransmit};
@@ -38,3 +40,4 @@ pub use codec::{SERVER_PORT, Version};
 pub use error::PmpError;
 pub use gateway::{PmpGateway, PmpOptions};
 pub use guard::PmpGuard;
+pub use probe::{PROBE_LIFETIME, PmpReport, probe};

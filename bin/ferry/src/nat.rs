@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ferry_nat::behaviour::{DiscoveryConfig, Filtering, Mapping, NatReport, discover_udp};
-use ferry_nat::stun::binding_tcp;
 use ferry_nat::pmp::{PmpOptions, PmpReport};
+use ferry_nat::stun::binding_tcp;
 use ferry_nat::upnp::{TestMapping, UpnpOptions, UpnpReport};
 use ferry_nat::verdict::{Observations, Reach, Verdict};
 use ferry_rendezvous::SignalClient;

@@ -9,8 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use ferry_connect::{ConnectError, DirectListener};
-use ferry_nat::stun::{BindingOptions, RetransmitConfig, binding_udp};
 use ferry_nat::pmp::{PmpGateway, PmpGuard, PmpOptions, Retransmit};
+use ferry_nat::stun::{BindingOptions, RetransmitConfig, binding_udp};
 use ferry_nat::upnp::{MappingGuard, Protocol, UpnpOptions};
 use ferry_proto::peer::{Candidate, CandidateKind, Transport, UdpMapping};
 use ferry_rendezvous::Welcome;

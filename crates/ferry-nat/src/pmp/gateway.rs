@@ -80,6 +80,19 @@ impl PmpGateway {
         internal_port: u16,
         lifetime: Duration,
     ) -> Result<Mapping, PmpError> {
+        self.map_starting_at(Version::Pcp, protocol, internal_port, lifetime)
+            .await
+    }
+
+    /// [`map`](Self::map), trying `start` first: [`Version::NatPmp`] skips
+    /// PCP (for a gateway known to speak only NAT-PMP, or to test it).
+    pub async fn map_starting_at(
+        &self,
+        start: Version,
+        protocol: Protocol,
+        internal_port: u16,
+        lifetime: Duration,
+    ) -> Result<Mapping, PmpError> {
         self.request(Request {
             gateway: self.gateway,
             client_ip: self.local_ip,
@@ -88,7 +101,7 @@ impl PmpGateway {
             suggested: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, internal_port),
             lifetime: lifetime_secs(lifetime),
             nonce: rand::random(),
-            start: Version::Pcp,
+            start,
             retransmit: self.retransmit,
         })
         .await

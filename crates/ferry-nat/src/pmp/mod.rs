@@ -34,6 +34,8 @@ mod gateway;
 mod guard;
 mod probe;
 pub mod route;
+#[cfg(test)]
+mod tests;
 
 pub use client::{MapClient, Mapping, Request, Retransmit};
 pub use codec::{SERVER_PORT, Version};

@@ -5,6 +5,8 @@
 # and the path that won (or the clean error when no direct path exists).
 #
 #   scripts/e2e-paths.sh       as root; needs target/release/ferry (or FERRY=path)
+#   E2E_ONLY=REGEX             run only the cases whose name matches (bash =~),
+#                              e.g. E2E_ONLY='UPnP|NAT-PMP'
 set -euo pipefail
 source "$(dirname "$0")/e2e-lib.sh"
 
@@ -17,9 +19,11 @@ transfer() {
     CASE=$1
     local want=$2 remote_prefix=$3
     shift 3
+    if [ -n "${E2E_ONLY:-}" ] && ! [[ $CASE =~ $E2E_ONLY ]]; then return 0; fi
     echo "== $CASE: expect ${want}"
     lab_up "$@" || return 0
-    if [ "$1" = upnp ]; then lab stun stop >/dev/null; fi
+    # miniupnpd's STUN server is done once it runs: free UDP 3478 for ferry's
+    case " $* " in *" upnp "*|*" pmp "*|*" --upnp "*|*" --pmp "*) lab stun stop >/dev/null ;; esac
     if [ -n "${SEPARATE_RELAY:-}" ]; then
         # `ferry relay` on the server's second address; the rendezvous
         # names it to the clients and signs their tokens for it.
@@ -36,13 +40,14 @@ transfer() {
     recv_out="$E2E_WORK/recv.$tag.json"
     mkdir -p "$out"
     local started=$SECONDS
-    start_send "$send_out" "$E2E_WORK/payload.bin" || return 0
+    start_send "$send_out" "${SEND_EXTRA[@]}" "$E2E_WORK/payload.bin" || return 0
     local sender=$SENDER_PID code=$CODE
     local recv_rc=0 send_rc=0
     timeout 120 "$LAB" exec b -- "$FERRY" receive --json --yes --server "$SIGNAL" --out "$out" "$code" \
         >"$recv_out" 2>"$recv_out.log" || recv_rc=$?
     wait "$sender" || send_rc=$?
     local took=$((SECONDS - started))
+    [ -n "${WANT_MAPPED_BY:-}" ] && check_mapped_by "$WANT_MAPPED_BY" "$send_out.log"
     if [ "$want" = fail ]; then
         expect "receiver exit code" 4 "$recv_rc"
         expect "sender exit code" 4 "$send_rc"
@@ -86,8 +91,39 @@ transfer() {
     TABLE+=("$(printf '%-34s %-22s %8.2f s %6s MiB/s' "$CASE" "$want" "$connect" "$rate")")
 }
 
+# check_mapped_by WHAT SENDER_LOG: the sender's port mapping was made by WHAT
+# (a regex: "PCP|NAT-PMP"), nat-a's miniupnpd saw it, and it was deleted on exit
+check_mapped_by() {
+    local what=$1 log=$2 line
+    line=$(sed -E 's/\x1b\[[0-9;]*m//g' "$log" | grep -oE "port mapped by ($what) .*protocol=TCP.*" | head -n1 || true)
+    if [ -n "$line" ]; then
+        pass "the sender's TCP mapping: $(cut -c1-110 <<<"$line")"
+    else
+        fail "no 'port mapped by $what ... protocol=TCP' in the sender's log"
+    fi
+    local mlog
+    mlog=$(lab_state_dir)/logs/miniupnpd-nat-a.log
+    local seen
+    seen=$(grep -E "PCP request received|PCP MAP|NAT-PMP.*(request|mapping)" "$mlog" 2>/dev/null | head -n1 | cut -c1-110 || true)
+    if [ -n "$seen" ]; then
+        pass "miniupnpd on nat-a saw: $seen"
+    else
+        fail "miniupnpd on nat-a logged no PCP/NAT-PMP request ($mlog)"
+    fi
+    # The guard deletes the mappings when the sender is done.
+    local chain rules
+    if chain=$(lab exec nat-a -- nft list chain inet upnpnat prerouting_miniupnpd 2>&1); then
+        rules=$(grep -c dnat <<<"$chain" || true)
+    else
+        rules="(cannot list miniupnpd's chain: $chain)"
+    fi
+    expect "mappings left on nat-a after the transfer" 0 "$rules"
+}
+lab_state_dir() { if [ -n "${FERRY_LAB_ID:-}" ]; then echo "/run/ferry-lab-$FERRY_LAB_ID"; else echo /run/ferry-lab; fi; }
+
 TABLE=()
 SERVER_EXTRA=()
+SEND_EXTRA=()
 transfer "public <-> public" tcp 198.51.100.66 nat --a none --b none
 transfer "full-cone <-> full-cone" quic 198.51.100.2 full-cone
 transfer "port-restricted <-> port-restricted" quic 198.51.100.2 port-restricted
@@ -95,6 +131,17 @@ transfer "port-restricted <-> full-cone" quic 198.51.100.2 nat --a port-restrict
 transfer "same LAN behind one NAT" lan 10.0.1.10 same-lan
 transfer "UDP blocked, port-preserving NATs" tcp-simultaneous-open 198.51.100.2 udp-blocked
 transfer "UPnP gateways" tcp 198.51.100.2 upnp
+# UPnP IGD off: the sender maps its TCP port by PCP (or NAT-PMP). Behind a
+# NAT that lets only TCP 443 out (no UDP, no simultaneous open), with no
+# relay, that mapping is the only way in. (miniupnpd refuses to map behind a
+# symmetric NAT: its STUN check sees its own port change.)
+SEND_EXTRA=(-v)
+WANT_MAPPED_BY="PCP|NAT-PMP"
+SERVER_EXTRA=(--no-relay)
+transfer "NAT-PMP/PCP, sender 443-only, no relay" tcp 198.51.100.2 nat --a tcp443-only --b port-restricted --pmp
+SERVER_EXTRA=()
+WANT_MAPPED_BY=
+SEND_EXTRA=()
 transfer "double NAT (outer in 100.64/10)" quic 198.51.100.34 double-nat
 transfer "port-restricted, 2% loss" quic 198.51.100.2 port-restricted --loss nat-a:2 --loss nat-b:2
 # Both NAT reports rule out a direct path: the relay starts at once.

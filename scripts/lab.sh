@@ -44,6 +44,8 @@
 #                     does so only at start: `lab.sh stun stop` afterwards frees UDP 3478
 #                     for ferry's own server. miniupnpc 2.2.4 calls the IGD "not connected"
 #                     (its external address is a documentation address): use `upnpc -i`.
+#   pmp               like upnp, but miniupnpd speaks only NAT-PMP/PCP (UDP 5351 on the
+#                     LAN address): UPnP IGD is off (enable_upnp=no), no HTTP on 5000
 #   double-nat        a behind nat-a whose WAN is 100.64.1.2 (carrier-grade NAT space),
 #                     behind `cgn` (port-restricted, public WAN); b behind port-restricted nat-b
 #   nat               custom, with the options below
@@ -57,6 +59,7 @@
 #   --cgn KIND           put nat-a behind a carrier-grade NAT `cgn` of that kind
 #   --same-lan           a and b share nat-a's LAN (b becomes 10.0.1.11; no nat-b)
 #   --upnp               run miniupnpd on every NAT router that NATs (implies --stun)
+#   --pmp                the same with UPnP IGD off: NAT-PMP/PCP only
 #   --stun               start coturn's turnserver (STUN only, RFC 5780) on `server`
 #   --loss HOST:PERCENT[:in|out|both]   like `set loss`, repeatable
 #   --rate HOST:RATE                    like `set rate`, repeatable
@@ -116,7 +119,7 @@ else
 fi
 LOCK=$STATE.lock
 KINDS="none full-cone port-restricted symmetric udp-blocked tcp443-only"
-TOPOLOGIES="public full-cone port-restricted symmetric udp-blocked tcp443-only same-lan upnp double-nat nat"
+TOPOLOGIES="public full-cone port-restricted symmetric udp-blocked tcp443-only same-lan upnp pmp double-nat nat"
 STUN_PORT=3478
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -495,11 +498,13 @@ stun_start() {
 }
 stun_stop() { stop_daemon stun; }
 
-# miniupnpd_start ROUTER: miniupnpd on ROUTER's `lan`, external interface `wan`;
-# it learns its external address by STUN from the lab's server (it refuses the
-# documentation ranges as "private" otherwise).
+# miniupnpd_start ROUTER [upnp|pmp]: miniupnpd on ROUTER's `lan`, external
+# interface `wan`; it learns its external address by STUN from the lab's server
+# (it refuses the documentation ranges as "private" otherwise). `pmp`: UPnP IGD
+# off, NAT-PMP/PCP only.
 miniupnpd_start() {
-    local r=$1 lan_cidr conf uuid
+    local r=$1 mode=${2:-upnp} lan_cidr conf uuid enable_upnp=yes
+    [ "$mode" = pmp ] && enable_upnp=no
     lan_cidr=$(nsx "$r" ip -4 -o addr show dev lan | awk '{print $4; exit}')
     mkdir -p "$STATE/conf"
     conf="$STATE/conf/miniupnpd-$r.conf"
@@ -524,7 +529,7 @@ ext_ifname=wan
 listening_ip=lan
 http_port=5000
 enable_natpmp=yes
-enable_upnp=yes
+enable_upnp=$enable_upnp
 ext_perform_stun=yes
 ext_stun_host=$(addr_of server 1)
 ext_stun_port=$STUN_PORT
@@ -544,7 +549,11 @@ allow 1024-65535 $lan_cidr 1024-65535
 deny 0-65535 0.0.0.0/0 0-65535
 EOF
     start_daemon "miniupnpd-$r" "$r" miniupnpd -d -f "$conf" -P "$STATE/pids/miniupnpd-$r.own.pid"
-    wait_listen "$r" t '.*:5000' 10 "miniupnpd-$r"
+    if [ "$mode" = pmp ]; then
+        wait_listen "$r" u '.*:5351' 10 "miniupnpd-$r"
+    else
+        wait_listen "$r" t '.*:5000' 10 "miniupnpd-$r"
+    fi
 }
 
 # ---------------------------------------------------------------- up / down
@@ -579,6 +588,7 @@ cmd_up() {
         full-cone|port-restricted|symmetric|udp-blocked|tcp443-only) ka=$topo kb=$topo ;;
         same-lan) same_lan=1 ;;
         upnp) upnp=1 ;;
+        pmp) upnp=pmp ;;
         double-nat) kcgn=port-restricted ;;
         nat) ;;
         *) die "unknown topology '$topo' (topologies: $TOPOLOGIES)" ;;
@@ -590,6 +600,7 @@ cmd_up() {
             --cgn) kcgn=${2:?--cgn needs a KIND}; shift ;;
             --same-lan) same_lan=1 ;;
             --upnp) upnp=1 ;;
+            --pmp) upnp=pmp ;;
             --stun) stun=1 ;;
             --loss) losses+=("${2:?--loss needs HOST:PERCENT[:DIR]}"); shift ;;
             --rate) rates+=("${2:?--rate needs HOST:RATE}"); shift ;;
@@ -604,6 +615,8 @@ cmd_up() {
         [[ " $KINDS " == *" $k "* ]] || die "unknown NAT kind '$k' (kinds: $KINDS)"
     done
     [ -n "$upnp" ] && stun=1
+    local upnp_mode=upnp
+    [ "$upnp" = pmp ] && upnp_mode=pmp
     if [ -n "$same_lan" ]; then kb=$ka; fi
 
     need_root
@@ -737,12 +750,12 @@ cmd_up() {
     [ -n "$stun" ] && stun_start
     if [ -n "$upnp" ]; then
         for h in nat-a nat-b; do
-            host_exists "$h" && [ "${HOSTS_KIND[$h]}" != none ] && miniupnpd_start "$h"
+            host_exists "$h" && [ "${HOSTS_KIND[$h]}" != none ] && miniupnpd_start "$h" "$upnp_mode"
         done
     fi
     mv "$STATE/topology.new" "$STATE/topology"
     trap - EXIT
-    say "lab up: $topo (nat-a: $ka, b: $(sed -n 's/^KIND_B=//p' "$STATE/topology")${kcgn:+, cgn: $kcgn}${upnp:+, miniupnpd}${stun:+, stun on server})"
+    say "lab up: $topo (nat-a: $ka, b: $(sed -n 's/^KIND_B=//p' "$STATE/topology")${kcgn:+, cgn: $kcgn}${upnp:+, miniupnpd ($upnp_mode)}${stun:+, stun on server})"
 }
 
 # do_down [--force]: everything `up` made goes, in reverse order; bounded waits

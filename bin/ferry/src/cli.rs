@@ -153,7 +153,7 @@ pub struct PathArgs {
     #[arg(long, value_name = "PATH", value_parser = ["lan", "tcp", "udp", "relay"])]
     pub force_path: Option<String>,
 
-    /// Do not ask a UPnP gateway for port mappings.
+    /// Do not ask the gateway for port mappings (UPnP / NAT-PMP / PCP).
     #[arg(long)]
     pub no_upnp: bool,
 

@@ -1,7 +1,7 @@
 //! `ferry nat`: what network am I on? In the spirit of `tailscale
 //! netcheck`: interfaces and their classes, the public UDP and TCP
 //! mappings, NAT mapping and filtering behaviour (RFC 5780, when the server
-//! has two IPs), port preservation, UPnP, and a one-line verdict.
+//! has two IPs), port preservation, UPnP, NAT-PMP/PCP, and a one-line verdict.
 //!
 //! This module runs the probes and renders the report; the verdict itself
 //! is decided by [`ferry_nat::verdict::Verdict::decide`] from what they
@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ferry_nat::behaviour::{DiscoveryConfig, Filtering, Mapping, NatReport, discover_udp};
+use ferry_nat::pmp::{PmpOptions, PmpReport};
 use ferry_nat::stun::binding_tcp;
 use ferry_nat::upnp::{TestMapping, UpnpOptions, UpnpReport};
 use ferry_nat::verdict::{Observations, Reach, Verdict};
@@ -54,6 +55,7 @@ pub struct Report {
     udp: UdpReport,
     tcp: TcpReport,
     upnp: UpnpReport,
+    pmp: PmpReport,
     verdict: VerdictReport,
 }
 
@@ -147,11 +149,12 @@ pub async fn check(server: &str, stun_port: u16) -> Result<Report> {
         .ok()
         .and_then(|mut addrs| addrs.find(SocketAddr::is_ipv4));
 
-    let (rendezvous, (udp, nat), tcp, upnp) = tokio::join!(
+    let (rendezvous, (udp, nat), tcp, upnp, pmp) = tokio::join!(
         check_rendezvous(server),
         check_udp(stun_server),
         check_tcp(stun_server),
-        check_upnp()
+        check_upnp(),
+        check_pmp()
     );
     if !rendezvous.reachable && stun_server.is_none() {
         return Err(unreachable(server, &rendezvous));
@@ -162,7 +165,9 @@ pub async fn check(server: &str, stun_port: u16) -> Result<Report> {
         udp: nat,
         tcp_mapped: tcp.mapped.is_some(),
         tcp_port_preserved: tcp.port_preserved,
-        upnp_mapped: matches!(upnp.test_mapping, TestMapping::Mapped { .. }),
+        // A port mapped by NAT-PMP/PCP counts as one mapped by UPnP.
+        upnp_mapped: matches!(upnp.test_mapping, TestMapping::Mapped { .. })
+            || pmp.external.is_some(),
     });
     let verdict = VerdictReport {
         code: verdict.reach(),
@@ -176,6 +181,7 @@ pub async fn check(server: &str, stun_port: u16) -> Result<Report> {
         udp,
         tcp,
         upnp,
+        pmp,
         verdict,
     })
 }
@@ -295,6 +301,16 @@ async fn check_tcp(stun: Option<SocketAddr>) -> TcpReport {
             ..TcpReport::default()
         },
     }
+}
+
+/// Tries a short-lived NAT-PMP/PCP test mapping of a fresh UDP port on
+/// the default gateway.
+async fn check_pmp() -> PmpReport {
+    let port = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0);
+    ferry_nat::pmp::probe(&PmpOptions::default(), port).await
 }
 
 /// Looks for a UPnP gateway and tries a short-lived test mapping of a
@@ -425,6 +441,16 @@ fn print_human(r: &Report, out: &Output) {
                 "UPnP: gateway {gateway}, external address {ext}; {test}"
             ));
         }
+    }
+    match (&r.pmp.version, &r.pmp.external, &r.pmp.error) {
+        (Some(version), Some(external), _) => out.say(format!(
+            "NAT-PMP/PCP: gateway {}, {version} mapped a test port ({external})",
+            r.pmp
+                .gateway
+                .map_or_else(|| "-".to_string(), |ip| ip.to_string())
+        )),
+        (_, _, Some(error)) => out.say(format!("NAT-PMP/PCP: {error}")),
+        _ => out.say("NAT-PMP/PCP: no mapping"),
     }
     out.say(format!("Verdict: {}", r.verdict.text));
 }

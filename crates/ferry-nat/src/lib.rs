@@ -11,6 +11,9 @@
 //!   public API: search (gateway discovery), gateway (the SOAP calls that
 //!   add, renew and remove mappings), guard (lease renewal on a sans-IO
 //!   schedule, removal on exit), probe (a one-shot check for reports).
+//! - [`pmp`]: NAT-PMP and PCP port mapping for gateways without UPnP
+//!   IGD: a pure codec, a sans-IO request machine (PCP first, NAT-PMP
+//!   fallback), and a guard that renews and deletes the mappings.
 //! - [`drive`]: the one tokio driver of the sans-IO machines that talk
 //!   over one UDP socket ([`UdpMachine`], [`drive_udp`]): the STUN
 //!   transaction, behaviour discovery, and `ferry-connect`'s hole punching.
@@ -30,6 +33,7 @@
 pub mod addr;
 pub mod behaviour;
 pub mod drive;
+pub mod pmp;
 pub mod stun;
 pub mod upnp;
 pub mod verdict;

@@ -1,5 +1,6 @@
 //! Gathering our candidates while the peer is on its way: the UDP socket
-//! and its STUN mapping, the TCP listener, UPnP mappings. A UPnP search
+//! and its STUN mapping, the TCP listener, port mappings (UPnP IGD, else
+//! NAT-PMP/PCP, [`map_ports`]). A UPnP search
 //! still running when the hello goes out does not hold it up (unless the
 //! peer is an older ferry, see [`upnp_result`]): its candidates follow
 //! during the race ([`Upnp`]).
@@ -8,12 +9,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use ferry_connect::{ConnectError, DirectListener};
+use ferry_nat::pmp::{PmpGateway, PmpGuard, PmpOptions, Retransmit};
 use ferry_nat::stun::{BindingOptions, RetransmitConfig, binding_udp};
 use ferry_nat::upnp::{MappingGuard, Protocol, UpnpOptions};
 use ferry_proto::peer::{Candidate, CandidateKind, Transport, UdpMapping};
 use ferry_rendezvous::Welcome;
 use tokio::net::UdpSocket;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::*;
 
@@ -149,16 +151,67 @@ pub(crate) async fn gather(
     })
 }
 
-/// What UPnP mapping produced: the mapped external addresses as
+/// What port mapping produced: the mapped external addresses as
 /// candidates, and the guard that removes the mappings (none when nothing
 /// needs removing).
 pub(crate) struct Mapped {
     pub(crate) candidates: Vec<Candidate>,
-    pub(crate) guard: Option<MappingGuard>,
+    pub(crate) guard: Option<PortGuard>,
 }
 
-/// Maps our UDP port (and TCP port) on a UPnP gateway, if there is one.
+/// Removes our port mappings, whichever protocol made them.
+#[derive(Debug)]
+pub(crate) enum PortGuard {
+    Upnp(MappingGuard),
+    Pmp(PmpGuard),
+}
+
+impl PortGuard {
+    /// Removes every mapping; says what failed.
+    pub(crate) async fn close(self) -> Result<(), String> {
+        match self {
+            PortGuard::Upnp(guard) => guard.close().await.map_err(|e| e.to_string()),
+            PortGuard::Pmp(guard) => guard.close().await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Maps our UDP port (and TCP port) on the gateway: by UPnP IGD when one
+/// answers and maps something, else by PCP or NAT-PMP on the default
+/// gateway. The candidates are [`CandidateKind::Upnp`] either way: a
+/// mapped port is a mapped port.
 pub(crate) async fn map_ports(udp_port: u16, tcp_port: Option<u16>) -> Option<Mapped> {
+    let mut ports = vec![(Protocol::Udp, udp_port)];
+    ports.extend(tcp_port.map(|port| (Protocol::Tcp, port)));
+    if let Some(mapped) = map_ports_upnp(&ports).await {
+        if !mapped.candidates.is_empty() {
+            return Some(mapped);
+        }
+        debug!("the UPnP gateway mapped nothing; trying PCP/NAT-PMP");
+        if let Some(guard) = mapped.guard {
+            if let Err(error) = guard.close().await {
+                debug!(%error, "removing the UPnP mappings failed");
+            }
+        }
+    }
+    map_ports_pmp(&ports).await
+}
+
+fn mapped_candidate(protocol: Protocol, external: SocketAddrV4) -> Candidate {
+    let transport = match protocol {
+        Protocol::Udp => Transport::Udp,
+        Protocol::Tcp => Transport::Tcp,
+    };
+    Candidate {
+        addr: SocketAddr::V4(external),
+        transport,
+        kind: CandidateKind::Upnp,
+        priority: ferry_connect::priority::of(ferry_connect::priority::Origin::Upnp, transport),
+    }
+}
+
+/// Maps the ports on a UPnP gateway, if there is one.
+async fn map_ports_upnp(ports: &[(Protocol, u16)]) -> Option<Mapped> {
     let options = UpnpOptions {
         search_timeout: Duration::from_millis(1500),
         tries: 1,
@@ -174,36 +227,70 @@ pub(crate) async fn map_ports(udp_port: u16, tcp_port: Option<u16>) -> Option<Ma
     };
     let mut guard = MappingGuard::new(gateway);
     let mut candidates = Vec::new();
-    let mut ports = vec![(Protocol::Udp, udp_port)];
-    ports.extend(tcp_port.map(|port| (Protocol::Tcp, port)));
-    for (protocol, port) in ports {
+    for &(protocol, port) in ports {
         let local = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
         match guard
             .add(protocol, local, UPNP_LEASE, "ferry transfer")
             .await
         {
-            Ok(mapping) => {
-                let transport = match protocol {
-                    Protocol::Udp => Transport::Udp,
-                    Protocol::Tcp => Transport::Tcp,
-                };
-                candidates.push(Candidate {
-                    addr: SocketAddr::V4(mapping.external),
-                    transport,
-                    kind: CandidateKind::Upnp,
-                    priority: ferry_connect::priority::of(
-                        ferry_connect::priority::Origin::Upnp,
-                        transport,
-                    ),
-                });
-            }
+            Ok(mapping) => candidates.push(mapped_candidate(protocol, mapping.external)),
             Err(error) => debug!(%error, %protocol, "UPnP mapping failed"),
         }
     }
     debug!(?candidates, "UPnP mapped");
     Some(Mapped {
         candidates,
-        guard: Some(guard),
+        guard: Some(PortGuard::Upnp(guard)),
+    })
+}
+
+/// Maps the ports by PCP, else NAT-PMP, on the default gateway. Two sends
+/// per step: a gateway that offers neither costs 1.5 s in the background.
+async fn map_ports_pmp(ports: &[(Protocol, u16)]) -> Option<Mapped> {
+    let options = PmpOptions {
+        gateway: None,
+        retransmit: Retransmit {
+            initial: Duration::from_millis(250),
+            max_sends: 2,
+        },
+    };
+    let gateway = match PmpGateway::find(&options) {
+        Ok(gateway) => gateway,
+        Err(error) => {
+            debug!(%error, "no gateway for PCP/NAT-PMP");
+            return None;
+        }
+    };
+    let mut guard = PmpGuard::new(gateway);
+    let mut candidates = Vec::new();
+    for &(protocol, port) in ports {
+        match guard.add(protocol, port, UPNP_LEASE).await {
+            Ok(mapping) => {
+                info!(
+                    version = %mapping.version,
+                    %protocol,
+                    internal = port,
+                    external = %mapping.external,
+                    external_class = ?mapping.external_class,
+                    "port mapped by {}", mapping.version
+                );
+                candidates.push(mapped_candidate(protocol, mapping.external));
+            }
+            Err(error) => {
+                debug!(%error, %protocol, "PCP/NAT-PMP mapping failed");
+                // A silent gateway will be silent for the other port too.
+                if matches!(error, ferry_nat::pmp::PmpError::NoAnswer { .. }) {
+                    break;
+                }
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return None;
+    }
+    Some(Mapped {
+        candidates,
+        guard: Some(PortGuard::Pmp(guard)),
     })
 }
 
@@ -241,7 +328,7 @@ pub(crate) async fn upnp_if_done(task: Option<UpnpTask>) -> (Option<Mapped>, Opt
 /// removes the mappings once the race is over ([`Upnp::close`]).
 pub(crate) struct Upnp {
     pending: Option<UpnpTask>,
-    guard: Option<MappingGuard>,
+    guard: Option<PortGuard>,
     /// Late candidates are offered as in the hello
     /// ([`ferry_connect::address::offered_candidates`]).
     server: SocketAddr,
@@ -250,7 +337,7 @@ pub(crate) struct Upnp {
 impl Upnp {
     pub(crate) fn new(
         pending: Option<UpnpTask>,
-        guard: Option<MappingGuard>,
+        guard: Option<PortGuard>,
         server: SocketAddr,
     ) -> Upnp {
         Upnp {
@@ -291,7 +378,7 @@ impl Upnp {
         }
         if let Some(guard) = self.guard {
             if let Err(error) = guard.close().await {
-                debug!(%error, "removing the UPnP mappings failed");
+                debug!(%error, "removing the port mappings failed");
             }
         }
     }

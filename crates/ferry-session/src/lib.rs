@@ -116,7 +116,7 @@ pub struct SessionOptions {
     /// [`PathKind::Tcp`] (direct TCP and simultaneous open),
     /// [`PathKind::Quic`] or [`PathKind::Relay`].
     pub force_path: Option<PathKind>,
-    /// Skip UPnP.
+    /// Skip port mapping (UPnP / NAT-PMP / PCP).
     pub no_upnp: bool,
 }
 

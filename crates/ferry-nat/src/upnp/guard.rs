@@ -172,7 +172,7 @@ async fn remove_all(gateway: &Gateway, mappings: &[Mapping]) -> Result<(), UpnpE
     first_error.map_or(Ok(()), Err)
 }
 
-pub(super) type MappingKey = (Protocol, u16);
+pub(crate) type MappingKey = (Protocol, u16);
 
 async fn renew_loop(gateway: Gateway, initial: Vec<Mapping>, mut inbox: mpsc::Receiver<Mapping>) {
     let mut schedule = RenewSchedule::default();

@@ -43,7 +43,8 @@
 //! a second NAT sits above the router and the mapping is not reachable from
 //! the internet.
 //!
-//! Not here: NAT-PMP/PCP (igd-next does not speak them), IPv6 pinholes.
+//! Not here: NAT-PMP/PCP (igd-next does not speak them: see [`crate::pmp`]),
+//! IPv6 pinholes.
 //!
 //! The renewal timing is a sans-IO schedule (time is passed in); the rest
 //! is a thin driver over igd-next, and every network await has a timeout.
@@ -69,8 +70,8 @@ mod error;
 mod gateway;
 mod guard;
 mod probe;
-mod schedule;
-mod search;
+pub(crate) mod schedule;
+pub(crate) mod search;
 #[cfg(test)]
 mod tests;
 

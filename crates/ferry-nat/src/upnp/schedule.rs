@@ -17,7 +17,7 @@ const MIN_RENEW_INTERVAL: Duration = Duration::from_secs(1);
 /// run out (the router may come back). Permanent mappings (lease zero) are
 /// never renewed.
 #[derive(Debug)]
-pub(super) struct RenewSchedule<K = MappingKey> {
+pub(crate) struct RenewSchedule<K = MappingKey> {
     entries: Vec<ScheduleEntry<K>>,
 }
 
@@ -39,7 +39,7 @@ struct ScheduleEntry<K> {
 
 impl<K: PartialEq + Clone> RenewSchedule<K> {
     /// Starts (or restarts) tracking a lease just granted at `now`.
-    pub(super) fn insert(&mut self, key: K, lease: Duration, now: Instant) {
+    pub(crate) fn insert(&mut self, key: K, lease: Duration, now: Instant) {
         self.remove(&key);
         if lease.is_zero() {
             return;
@@ -52,17 +52,17 @@ impl<K: PartialEq + Clone> RenewSchedule<K> {
         });
     }
 
-    pub(super) fn remove(&mut self, key: &K) {
+    pub(crate) fn remove(&mut self, key: &K) {
         self.entries.retain(|e| e.key != *key);
     }
 
     /// The earliest renewal time, if any lease is tracked.
-    pub(super) fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.entries.iter().map(|e| e.renew_at).min()
     }
 
     /// The keys whose renewal is due at `now`.
-    pub(super) fn due(&self, now: Instant) -> Vec<K> {
+    pub(crate) fn due(&self, now: Instant) -> Vec<K> {
         self.entries
             .iter()
             .filter(|e| e.renew_at <= now)
@@ -71,7 +71,7 @@ impl<K: PartialEq + Clone> RenewSchedule<K> {
     }
 
     /// The router granted the lease again at `now`.
-    pub(super) fn renewed(&mut self, key: &K, now: Instant) {
+    pub(crate) fn renewed(&mut self, key: &K, now: Instant) {
         if let Some(entry) = self.entries.iter_mut().find(|e| e.key == *key) {
             entry.renew_at = now + (entry.lease / 2).max(MIN_RENEW_INTERVAL);
             entry.expires_at = now + entry.lease;
@@ -79,7 +79,7 @@ impl<K: PartialEq + Clone> RenewSchedule<K> {
     }
 
     /// The renewal attempted at `now` failed.
-    pub(super) fn failed(&mut self, key: &K, now: Instant) {
+    pub(crate) fn failed(&mut self, key: &K, now: Instant) {
         if let Some(entry) = self.entries.iter_mut().find(|e| e.key == *key) {
             let left = entry.expires_at.saturating_duration_since(now);
             let wait = if left.is_zero() {

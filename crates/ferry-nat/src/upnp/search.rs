@@ -176,7 +176,7 @@ fn search_addrs(route_source: Option<Ipv4Addr>, interfaces: &[Interface]) -> Vec
 
 /// The local source address the kernel would use towards `dst`. No packet
 /// is sent: `connect()` on a UDP socket only picks a route.
-pub(super) fn route_source(dst: SocketAddr) -> Option<IpAddr> {
+pub(crate) fn route_source(dst: SocketAddr) -> Option<IpAddr> {
     let any: SocketAddr = match dst {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),

@@ -3,8 +3,14 @@
 # figure measured side by side in one run, medians of RUNS, ratios printed
 # under the table and never asserted (machines here are shared).
 #
-#   scripts/bench.sh [SIZE_MIB] [RUNS]         SIZE_MIB default 1024, RUNS default 3
-#   BENCH_ONLY=loopback|relay-load|rendezvous-load|lab scripts/bench.sh ...   one section only
+#   scripts/bench.sh [--peers] [--micro] [SIZE_MIB] [RUNS]   SIZE_MIB default 1024, RUNS default 3
+#   BENCH_ONLY=loopback|relay-load|rendezvous-load|lab|peers|micro scripts/bench.sh ...   one section only
+#
+#   --peers  also ferry beside magic-wormhole, wormhole-william, croc and
+#            sendme (scripts/bench-peers.sh SIZE_MIB RUNS: its own table,
+#            printed after this one; root; BENCH_PEERS_SENDME=1 adds sendme)
+#   --micro  also the criterion micro-benchmarks (scripts/bench-micro.sh,
+#            its own table; BENCH_MICRO_QUICK=1 for a short run)
 #
 # Columns: path taken; MiB/s and MB/s (1e6 bytes); time (the receiver's own
 # transfer time, or for the set-up and small-files rows from the sender's
@@ -74,12 +80,31 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$FERRY_ROOT"
 
+want_peers=
+want_micro=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --peers) want_peers=1 ;;
+        --micro) want_micro=1 ;;
+        -h | --help)
+            sed -n '2,/^set -euo/p' "$0" | sed '$d'
+            exit 0
+            ;;
+        -*) die "unknown option $1 (try --help)" ;;
+        *) break ;;
+    esac
+    shift
+done
 size_mib=${1:-1024}
 runs=${2:-3}
 [[ $size_mib =~ ^[1-9][0-9]*$ ]] || die "SIZE_MIB must be a whole number of MiB, 1 or more"
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a whole number, 1 or more"
 only=${BENCH_ONLY:-}
-case $only in "" | loopback | relay-load | rendezvous-load | lab) ;; *) die "BENCH_ONLY must be loopback, relay-load, rendezvous-load or lab" ;; esac
+case $only in "" | loopback | relay-load | rendezvous-load | lab | peers | micro) ;; *) die "BENCH_ONLY must be loopback, relay-load, rendezvous-load, lab, peers or micro" ;; esac
+# The peers and micro sections have tables and set-up of their own: run
+# them and stop when they are the only section asked for.
+if [ "$only" = peers ]; then exec "$FERRY_ROOT/scripts/bench-peers.sh" "$size_mib" "$runs"; fi
+if [ "$only" = micro ]; then exec "$FERRY_ROOT/scripts/bench-micro.sh"; fi
 # section NAME: whether to run that section
 section() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 ensure_rust
@@ -691,4 +716,12 @@ if out:
     print("ratios of the MB/s medians above, each on one link (never asserted):")
     print("\n".join(out))
 PY
-[ -z "$bench_failed" ] || die "some load figures failed (FAILED above)"
+if [ -n "$want_micro" ]; then
+    say "criterion micro-benchmarks (scripts/bench-micro.sh)"
+    "$FERRY_ROOT/scripts/bench-micro.sh" || bench_failed=1
+fi
+if [ -n "$want_peers" ]; then
+    say "ferry beside other tools (scripts/bench-peers.sh $size_mib $runs)"
+    "$FERRY_ROOT/scripts/bench-peers.sh" "$size_mib" "$runs" || bench_failed=1
+fi
+[ -z "$bench_failed" ] || die "some figures failed (FAILED above, or a section's own error)"

@@ -11,6 +11,9 @@ set -euo pipefail
 source "$(dirname "$0")/e2e-lib.sh"
 
 SIZE_MIB=${SIZE_MIB:-64}
+SEND_EXTRA=()
+RECV_EXTRA=()
+SERVER_EXTRA=()
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$E2E_WORK/payload.bin"
 
 # transfer CASE EXPECTED_PATH|fail EXPECTED_REMOTE_PREFIX [UP ARGS...]
@@ -43,11 +46,12 @@ transfer() {
     start_send "$send_out" "${SEND_EXTRA[@]}" "$E2E_WORK/payload.bin" || return 0
     local sender=$SENDER_PID code=$CODE
     local recv_rc=0 send_rc=0
-    timeout 120 "$LAB" exec b -- "$FERRY" receive --json --yes --server "$SIGNAL" --out "$out" "$code" \
+    timeout 120 "$LAB" exec b -- "$FERRY" receive --json --yes --server "$SIGNAL" --out "$out" "${RECV_EXTRA[@]}" "$code" \
         >"$recv_out" 2>"$recv_out.log" || recv_rc=$?
     wait "$sender" || send_rc=$?
     local took=$((SECONDS - started))
     [ -n "${WANT_MAPPED_BY:-}" ] && check_mapped_by "$WANT_MAPPED_BY" "$send_out.log"
+    [ -n "${WANT_SPRAY:-}" ] && check_spray "$send_out.log" "$recv_out.log"
     if [ "$want" = fail ]; then
         expect "receiver exit code" 4 "$recv_rc"
         expect "sender exit code" 4 "$send_rc"
@@ -93,6 +97,22 @@ transfer() {
 
 # check_mapped_by WHAT SENDER_LOG: the sender's port mapping was made by WHAT
 # (a regex: "PCP|NAT-PMP"), nat-a's miniupnpd saw it, and it was deleted on exit
+# check_spray SEND_LOG RECV_LOG: both sides (run with -v) say port spraying
+# found the peer
+check_spray() {
+    local log side line
+    for side in sender receiver; do
+        log=$1
+        shift
+        line=$(sed -E 's/\x1b\[[0-9;]*m//g' "$log" | grep -oE "port spraying found the peer.*" | head -n1 || true)
+        if [ -n "$line" ]; then
+            pass "the $side: $(cut -c1-110 <<<"$line")"
+        else
+            fail "no 'port spraying found the peer' in the $side's log"
+        fi
+    done
+}
+
 check_mapped_by() {
     local what=$1 log=$2 line
     line=$(sed -E 's/\x1b\[[0-9;]*m//g' "$log" | grep -oE "port mapped by ($what) .*protocol=TCP.*" | head -n1 || true)
@@ -153,7 +173,17 @@ SINGLE_IP=1
 transfer "symmetric <-> symmetric, one-IP server" relay "$SIGNAL" symmetric
 SINGLE_IP=
 WANT_REASON=
-transfer "port-restricted <-> symmetric" relay "$SIGNAL" nat --a port-restricted --b symmetric
+# One NAT maps a new random port per destination, the other filters by
+# port: port spraying (256 sockets on the hard side, random probes from the
+# easy one) finds a pair, in either direction.
+SEND_EXTRA=(-v)
+RECV_EXTRA=(-v)
+WANT_SPRAY=1
+transfer "port-restricted <-> symmetric (spraying)" quic 198.51.100.2 nat --a port-restricted --b symmetric
+transfer "symmetric <-> port-restricted (spraying)" quic 198.51.100.2 nat --a symmetric --b port-restricted
+WANT_SPRAY=
+RECV_EXTRA=()
+SEND_EXTRA=()
 transfer "only TCP 443 out, both sides" relay "$SIGNAL" tcp443-only
 transfer "UDP blocked, TCP only to 443" relay "$SIGNAL" nat --a tcp443-only --b udp-blocked
 # The relay apart from the rendezvous (on the server's second address).

@@ -132,6 +132,11 @@ pub enum ConnectError {
         waited: Duration,
     },
 
+    /// Port spraying (one side's NAT maps a new port per destination)
+    /// found no path, or could not open its sockets.
+    #[error("{0} (another path may still work)")]
+    Spray(#[from] crate::spray::SprayError),
+
     /// The UDP socket for punching or QUIC could not be used.
     #[error("could not use the UDP socket: {source}")]
     UdpSocket {

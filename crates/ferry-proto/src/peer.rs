@@ -108,6 +108,12 @@ pub struct NetworkHint {
     /// local one (a port-preserving NAT, or none): `None` when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_port_kept: Option<bool>,
+    /// When its UDP mapping [varies](UdpMapping::Varies): the public ports
+    /// its socket got towards the server's first and second STUN port, in
+    /// that order (a NAT that allocates by a fixed step can be predicted
+    /// from them, see `ferry_connect::spray::predict_ports`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_ports: Option<[u16; 2]>,
 }
 
 impl NetworkHint {

@@ -3,7 +3,7 @@
 //! and the race runs them all at once; the steps that candidates arriving
 //! during the race add ([`late_steps`]) join it ([`Trickle`]).
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use ferry_connect::race::{PathFailure, PathId, PathKind, PeerStream};
@@ -13,7 +13,7 @@ use ferry_proto::peer::Candidate;
 use ferry_rendezvous::{SignalClient, Welcome};
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::*;
 
@@ -44,6 +44,10 @@ pub(crate) struct Plan {
     pub(crate) options: SessionOptions,
     /// Both networks rule out a direct path: no head start for them.
     pub(crate) hopeless: bool,
+    /// Port spraying instead of a plain punch ([`spray_role`](crate::plan::spray_role)).
+    pub(crate) spray: Option<Spray>,
+    /// The key of the spray probes.
+    pub(crate) spray_key: [u8; 32],
 }
 
 impl Plan {
@@ -57,6 +61,7 @@ impl Plan {
             listening,
             relay_token: self.relay_token.is_some(),
             hopeless: self.hopeless,
+            spray: self.spray.as_ref(),
         }
     }
 
@@ -172,6 +177,42 @@ impl Plan {
                     })
                 })
             }
+            Step::SprayQuic { spray } => {
+                // Sprayed from the socket whose mapping we sent (the easy
+                // side) or from many new ones (the hard side): the punch
+                // socket is taken either way.
+                let Punch::Unused(udp) = std::mem::replace(punch, Punch::Gone) else {
+                    return Ok(None);
+                };
+                let identity = self.identity.clone();
+                let fingerprint = self.peer_fingerprint.clone();
+                let controlling = self.controlling;
+                let key = self.spray_key;
+                let mapped = self.udp_mapped;
+                Box::pin(async move {
+                    let (socket, remote, local) = spray_path(udp, spray, key, mapped).await?;
+                    let socket = socket
+                        .into_std()
+                        .map_err(|source| ConnectError::UdpSocket { source })?;
+                    let quic = ferry_connect::quic_connect(
+                        socket,
+                        remote,
+                        &identity,
+                        &fingerprint,
+                        controlling,
+                        None,
+                        QUIC_TIMEOUT,
+                    )
+                    .await?;
+                    Ok(Established {
+                        stream: PeerStream::Quic(Box::new(quic)),
+                        kind: PathKind::Quic,
+                        local,
+                        remote,
+                        relay_limits: None,
+                    })
+                })
+            }
             Step::Relay { head_start } => {
                 let Some(token) = self.relay_token else {
                     return Ok(None);
@@ -225,6 +266,56 @@ impl Plan {
                     .await;
             }
             race_controlled(paths, mailbox, trickle).await
+        }
+    }
+}
+
+/// Port spraying in our part ([`Spray`]): the socket that found the peer,
+/// the peer's address on it, and our end as shown (our mapping when we are
+/// the easy side, else the socket's local address).
+async fn spray_path(
+    udp: UdpSocket,
+    spray: Spray,
+    key: [u8; 32],
+    mapped: Option<SocketAddr>,
+) -> Result<(UdpSocket, SocketAddr, SocketAddr), ConnectError> {
+    use ferry_connect::spray::{SprayConfig, bind_spray_sockets, spray_easy, spray_hard};
+    let config = SprayConfig {
+        seed: rand::random(),
+        ..SprayConfig::default()
+    };
+    let started = tokio::time::Instant::now();
+    match spray {
+        Spray::Hard { easy } => {
+            drop(udp);
+            let any = match easy {
+                SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            };
+            let sockets = bind_spray_sockets(any, config.sockets)?;
+            let won = spray_hard(sockets, easy, key, config).await?;
+            info!(
+                remote = %won.remote,
+                socket = won.index,
+                after_ms = started.elapsed().as_millis() as u64,
+                "port spraying found the peer (our NAT maps a port per destination)"
+            );
+            let local = won.socket.local_addr().unwrap_or(UNSPECIFIED);
+            Ok((won.socket, won.remote, local))
+        }
+        Spray::Easy { hard_ip, predicted } => {
+            let remote = spray_easy(&udp, hard_ip, &predicted, key, config).await?;
+            info!(
+                %remote,
+                predicted = predicted.len(),
+                predicted_hit = predicted.contains(&remote.port()),
+                after_ms = started.elapsed().as_millis() as u64,
+                "port spraying found the peer (its NAT maps a port per destination)"
+            );
+            let local = mapped
+                .or_else(|| udp.local_addr().ok())
+                .unwrap_or(UNSPECIFIED);
+            Ok((udp, remote, local))
         }
     }
 }

@@ -41,6 +41,9 @@ pub(crate) fn stun_server(welcome: &Welcome) -> Option<SocketAddr> {
 pub(crate) struct Gathered {
     pub(crate) udp: UdpSocket,
     pub(crate) udp_mapping: UdpMapping,
+    /// The public ports towards the server's two STUN ports, when they
+    /// differ.
+    pub(crate) udp_ports: Option<[u16; 2]>,
     pub(crate) listener: Option<DirectListener>,
     pub(crate) candidates: Vec<Candidate>,
     pub(crate) upnp: Option<UpnpTask>,
@@ -101,27 +104,30 @@ pub(crate) async fn gather(
             Ok(result) => result,
             Err(error) => {
                 debug!(%error, "no STUN mapping: UDP may be blocked");
-                return Some((None, UdpMapping::Blocked));
+                return Some((None, UdpMapping::Blocked, None));
             }
         };
         // A second port of the server (RFC 5780 servers name it): a NAT
         // that maps each destination apart gives another public port.
         let Some(second_port) = first.other_address.map(|a| a.port()).or(second_port) else {
-            return Some((Some(first.mapped), UdpMapping::Unknown));
+            return Some((Some(first.mapped), UdpMapping::Unknown, None));
         };
         let second = SocketAddr::new(server.ip(), second_port);
-        let mapping = match binding_udp(&udp, second, options).await {
-            Ok(again) if again.mapped == first.mapped => UdpMapping::Stable,
+        let (mapping, ports) = match binding_udp(&udp, second, options).await {
+            Ok(again) if again.mapped == first.mapped => (UdpMapping::Stable, None),
             Ok(again) => {
                 debug!(first = %first.mapped, second = %again.mapped, "the UDP mapping varies by destination");
-                UdpMapping::Varies
+                (
+                    UdpMapping::Varies,
+                    Some([first.mapped.port(), again.mapped.port()]),
+                )
             }
             Err(error) => {
                 debug!(%error, "no answer from the server's second STUN port");
-                UdpMapping::Unknown
+                (UdpMapping::Unknown, None)
             }
         };
-        Some((Some(first.mapped), mapping))
+        Some((Some(first.mapped), mapping, ports))
     };
     let upnp = if upnp {
         let tcp_port = listener.as_ref().map(DirectListener::port);
@@ -129,7 +135,10 @@ pub(crate) async fn gather(
     } else {
         None
     };
-    let (stun_mapped, udp_mapping) = stun_lookup.await.unwrap_or((None, UdpMapping::Unknown));
+    let (stun_mapped, udp_mapping, udp_ports) =
+        stun_lookup
+            .await
+            .unwrap_or((None, UdpMapping::Unknown, None));
     if let Some(mapped) = stun_mapped {
         candidates.push(Candidate {
             addr: mapped,
@@ -145,6 +154,7 @@ pub(crate) async fn gather(
     Ok(Gathered {
         udp,
         udp_mapping,
+        udp_ports,
         listener,
         candidates,
         upnp,

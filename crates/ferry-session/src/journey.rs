@@ -254,6 +254,7 @@ pub(crate) async fn run_session(
     let network = NetworkHint {
         udp: gathered.udp_mapping,
         tcp_port_kept: Some(welcome.observed_addr.port() == welcome.local_addr.port()),
+        udp_ports: gathered.udp_ports,
     };
     let hello = PeerToPeer::Hello {
         cert_fingerprint: identity.fingerprint(),
@@ -267,6 +268,13 @@ pub(crate) async fn run_session(
     let hopeless = direct_hopeless(&network, &their_network, &ours, &theirs);
     if let Some(why) = &hopeless {
         info!(%why, "no direct path can work: the relay starts at once");
+    }
+    let spray = spray_role(&network, &their_network, &theirs);
+    if let Some(spray) = &spray {
+        info!(
+            ?spray,
+            "one NAT maps a port per destination: port spraying instead of a plain punch"
+        );
     }
     let relay_token = signal.relay_token();
     if options.force_path == Some(PathKind::Relay) && relay_token.is_none() {
@@ -293,6 +301,8 @@ pub(crate) async fn run_session(
         controlling,
         options,
         hopeless: hopeless.is_some(),
+        spray,
+        spray_key: channel.derive_secret(ferry_connect::spray::SPRAY_KEY_CONTEXT),
     };
     let result = plan
         .race(

@@ -57,7 +57,7 @@ pub use error::SessionError;
 pub use ferry_relay::PairLimits;
 pub use journey::{Sender, receive, receive_with};
 pub use mend::{MendError, MendEvent, Mender, PathEnd, mendable};
-pub use plan::{PlanInput, Step, direct_hopeless, plan_paths};
+pub use plan::{PlanInput, Spray, Step, direct_hopeless, plan_paths, spray_role};
 pub use reason::{Hopeless, PeerGone, RelayReason, UdpObstacle};
 pub use rejoin::Rejoin;
 pub use signal::{RESTART_GRACE, RESTARTED_WITHIN, Waiting};

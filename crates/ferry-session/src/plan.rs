@@ -11,6 +11,10 @@
 //!   SimultaneousOpen { peer's server-observed TCP mapping }   (both; not
 //!       when both share one public address, nor with --force-path lan)
 //!   PunchQuic { peer's UDP targets, best first, no duplicates }  (both)
+//!     or, when one side's NAT maps a new port per destination and the
+//!     other's does not ([`spray_role`]), instead:
+//!   SprayQuic { Hard: many sockets towards the easy side's mapping |
+//!               Easy: probes to (predicted, then random) ports of the hard side }
 //!   Relay { head start 1.5 s; 0 when it is the only path or direct is hopeless }
 //!
 //! candidates the peer sends during the race ([`late_steps`]):
@@ -19,7 +23,7 @@
 //! ```
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ferry_connect::race::PathKind;
@@ -44,6 +48,28 @@ pub struct PlanInput<'a> {
     pub relay_token: bool,
     /// Both networks rule out a direct path ([`direct_hopeless`]).
     pub hopeless: bool,
+    /// Port spraying instead of a plain punch ([`spray_role`]).
+    pub spray: Option<&'a Spray>,
+}
+
+/// Our part in port spraying, when exactly one of the two NATs maps a new
+/// port per destination (see `ferry_connect::spray`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spray {
+    /// Ours does: many sockets send towards the peer's one mapping.
+    Hard {
+        /// The peer's public UDP mapping (its STUN candidate).
+        easy: SocketAddr,
+    },
+    /// The peer's does: probes to ports of its public address, the
+    /// predicted ones first.
+    Easy {
+        /// The peer's public address.
+        hard_ip: IpAddr,
+        /// Ports its NAT will likely give its sockets next (empty when
+        /// its ports are random).
+        predicted: Vec<u16>,
+    },
 }
 
 /// One path to try.
@@ -66,6 +92,11 @@ pub enum Step {
         /// The peer's UDP candidates, by priority, without duplicates.
         targets: Vec<SocketAddr>,
     },
+    /// Port spraying in our part, then QUIC on the socket pair found.
+    SprayQuic {
+        /// Our part.
+        spray: Spray,
+    },
     /// The relay, after `head_start`.
     Relay {
         /// How long the direct paths run alone first.
@@ -80,7 +111,7 @@ impl Step {
         match self {
             Step::AcceptTcp | Step::ConnectTcp { .. } => PathKind::Tcp,
             Step::SimultaneousOpen { .. } => PathKind::SimultaneousOpen,
-            Step::PunchQuic { .. } => PathKind::Quic,
+            Step::PunchQuic { .. } | Step::SprayQuic { .. } => PathKind::Quic,
             Step::Relay { .. } => PathKind::Relay,
         }
     }
@@ -142,8 +173,14 @@ pub fn plan_paths(input: &PlanInput<'_>) -> Vec<Step> {
         .map(|c| c.addr)
         .filter(|a| seen.insert(*a))
         .collect();
-    if options.allows(PathKind::Quic) && !lan_only && !targets.is_empty() {
-        steps.push(Step::PunchQuic { targets });
+    if options.allows(PathKind::Quic) && !lan_only {
+        if let Some(spray) = input.spray {
+            steps.push(Step::SprayQuic {
+                spray: spray.clone(),
+            });
+        } else if !targets.is_empty() {
+            steps.push(Step::PunchQuic { targets });
+        }
     }
     // The relay, after a head start for the direct paths (none when it is
     // the only path, or when both networks rule out a direct one).
@@ -252,6 +289,47 @@ pub fn direct_hopeless(
     Some(Hopeless { here, there })
 }
 
+/// Our part in port spraying, from both sides' network reports: when one
+/// NAT maps a new port per destination ([`UdpMapping::Varies`]) and the
+/// other keeps one ([`UdpMapping::Stable`]), a plain punch fails where the
+/// easy side filters by port, and spraying finds a pair of ports (see
+/// `ferry_connect::spray`). `None` otherwise, or when the peer sent no
+/// public UDP mapping. Both sides reach the same answer, mirrored.
+pub fn spray_role(
+    ours: &NetworkHint,
+    theirs: &NetworkHint,
+    their_candidates: &[Candidate],
+) -> Option<Spray> {
+    let their_mapping = their_candidates
+        .iter()
+        .find(|c| c.transport == Transport::Udp && c.kind == CandidateKind::Stun)?
+        .addr;
+    match (ours.udp, theirs.udp) {
+        (UdpMapping::Varies, UdpMapping::Stable) => Some(Spray::Hard {
+            easy: their_mapping,
+        }),
+        (UdpMapping::Stable, UdpMapping::Varies) => {
+            let hard_ip = their_mapping.ip();
+            let predicted = theirs
+                .udp_ports
+                .map(|[first, second]| {
+                    // Two different destinations; which ones does not matter.
+                    let to = |port| SocketAddr::new(hard_ip, port);
+                    ferry_connect::spray::predict_ports(
+                        &[
+                            (SocketAddr::new(hard_ip, first), to(1)),
+                            (SocketAddr::new(hard_ip, second), to(2)),
+                        ],
+                        ferry_connect::spray::SprayConfig::default().sockets,
+                    )
+                })
+                .unwrap_or_default();
+            Some(Spray::Easy { hard_ip, predicted })
+        }
+        _ => None,
+    }
+}
+
 /// A TCP path to a private, link-local or loopback address is a LAN path.
 pub fn tcp_kind(remote: SocketAddr) -> PathKind {
     use ferry_nat::AddrClass as C;
@@ -324,6 +402,7 @@ mod tests {
             listening: true,
             relay_token: true,
             hopeless: false,
+            spray: None,
         }
     }
 
@@ -624,6 +703,7 @@ mod tests {
         let hint = |udp, kept| NetworkHint {
             udp,
             tcp_port_kept: Some(kept),
+            udp_ports: None,
         };
         let tcp = |addr: &str, kind| Candidate {
             addr: addr.parse().unwrap(),
@@ -681,5 +761,95 @@ mod tests {
         // The server-observed address is no listener.
         let observed = [tcp("198.51.100.2:4000", CandidateKind::ServerObserved)];
         assert!(direct_hopeless(&symmetric, &symmetric, &observed, &observed).is_some());
+    }
+
+    #[test]
+    fn one_varying_nat_sprays_in_mirrored_parts_instead_of_punching() {
+        let hint = |udp, ports| NetworkHint {
+            udp,
+            tcp_port_kept: Some(false),
+            udp_ports: ports,
+        };
+        let easy = hint(UdpMapping::Stable, None);
+        let random = hint(UdpMapping::Varies, Some([40001, 51234]));
+        let stepping = hint(UdpMapping::Varies, Some([40001, 40003]));
+        let easy_candidates = [cand(
+            "198.51.100.2:7000",
+            Transport::Udp,
+            CandidateKind::Stun,
+            900,
+        )];
+        let hard_candidates = [cand(
+            "203.0.113.9:40001",
+            Transport::Udp,
+            CandidateKind::Stun,
+            900,
+        )];
+        // The hard side sprays towards the easy side's mapping.
+        assert_eq!(
+            spray_role(&random, &easy, &easy_candidates),
+            Some(Spray::Hard {
+                easy: "198.51.100.2:7000".parse().unwrap()
+            })
+        );
+        // The easy side probes the hard side's address, predicted ports
+        // first when its NAT steps.
+        assert_eq!(
+            spray_role(&easy, &random, &hard_candidates),
+            Some(Spray::Easy {
+                hard_ip: "203.0.113.9".parse().unwrap(),
+                predicted: Vec::new()
+            })
+        );
+        match spray_role(&easy, &stepping, &hard_candidates) {
+            Some(Spray::Easy { predicted, .. }) => {
+                assert_eq!(predicted[..3], [40005, 40007, 40009])
+            }
+            other => panic!("expected the easy part, got {other:?}"),
+        }
+        // Both easy, both hard, unknown, or no mapping of the peer: no spraying.
+        assert_eq!(spray_role(&easy, &easy, &easy_candidates), None);
+        assert_eq!(spray_role(&random, &random, &hard_candidates), None);
+        assert_eq!(
+            spray_role(&easy, &NetworkHint::default(), &hard_candidates),
+            None
+        );
+        assert_eq!(spray_role(&easy, &random, &[]), None);
+
+        // In the plan the spray takes the punch's place; TCP and the relay stay.
+        let spray = Spray::Easy {
+            hard_ip: "203.0.113.9".parse().unwrap(),
+            predicted: Vec::new(),
+        };
+        let theirs = peer();
+        let steps = plan_paths(&PlanInput {
+            spray: Some(&spray),
+            ..input(&theirs, true)
+        });
+        assert!(
+            steps.contains(&Step::SprayQuic {
+                spray: spray.clone()
+            }),
+            "{steps:?}"
+        );
+        assert!(
+            !steps.iter().any(|s| matches!(s, Step::PunchQuic { .. })),
+            "{steps:?}"
+        );
+        assert!(steps.contains(&Step::AcceptTcp));
+        assert!(matches!(steps.last(), Some(Step::Relay { .. })));
+        // Not when QUIC is not allowed.
+        let tcp_only = plan_paths(&PlanInput {
+            spray: Some(&spray),
+            options: SessionOptions {
+                force_path: Some(PathKind::Tcp),
+                ..SessionOptions::default()
+            },
+            ..input(&theirs, true)
+        });
+        assert!(
+            !tcp_only.iter().any(|s| s.kind() == PathKind::Quic),
+            "{tcp_only:?}"
+        );
     }
 }

@@ -350,7 +350,7 @@ fn verdict_text(verdict: Verdict) -> &'static str {
             "symmetric NAT, but its UPnP gateway maps ports: direct connections through the mapped port"
         }
         Verdict::Symmetric => {
-            "symmetric NAT: direct connections only with peers on open networks, otherwise the relay"
+            "symmetric NAT: direct connections with peers on open networks, and by port spraying with peers whose NAT keeps one port per socket; the relay with other symmetric NATs"
         }
         Verdict::UnknownPortPreserved => {
             "your NAT keeps ports, so direct connections will likely work; the server could not test NAT behaviour fully (it needs two IPs: ferry serve --stun-alt-ip)"

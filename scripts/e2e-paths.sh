@@ -51,7 +51,7 @@ transfer() {
     wait "$sender" || send_rc=$?
     local took=$((SECONDS - started))
     [ -n "${WANT_MAPPED_BY:-}" ] && check_mapped_by "$WANT_MAPPED_BY" "$send_out.log"
-    [ -n "${WANT_SPRAY:-}" ] && check_spray "$send_out.log" "$recv_out.log"
+    [ -n "${WANT_SPRAY:-}" ] && check_spray "$send_out" "$recv_out"
     if [ "$want" = fail ]; then
         expect "receiver exit code" 4 "$recv_rc"
         expect "sender exit code" 4 "$send_rc"
@@ -97,19 +97,21 @@ transfer() {
 
 # check_mapped_by WHAT SENDER_LOG: the sender's port mapping was made by WHAT
 # (a regex: "PCP|NAT-PMP"), nat-a's miniupnpd saw it, and it was deleted on exit
-# check_spray SEND_LOG RECV_LOG: both sides (run with -v) say port spraying
-# found the peer
+# check_spray SEND_JSON RECV_JSON: both sides (run with -v) say port
+# spraying found the peer, in the log and in the path event's found_by
 check_spray() {
-    local log side line
+    local json side line
     for side in sender receiver; do
-        log=$1
+        json=$1
         shift
-        line=$(sed -E 's/\x1b\[[0-9;]*m//g' "$log" | grep -oE "port spraying found the peer.*" | head -n1 || true)
+        line=$(sed -E 's/\x1b\[[0-9;]*m//g' "$json.log" | grep -oE "port spraying found the peer.*" | head -n1 || true)
         if [ -n "$line" ]; then
             pass "the $side: $(cut -c1-110 <<<"$line")"
         else
             fail "no 'port spraying found the peer' in the $side's log"
         fi
+        expect "found by ($side)" spray \
+            "$(jq -r 'select(.event == "path") | .found_by.method // "none"' "$json" | head -n1)"
     done
 }
 

@@ -208,6 +208,7 @@ pub fn announce_path(link: &ferry_session::PeerLink, out: &Output) {
             "connect_secs": link.connect_time.as_secs_f64(),
             "lost": lost,
             "relay_reason": link.relay_reason.as_ref().map(relay_reason),
+            "found_by": link.found_by.map(found_by_json),
             "relay_limits": link.relay_limits.map(|l| json!({
                 "max_bytes": l.max_bytes,
                 "max_secs": l.max_lifetime.map(|d| d.as_secs()),
@@ -225,15 +226,38 @@ pub fn announce_path(link: &ferry_session::PeerLink, out: &Output) {
             short_duration(link.connect_time)
         )),
         None => out.say(format!(
-            "Connected: {}, {} ⇄ {}, in {}",
+            "Connected: {}, {} ⇄ {}, in {}{}",
             link.path,
             link.local,
             link.remote,
-            short_duration(link.connect_time)
+            short_duration(link.connect_time),
+            match link.found_by {
+                Some(how) => format!(" (found by {how})"),
+                None => String::new(),
+            }
         )),
     }
     for (kind, why) in &link.lost {
         tracing::info!("{kind} lost: {why}");
+    }
+}
+
+/// How a direct path was found, for JSON: `method` (`punch`, `spray`,
+/// `port-mapping`) and, for spraying, `hard_here`, `probes` (null on the
+/// side that sprayed from many sockets) and `predicted`.
+fn found_by_json(how: ferry_session::FoundBy) -> serde_json::Value {
+    match how {
+        ferry_session::FoundBy::Spray {
+            hard_here,
+            probes,
+            predicted,
+        } => json!({
+            "method": how.code(),
+            "hard_here": hard_here,
+            "probes": probes,
+            "predicted": predicted,
+        }),
+        _ => json!({ "method": how.code() }),
     }
 }
 

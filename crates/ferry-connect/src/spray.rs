@@ -707,6 +707,15 @@ pub enum SprayError {
     },
 }
 
+/// What [`spray_easy`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EasySprayed {
+    /// The hard side's address that answered: where QUIC goes.
+    pub remote: SocketAddr,
+    /// Probes sent until then (predicted ones included).
+    pub probes: usize,
+}
+
 /// The hard side's winning socket, as [`spray_hard`] returns it.
 #[derive(Debug)]
 pub struct HardSprayed {
@@ -846,7 +855,7 @@ pub async fn spray_easy(
     predicted: &[u16],
     key: [u8; 32],
     config: SprayConfig,
-) -> Result<SocketAddr, SprayError> {
+) -> Result<EasySprayed, SprayError> {
     let started = tokio::time::Instant::now();
     let mut easy = EasySide::new(now(), key, hard_ip, predicted, config);
     let options = DriveOptions {
@@ -854,7 +863,12 @@ pub async fn spray_easy(
         ..DriveOptions::new("port spraying")
     };
     let why = match drive_udp(socket, &mut easy, options).await {
-        Some(Event::Found { remote, .. }) => return Ok(remote),
+        Some(Event::Found { remote, .. }) => {
+            return Ok(EasySprayed {
+                remote,
+                probes: easy.probes_sent(),
+            });
+        }
         Some(Event::Failed { why }) => why,
         None => SprayFailure::NoAnswer,
     };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ferry_connect::race::{PathFailure, PathId, PathKind, PeerStream};
 use ferry_connect::{ConnectError, DirectListener, Identity};
 use ferry_proto::pairing::SecureChannel;
-use ferry_proto::peer::Candidate;
+use ferry_proto::peer::{Candidate, CandidateKind};
 use ferry_rendezvous::{SignalClient, Welcome};
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
@@ -25,6 +25,8 @@ pub(crate) struct Established {
     pub(crate) remote: SocketAddr,
     /// On the relay path: the limits the relay set on the pair.
     pub(crate) relay_limits: Option<ferry_relay::PairLimits>,
+    /// How the path was found, where there is more than one way.
+    pub(crate) found_by: Option<FoundBy>,
 }
 
 pub(crate) type Attempt = std::pin::Pin<
@@ -91,7 +93,13 @@ impl Plan {
                 Box::pin(async move {
                     let (tls, remote) =
                         ferry_connect::connect_first(&targets, &connector, ACCEPT_TIMEOUT).await?;
-                    Ok(direct_tls(tls, tcp_kind(remote), remote))
+                    let mapped = targets
+                        .iter()
+                        .any(|c| c.addr == remote && c.kind == CandidateKind::Upnp);
+                    Ok(Established {
+                        found_by: mapped.then_some(FoundBy::PeerPortMapping),
+                        ..direct_tls(tls, tcp_kind(remote), remote)
+                    })
                 })
             }
             Step::SimultaneousOpen { remote } => {
@@ -174,6 +182,7 @@ impl Plan {
                         local,
                         remote: punched.remote,
                         relay_limits: None,
+                        found_by: Some(FoundBy::Punch),
                     })
                 })
             }
@@ -190,7 +199,8 @@ impl Plan {
                 let key = self.spray_key;
                 let mapped = self.udp_mapped;
                 Box::pin(async move {
-                    let (socket, remote, local) = spray_path(udp, spray, key, mapped).await?;
+                    let (socket, remote, local, found_by) =
+                        spray_path(udp, spray, key, mapped).await?;
                     let socket = socket
                         .into_std()
                         .map_err(|source| ConnectError::UdpSocket { source })?;
@@ -210,6 +220,7 @@ impl Plan {
                         local,
                         remote,
                         relay_limits: None,
+                        found_by: Some(found_by),
                     })
                 })
             }
@@ -278,7 +289,7 @@ async fn spray_path(
     spray: Spray,
     key: [u8; 32],
     mapped: Option<SocketAddr>,
-) -> Result<(UdpSocket, SocketAddr, SocketAddr), ConnectError> {
+) -> Result<(UdpSocket, SocketAddr, SocketAddr, FoundBy), ConnectError> {
     use ferry_connect::spray::{SprayConfig, bind_spray_sockets, spray_easy, spray_hard};
     let config = SprayConfig {
         seed: rand::random(),
@@ -301,21 +312,34 @@ async fn spray_path(
                 "port spraying found the peer (our NAT maps a port per destination)"
             );
             let local = won.socket.local_addr().unwrap_or(UNSPECIFIED);
-            Ok((won.socket, won.remote, local))
+            let found_by = FoundBy::Spray {
+                hard_here: true,
+                probes: None,
+                predicted: false,
+            };
+            Ok((won.socket, won.remote, local, found_by))
         }
         Spray::Easy { hard_ip, predicted } => {
-            let remote = spray_easy(&udp, hard_ip, &predicted, key, config).await?;
+            let found = spray_easy(&udp, hard_ip, &predicted, key, config).await?;
+            let remote = found.remote;
+            let predicted_hit = predicted.contains(&remote.port());
             info!(
                 %remote,
+                probes = found.probes,
                 predicted = predicted.len(),
-                predicted_hit = predicted.contains(&remote.port()),
+                predicted_hit,
                 after_ms = started.elapsed().as_millis() as u64,
                 "port spraying found the peer (its NAT maps a port per destination)"
             );
             let local = mapped
                 .or_else(|| udp.local_addr().ok())
                 .unwrap_or(UNSPECIFIED);
-            Ok((udp, remote, local))
+            let found_by = FoundBy::Spray {
+                hard_here: false,
+                probes: Some(found.probes),
+                predicted: predicted_hit,
+            };
+            Ok((udp, remote, local, found_by))
         }
     }
 }
@@ -402,6 +426,7 @@ fn direct_tls(
         kind,
         remote,
         relay_limits: None,
+        found_by: None,
     }
 }
 

@@ -339,6 +339,7 @@ pub(crate) async fn run_session(
         lost,
         relay_reason,
         relay_limits: established.relay_limits,
+        found_by: established.found_by,
         rejoin: None,
     })
 }

@@ -153,15 +153,96 @@ pub struct PeerLink {
     /// (reaching one ends the pipe; [`ferry_relay::PairLimits::explains`]
     /// tells such an end from a broken path).
     pub relay_limits: Option<ferry_relay::PairLimits>,
+    /// How the direct path was found, where ferry has more than one way.
+    pub found_by: Option<FoundBy>,
     /// How to find the peer again if this path breaks: set on the link of
     /// the first connection ([`Sender::connect`], [`receive`]), `None` on
     /// the links [`Rejoin::reconnect`] returns (keep using that `Rejoin`).
     pub rejoin: Option<Rejoin>,
 }
 
+/// How a direct path was found, where there is more than one way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoundBy {
+    /// A plain UDP hole punch.
+    Punch,
+    /// Port spraying (one NAT maps a new port per destination).
+    Spray {
+        /// Ours is that NAT (we sprayed from many sockets); otherwise we
+        /// probed the peer's ports.
+        hard_here: bool,
+        /// The probes we sent, when we probed.
+        probes: Option<usize>,
+        /// The port that answered was one we predicted.
+        predicted: bool,
+    },
+    /// A port the peer's gateway mapped for it (UPnP IGD, NAT-PMP or PCP).
+    PeerPortMapping,
+}
+
+impl FoundBy {
+    /// The code in `--json` output: `punch`, `spray` or `port-mapping`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FoundBy::Punch => "punch",
+            FoundBy::Spray { .. } => "spray",
+            FoundBy::PeerPortMapping => "port-mapping",
+        }
+    }
+}
+
+impl std::fmt::Display for FoundBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FoundBy::Punch => f.write_str("hole punching"),
+            FoundBy::Spray {
+                hard_here: true, ..
+            } => f.write_str("port spraying from 256 sockets"),
+            FoundBy::Spray {
+                probes, predicted, ..
+            } => {
+                f.write_str("port spraying")?;
+                if let Some(n) = probes {
+                    write!(f, ", {n} probe{}", if *n == 1 { "" } else { "s" })?;
+                }
+                if *predicted {
+                    f.write_str(", predicted port")?;
+                }
+                Ok(())
+            }
+            FoundBy::PeerPortMapping => f.write_str("the peer's mapped port"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn how_a_path_was_found_reads_well() {
+        let easy = FoundBy::Spray {
+            hard_here: false,
+            probes: Some(1),
+            predicted: true,
+        };
+        assert_eq!(easy.to_string(), "port spraying, 1 probe, predicted port");
+        let easy = FoundBy::Spray {
+            hard_here: false,
+            probes: Some(219),
+            predicted: false,
+        };
+        assert_eq!(easy.to_string(), "port spraying, 219 probes");
+        let hard = FoundBy::Spray {
+            hard_here: true,
+            probes: None,
+            predicted: false,
+        };
+        assert_eq!(hard.to_string(), "port spraying from 256 sockets");
+        assert_eq!(hard.code(), "spray");
+        assert_eq!(FoundBy::Punch.code(), "punch");
+        assert_eq!(FoundBy::PeerPortMapping.code(), "port-mapping");
+    }
 
     #[test]
     fn forced_paths_allow_what_they_say() {

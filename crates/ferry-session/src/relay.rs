@@ -51,5 +51,6 @@ pub(crate) async fn relay_path(
         local,
         remote: relay,
         relay_limits: Some(limits),
+        found_by: None,
     })
 }

@@ -659,13 +659,15 @@ async fn drivers_find_each_other_on_loopback() {
         ..SprayConfig::default()
     };
     let hard = tokio::spawn(spray_hard(sockets, easy_addr, KEY, config));
-    let remote = tokio::time::timeout(
+    let found = tokio::time::timeout(
         Duration::from_secs(5),
         spray_easy(&easy_socket, localhost, &hard_ports, KEY, config),
     )
     .await
     .unwrap()
     .unwrap();
+    let remote = found.remote;
+    assert!((1..=hard_ports.len()).contains(&found.probes), "{found:?}");
     let hard = tokio::time::timeout(Duration::from_secs(5), hard)
         .await
         .unwrap()

@@ -571,5 +571,17 @@ fn sweep_of_budgets_sockets_and_nats() {
             print("sequential ⇄ sequential", sockets, budget, &row);
             assert!(row.found >= 190, "{row:?}");
         }
+        for budget in [2048, 8192] {
+            // Side 0 predictable, side 1 random: side 1 hits side 0's
+            // ports, but side 0 still has to guess side 1's source ports.
+            let row = measure(200, |seed| Setup {
+                nats: [
+                    Setup::sequential(seed, sockets, budget).nats[0],
+                    random_nat(seed ^ 0x5eed_1111),
+                ],
+                ..Setup::sequential(seed, sockets, budget)
+            });
+            print("sequential ⇄ random", sockets, budget, &row);
+        }
     }
 }

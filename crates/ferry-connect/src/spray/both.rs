@@ -79,12 +79,12 @@
 //! random ⇄ random    512      (identical rows: the socket count does not enter)
 //! sequential ⇄ seq.  256      2,048        200/200                 163     0.073
 //! sequential ⇄ seq.  256/512  8,192/32,768 200/200 (same: found before 2,048)
-//! sequential ⇄ rand. 256      2,048          4/200   3.2 %         995     0.24
+//! sequential ⇄ rand. 256      2,048          4/200   1.8 %*        995     0.24
 //! sequential ⇄ rand. 256      8,192          6/200   3.3 %*      1,113     0.26
 //! ```
 //!
-//! (* 1.7 % from the 1,088 predicted ports, see below, and 1.6 % from the
-//! random probes after them, as random ⇄ random.)
+//! (* 1.7 % from the 1,088 predicted ports, see below, plus what the
+//! random probes after them add, as random ⇄ random: 0.1 % and 1.6 %.)
 //!
 //! (sequential: step 1..=7, 0..49 and 0..29 foreign mappings on the two
 //! NATs, varying with the seed.)
@@ -106,9 +106,10 @@
 //! relay too. The random side's probe `k + f` reaches the predictable
 //! side's next mapping, but only the predictable side's probe `k` to that
 //! probe's random source port opens the pair, so the odds are linear,
-//! about 1 / 64,512 per predicted port walked (3.2 % for 2,048; measured
-//! 4/200, and 6/200 at 8,192 once the 1,088 predicted ports are spent;
-//! walking 32,768 predicted ports would give about 40 %). The socket count does not matter here (each probe
+//! about 1 / 64,512 per predicted port walked (1.7 % for the 1,088 that
+//! `predict_ports(observed, PREDICTION_DEPTH)` gives; measured 4/200 at
+//! 2,048 and 6/200 at 8,192; walking 32,768 predicted ports would give
+//! about 40 %, at random ⇄ random's cost in mappings). The socket count does not matter here (each probe
 //! makes its own mapping), so a handful of sockets would do as well as 256.
 
 use std::collections::{HashSet, VecDeque};

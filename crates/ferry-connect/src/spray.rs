@@ -75,6 +75,8 @@ use tracing::debug;
 
 use crate::punch::{Kind, Probe, Transmit, decode, encode};
 
+pub mod both;
+
 /// The context string for `SecureChannel::derive_secret` that gives the
 /// spray key (from the same secret as punch's
 /// [`PROBE_KEY_CONTEXT`](crate::punch::PROBE_KEY_CONTEXT)).

@@ -87,9 +87,12 @@ pub enum Command {
 /// `ferry nat`.
 #[derive(Debug, Args)]
 pub struct NatArgs {
-    /// UDP port of the server's STUN responder.
-    #[arg(long, default_value_t = 3478, value_name = "PORT")]
-    pub stun_port: u16,
+    /// UDP port of the server's STUN responder. By default the port the
+    /// server announces when ferry connects to it (3478 when the server
+    /// cannot be reached over TCP or announces none); give it to test
+    /// another port.
+    #[arg(long, value_name = "PORT")]
+    pub stun_port: Option<u16>,
 
     #[command(flatten)]
     pub server: ServerArg,

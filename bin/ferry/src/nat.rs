@@ -129,9 +129,14 @@ fn unreachable(server: &str, rendezvous: &RendezvousReport) -> anyhow::Error {
     ))
 }
 
+/// The STUN port asked when neither `--stun-port` nor the server's
+/// welcome names one.
+const DEFAULT_STUN_PORT: u16 = 3478;
+
 /// Runs every check against `server` (HOST:PORT of the rendezvous server,
-/// whose STUN responder listens on `stun_port` of the same host).
-pub async fn check(server: &str, stun_port: u16) -> Result<Report> {
+/// whose STUN responder listens on the same host: on `stun_port` when
+/// given, else on the port the server's welcome announces).
+pub async fn check(server: &str, stun_port: Option<u16>) -> Result<Report> {
     let interfaces = ferry_nat::interfaces()
         .into_iter()
         .map(|i| InterfaceReport {
@@ -144,18 +149,20 @@ pub async fn check(server: &str, stun_port: u16) -> Result<Report> {
         .rsplit_once(':')
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
         .unwrap_or_else(|| server.to_string());
-    let stun_server = tokio::net::lookup_host((host.as_str(), stun_port))
-        .await
-        .ok()
-        .and_then(|mut addrs| addrs.find(SocketAddr::is_ipv4));
-
-    let (rendezvous, (udp, nat), tcp, upnp, pmp) = tokio::join!(
-        check_rendezvous(server),
-        check_udp(stun_server),
-        check_tcp(stun_server),
-        check_upnp(),
-        check_pmp()
-    );
+    // The rendezvous server first: its welcome names the STUN port (the
+    // gateway probes run meanwhile).
+    let network = async {
+        let (rendezvous, announced) = check_rendezvous(server).await;
+        let stun_port = stun_port.or(announced).unwrap_or(DEFAULT_STUN_PORT);
+        let stun_server = tokio::net::lookup_host((host.as_str(), stun_port))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.find(SocketAddr::is_ipv4));
+        let (udp, tcp) = tokio::join!(check_udp(stun_server), check_tcp(stun_server));
+        (rendezvous, stun_server, udp, tcp)
+    };
+    let ((rendezvous, stun_server, (udp, nat), tcp), upnp, pmp) =
+        tokio::join!(network, check_upnp(), check_pmp());
     if !rendezvous.reachable && stun_server.is_none() {
         return Err(unreachable(server, &rendezvous));
     }
@@ -186,22 +193,28 @@ pub async fn check(server: &str, stun_port: u16) -> Result<Report> {
     })
 }
 
-async fn check_rendezvous(server: &str) -> RendezvousReport {
+/// The rendezvous part of the report, and the STUN port the welcome
+/// announces.
+async fn check_rendezvous(server: &str) -> (RendezvousReport, Option<u16>) {
     match SignalClient::connect(server).await {
         Ok((client, welcome)) => {
             let _ = client.release(None).await;
-            RendezvousReport {
+            let report = RendezvousReport {
                 reachable: true,
                 local: Some(welcome.local_addr),
                 observed: Some(welcome.observed_addr),
                 port_preserved: Some(welcome.local_addr.port() == welcome.observed_addr.port()),
                 error: None,
-            }
+            };
+            (report, welcome.stun_port)
         }
-        Err(e) => RendezvousReport {
-            error: Some(crate::advice::signal_text(&e)),
-            ..RendezvousReport::default()
-        },
+        Err(e) => {
+            let report = RendezvousReport {
+                error: Some(crate::advice::signal_text(&e)),
+                ..RendezvousReport::default()
+            };
+            (report, None)
+        }
     }
 }
 

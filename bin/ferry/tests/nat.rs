@@ -3,9 +3,9 @@
 //! so every mapped address is the local one, every port is kept, and
 //! everything answers; a closed port answers nothing.
 //!
-//! `ferry nat` asks STUN at its own `--stun-port` (default 3478), not at
-//! the port the server's welcome announces (issue 15), so these tests pass
-//! the port the server reports in its `listening` event.
+//! The server's STUN responder listens on a port of its choosing: `ferry
+//! nat` must ask at the port the welcome announces (`--stun-port` only
+//! overrides it).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -27,7 +27,7 @@ fn nat_json_on_loopback_sees_no_nat_and_reaches_everything() {
     let server = Server::start_with(&["--stun-alt-ip", "127.0.0.2"]);
     assert_eq!(server.listening["rfc5780"], true);
     let stun = stun_addr(&server);
-    let mut nat = nat(&server.addr, stun.port(), true);
+    let mut nat = nat(&server.addr, None, true);
     let report = nat.wait_event("nat", REPORT_WITHIN);
     assert_eq!(nat.finish(), 0, "{report} {}", nat.stderr_text());
 
@@ -96,7 +96,7 @@ fn nat_human_output_on_loopback_says_reachable_and_ports_kept() {
     // tested, and the verdict says what the server needs for that.
     let server = Server::start();
     let stun = stun_addr(&server);
-    let mut nat = nat(&server.addr, stun.port(), false);
+    let mut nat = nat(&server.addr, None, false);
     let verdict = nat.wait_line(|l| l.starts_with("Verdict: "), REPORT_WITHIN);
     assert_eq!(nat.finish(), 0, "{:?} {}", nat.seen, nat.stderr_text());
     let said = nat.seen.join("\n");
@@ -127,6 +127,29 @@ fn nat_human_output_on_loopback_says_reachable_and_ports_kept() {
 }
 
 #[test]
+fn stun_port_overrides_the_announced_one() {
+    let server = Server::start();
+    let announced = stun_addr(&server);
+    // Nothing listens on this UDP port.
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    assert_ne!(closed, announced.port());
+    let mut nat = nat(&server.addr, Some(closed), true);
+    let report = nat.wait_event("nat", REPORT_WITHIN);
+    assert_eq!(nat.finish(), 0, "{report} {}", nat.stderr_text());
+    assert_eq!(
+        report["stun_server"],
+        format!("127.0.0.1:{closed}"),
+        "{report}"
+    );
+    assert_eq!(report["udp"]["blocked"], true, "{report}");
+    assert_eq!(report["rendezvous"]["reachable"], true, "{report}");
+}
+
+#[test]
 fn nat_at_a_closed_port_exits_4_and_names_the_address() {
     // Nothing listens here, for TCP (signalling, STUN over TCP) or UDP.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -141,8 +164,8 @@ fn nat_at_a_closed_port_exits_4_and_names_the_address() {
         .port();
     let server = format!("127.0.0.1:{port}");
     // Both at once: each waits out its probes.
-    let mut json = nat(&server, stun_port, true);
-    let mut human = nat(&server, stun_port, false);
+    let mut json = nat(&server, Some(stun_port), true);
+    let mut human = nat(&server, Some(stun_port), false);
 
     let report = json.wait_event("nat", REPORT_WITHIN);
     assert_eq!(report["verdict"]["code"], "unreachable", "{report}");
@@ -170,11 +193,14 @@ fn nat_at_a_closed_port_exits_4_and_names_the_address() {
     );
 }
 
-/// Starts `ferry nat` against `server`, asking STUN at `stun_port`.
-fn nat(server: &str, stun_port: u16, json: bool) -> Proc {
+/// Starts `ferry nat` against `server`, asking STUN at `stun_port` when
+/// given (else where the server's welcome says).
+fn nat(server: &str, stun_port: Option<u16>, json: bool) -> Proc {
     let mut cmd = ferry();
-    cmd.args(["nat", "--server", server, "--stun-port"])
-        .arg(stun_port.to_string());
+    cmd.args(["nat", "--server", server]);
+    if let Some(port) = stun_port {
+        cmd.arg("--stun-port").arg(port.to_string());
+    }
     if json {
         cmd.arg("--json");
     }

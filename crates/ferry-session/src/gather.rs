@@ -52,9 +52,10 @@ pub(crate) struct Gathered {
 /// The UPnP search and mapping, in the background.
 pub(crate) type UpnpTask = tokio::task::JoinHandle<Option<Mapped>>;
 
-/// Binds the UDP socket (and, for the sender, the TCP listener), learns the
-/// UDP mapping from the server's STUN responder and, for the sender, maps
-/// both ports on a UPnP gateway when there is one.
+/// Binds the UDP socket (and, with `listen`, the TCP listener: both sides
+/// listen now), learns the UDP mapping from the server's STUN responder
+/// and, with `upnp`, maps both ports on the gateway when it lets us
+/// ([`map_ports`]).
 pub(crate) async fn gather(
     stun: Option<SocketAddr>,
     second_port: Option<u16>,

@@ -6,6 +6,7 @@
 //! during the race ([`Upnp`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_connect::{ConnectError, DirectListener};
@@ -175,6 +176,13 @@ pub(crate) struct Mapped {
 pub(crate) enum PortGuard {
     Upnp(MappingGuard),
     Pmp(PmpGuard),
+    /// The first protocol's guard while the other's attempt may still
+    /// settle: `closed` says it is closed, so that the other does not let
+    /// go of a rule they share after it was removed ([`settle_loser`]).
+    First {
+        guard: Box<PortGuard>,
+        closed: Arc<tokio::sync::Mutex<bool>>,
+    },
     /// Records what was done with it, for tests without a gateway.
     #[cfg(test)]
     Fake(tests::FakeGuard),
@@ -186,6 +194,11 @@ impl PortGuard {
         match self {
             PortGuard::Upnp(guard) => guard.close().await.map_err(|e| e.to_string()),
             PortGuard::Pmp(guard) => guard.close().await.map_err(|e| e.to_string()),
+            PortGuard::First { guard, closed } => {
+                let mut closed = closed.lock().await;
+                *closed = true;
+                Box::pin(guard.close()).await
+            }
             #[cfg(test)]
             PortGuard::Fake(guard) => {
                 guard.record("closed");
@@ -200,6 +213,7 @@ impl PortGuard {
         match self {
             PortGuard::Upnp(guard) => guard.forget(),
             PortGuard::Pmp(guard) => guard.forget(),
+            PortGuard::First { guard, .. } => guard.forget(),
             #[cfg(test)]
             PortGuard::Fake(guard) => guard.record("forgotten"),
         }
@@ -236,7 +250,7 @@ async fn first_mapped(mut first: MapTask, mut second: MapTask) -> Option<Mapped>
         done = &mut first => (done, second),
         done = &mut second => (done, first),
     };
-    let Some(winner) = usable(done).await else {
+    let Some(mut winner) = usable(done).await else {
         return usable(other.await).await;
     };
     let taken: Vec<(Transport, SocketAddr)> = winner
@@ -244,9 +258,18 @@ async fn first_mapped(mut first: MapTask, mut second: MapTask) -> Option<Mapped>
         .iter()
         .map(|c| (c.transport, c.addr))
         .collect();
+    let closed = Arc::new(tokio::sync::Mutex::new(false));
+    if let Some(guard) = winner.guard.take() {
+        winner.guard = Some(PortGuard::First {
+            guard: Box::new(guard),
+            closed: Arc::clone(&closed),
+        });
+    }
     tokio::spawn(async move {
         if let Some(loser) = usable(other.await).await {
-            settle_loser(loser, &taken).await;
+            // The winner's removal and this settlement do not interleave.
+            let closed = closed.lock().await;
+            settle_loser(loser, &taken, *closed).await;
         }
     });
     Some(winner)
@@ -270,14 +293,18 @@ async fn usable(done: Result<Option<Mapped>, tokio::task::JoinError>) -> Option<
 /// them is one the winner holds (the same external address: a gateway with
 /// one table behind UPnP and PCP/NAT-PMP hands both the same rule), which
 /// removing would take from the winner; then its guard lets go instead.
-async fn settle_loser(loser: Mapped, taken: &[(Transport, SocketAddr)]) {
+/// When the winner's mappings are gone already (`winner_closed`: a short
+/// race), the loser's are removed whatever they are: a rule it shares was
+/// made anew by it after the winner removed it.
+async fn settle_loser(loser: Mapped, taken: &[(Transport, SocketAddr)], winner_closed: bool) {
     let Some(guard) = loser.guard else {
         return;
     };
-    let shared = loser
-        .candidates
-        .iter()
-        .any(|c| taken.contains(&(c.transport, c.addr)));
+    let shared = !winner_closed
+        && loser
+            .candidates
+            .iter()
+            .any(|c| taken.contains(&(c.transport, c.addr)));
     if shared {
         debug!(candidates = ?loser.candidates, "the other protocol mapped the same ports; leaving them to the first");
         guard.forget();
@@ -560,6 +587,20 @@ mod tests {
         assert_eq!(addrs(&winner), ["203.0.113.1:4000".parse().unwrap()]);
         go_pmp.send(()).unwrap();
         assert_eq!(settled(&log, 1).await, ["pmp forgotten"]);
+    }
+
+    #[tokio::test]
+    async fn a_shared_rule_made_after_the_first_was_removed_is_removed_too() {
+        // A short race: the first protocol's guard is closed before the
+        // other's attempt ends; the rule that one made anew must go.
+        let log = Arc::default();
+        let (go_upnp, upnp) = attempt(Some(mapped("upnp", &["203.0.113.1:4000"], &log)));
+        let (go_pmp, pmp) = attempt(Some(mapped("pmp", &["203.0.113.1:4000"], &log)));
+        go_pmp.send(()).unwrap();
+        let winner = first_mapped(upnp, pmp).await.unwrap();
+        winner.guard.unwrap().close().await.unwrap();
+        go_upnp.send(()).unwrap();
+        assert_eq!(settled(&log, 2).await, ["pmp closed", "upnp closed"]);
     }
 
     #[tokio::test]

@@ -51,6 +51,7 @@ transfer() {
     wait "$sender" || send_rc=$?
     local took=$((SECONDS - started))
     [ -n "${WANT_MAPPED_BY:-}" ] && check_mapped_by "$WANT_MAPPED_BY" "$send_out.log"
+    [ -n "${WANT_RECV_MAPPED_BY:-}" ] && check_mapped_by "$WANT_RECV_MAPPED_BY" "$recv_out.log" receiver nat-b
     [ -n "${WANT_SPRAY:-}" ] && check_spray "$send_out" "$recv_out"
     if [ "$want" = fail ]; then
         expect "receiver exit code" 4 "$recv_rc"
@@ -95,8 +96,6 @@ transfer() {
     TABLE+=("$(printf '%-34s %-22s %8.2f s %6s MiB/s' "$CASE" "$want" "$connect" "$rate")")
 }
 
-# check_mapped_by WHAT SENDER_LOG: the sender's port mapping was made by WHAT
-# (a regex: "PCP|NAT-PMP"), nat-a's miniupnpd saw it, and it was deleted on exit
 # check_spray SEND_JSON RECV_JSON: both sides (run with -v) say port
 # spraying found the peer, in the log and in the path event's found_by
 check_spray() {
@@ -115,31 +114,34 @@ check_spray() {
     done
 }
 
+# check_mapped_by WHAT LOG [SIDE ROUTER]: SIDE's (default the sender's) TCP
+# port mapping was made by WHAT (a regex: "PCP|NAT-PMP"), ROUTER's (default
+# nat-a's) miniupnpd saw it, and it was deleted on exit
 check_mapped_by() {
-    local what=$1 log=$2 line
+    local what=$1 log=$2 side=${3:-sender} router=${4:-nat-a} line
     line=$(sed -E 's/\x1b\[[0-9;]*m//g' "$log" | grep -oE "port mapped by ($what) .*protocol=TCP.*" | head -n1 || true)
     if [ -n "$line" ]; then
-        pass "the sender's TCP mapping: $(cut -c1-110 <<<"$line")"
+        pass "the $side's TCP mapping: $(cut -c1-110 <<<"$line")"
     else
-        fail "no 'port mapped by $what ... protocol=TCP' in the sender's log"
+        fail "no 'port mapped by $what ... protocol=TCP' in the $side's log"
     fi
     local mlog
-    mlog=$(lab_state_dir)/logs/miniupnpd-nat-a.log
+    mlog=$(lab_state_dir)/logs/miniupnpd-$router.log
     local seen
     seen=$(grep -E "PCP request received|PCP MAP|NAT-PMP.*(request|mapping)" "$mlog" 2>/dev/null | head -n1 | cut -c1-110 || true)
     if [ -n "$seen" ]; then
-        pass "miniupnpd on nat-a saw: $seen"
+        pass "miniupnpd on $router saw: $seen"
     else
-        fail "miniupnpd on nat-a logged no PCP/NAT-PMP request ($mlog)"
+        fail "miniupnpd on $router logged no PCP/NAT-PMP request ($mlog)"
     fi
-    # The guard deletes the mappings when the sender is done.
+    # The guard deletes the mappings when the $side is done.
     local chain rules
-    if chain=$(lab exec nat-a -- nft list chain inet upnpnat prerouting_miniupnpd 2>&1); then
+    if chain=$(lab exec "$router" -- nft list chain inet upnpnat prerouting_miniupnpd 2>&1); then
         rules=$(grep -c dnat <<<"$chain" || true)
     else
         rules="(cannot list miniupnpd's chain: $chain)"
     fi
-    expect "mappings left on nat-a after the transfer" 0 "$rules"
+    expect "mappings left on $router after the transfer" 0 "$rules"
 }
 lab_state_dir() { if [ -n "${FERRY_LAB_ID:-}" ]; then echo "/run/ferry-lab-$FERRY_LAB_ID"; else echo /run/ferry-lab; fi; }
 
@@ -164,6 +166,20 @@ transfer "NAT-PMP/PCP, sender 443-only, no relay" tcp 198.51.100.2 nat --a tcp44
 SERVER_EXTRA=()
 WANT_MAPPED_BY=
 SEND_EXTRA=()
+# Only the receiver's gateway maps: the receiver behind a NAT that lets only
+# TCP 443 out (no UDP, no simultaneous open, no connect to the sender), the
+# sender's NAT without UPnP, no relay: the one way is the sender connecting
+# to the receiver's mapped TCP port.
+SERVER_EXTRA=(--no-relay)
+transfer "UPnP on the receiver's gateway only, receiver 443-only, no relay" tcp 198.51.100.2 \
+    nat --a port-restricted --b tcp443-only --upnp --upnp-on b
+RECV_EXTRA=(-v)
+WANT_RECV_MAPPED_BY="PCP|NAT-PMP"
+transfer "NAT-PMP/PCP on the receiver's gateway only, receiver 443-only, no relay" tcp 198.51.100.2 \
+    nat --a port-restricted --b tcp443-only --pmp --upnp-on b
+WANT_RECV_MAPPED_BY=
+RECV_EXTRA=()
+SERVER_EXTRA=()
 transfer "double NAT (outer in 100.64/10)" quic 198.51.100.34 double-nat
 transfer "port-restricted, 2% loss" quic 198.51.100.2 port-restricted --loss nat-a:2 --loss nat-b:2
 # Both NAT reports rule out a direct path: the relay starts at once.

@@ -60,6 +60,8 @@
 #   --same-lan           a and b share nat-a's LAN (b becomes 10.0.1.11; no nat-b)
 #   --upnp               run miniupnpd on every NAT router that NATs (implies --stun)
 #   --pmp                the same with UPnP IGD off: NAT-PMP/PCP only
+#   --upnp-on a|b|both   which NATs run miniupnpd with --upnp/--pmp (or the upnp/pmp
+#                        topologies): nat-a, nat-b, or both (default both)
 #   --stun               start coturn's turnserver (STUN only, RFC 5780) on `server`
 #   --loss HOST:PERCENT[:in|out|both]   like `set loss`, repeatable
 #   --rate HOST:RATE                    like `set rate`, repeatable
@@ -582,7 +584,7 @@ write_state() {
 cmd_up() {
     local topo=${1:-}; [ $# -gt 0 ] && shift
     [ -n "$topo" ] || die "usage: lab.sh up TOPOLOGY [options] (topologies: $TOPOLOGIES)"
-    local ka=port-restricted kb=port-restricted kcgn='' same_lan='' upnp='' stun='' losses=() rates=() delay=''
+    local ka=port-restricted kb=port-restricted kcgn='' same_lan='' upnp='' upnp_on=both stun='' losses=() rates=() delay=''
     case $topo in
         public) ka=none kb=none ;;
         full-cone|port-restricted|symmetric|udp-blocked|tcp443-only) ka=$topo kb=$topo ;;
@@ -601,6 +603,7 @@ cmd_up() {
             --same-lan) same_lan=1 ;;
             --upnp) upnp=1 ;;
             --pmp) upnp=pmp ;;
+            --upnp-on) upnp_on=${2:?--upnp-on needs a, b or both}; shift ;;
             --stun) stun=1 ;;
             --loss) losses+=("${2:?--loss needs HOST:PERCENT[:DIR]}"); shift ;;
             --rate) rates+=("${2:?--rate needs HOST:RATE}"); shift ;;
@@ -614,6 +617,10 @@ cmd_up() {
     for k in "$ka" "$kb" ${kcgn:+"$kcgn"}; do
         [[ " $KINDS " == *" $k "* ]] || die "unknown NAT kind '$k' (kinds: $KINDS)"
     done
+    case $upnp_on in
+        a|b|both) ;;
+        *) die "--upnp-on takes a, b or both, not '$upnp_on'" ;;
+    esac
     [ -n "$upnp" ] && stun=1
     local upnp_mode=upnp
     [ "$upnp" = pmp ] && upnp_mode=pmp
@@ -732,6 +739,7 @@ cmd_up() {
         echo "KIND_CGN=${kcgn:-}"
         echo "SAME_LAN=${same_lan:-0}"
         echo "UPNP=${upnp:-0}"
+        echo "UPNP_ON=$upnp_on"
     } >"$STATE/topology.new"
 
     # knobs
@@ -749,13 +757,16 @@ cmd_up() {
     # daemons
     [ -n "$stun" ] && stun_start
     if [ -n "$upnp" ]; then
-        for h in nat-a nat-b; do
+        local on=(nat-a nat-b)
+        [ "$upnp_on" = a ] && on=(nat-a)
+        [ "$upnp_on" = b ] && on=(nat-b)
+        for h in "${on[@]}"; do
             host_exists "$h" && [ "${HOSTS_KIND[$h]}" != none ] && miniupnpd_start "$h" "$upnp_mode"
         done
     fi
     mv "$STATE/topology.new" "$STATE/topology"
     trap - EXIT
-    say "lab up: $topo (nat-a: $ka, b: $(sed -n 's/^KIND_B=//p' "$STATE/topology")${kcgn:+, cgn: $kcgn}${upnp:+, miniupnpd ($upnp_mode)}${stun:+, stun on server})"
+    say "lab up: $topo (nat-a: $ka, b: $(sed -n 's/^KIND_B=//p' "$STATE/topology")${kcgn:+, cgn: $kcgn}${upnp:+, miniupnpd ($upnp_mode, on $upnp_on)}${stun:+, stun on server})"
 }
 
 # do_down [--force]: everything `up` made goes, in reverse order; bounded waits

@@ -305,8 +305,8 @@ pub const AFTER_PEER_LEFT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NomineeAction {
     /// Tell the controlling side that this path failed here (only direct
-    /// TCP, once no TCP attempt of ours is left: the controlling side's
-    /// accept waits for our connects).
+    /// TCP, once no TCP attempt of ours is left, pending or up: the
+    /// controlling side's accept waits for our connects).
     Report {
         /// The path.
         kind: PathKind,
@@ -375,7 +375,13 @@ impl Nominee {
     /// A path attempt failed.
     pub fn handle_failed(&mut self, now: Instant, id: PathId, why: String) {
         if let Some(kind) = self.pending.remove(&id) {
-            let tcp_left = self.pending.values().any(|k| *k == PathKind::Tcp);
+            // A TCP path up here (the controlling side connected to our
+            // listener) is no failure to report either.
+            let tcp_left = self
+                .pending
+                .values()
+                .chain(self.awaiting.values())
+                .any(|k| *k == PathKind::Tcp);
             if kind == PathKind::Tcp && !tcp_left && !self.done {
                 self.actions.push(NomineeAction::Report {
                     kind,
@@ -550,6 +556,22 @@ mod tests {
             n.failures(),
             [(PathKind::Tcp, PathFailure::Failed("refused".into()))]
         );
+    }
+
+    #[test]
+    fn a_tcp_path_accepted_here_is_no_tcp_failure_to_report() {
+        // Our listener took the controlling side's connection; our own
+        // connect to its listener then fails.
+        let t0 = Instant::now();
+        let mut n = Nominee::new(t0, Duration::from_secs(25));
+        n.handle_started(0, PathKind::Tcp);
+        n.handle_started(1, PathKind::Tcp);
+        n.handle_established(0);
+        assert_eq!(n.poll_action(), Some(NomineeAction::Await(0)));
+        n.handle_failed(t0, 1, "refused".into());
+        assert_eq!(n.poll_action(), None, "no report while a TCP path is up");
+        n.handle_nominated(0);
+        assert_eq!(n.poll_action(), Some(NomineeAction::Use(0)));
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Gathering our candidates while the peer is on its way: the UDP socket
-//! and its STUN mapping, the TCP listener, port mappings (UPnP IGD, else
-//! NAT-PMP/PCP, [`map_ports`]). A UPnP search
+//! and its STUN mapping, the TCP listener, port mappings (UPnP IGD and
+//! NAT-PMP/PCP at once, [`map_ports`]). A UPnP search
 //! still running when the hello goes out does not hold it up (unless the
 //! peer is an older ferry, see [`upnp_result`]): its candidates follow
 //! during the race ([`Upnp`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_connect::{ConnectError, DirectListener};
@@ -52,9 +53,10 @@ pub(crate) struct Gathered {
 /// The UPnP search and mapping, in the background.
 pub(crate) type UpnpTask = tokio::task::JoinHandle<Option<Mapped>>;
 
-/// Binds the UDP socket (and, for the sender, the TCP listener), learns the
-/// UDP mapping from the server's STUN responder and, for the sender, maps
-/// both ports on a UPnP gateway when there is one.
+/// Binds the UDP socket (and, with `listen`, the TCP listener: both sides
+/// listen now), learns the UDP mapping from the server's STUN responder
+/// and, with `upnp`, maps both ports on the gateway when it lets us
+/// ([`map_ports`]).
 pub(crate) async fn gather(
     stun: Option<SocketAddr>,
     second_port: Option<u16>,
@@ -174,6 +176,16 @@ pub(crate) struct Mapped {
 pub(crate) enum PortGuard {
     Upnp(MappingGuard),
     Pmp(PmpGuard),
+    /// The first protocol's guard while the other's attempt may still
+    /// settle: `closed` says it is closed, so that the other does not let
+    /// go of a rule they share after it was removed ([`settle_loser`]).
+    First {
+        guard: Box<PortGuard>,
+        closed: Arc<tokio::sync::Mutex<bool>>,
+    },
+    /// Records what was done with it, for tests without a gateway.
+    #[cfg(test)]
+    Fake(tests::FakeGuard),
 }
 
 impl PortGuard {
@@ -182,29 +194,126 @@ impl PortGuard {
         match self {
             PortGuard::Upnp(guard) => guard.close().await.map_err(|e| e.to_string()),
             PortGuard::Pmp(guard) => guard.close().await.map_err(|e| e.to_string()),
+            PortGuard::First { guard, closed } => {
+                let mut closed = closed.lock().await;
+                *closed = true;
+                Box::pin(guard.close()).await
+            }
+            #[cfg(test)]
+            PortGuard::Fake(guard) => {
+                guard.record("closed");
+                Ok(())
+            }
+        }
+    }
+
+    /// Lets go of the mappings without removing them (they expire with
+    /// their leases).
+    fn forget(self) {
+        match self {
+            PortGuard::Upnp(guard) => guard.forget(),
+            PortGuard::Pmp(guard) => guard.forget(),
+            PortGuard::First { guard, .. } => guard.forget(),
+            #[cfg(test)]
+            PortGuard::Fake(guard) => guard.record("forgotten"),
         }
     }
 }
 
-/// Maps our UDP port (and TCP port) on the gateway: by UPnP IGD when one
-/// answers and maps something, else by PCP or NAT-PMP on the default
-/// gateway. The candidates are [`CandidateKind::Upnp`] either way: a
-/// mapped port is a mapped port.
+/// Maps our UDP port (and TCP port) on the gateway, by UPnP IGD and by
+/// PCP/NAT-PMP at once: the first that maps something is used, the other
+/// is settled in the background ([`first_mapped`]). The candidates are
+/// [`CandidateKind::Upnp`] either way: a mapped port is a mapped port.
 pub(crate) async fn map_ports(udp_port: u16, tcp_port: Option<u16>) -> Option<Mapped> {
     let mut ports = vec![(Protocol::Udp, udp_port)];
     ports.extend(tcp_port.map(|port| (Protocol::Tcp, port)));
-    if let Some(mapped) = map_ports_upnp(&ports).await {
-        if !mapped.candidates.is_empty() {
-            return Some(mapped);
+    let upnp = {
+        let ports = ports.clone();
+        tokio::spawn(async move { map_ports_upnp(&ports).await })
+    };
+    let pmp = tokio::spawn(async move { map_ports_pmp(&ports).await });
+    first_mapped(upnp, pmp).await
+}
+
+/// A port-mapping attempt under way.
+type MapTask = tokio::task::JoinHandle<Option<Mapped>>;
+
+/// The first of two mapping attempts, run at once, that maps something
+/// (`first` when both are ready together). The other goes on in the
+/// background and what it maps too is settled ([`settle_loser`]); an
+/// attempt that found a gateway but mapped nothing has its guard closed.
+/// Dropped midway, the attempts still under way finish on their own and
+/// their guards remove what they mapped.
+async fn first_mapped(mut first: MapTask, mut second: MapTask) -> Option<Mapped> {
+    let (done, other) = tokio::select! {
+        biased;
+        done = &mut first => (done, second),
+        done = &mut second => (done, first),
+    };
+    let Some(mut winner) = usable(done).await else {
+        return usable(other.await).await;
+    };
+    let taken: Vec<(Transport, SocketAddr)> = winner
+        .candidates
+        .iter()
+        .map(|c| (c.transport, c.addr))
+        .collect();
+    let closed = Arc::new(tokio::sync::Mutex::new(false));
+    if let Some(guard) = winner.guard.take() {
+        winner.guard = Some(PortGuard::First {
+            guard: Box::new(guard),
+            closed: Arc::clone(&closed),
+        });
+    }
+    tokio::spawn(async move {
+        if let Some(loser) = usable(other.await).await {
+            // The winner's removal and this settlement do not interleave.
+            let closed = closed.lock().await;
+            settle_loser(loser, &taken, *closed).await;
         }
-        debug!("the UPnP gateway mapped nothing; trying PCP/NAT-PMP");
-        if let Some(guard) = mapped.guard {
-            if let Err(error) = guard.close().await {
-                debug!(%error, "removing the UPnP mappings failed");
-            }
+    });
+    Some(winner)
+}
+
+/// A finished attempt's mapping, if it mapped something.
+async fn usable(done: Result<Option<Mapped>, tokio::task::JoinError>) -> Option<Mapped> {
+    let mapped = done.ok().flatten()?;
+    if !mapped.candidates.is_empty() {
+        return Some(mapped);
+    }
+    if let Some(guard) = mapped.guard {
+        if let Err(error) = guard.close().await {
+            debug!(%error, "removing the port mappings failed");
         }
     }
-    map_ports_pmp(&ports).await
+    None
+}
+
+/// The losing protocol mapped too: its mappings are removed, unless one of
+/// them is one the winner holds (the same external address: a gateway with
+/// one table behind UPnP and PCP/NAT-PMP hands both the same rule), which
+/// removing would take from the winner; then its guard lets go instead.
+/// When the winner's mappings are gone already (`winner_closed`: a short
+/// race), the loser's are removed whatever they are: a rule it shares was
+/// made anew by it after the winner removed it.
+async fn settle_loser(loser: Mapped, taken: &[(Transport, SocketAddr)], winner_closed: bool) {
+    let Some(guard) = loser.guard else {
+        return;
+    };
+    let shared = !winner_closed
+        && loser
+            .candidates
+            .iter()
+            .any(|c| taken.contains(&(c.transport, c.addr)));
+    if shared {
+        debug!(candidates = ?loser.candidates, "the other protocol mapped the same ports; leaving them to the first");
+        guard.forget();
+    } else {
+        debug!(candidates = ?loser.candidates, "the other protocol mapped too; removing its mappings");
+        if let Err(error) = guard.close().await {
+            debug!(%error, "removing the port mappings failed");
+        }
+    }
 }
 
 fn mapped_candidate(protocol: Protocol, external: SocketAddrV4) -> Candidate {
@@ -391,5 +500,143 @@ impl Upnp {
                 debug!(%error, "removing the port mappings failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// A guard that tells the test what became of it.
+    #[derive(Debug)]
+    pub(crate) struct FakeGuard {
+        name: &'static str,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl FakeGuard {
+        pub(crate) fn record(&self, what: &str) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{} {what}", self.name));
+        }
+    }
+
+    fn mapped(name: &'static str, addrs: &[&str], log: &Arc<Mutex<Vec<String>>>) -> Mapped {
+        Mapped {
+            candidates: addrs
+                .iter()
+                .map(|a| mapped_candidate(Protocol::Tcp, a.parse().unwrap()))
+                .collect(),
+            guard: Some(PortGuard::Fake(FakeGuard {
+                name,
+                log: Arc::clone(log),
+            })),
+        }
+    }
+
+    /// An attempt that finishes with `result` when the test says so.
+    fn attempt(result: Option<Mapped>) -> (oneshot::Sender<()>, MapTask) {
+        let (go, wait) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _ = wait.await;
+            result
+        });
+        (go, task)
+    }
+
+    async fn settled(log: &Arc<Mutex<Vec<String>>>, count: usize) -> Vec<String> {
+        for _ in 0..100 {
+            if log.lock().unwrap().len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        log.lock().unwrap().clone()
+    }
+
+    fn addrs(mapped: &Mapped) -> Vec<SocketAddr> {
+        mapped.candidates.iter().map(|c| c.addr).collect()
+    }
+
+    #[tokio::test]
+    async fn the_first_mapping_wins_and_the_later_one_is_removed() {
+        let log = Arc::default();
+        let (go_upnp, upnp) = attempt(Some(mapped("upnp", &["203.0.113.1:4000"], &log)));
+        let (go_pmp, pmp) = attempt(Some(mapped("pmp", &["203.0.113.1:5000"], &log)));
+        go_pmp.send(()).unwrap();
+        let winner = first_mapped(upnp, pmp).await.unwrap();
+        assert_eq!(addrs(&winner), ["203.0.113.1:5000".parse().unwrap()]);
+        go_upnp.send(()).unwrap();
+        assert_eq!(settled(&log, 1).await, ["upnp closed"]);
+        drop(winner);
+    }
+
+    #[tokio::test]
+    async fn a_later_mapping_of_the_same_rule_is_left_to_the_first() {
+        let log = Arc::default();
+        let (go_upnp, upnp) = attempt(Some(mapped("upnp", &["203.0.113.1:4000"], &log)));
+        let (go_pmp, pmp) = attempt(Some(mapped("pmp", &["203.0.113.1:4000"], &log)));
+        go_upnp.send(()).unwrap();
+        let winner = first_mapped(upnp, pmp).await.unwrap();
+        assert_eq!(addrs(&winner), ["203.0.113.1:4000".parse().unwrap()]);
+        go_pmp.send(()).unwrap();
+        assert_eq!(settled(&log, 1).await, ["pmp forgotten"]);
+    }
+
+    #[tokio::test]
+    async fn a_shared_rule_made_after_the_first_was_removed_is_removed_too() {
+        // A short race: the first protocol's guard is closed before the
+        // other's attempt ends; the rule that one made anew must go.
+        let log = Arc::default();
+        let (go_upnp, upnp) = attempt(Some(mapped("upnp", &["203.0.113.1:4000"], &log)));
+        let (go_pmp, pmp) = attempt(Some(mapped("pmp", &["203.0.113.1:4000"], &log)));
+        go_pmp.send(()).unwrap();
+        let winner = first_mapped(upnp, pmp).await.unwrap();
+        winner.guard.unwrap().close().await.unwrap();
+        go_upnp.send(()).unwrap();
+        assert_eq!(settled(&log, 2).await, ["pmp closed", "upnp closed"]);
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_maps_nothing_gives_way_to_the_other_protocol() {
+        let log = Arc::default();
+        let (go_upnp, upnp) = attempt(Some(mapped("upnp", &[], &log)));
+        let (go_pmp, pmp) = attempt(Some(mapped("pmp", &["198.51.100.7:6000"], &log)));
+        go_upnp.send(()).unwrap();
+        let waiting = tokio::spawn(first_mapped(upnp, pmp));
+        assert_eq!(settled(&log, 1).await, ["upnp closed"]);
+        go_pmp.send(()).unwrap();
+        let winner = waiting.await.unwrap().unwrap();
+        assert_eq!(addrs(&winner), ["198.51.100.7:6000".parse().unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn no_gateway_on_either_protocol_maps_nothing() {
+        let (go_upnp, upnp) = attempt(None);
+        let (go_pmp, pmp) = attempt(None);
+        go_upnp.send(()).unwrap();
+        go_pmp.send(()).unwrap();
+        assert!(first_mapped(upnp, pmp).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_first_answer_waits_for_the_other() {
+        let log = Arc::default();
+        let (go_upnp, upnp) = attempt(Some(mapped("upnp", &["203.0.113.1:4000"], &log)));
+        let (go_pmp, pmp) = attempt(None);
+        go_pmp.send(()).unwrap();
+        let waiting = tokio::spawn(first_mapped(upnp, pmp));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        go_upnp.send(()).unwrap();
+        let winner = waiting.await.unwrap().unwrap();
+        assert_eq!(addrs(&winner), ["203.0.113.1:4000".parse().unwrap()]);
+        assert!(log.lock().unwrap().is_empty());
     }
 }

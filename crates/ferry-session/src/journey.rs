@@ -171,9 +171,9 @@ pub async fn receive_with(
     mut on_wait: impl FnMut(Waiting),
 ) -> Result<PeerLink, SessionError> {
     let (mut signal, welcome) = connect_signal_retrying(server, &mut on_wait).await?;
-    // Gather while pairing; the receiver maps nothing with UPnP (the
-    // sender's mappings serve both directions) to save the search time.
-    let gathering = start_gathering(&welcome, false, false);
+    // Gather while pairing: the receiver listens and maps its ports too,
+    // so that a sender whose own gateway maps nothing can connect to it.
+    let gathering = start_gathering(&welcome, true, !options.no_upnp);
     let claimed = match signal.claim(code.nameplate).await {
         Err(SignalError::UnknownNameplate { .. })
             if welcome.uptime.is_some_and(|up| up < RESTARTED_WITHIN) =>

@@ -7,7 +7,9 @@
 //!
 //! ```text
 //! controlling (sender)                 controlled (receiver)
-//!   AcceptTcp (if it listens)            ConnectTcp { host + UPnP TCP targets }
+//!   AcceptTcp (if it listens)            AcceptTcp (if it listens)
+//!   ConnectTcp { the peer's host + UPnP TCP targets }   (both; an older
+//!       receiver offers none: its sender only accepts)
 //!   SimultaneousOpen { peer's server-observed TCP mapping }   (both; not
 //!       when both share one public address, nor with --force-path lan)
 //!   PunchQuic { peer's UDP targets, best first, no duplicates }  (both)
@@ -18,7 +20,7 @@
 //!   Relay { head start 1.5 s; 0 when it is the only path or direct is hopeless }
 //!
 //! candidates the peer sends during the race ([`late_steps`]):
-//!   new host/UPnP TCP addresses -> one more ConnectTcp (controlled side)
+//!   new host/UPnP TCP addresses -> one more ConnectTcp (either side)
 //!   new UDP addresses           -> PunchQuic: extra targets for the punch
 //! ```
 
@@ -42,7 +44,8 @@ pub struct PlanInput<'a> {
     pub theirs: &'a [Candidate],
     /// Our public TCP mapping as the server saw it.
     pub our_observed: SocketAddr,
-    /// We listen for direct TCP (the sender, when it could bind).
+    /// We listen for direct TCP (when we could bind; an older receiver
+    /// does not listen).
     pub listening: bool,
     /// The server gave us a relay token.
     pub relay_token: bool,
@@ -122,25 +125,25 @@ pub fn plan_paths(input: &PlanInput<'_>) -> Vec<Step> {
     let options = input.options;
     let lan_only = options.force_path == Some(PathKind::Lan);
     let mut steps = Vec::new();
-    // Direct TCP: the sender listens, the receiver connects to all of the
-    // sender's host and UPnP addresses.
+    // Direct TCP: each side that listens accepts, and each connects to all
+    // of the other's host and UPnP addresses, so that either side's gateway
+    // mapping opens the way. Whoever connects, the controlling side still
+    // nominates (in band, on the TLS stream), so two TCP paths at once are
+    // just two candidates for the race.
     if options.allows(PathKind::Tcp) {
-        if input.controlling {
-            if input.listening {
-                steps.push(Step::AcceptTcp);
-            }
-        } else {
-            let targets: Vec<Candidate> = input
-                .theirs
-                .iter()
-                .filter(|c| c.transport == Transport::Tcp)
-                .filter(|c| matches!(c.kind, CandidateKind::Host | CandidateKind::Upnp))
-                .filter(|c| !lan_only || tcp_kind(c.addr) == PathKind::Lan)
-                .cloned()
-                .collect();
-            if !targets.is_empty() {
-                steps.push(Step::ConnectTcp { targets });
-            }
+        if input.listening {
+            steps.push(Step::AcceptTcp);
+        }
+        let targets: Vec<Candidate> = input
+            .theirs
+            .iter()
+            .filter(|c| c.transport == Transport::Tcp)
+            .filter(|c| matches!(c.kind, CandidateKind::Host | CandidateKind::Upnp))
+            .filter(|c| !lan_only || tcp_kind(c.addr) == PathKind::Lan)
+            .cloned()
+            .collect();
+        if !targets.is_empty() {
+            steps.push(Step::ConnectTcp { targets });
         }
     }
     // TCP simultaneous open between the signalling ports' public mappings.
@@ -202,8 +205,8 @@ pub fn plan_paths(input: &PlanInput<'_>) -> Vec<Step> {
 /// add to it, given the plan's `input` (whose `theirs` are the candidates
 /// known so far, filtered). Returns the newly accepted candidates, for the
 /// caller to add to the known ones, and the steps they add:
-/// [`Step::ConnectTcp`] to new host and UPnP TCP addresses (the controlled
-/// side only, as in [`plan_paths`]), and [`Step::PunchQuic`] whose targets
+/// [`Step::ConnectTcp`] to new host and UPnP TCP addresses (either side,
+/// as in [`plan_paths`]), and [`Step::PunchQuic`] whose targets
 /// are new UDP addresses for the punch under way.
 ///
 /// The late candidates pass [`ferry_connect::address::peer_candidates`]
@@ -402,13 +405,15 @@ mod tests {
         ]
     }
 
+    /// The sender listens; the receiver does not (as an older one, or one
+    /// that could not bind: see `a_listening_receiver_accepts_and_connects`).
     fn input(theirs: &[Candidate], controlling: bool) -> PlanInput<'_> {
         PlanInput {
             controlling,
             options: SessionOptions::default(),
             theirs,
             our_observed: "203.0.113.5:40000".parse().unwrap(),
-            listening: true,
+            listening: controlling,
             relay_token: true,
             hopeless: false,
             spray: None,
@@ -457,14 +462,69 @@ mod tests {
         );
         let sender = plan_paths(&input(&theirs, true));
         assert_eq!(sender[0], Step::AcceptTcp);
+        assert_eq!(
+            sender[1], steps[0],
+            "the sender connects to the same targets"
+        );
         let not_listening = PlanInput {
             listening: false,
             ..input(&theirs, true)
         };
+        assert_eq!(plan_paths(&not_listening)[0], steps[0]);
+    }
+
+    #[test]
+    fn a_listening_receiver_accepts_and_connects() {
+        let theirs = peer();
+        let listening = PlanInput {
+            listening: true,
+            ..input(&theirs, false)
+        };
+        let steps = plan_paths(&listening);
+        assert_eq!(steps[0], Step::AcceptTcp);
+        let Step::ConnectTcp { targets } = &steps[1] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(targets.len(), 2);
+        // Nothing known about the sender yet: it may still connect to us,
+        // so the relay keeps its head start.
+        let alone = PlanInput {
+            listening: true,
+            ..input(&[], false)
+        };
         assert_eq!(
-            plan_paths(&not_listening)[0].kind(),
-            PathKind::SimultaneousOpen
+            plan_paths(&alone),
+            [
+                Step::AcceptTcp,
+                Step::Relay {
+                    head_start: RELAY_HEAD_START
+                }
+            ]
         );
+    }
+
+    #[test]
+    fn a_sender_whose_receiver_offers_no_tcp_address_only_accepts() {
+        // An older receiver: no listener, so no host or UPnP TCP candidate
+        // (its server-observed one is no listener).
+        let theirs: Vec<Candidate> = peer()
+            .into_iter()
+            .filter(|c| c.transport != Transport::Tcp || c.kind == CandidateKind::ServerObserved)
+            .collect();
+        let kinds: Vec<PathKind> = plan_paths(&input(&theirs, true))
+            .iter()
+            .map(Step::kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                PathKind::Tcp,
+                PathKind::SimultaneousOpen,
+                PathKind::Quic,
+                PathKind::Relay
+            ]
+        );
+        assert_eq!(plan_paths(&input(&theirs, true))[0], Step::AcceptTcp);
     }
 
     #[test]
@@ -577,7 +637,7 @@ mod tests {
                 },
             ]
         );
-        // The sender (it listens, the receiver connects): punch targets only.
+        // The sender connects to a late mapping of the receiver's too.
         let (_, steps) = late_steps(
             &input(&theirs, true),
             vec![
@@ -587,9 +647,14 @@ mod tests {
         );
         assert_eq!(
             steps,
-            [Step::PunchQuic {
-                targets: vec!["198.51.100.9:7100".parse().unwrap()]
-            }]
+            [
+                Step::ConnectTcp {
+                    targets: vec![upnp("198.51.100.9:6100", Transport::Tcp)]
+                },
+                Step::PunchQuic {
+                    targets: vec!["198.51.100.9:7100".parse().unwrap()]
+                },
+            ]
         );
         // Nothing new: nothing to do.
         assert_eq!(late_steps(&input(&theirs, false), peer()), (vec![], vec![]));

@@ -87,6 +87,16 @@ impl PmpGuard {
         let mappings = std::mem::take(&mut *lock(&self.mappings));
         remove_all(&self.gateway, &mappings).await
     }
+
+    /// Stops renewing and lets go of the mappings without deleting them:
+    /// they expire with their lifetimes. For a mapping that another guard
+    /// also holds (see [`crate::upnp::MappingGuard::forget`]).
+    pub fn forget(mut self) {
+        if let Some(task) = self.renewer.take() {
+            task.abort();
+        }
+        lock(&self.mappings).clear();
+    }
 }
 
 impl Drop for PmpGuard {

@@ -97,6 +97,17 @@ impl MappingGuard {
         remove_all(&self.gateway, &mappings).await
     }
 
+    /// Stops renewing and lets go of the mappings without removing them:
+    /// they expire with their leases. For a mapping that another guard
+    /// also holds (a gateway whose UPnP and PCP/NAT-PMP share one table
+    /// hands both the same rule), which removing would take from it.
+    pub fn forget(mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.task.abort();
+        }
+        self.mappings.clear();
+    }
+
     /// Hands `mapping` (already in `self.mappings`) to the renewal task,
     /// starting the task if needed.
     async fn track(&mut self, mapping: Mapping) {

@@ -17,7 +17,8 @@
 //!     other's does not ([`spray_role`]), instead:
 //!   SprayQuic { Hard: many sockets towards the easy side's mapping |
 //!               Easy: probes to (predicted, then random) ports of the hard side }
-//!   Relay { head start 1.5 s; 0 when it is the only path or direct is hopeless }
+//!   Relay { head start 1.5 s (4 s when spraying); 0 when it is the only path
+//!           or direct is hopeless }
 //!
 //! candidates the peer sends during the race ([`late_steps`]):
 //!   new host/UPnP TCP addresses -> one more ConnectTcp (either side)

@@ -375,13 +375,7 @@ pub struct EasySide {
     config: SprayConfig,
     rng: StdRng,
     hard_ip: IpAddr,
-    predicted: VecDeque<u16>,
-    tried: HashSet<u16>,
-    /// How many of `tried` are in the random range.
-    random_tried: usize,
-    start: Instant,
-    interval: Duration,
-    sent: usize,
+    schedule: ProbeSchedule,
     state: EasyState,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -414,26 +408,12 @@ impl EasySide {
         predicted: &[u16],
         config: SprayConfig,
     ) -> Self {
-        let mut seen = HashSet::new();
-        let predicted = predicted
-            .iter()
-            .copied()
-            .filter(|&port| port != 0 && seen.insert(port))
-            .collect();
         let mut easy = EasySide {
             key,
             config,
             rng: StdRng::seed_from_u64(config.seed),
             hard_ip,
-            predicted,
-            tried: HashSet::new(),
-            random_tried: 0,
-            start: now,
-            // Rounded up, so that the pace never exceeds the rate.
-            interval: Duration::from_nanos(
-                1_000_000_000_u64.div_ceil(u64::from(config.rate.max(1))),
-            ),
-            sent: 0,
+            schedule: ProbeSchedule::new(now, unique_ports(predicted).into(), &config),
             state: EasyState::Spraying,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -463,7 +443,7 @@ impl EasySide {
         }
         match (probe.kind, self.state) {
             (Kind::Ping | Kind::Pong, EasyState::Spraying) => {
-                debug!(remote = %from, probes = self.sent, "spray: the hard side answered; choosing it");
+                debug!(remote = %from, probes = self.schedule.sent, "spray: the hard side answered; choosing it");
                 self.state = EasyState::Nominating {
                     remote: from,
                     txid: txid(&mut self.rng),
@@ -498,11 +478,9 @@ impl EasySide {
         match self.state {
             EasyState::Spraying => {
                 let listen_end = self.spray_end() + ANSWER_WAIT;
-                match self.next_probe() {
-                    Some(at) if self.may_send_more() && at < self.spray_end() => {
-                        Some(at.min(listen_end))
-                    }
-                    _ => Some(listen_end),
+                match self.schedule.next_due(self.spray_end()) {
+                    Some(at) => Some(at.min(listen_end)),
+                    None => Some(listen_end),
                 }
             }
             EasyState::Nominating { next_retry, .. } => Some(next_retry),
@@ -515,18 +493,13 @@ impl EasySide {
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.state {
             EasyState::Spraying => {
-                while self.may_send_more() {
-                    let Some(at) = self.next_probe() else { break };
-                    if at > now || at >= self.spray_end() {
-                        break;
-                    }
-                    let Some(port) = self.next_port() else { break };
+                let end = self.spray_end();
+                while let Some((_, port)) = self.schedule.due(now, end, &mut self.rng) {
                     let txid = txid(&mut self.rng);
                     self.send(SocketAddr::new(self.hard_ip, port), Kind::Ping, txid);
-                    self.sent += 1;
                 }
-                if now >= self.spray_end() + ANSWER_WAIT {
-                    debug!(probes = self.sent, "spray (easy side) gave up");
+                if now >= end + ANSWER_WAIT {
+                    debug!(probes = self.schedule.sent, "spray (easy side) gave up");
                     self.fail(SprayFailure::NoAnswer);
                 }
             }
@@ -554,7 +527,7 @@ impl EasySide {
 
     /// How many probes have been sent (nominations not counted).
     pub fn probes_sent(&self) -> usize {
-        self.sent
+        self.schedule.sent
     }
 
     /// The remote found, once there is one.
@@ -566,41 +539,11 @@ impl EasySide {
     }
 
     fn spray_end(&self) -> Instant {
-        self.start + self.config.time_budget
-    }
-
-    fn may_send_more(&self) -> bool {
-        self.sent < self.config.probe_budget
-            && (self.random_tried < RANDOM_PORTS || !self.predicted.is_empty())
-    }
-
-    /// When the next probe is due: the k-th never before `start + k / rate`.
-    fn next_probe(&self) -> Option<Instant> {
-        let k = u32::try_from(self.sent).ok()?;
-        self.start.checked_add(self.interval.checked_mul(k)?)
-    }
-
-    fn next_port(&mut self) -> Option<u16> {
-        while let Some(port) = self.predicted.pop_front() {
-            if self.tried.insert(port) {
-                self.random_tried += usize::from(port >= FIRST_RANDOM_PORT);
-                return Some(port);
-            }
-        }
-        if self.random_tried >= RANDOM_PORTS {
-            return None;
-        }
-        loop {
-            let port = self.rng.gen_range(FIRST_RANDOM_PORT..=u16::MAX);
-            if self.tried.insert(port) {
-                self.random_tried += 1;
-                return Some(port);
-            }
-        }
+        self.schedule.end(&self.config)
     }
 
     fn found(&mut self, remote: SocketAddr) {
-        debug!(%remote, probes = self.sent, "spray found a path");
+        debug!(%remote, probes = self.schedule.sent, "spray found a path");
         self.state = EasyState::Found { remote };
         self.events.push_back(Event::Found { socket: 0, remote });
     }
@@ -667,6 +610,105 @@ pub fn predict_ports(observed: &[(SocketAddr, SocketAddr)], sockets: usize) -> V
             let port = i32::from(last.port()) + k * step;
             u16::try_from(port).ok().filter(|&p| p != 0)
         })
+        .collect()
+}
+
+/// The probe schedule of both probing sides ([`EasySide`] and
+/// [`both::BothSide`]): the `predicted` ports first (each once), then
+/// random ports of `FIRST_RANDOM_PORT..=65535` without repeats; probe k
+/// never before `start + k / rate`, none at or after `start +
+/// time_budget`, at most `probe_budget`.
+#[derive(Debug, Clone)]
+struct ProbeSchedule {
+    predicted: VecDeque<u16>,
+    tried: HashSet<u16>,
+    /// How many of `tried` are in the random range.
+    random_tried: usize,
+    start: Instant,
+    interval: Duration,
+    budget: usize,
+    sent: usize,
+}
+
+impl ProbeSchedule {
+    fn new(now: Instant, predicted: VecDeque<u16>, config: &SprayConfig) -> ProbeSchedule {
+        ProbeSchedule {
+            predicted,
+            tried: HashSet::new(),
+            random_tried: 0,
+            start: now,
+            // Rounded up, so that the pace never exceeds the rate.
+            interval: Duration::from_nanos(
+                1_000_000_000_u64.div_ceil(u64::from(config.rate.max(1))),
+            ),
+            budget: config.probe_budget,
+            sent: 0,
+        }
+    }
+
+    /// When probing ends (the time budget).
+    fn end(&self, config: &SprayConfig) -> Instant {
+        self.start + config.time_budget
+    }
+
+    /// When the next probe is due, if there is one before `end`.
+    fn next_due(&self, end: Instant) -> Option<Instant> {
+        let at = self.next_probe()?;
+        (self.may_send_more() && at < end).then_some(at)
+    }
+
+    /// The next probe due by `now` (before `end`): its number, from 0, and
+    /// its port, drawn from `rng`; counted as sent.
+    fn due(&mut self, now: Instant, end: Instant, rng: &mut StdRng) -> Option<(usize, u16)> {
+        if !self.may_send_more() {
+            return None;
+        }
+        let at = self.next_probe()?;
+        if at > now || at >= end {
+            return None;
+        }
+        let port = self.next_port(rng)?;
+        self.sent += 1;
+        Some((self.sent - 1, port))
+    }
+
+    fn may_send_more(&self) -> bool {
+        self.sent < self.budget && (self.random_tried < RANDOM_PORTS || !self.predicted.is_empty())
+    }
+
+    /// When the next probe is due: the k-th never before `start + k / rate`.
+    fn next_probe(&self) -> Option<Instant> {
+        let k = u32::try_from(self.sent).ok()?;
+        self.start.checked_add(self.interval.checked_mul(k)?)
+    }
+
+    fn next_port(&mut self, rng: &mut StdRng) -> Option<u16> {
+        while let Some(port) = self.predicted.pop_front() {
+            if self.tried.insert(port) {
+                self.random_tried += usize::from(port >= FIRST_RANDOM_PORT);
+                return Some(port);
+            }
+        }
+        if self.random_tried >= RANDOM_PORTS {
+            return None;
+        }
+        loop {
+            let port = rng.gen_range(FIRST_RANDOM_PORT..=u16::MAX);
+            if self.tried.insert(port) {
+                self.random_tried += 1;
+                return Some(port);
+            }
+        }
+    }
+}
+
+/// `ports` without port 0 and without repeats, in order.
+fn unique_ports(ports: &[u16]) -> Vec<u16> {
+    let mut seen = HashSet::new();
+    ports
+        .iter()
+        .copied()
+        .filter(|&port| port != 0 && seen.insert(port))
         .collect()
 }
 

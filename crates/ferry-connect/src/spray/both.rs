@@ -112,17 +112,17 @@
 //! about 40 %, at random ⇄ random's cost in mappings). The socket count does not matter here (each probe
 //! makes its own mapping), so a handful of sockets would do as well as 256.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use tracing::debug;
 
 use super::{
-    ANSWER_WAIT, Event, FIRST_RANDOM_PORT, MAX_SOCKETS, NOMINATE_RETRY, NOMINATE_TRIES,
-    RANDOM_PORTS, SocketTransmit, SprayConfig, SprayFailure, txid,
+    ANSWER_WAIT, Event, MAX_SOCKETS, NOMINATE_RETRY, NOMINATE_TRIES, ProbeSchedule, SocketTransmit,
+    SprayConfig, SprayFailure, txid, unique_ports,
 };
 use crate::punch::{Kind, Probe, decode, encode};
 
@@ -141,13 +141,7 @@ pub struct BothSide {
     controlling: bool,
     rng: StdRng,
     peer_ip: IpAddr,
-    predicted: VecDeque<u16>,
-    tried: HashSet<u16>,
-    /// How many of `tried` are in the random range.
-    random_tried: usize,
-    start: Instant,
-    interval: Duration,
-    sent: usize,
+    schedule: ProbeSchedule,
     heard: bool,
     state: State,
     transmits: VecDeque<SocketTransmit>,
@@ -193,12 +187,7 @@ impl BothSide {
             sockets: config.sockets.clamp(1, MAX_SOCKETS),
             ..config
         };
-        let mut seen = HashSet::new();
-        let unique: Vec<u16> = predicted
-            .iter()
-            .copied()
-            .filter(|&port| port != 0 && seen.insert(port))
-            .collect();
+        let unique = unique_ports(predicted);
         let predicted = if controlling {
             unique
                 .iter()
@@ -216,15 +205,7 @@ impl BothSide {
             // Not the other side's sequence, which has the same seed.
             rng: StdRng::seed_from_u64(config.seed ^ u64::from(controlling) << 63 ^ 0x626f_7468),
             peer_ip,
-            predicted,
-            tried: HashSet::new(),
-            random_tried: 0,
-            start: now,
-            // Rounded up, so that the pace never exceeds the rate.
-            interval: Duration::from_nanos(
-                1_000_000_000_u64.div_ceil(u64::from(config.rate.max(1))),
-            ),
-            sent: 0,
+            schedule: ProbeSchedule::new(now, predicted, &config),
             heard: false,
             state: State::Spraying,
             transmits: VecDeque::new(),
@@ -273,7 +254,7 @@ impl BothSide {
         self.heard = true;
         match (self.controlling, probe.kind, self.state) {
             (true, Kind::Ping | Kind::Pong, State::Spraying) => {
-                debug!(remote = %from, socket, probes = self.sent, "spray: the other side got through; choosing it");
+                debug!(remote = %from, socket, probes = self.schedule.sent, "spray: the other side got through; choosing it");
                 self.answer(now, socket, from);
             }
             (
@@ -289,7 +270,7 @@ impl BothSide {
                 self.found(socket, from);
             }
             (false, Kind::Ping, State::Spraying) => {
-                debug!(remote = %from, socket, probes = self.sent, "spray: the other side got through; answering");
+                debug!(remote = %from, socket, probes = self.schedule.sent, "spray: the other side got through; answering");
                 self.send(socket, from, Kind::Pong, probe.txid);
                 self.answer(now, socket, from);
             }
@@ -329,11 +310,9 @@ impl BothSide {
         match self.state {
             State::Spraying => {
                 let listen_end = self.listen_end();
-                match self.next_probe() {
-                    Some(at) if self.may_send_more() && at < self.spray_end() => {
-                        Some(at.min(listen_end))
-                    }
-                    _ => Some(listen_end),
+                match self.schedule.next_due(self.spray_end()) {
+                    Some(at) => Some(at.min(listen_end)),
+                    None => Some(listen_end),
                 }
             }
             State::Answering { next_retry, .. } => Some(next_retry),
@@ -346,21 +325,16 @@ impl BothSide {
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.state {
             State::Spraying => {
-                while self.may_send_more() {
-                    let Some(at) = self.next_probe() else { break };
-                    if at > now || at >= self.spray_end() {
-                        break;
-                    }
-                    let Some(port) = self.next_port() else { break };
+                let end = self.spray_end();
+                while let Some((k, port)) = self.schedule.due(now, end, &mut self.rng) {
                     let txid = txid(&mut self.rng);
-                    let socket = self.sent % self.config.sockets;
+                    let socket = k % self.config.sockets;
                     self.send(
                         socket,
                         SocketAddr::new(self.peer_ip, port),
                         Kind::Ping,
                         txid,
                     );
-                    self.sent += 1;
                 }
                 if now >= self.listen_end() {
                     let why = if self.heard {
@@ -368,7 +342,7 @@ impl BothSide {
                     } else {
                         SprayFailure::NoAnswer
                     };
-                    debug!(probes = self.sent, %why, "spray (hard ⇄ hard) gave up");
+                    debug!(probes = self.schedule.sent, %why, "spray (hard ⇄ hard) gave up");
                     self.fail(why);
                 }
             }
@@ -408,7 +382,7 @@ impl BothSide {
     /// How many probes have been sent (nominations and answers not
     /// counted).
     pub fn probes_sent(&self) -> usize {
-        self.sent
+        self.schedule.sent
     }
 
     /// The socket and remote found, once there are.
@@ -439,7 +413,7 @@ impl BothSide {
     }
 
     fn spray_end(&self) -> Instant {
-        self.start + self.config.time_budget
+        self.schedule.end(&self.config)
     }
 
     /// The controlled side also waits for the controlling side's last
@@ -453,38 +427,8 @@ impl BothSide {
         }
     }
 
-    fn may_send_more(&self) -> bool {
-        self.sent < self.config.probe_budget
-            && (self.random_tried < RANDOM_PORTS || !self.predicted.is_empty())
-    }
-
-    /// When the next probe is due: the k-th never before `start + k / rate`.
-    fn next_probe(&self) -> Option<Instant> {
-        let k = u32::try_from(self.sent).ok()?;
-        self.start.checked_add(self.interval.checked_mul(k)?)
-    }
-
-    fn next_port(&mut self) -> Option<u16> {
-        while let Some(port) = self.predicted.pop_front() {
-            if self.tried.insert(port) {
-                self.random_tried += usize::from(port >= FIRST_RANDOM_PORT);
-                return Some(port);
-            }
-        }
-        if self.random_tried >= RANDOM_PORTS {
-            return None;
-        }
-        loop {
-            let port = self.rng.gen_range(FIRST_RANDOM_PORT..=u16::MAX);
-            if self.tried.insert(port) {
-                self.random_tried += 1;
-                return Some(port);
-            }
-        }
-    }
-
     fn found(&mut self, socket: usize, remote: SocketAddr) {
-        debug!(%remote, socket, probes = self.sent, "spray (hard ⇄ hard) found a path");
+        debug!(%remote, socket, probes = self.schedule.sent, "spray (hard ⇄ hard) found a path");
         self.state = State::Found { socket, remote };
         self.events.push_back(Event::Found { socket, remote });
     }

@@ -163,27 +163,21 @@ impl Plan {
                         (None, Ok(local)) => local,
                         (None, Err(_)) => UNSPECIFIED,
                     };
-                    let socket = udp
-                        .into_std()
-                        .map_err(|source| ConnectError::UdpSocket { source })?;
-                    let quic = ferry_connect::quic_connect(
-                        socket,
-                        punched.remote,
-                        &identity,
-                        &fingerprint,
+                    let ends = QuicEnds {
+                        identity: &identity,
+                        fingerprint: &fingerprint,
                         controlling,
-                        Some(punched.rtt),
-                        QUIC_TIMEOUT,
-                    )
-                    .await?;
-                    Ok(Established {
-                        stream: PeerStream::Quic(Box::new(quic)),
-                        kind: PathKind::Quic,
+                    };
+                    let found_by = FoundBy::Punch;
+                    quic_path(
+                        udp,
                         local,
-                        remote: punched.remote,
-                        relay_limits: None,
-                        found_by: Some(FoundBy::Punch),
-                    })
+                        punched.remote,
+                        found_by,
+                        Some(punched.rtt),
+                        ends,
+                    )
+                    .await
                 })
             }
             Step::SprayQuic { spray } => {
@@ -201,27 +195,12 @@ impl Plan {
                 Box::pin(async move {
                     let (socket, remote, local, found_by) =
                         spray_path(udp, spray, key, mapped).await?;
-                    let socket = socket
-                        .into_std()
-                        .map_err(|source| ConnectError::UdpSocket { source })?;
-                    let quic = ferry_connect::quic_connect(
-                        socket,
-                        remote,
-                        &identity,
-                        &fingerprint,
+                    let ends = QuicEnds {
+                        identity: &identity,
+                        fingerprint: &fingerprint,
                         controlling,
-                        None,
-                        QUIC_TIMEOUT,
-                    )
-                    .await?;
-                    Ok(Established {
-                        stream: PeerStream::Quic(Box::new(quic)),
-                        kind: PathKind::Quic,
-                        local,
-                        remote,
-                        relay_limits: None,
-                        found_by: Some(found_by),
-                    })
+                    };
+                    quic_path(socket, local, remote, found_by, None, ends).await
                 })
             }
             Step::Relay { head_start } => {
@@ -279,6 +258,47 @@ impl Plan {
             race_controlled(paths, mailbox, trickle).await
         }
     }
+}
+
+/// Who we are to the peer on a QUIC path.
+struct QuicEnds<'a> {
+    identity: &'a Identity,
+    fingerprint: &'a str,
+    controlling: bool,
+}
+
+/// QUIC on `udp` towards `remote`, the peer found on it (`found_by`);
+/// `local` is our end as shown, `rtt` the round trip measured while
+/// finding the peer.
+async fn quic_path(
+    udp: UdpSocket,
+    local: SocketAddr,
+    remote: SocketAddr,
+    found_by: FoundBy,
+    rtt: Option<std::time::Duration>,
+    ends: QuicEnds<'_>,
+) -> Result<Established, ConnectError> {
+    let socket = udp
+        .into_std()
+        .map_err(|source| ConnectError::UdpSocket { source })?;
+    let quic = ferry_connect::quic_connect(
+        socket,
+        remote,
+        ends.identity,
+        ends.fingerprint,
+        ends.controlling,
+        rtt,
+        QUIC_TIMEOUT,
+    )
+    .await?;
+    Ok(Established {
+        stream: PeerStream::Quic(Box::new(quic)),
+        kind: PathKind::Quic,
+        local,
+        remote,
+        relay_limits: None,
+        found_by: Some(found_by),
+    })
 }
 
 /// Port spraying in our part ([`Spray`]): the socket that found the peer,

@@ -146,6 +146,12 @@ pub enum TransferError {
          so far is kept)"
     )]
     OfferChanged,
+    /// The sender moved the transfer to another path at a chunk
+    /// boundary ([`send_moving`](crate::send_moving), [`Control::Move`](crate::Control::Move)):
+    /// everything before the boundary is sent (and, on the receiver,
+    /// written), and the transfer resumes on the new path from there.
+    #[error("the transfer moves to another path")]
+    Moved,
     /// A bug or a crashed worker thread on our side.
     #[error("internal error: {0}")]
     Internal(String),
@@ -164,7 +170,11 @@ impl TransferError {
     pub(crate) fn worth_reporting(&self) -> bool {
         !matches!(
             self,
-            Self::Stream(_) | Self::PeerClosed | Self::PeerError { .. } | Self::Timeout(_)
+            Self::Stream(_)
+                | Self::PeerClosed
+                | Self::PeerError { .. }
+                | Self::Timeout(_)
+                | Self::Moved
         )
     }
 

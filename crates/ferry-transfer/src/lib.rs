@@ -41,6 +41,8 @@
 //!   | -- FileEnd[32-byte BLAKE3(whole file)] --------> |  verify, fsync, chmod, rename
 //!   | <---------------------------------- Done{ok} --- |
 //!   either side, at any time: Error{message}, then close
+//!   sender, at a chunk boundary (send_moving): Move, then close; both
+//!   continue on another stream with Offer / Accept as after a break
 //! ```
 //!
 //! Every data frame but a file's last carries exactly [`CHUNK_SIZE`] bytes,
@@ -89,7 +91,7 @@ pub use receive::{
     ENTRY_SPACE, Incoming, ReceiveOptions, cancel_receiving, receive_offer, resume_offer,
 };
 pub use scan::{Source, scan};
-pub use send::{SendOutcome, send};
+pub use send::{SendOutcome, send, send_moving};
 
 /// Progress of a transfer, reported to the caller's callback: file
 /// boundaries always, [`Event::Progress`] at most about ten times a second.

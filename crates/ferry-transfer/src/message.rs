@@ -153,6 +153,13 @@ pub enum Control {
         /// Where the data frames start.
         offset: u64,
     },
+    /// Sender → receiver, between two data frames or two files: the
+    /// transfer moves to another path here (a direct one that came up
+    /// after the relay); nothing more comes on this stream. The sender
+    /// offers again on the new path and the receiver answers with what it
+    /// holds, so no byte is lost or sent twice. Only sent to a peer that
+    /// said it understands it (ferry-session's "move" feature).
+    Move,
     /// Receiver → sender: everything written and verified.
     Done {
         /// Whether all files verified.

@@ -203,6 +203,9 @@ pub enum ReceiverEvent {
         /// Claimed BLAKE3 of the whole file.
         hash: [u8; HASH_LEN],
     },
+    /// The sender moves the transfer to another path
+    /// ([`Control::Move`]); this core is done.
+    Moved,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,6 +370,11 @@ impl ReceiverCore {
                 }
                 Ok(ReceiverEvent::FileEnd { index, hash })
             }
+            // At a chunk boundary, which every frame boundary is.
+            (ReceiverState::Receiving { .. }, Frame::Control(Control::Move)) => {
+                self.state = ReceiverState::Closed;
+                Ok(ReceiverEvent::Moved)
+            }
             (ReceiverState::Receiving { current: None, .. }, Frame::Data { .. }) => {
                 Err(protocol("data for no file"))
             }
@@ -458,6 +466,7 @@ fn name(msg: &Control) -> &'static str {
         Control::FileStart { .. } => "file start",
         Control::Done { .. } => "done",
         Control::Error { .. } => "error",
+        Control::Move => "move",
     }
 }
 
@@ -517,6 +526,39 @@ mod tests {
             offset,
             prefix_hash: hex::encode(hash),
         }
+    }
+
+    #[test]
+    fn a_move_ends_the_core_between_frames_and_only_while_receiving() {
+        let moved = Frame::Control(Control::Move);
+        let resume = vec![ResumePoint::fresh(), ResumePoint::fresh()];
+        // Between two chunks of a file, and between two files.
+        let mut r = accepted(vec![file("a", 2 * C), file("b", 1)], resume.clone());
+        r.handle_frame(start(0, 0)).unwrap();
+        r.handle_frame(data(CHUNK_SIZE)).unwrap();
+        assert!(matches!(
+            r.handle_frame(moved.clone()),
+            Ok(ReceiverEvent::Moved)
+        ));
+        assert!(
+            r.handle_frame(data(CHUNK_SIZE)).is_err(),
+            "nothing after it"
+        );
+        let mut r = accepted(vec![file("a", 2 * C), file("b", 1)], resume);
+        r.handle_frame(start(0, 0)).unwrap();
+        r.handle_frame(data(CHUNK_SIZE)).unwrap();
+        r.handle_frame(data(CHUNK_SIZE)).unwrap();
+        r.handle_frame(END).unwrap();
+        assert!(matches!(
+            r.handle_frame(moved.clone()),
+            Ok(ReceiverEvent::Moved)
+        ));
+        // Not before the offer was accepted.
+        let mut r = ReceiverCore::new();
+        assert!(r.handle_frame(moved.clone()).is_err());
+        let mut r = ReceiverCore::new();
+        r.handle_frame(offer(vec![file("a", 1)])).unwrap();
+        assert!(r.handle_frame(moved).is_err());
     }
 
     #[test]

@@ -193,8 +193,8 @@ where
     ) -> Result<Report, TransferError> {
         let result = self.run_accept(&mut events).await;
         match &result {
+            Err(TransferError::Moved) | Ok(_) => close(self.reader.get_mut()).await,
             Err(e) => report_error(self.reader.get_mut(), e).await,
-            Ok(_) => close(self.reader.get_mut()).await,
         }
         result
     }
@@ -313,6 +313,9 @@ where
                         }
                     }
                     ReceiverEvent::FileEnd { index, hash } => Cmd::End { index, hash },
+                    // What came before is with the disk thread; it
+                    // finishes that, and the transfer resumes elsewhere.
+                    ReceiverEvent::Moved => return Err(TransferError::Moved),
                 };
                 Ok(tx.send(cmd).await.is_ok())
             };

@@ -49,17 +49,36 @@ pub enum SendOutcome {
 pub async fn send<S>(
     stream: S,
     source: Source,
+    events: impl FnMut(Event) + Send,
+) -> Result<SendOutcome, TransferError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    send_moving(stream, source, events, std::future::pending()).await
+}
+
+/// Like [`send`], and moves to another path when `move_when` resolves
+/// while files are being sent: at the next chunk boundary it sends
+/// [`Control::Move`], closes `stream` and returns
+/// [`TransferError::Moved`]. Every byte before the boundary went out on
+/// this stream; the caller sends again on the new one, where the
+/// receiver's answer resumes from the boundary (nothing is sent twice).
+/// Only for a receiver that understands `Move`.
+pub async fn send_moving<S>(
+    stream: S,
+    source: Source,
     mut events: impl FnMut(Event) + Send,
+    move_when: impl Future<Output = ()> + Send,
 ) -> Result<SendOutcome, TransferError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (rd, mut wr) = tokio::io::split(stream);
     let mut reader = FrameReader::new(rd);
-    let result = run(&mut reader, &mut wr, source, &mut events).await;
+    let result = run(&mut reader, &mut wr, source, &mut events, move_when).await;
     match &result {
+        Err(TransferError::Moved) | Ok(_) => close(&mut wr).await,
         Err(e) => report_error(&mut wr, e).await,
-        Ok(_) => close(&mut wr).await,
     }
     result
 }
@@ -69,6 +88,7 @@ async fn run<R, W>(
     wr: &mut W,
     source: Source,
     events: &mut (impl FnMut(Event) + Send),
+    move_when: impl Future<Output = ()> + Send,
 ) -> Result<SendOutcome, TransferError>
 where
     R: AsyncRead + Unpin + Send,
@@ -120,7 +140,7 @@ where
     // stops early (a caller may explain the stop, e.g. a relay's limit).
     let done = AtomicU64::new(0);
     let result = async {
-        let writing = write_files(wr, rx, producer, names, total, &done, &mut *events);
+        let writing = write_files(wr, rx, producer, names, total, &done, &mut *events, move_when);
         tokio::pin!(writing);
         let waiting = reader.next();
         tokio::pin!(waiting);
@@ -219,6 +239,7 @@ async fn write_files<W: AsyncWrite + Unpin>(
     total: u64,
     done: &AtomicU64,
     events: &mut (impl FnMut(Event) + Send),
+    move_when: impl Future<Output = ()>,
 ) -> Result<Report, TransferError> {
     let mut progress = Progress::new(total);
     let mut report = Report {
@@ -229,7 +250,20 @@ async fn write_files<W: AsyncWrite + Unpin>(
         elapsed: Default::default(),
     };
     let mut current = 0;
-    while let Some(item) = rx.recv().await {
+    let mut move_when = std::pin::pin!(move_when);
+    loop {
+        // Between two frames: a chunk boundary, where a move may happen
+        // (before the next item, which stays unsent on this stream).
+        let item = tokio::select! {
+            biased;
+            () = &mut move_when => {
+                write_frame(wr, &Frame::Control(Control::Move)).await?;
+                flush(wr).await?;
+                return Err(TransferError::Moved);
+            }
+            item = rx.recv() => item,
+        };
+        let Some(item) = item else { break };
         match item {
             Item::Start { index, offset } => {
                 current = index;

@@ -981,3 +981,101 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     found
 }
+
+#[tokio::test]
+async fn a_move_mid_file_resumes_on_the_new_stream_and_sends_no_byte_twice() {
+    let src = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    let small = random_bytes("small", 300 * 1024);
+    let big = random_bytes("big", 5 * 1024 * 1024 + 17);
+    fs::write(src.path().join("a-small"), &small).unwrap();
+    fs::write(src.path().join("b-big"), &big).unwrap();
+    let source = scan(&[src.path().join("a-small"), src.path().join("b-big")]).unwrap();
+    let total = (small.len() + big.len()) as u64;
+
+    // The first stream: the move is asked for once the third chunk (b-big's
+    // first) has passed. A small buffer keeps the sender from running far
+    // ahead, so the boundary falls inside b-big.
+    let (a, a_proxy) = tokio::io::duplex(64 * 1024);
+    let (b_proxy, b) = tokio::io::duplex(64 * 1024);
+    let (ask, asked) = tokio::sync::oneshot::channel::<()>();
+    let mut ask = Some(ask);
+    let passed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = passed.clone();
+    let proxy = tokio::spawn(frame_proxy(a_proxy, b_proxy, move |n, chunk| {
+        counted.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        if n == 3 {
+            let _ = ask.take().map(|ask| ask.send(()));
+        }
+        Some(chunk)
+    }));
+    let receiver = tokio::spawn(receive_all(b, opts(out.path(), false)));
+    let move_when = async {
+        let _ = asked.await;
+    };
+    let sent = tokio::time::timeout(
+        LIMIT,
+        ferry_transfer::send_moving(a, source.clone(), |_| {}, move_when),
+    )
+    .await
+    .expect("send hung");
+    assert!(matches!(sent, Err(TransferError::Moved)), "{sent:?}");
+    let (received, events) = tokio::time::timeout(LIMIT, receiver)
+        .await
+        .expect("receive hung")
+        .unwrap();
+    assert!(
+        matches!(received, Err(TransferError::Moved)),
+        "{received:?}"
+    );
+    proxy.await.unwrap();
+    let on_first = passed.load(std::sync::atomic::Ordering::SeqCst);
+    let held = fs::metadata(out.path().join("b-big.ferry-part"))
+        .unwrap()
+        .len();
+    assert_eq!(
+        on_first,
+        small.len() as u64 + held,
+        "the receiver wrote all that came before the move"
+    );
+    assert!(
+        held > 0 && held < big.len() as u64 && held % CHUNK_SIZE as u64 == 0,
+        "the move fell on a chunk boundary inside b-big: {held}"
+    );
+    let finished: std::collections::HashSet<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::FileDone { path } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+
+    // The new stream: offer again, resume from the boundary.
+    let (a, b) = tokio::io::duplex(BUF);
+    let options = ReceiveOptions {
+        finished,
+        ..opts(out.path(), false)
+    };
+    let offered = match &source {
+        Source::Files { manifest, .. } => Offer::Files(manifest.clone()),
+        other => panic!("{other:?}"),
+    };
+    let receiver = tokio::spawn(async move {
+        let incoming = ferry_transfer::resume_offer(b, options, &offered).await?;
+        incoming.accept(|_| {}).await
+    });
+    let sent = tokio::time::timeout(LIMIT, send(a, source, |_| {}))
+        .await
+        .expect("send hung");
+    assert!(matches!(sent, Ok(SendOutcome::Files(_))), "{sent:?}");
+    let received = receiver.await.unwrap().unwrap();
+    assert_eq!(received.bytes_resumed, on_first);
+    assert_eq!(
+        on_first + received.bytes_transferred,
+        total,
+        "every byte moved once"
+    );
+    assert_eq!(fs::read(out.path().join("a-small")).unwrap(), small);
+    assert_eq!(fs::read(out.path().join("b-big")).unwrap(), big);
+    assert!(!out.path().join("b-big.ferry-part").exists());
+}

@@ -140,7 +140,7 @@ where
     // stops early (a caller may explain the stop, e.g. a relay's limit).
     let done = AtomicU64::new(0);
     let result = async {
-        let writing = write_files(wr, rx, producer, names, total, &done, &mut *events, move_when);
+        let writing = write_files(wr, rx, producer, names, &done, &mut *events, move_when);
         tokio::pin!(writing);
         let waiting = reader.next();
         tokio::pin!(waiting);
@@ -236,11 +236,11 @@ async fn write_files<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Item>,
     producer: tokio::task::JoinHandle<Result<(), TransferError>>,
     names: Vec<(String, u64)>,
-    total: u64,
     done: &AtomicU64,
     events: &mut (impl FnMut(Event) + Send),
     move_when: impl Future<Output = ()>,
 ) -> Result<Report, TransferError> {
+    let total = names.iter().map(|(_, size)| size).sum();
     let mut progress = Progress::new(total);
     let mut report = Report {
         files: names.len(),

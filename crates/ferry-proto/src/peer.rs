@@ -29,6 +29,12 @@ use serde::{Deserialize, Serialize};
 /// [`PeerToPeer::Candidates`] during the race.
 pub const FEATURE_CANDIDATES: &str = "candidates";
 
+/// The feature a side lists when it can move a running transfer from the
+/// relay to a direct path that comes up later: direct attempts go on
+/// behind the relay, the sender nominates the first one up, and the
+/// transfer moves at a chunk boundary (the transfer protocol's `Move`).
+pub const FEATURE_MOVE: &str = "move";
+
 /// A message from one peer to the other, JSON inside a sealed body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
-use ferry_connect::race::{PathFailure, PathId, PathKind, PeerStream};
+use ferry_connect::race::{PathId, PathKind, PeerStream};
 use ferry_connect::{ConnectError, DirectListener, Identity};
 use ferry_proto::pairing::SecureChannel;
 use ferry_proto::peer::{Candidate, CandidateKind};
@@ -50,6 +50,9 @@ pub(crate) struct Plan {
     pub(crate) spray: Option<Spray>,
     /// The key of the spray probes.
     pub(crate) spray_key: [u8; 32],
+    /// Both sides can move a running transfer from the relay to a direct
+    /// path ([`Upgrade`]).
+    pub(crate) can_move: bool,
 }
 
 impl Plan {
@@ -64,6 +67,7 @@ impl Plan {
             relay_token: self.relay_token.is_some(),
             hopeless: self.hopeless,
             spray: self.spray.as_ref(),
+            can_move: self.can_move,
         }
     }
 
@@ -227,7 +231,7 @@ impl Plan {
         signal: &mut SignalClient,
         channel: &mut SecureChannel,
         upnp: &mut Upnp,
-    ) -> Result<(Established, Vec<(PathKind, PathFailure)>), SessionError> {
+    ) -> Result<Won, SessionError> {
         let listening = listener.is_some();
         let mut listener = listener;
         let mut punch = Punch::Unused(udp);

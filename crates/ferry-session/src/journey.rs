@@ -303,6 +303,7 @@ pub(crate) async fn run_session(
         hopeless: hopeless.is_some(),
         spray,
         spray_key: channel.derive_secret(ferry_connect::spray::SPRAY_KEY_CONTEXT),
+        can_move: channel.peer_understands(ferry_proto::peer::FEATURE_MOVE),
     };
     let result = plan
         .race(
@@ -315,7 +316,11 @@ pub(crate) async fn run_session(
         .await;
     upnp.close().await;
     let _ = signal.release(None).await;
-    let (established, lost) = result?;
+    let Won {
+        path: established,
+        lost,
+        upgrade,
+    } = result?;
     for (kind, why) in &lost {
         info!(path = %kind, %why, "path lost");
     }
@@ -341,6 +346,7 @@ pub(crate) async fn run_session(
         relay_limits: established.relay_limits,
         found_by: established.found_by,
         rejoin: None,
+        upgrade,
     })
 }
 

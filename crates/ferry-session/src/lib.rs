@@ -24,7 +24,8 @@
 //! restarts, pairing), `gather` (our candidates), [`plan`] (sans-IO: which
 //! paths, to which targets, with which head start), `attempt` (each
 //! planned path as a socket operation), `race` (the drivers around
-//! `ferry_connect::race`'s cores), `relay` (the relay path), [`rejoin`]
+//! `ferry_connect::race`'s cores), `relay` (the relay path), [`upgrade`]
+//! (relay first, then a direct path that comes up later), [`rejoin`]
 //! (finding the peer again), [`mend`] (reconnecting after a break
 //! mid-transfer), [`backoff`] (every retry schedule), [`reason`] (why, as
 //! types the binary renders), `error`.
@@ -51,6 +52,7 @@ pub mod reason;
 pub mod rejoin;
 mod relay;
 mod signal;
+pub mod upgrade;
 
 pub use backoff::Backoff;
 pub use error::SessionError;
@@ -61,6 +63,7 @@ pub use plan::{PlanInput, Spray, Step, direct_hopeless, plan_paths, spray_role};
 pub use reason::{Hopeless, PeerGone, RelayReason, UdpObstacle};
 pub use rejoin::Rejoin;
 pub use signal::{RESTART_GRACE, RESTARTED_WITHIN, Waiting};
+pub use upgrade::{MOVE_WAIT, Upgrade};
 
 pub(crate) use attempt::*;
 pub(crate) use gather::*;
@@ -69,6 +72,7 @@ pub(crate) use plan::*;
 pub(crate) use race::*;
 pub(crate) use relay::*;
 pub(crate) use signal::*;
+pub(crate) use upgrade::*;
 
 /// ferry's agent string, sent to the server and the peer.
 pub const AGENT: &str = concat!("ferry/", env!("CARGO_PKG_VERSION"));
@@ -99,7 +103,10 @@ pub(crate) const RELAY_WAIT: Duration = Duration::from_secs(15);
 /// one gets the hello at once and the UPnP candidates when they are done.
 pub(crate) const UPNP_WAIT: Duration = Duration::from_millis(300);
 /// What we understand beyond the base protocol, listed in our Version.
-pub(crate) const FEATURES: &[&str] = &[ferry_proto::peer::FEATURE_CANDIDATES];
+pub(crate) const FEATURES: &[&str] = &[
+    ferry_proto::peer::FEATURE_CANDIDATES,
+    ferry_proto::peer::FEATURE_MOVE,
+];
 /// How long a side that reconnects waits for the peer to come back.
 pub const REJOIN_WAIT: Duration = Duration::from_secs(40);
 /// How long a TCP path may go without an acknowledgement (of data, or of a
@@ -159,6 +166,10 @@ pub struct PeerLink {
     /// the first connection ([`Sender::connect`], [`receive`]), `None` on
     /// the links [`Rejoin::reconnect`] returns (keep using that `Rejoin`).
     pub rejoin: Option<Rejoin>,
+    /// When the relay carries the transfer while direct attempts still
+    /// run: the direct path that may replace it ([`Upgrade`]; the sender
+    /// moves with `ferry_transfer::send_moving`).
+    pub upgrade: Option<Upgrade>,
 }
 
 /// How a direct path was found, where there is more than one way.

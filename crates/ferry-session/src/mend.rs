@@ -118,6 +118,13 @@ impl Mender {
         }
     }
 
+    /// The transfer moved to `link` (a direct path that replaced the
+    /// relay, [`Upgrade`](crate::Upgrade)): its ends are this link's.
+    pub fn moved(&mut self, link: &PeerLink) {
+        self.since = Instant::now();
+        self.relay_limits = link.relay_limits;
+    }
+
     /// Whether `error` is a break this mender may mend now.
     pub fn may_mend(&self, error: &TransferError) -> bool {
         mendable(error) && self.retries > 0 && self.rejoin.is_some() && self.breaks < MAX_BREAKS

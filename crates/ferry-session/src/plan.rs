@@ -54,6 +54,9 @@ pub struct PlanInput<'a> {
     pub hopeless: bool,
     /// Port spraying instead of a plain punch ([`spray_role`]).
     pub spray: Option<&'a Spray>,
+    /// Both sides can move a running transfer from the relay to a direct
+    /// path that comes up later (`ferry_proto::peer::FEATURE_MOVE`).
+    pub can_move: bool,
 }
 
 /// Our part in port spraying, when exactly one of the two NATs maps a new
@@ -191,6 +194,10 @@ pub fn plan_paths(input: &PlanInput<'_>) -> Vec<Step> {
     if input.relay_token && options.allows(PathKind::Relay) {
         let spraying = steps.iter().any(|s| matches!(s, Step::SprayQuic { .. }));
         let head_start = if steps.is_empty() || input.hopeless {
+            Duration::ZERO
+        } else if spraying && input.can_move {
+            // Spraying takes seconds: the transfer starts on the relay and
+            // moves to the sprayed path when it comes.
             Duration::ZERO
         } else if spraying {
             SPRAY_RELAY_HEAD_START
@@ -418,6 +425,7 @@ mod tests {
             relay_token: true,
             hopeless: false,
             spray: None,
+            can_move: false,
         }
     }
 
@@ -916,6 +924,19 @@ mod tests {
             steps.last(),
             Some(&Step::Relay {
                 head_start: SPRAY_RELAY_HEAD_START
+            })
+        );
+        // Between peers that can move a running transfer, the relay starts
+        // at once and the transfer moves to the sprayed path later.
+        let moving = plan_paths(&PlanInput {
+            spray: Some(&spray),
+            can_move: true,
+            ..input(&theirs, true)
+        });
+        assert_eq!(
+            moving.last(),
+            Some(&Step::Relay {
+                head_start: Duration::ZERO
             })
         );
         // Not when QUIC is not allowed.

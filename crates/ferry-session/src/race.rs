@@ -11,9 +11,9 @@ use ferry_connect::race::{
     Action, NOMINATION, Nominee, NomineeAction, PathFailure, PathId, PathKind, Race, RaceConfig,
 };
 use ferry_proto::pairing::SecureChannel;
-use ferry_proto::peer::{Candidate, FEATURE_CANDIDATES, PeerToPeer, Transport};
+use ferry_proto::peer::{Candidate, FEATURE_CANDIDATES, FEATURE_MOVE, PeerToPeer, Transport};
 use ferry_rendezvous::{SignalClient, SignalEvent};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 use tracing::{debug, info};
 
@@ -88,12 +88,21 @@ impl Mailbox<'_> {
     }
 }
 
+/// The race's outcome: the path nominated, the paths that failed, and
+/// when the relay won while direct attempts still run, those attempts
+/// ([`Upgrade`]).
+pub(crate) struct Won {
+    pub(crate) path: Established,
+    pub(crate) lost: Vec<(PathKind, PathFailure)>,
+    pub(crate) upgrade: Option<Upgrade>,
+}
+
 /// The sender picks the best authenticated path and nominates it.
 pub(crate) async fn race_controlling(
     mut paths: Paths,
     mut mailbox: Mailbox<'_>,
     mut trickle: Trickle<'_>,
-) -> Result<(Established, Vec<(PathKind, PathFailure)>), SessionError> {
+) -> Result<Won, SessionError> {
     let mut mailbox_open = true;
     let mut race = Race::new(
         Instant::now(),
@@ -130,7 +139,18 @@ pub(crate) async fn race_controlling(
                     match tokio::time::timeout(Duration::from_secs(5), nominated).await {
                         Ok(Ok(())) => {
                             info!(path = %winner.kind, remote = %winner.remote, "path nominated");
-                            return Ok((winner, race.failures().to_vec()));
+                            let upgrade = (winner.kind == PathKind::Relay
+                                && mailbox.channel.peer_understands(FEATURE_MOVE)
+                                && !paths.set.is_empty())
+                            .then(|| {
+                                info!("direct attempts go on behind the relay");
+                                Upgrade::controlling(std::mem::take(&mut paths.set))
+                            });
+                            return Ok(Won {
+                                path: winner,
+                                lost: race.failures().to_vec(),
+                                upgrade,
+                            });
                         }
                         _ => {
                             return Err(SessionError::PeerGone(PeerGone::WentAwayAsChosen(
@@ -267,7 +287,7 @@ pub(crate) async fn race_controlled(
     mut paths: Paths,
     mut mailbox: Mailbox<'_>,
     mut trickle: Trickle<'_>,
-) -> Result<(Established, Vec<(PathKind, PathFailure)>), SessionError> {
+) -> Result<Won, SessionError> {
     let mut nominee = Nominee::new(Instant::now(), NOMINATION_TIMEOUT);
     for (id, kind) in paths.kinds.iter().enumerate() {
         nominee.handle_started(id, *kind);
@@ -281,22 +301,11 @@ pub(crate) async fn race_controlled(
             match action {
                 NomineeAction::Report { kind, why } => mailbox.path_failed(kind, &why).await,
                 NomineeAction::Await(id) => {
-                    let Some(mut path) = held.remove(&id) else {
+                    let Some(path) = held.remove(&id) else {
                         continue;
                     };
                     let deadline = nominee.poll_timeout().unwrap_or_else(Instant::now);
-                    waiting.spawn(async move {
-                        let mut word = [0u8; NOMINATION.len()];
-                        let read = tokio::time::timeout_at(
-                            deadline.into(),
-                            path.stream.read_exact(&mut word),
-                        )
-                        .await;
-                        match read {
-                            Ok(Ok(_)) if &word == NOMINATION => (id, Some(path)),
-                            _ => (id, None),
-                        }
-                    });
+                    waiting.spawn(read_nomination(id, path, deadline));
                 }
                 NomineeAction::Use(id) => {
                     let Some(path) = held.remove(&id) else {
@@ -309,7 +318,23 @@ pub(crate) async fn race_controlled(
                     let won = paths.kinds.get(id).copied();
                     let mut lost = nominee.failures().to_vec();
                     lost.retain(|(kind, _)| Some(*kind) != won);
-                    return Ok((path, lost));
+                    let behind = !paths.set.is_empty() || !waiting.is_empty() || !held.is_empty();
+                    let upgrade = (path.kind == PathKind::Relay
+                        && mailbox.channel.peer_understands(FEATURE_MOVE)
+                        && behind)
+                        .then(|| {
+                            info!("direct attempts go on behind the relay");
+                            Upgrade::controlled(
+                                std::mem::take(&mut paths.set),
+                                std::mem::take(&mut waiting),
+                                std::mem::take(&mut held),
+                            )
+                        });
+                    return Ok(Won {
+                        path,
+                        lost,
+                        upgrade,
+                    });
                 }
                 NomineeAction::GiveUp => {
                     return Err(SessionError::NoPath {

@@ -21,7 +21,7 @@ FAILED_NAMES=()
 e2e_cleanup() {
     local rc=$?
     "$LAB" down >/dev/null 2>&1 || true
-    if [ "$FAILED" -gt 0 ] || [ "$rc" -ne 0 ]; then
+    if [ "$FAILED" -gt 0 ] || [ "$rc" -ne 0 ] || [ -n "${E2E_KEEP:-}" ]; then
         echo "(logs kept in $E2E_WORK)" >&2
     else
         rm -rf "$E2E_WORK"

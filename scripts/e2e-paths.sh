@@ -43,12 +43,22 @@ transfer() {
     recv_out="$E2E_WORK/recv.$tag.json"
     mkdir -p "$out"
     local started=$SECONDS
+    [ -n "${WANT_MOVE:-}" ] && block_direct
     start_send "$send_out" "${SEND_EXTRA[@]}" "$E2E_WORK/payload.bin" || return 0
     local sender=$SENDER_PID code=$CODE
-    local recv_rc=0 send_rc=0
+    local recv_rc=0 send_rc=0 unblocker=
+    if [ -n "${WANT_MOVE:-}" ]; then
+        unblock_udp_on_relay "$recv_out" &
+        unblocker=$!
+    fi
     timeout 120 "$LAB" exec b -- "$FERRY" receive --json --yes --server "$SIGNAL" --out "$out" "${RECV_EXTRA[@]}" "$code" \
         >"$recv_out" 2>"$recv_out.log" || recv_rc=$?
     wait "$sender" || send_rc=$?
+    if [ -n "$unblocker" ]; then
+        kill "$unblocker" 2>/dev/null || true
+        wait "$unblocker" 2>/dev/null || true
+        unblock_all
+    fi
     local took=$((SECONDS - started))
     [ -n "${WANT_MAPPED_BY:-}" ] && check_mapped_by "$WANT_MAPPED_BY" "$send_out.log"
     [ -n "${WANT_RECV_MAPPED_BY:-}" ] && check_mapped_by "$WANT_RECV_MAPPED_BY" "$recv_out.log" receiver nat-b
@@ -68,10 +78,13 @@ transfer() {
     else
         fail "the received file differs (or is missing)"
     fi
-    expect "path (receiver)" "$want" "$(jq -r 'select(.event == "path") | .path' "$recv_out" | head -n1)"
-    expect "path (sender)" "$want" "$(jq -r 'select(.event == "path") | .path' "$send_out" | head -n1)"
+    # The path that carried the transfer to its end: the last path or
+    # moved event (a transfer may start on the relay and move).
+    expect "path (receiver)" "$want" "$(final_path "$recv_out" .path)"
+    expect "path (sender)" "$want" "$(final_path "$send_out" .path)"
+    [ -n "${WANT_MOVE:-}" ] && check_move "$send_out" "$recv_out" "$want"
     local remote
-    remote=$(jq -r 'select(.event == "path") | .remote' "$recv_out" | head -n1)
+    remote=$(final_path "$recv_out" .remote)
     case $remote in
         "$remote_prefix"*) pass "receiver's peer address $remote" ;;
         *) fail "receiver's peer address: expected $remote_prefix..., seen $remote" ;;
@@ -91,9 +104,81 @@ transfer() {
     fi
     local connect rate
     connect=$(jq -r 'select(.event == "path") | .connect_secs' "$recv_out" | head -n1)
+    if [ "$(jq -r 'select(.event == "moved") | .path' "$recv_out" | head -n1)" != "" ]; then
+        printf '          started on the relay, moved to %s after %.2f s\n' \
+            "$(final_path "$recv_out" .path)" "$(final_path "$recv_out" .after_secs)"
+    fi
     rate=$(jq -r 'select(.event == "done") | .rate_bytes_per_sec / 1048576 | floor' "$recv_out" | head -n1)
     printf '          connected in %.2f s, %s MiB/s, whole case %d s\n' "$connect" "$rate" "$took"
     TABLE+=("$(printf '%-34s %-22s %8.2f s %6s MiB/s' "$CASE" "$want" "$connect" "$rate")")
+}
+
+# final_path JSON FIELD: FIELD of the path the transfer ended on (the last
+# `path` or `moved` event)
+final_path() {
+    jq -rs "[.[] | select(.event == \"path\" or .event == \"moved\")] | last | $2" "$1"
+}
+
+# The WANT_MOVE cases: direct traffic between the two NATs' WAN addresses
+# is dropped in inet (UDP and TCP each in their own table) until the
+# transfer runs on the relay; then UDP passes again, the punch still under
+# way succeeds, and the transfer moves to QUIC. TCP stays blocked.
+MOVE_A=198.51.100.2
+MOVE_B=198.51.100.18
+block_direct() {
+    local proto
+    for proto in udp tcp; do
+        lab exec inet -- nft -f - <<EOF2
+table ip e2e_block_$proto {
+    chain forward {
+        type filter hook forward priority -10; policy accept;
+        ip saddr $MOVE_A ip daddr $MOVE_B meta l4proto $proto drop
+        ip saddr $MOVE_B ip daddr $MOVE_A meta l4proto $proto drop
+    }
+}
+EOF2
+    done
+}
+unblock_all() {
+    lab exec inet -- nft delete table ip e2e_block_udp 2>/dev/null || true
+    lab exec inet -- nft delete table ip e2e_block_tcp 2>/dev/null || true
+}
+# unblock_udp_on_relay RECV_JSON: once the receiver's path event says
+# relay (at most 30 s), UDP passes again
+unblock_udp_on_relay() {
+    local _
+    for _ in $(seq 1 300); do
+        if [ "$(jq -r 'select(.event == "path") | .path' "$1" 2>/dev/null | head -n1)" = relay ]; then
+            sleep 0.5
+            lab exec inet -- nft delete table ip e2e_block_udp 2>/dev/null || true
+            return 0
+        fi
+        sleep 0.1
+    done
+}
+
+# check_move SEND_JSON RECV_JSON WANT: both sides started on the relay and
+# moved to WANT, with bytes over the relay first; done lists the move
+check_move() {
+    local send_json=$1 recv_json=$2 want=$3 json side
+    for side in sender receiver; do
+        json=$send_json
+        [ "$side" = receiver ] && json=$recv_json
+        expect "first path ($side)" relay "$(jq -r 'select(.event == "path") | .path' "$json" | head -n1)"
+        expect "moved from ($side)" relay "$(jq -r 'select(.event == "moved") | .from' "$json" | head -n1)"
+        expect "moved to ($side)" "$want" "$(jq -r 'select(.event == "moved") | .path' "$json" | head -n1)"
+        expect "moves in done ($side)" 1 "$(jq -r 'select(.event == "done") | .moves | length' "$json" | head -n1)"
+        local before after
+        before=$(jq -r 'select(.event == "moved") | .bytes_before' "$json" | head -n1)
+        after=$(jq -r 'select(.event == "moved") | .after_secs' "$json" | head -n1)
+        if [ "${before:-0}" -gt 0 ] 2>/dev/null; then
+            pass "$side: $before bytes over the relay, moved after ${after} s"
+        else
+            fail "$side: no bytes over the relay before the move ($before)"
+        fi
+    done
+    expect "the receiver's bytes this run" $((SIZE_MIB * 1024 * 1024)) \
+        "$(jq -r 'select(.event == "done") | .bytes_transferred' "$recv_json" | head -n1)"
 }
 
 # check_spray SEND_JSON RECV_JSON: both sides (run with -v) say port
@@ -109,8 +194,7 @@ check_spray() {
         else
             fail "no 'port spraying found the peer' in the $side's log"
         fi
-        expect "found by ($side)" spray \
-            "$(jq -r 'select(.event == "path") | .found_by.method // "none"' "$json" | head -n1)"
+        expect "found by ($side)" spray "$(final_path "$json" '.found_by.method // "none"')"
     done
 }
 
@@ -194,13 +278,23 @@ WANT_REASON=
 # One NAT maps a new random port per destination, the other filters by
 # port: port spraying (256 sockets on the hard side, random probes from the
 # easy one) finds a pair, in either direction.
-SEND_EXTRA=(-v)
+# The relay starts at once beside the spray and the transfer moves to
+# the sprayed path when it comes; rate-limited, so that the transfer is
+# still running then (unlimited, the lab's relay moves 64 MiB in 0.3 s).
+SEND_EXTRA=(-v --limit-rate 16M)
 RECV_EXTRA=(-v)
 WANT_SPRAY=1
 transfer "port-restricted <-> symmetric (spraying)" quic 198.51.100.2 nat --a port-restricted --b symmetric
 transfer "symmetric <-> port-restricted (spraying)" quic 198.51.100.2 nat --a symmetric --b port-restricted
 WANT_SPRAY=
 RECV_EXTRA=()
+# A punch that gets through only after the transfer started on the relay:
+# the transfer moves to QUIC mid-stream. Rate-limited so that it is still
+# running when the punch succeeds.
+WANT_MOVE=1
+SEND_EXTRA=(--limit-rate 8M)
+transfer "relay first, then a late punch: moves to QUIC" quic 198.51.100.2 port-restricted
+WANT_MOVE=
 SEND_EXTRA=()
 transfer "only TCP 443 out, both sides" relay "$SIGNAL" tcp443-only
 transfer "UDP blocked, TCP only to 443" relay "$SIGNAL" nat --a tcp443-only --b udp-blocked

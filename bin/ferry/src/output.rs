@@ -19,7 +19,11 @@
 //! - `resume`: `{path, offset}` for each file resumed from a `.ferry-part`
 //! - `progress`: `{bytes_done, bytes_total}`
 //! - `text`: `{text}` (receiver of a text message)
-//! - `done`: `{files, bytes_total, bytes_transferred, bytes_resumed, secs, rate_bytes_per_sec, path}`
+//! - `moved`: `{from, path, description, local, remote, after_secs, bytes_before, found_by}`:
+//!   the transfer moved from the relay (`from`) to a direct path that came
+//!   up later, at a chunk boundary; `bytes_before` went over `from`
+//! - `done`: `{files, bytes_total, bytes_transferred, bytes_resumed, secs, rate_bytes_per_sec, path, moves}`:
+//!   `path` the last path; `moves` the `moved` events, in order
 //! - `error`: `{message, exit_code}`
 //!
 //! Strings that came from the peer or the server (names, text, reasons,
@@ -51,6 +55,12 @@ pub struct Output {
     /// Bytes done at the first progress on the current link (the resumed
     /// offset after a reconnect), once it came.
     link_base: Option<u64>,
+    /// The moves between paths so far, as `done` lists them.
+    moves: Vec<Value>,
+    /// Bytes moved on the paths the transfer moved away from.
+    carried: u64,
+    /// When the first progress came.
+    first_progress: Option<Instant>,
 }
 
 impl Output {
@@ -64,6 +74,9 @@ impl Output {
             last_plain: None,
             done: 0,
             link_base: None,
+            moves: Vec::new(),
+            carried: 0,
+            first_progress: None,
         }
     }
 
@@ -108,6 +121,7 @@ impl Output {
     pub fn progress(&mut self, done: u64, total: u64) {
         self.done = done;
         self.link_base.get_or_insert(done);
+        self.first_progress.get_or_insert_with(Instant::now);
         if self.json {
             self.event(
                 "progress",
@@ -242,6 +256,43 @@ pub fn announce_path(link: &ferry_session::PeerLink, out: &Output) {
     }
 }
 
+/// Tells that the transfer moved from the `from` path (the relay) to
+/// `link`, a direct path that came up later, and notes it for `done`.
+pub fn announce_move(
+    link: &ferry_session::PeerLink,
+    from: ferry_connect::PathKind,
+    out: &mut Output,
+) {
+    let after = link.connect_time;
+    let carried = out.bytes_on_link();
+    out.carried += carried;
+    let moved = json!({
+        "from": from.code(),
+        "path": link.path.code(),
+        "description": link.path.to_string(),
+        "local": link.local.to_string(),
+        "remote": link.remote.to_string(),
+        "after_secs": after.as_secs_f64(),
+        "bytes_before": carried,
+        "found_by": link.found_by.map(found_by_json),
+    });
+    out.event("moved", moved.clone());
+    out.moves.push(moved);
+    out.say(format!(
+        "Moved to {}, {} ⇄ {}, after {} on the {from}{}; {} went over the {from}, the rest goes \
+         direct",
+        link.path,
+        link.local,
+        link.remote,
+        short_duration(after),
+        match link.found_by {
+            Some(how) => format!(" (found by {how})"),
+            None => String::new(),
+        },
+        HumanBytes(carried),
+    ));
+}
+
 /// How a direct path was found, for JSON: `method` (`punch`, `spray`,
 /// `port-mapping`) and, for spraying, `hard_here`, `probes` (null on the
 /// side that sprayed from many sockets) and `predicted`.
@@ -288,6 +339,17 @@ pub fn announce_done(
     out: &mut Output,
 ) {
     out.finish_progress();
+    // Bytes that went over a path the transfer moved away from count as
+    // moved this time, not as resumed, and the time as the whole run's.
+    let mut report = report.clone();
+    if !out.moves.is_empty() {
+        let carried = out.carried.min(report.bytes_resumed);
+        report.bytes_resumed -= carried;
+        report.bytes_transferred += carried;
+        if let Some(first) = out.first_progress {
+            report.elapsed = report.elapsed.max(first.elapsed());
+        }
+    }
     let secs = report.elapsed.as_secs_f64();
     out.event(
         "done",
@@ -300,8 +362,13 @@ pub fn announce_done(
             "secs": secs,
             "rate_bytes_per_sec": (report.bytes_transferred as f64 / secs.max(1e-3)) as u64,
             "path": path.code(),
+            "moves": out.moves,
         }),
     );
+    let path = match out.moves.first().and_then(|m| m["from"].as_str()) {
+        Some(from) => format!("{from}, then {path}"),
+        None => path.to_string(),
+    };
     let resumed = if report.bytes_resumed > 0 {
         format!(
             " (resumed: {} were already there)",

@@ -5,7 +5,8 @@ use std::io::BufRead;
 
 use anyhow::{Context, Result};
 use ferry_proto::code::Code;
-use ferry_transfer::{Event, Offer, ReceiveOptions};
+use ferry_session::MOVE_WAIT;
+use ferry_transfer::{Event, Offer, ReceiveOptions, TransferError};
 use serde_json::json;
 
 use crate::cli::ReceiveArgs;
@@ -33,6 +34,7 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
     let mut link = session::receiver(&server, &code, args.path.options(), out).await?;
     output::announce_path(&link, out);
     let mut mending = Reconnect::new(&mut link, args.path.retries);
+    let mut upgrade = link.upgrade.take();
     let mut path = link.path;
     let mut stream = link.stream;
     let options = ReceiveOptions {
@@ -105,17 +107,46 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
                 return Err(session::interrupted(stream, true).await);
             };
             let report = loop {
-                let error = match result {
+                let link = match result {
                     Ok(report) => break report,
-                    Err(error) if mending.may_mend(&error) => error,
+                    Err(TransferError::Moved) => {
+                        session::close_moved(stream).await;
+                        // The sender nominated the direct path before it
+                        // moved: its word is here, or on its way.
+                        let moved = match upgrade.as_mut() {
+                            Some(upgrade) => upgrade.within(MOVE_WAIT).await,
+                            None => None,
+                        };
+                        if let Some(link) = &moved {
+                            mending.moved(link, path, out);
+                        }
+                        moved
+                    }
+                    Err(error) if mending.may_mend(&error) => {
+                        drop(stream);
+                        let link = mending.mend(error, out).await?;
+                        output::announce_path(&link, out);
+                        Some(link)
+                    }
                     Err(error) => {
                         let error = anyhow::Error::new(error).context("the transfer failed");
                         return session::fail_closing(stream, error).await;
                     }
                 };
-                drop(stream);
-                let link = mending.mend(error, out).await?;
-                output::announce_path(&link, out);
+                let mut link = match link {
+                    Some(link) => link,
+                    None => {
+                        // Moved, but the direct path did not reach us:
+                        // find the sender again as after a break.
+                        let lost = TransferError::Stream(std::io::Error::other(
+                            "the sender moved to a direct path that did not reach us",
+                        ));
+                        let link = mending.mend(lost, out).await?;
+                        output::announce_path(&link, out);
+                        link
+                    }
+                };
+                upgrade = link.upgrade.take();
                 path = link.path;
                 stream = link.stream;
                 let options = ReceiveOptions {

@@ -1,7 +1,8 @@
 //! `ferry send`.
 
 use anyhow::{Context, Result};
-use ferry_transfer::{Event, SendOutcome, Source};
+use ferry_session::Upgrade;
+use ferry_transfer::{Event, SendOutcome, Source, TransferError};
 use indicatif::HumanBytes;
 use serde_json::json;
 
@@ -42,14 +43,26 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
     let (outcome, path) = loop {
         let path = link.path;
         let mut stream = link.stream;
+        // A direct path that comes up behind the relay: the transfer moves
+        // onto it at the next chunk boundary.
+        let mut upgrade = link.upgrade;
         let events = |event| show_event(out, event);
+        let move_when = async {
+            match upgrade.as_mut() {
+                Some(upgrade) => upgrade.arrived().await,
+                None => std::future::pending().await,
+            }
+        };
         let transfer = async {
             match args.limit_rate {
                 Some(rate) => {
-                    ferry_transfer::send(Throttled::new(&mut stream, rate), source.clone(), events)
+                    let throttled = Throttled::new(&mut stream, rate);
+                    ferry_transfer::send_moving(throttled, source.clone(), events, move_when).await
+                }
+                None => {
+                    ferry_transfer::send_moving(&mut stream, source.clone(), events, move_when)
                         .await
                 }
-                None => ferry_transfer::send(&mut stream, source.clone(), events).await,
             }
         };
         let Some(result) = session::unless_interrupted(transfer).await else {
@@ -59,6 +72,19 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
             Ok(outcome) => {
                 stream.close().await;
                 break (outcome, path);
+            }
+            Err(TransferError::Moved) => {
+                // The relay's part is over: Move went out, then our end.
+                session::close_moved(stream).await;
+                let moved = upgrade.as_mut().and_then(Upgrade::take);
+                let Some(moved) = moved else {
+                    // send_moving moves only once the upgrade arrived.
+                    return Err(anyhow::anyhow!(
+                        "internal error: the transfer moved, but to no path"
+                    ));
+                };
+                link = moved;
+                mending.moved(&link, path, out);
             }
             Err(error) if mending.may_mend(&error) => {
                 drop(stream);

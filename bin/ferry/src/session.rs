@@ -247,6 +247,12 @@ pub async fn fail_closing<T>(stream: ferry_connect::PeerStream, error: anyhow::E
     Err(error)
 }
 
+/// Closes the stream the transfer moved away from (the relay): bounded,
+/// the transfer goes on elsewhere meanwhile.
+pub async fn close_moved(stream: ferry_connect::PeerStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+}
+
 /// Reconnecting after the path broke mid-transfer (`--retries`): the
 /// library's [`Mender`] decides and reconnects; this renders what it does.
 pub struct Reconnect {
@@ -259,6 +265,14 @@ impl Reconnect {
         Reconnect {
             mender: Mender::new(link, retries),
         }
+    }
+
+    /// The transfer moved from the `from` path to `link` (a direct path
+    /// that came up behind the relay). Says so on the output.
+    pub fn moved(&mut self, link: &PeerLink, from: ferry_connect::PathKind, out: &mut Output) {
+        self.mender.moved(link);
+        crate::output::announce_move(link, from, out);
+        out.start_link();
     }
 
     /// Whether `error` is a broken path we may mend by reconnecting.

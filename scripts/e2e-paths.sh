@@ -82,7 +82,11 @@ transfer() {
     # moved event (a transfer may start on the relay and move).
     expect "path (receiver)" "$want" "$(final_path "$recv_out" .path)"
     expect "path (sender)" "$want" "$(final_path "$send_out" .path)"
-    [ -n "${WANT_MOVE:-}" ] && check_move "$send_out" "$recv_out" "$want"
+    case ${WANT_MOVE:-} in
+        back) check_move "$send_out" "$recv_out" quic
+              check_back_on_relay "$send_out" "$recv_out" ;;
+        ?*) check_move "$send_out" "$recv_out" "$want" ;;
+    esac
     local remote
     remote=$(final_path "$recv_out" .remote)
     case $remote in
@@ -104,9 +108,11 @@ transfer() {
     fi
     local connect rate
     connect=$(jq -r 'select(.event == "path") | .connect_secs' "$recv_out" | head -n1)
-    if [ "$(jq -r 'select(.event == "moved") | .path' "$recv_out" | head -n1)" != "" ]; then
-        printf '          started on the relay, moved to %s after %.2f s\n' \
-            "$(final_path "$recv_out" .path)" "$(final_path "$recv_out" .after_secs)"
+    local moved_to
+    moved_to=$(jq -r 'select(.event == "moved") | .path' "$recv_out" | head -n1)
+    if [ -n "$moved_to" ]; then
+        printf '          started on the relay, moved to %s after %.2f s\n' "$moved_to" \
+            "$(jq -r 'select(.event == "moved") | .after_secs' "$recv_out" | head -n1)"
     fi
     rate=$(jq -r 'select(.event == "done") | .rate_bytes_per_sec / 1048576 | floor' "$recv_out" | head -n1)
     printf '          connected in %.2f s, %s MiB/s, whole case %d s\n' "$connect" "$rate" "$took"
@@ -127,7 +133,7 @@ MOVE_A=198.51.100.2
 MOVE_B=198.51.100.18
 block_direct() {
     local proto
-    for proto in udp tcp; do
+    for proto in ${1:-udp tcp}; do
         lab exec inet -- nft -f - <<EOF2
 table ip e2e_block_$proto {
     chain forward {
@@ -144,13 +150,23 @@ unblock_all() {
     lab exec inet -- nft delete table ip e2e_block_tcp 2>/dev/null || true
 }
 # unblock_udp_on_relay RECV_JSON: once the receiver's path event says
-# relay (at most 30 s), UDP passes again
+# relay (at most 30 s), UDP passes again; with WANT_MOVE=back, once it
+# says it moved (at most 30 s more), UDP is dropped again
 unblock_udp_on_relay() {
     local _
     for _ in $(seq 1 300); do
         if [ "$(jq -r 'select(.event == "path") | .path' "$1" 2>/dev/null | head -n1)" = relay ]; then
             sleep 0.5
             lab exec inet -- nft delete table ip e2e_block_udp 2>/dev/null || true
+            break
+        fi
+        sleep 0.1
+    done
+    [ "${WANT_MOVE:-}" = back ] || return 0
+    for _ in $(seq 1 300); do
+        if [ -n "$(jq -r 'select(.event == "moved") | .path' "$1" 2>/dev/null | head -n1)" ]; then
+            sleep 1
+            block_direct udp
             return 0
         fi
         sleep 0.1
@@ -177,8 +193,22 @@ check_move() {
             fail "$side: no bytes over the relay before the move ($before)"
         fi
     done
+    # After a reconnect, what the link before it moved counts as resumed.
+    [ "${WANT_MOVE:-}" = back ] && return 0
     expect "the receiver's bytes this run" $((SIZE_MIB * 1024 * 1024)) \
         "$(jq -r 'select(.event == "done") | .bytes_transferred' "$recv_json" | head -n1)"
+}
+
+# check_back_on_relay SEND_JSON RECV_JSON: the direct path the transfer
+# moved to broke, and both sides reconnected onto the relay
+check_back_on_relay() {
+    local json side
+    for side in sender receiver; do
+        json=$1
+        [ "$side" = receiver ] && json=$2
+        expect "reconnected ($side)" 1 "$(jq -r 'select(.event == "reconnected")' "$json" | jq -s length)"
+        expect "second path ($side)" relay "$(jq -r 'select(.event == "path") | .path' "$json" | sed -n 2p)"
+    done
 }
 
 # check_spray SEND_JSON RECV_JSON: both sides (run with -v) say port
@@ -294,6 +324,12 @@ RECV_EXTRA=()
 WANT_MOVE=1
 SEND_EXTRA=(--limit-rate 8M)
 transfer "relay first, then a late punch: moves to QUIC" quic 198.51.100.2 port-restricted
+# ... and when that punched path breaks (UDP dropped again, TCP still
+# is), both sides notice within QUIC's idle timeout and reconnect: the
+# relay carries the rest. Slower, so that the transfer outlasts the break.
+WANT_MOVE=back
+SEND_EXTRA=(--limit-rate 2M)
+transfer "relay, moved to QUIC, QUIC breaks: back on the relay" relay "$SIGNAL" port-restricted
 WANT_MOVE=
 SEND_EXTRA=()
 transfer "only TCP 443 out, both sides" relay "$SIGNAL" tcp443-only

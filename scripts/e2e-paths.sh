@@ -63,6 +63,7 @@ transfer() {
     [ -n "${WANT_MAPPED_BY:-}" ] && check_mapped_by "$WANT_MAPPED_BY" "$send_out.log"
     [ -n "${WANT_RECV_MAPPED_BY:-}" ] && check_mapped_by "$WANT_RECV_MAPPED_BY" "$recv_out.log" receiver nat-b
     [ -n "${WANT_SPRAY:-}" ] && check_spray "$send_out" "$recv_out"
+    [ -n "${WANT_FOUND:-}" ] && check_found_by_mapping "$send_out" "$recv_out" $WANT_FOUND
     if [ "$want" = fail ]; then
         expect "receiver exit code" 4 "$recv_rc"
         expect "sender exit code" 4 "$send_rc"
@@ -211,6 +212,22 @@ check_back_on_relay() {
     done
 }
 
+# check_found_by_mapping SEND_JSON RECV_JSON SENDER_SIDE RECEIVER_SIDE:
+# both sides say a port mapping found the path, on the side given (ours:
+# the peer connected to our mapping; peer: we connected to the peer's;
+# any: either)
+check_found_by_mapping() {
+    local json side want seen
+    for side in sender receiver; do
+        if [ "$side" = sender ]; then json=$1 want=$3; else json=$2 want=$4; fi
+        seen=$(final_path "$json" '"\(.found_by.method // "none") \(.found_by.side // "")"')
+        case $want in
+            any) expect "found by ($side)" port-mapping "${seen%% *}" ;;
+            *) expect "found by ($side)" "port-mapping $want" "$seen" ;;
+        esac
+    done
+}
+
 # check_spray SEND_JSON RECV_JSON: both sides (run with -v) say port
 # spraying found the peer, in the log and in the path event's found_by
 check_spray() {
@@ -268,7 +285,9 @@ transfer "port-restricted <-> port-restricted" quic 198.51.100.2 port-restricted
 transfer "port-restricted <-> full-cone" quic 198.51.100.2 nat --a port-restricted --b full-cone
 transfer "same LAN behind one NAT" lan 10.0.1.10 same-lan
 transfer "UDP blocked, port-preserving NATs" tcp-simultaneous-open 198.51.100.2 udp-blocked
+WANT_FOUND="any any"
 transfer "UPnP gateways" tcp 198.51.100.2 upnp
+WANT_FOUND="ours peer"
 # UPnP IGD off: the sender maps its TCP port by PCP (or NAT-PMP). Behind a
 # NAT that lets only TCP 443 out (no UDP, no simultaneous open), with no
 # relay, that mapping is the only way in. (miniupnpd refuses to map behind a
@@ -277,6 +296,7 @@ SEND_EXTRA=(-v)
 WANT_MAPPED_BY="PCP|NAT-PMP"
 SERVER_EXTRA=(--no-relay)
 transfer "NAT-PMP/PCP, sender 443-only, no relay" tcp 198.51.100.2 nat --a tcp443-only --b port-restricted --pmp
+WANT_FOUND="peer ours"
 SERVER_EXTRA=()
 WANT_MAPPED_BY=
 SEND_EXTRA=()
@@ -292,6 +312,7 @@ WANT_RECV_MAPPED_BY="PCP|NAT-PMP"
 transfer "NAT-PMP/PCP on the receiver's gateway only, receiver 443-only, no relay" tcp 198.51.100.2 \
     nat --a port-restricted --b tcp443-only --pmp --upnp-on b
 WANT_RECV_MAPPED_BY=
+WANT_FOUND=
 RECV_EXTRA=()
 SERVER_EXTRA=()
 transfer "double NAT (outer in 100.64/10)" quic 198.51.100.34 double-nat

@@ -9,7 +9,7 @@
 //!   `{name, kind: "file"|"folder", files, bytes}`; `flagged` every hidden
 //!   path (a component starting with `.`; the shortest such prefix, a
 //!   folder ending in `/`) and executable file as `{path, hidden, executable}`
-//! - `path`: `{path, description, local, remote, connect_secs, lost: [{path, why}], relay_reason}`:
+//! - `path`: `{path, description, local, remote, connect_secs, lost: [{path, why}], relay_reason, found_by, relay_limits}`:
 //!   how the peers connected; `path` is `lan`, `tcp`, `quic`,
 //!   `tcp-simultaneous-open` or `relay`; `lost` lists the paths that
 //!   failed; `relay_reason` (relay only, else null) says why no direct
@@ -294,8 +294,10 @@ pub fn announce_move(
 }
 
 /// How a direct path was found, for JSON: `method` (`punch`, `spray`,
-/// `port-mapping`) and, for spraying, `hard_here`, `probes` (null on the
-/// side that sprayed from many sockets) and `predicted`.
+/// `port-mapping`); for spraying, `hard_here`, `probes` (null on the side
+/// that sprayed from many sockets) and `predicted`; for a port mapping,
+/// `side` (`ours`: the peer connected to the port our gateway mapped, with
+/// its `protocol`; `peer`: we connected to the peer's).
 fn found_by_json(how: ferry_session::FoundBy) -> serde_json::Value {
     match how {
         ferry_session::FoundBy::Spray {
@@ -308,6 +310,10 @@ fn found_by_json(how: ferry_session::FoundBy) -> serde_json::Value {
             "probes": probes,
             "predicted": predicted,
         }),
+        ferry_session::FoundBy::PeerPortMapping => json!({"method": how.code(), "side": "peer"}),
+        ferry_session::FoundBy::OwnPortMapping { protocol } => {
+            json!({"method": how.code(), "side": "ours", "protocol": protocol})
+        }
         _ => json!({ "method": how.code() }),
     }
 }

@@ -27,6 +27,9 @@ pub(crate) struct Established {
     pub(crate) relay_limits: Option<ferry_relay::PairLimits>,
     /// How the path was found, where there is more than one way.
     pub(crate) found_by: Option<FoundBy>,
+    /// Our listener accepted it (the peer connected to one of our TCP
+    /// addresses).
+    pub(crate) accepted: bool,
 }
 
 pub(crate) type Attempt = std::pin::Pin<
@@ -88,7 +91,10 @@ impl Plan {
                 let acceptor = ferry_connect::tls_acceptor(&self.identity, &self.peer_fingerprint)?;
                 Box::pin(async move {
                     let (tls, remote) = listener.accept(&acceptor, ACCEPT_TIMEOUT).await?;
-                    Ok(direct_tls(tls, tcp_kind(remote), remote))
+                    Ok(Established {
+                        accepted: true,
+                        ..direct_tls(tls, tcp_kind(remote), remote)
+                    })
                 })
             }
             Step::ConnectTcp { targets } => {
@@ -302,6 +308,7 @@ async fn quic_path(
         remote,
         relay_limits: None,
         found_by: Some(found_by),
+        accepted: false,
     })
 }
 
@@ -451,6 +458,7 @@ fn direct_tls(
         remote,
         relay_limits: None,
         found_by: None,
+        accepted: false,
     }
 }
 

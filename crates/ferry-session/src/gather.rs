@@ -189,6 +189,17 @@ pub(crate) enum PortGuard {
 }
 
 impl PortGuard {
+    /// The protocol that made the mappings, for people.
+    pub(crate) fn protocol(&self) -> &'static str {
+        match self {
+            PortGuard::Upnp(_) => "UPnP IGD",
+            PortGuard::Pmp(_) => "NAT-PMP/PCP",
+            PortGuard::First { guard, .. } => guard.protocol(),
+            #[cfg(test)]
+            PortGuard::Fake(_) => "test",
+        }
+    }
+
     /// Removes every mapping; says what failed.
     pub(crate) async fn close(self) -> Result<(), String> {
         match self {
@@ -464,6 +475,11 @@ impl Upnp {
             guard,
             server,
         }
+    }
+
+    /// The protocol of our gateway's port mappings, when it made some.
+    pub(crate) fn mapped_by(&self) -> Option<&'static str> {
+        self.guard.as_ref().map(PortGuard::protocol)
     }
 
     /// A search is still under way.

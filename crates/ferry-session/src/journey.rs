@@ -314,6 +314,7 @@ pub(crate) async fn run_session(
             &mut upnp,
         )
         .await;
+    let own_mapping = upnp.mapped_by();
     upnp.close().await;
     let _ = signal.release(None).await;
     let Won {
@@ -344,7 +345,13 @@ pub(crate) async fn run_session(
         lost,
         relay_reason,
         relay_limits: established.relay_limits,
-        found_by: established.found_by,
+        found_by: match established.found_by {
+            // From outside our NAT, only through the port it mapped for us.
+            None if established.accepted && established.kind == PathKind::Tcp => {
+                own_mapping.map(|protocol| FoundBy::OwnPortMapping { protocol })
+            }
+            other => other,
+        },
         rejoin: None,
         upgrade,
     })

@@ -189,6 +189,11 @@ pub enum FoundBy {
     },
     /// A port the peer's gateway mapped for it (UPnP IGD, NAT-PMP or PCP).
     PeerPortMapping,
+    /// A port our gateway mapped for us, which the peer connected to.
+    OwnPortMapping {
+        /// "UPnP IGD" or "NAT-PMP/PCP".
+        protocol: &'static str,
+    },
 }
 
 impl FoundBy {
@@ -197,7 +202,7 @@ impl FoundBy {
         match self {
             FoundBy::Punch => "punch",
             FoundBy::Spray { .. } => "spray",
-            FoundBy::PeerPortMapping => "port-mapping",
+            FoundBy::PeerPortMapping | FoundBy::OwnPortMapping { .. } => "port-mapping",
         }
     }
 }
@@ -222,6 +227,9 @@ impl std::fmt::Display for FoundBy {
                 Ok(())
             }
             FoundBy::PeerPortMapping => f.write_str("the peer's mapped port"),
+            FoundBy::OwnPortMapping { protocol } => {
+                write!(f, "our gateway's port mapping ({protocol})")
+            }
         }
     }
 }
@@ -253,6 +261,11 @@ mod tests {
         assert_eq!(hard.code(), "spray");
         assert_eq!(FoundBy::Punch.code(), "punch");
         assert_eq!(FoundBy::PeerPortMapping.code(), "port-mapping");
+        let ours = FoundBy::OwnPortMapping {
+            protocol: "NAT-PMP/PCP",
+        };
+        assert_eq!(ours.code(), "port-mapping");
+        assert_eq!(ours.to_string(), "our gateway's port mapping (NAT-PMP/PCP)");
     }
 
     #[test]

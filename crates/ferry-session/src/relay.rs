@@ -52,5 +52,6 @@ pub(crate) async fn relay_path(
         remote: relay,
         relay_limits: Some(limits),
         found_by: None,
+        accepted: false,
     })
 }

@@ -42,7 +42,8 @@ transfer() {
     send_out="$E2E_WORK/send.$tag.json"
     recv_out="$E2E_WORK/recv.$tag.json"
     mkdir -p "$out"
-    local started=$SECONDS
+    local started=$SECONDS server_rx0
+    server_rx0=$(server_rx_bytes)
     [ -n "${WANT_MOVE:-}" ] && block_direct
     start_send "$send_out" "${SEND_EXTRA[@]}" "$E2E_WORK/payload.bin" || return 0
     local sender=$SENDER_PID code=$CODE
@@ -63,6 +64,9 @@ transfer() {
     [ -n "${WANT_MAPPED_BY:-}" ] && check_mapped_by "$WANT_MAPPED_BY" "$send_out.log"
     [ -n "${WANT_RECV_MAPPED_BY:-}" ] && check_mapped_by "$WANT_RECV_MAPPED_BY" "$recv_out.log" receiver nat-b
     [ -n "${WANT_SPRAY:-}" ] && check_spray "$send_out" "$recv_out"
+    if [ "$want" != relay ] && [ "$want" != fail ]; then
+        check_server_carried "$server_rx0" "$recv_out"
+    fi
     [ -n "${WANT_FOUND:-}" ] && check_found_by_mapping "$send_out" "$recv_out" $WANT_FOUND
     if [ "$want" = fail ]; then
         expect "receiver exit code" 4 "$recv_rc"
@@ -118,6 +122,25 @@ transfer() {
     rate=$(jq -r 'select(.event == "done") | .rate_bytes_per_sec / 1048576 | floor' "$recv_out" | head -n1)
     printf '          connected in %.2f s, %s MiB/s, whole case %d s\n' "$connect" "$rate" "$took"
     TABLE+=("$(printf '%-34s %-22s %8.2f s %6s MiB/s' "$CASE" "$want" "$connect" "$rate")")
+}
+
+# The bytes the server host received so far (its one interface's counter)
+server_rx_bytes() { lab exec server -- cat /sys/class/net/eth0/statistics/rx_bytes 2>/dev/null || echo 0; }
+
+# check_server_carried RX_BEFORE RECV_JSON: on a direct path the server
+# host did not carry the file: it received at most what went over the
+# relay before a move (plus 10% and 2 MiB for TLS, signalling and STUN),
+# by its own interface counter, not ferry's word
+check_server_carried() {
+    local before=$1 relayed carried limit
+    relayed=$(jq -r 'select(.event == "moved") | .bytes_before' "$2" | head -n1)
+    carried=$(( $(server_rx_bytes) - before ))
+    limit=$(( ${relayed:-0} * 11 / 10 + 2 * 1024 * 1024 ))
+    if [ "$carried" -le "$limit" ]; then
+        pass "the server host received $carried bytes (at most $limit: ${relayed:-0} relayed before a move)"
+    else
+        fail "the server host received $carried bytes, more than $limit: the file went through it"
+    fi
 }
 
 # final_path JSON FIELD: FIELD of the path the transfer ended on (the last
@@ -337,6 +360,7 @@ RECV_EXTRA=(-v)
 WANT_SPRAY=1
 transfer "port-restricted <-> symmetric (spraying)" quic 198.51.100.2 nat --a port-restricted --b symmetric
 transfer "symmetric <-> port-restricted (spraying)" quic 198.51.100.2 nat --a symmetric --b port-restricted
+transfer "full-cone <-> symmetric (spraying)" quic 198.51.100.2 nat --a full-cone --b symmetric
 WANT_SPRAY=
 RECV_EXTRA=()
 # A punch that gets through only after the transfer started on the relay:

@@ -110,7 +110,7 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
                 let link = match result {
                     Ok(report) => break report,
                     Err(TransferError::Moved) => {
-                        session::close_moved(stream).await;
+                        session::close_moved(stream);
                         // The sender nominated the direct path before it
                         // moved: its word is here, or on its way.
                         let moved = match upgrade.as_mut() {

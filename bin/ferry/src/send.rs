@@ -75,7 +75,7 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
             }
             Err(TransferError::Moved) => {
                 // The relay's part is over: Move went out, then our end.
-                session::close_moved(stream).await;
+                session::close_moved(stream);
                 let moved = upgrade.as_mut().and_then(Upgrade::take);
                 let Some(moved) = moved else {
                     // send_moving moves only once the upgrade arrived.

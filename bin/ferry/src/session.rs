@@ -247,10 +247,12 @@ pub async fn fail_closing<T>(stream: ferry_connect::PeerStream, error: anyhow::E
     Err(error)
 }
 
-/// Closes the stream the transfer moved away from (the relay): bounded,
-/// the transfer goes on elsewhere meanwhile.
-pub async fn close_moved(stream: ferry_connect::PeerStream) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+/// Closes the stream the transfer moved away from (the relay) in the
+/// background, bounded: the transfer goes on on the new path meanwhile.
+pub fn close_moved(stream: ferry_connect::PeerStream) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+    });
 }
 
 /// Reconnecting after the path broke mid-transfer (`--retries`): the

@@ -49,6 +49,7 @@ pub mod address;
 pub mod confirm;
 pub mod direct;
 mod error;
+pub mod eyeballs;
 pub mod priority;
 pub mod punch;
 pub mod quic;

@@ -159,26 +159,43 @@ pub(crate) async fn connect_signal(server: &str) -> Result<(SignalClient, Welcom
             reason: e.to_string(),
         })
     })?;
-    let mut stream = None;
-    let mut last_error = None;
-    for addr in resolved {
+    // Every address of the name, IPv6 first, the next one 250 ms later
+    // while the one before is still pending (Happy Eyeballs).
+    let connected = ferry_connect::eyeballs::connect(resolved, |addr| {
         let local = match addr {
             SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
         };
-        match ferry_connect::simopen::connect_from(local, addr, Duration::from_secs(10)).await {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last_error = Some(e),
+        ferry_connect::simopen::connect_from(local, addr, Duration::from_secs(10))
+    })
+    .await;
+    let stream = match connected {
+        Ok((stream, addr)) => {
+            debug!(%addr, "reached the rendezvous server");
+            stream
         }
-    }
-    let Some(stream) = stream else {
-        return Err(SessionError::Signal(SignalError::Connect {
-            server: server.to_string(),
-            reason: last_error.map_or_else(|| "no address found".into(), |e| e.to_string()),
-        }));
+        Err(failures) if failures.is_empty() => {
+            return Err(SessionError::Signal(SignalError::Connect {
+                server: server.to_string(),
+                reason: "no address found".into(),
+            }));
+        }
+        Err(failures) => {
+            // The server's name is in the message already; the addresses
+            // only when it had several.
+            let reason = match failures.as_slice() {
+                [(_, error)] => error.to_string(),
+                several => several
+                    .iter()
+                    .map(|(addr, error)| format!("{addr}: {error}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            };
+            return Err(SessionError::Signal(SignalError::Connect {
+                server: server.to_string(),
+                reason,
+            }));
+        }
     };
     let (signal, welcome) = SignalClient::connect_over(server, Some(stream)).await?;
     debug!(observed = %welcome.observed_addr, local = %welcome.local_addr, "connected to the rendezvous server");

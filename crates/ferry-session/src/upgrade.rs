@@ -183,7 +183,9 @@ async fn await_nomination(
     mut waiting: JoinSet<(PathId, Option<Established>)>,
     held: HashMap<PathId, Established>,
 ) -> Option<Established> {
-    let deadline = Instant::now() + UPGRADE_WINDOW;
+    // A little longer than the sender's window: a path it nominates at the
+    // end of its own is still taken.
+    let deadline = Instant::now() + UPGRADE_WINDOW + Duration::from_secs(5);
     for (id, path) in held {
         waiting.spawn(read_nomination(id, path, deadline));
     }

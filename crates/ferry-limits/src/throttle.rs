@@ -14,6 +14,10 @@ use tokio::time::{Instant, Sleep};
 
 use crate::TokenBucket;
 
+/// The least a write passes on, unless the buffer is smaller: a TLS
+/// record's worth.
+const MIN_WRITE: f64 = 16.0 * 1024.0;
+
 /// A stream whose writes are capped at `rate` bytes per second. Reads pass
 /// through.
 pub struct Throttled<S> {
@@ -59,6 +63,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Throttled<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        // Whole writes of at least MIN_WRITE (or the buffer, if smaller):
+        // the bucket refills by a few bytes between two calls, and writing
+        // those at once made TLS records (and TCP segments) of a few dozen
+        // bytes each, five times the data on the wire at 8 MiB/s.
+        let want = (buf.len() as f64).min(MIN_WRITE.min(this.burst)).max(1.0);
         let (now, allowance) = loop {
             if let Some(sleep) = this.sleep.as_mut() {
                 ready!(sleep.as_mut().poll(cx));
@@ -66,12 +75,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Throttled<S> {
             }
             let now = this.origin.elapsed();
             let allowance = this.bucket.available(now);
-            if allowance >= 1.0 {
+            if allowance >= want {
                 break (now, allowance);
             }
-            // Wait for a KiB (or the whole burst, if smaller) rather than
-            // writing byte by byte.
-            let wait = this.bucket.wait_for(now, 1024.0_f64.min(this.burst));
+            let wait = this.bucket.wait_for(now, want);
             this.sleep = Some(Box::pin(tokio::time::sleep(wait)));
         };
         let n = buf.len().min(allowance as usize).max(1);
@@ -157,5 +164,40 @@ mod tests {
         // 300 KiB at 100 KiB/s with a 16 KiB burst: close to 2.84 s of virtual time.
         assert!(took >= Duration::from_millis(2700), "{took:?}");
         assert!(took <= Duration::from_millis(3100), "{took:?}");
+    }
+
+    /// Counts the writes that reach it.
+    struct Writes(Vec<usize>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(buf.len());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_are_whole_records_not_the_few_bytes_that_came_in_meanwhile() {
+        // Real time: between two calls the bucket gains a few bytes.
+        let mut throttled = Throttled::new(Writes(Vec::new()), 8 * 1024 * 1024);
+        throttled.write_all(&vec![7u8; 2 << 20]).await.unwrap();
+        let writes = &throttled.inner.0;
+        assert_eq!(writes.iter().sum::<usize>(), 2 << 20);
+        let small = writes.iter().filter(|&&n| n < 16 * 1024).count();
+        assert!(
+            small <= 1,
+            "{small} writes below 16 KiB of {}",
+            writes.len()
+        );
     }
 }

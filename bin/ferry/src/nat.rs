@@ -773,7 +773,12 @@ fn print_human(r: &Report, out: &Output) {
         None => "unknown",
     };
     let remote = |s: &str| escape::line(s).into_owned();
-    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1} ms"));
+    // Loopback and LAN round trips are well under a millisecond.
+    let ms = |v: Option<f64>| match v {
+        None => "-".to_string(),
+        Some(v) if v < 1.0 => format!("{v:.3} ms"),
+        Some(v) => format!("{v:.1} ms"),
+    };
     say(
         "Server",
         format!(

@@ -78,9 +78,37 @@ pub enum Command {
     ///                 --relay-secret-file relay.secret             # on the rendezvous host
     #[command(after_help = EXIT_CODES_HELP, verbatim_doc_comment)]
     Relay(RelayArgs),
-    /// Tell what network this is: NAT mapping and filtering, public
-    /// addresses, UPnP, and whether direct connections will work.
-    #[command(after_help = EXIT_CODES_HELP)]
+    /// Tell what network this is, and whether direct connections will work
+    ///
+    /// Like `tailscale netcheck`: IPv4 and IPv6 each (reachable, the public
+    /// UDP mapping, NAT mapping and filtering, hairpinning), the TCP
+    /// mapping, which port-mapping protocols the gateway answers (UPnP,
+    /// NAT-PMP, PCP), round trips to the server, its STUN responder and the
+    /// relay, and what works with each kind of peer. Only the server, the
+    /// default gateway and this host's own public mapping are sent to.
+    ///
+    /// --json prints one `nat` object with these fields (times in ms,
+    /// null when not measured):
+    ///   server, stun_server, interfaces [{name, addr, class}]
+    ///   rendezvous {reachable, local, observed, port_preserved, error}
+    ///   ipv4, ipv6 {status (reachable|no_global_address|no_server_address|
+    ///     no_route|failed|no_answer), reachable, why, global_address,
+    ///     stun_server, blocked, local, mapped, mapping, mapping_why,
+    ///     filtering, filtering_why, port_preserved, rfc5780, error,
+    ///     hairpinning (true|false|null), stun_rtt_ms}
+    ///   udp: IPv4's {blocked, local, mapped, mapping, filtering, ...}
+    ///     mapping/filtering: none|endpoint-independent|address-dependent|
+    ///     address-and-port-dependent|unknown
+    ///   tcp {local, mapped, port_preserved, mapping_varies_by_dest_port,
+    ///     compared, error}: STUN over TCP from the rendezvous port
+    ///   portmap {upnp, nat_pmp, pcp, gateway, error}: which answered
+    ///   upnp {gateway, external_ip, external_ip_class, test_mapping, error}
+    ///   pmp {gateway, version, external, external_ip_class, removed, error}
+    ///   latency {rendezvous_tcp_ms, rendezvous_welcome_ms, stun_ipv4_ms,
+    ///     stun_ipv6_ms, relay, relay_tcp_ms, relay_error}
+    ///   verdict {code (open|direct|direct-tcp|relay|unreachable|unknown),
+    ///     text, peers {no_nat, cone, symmetric, udp_blocked: {code, text}}}
+    #[command(after_help = EXIT_CODES_HELP, verbatim_doc_comment)]
     Nat(NatArgs),
 }
 
@@ -93,6 +121,12 @@ pub struct NatArgs {
     /// another port.
     #[arg(long, value_name = "PORT")]
     pub stun_port: Option<u16>,
+
+    /// The gateway to ask about port mapping (NAT-PMP, PCP; UPnP is
+    /// searched for from the local address towards it). By default the
+    /// IPv4 default route's gateway.
+    #[arg(long, value_name = "IP")]
+    pub gateway: Option<std::net::Ipv4Addr>,
 
     #[command(flatten)]
     pub server: ServerArg,

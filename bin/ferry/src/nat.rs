@@ -1,46 +1,97 @@
 //! `ferry nat`: what network am I on? In the spirit of `tailscale
-//! netcheck`: interfaces and their classes, the public UDP and TCP
-//! mappings, NAT mapping and filtering behaviour (RFC 5780, when the server
-//! has two IPs), port preservation, UPnP, NAT-PMP/PCP, and a one-line verdict.
+//! netcheck`: interfaces and their classes; IPv4 and IPv6 each (reachable
+//! or not and why, the public UDP mapping, NAT mapping and filtering
+//! behaviour by RFC 5780 when the server has two IPs, port preservation,
+//! hairpinning); the TCP mapping (kept port, the same mapping towards two
+//! server ports); which port-mapping protocols the gateway speaks (UPnP
+//! IGD, NAT-PMP, PCP) and a test mapping; round-trip times to the
+//! rendezvous server, its STUN responder and the relay; and a verdict,
+//! overall and per kind of peer.
 //!
-//! This module runs the probes and renders the report; the verdict itself
-//! is decided by [`ferry_nat::verdict::Verdict::decide`] from what they
-//! observed, and worded here ([`verdict_text`]).
+//! This module runs the probes (the IO) and renders the report; the
+//! decisions are pure and live in `ferry_nat`: [`Verdict::decide`] and
+//! [`Verdict::with_peer`] (what works, per peer kind),
+//! [`FamilyStatus::decide`] (does IPv4/IPv6 work, why not),
+//! [`ferry_nat::hairpin::HairpinCheck`] and
+//! [`ferry_nat::pmp::PresenceProbe`] (sans-IO machines).
 //!
-//! JSON (`--json`, one object, event `nat`), fields:
-//! - `server`: the rendezvous server asked; `stun_server`: its STUN address
+//! Order: the rendezvous connection first (its welcome names the STUN
+//! port and the relay); then at once: UDP discovery per family (then, on
+//! the same socket, STUN round trips and the hairpin check), STUN over
+//! TCP from the rendezvous connection's local port, a TCP connect to the
+//! relay. The gateway probes (UPnP, NAT-PMP/PCP presence and test
+//! mapping) run from the start. Only the server's addresses and the
+//! default gateway are ever sent to (and this host's own public mapping,
+//! for hairpinning).
+//!
+//! JSON (`--json`, one object, event `nat`), fields (times in
+//! milliseconds, `null` when not measured):
+//! - `server`: the rendezvous server asked; `stun_server`: its STUN
+//!   address (IPv4 when it has one)
 //! - `interfaces`: `[{name, addr, class}]`
 //! - `rendezvous`: `{reachable, local, observed, port_preserved, error}`:
 //!   the TCP signalling connection and the address the server saw
-//! - `udp`: `{blocked, local, mapped, mapping, filtering, port_preserved,
+//! - `ipv4`, `ipv6`: one per family: `{status, reachable, why,
+//!   global_address, stun_server, blocked, local, mapped, mapping,
+//!   mapping_why, filtering, filtering_why, port_preserved, rfc5780,
+//!   error, hairpinning, stun_rtt_ms}`; `status` is one of `reachable`,
+//!   `no_global_address`, `no_server_address`, `no_route`, `failed`,
+//!   `no_answer` and `why` says it in words; `global_address`: this host
+//!   has one of the family (for IPv4: any but loopback or link-local);
+//!   `hairpinning`: `true` when a second socket reached the first one's
+//!   public mapping, `false` when not, `null` when not tested
+//! - `udp`: the IPv4 discovery alone (as before the families):
+//!   `{blocked, local, mapped, mapping, filtering, port_preserved,
 //!   rfc5780, error}`; `mapping` and `filtering` are one of `none`
 //!   (mapping only: no NAT), `endpoint-independent`, `address-dependent`,
 //!   `address-and-port-dependent`, `unknown`; `*_why` says why unknown
-//! - `tcp`: `{local, mapped, port_preserved, error}` (STUN over TCP from a
-//!   chosen port)
+//! - `tcp`: `{local, mapped, port_preserved, mapping_varies_by_dest_port,
+//!   compared, error}`: STUN over TCP from the rendezvous connection's
+//!   local port; `mapping_varies_by_dest_port` is whether the public
+//!   address:port STUN saw differs from the one the rendezvous port saw
+//!   (two ports of the server's one IP; `null` when either failed), and
+//!   `compared` names the two
+//! - `portmap`: `{upnp, nat_pmp, pcp, gateway, error}`: which protocols
+//!   the gateway answered (UPnP: an IGD answered the search; NAT-PMP,
+//!   PCP: an answer in that version), asked at once within about 2 s
 //! - `upnp`: `{gateway, external_ip, external_ip_class, test_mapping:
 //!   {status: mapped|failed|not_tried, external, removed, error}, error}`
-//! - `verdict`: `{code, text}`; code is one of `open`, `direct`,
-//!   `direct-tcp`, `relay`, `unreachable`, `unknown`
+//! - `pmp`: the NAT-PMP/PCP test mapping: `{gateway, version, external,
+//!   external_ip_class, removed, error}`
+//! - `latency`: `{rendezvous_tcp_ms, rendezvous_welcome_ms, stun_ipv4_ms,
+//!   stun_ipv6_ms, relay, relay_tcp_ms, relay_error}`: the TCP connect to
+//!   the rendezvous server, its hello-to-welcome time, the best STUN
+//!   round trip per family, the TCP connect to the relay the welcome
+//!   names (`relay`; often the rendezvous address itself)
+//! - `verdict`: `{code, text, peers}`; code is one of `open`, `direct`,
+//!   `direct-tcp`, `relay`, `unreachable`, `unknown` (for most peers);
+//!   `peers`: `{no_nat, cone, symmetric, udp_blocked}`, each `{code,
+//!   text}`: what works with a peer of that kind, in one sentence
+//!
+//! Every string from the network (UPnP URLs, error texts) is escaped
+//! before it reaches a terminal; addresses are parsed types.
 //!
 //! Exit code 0 with the report; 4 (network) when nothing answered (the
 //! verdict `unreachable`), after the report, with one line naming the
 //! server.
 
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ferry_nat::behaviour::{DiscoveryConfig, Filtering, Mapping, NatReport, discover_udp};
-use ferry_nat::pmp::{PmpOptions, PmpReport};
-use ferry_nat::stun::binding_tcp;
+use ferry_nat::family::{Facts, Family, FamilyStatus, has_global_address};
+use ferry_nat::hairpin::{HairpinConfig, check_hairpin};
+use ferry_nat::pmp::{PmpOptions, PmpReport, PresenceConfig};
+use ferry_nat::stun::{BindingOptions, RetransmitConfig, binding_tcp, binding_udp};
 use ferry_nat::upnp::{TestMapping, UpnpOptions, UpnpReport};
-use ferry_nat::verdict::{Observations, Reach, Verdict};
+use ferry_nat::verdict::{Observations, PeerKind, PeerOutcome, Reach, Verdict};
 use ferry_rendezvous::SignalClient;
 use serde::Serialize;
 use tokio::net::UdpSocket;
 
 use crate::cli::NatArgs;
+use crate::escape;
 use crate::exit::Failure;
 use crate::output::Output;
 use crate::session;
@@ -52,10 +103,14 @@ pub struct Report {
     stun_server: Option<String>,
     interfaces: Vec<InterfaceReport>,
     rendezvous: RendezvousReport,
+    ipv4: FamilyReport,
+    ipv6: FamilyReport,
     udp: UdpReport,
     tcp: TcpReport,
+    portmap: PortmapReport,
     upnp: UpnpReport,
     pmp: PmpReport,
+    latency: LatencyReport,
     verdict: VerdictReport,
 }
 
@@ -75,7 +130,7 @@ struct RendezvousReport {
     error: Option<String>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 struct UdpReport {
     blocked: bool,
     local: Option<SocketAddr>,
@@ -89,26 +144,72 @@ struct UdpReport {
     error: Option<String>,
 }
 
+/// One address family's part of the report.
+#[derive(Debug, Serialize)]
+struct FamilyReport {
+    status: FamilyStatus,
+    reachable: bool,
+    why: Option<String>,
+    global_address: bool,
+    stun_server: Option<SocketAddr>,
+    #[serde(flatten)]
+    udp: UdpReport,
+    hairpinning: Option<bool>,
+    stun_rtt_ms: Option<f64>,
+}
+
 #[derive(Debug, Default, Serialize)]
 struct TcpReport {
     local: Option<SocketAddr>,
     mapped: Option<SocketAddr>,
     port_preserved: Option<bool>,
+    mapping_varies_by_dest_port: Option<bool>,
+    compared: Option<String>,
     error: Option<String>,
 }
 
+/// Which port-mapping protocols the gateway answered.
+#[derive(Debug, Default, Serialize)]
+struct PortmapReport {
+    upnp: bool,
+    nat_pmp: bool,
+    pcp: bool,
+    gateway: Option<Ipv4Addr>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct LatencyReport {
+    rendezvous_tcp_ms: Option<f64>,
+    rendezvous_welcome_ms: Option<f64>,
+    stun_ipv4_ms: Option<f64>,
+    stun_ipv6_ms: Option<f64>,
+    relay: Option<SocketAddr>,
+    relay_tcp_ms: Option<f64>,
+    relay_error: Option<String>,
+}
+
 /// The verdict as reported: `code` is the one-word [`Reach`], `text` the
-/// sentence for people.
+/// sentence for people, `peers` the same per kind of peer.
 #[derive(Debug, Serialize)]
 struct VerdictReport {
     code: Reach,
     text: &'static str,
+    peers: PeersReport,
+}
+
+#[derive(Debug, Serialize)]
+struct PeersReport {
+    no_nat: PeerOutcome,
+    cone: PeerOutcome,
+    symmetric: PeerOutcome,
+    udp_blocked: PeerOutcome,
 }
 
 /// Runs `ferry nat`.
 pub async fn run(args: NatArgs, out: &mut Output) -> Result<()> {
     let server = session::server_address(&args.server.server)?;
-    let report = check(&server, args.stun_port).await?;
+    let report = check(&server, args.stun_port, args.gateway).await?;
     if out.is_json() {
         out.event("nat", serde_json::to_value(&report)?);
     } else {
@@ -133,11 +234,26 @@ fn unreachable(server: &str, rendezvous: &RendezvousReport) -> anyhow::Error {
 /// welcome names one.
 const DEFAULT_STUN_PORT: u16 = 3478;
 
+/// The bound of one TCP connect or exchange (rendezvous aside, which has
+/// its own).
+const TCP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How many STUN round trips are timed per family (the best one counts).
+const RTT_SAMPLES: usize = 3;
+
 /// Runs every check against `server` (HOST:PORT of the rendezvous server,
 /// whose STUN responder listens on the same host: on `stun_port` when
-/// given, else on the port the server's welcome announces).
-pub async fn check(server: &str, stun_port: Option<u16>) -> Result<Report> {
-    let interfaces = ferry_nat::interfaces()
+/// given, else on the port the server's welcome announces). The port
+/// mapping probes ask `gateway`, else the default route's.
+pub async fn check(
+    server: &str,
+    stun_port: Option<u16>,
+    gateway: Option<Ipv4Addr>,
+) -> Result<Report> {
+    let found = ferry_nat::interfaces();
+    let global4 = has_global_address(&found, Family::Ipv4);
+    let global6 = has_global_address(&found, Family::Ipv6);
+    let interfaces = found
         .into_iter()
         .map(|i| InterfaceReport {
             name: i.name,
@@ -149,97 +265,290 @@ pub async fn check(server: &str, stun_port: Option<u16>) -> Result<Report> {
         .rsplit_once(':')
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
         .unwrap_or_else(|| server.to_string());
-    // The rendezvous server first: its welcome names the STUN port (the
-    // gateway probes run meanwhile).
+    // The rendezvous server first: its welcome names the STUN port and
+    // the relay (the gateway probes run meanwhile).
     let network = async {
-        let (rendezvous, announced) = check_rendezvous(server).await;
-        let stun_port = stun_port.or(announced).unwrap_or(DEFAULT_STUN_PORT);
-        let stun_server = tokio::net::lookup_host((host.as_str(), stun_port))
+        let rendezvous = check_rendezvous(server).await;
+        let stun_port = stun_port
+            .or(rendezvous.stun_port)
+            .unwrap_or(DEFAULT_STUN_PORT);
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), stun_port))
             .await
-            .ok()
-            .and_then(|mut addrs| addrs.find(SocketAddr::is_ipv4));
-        let (udp, tcp) = tokio::join!(check_udp(stun_server), check_tcp(stun_server));
-        (rendezvous, stun_server, udp, tcp)
+            .map(|a| a.collect())
+            .unwrap_or_default();
+        let stun4 = addrs.iter().copied().find(SocketAddr::is_ipv4);
+        let stun6 = addrs.iter().copied().find(SocketAddr::is_ipv6);
+        // STUN over TCP asks the family the rendezvous connection used.
+        let stun_tcp = match rendezvous.report.local {
+            Some(SocketAddr::V6(_)) => stun6.or(stun4),
+            _ => stun4.or(stun6),
+        };
+        let (v4, v6, tcp, relay) = tokio::join!(
+            check_family(Family::Ipv4, stun4, global4),
+            check_family(Family::Ipv6, stun6, global6),
+            check_tcp(stun_tcp, &rendezvous),
+            check_relay(rendezvous.relay),
+        );
+        if let Some(signal) = rendezvous.client {
+            let _ = signal.release(None).await;
+        }
+        (
+            rendezvous.report,
+            rendezvous.timing,
+            stun4.or(stun6),
+            v4,
+            v6,
+            tcp,
+            relay,
+        )
     };
-    let ((rendezvous, stun_server, (udp, nat), tcp), upnp, pmp) =
-        tokio::join!(network, check_upnp(), check_pmp());
+    let (
+        (rendezvous, timing, stun_server, (ipv4, nat4, rtt4), (ipv6, nat6, rtt6), tcp, relay),
+        upnp,
+        pmp,
+        portmap,
+    ) = tokio::join!(
+        network,
+        check_upnp(gateway),
+        check_pmp(gateway),
+        check_portmap(gateway)
+    );
     if !rendezvous.reachable && stun_server.is_none() {
         return Err(unreachable(server, &rendezvous));
     }
+    let portmap = PortmapReport {
+        upnp: upnp.gateway.is_some(),
+        ..portmap
+    };
+    let tcp_port_preserved = tcp.port_preserved;
+    let rendezvous_port_preserved = rendezvous.port_preserved;
     let verdict = Verdict::decide(&Observations {
         rendezvous_reachable: rendezvous.reachable,
-        rendezvous_port_preserved: rendezvous.port_preserved,
-        udp: nat,
+        rendezvous_port_preserved,
+        // IPv4 decides when it answered (most peers have it), else IPv6.
+        udp: nat4.filter(|r| r.mapped.is_some()).or(nat6),
         tcp_mapped: tcp.mapped.is_some(),
-        tcp_port_preserved: tcp.port_preserved,
+        tcp_port_preserved,
         // A port mapped by NAT-PMP/PCP counts as one mapped by UPnP.
         upnp_mapped: matches!(upnp.test_mapping, TestMapping::Mapped { .. })
             || pmp.external.is_some(),
     });
+    let tcp_kept = tcp_port_preserved.or(rendezvous_port_preserved) == Some(true);
+    let peer = |kind| verdict.with_peer(kind, tcp_kept);
     let verdict = VerdictReport {
         code: verdict.reach(),
         text: verdict_text(verdict),
+        peers: PeersReport {
+            no_nat: peer(PeerKind::NoNat),
+            cone: peer(PeerKind::Cone),
+            symmetric: peer(PeerKind::Symmetric),
+            udp_blocked: peer(PeerKind::UdpBlocked),
+        },
+    };
+    let (relay_addr, relay_tcp, relay_error) = relay;
+    let latency = LatencyReport {
+        rendezvous_tcp_ms: timing.0.map(millis),
+        rendezvous_welcome_ms: timing.1.map(millis),
+        stun_ipv4_ms: rtt4.map(millis),
+        stun_ipv6_ms: rtt6.map(millis),
+        relay: relay_addr,
+        relay_tcp_ms: relay_tcp.map(millis),
+        relay_error,
     };
     Ok(Report {
         server: server.to_string(),
         stun_server: stun_server.map(|a| a.to_string()),
         interfaces,
         rendezvous,
-        udp,
+        udp: ipv4.udp.clone(),
+        ipv4,
+        ipv6,
         tcp,
+        portmap,
         upnp,
         pmp,
+        latency,
         verdict,
     })
 }
 
-/// The rendezvous part of the report, and the STUN port the welcome
-/// announces.
-async fn check_rendezvous(server: &str) -> (RendezvousReport, Option<u16>) {
-    match SignalClient::connect(server).await {
-        Ok((client, welcome)) => {
-            let _ = client.release(None).await;
-            let report = RendezvousReport {
+/// Milliseconds, to the microsecond.
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+/// What the rendezvous connection gave: the report, the still open
+/// client (so that STUN over TCP can share its local port), the welcome's
+/// STUN port and relay, and the connect and welcome times.
+struct Rendezvous {
+    report: RendezvousReport,
+    client: Option<SignalClient>,
+    stun_port: Option<u16>,
+    relay: Option<SocketAddr>,
+    timing: (Option<Duration>, Option<Duration>),
+}
+
+/// Connects to the rendezvous server from a reusable local port (STUN
+/// over TCP then asks from the same port), timing the TCP connect and the
+/// hello-to-welcome exchange.
+async fn check_rendezvous(server: &str) -> Rendezvous {
+    let failed = |error: String, timing| Rendezvous {
+        report: RendezvousReport {
+            error: Some(error),
+            ..RendezvousReport::default()
+        },
+        client: None,
+        stun_port: None,
+        relay: None,
+        timing,
+    };
+    let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(server).await {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => {
+            let e = ferry_rendezvous::SignalError::Resolve {
+                server: server.to_string(),
+                reason: e.to_string(),
+            };
+            return failed(crate::advice::signal_text(&e), (None, None));
+        }
+    };
+    let mut stream = None;
+    let mut last_error = String::from("no address found");
+    let mut connect_time = None;
+    for addr in addrs {
+        let local = unspecified(addr);
+        let started = Instant::now();
+        match ferry_connect::connect_from(local, addr, TCP_TIMEOUT).await {
+            Ok(s) => {
+                connect_time = Some(started.elapsed());
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    let Some(stream) = stream else {
+        let e = ferry_rendezvous::SignalError::Connect {
+            server: server.to_string(),
+            reason: last_error,
+        };
+        return failed(crate::advice::signal_text(&e), (None, None));
+    };
+    let started = Instant::now();
+    match SignalClient::connect_over(server, Some(stream)).await {
+        Ok((client, welcome)) => Rendezvous {
+            report: RendezvousReport {
                 reachable: true,
                 local: Some(welcome.local_addr),
                 observed: Some(welcome.observed_addr),
                 port_preserved: Some(welcome.local_addr.port() == welcome.observed_addr.port()),
                 error: None,
-            };
-            (report, welcome.stun_port)
-        }
-        Err(e) => {
-            let report = RendezvousReport {
-                error: Some(crate::advice::signal_text(&e)),
-                ..RendezvousReport::default()
-            };
-            (report, None)
-        }
+            },
+            client: Some(client),
+            stun_port: welcome.stun_port,
+            relay: Some(welcome.relay_addr),
+            timing: (connect_time, Some(started.elapsed())),
+        },
+        Err(e) => failed(crate::advice::signal_text(&e), (connect_time, None)),
     }
 }
 
-/// The UDP part of the report, and the discovery report itself when
-/// discovery ran (for the verdict).
-async fn check_udp(stun: Option<SocketAddr>) -> (UdpReport, Option<NatReport>) {
-    let Some(stun) = stun else {
-        let report = UdpReport {
-            error: Some("the server's name did not resolve to an IPv4 address".into()),
-            ..unknown_udp()
-        };
-        return (report, None);
+/// The unspecified address of `addr`'s family, port 0.
+fn unspecified(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    }
+}
+
+/// One family: is there a server address and a route, then UDP
+/// discovery, STUN round trips and the hairpin check on one socket.
+/// Returns the report, the discovery report (for the verdict) and the
+/// best STUN round trip.
+async fn check_family(
+    family: Family,
+    stun: Option<SocketAddr>,
+    global_address: bool,
+) -> (FamilyReport, Option<NatReport>, Option<Duration>) {
+    // A route lookup sends nothing (a UDP connect()).
+    let route = stun.map(|s| ferry_nat::addr::route_source(s).is_some());
+    let (udp, nat) = match stun {
+        Some(stun) if route == Some(true) => check_udp(family, stun).await,
+        _ => (unknown_udp(), None),
     };
-    let socket = match UdpSocket::bind("0.0.0.0:0").await {
+    let (nat, socket) = match nat {
+        Some((nat, socket)) => (Some(nat), Some(socket)),
+        None => (None, None),
+    };
+    let status = FamilyStatus::decide(&Facts {
+        family,
+        server_address: stun.is_some(),
+        global_address,
+        route,
+        udp: nat.as_ref(),
+    });
+    let mut rtt = None;
+    let mut hairpinning = None;
+    if let (Some(socket), Some(stun), Some(mapped)) =
+        (&socket, stun, nat.as_ref().and_then(|n| n.mapped))
+    {
+        rtt = stun_rtt(socket, stun).await;
+        hairpinning = check_hairpin(socket, mapped, HairpinConfig::default())
+            .await
+            .ok()
+            .map(|h| h.works());
+    }
+    let report = FamilyReport {
+        status,
+        reachable: status.is_reachable(),
+        why: status.why(family),
+        global_address,
+        stun_server: stun,
+        udp,
+        hairpinning,
+        stun_rtt_ms: rtt.map(millis),
+    };
+    (report, nat, rtt)
+}
+
+/// The best of a few STUN round trips on `socket` (discovery's own are
+/// spread over its tests, some of them waiting on purpose).
+async fn stun_rtt(socket: &UdpSocket, stun: SocketAddr) -> Option<Duration> {
+    let options = BindingOptions {
+        retransmit: RetransmitConfig {
+            rto: Duration::from_millis(250),
+            max_sends: 2,
+            last_wait_factor: 2,
+        },
+        ..BindingOptions::default()
+    };
+    let mut best: Option<Duration> = None;
+    for _ in 0..RTT_SAMPLES {
+        if let Ok(r) = binding_udp(socket, stun, options).await {
+            best = Some(best.map_or(r.elapsed, |b| b.min(r.elapsed)));
+        }
+    }
+    best
+}
+
+/// UDP discovery against `stun` from a fresh socket of `family`; the
+/// report, and the discovery report and the socket when discovery ran.
+async fn check_udp(
+    family: Family,
+    stun: SocketAddr,
+) -> (UdpReport, Option<(NatReport, UdpSocket)>) {
+    let socket = match UdpSocket::bind(unspecified(stun)).await {
         Ok(s) => s,
         Err(e) => {
             let report = UdpReport {
-                error: Some(format!("cannot open a UDP socket: {e}")),
+                error: Some(format!("cannot open a {family} UDP socket: {e}")),
                 ..unknown_udp()
             };
             return (report, None);
         }
     };
     match discover_udp(&socket, stun, DiscoveryConfig::default()).await {
-        Ok(report) => (udp_report(report.clone()), Some(report)),
+        Ok(report) => (udp_report(report.clone()), Some((report, socket))),
         Err(e) => {
             let report = UdpReport {
                 error: Some(e.to_string()),
@@ -287,27 +596,45 @@ fn udp_report(r: NatReport) -> UdpReport {
     }
 }
 
-async fn check_tcp(stun: Option<SocketAddr>) -> TcpReport {
+/// STUN over TCP from the rendezvous connection's local port (still
+/// open, so both mappings exist at once), compared with what the
+/// rendezvous server saw; from a fresh port when there is no rendezvous
+/// connection.
+async fn check_tcp(stun: Option<SocketAddr>, rendezvous: &Rendezvous) -> TcpReport {
     let Some(stun) = stun else {
         return TcpReport::default();
     };
-    // Learn a free port first so that port preservation can be judged.
-    let local = match std::net::TcpListener::bind("0.0.0.0:0").and_then(|l| l.local_addr()) {
-        Ok(addr) => addr,
-        Err(e) => {
-            return TcpReport {
-                error: Some(format!("cannot pick a local TCP port: {e}")),
-                ..TcpReport::default()
-            };
-        }
-    };
-    match binding_tcp(stun, Some(local), Duration::from_secs(3)).await {
-        Ok(result) => TcpReport {
-            local: Some(local),
-            mapped: Some(result.mapped),
-            port_preserved: Some(result.mapped.port() == local.port()),
-            error: None,
+    let local = match rendezvous.report.local {
+        Some(local) => local,
+        // Learn a free port first so that port preservation can be judged.
+        None => match std::net::TcpListener::bind(unspecified(stun)).and_then(|l| l.local_addr()) {
+            Ok(addr) => addr,
+            Err(e) => {
+                return TcpReport {
+                    error: Some(format!("cannot pick a local TCP port: {e}")),
+                    ..TcpReport::default()
+                };
+            }
         },
+    };
+    match binding_tcp(stun, Some(local), TCP_TIMEOUT).await {
+        Ok(result) => {
+            let observed = rendezvous.report.observed;
+            TcpReport {
+                local: Some(local),
+                mapped: Some(result.mapped),
+                port_preserved: Some(result.mapped.port() == local.port()),
+                mapping_varies_by_dest_port: observed.map(|o| o != result.mapped),
+                compared: observed.map(|o| {
+                    format!(
+                        "from local port {}: the rendezvous port saw {o}, STUN at {stun} saw {}",
+                        local.port(),
+                        result.mapped
+                    )
+                }),
+                error: None,
+            }
+        }
         Err(e) => TcpReport {
             local: Some(local),
             error: Some(e.to_string()),
@@ -316,25 +643,82 @@ async fn check_tcp(stun: Option<SocketAddr>) -> TcpReport {
     }
 }
 
-/// Tries a short-lived NAT-PMP/PCP test mapping of a fresh UDP port on
-/// the default gateway.
-async fn check_pmp() -> PmpReport {
-    let port = std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0);
-    ferry_nat::pmp::probe(&PmpOptions::default(), port).await
+/// Times a TCP connect to the relay the welcome names; the connection is
+/// closed at once, before any frame.
+async fn check_relay(
+    relay: Option<SocketAddr>,
+) -> (Option<SocketAddr>, Option<Duration>, Option<String>) {
+    let Some(relay) = relay else {
+        return (None, None, None);
+    };
+    let started = Instant::now();
+    match tokio::time::timeout(TCP_TIMEOUT, tokio::net::TcpStream::connect(relay)).await {
+        Ok(Ok(stream)) => {
+            let took = started.elapsed();
+            drop(stream);
+            (Some(relay), Some(took), None)
+        }
+        Ok(Err(e)) => (Some(relay), None, Some(e.to_string())),
+        Err(_) => (
+            Some(relay),
+            None,
+            Some(format!("no TCP answer within {TCP_TIMEOUT:?}")),
+        ),
+    }
 }
 
-/// Looks for a UPnP gateway and tries a short-lived test mapping of a
-/// fresh UDP port.
-async fn check_upnp() -> UpnpReport {
+/// Tries a short-lived NAT-PMP/PCP test mapping of a fresh UDP port on
+/// the default gateway.
+async fn check_pmp(gateway: Option<Ipv4Addr>) -> PmpReport {
     let port = std::net::UdpSocket::bind("0.0.0.0:0")
         .and_then(|s| s.local_addr())
         .map(|a| a.port())
         .unwrap_or(0);
-    let local = std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port);
-    ferry_nat::upnp::probe(&UpnpOptions::default(), local).await
+    ferry_nat::pmp::probe(&pmp_options(gateway), port).await
+}
+
+fn pmp_options(gateway: Option<Ipv4Addr>) -> PmpOptions {
+    PmpOptions {
+        gateway,
+        ..PmpOptions::default()
+    }
+}
+
+/// Asks the default gateway whether it speaks NAT-PMP and PCP (UPnP is
+/// filled in from [`check_upnp`]).
+async fn check_portmap(gateway: Option<Ipv4Addr>) -> PortmapReport {
+    match ferry_nat::pmp::presence(&pmp_options(gateway), PresenceConfig::default()).await {
+        Ok((gateway, seen)) => PortmapReport {
+            upnp: false,
+            nat_pmp: seen.nat_pmp,
+            pcp: seen.pcp,
+            gateway: Some(gateway),
+            error: None,
+        },
+        Err(e) => PortmapReport {
+            error: Some(e.to_string()),
+            ..PortmapReport::default()
+        },
+    }
+}
+
+/// Looks for a UPnP gateway (two searches of one second; from the local
+/// address towards `gateway` when given) and tries a short-lived test
+/// mapping of a fresh UDP port.
+async fn check_upnp(gateway: Option<Ipv4Addr>) -> UpnpReport {
+    let port = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0);
+    let local = std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+    let options = UpnpOptions {
+        search_timeout: Duration::from_secs(1),
+        tries: 2,
+        bind: gateway
+            .and_then(|g| ferry_nat::addr::route_source(SocketAddr::from((g, 5351))))
+            .map(|ip| SocketAddr::new(ip, 0)),
+    };
+    ferry_nat::upnp::probe(&options, local).await
 }
 
 /// The sentence for people, per verdict (the JSON `verdict.text`).
@@ -374,96 +758,189 @@ fn verdict_text(verdict: Verdict) -> &'static str {
     }
 }
 
+/// The width of the labels in the human report.
+const LABEL: usize = 14;
+
 fn print_human(r: &Report, out: &Output) {
+    let say =
+        |label: &str, value: String| out.say(format!("{:<LABEL$}{value}", format!("{label}:")));
+    let sub =
+        |label: &str, value: String| out.say(format!("    {:<11}{value}", format!("{label}:")));
     let show = |v: Option<SocketAddr>| v.map_or_else(|| "-".to_string(), |a| a.to_string());
     let yes_no = |v: Option<bool>| match v {
         Some(true) => "yes",
         Some(false) => "no",
         None => "unknown",
     };
-    out.say(format!(
-        "Server: {} (STUN {})",
-        r.server,
-        r.stun_server.as_deref().unwrap_or("-")
-    ));
+    let remote = |s: &str| escape::line(s).into_owned();
+    // Loopback and LAN round trips are well under a millisecond.
+    let ms = |v: Option<f64>| match v {
+        None => "-".to_string(),
+        Some(v) if v < 1.0 => format!("{v:.3} ms"),
+        Some(v) => format!("{v:.1} ms"),
+    };
+    say(
+        "Server",
+        format!(
+            "{} (STUN {})",
+            r.server,
+            r.stun_server.as_deref().unwrap_or("-")
+        ),
+    );
     out.say("Interfaces:");
     for i in &r.interfaces {
-        out.say(format!("    {:<12} {:<40} {}", i.name, i.addr, i.class));
-    }
-    match &r.rendezvous.error {
-        None => out.say(format!(
-            "Rendezvous (TCP): reachable, {} seen as {} (port kept: {})",
-            show(r.rendezvous.local),
-            show(r.rendezvous.observed),
-            yes_no(r.rendezvous.port_preserved)
-        )),
-        Some(e) => out.say(format!("Rendezvous (TCP): not reachable: {e}")),
-    }
-    if r.udp.blocked {
-        out.say("UDP: blocked (no STUN answer)");
-    } else if let Some(e) = &r.udp.error {
-        out.say(format!("UDP: {e}"));
-    } else {
         out.say(format!(
-            "UDP: {} seen as {} (port kept: {})",
-            show(r.udp.local),
-            show(r.udp.mapped),
-            yes_no(r.udp.port_preserved)
-        ));
-        out.say(format!(
-            "    mapping:   {}{}",
-            r.udp.mapping,
-            r.udp
-                .mapping_why
-                .as_ref()
-                .map(|w| format!(" ({w})"))
-                .unwrap_or_default()
-        ));
-        out.say(format!(
-            "    filtering: {}{}",
-            r.udp.filtering,
-            r.udp
-                .filtering_why
-                .as_ref()
-                .map(|w| format!(" ({w})"))
-                .unwrap_or_default()
+            "    {:<12} {:<40} {}",
+            remote(&i.name),
+            i.addr,
+            i.class
         ));
     }
-    match &r.tcp.error {
-        None => out.say(format!(
-            "TCP: {} seen as {} (port kept: {})",
-            show(r.tcp.local),
-            show(r.tcp.mapped),
-            yes_no(r.tcp.port_preserved)
-        )),
-        Some(e) => out.say(format!("TCP (STUN): {e}")),
-    }
-    match (&r.upnp.gateway, &r.upnp.test_mapping) {
-        (None, _) => out.say("UPnP: no gateway found"),
-        (Some(gateway), mapping) => {
-            let ext = r
-                .upnp
-                .external_ip
-                .map_or_else(|| "-".into(), |ip| ip.to_string());
-            let test = match mapping {
-                TestMapping::Mapped { external, .. } => format!("test mapping worked ({external})"),
-                TestMapping::Failed { error } => format!("test mapping failed: {error}"),
-                _ => "no test mapping".into(),
-            };
-            out.say(format!(
-                "UPnP: gateway {gateway}, external address {ext}; {test}"
-            ));
+    say(
+        "Rendezvous",
+        match &r.rendezvous.error {
+            None => format!(
+                "reachable over TCP, {} seen as {} (port kept: {})",
+                show(r.rendezvous.local),
+                show(r.rendezvous.observed),
+                yes_no(r.rendezvous.port_preserved)
+            ),
+            Some(e) => format!("not reachable: {}", remote(e)),
+        },
+    );
+    for (label, f) in [("IPv4", &r.ipv4), ("IPv6", &r.ipv6)] {
+        if !f.reachable {
+            let why = f.why.clone().unwrap_or_default();
+            let error = f
+                .udp
+                .error
+                .as_deref()
+                .map(|e| format!(" ({})", remote(e)))
+                .unwrap_or_default();
+            say(label, format!("{why}{error}"));
+            continue;
         }
+        say(
+            label,
+            format!(
+                "yes, {} seen as {} (port kept: {})",
+                show(f.udp.local),
+                show(f.udp.mapped),
+                yes_no(f.udp.port_preserved)
+            ),
+        );
+        let why = |w: &Option<String>| {
+            w.as_ref()
+                .map(|w| format!(" ({})", remote(w)))
+                .unwrap_or_default()
+        };
+        sub(
+            "mapping",
+            format!("{}{}", f.udp.mapping, why(&f.udp.mapping_why)),
+        );
+        sub(
+            "filtering",
+            format!("{}{}", f.udp.filtering, why(&f.udp.filtering_why)),
+        );
+        sub("hairpin", yes_no(f.hairpinning).to_string());
     }
-    match (&r.pmp.version, &r.pmp.external, &r.pmp.error) {
-        (Some(version), Some(external), _) => out.say(format!(
-            "NAT-PMP/PCP: gateway {}, {version} mapped a test port ({external})",
-            r.pmp
-                .gateway
-                .map_or_else(|| "-".to_string(), |ip| ip.to_string())
-        )),
-        (_, _, Some(error)) => out.say(format!("NAT-PMP/PCP: {error}")),
-        _ => out.say("NAT-PMP/PCP: no mapping"),
+    say(
+        "TCP",
+        match &r.tcp.error {
+            None if r.tcp.mapped.is_some() => format!(
+                "{} seen as {} (port kept: {}; mapping varies by destination port: {})",
+                show(r.tcp.local),
+                show(r.tcp.mapped),
+                yes_no(r.tcp.port_preserved),
+                yes_no(r.tcp.mapping_varies_by_dest_port)
+            ),
+            None => "not tested (no STUN address)".to_string(),
+            Some(e) => format!("STUN over TCP failed: {}", remote(e)),
+        },
+    );
+    let found: Vec<&str> = [
+        (r.portmap.upnp, "UPnP"),
+        (r.portmap.nat_pmp, "NAT-PMP"),
+        (r.portmap.pcp, "PCP"),
+    ]
+    .into_iter()
+    .filter_map(|(yes, name)| yes.then_some(name))
+    .collect();
+    say(
+        "Port mapping",
+        if found.is_empty() {
+            "none found (asked UPnP, NAT-PMP, PCP)".to_string()
+        } else {
+            found.join(", ")
+        },
+    );
+    say(
+        "UPnP",
+        match (&r.upnp.gateway, &r.upnp.test_mapping) {
+            (None, _) => "no gateway found".to_string(),
+            (Some(gateway), mapping) => {
+                let ext = r
+                    .upnp
+                    .external_ip
+                    .map_or_else(|| "-".into(), |ip| ip.to_string());
+                let test = match mapping {
+                    TestMapping::Mapped { external, .. } => {
+                        format!("test mapping worked ({external})")
+                    }
+                    TestMapping::Failed { error } => {
+                        format!("test mapping failed: {}", remote(error))
+                    }
+                    _ => "no test mapping".into(),
+                };
+                format!(
+                    "gateway {}, external address {ext}; {test}",
+                    remote(gateway)
+                )
+            }
+        },
+    );
+    say(
+        "NAT-PMP/PCP",
+        match (&r.pmp.version, &r.pmp.external, &r.pmp.error) {
+            (Some(version), Some(external), _) => format!(
+                "gateway {}, {version} mapped a test port ({external})",
+                r.pmp
+                    .gateway
+                    .map_or_else(|| "-".to_string(), |ip| ip.to_string())
+            ),
+            (_, _, Some(error)) => remote(error),
+            _ => "no mapping".to_string(),
+        },
+    );
+    let l = &r.latency;
+    let mut latency = format!(
+        "rendezvous TCP {}, welcome {}; STUN IPv4 {}, IPv6 {}",
+        ms(l.rendezvous_tcp_ms),
+        ms(l.rendezvous_welcome_ms),
+        ms(l.stun_ipv4_ms),
+        ms(l.stun_ipv6_ms)
+    );
+    match (&l.relay, &l.relay_error) {
+        (Some(relay), None) => {
+            latency.push_str(&format!("; relay TCP {} ({relay})", ms(l.relay_tcp_ms)))
+        }
+        (Some(relay), Some(e)) => latency.push_str(&format!("; relay {relay}: {}", remote(e))),
+        _ => {}
     }
-    out.say(format!("Verdict: {}", r.verdict.text));
+    say("Latency", latency);
+    say("Verdict", r.verdict.text.to_string());
+    let peers = &r.verdict.peers;
+    for (kind, outcome) in [
+        (PeerKind::NoNat, &peers.no_nat),
+        (PeerKind::Cone, &peers.cone),
+        (PeerKind::Symmetric, &peers.symmetric),
+        (PeerKind::UdpBlocked, &peers.udp_blocked),
+    ] {
+        out.say(format!(
+            "    {:<20}{:<12}{}",
+            format!("peer {}:", kind.label()),
+            outcome.reach.as_str(),
+            outcome.text
+        ));
+    }
 }

@@ -148,6 +148,12 @@ pub fn interfaces() -> Vec<Interface> {
     }
 }
 
+/// The local address the kernel would send from towards `dst`, or `None`
+/// when it has no route there. A UDP `connect()`: nothing is sent.
+pub fn route_source(dst: std::net::SocketAddr) -> Option<IpAddr> {
+    crate::upnp::search::route_source(dst)
+}
+
 /// Lists this host's interface addresses, classified, or the OS error.
 pub fn try_interfaces() -> std::io::Result<Vec<Interface>> {
     Ok(if_addrs::get_if_addrs()?

@@ -17,11 +17,16 @@
 //! - [`drive`]: the one tokio driver of the sans-IO machines that talk
 //!   over one UDP socket ([`UdpMachine`], [`drive_udp`]): the STUN
 //!   transaction, behaviour discovery, and `ferry-connect`'s hole punching.
+//! - [`hairpin`]: does the NAT hairpin (a second socket sends to the
+//!   first one's public mapping): a sans-IO check and its driver.
+//! - [`family`]: per address family (IPv4, IPv6), whether it works from
+//!   here and why not: pure.
 //! - [`verdict`]: the verdict about a network, pure and typed: from what
 //!   the probes observed (rendezvous TCP, UDP behaviour, STUN over TCP,
 //!   the UPnP test mapping) to a [`verdict::Verdict`] and its one-word
 //!   [`verdict::Reach`] (`open`, `direct`, `direct-tcp`, `relay`,
-//!   `unreachable`, `unknown`).
+//!   `unreachable`, `unknown`), and what works with each kind of peer
+//!   ([`verdict::PeerKind`]), one sentence each.
 //!
 //! Not here: the `ferry nat` command, which runs the probes and words the
 //! verdict for people and `--json` (it lives in the binary).
@@ -33,6 +38,8 @@
 pub mod addr;
 pub mod behaviour;
 pub mod drive;
+pub mod family;
+pub mod hairpin;
 pub mod pmp;
 pub mod stun;
 pub mod upnp;

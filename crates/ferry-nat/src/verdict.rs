@@ -21,8 +21,17 @@
 //! ```
 //!
 //! Each [`Verdict`] has a one-word [`Reach`] (`open`, `direct`,
-//! `direct-tcp`, `relay`, `unreachable`, `unknown`); wording it for people
-//! is the caller's job.
+//! `direct-tcp`, `relay`, `unreachable`, `unknown`), for most peers;
+//! wording that overall verdict for people is the caller's job.
+//!
+//! What works depends on the peer too, so [`Verdict::with_peer`] says it
+//! for each [`PeerKind`] (no NAT, a cone NAT, a symmetric NAT, UDP
+//! blocked) as a [`Reach`] and one sentence. It counts what ferry does:
+//! hole punching, port spraying (an endpoint-independent side and a
+//! symmetric side meet by trying many ports), port mapping (UPnP,
+//! NAT-PMP, PCP) on either side, direct TCP and TCP simultaneous open,
+//! and the relay when none of them can work. A symmetric NAT is `direct`
+//! overall: most peers are on cone NATs or none.
 
 use std::fmt;
 
@@ -141,15 +150,190 @@ impl Verdict {
     pub fn reach(self) -> Reach {
         match self {
             Verdict::Unreachable => Reach::Unreachable,
-            Verdict::FewTcpPortsOnly | Verdict::UdpBlockedTcpRewritten | Verdict::Symmetric => {
-                Reach::Relay
-            }
+            Verdict::FewTcpPortsOnly | Verdict::UdpBlockedTcpRewritten => Reach::Relay,
             Verdict::UdpBlockedTcpPreserved => Reach::DirectTcp,
             Verdict::Open => Reach::Open,
-            Verdict::NoNatFiltered | Verdict::EndpointIndependent | Verdict::SymmetricWithUpnp => {
-                Reach::Direct
-            }
+            // Symmetric: direct with peers without NAT or on cone NATs (port
+            // spraying), which are most; the relay only with symmetric and
+            // UDP-blocked peers (see `with_peer`).
+            Verdict::NoNatFiltered
+            | Verdict::EndpointIndependent
+            | Verdict::SymmetricWithUpnp
+            | Verdict::Symmetric => Reach::Direct,
             Verdict::UnknownPortPreserved | Verdict::Unknown => Reach::Unknown,
+        }
+    }
+}
+
+/// The kinds of peer [`Verdict::with_peer`] speaks of. Serializes as
+/// `no_nat`, `cone`, `symmetric`, `udp_blocked`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerKind {
+    /// A peer with a public address (perhaps behind a firewall).
+    NoNat,
+    /// A peer behind an endpoint-independent ("cone", including
+    /// port-restricted cone) NAT: one public port per socket.
+    Cone,
+    /// A peer behind a symmetric NAT: a new public port per destination.
+    Symmetric,
+    /// A peer whose network blocks UDP.
+    UdpBlocked,
+}
+
+impl PeerKind {
+    /// Every kind, in the order reports list them.
+    pub const ALL: [PeerKind; 4] = [
+        PeerKind::NoNat,
+        PeerKind::Cone,
+        PeerKind::Symmetric,
+        PeerKind::UdpBlocked,
+    ];
+
+    /// The serialized name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerKind::NoNat => "no_nat",
+            PeerKind::Cone => "cone",
+            PeerKind::Symmetric => "symmetric",
+            PeerKind::UdpBlocked => "udp_blocked",
+        }
+    }
+
+    /// A label for people: "no NAT", "cone NAT", ...
+    pub fn label(self) -> &'static str {
+        match self {
+            PeerKind::NoNat => "no NAT",
+            PeerKind::Cone => "cone NAT",
+            PeerKind::Symmetric => "symmetric NAT",
+            PeerKind::UdpBlocked => "UDP blocked",
+        }
+    }
+}
+
+/// What works with one kind of peer: the code and one sentence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PeerOutcome {
+    /// `code`: direct, direct-tcp, relay, ...
+    #[serde(rename = "code")]
+    pub reach: Reach,
+    /// `text`: what will work and how, or why only the relay.
+    pub text: &'static str,
+}
+
+const fn outcome(reach: Reach, text: &'static str) -> PeerOutcome {
+    PeerOutcome { reach, text }
+}
+
+const TCP_SIMOPEN: PeerOutcome = outcome(
+    Reach::DirectTcp,
+    "over TCP (simultaneous open) if the peer's NAT keeps TCP ports too; otherwise the relay",
+);
+const YOU_CONNECT: PeerOutcome = outcome(
+    Reach::Direct,
+    "direct: you reach the peer's fixed public address",
+);
+const YOU_CONNECT_TCP: PeerOutcome = outcome(
+    Reach::DirectTcp,
+    "direct over TCP: you connect to the peer's fixed public address (no UDP here)",
+);
+
+impl Verdict {
+    /// What works between a network with this verdict and a peer of kind
+    /// `peer`. `tcp_port_kept`: whether this network's NAT keeps TCP ports
+    /// (STUN over TCP, else the rendezvous connection), which decides TCP
+    /// simultaneous open with a UDP-blocked peer.
+    pub fn with_peer(self, peer: PeerKind, tcp_port_kept: bool) -> PeerOutcome {
+        use PeerKind::{Cone, NoNat, Symmetric, UdpBlocked};
+        let tcp_or_relay = |relay: &'static str| {
+            if tcp_port_kept {
+                TCP_SIMOPEN
+            } else {
+                outcome(Reach::Relay, relay)
+            }
+        };
+        match (self, peer) {
+            (Verdict::Unreachable, _) => outcome(
+                Reach::Unreachable,
+                "nothing: the server cannot be reached from here",
+            ),
+            (Verdict::FewTcpPortsOnly, _) => outcome(
+                Reach::Relay,
+                "only the relay: just a few TCP ports get out of this network",
+            ),
+            (Verdict::UdpBlockedTcpPreserved | Verdict::UdpBlockedTcpRewritten, NoNat) => {
+                YOU_CONNECT_TCP
+            }
+            (Verdict::UdpBlockedTcpPreserved, Cone | UdpBlocked) => TCP_SIMOPEN,
+            (Verdict::UdpBlockedTcpPreserved, Symmetric) => outcome(
+                Reach::Relay,
+                "the relay: no UDP here, and the peer's NAT changes ports",
+            ),
+            (Verdict::UdpBlockedTcpRewritten, _) => outcome(
+                Reach::Relay,
+                "the relay: no UDP here, and your NAT rewrites TCP ports",
+            ),
+            (Verdict::Open, NoNat | Cone | Symmetric) => outcome(
+                Reach::Direct,
+                "direct: the peer reaches your public address, whatever its NAT does",
+            ),
+            (Verdict::Open, UdpBlocked) => outcome(
+                Reach::DirectTcp,
+                "direct over TCP: the peer connects to your public address",
+            ),
+            (Verdict::NoNatFiltered, NoNat | Cone) => outcome(
+                Reach::Direct,
+                "direct by hole punching through your firewall",
+            ),
+            (Verdict::NoNatFiltered, Symmetric) => outcome(
+                Reach::Direct,
+                "direct by port spraying: your address stays fixed, many ports are tried towards the peer's changing one",
+            ),
+            (Verdict::NoNatFiltered, UdpBlocked) => TCP_SIMOPEN,
+            (Verdict::EndpointIndependent, NoNat) => YOU_CONNECT,
+            (Verdict::EndpointIndependent, Cone) => {
+                outcome(Reach::Direct, "direct by UDP hole punching")
+            }
+            (Verdict::EndpointIndependent, Symmetric) => outcome(
+                Reach::Direct,
+                "direct by port spraying: your NAT keeps one port, many are tried towards the peer's changing one",
+            ),
+            (Verdict::EndpointIndependent | Verdict::Symmetric, UdpBlocked) => {
+                tcp_or_relay("the relay: UDP is blocked there and your NAT rewrites TCP ports")
+            }
+            (Verdict::SymmetricWithUpnp, NoNat | Cone | Symmetric) => outcome(
+                Reach::Direct,
+                "direct through the port your gateway maps (UPnP, NAT-PMP or PCP)",
+            ),
+            (Verdict::SymmetricWithUpnp, UdpBlocked) => outcome(
+                Reach::DirectTcp,
+                "over TCP to the port your gateway maps; otherwise the relay",
+            ),
+            (Verdict::Symmetric, NoNat) => YOU_CONNECT,
+            (Verdict::Symmetric, Cone) => outcome(
+                Reach::Direct,
+                "direct by port spraying: the peer's NAT keeps one port, many of yours are tried towards it",
+            ),
+            (Verdict::Symmetric, Symmetric) => outcome(
+                Reach::Relay,
+                "the relay: both NATs change ports, unless a gateway on either side maps ports (UPnP, NAT-PMP, PCP)",
+            ),
+            (Verdict::UnknownPortPreserved | Verdict::Unknown, NoNat) => YOU_CONNECT,
+            (Verdict::UnknownPortPreserved, Cone) => outcome(
+                Reach::Unknown,
+                "likely direct by hole punching (your NAT keeps ports); not tested: the server needs two IPs",
+            ),
+            (Verdict::Unknown, Cone) => outcome(
+                Reach::Unknown,
+                "direct by hole punching or port spraying if your NAT allows; not tested: the server needs two IPs",
+            ),
+            (Verdict::UnknownPortPreserved | Verdict::Unknown, Symmetric) => outcome(
+                Reach::Unknown,
+                "direct by port spraying if your NAT keeps one port per socket, else the relay; not tested: the server needs two IPs",
+            ),
+            (Verdict::UnknownPortPreserved | Verdict::Unknown, UdpBlocked) => {
+                tcp_or_relay("the relay: UDP is blocked there and your NAT rewrites TCP ports")
+            }
         }
     }
 }
@@ -337,13 +521,13 @@ mod tests {
                 Mapping::AddressDependent,
                 eif(),
                 Verdict::Symmetric,
-                Reach::Relay,
+                Reach::Direct,
             ),
             (
                 Mapping::AddressAndPortDependent,
                 apdf(),
                 Verdict::Symmetric,
-                Reach::Relay,
+                Reach::Direct,
             ),
             (
                 unknown("single IP"),
@@ -405,6 +589,112 @@ mod tests {
         };
         let o = with_udp(odd);
         assert_eq!(Verdict::decide(&o), Verdict::UdpBlockedTcpRewritten);
+    }
+
+    const ALL: [Verdict; 11] = [
+        Verdict::Unreachable,
+        Verdict::FewTcpPortsOnly,
+        Verdict::UdpBlockedTcpPreserved,
+        Verdict::UdpBlockedTcpRewritten,
+        Verdict::Open,
+        Verdict::NoNatFiltered,
+        Verdict::EndpointIndependent,
+        Verdict::SymmetricWithUpnp,
+        Verdict::Symmetric,
+        Verdict::UnknownPortPreserved,
+        Verdict::Unknown,
+    ];
+
+    /// The codes per peer kind (no NAT, cone, symmetric, UDP blocked),
+    /// with this network's TCP ports kept and not.
+    #[test]
+    fn every_verdict_has_a_code_and_a_sentence_per_peer_kind() {
+        use Reach::{Direct as D, DirectTcp as T, Relay as R, Unknown as U, Unreachable as X};
+        let table: [(Verdict, [Reach; 4], [Reach; 4]); 11] = [
+            (Verdict::Unreachable, [X, X, X, X], [X, X, X, X]),
+            (Verdict::FewTcpPortsOnly, [R, R, R, R], [R, R, R, R]),
+            (Verdict::UdpBlockedTcpPreserved, [T, T, R, T], [T, T, R, T]),
+            (Verdict::UdpBlockedTcpRewritten, [T, R, R, R], [T, R, R, R]),
+            (Verdict::Open, [D, D, D, T], [D, D, D, T]),
+            (Verdict::NoNatFiltered, [D, D, D, T], [D, D, D, T]),
+            (Verdict::EndpointIndependent, [D, D, D, T], [D, D, D, R]),
+            (Verdict::SymmetricWithUpnp, [D, D, D, T], [D, D, D, T]),
+            (Verdict::Symmetric, [D, D, R, T], [D, D, R, R]),
+            (Verdict::UnknownPortPreserved, [D, U, U, T], [D, U, U, R]),
+            (Verdict::Unknown, [D, U, U, T], [D, U, U, R]),
+        ];
+        for (verdict, kept, rewritten) in table {
+            for (i, peer) in PeerKind::ALL.into_iter().enumerate() {
+                for (tcp_kept, want) in [(true, kept[i]), (false, rewritten[i])] {
+                    let got = verdict.with_peer(peer, tcp_kept);
+                    assert_eq!(
+                        got.reach, want,
+                        "{verdict:?} with {peer:?}, TCP kept {tcp_kept}"
+                    );
+                    assert!(got.text.len() > 10, "{verdict:?} {peer:?}: {:?}", got.text);
+                    // One sentence: no full stop inside, no newline.
+                    assert!(!got.text.contains(". ") && !got.text.contains('\n'));
+                    // The relay is named whenever it is the answer.
+                    if want == Reach::Relay {
+                        assert!(
+                            got.text.contains("relay"),
+                            "{verdict:?} {peer:?}: {}",
+                            got.text
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(ALL.len(), table.len());
+    }
+
+    #[test]
+    fn a_symmetric_nat_goes_direct_with_a_cone_peer_by_port_spraying() {
+        let with_cone = Verdict::Symmetric.with_peer(PeerKind::Cone, false);
+        assert_eq!(with_cone.reach, Reach::Direct);
+        assert!(
+            with_cone.text.contains("port spraying"),
+            "{}",
+            with_cone.text
+        );
+        let with_symmetric = Verdict::Symmetric.with_peer(PeerKind::Symmetric, false);
+        assert_eq!(with_symmetric.reach, Reach::Relay);
+        assert!(
+            with_symmetric.text.contains("maps ports"),
+            "{}",
+            with_symmetric.text
+        );
+        // The other way round: a cone NAT with a symmetric peer.
+        let cone = Verdict::EndpointIndependent.with_peer(PeerKind::Symmetric, false);
+        assert_eq!(cone.reach, Reach::Direct);
+        assert!(cone.text.contains("port spraying"), "{}", cone.text);
+        // Overall a symmetric NAT is direct with most peers.
+        assert_eq!(Verdict::Symmetric.reach(), Reach::Direct);
+    }
+
+    #[test]
+    fn the_sentences_differ_where_the_outcome_does() {
+        let cone = Verdict::EndpointIndependent;
+        let texts: std::collections::HashSet<_> = PeerKind::ALL
+            .into_iter()
+            .map(|p| cone.with_peer(p, true).text)
+            .collect();
+        assert_eq!(texts.len(), 4, "{texts:?}");
+    }
+
+    #[test]
+    fn peer_outcomes_and_kinds_serialize_as_documented() {
+        let o = Verdict::Symmetric.with_peer(PeerKind::Symmetric, false);
+        let json = serde_json::to_value(o).unwrap();
+        assert_eq!(json["code"], "relay");
+        assert_eq!(json["text"], o.text);
+        for kind in PeerKind::ALL {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::json!(kind.as_str())
+            );
+            assert!(!kind.label().is_empty());
+        }
     }
 
     #[test]

@@ -188,6 +188,11 @@ impl Drop for Proc {
 /// Starts `ferry serve --json` signalling on `listen`, STUN on loopback
 /// ports the system picks, with `extra` flags.
 fn serve_on(listen: &str, extra: &[&str]) -> Proc {
+    serve_with_stun(listen, "127.0.0.1:0", extra)
+}
+
+/// [`serve_on`] with STUN on `stun` (port 0: one the system picks).
+fn serve_with_stun(listen: &str, stun: &str, extra: &[&str]) -> Proc {
     let mut cmd = ferry();
     cmd.args([
         "serve",
@@ -195,7 +200,7 @@ fn serve_on(listen: &str, extra: &[&str]) -> Proc {
         "--listen",
         listen,
         "--stun-listen",
-        "127.0.0.1:0",
+        stun,
         "--stun-second-port",
         "0",
     ])
@@ -237,6 +242,19 @@ impl Server {
 
     pub fn start_with(extra: &[&str]) -> Server {
         let mut proc = serve_on("127.0.0.1:0", extra);
+        let ev = proc.wait_event("listening", Duration::from_secs(20));
+        let addr = ev["signal"].as_str().unwrap().to_string();
+        Server {
+            addr,
+            listening: ev,
+            proc,
+        }
+    }
+
+    /// A server signalling on `listen` with STUN on `stun` (e.g. both
+    /// on `[::1]:0`).
+    pub fn start_on(listen: &str, stun: &str, extra: &[&str]) -> Server {
+        let mut proc = serve_with_stun(listen, stun, extra);
         let ev = proc.wait_event("listening", Duration::from_secs(20));
         let addr = ev["signal"].as_str().unwrap().to_string();
         Server {

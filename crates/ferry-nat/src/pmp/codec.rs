@@ -14,6 +14,7 @@
 //!   request header   [2][R=0|opcode][0:2][lifetime:4][client ip:16]         24 bytes
 //!   response header  [2][R=1|opcode][0][result][lifetime:4][epoch:4][0:12]  24 bytes
 //!   MAP body         [nonce:12][protocol][0:3][internal:2][external:2][external ip:16] 36
+//!   ANNOUNCE         the request header alone, opcode 0, lifetime 0        24 bytes
 //!   then options (ignored), the whole a multiple of 4 and at most 1100 bytes
 //! ```
 
@@ -35,6 +36,7 @@ pub const NONCE_LEN: usize = 12;
 
 const PCP_HEADER_LEN: usize = 24;
 const PCP_MAP_LEN: usize = PCP_HEADER_LEN + 36;
+const PCP_OPCODE_ANNOUNCE: u8 = 0;
 const PCP_OPCODE_MAP: u8 = 1;
 const PCP_RESPONSE_BIT: u8 = 0x80;
 const PMP_OPCODE_EXTERNAL: u8 = 0;
@@ -98,6 +100,12 @@ pub enum ClientToServer {
         suggested_external_port: u16,
         /// The external address we would like (`0.0.0.0`: any).
         suggested_external_ip: Ipv4Addr,
+    },
+    /// PCP ANNOUNCE: maps nothing; a PCP server answers it (success), so
+    /// it tells whether the gateway speaks PCP.
+    PcpAnnounce {
+        /// Our address, as the server sees it.
+        client_ip: Ipv4Addr,
     },
 }
 
@@ -281,6 +289,7 @@ impl ClientToServer {
             ClientToServer::PmpExternalAddress => 2,
             ClientToServer::PmpMap { .. } => 12,
             ClientToServer::PcpMap { .. } => PCP_MAP_LEN,
+            ClientToServer::PcpAnnounce { .. } => PCP_HEADER_LEN,
         }
     }
 
@@ -327,6 +336,11 @@ impl ClientToServer {
                 out.extend_from_slice(&internal_port.to_be_bytes());
                 out.extend_from_slice(&suggested_external_port.to_be_bytes());
                 out.extend_from_slice(&suggested_external_ip.to_ipv6_mapped().octets());
+            }
+            ClientToServer::PcpAnnounce { client_ip } => {
+                out.extend_from_slice(&[PCP_VERSION, PCP_OPCODE_ANNOUNCE, 0, 0]);
+                out.extend_from_slice(&0u32.to_be_bytes());
+                out.extend_from_slice(&client_ip.to_ipv6_mapped().octets());
             }
         }
         out
@@ -498,6 +512,28 @@ mod tests {
             lifetime: 0,
         };
         assert_eq!(udp.encode()[1], 1);
+    }
+
+    #[test]
+    fn pcp_announce_is_a_bare_header() {
+        let announce = ClientToServer::PcpAnnounce {
+            client_ip: Ipv4Addr::new(10, 0, 1, 10),
+        };
+        let mut want = vec![2, 0, 0, 0, 0, 0, 0, 0];
+        want.extend_from_slice(&[0; 10]);
+        want.extend_from_slice(&[0xff, 0xff, 10, 0, 1, 10]);
+        assert_eq!(announce.encode(), want);
+        assert_eq!(announce.encoded_len(), 24);
+        // Its answer: a header with the response bit on opcode 0.
+        let mut answer = vec![2, 0x80, 0, 0];
+        answer.extend_from_slice(&[0; 20]);
+        assert_eq!(
+            ServerToClient::decode(&answer).unwrap(),
+            ServerToClient::PcpOther {
+                opcode: 0,
+                result: PcpResult::SUCCESS
+            }
+        );
     }
 
     #[test]

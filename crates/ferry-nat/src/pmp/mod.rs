@@ -20,11 +20,12 @@
 //! default gateway), then the thin drivers: gateway ([`PmpGateway`], one
 //! socket per request through [`drive_udp`](crate::drive::drive_udp)) and
 //! guard ([`PmpGuard`], renewal and deletion), probe (a one-shot check for
-//! `ferry nat`). The external address is
+//! `ferry nat`), presence (which of the two the gateway speaks, asked at
+//! once, mapping nothing: [`presence()`]). The external address is
 //! returned classified ([`crate::addr::classify`]); unusable ones
 //! (unspecified, multicast, IPv6 for an IPv4 mapping) are errors.
 //!
-//! Not here: PCP's PEER and ANNOUNCE opcodes, IPv6 mappings, THIRD_PARTY.
+//! Not here: PCP's PEER opcode (ANNOUNCE only as the presence probe), IPv6 mappings, THIRD_PARTY.
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -32,6 +33,7 @@ pub mod codec;
 mod error;
 mod gateway;
 mod guard;
+mod presence;
 mod probe;
 pub mod route;
 #[cfg(test)]
@@ -42,4 +44,5 @@ pub use codec::{SERVER_PORT, Version};
 pub use error::PmpError;
 pub use gateway::{PmpGateway, PmpOptions};
 pub use guard::PmpGuard;
+pub use presence::{Presence, PresenceConfig, PresenceProbe, presence};
 pub use probe::{PROBE_LIFETIME, PmpReport, probe};

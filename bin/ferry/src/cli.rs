@@ -82,6 +82,54 @@ pub enum Command {
     /// addresses, UPnP, and whether direct connections will work.
     #[command(after_help = EXIT_CODES_HELP)]
     Nat(NatArgs),
+    /// Print a completion script for SHELL on stdout
+    ///
+    /// Generated from ferry's own option definitions, so it always matches
+    /// this version. Save it where your shell looks for completions:
+    ///
+    ///     ferry completions bash > ~/.local/share/bash-completion/completions/ferry
+    ///     ferry completions zsh > ~/.zfunc/_ferry
+    ///         # with `fpath+=(~/.zfunc)` before `compinit` in ~/.zshrc
+    ///     ferry completions fish > ~/.config/fish/completions/ferry.fish
+    ///     ferry completions elvish > ~/.config/elvish/lib/ferry.elv
+    ///         # with `use ferry` in ~/.config/elvish/rc.elv
+    ///     ferry completions powershell >> $PROFILE
+    ///
+    /// Then open a new shell.
+    #[command(verbatim_doc_comment)]
+    Completions(CompletionsArgs),
+    /// Print ferry's manual page (roff) on stdout, or write one page per
+    /// subcommand
+    ///
+    /// `ferry man` prints ferry(1), which lists the subcommands; with --dir
+    /// it writes ferry.1 and a page for each subcommand (ferry-send.1,
+    /// ferry-receive.1, ...) into that folder instead:
+    ///
+    ///     mkdir -p ~/.local/share/man/man1
+    ///     ferry man > ~/.local/share/man/man1/ferry.1          # then: man ferry
+    ///     ferry man --dir ~/.local/share/man/man1              # also: man ferry-send
+    ///     sudo ferry man --dir /usr/local/share/man/man1       # for every user
+    ///
+    /// To read it without installing: `ferry man | man -l -`.
+    #[command(verbatim_doc_comment)]
+    Man(ManArgs),
+}
+
+/// `ferry completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// `ferry man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write ferry.1 and one page per subcommand (ferry-send.1, ...) into
+    /// DIR (created if missing) instead of printing ferry.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `ferry nat`.

@@ -5,6 +5,7 @@
 
 mod advice;
 mod cli;
+mod docs;
 use ferry_proto::escape;
 mod exit;
 mod listing;
@@ -44,6 +45,8 @@ fn main() {
                 Command::Serve(args) => serve::run(args, &mut out).await,
                 Command::Relay(args) => serve::run_relay(args, &mut out).await,
                 Command::Nat(args) => nat::run(args, &mut out).await,
+                Command::Completions(args) => docs::completions(args),
+                Command::Man(args) => docs::man(args, &out),
             }
         };
         tokio::pin!(work);

@@ -41,7 +41,7 @@ pub struct Cli {
     pub verbose: u8,
 
     /// Print one JSON object per line on stdout (events: code, offer,
-    /// path, reconnect, reconnected, resume, progress, done, error)
+    /// path, reconnect, reconnected, resume, progress, done, warning, error)
     /// instead of human output. Control and bidi characters in strings
     /// are written as \uXXXX escapes, never raw.
     #[arg(long, global = true)]
@@ -183,6 +183,15 @@ pub struct SendArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "code")]
     pub code_file: Option<PathBuf>,
 
+    /// Also show a QR code of ferry://HOST:PORT/CODE (the server and the
+    /// code in one), and that URI as text: `ferry receive` takes it in place
+    /// of a code, with no --server. Drawn black on white on a colour
+    /// terminal; with NO_COLOR or into a pipe, for light text on a dark
+    /// background. In --json mode no QR is drawn; the `code` event always
+    /// carries the URI (`uri`).
+    #[arg(long)]
+    pub qr: bool,
+
     /// Cap the sending rate, in bytes per second: 10M, 512k, 1.5G.
     #[arg(long, value_name = "RATE", value_parser = crate::throttle::parse_rate)]
     pub limit_rate: Option<u64>,
@@ -237,15 +246,18 @@ impl PathArgs {
 /// `ferry receive`.
 #[derive(Debug, Args)]
 pub struct ReceiveArgs {
-    /// The code the sender shows, e.g. 7-orbit-lantern. Better left out:
+    /// The code the sender shows, e.g. 7-orbit-lantern, or its URI,
+    /// ferry://HOST:PORT/CODE (`ferry send --qr` shows it), which names the
+    /// server too, so --server is not needed (given both, --server or
+    /// FERRY_SERVER wins, with a warning). Better left out:
     /// any user of this computer can read command-line arguments in the
     /// process list (ps, /proc) while ferry runs, and the code is all it
     /// takes to receive in your place. Leave it out and type it when asked
     /// (on a terminal), or set FERRY_CODE, or pass --code-file.
     pub code: Option<String>,
 
-    /// Read the code from FILE (its first line); not visible in the
-    /// process list, unlike the CODE argument.
+    /// Read the code (or the ferry:// URI) from FILE (its first line); not
+    /// visible in the process list, unlike the CODE argument.
     #[arg(long, value_name = "FILE", conflicts_with = "code")]
     pub code_file: Option<PathBuf>,
 

@@ -11,10 +11,12 @@ mod exit;
 mod listing;
 mod nat;
 mod output;
+mod qr;
 mod receive;
 mod send;
 mod serve;
 mod session;
+mod uri;
 use ferry_limits::throttle;
 
 use clap::Parser;

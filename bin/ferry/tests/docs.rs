@@ -34,7 +34,7 @@ fn bash_completions_know_ferry_and_its_subcommands_and_options() {
     for sub in SUBCOMMANDS {
         assert!(script.contains(sub), "no {sub} in the bash completions");
     }
-    assert!(script.contains("--code-file"));
+    assert!(script.contains("--code-file") && script.contains("--qr"));
 }
 
 #[test]

@@ -166,11 +166,16 @@ mod tests {
     fn the_drawn_code_decodes_to_the_uri_in_both_styles() {
         for style in [Style::Colour, Style::Plain] {
             let lines = render(URI, style).unwrap();
-            assert_eq!(
-                decode(&pixels(&lines, style)),
-                vec![URI.to_string()],
-                "{style:?}"
-            );
+            let rows = pixels(&lines, style);
+            // Four light modules on every side (the odd last row is padding).
+            let size = rows[0].len();
+            let light_rows = rows[..4].iter().chain(&rows[size - 4..]);
+            assert!(light_rows.flatten().all(|&dark| !dark), "{style:?}");
+            let sides = rows
+                .iter()
+                .flat_map(|r| r[..4].iter().chain(&r[size - 4..]));
+            assert!(sides.copied().all(|dark| !dark), "{style:?}");
+            assert_eq!(decode(&rows), vec![URI.to_string()], "{style:?}");
         }
     }
 

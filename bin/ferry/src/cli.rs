@@ -41,7 +41,7 @@ pub struct Cli {
     pub verbose: u8,
 
     /// Print one JSON object per line on stdout (events: code, offer,
-    /// path, reconnect, reconnected, resume, progress, done, error)
+    /// path, reconnect, reconnected, resume, progress, done, warning, error)
     /// instead of human output. Control and bidi characters in strings
     /// are written as \uXXXX escapes, never raw.
     #[arg(long, global = true)]
@@ -110,6 +110,54 @@ pub enum Command {
     ///     text, peers {no_nat, cone, symmetric, udp_blocked: {code, text}}}
     #[command(after_help = EXIT_CODES_HELP, verbatim_doc_comment)]
     Nat(NatArgs),
+    /// Print a completion script for SHELL on stdout
+    ///
+    /// Generated from ferry's own option definitions, so it always matches
+    /// this version. Save it where your shell looks for completions:
+    ///
+    ///     ferry completions bash > ~/.local/share/bash-completion/completions/ferry
+    ///     ferry completions zsh > ~/.zfunc/_ferry
+    ///         # with `fpath+=(~/.zfunc)` before `compinit` in ~/.zshrc
+    ///     ferry completions fish > ~/.config/fish/completions/ferry.fish
+    ///     ferry completions elvish > ~/.config/elvish/lib/ferry.elv
+    ///         # with `use ferry` in ~/.config/elvish/rc.elv
+    ///     ferry completions powershell >> $PROFILE
+    ///
+    /// Then open a new shell.
+    #[command(verbatim_doc_comment)]
+    Completions(CompletionsArgs),
+    /// Print ferry's manual page (roff) on stdout, or write one page per
+    /// subcommand
+    ///
+    /// `ferry man` prints ferry(1), which lists the subcommands; with --dir
+    /// it writes ferry.1 and a page for each subcommand (ferry-send.1,
+    /// ferry-receive.1, ...) into that folder instead:
+    ///
+    ///     mkdir -p ~/.local/share/man/man1
+    ///     ferry man > ~/.local/share/man/man1/ferry.1          # then: man ferry
+    ///     ferry man --dir ~/.local/share/man/man1              # also: man ferry-send
+    ///     sudo ferry man --dir /usr/local/share/man/man1       # for every user
+    ///
+    /// To read it without installing: `ferry man | man -l -`.
+    #[command(verbatim_doc_comment)]
+    Man(ManArgs),
+}
+
+/// `ferry completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// `ferry man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write ferry.1 and one page per subcommand (ferry-send.1, ...) into
+    /// DIR (created if missing) instead of printing ferry.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `ferry nat`.
@@ -169,6 +217,15 @@ pub struct SendArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "code")]
     pub code_file: Option<PathBuf>,
 
+    /// Also show a QR code of ferry://HOST:PORT/CODE (the server and the
+    /// code in one), and that URI as text: `ferry receive` takes it in place
+    /// of a code, with no --server. Drawn black on white on a colour
+    /// terminal; with NO_COLOR or into a pipe, for light text on a dark
+    /// background. In --json mode no QR is drawn; the `code` event always
+    /// carries the URI (`uri`).
+    #[arg(long)]
+    pub qr: bool,
+
     /// Cap the sending rate, in bytes per second: 10M, 512k, 1.5G.
     #[arg(long, value_name = "RATE", value_parser = crate::throttle::parse_rate)]
     pub limit_rate: Option<u64>,
@@ -223,15 +280,18 @@ impl PathArgs {
 /// `ferry receive`.
 #[derive(Debug, Args)]
 pub struct ReceiveArgs {
-    /// The code the sender shows, e.g. 7-orbit-lantern. Better left out:
+    /// The code the sender shows, e.g. 7-orbit-lantern, or its URI,
+    /// ferry://HOST:PORT/CODE (`ferry send --qr` shows it), which names the
+    /// server too, so --server is not needed (given both, --server or
+    /// FERRY_SERVER wins, with a warning). Better left out:
     /// any user of this computer can read command-line arguments in the
     /// process list (ps, /proc) while ferry runs, and the code is all it
     /// takes to receive in your place. Leave it out and type it when asked
     /// (on a terminal), or set FERRY_CODE, or pass --code-file.
     pub code: Option<String>,
 
-    /// Read the code from FILE (its first line); not visible in the
-    /// process list, unlike the CODE argument.
+    /// Read the code (or the ferry:// URI) from FILE (its first line); not
+    /// visible in the process list, unlike the CODE argument.
     #[arg(long, value_name = "FILE", conflicts_with = "code")]
     pub code_file: Option<PathBuf>,
 

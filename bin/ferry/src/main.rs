@@ -5,15 +5,18 @@
 
 mod advice;
 mod cli;
+mod docs;
 use ferry_proto::escape;
 mod exit;
 mod listing;
 mod nat;
 mod output;
+mod qr;
 mod receive;
 mod send;
 mod serve;
 mod session;
+mod uri;
 use ferry_limits::throttle;
 
 use clap::Parser;
@@ -44,6 +47,8 @@ fn main() {
                 Command::Serve(args) => serve::run(args, &mut out).await,
                 Command::Relay(args) => serve::run_relay(args, &mut out).await,
                 Command::Nat(args) => nat::run(args, &mut out).await,
+                Command::Completions(args) => docs::completions(args),
+                Command::Man(args) => docs::man(args, &out),
             }
         };
         tokio::pin!(work);

@@ -2,8 +2,11 @@
 //! one JSON object per line (`--json`) for scripts.
 //!
 //! JSON events (field `event`):
-//! - `code`: `{code, command}` (sender: the code, and the receiver's command
-//!   without it: the receiver types the code, or sets `FERRY_CODE`)
+//! - `code`: `{code, command, uri}` (sender: the code, and the receiver's command
+//!   without it: the receiver types the code, or sets `FERRY_CODE`; `uri` is
+//!   `ferry://HOST:PORT/CODE`, which `ferry receive` takes in place of the
+//!   code and the server, or null when the server is no URI host)
+//! - `warning`: `{message}` (receiver: `--server` overrides the URI's server)
 //! - `offer`: `{kind: "files", files, dirs, bytes, names, top, flagged}`:
 //!   `names` the first 20 paths; `top` every top-level entry as
 //!   `{name, kind: "file"|"folder", files, bytes}`; `flagged` every hidden

@@ -19,14 +19,9 @@ use crate::session::{self, Reconnect};
 
 /// Runs `ferry receive`.
 pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
-    let server = session::server_address(&args.server.server)?;
-    let code = session::receiver_code(args.code.as_deref(), args.code_file.as_deref()).await?;
-    let code: Code = code.parse().map_err(|e| {
-        Failure::usage(format!(
-            "{:?} is not a ferry code ({e}); it looks like 7-orbit-lantern",
-            escape::line(&code)
-        ))
-    })?;
+    let given = session::receiver_code(args.code.as_deref(), args.code_file.as_deref()).await?;
+    let (server, code): (String, Code) =
+        session::receiver_target(&args.server.server, &given, out)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create the output folder {}", args.out.display()))
         .map_err(|e| Failure::local(format!("{e:#}")))?;

@@ -37,7 +37,8 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
         args.code_file.as_deref(),
         std::env::var(session::CODE_VARIABLE).ok(),
     )?;
-    let mut link = session::sender(&server, code.as_deref(), args.path.options(), out).await?;
+    let mut link =
+        session::sender(&server, code.as_deref(), args.path.options(), args.qr, out).await?;
     output::announce_path(&link, out);
     let mut mending = Reconnect::new(&mut link, args.path.retries);
     let (outcome, path) = loop {

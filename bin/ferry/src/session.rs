@@ -41,6 +41,52 @@ pub fn server_address(arg: &Option<String>) -> Result<String> {
     })
 }
 
+/// The receiver's server and code from what the user gave: a code with
+/// `--server` (or `FERRY_SERVER`), or a `ferry://` URI, which names the
+/// server itself. Given both a server and a URI naming another one, the
+/// server the user set wins, with a warning: the URI may say `localhost`
+/// or a name only the sender's network knows, and it may come from anyone.
+pub fn receiver_target(
+    server_arg: &Option<String>,
+    given: &str,
+    out: &Output,
+) -> Result<(String, Code)> {
+    if !crate::uri::looks_like_uri(given) {
+        let server = server_address(server_arg).map_err(|_| {
+            Failure::usage(
+                "no rendezvous server given: pass --server HOST:PORT, set FERRY_SERVER, \
+                 or give the ferry://HOST:PORT/CODE URI (`ferry send --qr` shows it) \
+                 instead of the code",
+            )
+        })?;
+        let code = given.parse().map_err(|e| {
+            Failure::usage(format!(
+                "{:?} is not a ferry code ({e}); it looks like 7-orbit-lantern",
+                escape::line(given)
+            ))
+        })?;
+        return Ok((server, code));
+    }
+    let uri = crate::uri::FerryUri::parse(given).map_err(|e| Failure::usage(e.explained()))?;
+    let named = uri.server.address();
+    if server_arg.as_deref().is_none_or(|s| s.trim().is_empty()) {
+        return Ok((named, uri.code));
+    }
+    let server = server_address(server_arg)?;
+    let same = crate::uri::Server::parse(&server).is_ok_and(|set| set == uri.server);
+    if !same {
+        let message = format!(
+            "the URI names the server {named}, but --server (or FERRY_SERVER) says {}; \
+             using {}: drop --server (or unset FERRY_SERVER) to use the URI's",
+            escape::line(&server),
+            escape::line(&server)
+        );
+        out.event("warning", json!({"message": message}));
+        out.say(format!("Warning: {message}"));
+    }
+    Ok((server, uri.code))
+}
+
 /// The environment variable that carries a code.
 pub const CODE_VARIABLE: &str = "FERRY_CODE";
 
@@ -98,7 +144,7 @@ pub async fn receiver_code(argument: Option<&str>, file: Option<&Path>) -> Resul
              computer in the process list)"
         )));
     }
-    eprint!("Code (as the sender shows it, e.g. 7-orbit-lantern): ");
+    eprint!("Code (as the sender shows it, e.g. 7-orbit-lantern, or its ferry:// URI): ");
     let typed = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line).map(|_| line)
@@ -119,15 +165,24 @@ pub async fn sender(
     server: &str,
     code: Option<&str>,
     options: SessionOptions,
+    qr: bool,
     out: &Output,
 ) -> Result<PeerLink> {
     let sender = Sender::start_with(server, code, options, |w| show_waiting(out, w)).await?;
+    let uri = crate::uri::to_uri(server, sender.code());
     let code = sender.code().to_string();
     // The code is left out of the command: pasted as an argument, it would
     // sit in the receiver's process list for every local user to read.
     let command = format!("ferry receive --server {server}");
-    out.event("code", json!({"code": code, "command": command}));
+    let uri_field = uri.as_ref().ok();
+    out.event(
+        "code",
+        json!({"code": code, "command": command, "uri": uri_field}),
+    );
     out.say(format!("Code: {code}"));
+    if qr {
+        crate::qr::show_uri(out, uri.as_deref());
+    }
     out.say(format!(
         "On the other computer, run `{command}` and type the code when asked \
          (or set {CODE_VARIABLE}, or pass --code-file FILE)."

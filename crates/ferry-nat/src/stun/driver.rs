@@ -693,6 +693,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn answers_by_socket_and_requests_over_the_rate_are_counted() {
+        let metrics = ferry_metrics::Metrics::new();
+        let config = StunServerConfig {
+            second_port: Some(0),
+            udp_limits: SourceLimits {
+                rate: 1,
+                burst: 2,
+                ..SourceLimits::default()
+            },
+            ..StunServerConfig::new(SocketAddr::new(LO, 0))
+        };
+        let server = StunServer::bind(config)
+            .await
+            .unwrap()
+            .with_metrics(metrics.stun());
+        let (udp, tcp) = (server.udp_addrs(), server.tcp_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        let once = BindingOptions {
+            retransmit: RetransmitConfig {
+                rto: Duration::from_millis(100),
+                max_sends: 1,
+                last_wait_factor: 2,
+            },
+            ..Default::default()
+        };
+        let client = UdpSocket::bind((LO, 0)).await.unwrap();
+        binding_udp(&client, udp[0], once).await.unwrap();
+        binding_udp(&client, udp[1], once).await.unwrap();
+        // The source's budget is spent: dropped, and counted as refused.
+        assert!(binding_udp(&client, udp[0], once).await.is_err());
+        binding_tcp(tcp, None, Duration::from_secs(5))
+            .await
+            .unwrap();
+
+        let text = metrics.encode();
+        for (series, want) in [
+            (r#"transport="udp",socket="primary""#, " 1"),
+            (r#"transport="udp",socket="second_port""#, " 1"),
+            (r#"transport="tcp",socket="primary""#, " 1"),
+        ] {
+            let line = format!("ferry_stun_requests_total{{{series}}}{want}\n");
+            assert!(text.contains(&line), "no {line:?} in {text}");
+        }
+        assert!(
+            text.contains("ferry_refusals_total{limit=\"stun_rate\"} 1\n"),
+            "{text}"
+        );
+        stop.send(()).unwrap();
+        handle.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn udp_binding_against_our_server_on_loopback() {
         let (handle, udp, _, stop) = start(StunServerConfig::new(SocketAddr::new(LO, 0))).await;
         let client = UdpSocket::bind((LO, 0)).await.unwrap();

@@ -465,6 +465,8 @@ impl RelayServer {
             metrics.pair_ended(ferry_metrics::PairEnd::Broken);
             return;
         }
+        // Relayed too, though not through Metered.
+        metrics.bytes(u64::try_from(early_a.len() + early_b.len()).unwrap_or(u64::MAX));
         debug!(conn, other, "relay pair joined; copying");
         let activity = Arc::new(Activity::new());
         let budget = Arc::new(Mutex::new(PairBudget::new(

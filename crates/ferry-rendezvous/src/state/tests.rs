@@ -912,6 +912,10 @@ fn rejoin_meets_the_peer_again_with_a_fresh_relay_token() {
         matches!(&out[..], [(5, ServerToClient::Allocated { .. })]),
         "{out:?}"
     );
+    let stats = h.core.stats();
+    assert_eq!((stats.rejoin_channels, stats.rejoined), (2, 2));
+    assert_eq!((stats.allocated, stats.claimed, stats.freed), (0, 0, 1));
+    assert_eq!(stats.claims_unknown, 1);
 }
 
 #[test]

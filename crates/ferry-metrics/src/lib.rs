@@ -78,6 +78,31 @@ impl Metrics {
             "Requests or connections refused by a limit, by which limit",
             refusals.family.clone(),
         );
+        // Process basics: which build, and since when (a restart shows as
+        // a change of it).
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The ferry version serving, as a label; always 1",
+            build,
+        );
+        let started = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_secs())
+            .unwrap_or(0);
+        started.set(i64::try_from(unix).unwrap_or(i64::MAX));
+        registry.register_with_unit(
+            "start_time",
+            "When these metrics started counting (the server started), Unix time",
+            Unit::Seconds,
+            started,
+        );
         let connections = |listener| Connections {
             listener,
             accepted: accepted.clone(),
@@ -630,6 +655,11 @@ impl StunSocket {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ListenerLabels {
     listener: Listener,
 }
@@ -749,6 +779,13 @@ mod tests {
             sample(&text, r#"ferry_connections_open{listener="relay"}"#),
             Some(0.0)
         );
+        let build = format!(
+            "ferry_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(sample(&text, &build), Some(1.0), "{text}");
+        let started = sample(&text, "ferry_start_time_seconds").unwrap();
+        assert!(started > 1.6e9, "{started}");
     }
 
     #[test]

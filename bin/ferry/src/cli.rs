@@ -421,6 +421,13 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 120, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub relay_token_ttl: u64,
 
+    /// Serve Prometheus metrics (`GET /metrics`) and a health check
+    /// (`GET /health`, 200 ok) on this address, e.g. 127.0.0.1:9090. Off
+    /// by default. There is no authentication: bind it to loopback or a
+    /// private address, never to a public one.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+
     #[command(flatten)]
     pub relay: RelayLimitArgs,
 }
@@ -496,6 +503,13 @@ pub struct RelayArgs {
     /// this many seconds to finish before cutting them.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub shutdown_grace: u64,
+
+    /// Serve Prometheus metrics (`GET /metrics`) and a health check
+    /// (`GET /health`, 200 ok) on this address, e.g. 127.0.0.1:9090. Off
+    /// by default. There is no authentication: bind it to loopback or a
+    /// private address, never to a public one.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
 
     #[command(flatten)]
     pub relay: RelayLimitArgs,

@@ -59,8 +59,12 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
         }),
         relay,
         relay_token_ttl: Duration::from_secs(args.relay_token_ttl),
+        metrics: args.metrics,
     };
     let server = Server::start(config).await.map_err(|e| match e {
+        StartError::Listen { source, addr } if Some(addr) == args.metrics => {
+            bind_failure(&source, &addr.to_string(), "--metrics")
+        }
         StartError::Listen { source, .. } => {
             bind_failure(&source, &args.listen.to_string(), "--listen")
         }
@@ -80,9 +84,10 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
     let rfc5780 = listening.rfc5780;
     let stun_addrs: Vec<String> = listening.stun.iter().map(ToString::to_string).collect();
     let relay_url = listening.relay_url.clone();
+    let metrics = listening.metrics;
     out.event(
         "listening",
-        json!({"signal": local.to_string(), "stun": stun_addrs, "rfc5780": rfc5780, "relay": relay_here, "relay_url": relay_url}),
+        json!({"signal": local.to_string(), "stun": stun_addrs, "rfc5780": rfc5780, "relay": relay_here, "relay_url": relay_url, "metrics": metrics.map(|a| a.to_string())}),
     );
     out.say(format!(
         "ferry rendezvous server listening on {local} (TCP){}",
@@ -90,6 +95,9 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
     ));
     if let Some(url) = &relay_url {
         out.say(format!("Clients relay through {url} (`ferry relay` there)"));
+    }
+    if let Some(metrics) = metrics {
+        out.say(metrics_line(metrics));
     }
     if !stun_addrs.is_empty() {
         out.say(format!(
@@ -120,20 +128,31 @@ pub async fn run_relay(args: RelayArgs, out: &mut Output) -> Result<()> {
             ..relay_config(&args.relay)
         },
         key,
+        metrics: args.metrics,
     };
     let relay = RelayNode::start(config).await.map_err(|e| match e {
+        StartError::Listen { source, addr } if Some(addr) == args.metrics => {
+            bind_failure(&source, &addr.to_string(), "--metrics")
+        }
         StartError::Listen { source, .. } => {
             bind_failure(&source, &args.listen.to_string(), "--listen")
         }
         other => other.into(),
     })?;
     let local = relay.addr();
-    out.event("listening", json!({"relay": local.to_string()}));
+    let metrics = relay.metrics_addr();
+    out.event(
+        "listening",
+        json!({"relay": local.to_string(), "metrics": metrics.map(|a| a.to_string())}),
+    );
     out.say(format!(
         "ferry relay listening on {local} (TCP); give the rendezvous server \
          --relay-url THIS-HOST:{} and the same secret file",
         local.port()
     ));
+    if let Some(metrics) = metrics {
+        out.say(metrics_line(metrics));
+    }
     shutdown_signal().await;
     info!(
         "shutting down: no new connections; open transfers have {} s to finish",
@@ -151,6 +170,25 @@ pub async fn run_relay(args: RelayArgs, out: &mut Output) -> Result<()> {
         "relay stopped"
     );
     Ok(())
+}
+
+/// What `--metrics` serves, and a warning when it is reachable from
+/// anywhere.
+fn metrics_line(addr: std::net::SocketAddr) -> String {
+    let ip = addr.ip();
+    let open = ip.is_unspecified()
+        || match ip {
+            std::net::IpAddr::V4(v4) => !(v4.is_loopback() || v4.is_private()),
+            std::net::IpAddr::V6(v6) => !(v6.is_loopback() || v6.is_unique_local()),
+        };
+    if open {
+        warn!(
+            %addr,
+            "the metrics listener has no authentication and may be reachable from the internet; \
+             bind --metrics to 127.0.0.1 or a private address"
+        );
+    }
+    format!("Metrics on http://{addr}/metrics, health check on http://{addr}/health")
 }
 
 fn relay_config(limits: &RelayLimitArgs) -> RelayConfig {

@@ -20,6 +20,11 @@
 //!   Stats and logged with its PairEnd reason
 //! ```
 //!
+//! Metrics ([`RelayServer::with_metrics`]): refused joins by reason,
+//! pairs joined, open and ended by reason (closed, broken, a limit),
+//! bytes as they are read, and, on a listener of its own, connections
+//! and the refusals at accept.
+//!
 //! The core sits behind a `std::sync::Mutex` that is never held across an
 //! await. It learns of no token in advance: it checks each one with its
 //! [`TokenKey`], so the rendezvous server may run in this process (sharing
@@ -46,6 +51,7 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 use ferry_limits::accept::{self, AcceptConfig, Accepted, BucketSlot, Verdict, linger};
 use ferry_limits::{ByteRate, OpenCounts};
+use ferry_metrics::{Limit, RelayMetrics, RelayRefusal};
 use ferry_proto::signal::{
     ClientToServer, ErrorCode, MAX_RELAY_FRAME, RELAY_PROTOCOL_VERSION, ServerToClient,
     decode_frame, encode_frame,
@@ -96,6 +102,7 @@ struct Inner {
     origin: Instant,
     /// Set when [`RelayServer::serve`] stops accepting.
     shutting_down: AtomicBool,
+    metrics: RelayMetrics,
 }
 
 /// The second side's connection, handed to the waiting side's task.
@@ -112,6 +119,11 @@ impl RelayServer {
     /// A relay with these limits that joins the holders of tokens `key`
     /// signed.
     pub fn new(config: RelayConfig, key: TokenKey) -> Self {
+        Self::with_metrics(config, key, RelayMetrics::default())
+    }
+
+    /// The same, counting what it does in `metrics`.
+    pub fn with_metrics(config: RelayConfig, key: TokenKey, metrics: RelayMetrics) -> Self {
         let origin = Instant::now();
         let total_rate = config
             .total_rate_limit
@@ -126,6 +138,7 @@ impl RelayServer {
                 total_rate,
                 origin,
                 shutting_down: AtomicBool::new(false),
+                metrics,
             }),
         }
     }
@@ -169,6 +182,7 @@ impl RelayServer {
             name: "relay",
         };
         let per_bucket = Arc::new(Mutex::new(OpenCounts::default()));
+        let metrics = &self.inner.metrics;
         let admit = |accepted: Accepted| {
             let Accepted {
                 stream,
@@ -180,16 +194,20 @@ impl RelayServer {
             let Ok(slot) = BucketSlot::take(&per_bucket, |open: &mut OpenCounts| {
                 open.try_open(bucket, max).then_some(bucket).ok_or(())
             }) else {
+                metrics.refused(RelayRefusal::PerAddress);
                 debug!(%peer, %bucket, "relay per-address connection limit reached");
                 return Verdict::Refuse(refuse_at_accept(stream, Refusal::PerIpLimit.message()));
             };
             let Some(permit) = permit else {
+                metrics.refusals.count(Limit::RelayMaxConnections);
                 debug!(%peer, "relay connection limit reached");
                 return Verdict::Refuse(refuse_at_accept(stream, CONNECTION_LIMIT_MESSAGE));
             };
             let relay = self.clone();
+            let open = metrics.connections.accepted();
             Verdict::Serve(permit, async move {
                 let _slot = slot;
+                let _open = open;
                 relay.serve_one(stream, peer).await;
             })
         };
@@ -303,6 +321,7 @@ impl RelayServer {
         };
         match join {
             Join::Refused(refusal) => {
+                self.inner.metrics.refused(refusal_label(refusal));
                 debug!(%peer, ?refusal, "relay connection refused");
                 refuse(&mut stream, refusal).await;
             }
@@ -384,6 +403,7 @@ impl RelayServer {
                     }
                     Err(_) => {
                         // The core closed us: we waited too long.
+                        self.inner.metrics.refused(RelayRefusal::WaitTimeout);
                         let _ = send_error(&mut stream, ErrorCode::RelayTimeout, Refusal::WaitTimeout.message()).await;
                         linger(&mut stream).await;
                         return;
@@ -427,6 +447,8 @@ impl RelayServer {
             _done,
         } = handoff;
         let config = &self.inner.config;
+        let metrics = &self.inner.metrics;
+        let _open = metrics.pair_joined();
         let paired = ServerToClient::RelayPaired {
             max_bytes: config.max_pair_bytes,
             max_secs: config.max_pair_lifetime.map(|l| l.as_secs()),
@@ -440,8 +462,11 @@ impl RelayServer {
         };
         if let Err(error) = setup.await {
             debug!(conn, other, %error, "relay pair broke while being joined");
+            metrics.pair_ended(ferry_metrics::PairEnd::Broken);
             return;
         }
+        // Relayed too, though not through Metered.
+        metrics.bytes(u64::try_from(early_a.len() + early_b.len()).unwrap_or(u64::MAX));
         debug!(conn, other, "relay pair joined; copying");
         let activity = Arc::new(Activity::new());
         let budget = Arc::new(Mutex::new(PairBudget::new(
@@ -459,33 +484,40 @@ impl RelayServer {
             origin,
             limits: rates,
         };
-        let mut a = Metered::new(a, activity.clone(), budget.clone(), rates.clone());
-        let mut b = Metered::new(b, activity.clone(), budget.clone(), rates);
+        let mut a = Metered::new(a, activity.clone(), budget.clone(), rates.clone(), metrics);
+        let mut b = Metered::new(b, activity.clone(), budget.clone(), rates, metrics);
         let idle = config.idle_timeout;
         let lifetime = lock(&budget).deadline().map(Instant::from_std);
         let copy =
             tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER);
         tokio::pin!(copy);
-        let end = loop {
+        let (end, broken) = loop {
             let deadline = activity.last() + idle;
             tokio::select! {
                 result = &mut copy => {
-                    match result {
+                    match &result {
                         Ok((a_to_b, b_to_a)) => debug!(conn, other, a_to_b, b_to_a, "relay pair done"),
                         Err(error) => debug!(conn, other, %error, "relay pair ended with an error"),
                     }
-                    break lock(&budget).check(Instant::now().into_std());
+                    break (lock(&budget).check(Instant::now().into_std()), result.is_err());
                 }
                 _ = sleep_until(deadline) => {
                     if activity.last() + idle <= Instant::now() {
-                        break Some(PairEnd::Idle);
+                        break (Some(PairEnd::Idle), false);
                     }
                 }
                 _ = sleep_until(lifetime.unwrap_or_else(far_future)), if lifetime.is_some() => {
-                    break Some(PairEnd::Lifetime);
+                    break (Some(PairEnd::Lifetime), false);
                 }
             }
         };
+        metrics.pair_ended(match end {
+            Some(PairEnd::ByteLimit) => ferry_metrics::PairEnd::ByteLimit,
+            Some(PairEnd::Lifetime) => ferry_metrics::PairEnd::Lifetime,
+            Some(PairEnd::Idle) => ferry_metrics::PairEnd::Idle,
+            None if broken => ferry_metrics::PairEnd::Broken,
+            None => ferry_metrics::PairEnd::Closed,
+        });
         if let Some(end) = end {
             debug!(conn, other, ?end, "{}", end.message());
             self.core().handle_pair_end(end);
@@ -534,6 +566,18 @@ fn refuse_at_accept(
     // Not encoded (it always is): nothing to deliver, so no linger either.
     let _ = encode_frame(&msg, &mut line);
     accept::refuse(stream, &line, accept::LINGER_AT_MOST)
+}
+
+/// The metrics' name for `refusal`.
+fn refusal_label(refusal: Refusal) -> RelayRefusal {
+    match refusal {
+        Refusal::UnknownToken => RelayRefusal::UnknownToken,
+        Refusal::Expired => RelayRefusal::Expired,
+        Refusal::Reused => RelayRefusal::Reused,
+        Refusal::PerIpLimit => RelayRefusal::PerAddress,
+        Refusal::PairsLimit => RelayRefusal::MaxPairs,
+        Refusal::WaitTimeout => RelayRefusal::WaitTimeout,
+    }
 }
 
 async fn refuse(stream: &mut TcpStream, refusal: Refusal) {
@@ -612,6 +656,7 @@ struct Metered<S> {
     budget: Arc<Mutex<PairBudget>>,
     rates: Rates,
     sleep: Option<Pin<Box<Sleep>>>,
+    metrics: RelayMetrics,
 }
 
 impl<S> Metered<S> {
@@ -620,6 +665,7 @@ impl<S> Metered<S> {
         activity: Arc<Activity>,
         budget: Arc<Mutex<PairBudget>>,
         rates: Rates,
+        metrics: &RelayMetrics,
     ) -> Self {
         Metered {
             inner,
@@ -627,6 +673,7 @@ impl<S> Metered<S> {
             budget,
             rates,
             sleep: None,
+            metrics: metrics.clone(),
         }
     }
 }
@@ -668,6 +715,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         buf.advance(n);
         if n > 0 {
             this.activity.touch();
+            this.metrics.bytes(u64::try_from(n).unwrap_or(u64::MAX));
             lock(&this.budget).spend(n);
             for rate in &this.rates.limits {
                 lock(rate).spend(since, n);

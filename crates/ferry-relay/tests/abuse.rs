@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
+use ferry_metrics::Metrics;
 use ferry_proto::signal::{
     ClientToServer, ErrorCode, RELAY_PROTOCOL_VERSION, ServerToClient, decode_frame, encode_frame,
 };
@@ -29,12 +30,24 @@ fn token_for(nameplate: u32) -> Token {
 }
 
 async fn start(config: RelayConfig) -> (SocketAddr, RelayServer) {
+    let (addr, relay, _) = start_counted(config).await;
+    (addr, relay)
+}
+
+/// [`start`], counting in metrics of its own.
+async fn start_counted(config: RelayConfig) -> (SocketAddr, RelayServer, Metrics) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let relay = RelayServer::new(config, shared_key());
+    let metrics = Metrics::new();
+    let relay = RelayServer::with_metrics(config, shared_key(), metrics.relay());
     let server = relay.clone();
     tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
-    (addr, relay)
+    (addr, relay, metrics)
+}
+
+/// Whether `text` (a scrape) has `series` at `value`.
+fn has(text: &str, series: &str, value: u64) -> bool {
+    text.lines().any(|line| line == format!("{series} {value}"))
 }
 
 fn lo(last: u8) -> IpAddr {
@@ -192,7 +205,7 @@ async fn wait_for_stats(relay: &RelayServer, done: impl Fn(&ferry_relay::Stats) 
 #[tokio::test]
 async fn byte_limit_ends_a_pair_after_exactly_its_bytes() {
     const LIMIT: u64 = 300_000;
-    let (addr, relay) = start(RelayConfig {
+    let (addr, relay, metrics) = start_counted(RelayConfig {
         max_pair_bytes: Some(LIMIT),
         ..RelayConfig::default()
     })
@@ -222,6 +235,16 @@ async fn byte_limit_ends_a_pair_after_exactly_its_bytes() {
     wait_for_stats(&relay, |s| s.byte_limit == 1).await;
     assert_eq!(relay.stats().lifetime_limit, 0);
     writer.abort();
+    let text = metrics.encode();
+    for (series, value) in [
+        ("ferry_relay_pairs_total", 1),
+        (r#"ferry_relay_pairs_ended_total{reason="byte_limit"}"#, 1),
+        (r#"ferry_relay_pairs_ended_total{reason="closed"}"#, 0),
+        ("ferry_relay_bytes_total", LIMIT),
+        (r#"ferry_connections_accepted_total{listener="relay"}"#, 2),
+    ] {
+        assert!(has(&text, series, value), "{series} {value}:\n{text}");
+    }
     // The relay says which limit in its own terms; `ferry` names the
     // option its operator sets (bin/ferry/src/session.rs, relay_limit_why).
     let message = ferry_relay::PairEnd::ByteLimit.message();

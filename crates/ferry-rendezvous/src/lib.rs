@@ -34,4 +34,4 @@ pub mod state;
 pub use client::{SignalClient, SignalError, SignalEvent, Welcome};
 pub use ferry_proto::signal::ReleaseReason;
 pub use server::{ServerConfig, serve, serve_with_relay};
-pub use state::{BAD_CODE, ClientId, Config, PEER_DISCONNECTED, PEER_VANISHED, Rendezvous};
+pub use state::{BAD_CODE, ClientId, Config, PEER_DISCONNECTED, PEER_VANISHED, Rendezvous, Stats};

@@ -18,6 +18,10 @@
 //!   they are taken when bytes come and given back when drained.
 //! actor(): owns state::Rendezvous, the only place decisions are made;
 //!   one timer re-armed from poll_timeout()
+//! metrics (ServerConfig::metrics): admit() counts refusals by limit and
+//!   accepted connections; the actor adds what the core's Stats counted
+//!   since its last step and sets the client and nameplate gauges; the
+//!   core itself knows nothing of metrics
 //! shutdown: the accept loop stops, the actor sends every client an
 //!   `error {shutting-down}` and closes it; the actor and the tasks get
 //!   shutdown_grace (5 s) to finish, then the rest are aborted.
@@ -45,6 +49,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ferry_limits::accept::{self, AcceptConfig, Accepted, BucketSlot, Verdict, linger};
+use ferry_metrics::{
+    Allocation, ClaimOutcome, Closed, ConnectionKind, Limit, Metrics, OpenConnection,
+    RendezvousMetrics,
+};
 use ferry_proto::signal::{
     ClientToServer, ErrorCode, FrameError, MAX_FRAME, RELAY_PROTOCOL_VERSION, ServerToClient,
     decode_frame, encode_frame,
@@ -58,7 +66,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info};
 
 use crate::admission::{Admission, AdmissionLimits, Refusal};
-use crate::state::{ClientId, Config, Rendezvous};
+use crate::state::{ClientId, Config, Rendezvous, Stats};
 
 /// Bytes of frames queued for one client before it counts as too slow and
 /// is dropped.
@@ -97,6 +105,9 @@ pub struct ServerConfig {
     /// On shutdown, how long open connections (relayed pairs above all) may
     /// run on before they are cut (default 5 s).
     pub shutdown_grace: Duration,
+    /// Where it counts what it does (default: a registry of its own that
+    /// nobody reads). [`serve`] gives the relay it makes the same one.
+    pub metrics: Metrics,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +120,7 @@ impl Default for ServerConfig {
             connection_burst: 30.0,
             relay: None,
             shutdown_grace: Duration::from_secs(5),
+            metrics: Metrics::default(),
         }
     }
 }
@@ -129,7 +141,7 @@ pub async fn serve(
             .relay_key
             .clone()
             .unwrap_or_else(random_key);
-        RelayServer::new(relay, key)
+        RelayServer::with_metrics(relay, key, config.metrics.relay())
     });
     serve_with_relay(listener, config, relay, shutdown).await
 }
@@ -160,7 +172,8 @@ pub async fn serve_with_relay(
     core.start(Instant::now().into_std());
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
     let (stop_tx, stop_rx) = oneshot::channel();
-    let actor = tokio::spawn(actor(core, inbox_rx, stop_rx));
+    let metrics = config.metrics.rendezvous();
+    let actor = tokio::spawn(actor(core, inbox_rx, stop_rx, metrics.clone()));
 
     let admission = Arc::new(Mutex::new(Admission::new(AdmissionLimits {
         bucketing: config.rendezvous.bucketing,
@@ -186,6 +199,7 @@ pub async fn serve_with_relay(
             permit,
         } = accepted;
         let Some(permit) = permit else {
+            metrics.refusals.count(Limit::MaxConnections);
             debug!(%addr, "connection limit reached");
             let message = "the server is at its connection limit; try again later".to_string();
             return Verdict::Refuse(refuse(stream, ErrorCode::ServerFull, message));
@@ -195,10 +209,13 @@ pub async fn serve_with_relay(
             Ok(slot) => slot,
             Err(refusal) => {
                 debug!(%addr, %refusal, "connection refused");
-                let code = match refusal {
-                    Refusal::PerAddress { .. } => ErrorCode::ServerFull,
-                    _ => ErrorCode::RateLimited,
+                let (code, limit) = match refusal {
+                    Refusal::PerAddress { .. } => {
+                        (ErrorCode::ServerFull, Limit::ConnectionsPerAddress)
+                    }
+                    _ => (ErrorCode::RateLimited, Limit::ConnectionRate),
                 };
+                metrics.refusals.count(limit);
                 return Verdict::Refuse(refuse(stream, code, refusal.to_string()));
             }
         };
@@ -209,6 +226,8 @@ pub async fn serve_with_relay(
             addr,
             inbox: inbox_tx.clone(),
             relay: relay.clone(),
+            metrics: metrics.clone(),
+            _open: metrics.connections.accepted(),
             _slot: slot,
         };
         Verdict::Serve(permit, connection(conn, stream))
@@ -297,8 +316,10 @@ async fn actor(
     mut core: Rendezvous,
     mut inbox: mpsc::Receiver<ActorMsg>,
     mut stop: oneshot::Receiver<()>,
+    metrics: RendezvousMetrics,
 ) {
     let mut conns: HashMap<ClientId, Outbox> = HashMap::new();
+    let mut counted = Stats::default();
     loop {
         let deadline = core.poll_timeout().map(Instant::from_std);
         let timer = async {
@@ -329,7 +350,13 @@ async fn actor(
             }
             _ = timer => core.handle_timeout(Instant::now().into_std()),
         }
-        flush(&mut core, &mut conns);
+        flush(&mut core, &mut conns, &metrics);
+        let stats = core.stats();
+        if stats != counted {
+            export(&metrics, &counted, &stats);
+            counted = stats;
+        }
+        metrics.set_open(core.client_count(), core.nameplate_count());
     }
     for (_, out) in conns.drain() {
         out.frame(&ServerToClient::Error {
@@ -340,12 +367,45 @@ async fn actor(
     }
 }
 
+/// Adds what the core counted since `before` to the metrics.
+fn export(metrics: &RendezvousMetrics, before: &Stats, after: &Stats) {
+    let delta = |field: fn(&Stats) -> u64| field(after).saturating_sub(field(before));
+    metrics.nameplates_allocated(Allocation::Random, delta(|s| s.allocated));
+    metrics.nameplates_allocated(Allocation::Chosen, delta(|s| s.reserved));
+    metrics.nameplates_allocated(Allocation::Rejoin, delta(|s| s.rejoin_channels));
+    metrics.nameplates_closed(Closed::Freed, delta(|s| s.freed));
+    metrics.nameplates_closed(Closed::Burnt, delta(|s| s.burnt));
+    metrics.nameplates_closed(Closed::Expired, delta(|s| s.expired));
+    metrics.claims(ClaimOutcome::Ok, delta(|s| s.claimed));
+    metrics.claims(ClaimOutcome::UnknownNameplate, delta(|s| s.claims_unknown));
+    metrics.claims(ClaimOutcome::Taken, delta(|s| s.claims_taken));
+    metrics.claims(ClaimOutcome::Blocked, delta(|s| s.claims_blocked));
+    metrics.claims(
+        ClaimOutcome::AlreadyHolds,
+        delta(|s| s.claims_already_holding),
+    );
+    metrics.rejoins(delta(|s| s.rejoined));
+    let refusals = &metrics.refusals;
+    refusals.count_n(Limit::MaxNameplates, delta(|s| s.nameplates_full));
+    refusals.count_n(Limit::ClaimBlock, delta(|s| s.claims_blocked));
+    refusals.count_n(
+        Limit::FailedClaimsPerConnection,
+        delta(|s| s.failed_claims_closed),
+    );
+    refusals.count_n(Limit::PendingMessages, delta(|s| s.pending_full));
+}
+
 /// Hands the core's frames and closes to the connection tasks.
-fn flush(core: &mut Rendezvous, conns: &mut HashMap<ClientId, Outbox>) {
+fn flush(
+    core: &mut Rendezvous,
+    conns: &mut HashMap<ClientId, Outbox>,
+    metrics: &RendezvousMetrics,
+) {
     loop {
         while let Some((id, msg)) = core.poll_transmit() {
             let Some(out) = conns.get(&id) else { continue };
             if !out.frame(&msg) {
+                metrics.refusals.count(Limit::OutboundQueue);
                 debug!(
                     client = id,
                     "client does not keep up with its frames; dropping it"
@@ -369,6 +429,9 @@ struct Conn {
     addr: SocketAddr,
     inbox: mpsc::Sender<ActorMsg>,
     relay: Option<RelayServer>,
+    metrics: RendezvousMetrics,
+    /// Counts it open in the metrics while it lives.
+    _open: OpenConnection,
     _slot: BucketSlot<Admission>,
 }
 
@@ -380,6 +443,7 @@ async fn connection(conn: Conn, mut stream: TcpStream) {
         addr,
         ref inbox,
         ref relay,
+        ref metrics,
         ..
     } = conn;
     let _ = stream.set_nodelay(true);
@@ -413,6 +477,12 @@ async fn connection(conn: Conn, mut stream: TcpStream) {
                     // actor at once; everything else is signalling, whose
                     // core insists on `hello` first.
                     if std::mem::take(&mut first_frame) {
+                        let relaying = matches!(msg, ClientToServer::Relay { .. });
+                        metrics.first_frame(if relaying {
+                            ConnectionKind::Relay
+                        } else {
+                            ConnectionKind::Signalling
+                        });
                         if let ClientToServer::Relay { protocol, token } = msg {
                             let _ = inbox.send(ActorMsg::Disconnect { id }).await;
                             // Boxed: the relay's state machine is large, and

@@ -35,6 +35,9 @@ pub struct ServerConfig {
     /// How long a relay token can be presented after it was issued
     /// (default 120 s).
     pub relay_token_ttl: Duration,
+    /// Where to serve `GET /metrics` and `GET /health` (`--metrics`,
+    /// default none). Unauthenticated: loopback or a private address.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +53,7 @@ impl Default for ServerConfig {
             stun: Some(StunConfig::default()),
             relay: RelayMode::Here(RelayConfig::default()),
             relay_token_ttl: Duration::from_secs(120),
+            metrics: None,
         }
     }
 }
@@ -125,4 +129,7 @@ pub struct RelayNodeConfig {
     pub relay: RelayConfig,
     /// The secret shared with the rendezvous server that issues tokens.
     pub key: TokenKey,
+    /// Where to serve `GET /metrics` and `GET /health` (`--metrics`),
+    /// if anywhere.
+    pub metrics: Option<SocketAddr>,
 }

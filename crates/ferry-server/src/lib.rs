@@ -19,6 +19,8 @@
 //!   bind signal listener --> ferry_rendezvous::serve (task; relay inside
 //!                            unless RelayMode::Elsewhere / Off)
 //!   bind STUN sockets    --> ferry_nat::stun::StunServer::run (task)
+//!   bind --metrics       --> ferry_metrics::http::serve (task), reading
+//!                            the one Metrics every part counts in
 //!   the rendezvous core learns the STUN ports and where the relay is
 //! Server::shutdown()
 //!   both parts stop accepting; open connections get shutdown_grace

@@ -6,6 +6,8 @@ use std::io;
 use std::net::SocketAddr;
 
 use ferry_limits::Bucketing;
+use ferry_metrics::Metrics;
+use ferry_metrics::http::HttpLimits;
 use ferry_nat::stun::{SourceLimits, StunServer, StunServerConfig};
 use ferry_rendezvous::Config;
 use tokio::net::TcpListener;
@@ -34,6 +36,8 @@ pub struct Listening {
     pub relay_here: bool,
     /// The relay elsewhere that clients are told about.
     pub relay_url: Option<String>,
+    /// The metrics listener (`GET /metrics`, `GET /health`), if any.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A running server. Dropping it without [`shutdown`](Self::shutdown)
@@ -44,15 +48,22 @@ pub struct Server {
     stop: watch::Sender<bool>,
     rendezvous: JoinHandle<io::Result<()>>,
     stun: Option<JoinHandle<io::Result<()>>>,
+    metrics: Metrics,
+    metrics_task: Option<JoinHandle<()>>,
 }
 
 impl Server {
-    /// Binds the signalling listener, then the STUN sockets, and starts
-    /// serving on both.
+    /// Binds the signalling listener, then the STUN sockets and the
+    /// metrics listener, and starts serving on all of them.
     pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
+        let metrics = Metrics::new();
         let (listener, signal) = bind(config.listen).await?;
         let stun = match &config.stun {
-            Some(stun) => Some(bind_stun(stun).await?),
+            Some(stun) => Some(bind_stun(stun).await?.with_metrics(metrics.stun())),
+            None => None,
+        };
+        let metrics_listener = match config.metrics {
+            Some(addr) => Some(bind(addr).await?),
             None => None,
         };
         let stun_udp = stun.as_ref().map(StunServer::udp_addrs).unwrap_or_default();
@@ -68,6 +79,7 @@ impl Server {
             stun: stun_udp,
             relay_here,
             relay_url,
+            metrics: metrics_listener.as_ref().map(|(_, addr)| *addr),
         };
         info!(
             local = %signal,
@@ -75,22 +87,35 @@ impl Server {
             rfc5780 = listening.rfc5780,
             relay_here,
             relay_url = ?listening.relay_url,
+            metrics = ?listening.metrics,
             "server listening"
         );
 
         let (stop, stop_rx) = watch::channel(false);
         let rendezvous = tokio::spawn(ferry_rendezvous::serve(
             listener,
-            rendezvous_config(&config, &listening.stun),
+            ferry_rendezvous::ServerConfig {
+                metrics: metrics.clone(),
+                ..rendezvous_config(&config, &listening.stun)
+            },
             stopped(stop_rx.clone()),
         ));
-        let stun = stun.map(|server| tokio::spawn(server.run(stopped(stop_rx))));
+        let stun = stun.map(|server| tokio::spawn(server.run(stopped(stop_rx.clone()))));
+        let metrics_task =
+            metrics_listener.map(|(listener, _)| serve_metrics(listener, metrics.clone(), stop_rx));
         Ok(Server {
             listening,
             stop,
             rendezvous,
             stun,
+            metrics,
+            metrics_task,
         })
+    }
+
+    /// What it counted so far (what `GET /metrics` shows).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Where it listens.
@@ -112,9 +137,14 @@ impl Server {
             stop,
             rendezvous,
             stun,
+            metrics_task,
             ..
         } = self;
         let _ = stop.send(true);
+        if let Some(task) = metrics_task {
+            // It only answers scrapes: nothing to wait for but its end.
+            let _ = task.await;
+        }
         let rendezvous = rendezvous.await;
         let stun = match stun {
             Some(task) => Some(task.await),
@@ -148,6 +178,20 @@ pub(crate) async fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr)
         })?;
     let addr = listener.local_addr().map_err(StartError::LocalAddr)?;
     Ok((listener, addr))
+}
+
+/// Serves the metrics listener as a task until `stop` says so.
+pub(crate) fn serve_metrics(
+    listener: TcpListener,
+    metrics: Metrics,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(ferry_metrics::http::serve(
+        listener,
+        metrics,
+        HttpLimits::default(),
+        stopped(stop),
+    ))
 }
 
 /// Resolves once `stop` says so, or its sender is gone.

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_limits::{AddrBucket, Bucketing};
+use ferry_metrics::{Limit, StunMetrics, StunSocket, Transport};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -267,6 +268,7 @@ pub struct StunServer {
     max_tcp_clients: usize,
     max_tcp_clients_per_ip: usize,
     udp_limits: SourceLimits,
+    metrics: StunMetrics,
 }
 
 impl StunServer {
@@ -348,6 +350,7 @@ impl StunServer {
             max_tcp_clients: config.max_tcp_clients.max(1),
             max_tcp_clients_per_ip: config.max_tcp_clients_per_ip.max(1),
             udp_limits: config.udp_limits,
+            metrics: StunMetrics::default(),
         })
     }
 
@@ -370,6 +373,13 @@ impl StunServer {
         self.alt
     }
 
+    /// Counts the answers (by socket) and the requests its limits drop in
+    /// `metrics` (default: a handle nobody reads).
+    pub fn with_metrics(mut self, metrics: StunMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// Serves until `shutdown` resolves, then stops every task.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let mut by_addr = HashMap::new();
@@ -382,7 +392,7 @@ impl StunServer {
             origin: Instant::now(),
             limiter: Mutex::new(SourceLimiter::new(self.udp_limits)),
         });
-        for socket in &self.udp {
+        for (index, socket) in self.udp.iter().enumerate() {
             let local = socket.local_addr()?;
             tasks.spawn(serve_udp(
                 socket.clone(),
@@ -390,6 +400,10 @@ impl StunServer {
                 by_addr.clone(),
                 self.alt,
                 limiter.clone(),
+                Counted {
+                    metrics: self.metrics.clone(),
+                    socket: StunSocket::from_index(index),
+                },
             ));
         }
         if let Some(listener) = self.tcp {
@@ -401,6 +415,7 @@ impl StunServer {
                     bucketing: self.udp_limits.bucketing,
                     max: self.max_tcp_clients_per_ip,
                 },
+                self.metrics.clone(),
             ));
         }
         info!(udp = ?self.udp.iter().filter_map(|s| s.local_addr().ok()).collect::<Vec<_>>(), rfc5780 = self.alt.is_some(), "STUN server running");
@@ -457,12 +472,19 @@ impl UdpLimiter {
     }
 }
 
+/// Where one UDP socket counts its answers.
+struct Counted {
+    metrics: StunMetrics,
+    socket: StunSocket,
+}
+
 async fn serve_udp(
     socket: Arc<UdpSocket>,
     local: SocketAddr,
     by_addr: Arc<HashMap<SocketAddr, Arc<UdpSocket>>>,
     alt: Option<AltConfig>,
     limiter: Arc<UdpLimiter>,
+    counted: Counted,
 ) {
     let mut buf = vec![0u8; MAX_MESSAGE_LEN + 1];
     let mut received: u32 = 0;
@@ -482,6 +504,7 @@ async fn serve_udp(
         }
         // Checked before parsing: a flood costs one lookup per datagram.
         if !limiter.allow(from) {
+            counted.metrics.refusals.count(Limit::StunRate);
             continue;
         }
         let Some(response) = respond(&buf[..n], from, local, alt) else {
@@ -491,8 +514,9 @@ async fn serve_udp(
             debug!(send_from = %response.send_from, "STUN server: no socket to answer from");
             continue;
         };
-        if let Err(e) = out.send_to(&response.payload, response.dst).await {
-            debug!(dst = %response.dst, "STUN server: send failed: {e}");
+        match out.send_to(&response.payload, response.dst).await {
+            Ok(_) => counted.metrics.answered(Transport::Udp, counted.socket),
+            Err(e) => debug!(dst = %response.dst, "STUN server: send failed: {e}"),
         }
     }
 }
@@ -509,6 +533,7 @@ async fn serve_tcp(
     idle: Duration,
     limit: Arc<Semaphore>,
     per_source: TcpPerSource,
+    metrics: StunMetrics,
 ) {
     let mut clients = JoinSet::new();
     let counts: Arc<Mutex<HashMap<AddrBucket, usize>>> = Arc::default();
@@ -525,12 +550,14 @@ async fn serve_tcp(
                 let bucket = per_source.bucketing.bucket(from.ip());
                 let Some(slot) = SourceSlot::take(&counts, bucket, per_source.max) else {
                     // STUN over TCP has no refusal message; closing is the answer.
+                    metrics.refusals.count(Limit::StunTcpPerAddress);
                     debug!(%from, %bucket, "STUN server: too many TCP clients from one source; closing");
                     drop(stream);
                     continue;
                 };
+                let metrics = metrics.clone();
                 clients.spawn(async move {
-                    serve_tcp_client(stream, from, idle).await;
+                    serve_tcp_client(stream, from, idle, &metrics).await;
                     drop(slot);
                     drop(permit);
                 });
@@ -586,7 +613,12 @@ impl Drop for SourceSlot {
     }
 }
 
-async fn serve_tcp_client(mut stream: TcpStream, from: SocketAddr, idle: Duration) {
+async fn serve_tcp_client(
+    mut stream: TcpStream,
+    from: SocketAddr,
+    idle: Duration,
+    metrics: &StunMetrics,
+) {
     let Ok(local) = stream.local_addr() else {
         return;
     };
@@ -613,7 +645,7 @@ async fn serve_tcp_client(mut stream: TcpStream, from: SocketAddr, idle: Duratio
             continue;
         };
         match tokio::time::timeout(idle, stream.write_all(&response.payload)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => metrics.answered(Transport::Tcp, StunSocket::Primary),
             _ => {
                 debug!(%from, "STUN server: TCP write failed or stalled, closing");
                 return;
@@ -658,6 +690,61 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn answers_by_socket_and_requests_over_the_rate_are_counted() {
+        let metrics = ferry_metrics::Metrics::new();
+        let config = StunServerConfig {
+            second_port: Some(0),
+            udp_limits: SourceLimits {
+                rate: 1,
+                burst: 2,
+                ..SourceLimits::default()
+            },
+            ..StunServerConfig::new(SocketAddr::new(LO, 0))
+        };
+        let server = StunServer::bind(config)
+            .await
+            .unwrap()
+            .with_metrics(metrics.stun());
+        let (udp, tcp) = (server.udp_addrs(), server.tcp_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        let once = BindingOptions {
+            retransmit: RetransmitConfig {
+                rto: Duration::from_millis(100),
+                max_sends: 1,
+                last_wait_factor: 2,
+            },
+            ..Default::default()
+        };
+        let client = UdpSocket::bind((LO, 0)).await.unwrap();
+        binding_udp(&client, udp[0], once).await.unwrap();
+        binding_udp(&client, udp[1], once).await.unwrap();
+        // The source's budget is spent: dropped, and counted as refused.
+        assert!(binding_udp(&client, udp[0], once).await.is_err());
+        binding_tcp(tcp, None, Duration::from_secs(5))
+            .await
+            .unwrap();
+
+        let text = metrics.encode();
+        for (series, want) in [
+            (r#"transport="udp",socket="primary""#, " 1"),
+            (r#"transport="udp",socket="second_port""#, " 1"),
+            (r#"transport="tcp",socket="primary""#, " 1"),
+        ] {
+            let line = format!("ferry_stun_requests_total{{{series}}}{want}\n");
+            assert!(text.contains(&line), "no {line:?} in {text}");
+        }
+        assert!(
+            text.contains("ferry_refusals_total{limit=\"stun_rate\"} 1\n"),
+            "{text}"
+        );
+        stop.send(()).unwrap();
+        handle.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -45,6 +45,7 @@ impl Rendezvous {
         }
         if failed >= self.config.failed_claims_per_connection {
             debug!(client, failed, "too many failed claims; closing");
+            self.stats.failed_claims_closed += 1;
             let message = format!(
                 "{failed} failed claims on this connection; check the code, then try again"
             );

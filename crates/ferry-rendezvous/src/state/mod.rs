@@ -135,10 +135,48 @@ impl Default for Config {
     }
 }
 
+/// Counters of what the rendezvous did, for metrics, logs and tests. They
+/// only grow; [`Rendezvous::stats`] reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Nameplates allocated with a number the server picked.
+    pub allocated: u64,
+    /// Nameplates allocated with a number the sender chose (`reserve`).
+    pub reserved: u64,
+    /// Hidden nameplates opened for a rejoin channel.
+    pub rejoin_channels: u64,
+    /// Claims that took the second side of a nameplate.
+    pub claimed: u64,
+    /// Claims of a nameplate that does not exist.
+    pub claims_unknown: u64,
+    /// Claims of a nameplate two peers hold already.
+    pub claims_taken: u64,
+    /// Claims refused because the address bucket is blocked.
+    pub claims_blocked: u64,
+    /// Claims from a connection that holds a nameplate already.
+    pub claims_already_holding: u64,
+    /// Peers that met again on a rejoin channel.
+    pub rejoined: u64,
+    /// Nameplates freed as their sides left.
+    pub freed: u64,
+    /// Nameplates burnt by a `bad-code` release.
+    pub burnt: u64,
+    /// Nameplates that expired.
+    pub expired: u64,
+    /// Allocations refused for lack of room (`max_nameplates`, or no free
+    /// number).
+    pub nameplates_full: u64,
+    /// Connections closed for too many failed claims.
+    pub failed_claims_closed: u64,
+    /// Messages refused because too many wait for an absent side.
+    pub pending_full: u64,
+}
+
 /// The rendezvous state machine.
 #[derive(Debug)]
 pub struct Rendezvous {
     config: Config,
+    stats: Stats,
     rng: StdRng,
     clients: HashMap<ClientId, Client>,
     nameplates: HashMap<u32, Nameplate>,
@@ -269,6 +307,7 @@ impl Rendezvous {
             blocked: HashMap::new(),
             timers: BTreeSet::new(),
             config,
+            stats: Stats::default(),
             rng,
             clients: HashMap::new(),
             nameplates: HashMap::new(),
@@ -460,6 +499,11 @@ impl Rendezvous {
     /// How many clients are connected.
     pub fn client_count(&self) -> usize {
         self.clients.len()
+    }
+
+    /// What it did so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
     }
 
     /// Sends an error and closes `client`.

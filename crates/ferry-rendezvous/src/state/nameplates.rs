@@ -25,6 +25,7 @@ impl Rendezvous {
             }
         }
         let Some(number) = wanted.or_else(|| self.pick_nameplate()) else {
+            self.stats.nameplates_full += 1;
             self.error(
                 client,
                 ErrorCode::ServerFull,
@@ -33,6 +34,11 @@ impl Rendezvous {
             return;
         };
         info!(nameplate = number, client, "nameplate allocated");
+        if wanted.is_some() {
+            self.stats.reserved += 1;
+        } else {
+            self.stats.allocated += 1;
+        }
         self.open_nameplate(now, client, number, None);
     }
 
@@ -51,6 +57,7 @@ impl Rendezvous {
     pub(super) fn refuse_when_full(&mut self, client: ClientId) -> bool {
         let full = self.nameplates.len() >= self.config.max_nameplates;
         if full {
+            self.stats.nameplates_full += 1;
             debug!(client, "no room for another nameplate");
             let message = "the server has too many transfers waiting; try again later".into();
             self.error(client, ErrorCode::ServerFull, message);
@@ -94,6 +101,7 @@ impl Rendezvous {
 
     pub(super) fn claim(&mut self, now: Instant, client: ClientId, number: u32) {
         if self.refuse_second_nameplate(client) {
+            self.stats.claims_already_holding += 1;
             return;
         }
         if let Some(wait) = self.blocked_for(now, client) {
@@ -103,6 +111,7 @@ impl Rendezvous {
                 wait.as_secs().max(1)
             );
             self.error(client, ErrorCode::RateLimited, message);
+            self.stats.claims_blocked += 1;
             self.claim_failed(now, client);
             return;
         }
@@ -116,6 +125,7 @@ impl Rendezvous {
                 "no transfer is waiting under {number}; check the code or ask for a new one"
             );
             self.error(client, ErrorCode::UnknownNameplate, message);
+            self.stats.claims_unknown += 1;
             self.claim_failed(now, client);
             return;
         };
@@ -124,12 +134,14 @@ impl Rendezvous {
                 "nameplate {number} is in use by two peers already; ask the sender for a new code"
             );
             self.error(client, ErrorCode::NameplateTaken, message);
+            self.stats.claims_taken += 1;
             self.claim_failed(now, client);
             return;
         }
         nameplate.sides[1] = Side::Here(client);
         nameplate.claimer_bucket = bucket;
         info!(nameplate = number, client, "nameplate claimed");
+        self.stats.claimed += 1;
         self.join(client, number, 1);
     }
 
@@ -191,6 +203,7 @@ impl Rendezvous {
             nameplate.sides[index] = Side::Here(client);
             nameplate.expires = now + self.config.nameplate_ttl;
             info!(nameplate = number, client, "peer rejoined");
+            self.stats.rejoined += 1;
             self.join(client, number, index);
             return;
         }
@@ -206,6 +219,7 @@ impl Rendezvous {
             }
         };
         info!(nameplate = number, client, "waiting on a rejoin channel");
+        self.stats.rejoin_channels += 1;
         self.open_nameplate(now, client, number, Some(channel));
     }
 
@@ -280,6 +294,7 @@ impl Rendezvous {
             Side::Open => {
                 debug!(client, "too many messages for an absent peer");
                 let message = "too many messages are waiting for the other side to join".into();
+                self.stats.pending_full += 1;
                 self.error(client, ErrorCode::QueueFull, message);
             }
             Side::Gone => debug!(client, "message for a peer that left dropped"),
@@ -324,6 +339,7 @@ impl Rendezvous {
                     .push_back((other, ServerToClient::PeerLeft { reason }));
             } else {
                 self.remove_nameplate(number);
+                self.stats.freed += 1;
                 debug!(nameplate = number, "rejoin channel closed");
             }
             return;
@@ -349,8 +365,10 @@ impl Rendezvous {
                 self.bad_code_from(now, bucket);
             }
             info!(nameplate = number, "nameplate burnt after a wrong code");
+            self.stats.burnt += 1;
         } else {
             info!(nameplate = number, "nameplate freed");
+            self.stats.freed += 1;
         }
     }
 

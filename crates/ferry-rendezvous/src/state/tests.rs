@@ -234,6 +234,12 @@ fn release_frees_when_both_left() {
         error_code(&h.drain()),
         vec![(3, ErrorCode::UnknownNameplate)]
     );
+    let stats = h.core.stats();
+    assert_eq!(
+        (stats.claimed, stats.claims_taken, stats.claims_unknown),
+        (1, 1, 1)
+    );
+    assert_eq!((stats.freed, stats.burnt), (1, 0));
 }
 
 #[test]
@@ -276,6 +282,16 @@ fn bad_code_burns_at_once() {
         error_code(&h.drain()),
         vec![(3, ErrorCode::UnknownNameplate)]
     );
+    assert_eq!(
+        h.core.stats(),
+        Stats {
+            allocated: 1,
+            claimed: 1,
+            burnt: 1,
+            claims_unknown: 1,
+            ..Stats::default()
+        }
+    );
 }
 
 #[test]
@@ -301,6 +317,8 @@ fn nameplates_expire_after_ttl() {
     assert_eq!(h.core.nameplate_count(), 0);
     assert_eq!(error_code(&h.drain()), vec![(1, ErrorCode::Expired)]);
     assert_eq!(h.closes(), vec![1]);
+    let stats = h.core.stats();
+    assert_eq!((stats.allocated, stats.expired, stats.freed), (1, 1, 0));
 }
 
 #[test]
@@ -894,6 +912,10 @@ fn rejoin_meets_the_peer_again_with_a_fresh_relay_token() {
         matches!(&out[..], [(5, ServerToClient::Allocated { .. })]),
         "{out:?}"
     );
+    let stats = h.core.stats();
+    assert_eq!((stats.rejoin_channels, stats.rejoined), (2, 2));
+    assert_eq!((stats.allocated, stats.claimed, stats.freed), (0, 0, 1));
+    assert_eq!(stats.claims_unknown, 1);
 }
 
 #[test]

@@ -58,6 +58,7 @@ impl Rendezvous {
             return;
         };
         info!(nameplate = number, "nameplate expired");
+        self.stats.expired += 1;
         let minutes = self.config.nameplate_ttl.as_secs() / 60;
         for side in nameplate.sides {
             if let Side::Here(client) = side {

@@ -329,6 +329,20 @@ pub struct ReceiveArgs {
 /// `ferry serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Read options from this TOML file: each key is a long option of
+    /// this command, with _ or - (`listen = "0.0.0.0:443"`, `relay_rate =
+    /// "64M"`, `no_relay = true`). An option on the command line, or in its
+    /// environment variable (FERRY_ and the key in capitals, e.g.
+    /// FERRY_RELAY_RATE), wins over the file; an unknown key is an error.
+    #[arg(long, env = "FERRY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective options as TOML (from the command line, the
+    /// environment, the config file and the defaults), each with where it
+    /// came from, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Address and TCP port for rendezvous signalling. Ports below 1024
     /// need root or CAP_NET_BIND_SERVICE.
     #[arg(long, default_value = "0.0.0.0:443", value_name = "ADDR:PORT")]
@@ -487,6 +501,18 @@ fn parse_limit(text: &str) -> Result<Limit, String> {
 /// `ferry relay`.
 #[derive(Debug, Args)]
 pub struct RelayArgs {
+    /// Read options from this TOML file, as `ferry serve --config` does:
+    /// each key is a long option of this command (`relay_secret_file =
+    /// "/etc/ferry/relay.secret"`); the command line and FERRY_* variables
+    /// win over it.
+    #[arg(long, env = "FERRY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective options as TOML, each with where it came from,
+    /// and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Address and TCP port to relay on: the HOST:PORT given to the
     /// rendezvous server's --relay-url. Ports below 1024 need root or
     /// CAP_NET_BIND_SERVICE.

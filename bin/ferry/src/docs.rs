@@ -4,16 +4,14 @@
 
 use std::io::Write;
 
-use anyhow::Result;
-use clap::CommandFactory;
-
-use crate::cli::{Cli, CompletionsArgs, ManArgs};
+use crate::cli::{CompletionsArgs, ManArgs};
 use crate::exit::Failure;
 use crate::output::Output;
+use anyhow::Result;
 
 /// Runs `ferry completions SHELL`: the script on stdout.
 pub fn completions(args: CompletionsArgs) -> Result<()> {
-    let mut command = Cli::command();
+    let mut command = crate::config::command();
     // Rendered into memory first: clap_complete panics when its writer
     // fails, and stdout may be a closed pipe (`| head`).
     let mut script = Vec::new();
@@ -25,7 +23,7 @@ pub fn completions(args: CompletionsArgs) -> Result<()> {
 /// subcommand written into that folder.
 pub fn man(args: ManArgs, out: &Output) -> Result<()> {
     // `ferry help` is no page of its own: `--help` is on every page.
-    let command = Cli::command().disable_help_subcommand(true);
+    let command = crate::config::command().disable_help_subcommand(true);
     let Some(dir) = args.dir else {
         let mut page = Vec::new();
         clap_mangen::Man::new(command).render(&mut page)?;

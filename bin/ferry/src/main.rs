@@ -5,6 +5,7 @@
 
 mod advice;
 mod cli;
+mod config;
 mod docs;
 use ferry_proto::escape;
 mod exit;
@@ -19,14 +20,13 @@ mod session;
 mod uri;
 use ferry_limits::throttle;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command};
+use crate::cli::Command;
 use crate::output::Output;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = config::parse();
     // The servers handle Ctrl-C themselves (graceful shutdown, exit 0).
     let is_server = matches!(cli.command, Command::Serve(_) | Command::Relay(_));
     install_logging(cli.verbose, is_server);

@@ -22,6 +22,9 @@ Environment:
   FERRY_SERVER   rendezvous server HOST:PORT, used when --server is not given
   FERRY_CODE     the code, for `ferry receive` (and `ferry send`) when none is given
                  on the command line: unlike an argument, it is not in the process list
+  FERRY_LOG_FORMAT  text or json, as --log-format
+  FERRY_CONFIG   the config file of `ferry serve` and `ferry relay` (--config); every
+                 option of theirs is also FERRY_ and the option in capitals
   RUST_LOG       log filter (e.g. ferry=debug), overrides -v
   NO_COLOR       disable colours";
 
@@ -47,8 +50,25 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// How logs are written on stderr: text (for people), or json (one
+    /// object per line with time, level, target, message and fields, for
+    /// a log collector such as journald or Loki). Event output on stdout
+    /// (--json) is separate.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text,
+          env = "FERRY_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The format of the logs on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people, coloured unless NO_COLOR is set.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The subcommands.

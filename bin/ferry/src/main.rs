@@ -29,7 +29,7 @@ fn main() {
     let cli = config::parse();
     // The servers handle Ctrl-C themselves (graceful shutdown, exit 0).
     let is_server = matches!(cli.command, Command::Serve(_) | Command::Relay(_));
-    install_logging(cli.verbose, is_server);
+    install_logging(cli.verbose, is_server, cli.log_format);
     let mut out = Output::new(cli.json);
 
     let runtime = match tokio::runtime::Runtime::new() {
@@ -81,8 +81,9 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Logs go to stderr. `RUST_LOG` wins; otherwise -v raises the level.
-fn install_logging(verbose: u8, server: bool) {
+/// Logs go to stderr, as text or JSON lines (`--log-format`). `RUST_LOG`
+/// wins; otherwise -v raises the level.
+fn install_logging(verbose: u8, server: bool, format: cli::LogFormat) {
     let default = match (verbose, server) {
         (0, false) => "warn",
         (0, true) | (1, _) => "info",
@@ -90,9 +91,18 @@ fn install_logging(verbose: u8, server: bool) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::env::var_os("NO_COLOR").is_none())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Text => logs
+            .with_ansi(std::env::var_os("NO_COLOR").is_none())
+            .init(),
+        cli::LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }

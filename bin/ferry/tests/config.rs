@@ -100,3 +100,47 @@ fn an_unknown_key_is_a_usage_error_that_names_it() {
     assert!(text.contains("unknown key relay_rat"), "{text}");
     assert!(text.contains("relay_rate"), "lists the keys: {text}");
 }
+
+#[test]
+fn log_format_json_writes_one_object_per_line_on_stderr() {
+    use std::io::BufRead;
+    let mut child = ferry()
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--stun-listen",
+            "127.0.0.1:0",
+            "--stun-second-port",
+            "0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // Every line is an object; one of the first says the server listens.
+    let mut listening = None;
+    for line in std::io::BufReader::new(stderr).lines().take(10) {
+        let line = line.unwrap();
+        let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!("not JSON ({e}): {line}");
+        });
+        if log["message"] == "server listening" {
+            listening = Some(log);
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let log = listening.expect("no 'server listening' in the first lines");
+    assert_eq!(log["level"], "INFO", "{log}");
+    assert_eq!(log["message"], "server listening", "{log}");
+    assert!(
+        log["local"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{log}"
+    );
+    assert!(log["timestamp"].is_string(), "{log}");
+}

@@ -144,3 +144,24 @@ fn log_format_json_writes_one_object_per_line_on_stderr() {
     );
     assert!(log["timestamp"].is_string(), "{log}");
 }
+
+#[test]
+fn the_example_config_in_contrib_is_a_good_one() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/serve.example.toml");
+    let output = ferry()
+        .args(["serve", "--print-config", "--config"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("listen = \"0.0.0.0:443\"  # config file"),
+        "{text}"
+    );
+    assert!(
+        text.contains("relay_rate = \"64M\"  # config file"),
+        "{text}"
+    );
+}

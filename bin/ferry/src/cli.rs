@@ -161,6 +161,24 @@ pub enum Command {
     /// To read it without installing: `ferry man | man -l -`.
     #[command(verbatim_doc_comment)]
     Man(ManArgs),
+    /// Show where ferry reads its config files from, and what the client
+    /// file sets.
+    ///
+    /// The client file, `$XDG_CONFIG_HOME/ferry/config.toml` (else
+    /// `~/.config/ferry/config.toml`), holds defaults for `send`, `receive`
+    /// and `nat`: keys are their long options, at the top (each applies
+    /// where the command has it) or in `[send]`, `[receive]` and `[nat]`
+    /// tables, e.g.
+    ///
+    ///     server = "ferry.example.org:443"
+    ///     [receive]
+    ///     out = "~/Downloads"
+    ///
+    /// The command line (and FERRY_SERVER) wins over the file; an unknown
+    /// key is an error. A code never comes from it. The servers read
+    /// theirs with `ferry serve --config FILE`.
+    #[command(verbatim_doc_comment)]
+    Config,
 }
 
 /// `ferry completions`.

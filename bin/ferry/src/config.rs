@@ -60,12 +60,12 @@ pub fn command() -> clap::Command {
 }
 
 /// Parses the command line (`std::env::args_os`), applying a server's
-/// config file; `--print-config` prints and exits. Errors exit as clap's
-/// do (code 2).
+/// config file or the client config file; `--print-config` prints and
+/// exits. Errors exit as clap's do (code 2).
 pub fn parse() -> Cli {
     let argv: Vec<OsString> = std::env::args_os().collect();
-    let present = |name: &str| std::env::var_os(name).is_some();
-    let parsed = parse_from(argv, &present);
+    let env = |name: &str| std::env::var_os(name);
+    let parsed = parse_from(argv, &env);
     match parsed {
         Ok(Parsed::Run(cli)) => *cli,
         Ok(Parsed::Print(text)) => {
@@ -85,33 +85,30 @@ pub enum Parsed {
     Print(String),
 }
 
-/// [`parse`] on `argv`, with `env_set` saying which environment variables
-/// are set (clap itself reads their values).
-pub fn parse_from(
-    argv: Vec<OsString>,
-    env_set: &dyn Fn(&str) -> bool,
-) -> Result<Parsed, clap::Error> {
+/// The environment, as `std::env::var_os` (tests pass their own; clap
+/// itself reads the values of the options' variables).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<OsString>;
+
+/// [`parse`] on `argv`.
+pub fn parse_from(argv: Vec<OsString>, env: Env<'_>) -> Result<Parsed, clap::Error> {
     let mut argv = argv;
     let mut from_file = HashSet::new();
     let mut config = None;
-    if let Some(sub) = server_subcommand(&argv) {
-        let file = option_value(&argv, "config")
-            .map(PathBuf::from)
-            .or_else(|| {
-                if env_set("FERRY_CONFIG") {
-                    std::env::var_os("FERRY_CONFIG").map(PathBuf::from)
-                } else {
-                    None
-                }
-            });
-        if let Some(file) = file {
-            let keys = file_options(&file, &sub, &argv, env_set)?;
-            for (id, arg) in keys {
-                from_file.insert(id);
-                argv.push(arg.into());
-            }
-            config = Some(file);
+    let sub = first_subcommand(&argv);
+    let file = match sub.as_deref() {
+        Some(sub) if SERVERS.contains(&sub) => option_value(&argv, "config")
+            .or_else(|| env("FERRY_CONFIG"))
+            .map(PathBuf::from),
+        // The client file is read when it exists.
+        Some(sub) if CLIENTS.contains(&sub) => client_file(env).filter(|f| f.exists()),
+        _ => None,
+    };
+    if let (Some(sub), Some(file)) = (&sub, file) {
+        for (id, arg) in file_options(&file, sub, &argv, env)? {
+            from_file.insert(id);
+            argv.push(arg.into());
         }
+        config = Some(file);
     }
     let matches = command().try_get_matches_from(&argv).inspect_err(|error| {
         let shown = matches!(
@@ -140,15 +137,14 @@ pub fn parse_from(
     Ok(Parsed::Run(Box::new(cli)))
 }
 
-/// The server subcommand `argv` runs, if any: the first argument that
-/// is not an option.
-fn server_subcommand(argv: &[OsString]) -> Option<String> {
-    let first = argv
-        .iter()
+/// The subcommand `argv` runs, if any: the first argument that is not an
+/// option.
+fn first_subcommand(argv: &[OsString]) -> Option<String> {
+    argv.iter()
         .skip(1)
         .filter_map(|a| a.to_str())
-        .find(|a| !a.starts_with('-'))?;
-    SERVERS.contains(&first).then(|| first.to_string())
+        .find(|a| !a.starts_with('-'))
+        .map(str::to_string)
 }
 
 /// The value of `--NAME VALUE` or `--NAME=VALUE` in `argv`.
@@ -180,14 +176,44 @@ fn given(argv: &[OsString], long: &str, short: Option<char>) -> bool {
         .any(|a| a == flag || a.starts_with(&with) || short.is_some_and(|s| a == format!("-{s}")))
 }
 
+/// The subcommands that read the client config file.
+const CLIENTS: [&str; 3] = ["send", "receive", "nat"];
+
+/// Options no config file sets: a code is for one transfer.
+const NOT_CLIENT_KEYS: [&str; 3] = ["code", "code_file", "text"];
+
+/// The client config file: `$XDG_CONFIG_HOME/ferry/config.toml`, else
+/// `~/.config/ferry/config.toml` (the XDG base directory convention).
+pub fn client_file(env: Env<'_>) -> Option<PathBuf> {
+    let xdg = env("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let base = xdg.or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".config")))?;
+    Some(base.join("ferry").join("config.toml"))
+}
+
+/// The keys of subcommand `sub` in a config file: its long options, but
+/// not global ones or those no file sets.
+fn keys_of(sub: &clap::Command) -> Vec<&clap::Arg> {
+    let client = CLIENTS.contains(&sub.get_name());
+    sub.get_arguments()
+        .filter(|a| a.get_long().is_some() && !a.is_global_set())
+        .filter(|a| !NOT_KEYS.contains(&a.get_id().as_str()))
+        .filter(|a| !(client && NOT_CLIENT_KEYS.contains(&a.get_id().as_str())))
+        .collect()
+}
+
 /// The options `file` adds to `argv` for the subcommand `sub`: as
 /// `(id, "--long=value")`, without those the command line or the
-/// environment sets.
+/// environment sets. A server's file holds the server's options; the
+/// client file holds options of `send`, `receive` and `nat` at its top
+/// (each applies where the command has it) and in `[send]`, `[receive]`
+/// and `[nat]` tables (which win over the top).
 fn file_options(
     file: &Path,
     sub: &str,
     argv: &[OsString],
-    env_set: &dyn Fn(&str) -> bool,
+    env: Env<'_>,
 ) -> Result<Vec<(String, String)>, clap::Error> {
     let fail = |why: String| {
         command().error(
@@ -200,28 +226,89 @@ fn file_options(
         fail(format!("not valid TOML: {}", e.to_string().trim_end()))
     })?;
     let command = command();
-    let Some(subcommand) = command.find_subcommand(sub) else {
+    let find = |name: &str| command.find_subcommand(name);
+    let Some(subcommand) = find(sub) else {
         return Ok(Vec::new());
     };
-    let keys: Vec<&clap::Arg> = subcommand
-        .get_arguments()
-        .filter(|a| a.get_long().is_some() && !a.is_global_set())
-        .filter(|a| !NOT_KEYS.contains(&a.get_id().as_str()))
-        .collect();
-    let mut options = Vec::new();
-    for (key, value) in &table {
+    let unknown = |key: &str, of: &str, keys: &[&clap::Arg]| {
+        let known: Vec<&str> = keys.iter().map(|a| a.get_id().as_str()).collect();
+        fail(format!(
+            "unknown key {}; the keys are the long options of `ferry {of}` (see `ferry {of} \
+             --help`): {}",
+            crate::escape::line(key),
+            known.join(", ")
+        ))
+    };
+    // (key, value) pairs for `sub`, the most specific first.
+    let mut entries: Vec<(&str, &toml::Value)> = Vec::new();
+    if SERVERS.contains(&sub) {
+        let keys = keys_of(subcommand);
+        for (key, value) in &table {
+            if !keys
+                .iter()
+                .any(|a| a.get_id().as_str() == key.replace('-', "_"))
+            {
+                return Err(unknown(key, sub, &keys));
+            }
+            entries.push((key, value));
+        }
+    } else {
+        let mut top = Vec::new();
+        for (key, value) in &table {
+            if let toml::Value::Table(section) = value {
+                let Some(of) = CLIENTS
+                    .iter()
+                    .find(|c| **c == key.as_str())
+                    .and_then(|c| find(c))
+                else {
+                    return Err(fail(format!(
+                        "unknown table [{}]; the tables are [send], [receive] and [nat]",
+                        crate::escape::line(key)
+                    )));
+                };
+                let keys = keys_of(of);
+                for (key, value) in section {
+                    if !keys
+                        .iter()
+                        .any(|a| a.get_id().as_str() == key.replace('-', "_"))
+                    {
+                        return Err(unknown(key, of.get_name(), &keys));
+                    }
+                    if of.get_name() == sub {
+                        entries.push((key, value));
+                    }
+                }
+            } else {
+                let anywhere = CLIENTS.iter().filter_map(|c| find(c)).any(|of| {
+                    keys_of(of)
+                        .iter()
+                        .any(|a| a.get_id().as_str() == key.replace('-', "_"))
+                });
+                if !anywhere {
+                    return Err(unknown(key, sub, &keys_of(subcommand)));
+                }
+                top.push((key.as_str(), value));
+            }
+        }
+        entries.extend(top);
+    }
+    let keys = keys_of(subcommand);
+    let mut options: Vec<(String, String)> = Vec::new();
+    for (key, value) in entries {
         let id = key.replace('-', "_");
+        // A top-level key another command has; or one a table set already.
         let Some(arg) = keys.iter().find(|a| a.get_id().as_str() == id) else {
-            let known: Vec<&str> = keys.iter().map(|a| a.get_id().as_str()).collect();
-            return Err(fail(format!(
-                "unknown key {}; the keys are the long options of `ferry {sub}` \
-                 (see `ferry {sub} --help`): {}",
-                crate::escape::line(key),
-                known.join(", ")
-            )));
+            continue;
         };
+        if options.iter().any(|(done, _)| *done == id) {
+            continue;
+        }
         let long = arg.get_long().unwrap_or_default();
-        if given(argv, long, arg.get_short()) || env_set(&env_name(&id)) {
+        let from_env = arg
+            .get_env()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| env(name).is_some());
+        if given(argv, long, arg.get_short()) || from_env {
             continue;
         }
         let flag = matches!(arg.get_action(), ArgAction::SetTrue);
@@ -234,7 +321,11 @@ fn file_options(
             _ if flag => {
                 return Err(fail(format!("{key} takes true or false")));
             }
-            toml::Value::String(s) => s.clone(),
+            toml::Value::String(s) => match (s.strip_prefix("~/"), env("HOME")) {
+                // A path in the home folder, as a shell would expand it.
+                (Some(rest), Some(home)) => PathBuf::from(home).join(rest).display().to_string(),
+                _ => s.clone(),
+            },
             toml::Value::Integer(n) => n.to_string(),
             toml::Value::Float(n) => n.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
@@ -247,6 +338,58 @@ fn file_options(
         options.push((id, format!("--{long}={text}")));
     }
     Ok(options)
+}
+
+/// `ferry config`: where the config files are read from, and what the
+/// client file sets.
+pub fn show(out: &crate::output::Output) -> anyhow::Result<()> {
+    use serde_json::json;
+    let env = |name: &str| std::env::var_os(name);
+    let client = client_file(&env);
+    let exists = client.as_ref().is_some_and(|f| f.exists());
+    let text = match client.as_ref().filter(|_| exists) {
+        Some(file) => Some(read_bounded(file).map_err(|why| {
+            crate::exit::Failure::usage(format!("the config file {}: {why}", file.display()))
+        })?),
+        None => None,
+    };
+    let server_file = env("FERRY_CONFIG").map(|f| PathBuf::from(f).display().to_string());
+    out.event(
+        "config",
+        json!({
+            "client_file": client.as_ref().map(|f| f.display().to_string()),
+            "client_file_exists": exists,
+            "client_config": text,
+            "server_file": server_file,
+        }),
+    );
+    match (&client, exists) {
+        (Some(file), true) => out.say(format!(
+            "Client config (send, receive, nat): {}, which holds:",
+            file.display()
+        )),
+        (Some(file), false) => out.say(format!(
+            "Client config (send, receive, nat): {} (not there; create it to set defaults, \
+             e.g. server = \"ferry.example.org:443\" and [receive] out = \"~/Downloads\")",
+            file.display()
+        )),
+        (None, _) => out.say("Client config: none (neither XDG_CONFIG_HOME nor HOME is set)"),
+    }
+    if let Some(text) = &text {
+        for line in text.lines() {
+            out.say(format!("  {}", crate::escape::line(line)));
+        }
+    }
+    out.say(match &server_file {
+        Some(file) => format!(
+            "Server config (serve, relay): {file}, from FERRY_CONFIG; `ferry serve \
+             --print-config` shows the effective options"
+        ),
+        None => "Server config (serve, relay): none by default; pass --config FILE (or set \
+                 FERRY_CONFIG), and `ferry serve --print-config` shows the effective options"
+            .to_string(),
+    });
+    Ok(())
 }
 
 fn read_bounded(file: &Path) -> Result<String, String> {
@@ -324,11 +467,11 @@ mod tests {
             .collect()
     }
 
-    fn no_env(_: &str) -> bool {
-        false
+    fn no_env(_: &str) -> Option<OsString> {
+        None
     }
 
-    fn serve(args: &[&str], env: &dyn Fn(&str) -> bool) -> crate::cli::ServeArgs {
+    fn serve(args: &[&str], env: Env<'_>) -> crate::cli::ServeArgs {
         match parse_from(argv(args), env).unwrap() {
             Parsed::Run(cli) => match cli.command {
                 Command::Serve(args) => args,
@@ -359,7 +502,7 @@ mod tests {
         // its value; here it is only said to be set, so the default shows).
         let args = serve(&["serve", "--config", &path, "--nameplate-ttl=5"], &no_env);
         assert_eq!(args.nameplate_ttl, 5);
-        let env = |name: &str| name == "FERRY_LISTEN";
+        let env = |name: &str| (name == "FERRY_LISTEN").then(|| OsString::from("unused"));
         let args = serve(&["serve", "--config", &path], &env);
         assert_eq!(args.listen, "0.0.0.0:443".parse().unwrap());
         assert_eq!(args.nameplate_ttl, 60);
@@ -451,6 +594,83 @@ mod tests {
             .collect();
         let table: toml::Table = lines.parse().unwrap();
         assert_eq!(table["nameplate_ttl"].as_integer(), Some(60));
+    }
+
+    /// The client file `text` in a config folder, and an environment
+    /// that points there (HOME is /home/u).
+    fn client(text: &str) -> (tempfile::TempDir, impl Fn(&str) -> Option<OsString>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("ferry")).unwrap();
+        std::fs::write(dir.path().join("ferry/config.toml"), text).unwrap();
+        let base = dir.path().as_os_str().to_owned();
+        let env = move |name: &str| match name {
+            "XDG_CONFIG_HOME" => Some(base.clone()),
+            "HOME" => Some("/home/u".into()),
+            _ => None,
+        };
+        (dir, env)
+    }
+
+    fn run(args: &[&str], env: Env<'_>) -> Result<Command, clap::Error> {
+        match parse_from(argv(args), env)? {
+            Parsed::Run(cli) => Ok(cli.command),
+            Parsed::Print(text) => panic!("{text}"),
+        }
+    }
+
+    #[test]
+    fn the_client_file_sets_defaults_for_send_receive_and_nat() {
+        let (_dir, env) = client(
+            "server = \"ferry.example.org:8443\"\nretries = 2\n\
+             [receive]\nout = \"~/Downloads\"\nretries = 7\n[send]\nno_upnp = true\n",
+        );
+        let Command::Receive(args) = run(&["receive"], &env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            args.server.server.as_deref(),
+            Some("ferry.example.org:8443")
+        );
+        assert_eq!(args.out, PathBuf::from("/home/u/Downloads"), "~ expanded");
+        assert_eq!(args.path.retries, 7, "the table wins over the top");
+        let Command::Send(args) = run(&["send", "f"], &env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(args.path.retries, 2);
+        assert!(args.path.no_upnp);
+        let Command::Nat(args) = run(&["nat"], &env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            args.server.server.as_deref(),
+            Some("ferry.example.org:8443")
+        );
+        // The command line wins.
+        let Command::Receive(args) = run(&["receive", "--server", "a:1", "-o", "x"], &env).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(args.server.server.as_deref(), Some("a:1"));
+        assert_eq!(args.out, PathBuf::from("x"));
+        // No file, no change.
+        let Command::Receive(args) = run(&["receive"], &no_env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(args.server.server, None);
+    }
+
+    #[test]
+    fn the_client_file_refuses_unknown_keys_tables_and_codes() {
+        for (text, says) in [
+            ("servr = \"a:1\"\n", "unknown key servr"),
+            ("[recieve]\nout = \"x\"\n", "unknown table [recieve]"),
+            ("[receive]\nlimit_rate = \"1M\"\n", "unknown key limit_rate"),
+            ("code = \"7-orbit-lantern\"\n", "unknown key code"),
+        ] {
+            let (_dir, env) = client(text);
+            let error = run(&["receive"], &env).unwrap_err().to_string();
+            assert!(error.contains(says), "{text}: {error}");
+        }
     }
 
     #[test]

@@ -49,6 +49,7 @@ fn main() {
                 Command::Nat(args) => nat::run(args, &mut out).await,
                 Command::Completions(args) => docs::completions(args),
                 Command::Man(args) => docs::man(args, &out),
+                Command::Config => config::show(&out),
             }
         };
         tokio::pin!(work);

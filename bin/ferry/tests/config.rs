@@ -165,3 +165,55 @@ fn the_example_config_in_contrib_is_a_good_one() {
         "{text}"
     );
 }
+
+#[test]
+fn both_peers_take_the_server_and_the_folder_from_their_client_file() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let xdg = dir.path().join("config");
+    fs::create_dir_all(xdg.join("ferry")).unwrap();
+    let out = dir.path().join("received");
+    fs::write(
+        xdg.join("ferry/config.toml"),
+        format!(
+            "server = \"{}\"\n[receive]\nout = \"{}\"\n",
+            server.addr,
+            out.display()
+        ),
+    )
+    .unwrap();
+    let src = dir.path().join("f.bin");
+    random_file(&src, 100 * 1024);
+    let mut send = ferry();
+    send.args(["send", "--json"])
+        .arg(&src)
+        .env("XDG_CONFIG_HOME", &xdg);
+    let mut send = Proc::spawn(send);
+    let code = send.wait_event("code", Duration::from_secs(20))["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut recv = ferry();
+    recv.args(["receive", "--json", "--yes"])
+        .env("XDG_CONFIG_HOME", &xdg)
+        .env("FERRY_CODE", &code);
+    let mut recv = Proc::spawn(recv);
+    finish_both(&mut send, &mut recv);
+    assert_same_file(&src, &out.join("f.bin"));
+
+    let shown = ferry()
+        .args(["config", "--json"])
+        .env("XDG_CONFIG_HOME", &xdg)
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{shown:?}");
+    let event: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(event["client_file_exists"], true, "{event}");
+    assert!(
+        event["client_file"]
+            .as_str()
+            .unwrap()
+            .ends_with("ferry/config.toml"),
+        "{event}"
+    );
+}

@@ -17,8 +17,13 @@ pub const LIMIT: Duration = Duration::from_secs(120);
 /// The binary under test.
 pub fn ferry() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    // No config from the machine: no FERRY_* settings, and a client
+    // config folder that holds nothing.
     cmd.env_remove("FERRY_SERVER")
         .env_remove("FERRY_CODE")
+        .env_remove("FERRY_CONFIG")
+        .env_remove("FERRY_LOG_FORMAT")
+        .env("XDG_CONFIG_HOME", "/nonexistent/ferry-tests")
         .env("NO_COLOR", "1");
     cmd
 }

@@ -79,10 +79,17 @@ fn for_session(error: &SessionError) -> Option<&'static str> {
 
 fn for_signal(error: &SignalError) -> Option<&'static str> {
     match error {
-        SignalError::Resolve { .. } => Some("check --server or FERRY_SERVER"),
-        SignalError::Connect { .. } => {
-            Some("is `ferry serve` running there? set --server or FERRY_SERVER")
+        SignalError::Resolve { .. } => Some(
+            "the name did not resolve: check it in --server, FERRY_SERVER or the config file \
+             (`ferry config`), and this computer's DNS",
+        ),
+        SignalError::Connect { reason, .. } if reason.to_lowercase().contains("refused") => {
+            Some("is `ferry serve` running there, on that port? set --server or FERRY_SERVER")
         }
+        SignalError::Connect { .. } => Some(
+            "nothing answered: a firewall may let only some ports out; try the server on port \
+             443, and `ferry nat --server HOST:PORT` shows what this network lets through",
+        ),
         SignalError::RelayResolve { .. } => {
             Some("check this computer's DNS, or ask the server's operator to fix its --relay-url")
         }
@@ -159,7 +166,8 @@ mod tests {
         assert_eq!(
             signal_text(&resolve),
             "could not resolve the rendezvous server nowhere.invalid:443: no such host; \
-             check --server or FERRY_SERVER"
+             the name did not resolve: check it in --server, FERRY_SERVER or the config file \
+             (`ferry config`), and this computer's DNS"
         );
         let connect = SignalError::Connect {
             server: "127.0.0.1:9".into(),
@@ -168,7 +176,20 @@ mod tests {
         assert_eq!(
             shown(SessionError::Signal(connect.clone()).into()),
             "could not reach the rendezvous server at 127.0.0.1:9: connection refused; is \
-             `ferry serve` running there? set --server or FERRY_SERVER"
+             `ferry serve` running there, on that port? set --server or FERRY_SERVER"
+        );
+        let silent = SignalError::Connect {
+            server: "192.0.2.1:8443".into(),
+            reason: "timed out".into(),
+        };
+        assert!(
+            signal_text(&silent).ends_with(
+                "nothing answered: a firewall may let only some ports out; try the server on \
+                 port 443, and `ferry nat --server HOST:PORT` shows what this network lets \
+                 through"
+            ),
+            "{}",
+            signal_text(&silent)
         );
         assert_eq!(shown(connect.clone().into()), signal_text(&connect));
         let relay = SignalError::RelayResolve {

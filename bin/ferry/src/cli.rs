@@ -28,6 +28,19 @@ Environment:
   RUST_LOG       log filter (e.g. ferry=debug), overrides -v
   NO_COLOR       disable colours";
 
+/// `ferry --version`: the release and the protocols it speaks (peers and
+/// servers of other releases meet it when these agree).
+pub fn long_version() -> String {
+    format!(
+        "{} (signalling protocol {}, relay protocol {}, transfer protocol {}; peer features: {})",
+        env!("CARGO_PKG_VERSION"),
+        ferry_proto::signal::PROTOCOL_VERSION,
+        ferry_proto::signal::RELAY_PROTOCOL_VERSION,
+        ferry_transfer::TRANSFER_VERSION,
+        ferry_session::FEATURES.join(", ")
+    )
+}
+
 /// ferry: send files and folders between two computers, even behind NATs.
 ///
 /// One side runs `ferry send PATH...` and reads out the code it prints;
@@ -37,7 +50,8 @@ Environment:
 /// BLAKE3-verified chunks. An interrupted transfer resumes when you run
 /// the same send and receive again.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, after_help = EXIT_CODES_HELP, propagate_version = true)]
+#[command(name = "ferry", version, long_version = long_version(), after_help = EXIT_CODES_HELP,
+          propagate_version = true)]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

@@ -6,7 +6,7 @@ mod common;
 
 use common::ferry;
 
-const SUBCOMMANDS: [&str; 7] = [
+const SUBCOMMANDS: [&str; 8] = [
     "send",
     "receive",
     "serve",
@@ -14,6 +14,7 @@ const SUBCOMMANDS: [&str; 7] = [
     "nat",
     "completions",
     "man",
+    "config",
 ];
 
 /// Runs ferry with `args`; asserts it exited 0 and returns stdout.
@@ -89,4 +90,20 @@ fn man_dir_writes_one_page_per_subcommand() {
     }
     let send = std::fs::read_to_string(target.join("ferry-send.1")).unwrap();
     assert!(send.contains("\\-\\-code\\-file"), "{send}");
+}
+
+#[test]
+fn version_names_the_protocols() {
+    let output = ferry().arg("--version").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.starts_with("ferry "), "{text}");
+    for part in [
+        "signalling protocol 1",
+        "relay protocol 1",
+        "transfer protocol 2",
+        "move",
+    ] {
+        assert!(text.contains(part), "{part}: {text}");
+    }
 }

@@ -103,7 +103,7 @@ pub(crate) const RELAY_WAIT: Duration = Duration::from_secs(15);
 /// one gets the hello at once and the UPnP candidates when they are done.
 pub(crate) const UPNP_WAIT: Duration = Duration::from_millis(300);
 /// What we understand beyond the base protocol, listed in our Version.
-pub(crate) const FEATURES: &[&str] = &[
+pub const FEATURES: &[&str] = &[
     ferry_proto::peer::FEATURE_CANDIDATES,
     ferry_proto::peer::FEATURE_MOVE,
 ];

@@ -425,7 +425,8 @@ fn server_flag_is_required_and_errors_say_what_to_do() {
     assert!(
         stderr.contains(&format!(
             "could not reach the rendezvous server at 127.0.0.1:{port}"
-        )) && stderr.contains("is `ferry serve` running there? set --server or FERRY_SERVER"),
+        )) && stderr
+            .contains("is `ferry serve` running there, on that port? set --server or FERRY_SERVER"),
         "{stderr}"
     );
 

@@ -140,11 +140,6 @@ impl Upgrade {
         tokio::time::timeout(wait, self.arrived()).await.ok()?;
         self.take()
     }
-
-    /// Since the relay took over.
-    pub fn since(&self) -> Instant {
-        self.since
-    }
 }
 
 /// The sender: the first direct path to come up gets "ferry-go".

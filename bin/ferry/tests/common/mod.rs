@@ -246,14 +246,7 @@ impl Server {
     }
 
     pub fn start_with(extra: &[&str]) -> Server {
-        let mut proc = serve_on("127.0.0.1:0", extra);
-        let ev = proc.wait_event("listening", Duration::from_secs(20));
-        let addr = ev["signal"].as_str().unwrap().to_string();
-        Server {
-            addr,
-            listening: ev,
-            proc,
-        }
+        Self::start_on("127.0.0.1:0", "127.0.0.1:0", extra)
     }
 
     /// A server signalling on `listen` with STUN on `stun` (e.g. both

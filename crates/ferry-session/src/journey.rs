@@ -264,6 +264,8 @@ pub(crate) async fn run_session(
     signal.send(channel.seal(&hello)).await?;
     let (peer_fingerprint, theirs, their_network) = receive_hello(&mut signal, channel).await?;
     let theirs = ferry_connect::address::peer_candidates(theirs, welcome.observed_addr);
+    let our_ips: Vec<std::net::IpAddr> = ferry_nat::interfaces().iter().map(|i| i.addr).collect();
+    let theirs = ferry_connect::address::on_our_links(theirs, &our_ips);
     debug!(?theirs, ?their_network, "peer candidates");
     let hopeless = direct_hopeless(&network, &their_network, &ours, &theirs);
     if let Some(why) = &hopeless {

@@ -228,6 +228,11 @@ pub struct StunServerConfig {
     /// A second IP of this host. With `second_port` it enables RFC 5780:
     /// four UDP sockets, OTHER-ADDRESS, RESPONSE-ORIGIN and CHANGE-REQUEST.
     pub alternate_ip: Option<IpAddr>,
+    /// An address of this host of the other family (IPv6 beside an IPv4
+    /// primary, or the reverse): plain STUN there too, on the primary and
+    /// second ports, so clients of either family learn their mapping.
+    /// RFC 5780 stays on the primary family.
+    pub other_family_ip: Option<IpAddr>,
     /// Also accept STUN over TCP on the primary address.
     pub tcp: bool,
     /// How long a TCP client may stay idle before it is dropped.
@@ -249,6 +254,7 @@ impl StunServerConfig {
             primary,
             second_port: None,
             alternate_ip: None,
+            other_family_ip: None,
             tcp: true,
             tcp_idle_timeout: Duration::from_secs(10),
             max_tcp_clients: 256,
@@ -262,6 +268,8 @@ impl StunServerConfig {
 #[derive(Debug)]
 pub struct StunServer {
     udp: Vec<Arc<UdpSocket>>,
+    /// The sockets on the other family's address (primary, second port).
+    other_family: Vec<Arc<UdpSocket>>,
     tcp: Option<TcpListener>,
     alt: Option<AltConfig>,
     tcp_idle_timeout: Duration,
@@ -328,6 +336,26 @@ impl StunServer {
                 });
             }
         }
+        let mut other_family = Vec::new();
+        if let Some(ip) = config.other_family_ip {
+            if ip.is_ipv4() == primary_addr.is_ipv4() || ip.is_unspecified() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "the other family's STUN IP {ip} must be a specific address of the other family than the primary {}",
+                        primary_addr.ip()
+                    ),
+                ));
+            }
+            let ports = udp
+                .iter()
+                .take(2)
+                .map(|s| s.local_addr().map(|a| a.port()))
+                .collect::<io::Result<Vec<u16>>>()?;
+            for port in ports {
+                other_family.push(Arc::new(bind_udp(SocketAddr::new(ip, port)).await?));
+            }
+        }
         let tcp = if config.tcp {
             let listener = TcpListener::bind(primary_addr).await.map_err(|e| {
                 io::Error::new(
@@ -344,6 +372,7 @@ impl StunServer {
         };
         Ok(Self {
             udp,
+            other_family,
             tcp,
             alt,
             tcp_idle_timeout: config.tcp_idle_timeout,
@@ -355,10 +384,12 @@ impl StunServer {
     }
 
     /// The bound UDP addresses: primary first, then the second port, then
-    /// the alternate IP with the primary and second ports.
+    /// the alternate IP with the primary and second ports, then the other
+    /// family's address with the primary and second ports.
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.udp
             .iter()
+            .chain(&self.other_family)
             .filter_map(|s| s.local_addr().ok())
             .collect()
     }
@@ -383,7 +414,7 @@ impl StunServer {
     /// Serves until `shutdown` resolves, then stops every task.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let mut by_addr = HashMap::new();
-        for socket in &self.udp {
+        for socket in self.udp.iter().chain(&self.other_family) {
             by_addr.insert(socket.local_addr()?, socket.clone());
         }
         let by_addr = Arc::new(by_addr);
@@ -406,6 +437,22 @@ impl StunServer {
                 },
             ));
         }
+        // The other family's sockets: plain answers (no OTHER-ADDRESS of
+        // the primary family, no CHANGE-REQUEST), counted as primary and
+        // second port.
+        for (index, socket) in self.other_family.iter().enumerate() {
+            tasks.spawn(serve_udp(
+                socket.clone(),
+                socket.local_addr()?,
+                by_addr.clone(),
+                None,
+                limiter.clone(),
+                Counted {
+                    metrics: self.metrics.clone(),
+                    socket: StunSocket::from_index(index),
+                },
+            ));
+        }
         if let Some(listener) = self.tcp {
             tasks.spawn(serve_tcp(
                 listener,
@@ -418,7 +465,7 @@ impl StunServer {
                 self.metrics.clone(),
             ));
         }
-        info!(udp = ?self.udp.iter().filter_map(|s| s.local_addr().ok()).collect::<Vec<_>>(), rfc5780 = self.alt.is_some(), "STUN server running");
+        info!(udp = ?self.udp.iter().chain(&self.other_family).filter_map(|s| s.local_addr().ok()).collect::<Vec<_>>(), rfc5780 = self.alt.is_some(), "STUN server running");
         shutdown.await;
         tasks.shutdown().await;
         info!("STUN server stopped");
@@ -834,6 +881,51 @@ mod tests {
         assert_eq!(from_alt.other_address, Some(p));
         stop.send(()).unwrap();
         handle.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_other_familys_address_answers_plainly_on_both_ports() {
+        // ::1 where this host has IPv6 loopback; without it nothing to test.
+        let lo6 = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+        if std::net::UdpSocket::bind((lo6, 0)).is_err() {
+            return;
+        }
+        let config = StunServerConfig {
+            second_port: Some(0),
+            alternate_ip: Some(LO2),
+            other_family_ip: Some(lo6),
+            ..StunServerConfig::new(SocketAddr::new(LO, 0))
+        };
+        let (handle, udp, _, stop) = start(config).await;
+        assert_eq!(udp.len(), 6);
+        let (p, p2, v6, v6_2) = (udp[0], udp[1], udp[4], udp[5]);
+        assert_eq!((v6.ip(), v6_2.ip()), (lo6, lo6));
+        assert_eq!((v6.port(), v6_2.port()), (p.port(), p2.port()));
+        let client = UdpSocket::bind((lo6, 0)).await.unwrap();
+        for server in [v6, v6_2] {
+            let r = binding_udp(&client, server, fast()).await.unwrap();
+            assert_eq!(r.mapped, client.local_addr().unwrap());
+            assert_eq!(r.source, server);
+            // No RFC 5780 of the other family's addresses here.
+            assert_eq!(r.other_address, None);
+        }
+        // The primary family keeps its RFC 5780 answers.
+        let client4 = UdpSocket::bind((LO, 0)).await.unwrap();
+        let r = binding_udp(&client4, p, fast()).await.unwrap();
+        assert_eq!(r.other_address, Some(udp[3]));
+        stop.send(()).unwrap();
+        handle.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_other_familys_ip_must_be_of_the_other_family() {
+        let config = StunServerConfig {
+            other_family_ip: Some(LO2),
+            ..StunServerConfig::new(SocketAddr::new(LO, 0))
+        };
+        let error = StunServer::bind(config).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(error.to_string().contains("other family"), "{error}");
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ source "$(dirname "$0")/e2e-lib.sh"
 
 SIZE_MIB=${SIZE_MIB:-16}
 SERVER_IP6=2001:db8:10::10
+SERVER_ALT_IP6=2001:db8:10::11
 # The name every namespace of an IPv6 lab resolves to both server addresses
 SERVER_NAME=server.test:443
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$E2E_WORK/payload.bin"
@@ -30,7 +31,7 @@ start_server_both() {
     out="$E2E_WORK/server.$(tag).out"
     "$LAB" exec server -- "$FERRY" serve --json --listen "[::]:443" \
         --stun-listen "$SERVER_IP:3478" --stun-alt-ip "$SERVER_ALT_IP" \
-        --stun-other-family-ip "$SERVER_IP6" \
+        --stun-other-family-ip "$SERVER_IP6" --stun-other-family-alt-ip "$SERVER_ALT_IP6" \
         >"$out" 2>"$out.log" &
     SERVER_PID=$!
     for _ in $(seq 1 100); do
@@ -152,9 +153,15 @@ nat_case() {
         # No NAT on IPv6: the server saw the host's own address
         expect "IPv6 mapped address is the host's own" "$(lab addr "$host" --all | grep : | head -n1)" \
             "$(field "$r" '.ipv6.mapped // "none" | sub("^\\[(?<a>[^]]*)\\]:.*"; "\(.a)")')"
+        # No NAT, but a stateful firewall: answers only from where the
+        # host sent to (RFC 5780 on the server's two IPv6 addresses)
+        expect "IPv6 mapping, filtering (no NAT, stateful firewall)" "none address-and-port-dependent" \
+            "$(field "$r" '"\(.ipv6.mapping) \(.ipv6.filtering)"')"
         expect "IPv6 STUN round trip measured" yes \
             "$(field "$r" 'if (.latency.stun_ipv6_ms | type) == "number" and .latency.stun_ipv6_ms > 0 then "yes" else "no" end')"
     fi
+    # STUN over TCP asks over the rendezvous connection's family
+    expect "STUN over TCP answered" null "$(field "$r" .tcp.error)"
     if [ "$v4" = reachable ]; then
         expect "IPv4 mapping (port-restricted NAT)" "endpoint-independent address-and-port-dependent" \
             "$(field "$r" '"\(.udp.mapping) \(.udp.filtering)"')"
@@ -179,8 +186,8 @@ WANT_FAMILY_A=ipv6 WANT_FAMILY_B=ipv4
 transfer "IPv6-only <-> IPv4-only" relay - "$SERVER_NAME" "$SERVER_NAME" v6-v4
 
 nat_case dual-stack a reachable reachable dual-stack
-nat_case v6-v4 a no_global_address reachable v6-v4
-nat_case v6-v4 b reachable no_global_address v6-v4
+nat_case v6-v4 a no_route reachable v6-v4
+nat_case v6-v4 b reachable no_route v6-v4
 
 echo
 echo "topology (both families) -> path, family, time to connect:"

@@ -56,6 +56,7 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
             second_port: args.stun_second_port,
             alt_ip: args.stun_alt_ip,
             other_family_ip: args.stun_other_family_ip,
+            other_family_alt_ip: args.stun_other_family_alt_ip,
             rate: args.stun_rate,
         }),
         relay,

@@ -90,6 +90,9 @@ pub struct StunConfig {
     /// the same two ports, so clients that reach the server over either
     /// family learn their mapping (`--stun-other-family-ip`).
     pub other_family_ip: Option<IpAddr>,
+    /// A second address of that other family: RFC 5780 behaviour tests
+    /// there too (`--stun-other-family-alt-ip`).
+    pub other_family_alt_ip: Option<IpAddr>,
     /// Answers per second to one source, with bursts of twice that
     /// (default 20).
     pub rate: u32,
@@ -102,6 +105,7 @@ impl Default for StunConfig {
             second_port: 3479,
             alt_ip: None,
             other_family_ip: None,
+            other_family_alt_ip: None,
             rate: 20,
         }
     }

@@ -229,10 +229,13 @@ pub struct StunServerConfig {
     /// four UDP sockets, OTHER-ADDRESS, RESPONSE-ORIGIN and CHANGE-REQUEST.
     pub alternate_ip: Option<IpAddr>,
     /// An address of this host of the other family (IPv6 beside an IPv4
-    /// primary, or the reverse): plain STUN there too, on the primary and
-    /// second ports, so clients of either family learn their mapping.
-    /// RFC 5780 stays on the primary family.
+    /// primary, or the reverse): STUN there too, on the primary and second
+    /// ports (and over TCP with `tcp`), so clients of either family learn
+    /// their mapping.
     pub other_family_ip: Option<IpAddr>,
+    /// A second address of the other family: RFC 5780 there too (needs
+    /// `other_family_ip` and `second_port`).
+    pub other_family_alternate_ip: Option<IpAddr>,
     /// Also accept STUN over TCP on the primary address.
     pub tcp: bool,
     /// How long a TCP client may stay idle before it is dropped.
@@ -255,6 +258,7 @@ impl StunServerConfig {
             second_port: None,
             alternate_ip: None,
             other_family_ip: None,
+            other_family_alternate_ip: None,
             tcp: true,
             tcp_idle_timeout: Duration::from_secs(10),
             max_tcp_clients: 256,
@@ -268,8 +272,10 @@ impl StunServerConfig {
 #[derive(Debug)]
 pub struct StunServer {
     udp: Vec<Arc<UdpSocket>>,
-    /// The sockets on the other family's address (primary, second port).
+    /// The sockets on the other family's addresses, in the order of `udp`.
     other_family: Vec<Arc<UdpSocket>>,
+    other_family_tcp: Option<TcpListener>,
+    other_family_alt: Option<AltConfig>,
     tcp: Option<TcpListener>,
     alt: Option<AltConfig>,
     tcp_idle_timeout: Duration,
@@ -337,23 +343,59 @@ impl StunServer {
             }
         }
         let mut other_family = Vec::new();
+        let mut other_family_alt = None;
+        let mut other_family_tcp = None;
         if let Some(ip) = config.other_family_ip {
-            if ip.is_ipv4() == primary_addr.is_ipv4() || ip.is_unspecified() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "the other family's STUN IP {ip} must be a specific address of the other family than the primary {}",
-                        primary_addr.ip()
-                    ),
-                ));
+            let ips = std::iter::once(ip).chain(config.other_family_alternate_ip);
+            for ip in ips.clone() {
+                if ip.is_ipv4() == primary_addr.is_ipv4() || ip.is_unspecified() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "the other family's STUN IP {ip} must be a specific address of the other family than the primary {}",
+                            primary_addr.ip()
+                        ),
+                    ));
+                }
             }
             let ports = udp
                 .iter()
-                .take(2)
+                .take(if config.second_port.is_some() { 2 } else { 1 })
                 .map(|s| s.local_addr().map(|a| a.port()))
                 .collect::<io::Result<Vec<u16>>>()?;
-            for port in ports {
-                other_family.push(Arc::new(bind_udp(SocketAddr::new(ip, port)).await?));
+            if config.other_family_alternate_ip.is_some() && ports.len() < 2 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "an alternate STUN IP of the other family needs a second port too (RFC 5780 uses 2 IPs x 2 ports)",
+                ));
+            }
+            for ip in ips {
+                for &port in &ports {
+                    other_family.push(Arc::new(bind_udp(SocketAddr::new(ip, port)).await?));
+                }
+            }
+            if let (Some(alternate), [first, second]) =
+                (config.other_family_alternate_ip, ports.as_slice())
+            {
+                if alternate == ip {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("the other family's alternate STUN IP {alternate} must differ from {ip}"),
+                    ));
+                }
+                other_family_alt = Some(AltConfig {
+                    primary: SocketAddr::new(ip, *first),
+                    alternate: SocketAddr::new(alternate, *second),
+                });
+            }
+            if config.tcp {
+                let addr = SocketAddr::new(ip, primary_addr.port());
+                other_family_tcp = Some(TcpListener::bind(addr).await.map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot listen for STUN over TCP on {addr}: {e}; stop the program using that port or choose another"),
+                    )
+                })?);
             }
         }
         let tcp = if config.tcp {
@@ -373,6 +415,8 @@ impl StunServer {
         Ok(Self {
             udp,
             other_family,
+            other_family_tcp,
+            other_family_alt,
             tcp,
             alt,
             tcp_idle_timeout: config.tcp_idle_timeout,
@@ -384,8 +428,8 @@ impl StunServer {
     }
 
     /// The bound UDP addresses: primary first, then the second port, then
-    /// the alternate IP with the primary and second ports, then the other
-    /// family's address with the primary and second ports.
+    /// the alternate IP with the primary and second ports, then the same
+    /// for the other family's addresses.
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.udp
             .iter()
@@ -437,15 +481,14 @@ impl StunServer {
                 },
             ));
         }
-        // The other family's sockets: plain answers (no OTHER-ADDRESS of
-        // the primary family, no CHANGE-REQUEST), counted as primary and
-        // second port.
+        // The other family's sockets, with their own RFC 5780 layout (or
+        // none), counted as the primary family's sockets in their place.
         for (index, socket) in self.other_family.iter().enumerate() {
             tasks.spawn(serve_udp(
                 socket.clone(),
                 socket.local_addr()?,
                 by_addr.clone(),
-                None,
+                self.other_family_alt,
                 limiter.clone(),
                 Counted {
                     metrics: self.metrics.clone(),
@@ -453,11 +496,13 @@ impl StunServer {
                 },
             ));
         }
-        if let Some(listener) = self.tcp {
+        // One budget of TCP clients for both families' listeners.
+        let tcp_clients = Arc::new(Semaphore::new(self.max_tcp_clients));
+        for listener in self.tcp.into_iter().chain(self.other_family_tcp) {
             tasks.spawn(serve_tcp(
                 listener,
                 self.tcp_idle_timeout,
-                Arc::new(Semaphore::new(self.max_tcp_clients)),
+                tcp_clients.clone(),
                 TcpPerSource {
                     bucketing: self.udp_limits.bucketing,
                     max: self.max_tcp_clients_per_ip,

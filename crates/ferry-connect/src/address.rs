@@ -472,15 +472,34 @@ mod tests {
     #[test]
     fn unique_local_candidates_only_on_one_of_our_links() {
         let sent = vec![
-            peer("[fd00:1:2:3::20]:4000", Transport::Udp, CandidateKind::Host, 950),
+            peer(
+                "[fd00:1:2:3::20]:4000",
+                Transport::Udp,
+                CandidateKind::Host,
+                950,
+            ),
             peer("[fd99::20]:4000", Transport::Udp, CandidateKind::Host, 950),
-            peer("[2001:db8:b1::10]:4000", Transport::Udp, CandidateKind::Host, 925),
-            peer("192.168.2.10:4000", Transport::Udp, CandidateKind::Host, 1000),
+            peer(
+                "[2001:db8:b1::10]:4000",
+                Transport::Udp,
+                CandidateKind::Host,
+                925,
+            ),
+            peer(
+                "192.168.2.10:4000",
+                Transport::Udp,
+                CandidateKind::Host,
+                1000,
+            ),
         ];
         let ours = [ip("fd00:1:2:3::10"), ip("10.0.1.10")];
         assert_eq!(
             addrs(&on_our_links(sent.clone(), &ours)),
-            ["[fd00:1:2:3::20]:4000", "[2001:db8:b1::10]:4000", "192.168.2.10:4000"]
+            [
+                "[fd00:1:2:3::20]:4000",
+                "[2001:db8:b1::10]:4000",
+                "192.168.2.10:4000"
+            ]
         );
         // No IPv6 of ours at all: no unique-local address of theirs.
         assert_eq!(
@@ -488,5 +507,4 @@ mod tests {
             ["[2001:db8:b1::10]:4000", "192.168.2.10:4000"]
         );
     }
-
 }

@@ -498,5 +498,4 @@ mod tests {
         assert_eq!(for_socket(dual, v6), v6);
         assert_eq!(for_socket(plain, v4), v4);
     }
-
 }

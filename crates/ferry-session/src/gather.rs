@@ -615,6 +615,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_dual_stack_socket_learns_its_ipv4_mapping_by_stun() {
+        let udp = bind_udp(true).unwrap();
+        let lo = std::net::IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let server = ferry_nat::stun::StunServer::bind(ferry_nat::stun::StunServerConfig::new(
+            SocketAddr::new(lo, 0),
+        ))
+        .await
+        .unwrap();
+        let stun = server.udp_addrs()[0];
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        let result = binding_udp(&udp, stun, BindingOptions::default())
+            .await
+            .unwrap();
+        // The mapping reads as plain IPv4 on a dual-stack socket too.
+        let port = udp.local_addr().unwrap().port();
+        assert_eq!(result.mapped, SocketAddr::new(lo, port));
+        assert_eq!(result.source, stun);
+        stop.send(()).unwrap();
+        served.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn the_first_mapping_wins_and_the_later_one_is_removed() {
         let log = Arc::default();
         let (go_upnp, upnp) = attempt(Some(mapped("upnp", &["203.0.113.1:4000"], &log)));

@@ -380,7 +380,9 @@ impl StunServer {
                 if alternate == ip {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
-                        format!("the other family's alternate STUN IP {alternate} must differ from {ip}"),
+                        format!(
+                            "the other family's alternate STUN IP {alternate} must differ from {ip}"
+                        ),
                     ));
                 }
                 other_family_alt = Some(AltConfig {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # ferry's network-namespace lab: real NATs emulated with Linux network
 # namespaces, veth pairs, nftables and tc, all on this one machine.
-# Needs root. IPv4 only for now (IPv6 is disabled in every lab namespace).
+# Needs root. IPv4 only unless a topology or option asks for IPv6 (dual-stack,
+# dual-stack-udp-blocked, v6-v4, --family-a/--family-b): otherwise IPv6 is
+# disabled in every lab namespace.
 #
 # COMMANDS
 #   lab.sh up TOPOLOGY [OPTIONS]   build a lab (tears down any previous one first)
@@ -48,6 +50,13 @@
 #                     LAN address): UPnP IGD is off (enable_upnp=no), no HTTP on 5000
 #   double-nat        a behind nat-a whose WAN is 100.64.1.2 (carrier-grade NAT space),
 #                     behind `cgn` (port-restricted, public WAN); b behind port-restricted nat-b
+#   dual-stack        both NATs port-restricted for IPv4; a and b also have public IPv6
+#                     addresses (2001:db8::/32) behind a stateful firewall on their
+#                     router (see IPv6 below); the server is on both families
+#   dual-stack-udp-blocked   like dual-stack, and UDP from LAN to WAN is dropped on
+#                     both families (only TCP leaves)
+#   v6-v4             a is IPv6-only (no IPv4 address at all), b IPv4-only (IPv6 off),
+#                     both behind port-restricted routers; the server on both families
 #   nat               custom, with the options below
 #   Every NAT router drops unsolicited traffic to its own WAN address, and does not
 #   adopt TCP flows already under way after losing its state (conntrack -F):
@@ -66,6 +75,25 @@
 #   --loss HOST:PERCENT[:in|out|both]   like `set loss`, repeatable
 #   --rate HOST:RATE                    like `set rate`, repeatable
 #   --delay RTT_MS                      like `set delay`
+#   --family-a dual|v4|v6, --family-b dual|v4|v6   address families of a / b (default
+#                        v4); any but v4 builds the IPv6 part of the lab (not with --cgn
+#                        or --same-lan)
+#
+# IPv6 (only in a lab with --family-a/--family-b other than v4, or the topologies
+#   dual-stack, dual-stack-udp-blocked, v6-v4): every address is static, added
+#   `nodad` with DAD, router advertisements and autoconf off, so nothing changes
+#   after `up` returns; routers forward IPv6.
+#   inet     2001:db8:10::1 (to server), 2001:db8:a0::1 (to nat-a), 2001:db8:b0::1
+#   server   2001:db8:10::10 and 2001:db8:10::11 besides its IPv4 addresses
+#   nat-a    WAN 2001:db8:a0::2, LAN 2001:db8:a1::1/64; a 2001:db8:a1::10
+#   nat-b    WAN 2001:db8:b0::2, LAN 2001:db8:b1::1/64; b 2001:db8:b1::10
+#   A router of kind other than none is a stateful IPv6 firewall (table ip6 labv6):
+#   `ct state established,related accept`, new inbound from `wan` dropped, nothing
+#   translated; udp-blocked and tcp443-only apply to IPv6 too. Kind none: open.
+#   A peer's IPv6 address comes after its IPv4 one in `addr HOST --all` (a v6-only
+#   peer has only it). Every namespace of such a lab resolves `server.test` to both
+#   server addresses (203.0.113.10, 2001:db8:10::10) through /etc/netns/NS/hosts,
+#   which `ip netns exec` (and `lab.sh exec`) mounts over /etc/hosts.
 #
 # HOSTS (namespace = fy-HOST) and ADDRESSES
 #   inet     the "internet" router: 203.0.113.1 (to server), 198.51.100.1 (to nat-a),
@@ -121,7 +149,9 @@ else
 fi
 LOCK=$STATE.lock
 KINDS="none full-cone port-restricted symmetric udp-blocked tcp443-only"
-TOPOLOGIES="public full-cone port-restricted symmetric udp-blocked tcp443-only same-lan upnp pmp double-nat nat"
+TOPOLOGIES="public full-cone port-restricted symmetric udp-blocked tcp443-only same-lan upnp pmp double-nat dual-stack dual-stack-udp-blocked v6-v4 nat"
+FAMILIES="dual v4 v6"
+SERVER_NAME=server.test
 STUN_PORT=3478
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -194,8 +224,19 @@ add_host() {
     echo "$n" >>"$STATE/namespaces"          # recorded first, so `down` finds it after a crash
     ip netns add "$n"
     [ "$role" = router ] && fwd=1
+    local v6="sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1"
+    if [[ " ${V6_HOSTS:-} " == *" $name "* ]]; then
+        # IPv6 on, deterministic: no DAD, no router advertisements, no
+        # autoconf (the defaults, set before any interface exists, apply to
+        # every interface made later); routers forward.
+        v6="sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0
+            sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+            sysctl -qw net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0
+            sysctl -qw net.ipv6.conf.all.autoconf=0 net.ipv6.conf.default.autoconf=0
+            sysctl -qw net.ipv6.conf.all.forwarding=$fwd net.ipv6.conf.default.forwarding=$fwd"
+    fi
     ip netns exec "$n" sh -c "
-        [ -d /proc/sys/net/ipv6 ] && sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+        [ -d /proc/sys/net/ipv6 ] && { $v6; }
         sysctl -qw net.ipv4.ip_forward=$fwd
         sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
         ip link set lo up"
@@ -304,6 +345,78 @@ setup_router() {
     # default, 1, silently re-creates the mapping mid-stream.)
     nsx "$name" sysctl -qw net.netfilter.nf_conntrack_tcp_loose=0 \
         || die "cannot set nf_conntrack_tcp_loose on $name"
+}
+
+# fw6_ruleset KIND: the stateful IPv6 firewall of a router of that kind: no
+# translation, replies and related errors in, nothing new from `wan`
+fw6_ruleset() {
+    local kind=$1
+    cat <<'EOF'
+table ip6 labv6 {
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        ct state established,related accept
+        ct state invalid drop
+EOF
+    case $kind in
+        udp-blocked) echo '        iifname "lan" oifname "wan" meta l4proto udp drop' ;;
+        tcp443-only) echo '        iifname "lan" oifname "wan" tcp dport 443 accept'
+                     echo '        iifname "lan" oifname "wan" drop' ;;
+    esac
+    cat <<'EOF'
+        iifname "wan" drop
+    }
+    chain input {
+        type filter hook input priority filter; policy accept;
+        # neighbour discovery must reach the router itself
+        meta l4proto ipv6-icmp accept
+        iifname "wan" ct state new drop
+    }
+}
+EOF
+}
+
+# setup_v6: the IPv6 part of a lab (the hosts in V6_HOSTS), after the IPv4 part
+setup_v6() {
+    local side r up lan h n
+    ip6_add() { ip -n "$(ns "$1")" -6 addr add "$3" dev "$2" nodad; }
+    route6_add() { local h=$1; shift; ip -n "$(ns "$h")" -6 route add "$@"; }
+    ip6_add inet to-server 2001:db8:10::1/64
+    ip6_add server eth0 2001:db8:10::10/64
+    ip6_add server eth0 2001:db8:10::11/64
+    route6_add server default via 2001:db8:10::1
+    HOSTS_ADDRS[inet]+=,2001:db8:10::1
+    HOSTS_ADDRS[server]+=,2001:db8:10::10,2001:db8:10::11
+    for side in a b; do
+        [[ " $V6_HOSTS " == *" $side "* ]] || continue
+        r=nat-$side up=2001:db8:${side}0 lan=2001:db8:${side}1
+        ip6_add inet "to-$r" "$up::1/64"
+        ip6_add "$r" wan "$up::2/64"
+        ip6_add "$r" lan "$lan::1/64"
+        route6_add "$r" default via "$up::1"
+        route6_add inet "$lan::/64" via "$up::2"
+        ip6_add "$side" eth0 "$lan::10/64"
+        route6_add "$side" default via "$lan::1"
+        HOSTS_ADDRS[inet]+=,$up::1
+        HOSTS_ADDRS[$r]+=,$up::2
+        if [ "${FAMILY[$side]}" = v6 ]; then
+            # IPv6 only: the IPv4 address (and its routes) go
+            ip -n "$(ns "$side")" -4 addr flush dev eth0
+            HOSTS_ADDRS[$side]=$lan::10
+        else
+            HOSTS_ADDRS[$side]+=,$lan::10
+        fi
+        if [ "${HOSTS_KIND[$r]}" != none ]; then
+            fw6_ruleset "${HOSTS_KIND[$r]}" | nsx "$r" nft -f - || die "IPv6 firewall rules for $r failed"
+        fi
+    done
+    # A name for the server with both addresses, in every namespace
+    for h in "${HOST_ORDER[@]}"; do
+        n=$(ns "$h")
+        mkdir -p "/etc/netns/$n"
+        printf '127.0.0.1 localhost\n::1 localhost\n203.0.113.10 %s\n2001:db8:10::10 %s\n' \
+            "$SERVER_NAME" "$SERVER_NAME" >"/etc/netns/$n/hosts"
+    done
 }
 
 # ---------------------------------------------------------------- knobs
@@ -585,6 +698,7 @@ cmd_up() {
     local topo=${1:-}; [ $# -gt 0 ] && shift
     [ -n "$topo" ] || die "usage: lab.sh up TOPOLOGY [options] (topologies: $TOPOLOGIES)"
     local ka=port-restricted kb=port-restricted kcgn='' same_lan='' upnp='' upnp_on=both stun='' losses=() rates=() delay=''
+    local fa=v4 fb=v4
     case $topo in
         public) ka=none kb=none ;;
         full-cone|port-restricted|symmetric|udp-blocked|tcp443-only) ka=$topo kb=$topo ;;
@@ -592,6 +706,9 @@ cmd_up() {
         upnp) upnp=1 ;;
         pmp) upnp=pmp ;;
         double-nat) kcgn=port-restricted ;;
+        dual-stack) fa=dual fb=dual ;;
+        dual-stack-udp-blocked) ka=udp-blocked kb=udp-blocked fa=dual fb=dual ;;
+        v6-v4) fa=v6 fb=v4 ;;
         nat) ;;
         *) die "unknown topology '$topo' (topologies: $TOPOLOGIES)" ;;
     esac
@@ -608,6 +725,8 @@ cmd_up() {
             --loss) losses+=("${2:?--loss needs HOST:PERCENT[:DIR]}"); shift ;;
             --rate) rates+=("${2:?--rate needs HOST:RATE}"); shift ;;
             --delay) delay=${2:?--delay needs RTT_MS}; shift ;;
+            --family-a) fa=${2:?--family-a needs dual, v4 or v6}; shift ;;
+            --family-b) fb=${2:?--family-b needs dual, v4 or v6}; shift ;;
             -h|--help) usage; exit 0 ;;
             *) die "unknown option '$1' for up" ;;
         esac
@@ -621,6 +740,18 @@ cmd_up() {
         a|b|both) ;;
         *) die "--upnp-on takes a, b or both, not '$upnp_on'" ;;
     esac
+    for k in "$fa" "$fb"; do
+        [[ " $FAMILIES " == *" $k "* ]] || die "unknown address family '$k' (families: $FAMILIES)"
+    done
+    declare -gA FAMILY=([a]=$fa [b]=$fb)
+    V6_HOSTS=''
+    if [ "$fa" != v4 ] || [ "$fb" != v4 ]; then
+        [ -z "$kcgn" ] || die "IPv6 (--family-a/--family-b) does not combine with --cgn"
+        [ -z "$same_lan" ] || die "IPv6 (--family-a/--family-b) does not combine with --same-lan"
+        V6_HOSTS="inet server"
+        [ "$fa" != v4 ] && V6_HOSTS+=" nat-a a"
+        [ "$fb" != v4 ] && V6_HOSTS+=" nat-b b"
+    fi
     [ -n "$upnp" ] && stun=1
     local upnp_mode=upnp
     [ "$upnp" = pmp ] && upnp_mode=pmp
@@ -724,6 +855,8 @@ cmd_up() {
         record b eth0 "$b_ip" "nat-b:lan-b"
     fi
 
+    [ -n "$V6_HOSTS" ] && setup_v6
+
     # rp_filter off on every interface (the "all" value is already 0)
     local h
     for h in "${HOST_ORDER[@]}"; do
@@ -740,6 +873,8 @@ cmd_up() {
         echo "SAME_LAN=${same_lan:-0}"
         echo "UPNP=${upnp:-0}"
         echo "UPNP_ON=$upnp_on"
+        echo "FAMILY_A=$fa"
+        echo "FAMILY_B=$fb"
     } >"$STATE/topology.new"
 
     # knobs
@@ -766,7 +901,7 @@ cmd_up() {
     fi
     mv "$STATE/topology.new" "$STATE/topology"
     trap - EXIT
-    say "lab up: $topo (nat-a: $ka, b: $(sed -n 's/^KIND_B=//p' "$STATE/topology")${kcgn:+, cgn: $kcgn}${upnp:+, miniupnpd ($upnp_mode, on $upnp_on)}${stun:+, stun on server})"
+    say "lab up: $topo (nat-a: $ka, b: $(sed -n 's/^KIND_B=//p' "$STATE/topology")${kcgn:+, cgn: $kcgn}${upnp:+, miniupnpd ($upnp_mode, on $upnp_on)}${stun:+, stun on server}${V6_HOSTS:+, families a: $fa, b: $fb})"
 }
 
 # do_down [--force]: everything `up` made goes, in reverse order; bounded waits
@@ -802,6 +937,8 @@ do_down() {
     fi
     for n in "${nss[@]}"; do
         [ -e "/run/netns/$n" ] && { ip netns delete "$n" 2>/dev/null || say "could not delete namespace $n"; }
+        # the IPv6 labs' /etc/hosts of the namespace (setup_v6)
+        case $n in "$PREFIX"*) rm -rf "/etc/netns/${n:?}" ;; esac
     done
     rm -rf "$STATE"
 }
@@ -813,7 +950,7 @@ cmd_down() { need_root; lock; do_down "${1:-}"; }
 cmd_status() {
     lab_is_up || { echo "no lab is up"; return 0; }
     echo "topology: $(sed -n 's/^TOPOLOGY=//p' "$STATE/topology")"
-    sed -n 's/^\(KIND_A\|KIND_B\|KIND_CGN\|UPNP\)=\(..*\)$/  \1=\2/p' "$STATE/topology"
+    sed -n 's/^\(KIND_A\|KIND_B\|KIND_CGN\|UPNP\|FAMILY_A\|FAMILY_B\)=\(..*\)$/  \1=\2/p' "$STATE/topology"
     printf '%-8s %-14s %-7s %-7s %-30s %s\n' HOST NAMESPACE ROLE UPLINK ADDRESSES "NAT/KNOBS"
     local name role kind up addrs peer extra
     while read -r name role kind up addrs peer; do

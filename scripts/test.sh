@@ -51,6 +51,8 @@ else
     scripts/e2e-nat.sh
     say "lab: 64 MiB transfers through every kind of NAT, checking bytes and path"
     scripts/e2e-paths.sh
+    say "lab: IPv6: dual-stack peers go direct over IPv6 through stateful firewalls (QUIC punched; TCP simultaneous open with UDP blocked), an IPv6-only and an IPv4-only peer meet at the relay, ferry nat reports each family"
+    scripts/e2e-ipv6.sh
     say "lab: transfers whose path breaks halfway (NAT state flushed, relay restarted) reconnect and resume; a server restart does not void a waiting sender's code"
     scripts/e2e-resilience.sh
     say "lab: bogus, expired and reused relay tokens refused while a genuine pair moves its bytes"

@@ -446,6 +446,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "IP")]
     pub stun_alt_ip: Option<std::net::IpAddr>,
 
+    /// An address of this server of the other family than --stun-listen's
+    /// (its IPv6 address beside an IPv4 --stun-listen, or the reverse):
+    /// plain STUN there too, on the same two ports, so clients that reach
+    /// the server over IPv6 learn their mapping as well. RFC 5780 stays on
+    /// --stun-listen's family. For signalling on both families, listen on
+    /// [::]:443 (IPv4 arrives there too).
+    #[arg(long, value_name = "IP")]
+    pub stun_other_family_ip: Option<std::net::IpAddr>,
+
+    /// A second address of that other family: RFC 5780 NAT behaviour
+    /// tests over it too, as --stun-alt-ip gives them to the first.
+    #[arg(long, value_name = "IP", requires = "stun_other_family_ip")]
+    pub stun_other_family_alt_ip: Option<std::net::IpAddr>,
+
     /// STUN answers per second to one source (one IPv4 address, one IPv6
     /// /64), with bursts of twice that; more requests are dropped, so the
     /// responder cannot be used to flood a spoofed address.
@@ -453,7 +467,7 @@ pub struct ServeArgs {
     pub stun_rate: u32,
 
     /// Do not run the STUN responder.
-    #[arg(long, conflicts_with_all = ["stun_alt_ip"])]
+    #[arg(long, conflicts_with_all = ["stun_alt_ip", "stun_other_family_ip", "stun_other_family_alt_ip"])]
     pub no_stun: bool,
 
     /// Do not relay: peers without a direct path then cannot connect.

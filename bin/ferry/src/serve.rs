@@ -55,6 +55,8 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
             listen: args.stun_listen,
             second_port: args.stun_second_port,
             alt_ip: args.stun_alt_ip,
+            other_family_ip: args.stun_other_family_ip,
+            other_family_alt_ip: args.stun_other_family_alt_ip,
             rate: args.stun_rate,
         }),
         relay,

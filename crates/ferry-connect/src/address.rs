@@ -119,6 +119,36 @@ pub fn peer_candidates(candidates: Vec<Candidate>, our_observed: SocketAddr) -> 
     kept
 }
 
+/// The peer's candidates without its IPv6 unique-local ones (fc00::/7)
+/// that lie outside every /64 of `ours` (our interface addresses): a
+/// unique-local address is reachable only inside its own site, so one on
+/// none of our links belongs to another network, where dialing it would
+/// at best time out and at worst reach a stranger. (Link-local ones never
+/// get this far: [`peer_candidates`] refuses them.)
+pub fn on_our_links(candidates: Vec<Candidate>, ours: &[IpAddr]) -> Vec<Candidate> {
+    let prefix = |ip: Ipv6Addr| ip.segments()[..4].to_vec();
+    let our_prefixes: Vec<Vec<u16>> = ours
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(prefix(*v6)),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
+    candidates
+        .into_iter()
+        .filter(|c| match c.addr.ip() {
+            IpAddr::V6(v6) if ferry_nat::classify(IpAddr::V6(v6)) == AddrClass::UniqueLocal => {
+                let here = our_prefixes.contains(&prefix(v6));
+                if !here {
+                    debug!(addr = %c.addr, "dropping a unique-local peer candidate on none of our links");
+                }
+                here
+            }
+            _ => true,
+        })
+        .collect()
+}
+
 /// Our own candidates as we offer them: the same rule as
 /// [`peer_candidates`] (without the cap), with loopback offered only when
 /// the rendezvous server is on loopback itself (then the peer may be on
@@ -436,6 +466,45 @@ mod tests {
                 "127.0.0.1:5000",
                 "203.0.113.7:41000"
             ]
+        );
+    }
+
+    #[test]
+    fn unique_local_candidates_only_on_one_of_our_links() {
+        let sent = vec![
+            peer(
+                "[fd00:1:2:3::20]:4000",
+                Transport::Udp,
+                CandidateKind::Host,
+                950,
+            ),
+            peer("[fd99::20]:4000", Transport::Udp, CandidateKind::Host, 950),
+            peer(
+                "[2001:db8:b1::10]:4000",
+                Transport::Udp,
+                CandidateKind::Host,
+                925,
+            ),
+            peer(
+                "192.168.2.10:4000",
+                Transport::Udp,
+                CandidateKind::Host,
+                1000,
+            ),
+        ];
+        let ours = [ip("fd00:1:2:3::10"), ip("10.0.1.10")];
+        assert_eq!(
+            addrs(&on_our_links(sent.clone(), &ours)),
+            [
+                "[fd00:1:2:3::20]:4000",
+                "[2001:db8:b1::10]:4000",
+                "192.168.2.10:4000"
+            ]
+        );
+        // No IPv6 of ours at all: no unique-local address of theirs.
+        assert_eq!(
+            addrs(&on_our_links(sent, &[ip("10.0.1.10")])),
+            ["[2001:db8:b1::10]:4000", "192.168.2.10:4000"]
         );
     }
 }

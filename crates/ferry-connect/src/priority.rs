@@ -79,6 +79,7 @@ pub fn host_tier(ip: IpAddr) -> HostTier {
 /// |---|---|---|
 /// | host, `Private` | (above) | 1000 |
 /// | host, `UniqueLocal` | (above) | 950 |
+/// | host, IPv6 `Public` or `Documentation` | (above) | 925 |
 /// | STUN-mapped | 900 | 900 |
 /// | UPnP-mapped | 850 | 850 |
 /// | host, `Public` | (above) | 800 |
@@ -93,7 +94,10 @@ pub fn host_tier(ip: IpAddr) -> HostTier {
 /// a TCP tier all classes tie (host candidates of one priority are
 /// ordered by address), while UDP host addresses are ranked by class: over
 /// UDP a public address beats a documentation or carrier-grade NAT one,
-/// over TCP they are equal. Today's producers make STUN candidates over
+/// over TCP they are equal. A global IPv6 address over UDP is its own
+/// public mapping, with no NAT to cross (only a stateful firewall, which
+/// the punch opens): it beats the STUN mapping of a NATed IPv4 socket.
+/// Today's producers make STUN candidates over
 /// UDP only and server-observed ones over TCP only; the other cells give
 /// them the same rank on the other transport.
 pub fn of(origin: Origin, transport: Transport) -> u32 {
@@ -109,6 +113,15 @@ pub fn of(origin: Origin, transport: Transport) -> u32 {
         }
         // The address classes' own ranking (ferry-nat), the table's
         // UDP host column.
+        (Origin::Host(IpAddr::V6(v6)), Transport::Udp)
+            if v6.to_ipv4_mapped().is_none()
+                && matches!(
+                    ferry_nat::classify(IpAddr::V6(v6)),
+                    AddrClass::Public | AddrClass::Documentation
+                ) =>
+        {
+            925
+        }
         (Origin::Host(ip), Transport::Udp) => ferry_nat::classify(ip).candidate_priority(),
         (Origin::Stun, _) => 900,
         (Origin::Upnp, _) => 850,
@@ -326,6 +339,28 @@ mod tests {
         let expected: Vec<(String, Transport)> =
             expected.iter().map(|&(a, t)| (a.to_owned(), t)).collect();
         assert_eq!(order, expected);
+    }
+
+    #[test]
+    fn a_public_ipv6_address_beats_a_natted_ipv4_mapping_over_udp() {
+        let udp = |a: &str| of(Origin::Host(ip(a)), Transport::Udp);
+        let stun = of(Origin::Stun, Transport::Udp);
+        for global in ["2606:4700::1111", "2001:db8:a1::10"] {
+            assert!(udp(global) > stun, "{global}");
+            assert!(udp(global) > of(Origin::Upnp, Transport::Udp), "{global}");
+            // A shared LAN still goes first.
+            assert!(udp(global) < udp("192.168.1.20"), "{global}");
+            assert!(udp(global) < udp("fd00::5"), "{global}");
+        }
+        // IPv4 public hosts keep their place below the mapping, and an
+        // IPv4-mapped address counts as the IPv4 address it carries.
+        assert!(udp("8.8.8.8") < stun);
+        assert_eq!(udp("::ffff:8.8.8.8"), udp("8.8.8.8"));
+        // Over TCP the host tiers stay as they were: IPv4 first in a tier.
+        assert!(
+            of(Origin::Host(ip("2001:db8::1")), Transport::Tcp)
+                < of(Origin::Host(ip("203.0.113.7")), Transport::Tcp)
+        );
     }
 
     #[test]

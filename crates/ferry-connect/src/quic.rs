@@ -396,7 +396,7 @@ async fn accept(
             }
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
-                    let from = incoming.remote_address();
+                    let from = ferry_nat::addr::canonical(incoming.remote_address());
                     if from != remote {
                         debug!(%from, %remote, "QUIC connection from another address than the punched one");
                     }
@@ -441,7 +441,7 @@ async fn server_handshake(
     incoming: Incoming,
     deadline: Instant,
 ) -> (SocketAddr, Result<Opened, FailureReason>) {
-    let from = incoming.remote_address();
+    let from = ferry_nat::addr::canonical(incoming.remote_address());
     let result = timeout_at(deadline, async {
         let connection = incoming.await.map_err(|e| classify_connection(&e))?;
         check_alpn(&connection)?;

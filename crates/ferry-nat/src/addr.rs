@@ -24,7 +24,7 @@
 //! address they carry.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +121,24 @@ pub fn classify(ip: IpAddr) -> AddrClass {
             Some(v4) => classify_v4(v4),
             None => classify_v6(v6),
         },
+    }
+}
+
+/// `addr` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a
+/// dual-stack socket reports for IPv4 traffic) written as the IPv4
+/// address it carries; every other address as it is.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// `dst` as a socket bound to `local` can send to it: an IPv4 address
+/// becomes IPv4-mapped for an IPv6 (dual-stack) socket; otherwise as it is.
+pub fn for_socket(local: SocketAddr, dst: SocketAddr) -> SocketAddr {
+    match (local, dst) {
+        (SocketAddr::V6(_), SocketAddr::V4(v4)) => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        _ => dst,
     }
 }
 
@@ -464,5 +482,20 @@ mod tests {
         for iface in &list {
             assert_eq!(iface.class, classify(iface.addr));
         }
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_read_as_ipv4_and_ipv4_is_mapped_for_ipv6_sockets() {
+        let mapped: SocketAddr = "[::ffff:198.51.100.2]:4000".parse().unwrap();
+        let v4: SocketAddr = "198.51.100.2:4000".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
+        assert_eq!(canonical(mapped), v4);
+        assert_eq!(canonical(v4), v4);
+        assert_eq!(canonical(v6), v6);
+        let dual: SocketAddr = "[::]:5000".parse().unwrap();
+        let plain: SocketAddr = "0.0.0.0:5000".parse().unwrap();
+        assert_eq!(for_socket(dual, v4), mapped);
+        assert_eq!(for_socket(dual, v6), v6);
+        assert_eq!(for_socket(plain, v4), v4);
     }
 }

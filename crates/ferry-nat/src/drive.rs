@@ -18,6 +18,11 @@
 //!     a receive error (ICMP from an earlier send): pause, then go on
 //! ```
 //!
+//! On a dual-stack socket (IPv6, bound to `[::]`) the machine still
+//! speaks plain IPv4 addresses: IPv4 destinations are sent IPv4-mapped
+//! and IPv4-mapped sources are handed over as IPv4
+//! ([`for_socket`](crate::addr::for_socket), [`canonical`](crate::addr::canonical)).
+//!
 //! The clock is tokio's, handed to the machine as a [`std::time::Instant`],
 //! so `tokio::time::pause` drives the machine in virtual time.
 
@@ -138,10 +143,12 @@ async fn drive<M: UdpMachine, T, F: FnMut(&mut M, Instant, T)>(
 ) -> Option<M::Output> {
     let name = options.name;
     let mut buffer = vec![0u8; options.buffer_len];
+    let local = socket.local_addr().ok();
     loop {
         while let Some(transmit) = machine.poll_transmit() {
             let dst = transmit.dst;
-            match tokio::time::timeout(options.send_timeout, socket.send_to(&transmit.payload, dst))
+            let to = local.map_or(dst, |local| crate::addr::for_socket(local, dst));
+            match tokio::time::timeout(options.send_timeout, socket.send_to(&transmit.payload, to))
                 .await
             {
                 Ok(Ok(_)) => {}
@@ -171,7 +178,9 @@ async fn drive<M: UdpMachine, T, F: FnMut(&mut M, Instant, T)>(
                 _ => inputs = None,
             },
             received = socket.recv_from(&mut buffer) => match received {
-                Ok((len, from)) => machine.handle_datagram(now(), from, &buffer[..len]),
+                Ok((len, from)) => {
+                    machine.handle_datagram(now(), crate::addr::canonical(from), &buffer[..len]);
+                }
                 Err(e) => {
                     // Windows and some Linux setups report ICMP port
                     // unreachable from an earlier send as a receive error:
@@ -274,6 +283,34 @@ mod tests {
             socket.send_to(b"noise", from).await.unwrap();
             socket.send_to(b"pong", from).await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_dual_stack_socket_speaks_plain_ipv4_to_the_machine() {
+        // A dual-stack socket ([::], not IPv6-only) where this host has one;
+        // hosts without IPv6 have nothing to test.
+        let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None);
+        let Ok(socket) = socket else { return };
+        socket.set_only_v6(false).unwrap();
+        if socket
+            .bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)).into())
+            .is_err()
+        {
+            return;
+        }
+        socket.set_nonblocking(true).unwrap();
+        let client = UdpSocket::from_std(socket.into()).unwrap();
+        let (server, server_addr) = bind().await;
+        tokio::spawn(echo(server));
+        let mut machine = Pinger::new(
+            &[server_addr],
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        );
+        let output = drive_udp(&client, &mut machine, DriveOptions::new("test")).await;
+        // Sent to a plain IPv4 address, answered from it as IPv4 (not
+        // ::ffff:127.0.0.1).
+        assert_eq!(output, Some(Ok((server_addr, b"pong".to_vec()))));
     }
 
     #[tokio::test]

@@ -156,14 +156,16 @@ impl FamilyStatus {
 }
 
 /// Whether `interfaces` has an address of `family` that can reach the
-/// internet: for IPv6 a global (public) one; for IPv4 any but loopback,
-/// link-local and unspecified, since a private IPv4 address behind a NAT
-/// is the normal case.
+/// internet: for IPv6 a global (public) one, the documentation range
+/// 2001:db8::/32 included (it stands for public addresses in labs, as
+/// 203.0.113.0/24 does for IPv4); for IPv4 any but loopback, link-local
+/// and unspecified, since a private IPv4 address behind a NAT is the
+/// normal case.
 pub fn has_global_address(interfaces: &[Interface], family: Family) -> bool {
     interfaces.iter().any(|i| {
         Family::of(i.addr) == family
             && match family {
-                Family::Ipv6 => i.class == AddrClass::Public,
+                Family::Ipv6 => matches!(i.class, AddrClass::Public | AddrClass::Documentation),
                 Family::Ipv4 => !matches!(
                     i.class,
                     AddrClass::Loopback | AddrClass::LinkLocal | AddrClass::Unspecified
@@ -280,6 +282,9 @@ mod tests {
         let list = [iface("::1"), iface("127.0.0.1"), iface("169.254.0.7")];
         assert!(!has_global_address(&list, Family::Ipv4));
         let list = [iface("2a00:1450:4001::1")];
+        assert!(has_global_address(&list, Family::Ipv6));
+        // The lab's "public" IPv6 hosts live in the documentation range.
+        let list = [iface("fe80::1"), iface("2001:db8:a1::10")];
         assert!(has_global_address(&list, Family::Ipv6));
     }
 

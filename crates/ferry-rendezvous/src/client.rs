@@ -583,8 +583,11 @@ async fn handshake(
         }
         other => return Err(protocol(format!("expected welcome, got {other:?}"))),
     };
+    // A server listening on [::] (both families on one socket) sees an
+    // IPv4 client as ::ffff:a.b.c.d: that is the IPv4 address.
     let observed_addr = observed
         .parse()
+        .map(|a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port()))
         .map_err(|_| protocol(format!("bad observed address {observed:?}")))?;
     let server_addr = stream.peer_addr().map_err(|e| gone(e.to_string()))?;
     let relay_addr = match relay {

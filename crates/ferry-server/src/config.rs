@@ -85,6 +85,14 @@ pub struct StunConfig {
     pub second_port: u16,
     /// A second IP address of this host: enables RFC 5780 behaviour tests.
     pub alt_ip: Option<IpAddr>,
+    /// An address of this host of the other family than `listen`'s (e.g.
+    /// its IPv6 address beside an IPv4 `listen`): plain STUN there too, on
+    /// the same two ports, so clients that reach the server over either
+    /// family learn their mapping (`--stun-other-family-ip`).
+    pub other_family_ip: Option<IpAddr>,
+    /// A second address of that other family: RFC 5780 behaviour tests
+    /// there too (`--stun-other-family-alt-ip`).
+    pub other_family_alt_ip: Option<IpAddr>,
     /// Answers per second to one source, with bursts of twice that
     /// (default 20).
     pub rate: u32,
@@ -96,6 +104,8 @@ impl Default for StunConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 3478),
             second_port: 3479,
             alt_ip: None,
+            other_family_ip: None,
+            other_family_alt_ip: None,
             rate: 20,
         }
     }

@@ -206,6 +206,8 @@ async fn bind_stun(stun: &StunConfig) -> Result<StunServer, StartError> {
     let config = StunServerConfig {
         second_port: Some(stun.second_port),
         alternate_ip: stun.alt_ip,
+        other_family_ip: stun.other_family_ip,
+        other_family_alternate_ip: stun.other_family_alt_ip,
         udp_limits: SourceLimits {
             rate: stun.rate,
             burst: stun.rate.saturating_mul(2),

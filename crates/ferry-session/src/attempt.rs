@@ -169,9 +169,9 @@ impl Plan {
                     // Late targets from now on find the punch over.
                     drop(late_targets);
                     let local = match (mapped, udp.local_addr()) {
-                        (Some(mapped), _) => mapped,
-                        (None, Ok(local)) => local,
-                        (None, Err(_)) => UNSPECIFIED,
+                        (Some(mapped), _) if mapped.is_ipv4() == punched.remote.is_ipv4() => mapped,
+                        (_, Ok(local)) => source_towards(local, punched.remote),
+                        (_, Err(_)) => UNSPECIFIED,
                     };
                     let ends = QuicEnds {
                         identity: &identity,
@@ -439,6 +439,27 @@ impl Trickle<'_> {
         }
         started
     }
+}
+
+/// Our address towards `remote` from a socket bound to `local`: on a
+/// wildcard (dual-stack) socket, the source address the kernel picks for
+/// `remote` (asked with a connected throw-away socket, which sends
+/// nothing), with `local`'s port; `local` itself when that fails.
+fn source_towards(local: SocketAddr, remote: SocketAddr) -> SocketAddr {
+    let local = ferry_nat::addr::canonical(local);
+    if !local.ip().is_unspecified() {
+        return local;
+    }
+    let any: SocketAddr = match remote {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    std::net::UdpSocket::bind(any)
+        .and_then(|probe| {
+            probe.connect(remote)?;
+            probe.local_addr()
+        })
+        .map_or(local, |source| SocketAddr::new(source.ip(), local.port()))
 }
 
 pub(crate) const UNSPECIFIED: SocketAddr =

@@ -5,11 +5,13 @@
 //! peer is an older ferry, see [`upnp_result`]): its candidates follow
 //! during the race ([`Upnp`]).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_connect::{ConnectError, DirectListener};
+use ferry_nat::AddrClass;
+use ferry_nat::family::Family;
 use ferry_nat::pmp::{PmpGateway, PmpGuard, PmpOptions, Retransmit};
 use ferry_nat::stun::{BindingOptions, RetransmitConfig, binding_udp};
 use ferry_nat::upnp::{MappingGuard, Protocol, UpnpOptions};
@@ -30,6 +32,33 @@ pub(crate) fn start_gathering(welcome: &Welcome, listen: bool, upnp: bool) -> Ga
         listen,
         upnp,
     ))
+}
+
+/// Our UDP socket for STUN, punching and QUIC: dual-stack (`[::]`, IPv4
+/// arriving IPv4-mapped) when `dual_stack` (this host has a global IPv6
+/// address), so that candidates of both families share one port; IPv4
+/// only otherwise, or when IPv6 sockets fail here.
+pub(crate) fn bind_udp(dual_stack: bool) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let v4 = || -> std::io::Result<std::net::UdpSocket> {
+        std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+    };
+    let v6 = || -> std::io::Result<std::net::UdpSocket> {
+        let socket = Socket::new(Domain::IPV6, Type::DGRAM, None)?;
+        socket.set_only_v6(false)?;
+        socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)).into())?;
+        Ok(socket.into())
+    };
+    let socket = if dual_stack {
+        v6().or_else(|error| {
+            debug!(%error, "no dual-stack UDP socket; IPv4 only");
+            v4()
+        })?
+    } else {
+        v4()?
+    };
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
 }
 
 pub(crate) fn stun_server(welcome: &Welcome) -> Option<SocketAddr> {
@@ -63,9 +92,10 @@ pub(crate) async fn gather(
     listen: bool,
     upnp: bool,
 ) -> Result<Gathered, SessionError> {
-    let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .await
-        .map_err(|source| ConnectError::UdpSocket { source })?;
+    let found = ferry_nat::interfaces();
+    let dual_stack = ferry_nat::family::has_global_address(&found, Family::Ipv6);
+    let udp = bind_udp(dual_stack).map_err(|source| ConnectError::UdpSocket { source })?;
+    let dual_stack = udp.local_addr()?.is_ipv6();
     let udp_port = udp.local_addr()?.port();
     let listener = if listen {
         Some(DirectListener::bind().await?)
@@ -76,19 +106,23 @@ pub(crate) async fn gather(
         .as_ref()
         .map(DirectListener::candidates)
         .unwrap_or_default();
-    for interface in ferry_nat::interfaces() {
-        if let IpAddr::V4(ip) = interface.addr {
-            if interface.class.is_candidate() {
-                candidates.push(Candidate {
-                    addr: SocketAddr::from((ip, udp_port)),
-                    transport: Transport::Udp,
-                    kind: CandidateKind::Host,
-                    priority: ferry_connect::priority::of(
-                        ferry_connect::priority::Origin::Host(interface.addr),
-                        Transport::Udp,
-                    ),
-                });
-            }
+    for interface in found {
+        // IPv6 on the dual-stack socket only; never link-local (a peer
+        // cannot dial it without our scope id).
+        let family_ok = match interface.addr {
+            IpAddr::V4(_) => true,
+            IpAddr::V6(_) => dual_stack && interface.class != AddrClass::LinkLocal,
+        };
+        if family_ok && interface.class.is_candidate() {
+            candidates.push(Candidate {
+                addr: SocketAddr::new(interface.addr, udp_port),
+                transport: Transport::Udp,
+                kind: CandidateKind::Host,
+                priority: ferry_connect::priority::of(
+                    ferry_connect::priority::Origin::Host(interface.addr),
+                    Transport::Udp,
+                ),
+            });
         }
     }
 
@@ -578,6 +612,31 @@ mod tests {
 
     fn addrs(mapped: &Mapped) -> Vec<SocketAddr> {
         mapped.candidates.iter().map(|c| c.addr).collect()
+    }
+
+    #[tokio::test]
+    async fn a_dual_stack_socket_learns_its_ipv4_mapping_by_stun() {
+        let udp = bind_udp(true).unwrap();
+        let lo = std::net::IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let server = ferry_nat::stun::StunServer::bind(ferry_nat::stun::StunServerConfig::new(
+            SocketAddr::new(lo, 0),
+        ))
+        .await
+        .unwrap();
+        let stun = server.udp_addrs()[0];
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        let result = binding_udp(&udp, stun, BindingOptions::default())
+            .await
+            .unwrap();
+        // The mapping reads as plain IPv4 on a dual-stack socket too.
+        let port = udp.local_addr().unwrap().port();
+        assert_eq!(result.mapped, SocketAddr::new(lo, port));
+        assert_eq!(result.source, stun);
+        stop.send(()).unwrap();
+        served.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -264,8 +264,14 @@ pub(crate) async fn run_session(
     signal.send(channel.seal(&hello)).await?;
     let (peer_fingerprint, theirs, their_network) = receive_hello(&mut signal, channel).await?;
     let theirs = ferry_connect::address::peer_candidates(theirs, welcome.observed_addr);
+    let our_ips: Vec<std::net::IpAddr> = ferry_nat::interfaces().iter().map(|i| i.addr).collect();
+    let theirs = ferry_connect::address::on_our_links(theirs, &our_ips);
     debug!(?theirs, ?their_network, "peer candidates");
     let hopeless = direct_hopeless(&network, &their_network, &ours, &theirs);
+    let no_common_family = !crate::plan::share_a_family(&ours, &theirs);
+    if no_common_family {
+        info!("no address family in common with the peer: the relay starts at once");
+    }
     if let Some(why) = &hopeless {
         info!(%why, "no direct path can work: the relay starts at once");
     }
@@ -300,7 +306,7 @@ pub(crate) async fn run_session(
             .map(|c| c.addr),
         controlling,
         options,
-        hopeless: hopeless.is_some(),
+        hopeless: hopeless.is_some() || no_common_family,
         spray,
         spray_key: channel.derive_secret(ferry_connect::spray::SPRAY_KEY_CONTEXT),
         can_move: channel.peer_understands(ferry_proto::peer::FEATURE_MOVE),
@@ -331,6 +337,7 @@ pub(crate) async fn run_session(
     let relay_reason = (established.kind == PathKind::Relay).then(|| match hopeless {
         _ if options.force_path == Some(PathKind::Relay) => RelayReason::Forced,
         Some(why) => RelayReason::Hopeless(why),
+        None if no_common_family => RelayReason::NoCommonFamily,
         None => RelayReason::NoneAnswered {
             within: started.elapsed(),
             failed: lost.clone(),

@@ -303,6 +303,42 @@ pub fn direct_hopeless(
     Some(Hopeless { here, there })
 }
 
+/// Whether any of our candidates and any of the peer's share an address
+/// family (IPv4-mapped IPv6 counts as IPv4; loopback, link-local and
+/// unspecified addresses do not count: they say nothing about the
+/// networks). When none do (an IPv6-only peer facing an IPv4-only one),
+/// no direct path can exist and the relay need not wait. Sides that offer
+/// nothing countable (an older peer, `--force-path relay`) are given the
+/// benefit of the doubt.
+pub fn share_a_family(ours: &[Candidate], theirs: &[Candidate]) -> bool {
+    let families = |candidates: &[Candidate]| {
+        let mut v4 = false;
+        let mut v6 = false;
+        for c in candidates {
+            let ip = c.addr.ip().to_canonical();
+            if matches!(
+                ferry_nat::classify(ip),
+                ferry_nat::AddrClass::Loopback
+                    | ferry_nat::AddrClass::LinkLocal
+                    | ferry_nat::AddrClass::Unspecified
+            ) {
+                continue;
+            }
+            match ip {
+                IpAddr::V4(_) => v4 = true,
+                IpAddr::V6(_) => v6 = true,
+            }
+        }
+        (v4, v6)
+    };
+    let (our4, our6) = families(ours);
+    let (their4, their6) = families(theirs);
+    if !(our4 || our6) || !(their4 || their6) {
+        return true;
+    }
+    (our4 && their4) || (our6 && their6)
+}
+
 /// The relay's head start when the plan sprays ports: the spray's whole
 /// time budget (2,048 probes at 600 a second take 3.4 s; within 1.5 s,
 /// the usual head start, about 97% of sprays find a pair, and in the lab
@@ -952,5 +988,26 @@ mod tests {
             !tcp_only.iter().any(|s| s.kind() == PathKind::Quic),
             "{tcp_only:?}"
         );
+    }
+
+    #[test]
+    fn an_ipv6_only_peer_and_an_ipv4_only_peer_share_no_family() {
+        let c = |a: &str| cand(a, Transport::Tcp, CandidateKind::Host, 1);
+        let v6_only = [
+            c("[2001:db8:a1::10]:4000"),
+            c("[::1]:4000"),
+            c("127.0.0.1:4000"),
+        ];
+        let v4_only = [c("192.168.2.10:4000"), c("198.51.100.18:4001")];
+        let dual = [c("10.0.1.10:4000"), c("[2001:db8:a1::10]:4000")];
+        assert!(!share_a_family(&v6_only, &v4_only));
+        assert!(!share_a_family(&v4_only, &v6_only));
+        assert!(share_a_family(&dual, &v4_only));
+        assert!(share_a_family(&dual, &v6_only));
+        // IPv4-mapped is IPv4; a side with nothing countable may still
+        // share one.
+        assert!(share_a_family(&[c("[::ffff:198.51.100.2]:4000")], &v4_only));
+        assert!(share_a_family(&[c("127.0.0.1:4000")], &v6_only));
+        assert!(share_a_family(&[], &v4_only));
     }
 }

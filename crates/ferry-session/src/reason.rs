@@ -57,6 +57,10 @@ pub enum RelayReason {
     Forced,
     /// Both networks rule out a direct path: the relay started at once.
     Hopeless(Hopeless),
+    /// The two sides have no address family in common (one IPv6 only,
+    /// the other IPv4 only): the relay started at once, each side reaching
+    /// it over its own family.
+    NoCommonFamily,
     /// No direct path answered within `within`; `failed` are those that
     /// failed (the others were still trying).
     NoneAnswered {
@@ -72,6 +76,9 @@ impl fmt::Display for RelayReason {
         match self {
             RelayReason::Forced => f.write_str("only the relay was allowed"),
             RelayReason::Hopeless(why) => why.fmt(f),
+            RelayReason::NoCommonFamily => {
+                f.write_str("no address family in common (one side IPv4 only, the other IPv6 only)")
+            }
             RelayReason::NoneAnswered { within, failed } => {
                 write!(f, "none answered within {:.1} s", within.as_secs_f64())?;
                 if !failed.is_empty() {

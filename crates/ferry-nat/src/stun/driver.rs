@@ -228,6 +228,14 @@ pub struct StunServerConfig {
     /// A second IP of this host. With `second_port` it enables RFC 5780:
     /// four UDP sockets, OTHER-ADDRESS, RESPONSE-ORIGIN and CHANGE-REQUEST.
     pub alternate_ip: Option<IpAddr>,
+    /// An address of this host of the other family (IPv6 beside an IPv4
+    /// primary, or the reverse): STUN there too, on the primary and second
+    /// ports (and over TCP with `tcp`), so clients of either family learn
+    /// their mapping.
+    pub other_family_ip: Option<IpAddr>,
+    /// A second address of the other family: RFC 5780 there too (needs
+    /// `other_family_ip` and `second_port`).
+    pub other_family_alternate_ip: Option<IpAddr>,
     /// Also accept STUN over TCP on the primary address.
     pub tcp: bool,
     /// How long a TCP client may stay idle before it is dropped.
@@ -249,6 +257,8 @@ impl StunServerConfig {
             primary,
             second_port: None,
             alternate_ip: None,
+            other_family_ip: None,
+            other_family_alternate_ip: None,
             tcp: true,
             tcp_idle_timeout: Duration::from_secs(10),
             max_tcp_clients: 256,
@@ -262,6 +272,10 @@ impl StunServerConfig {
 #[derive(Debug)]
 pub struct StunServer {
     udp: Vec<Arc<UdpSocket>>,
+    /// The sockets on the other family's addresses, in the order of `udp`.
+    other_family: Vec<Arc<UdpSocket>>,
+    other_family_tcp: Option<TcpListener>,
+    other_family_alt: Option<AltConfig>,
     tcp: Option<TcpListener>,
     alt: Option<AltConfig>,
     tcp_idle_timeout: Duration,
@@ -328,6 +342,64 @@ impl StunServer {
                 });
             }
         }
+        let mut other_family = Vec::new();
+        let mut other_family_alt = None;
+        let mut other_family_tcp = None;
+        if let Some(ip) = config.other_family_ip {
+            let ips = std::iter::once(ip).chain(config.other_family_alternate_ip);
+            for ip in ips.clone() {
+                if ip.is_ipv4() == primary_addr.is_ipv4() || ip.is_unspecified() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "the other family's STUN IP {ip} must be a specific address of the other family than the primary {}",
+                            primary_addr.ip()
+                        ),
+                    ));
+                }
+            }
+            let ports = udp
+                .iter()
+                .take(if config.second_port.is_some() { 2 } else { 1 })
+                .map(|s| s.local_addr().map(|a| a.port()))
+                .collect::<io::Result<Vec<u16>>>()?;
+            if config.other_family_alternate_ip.is_some() && ports.len() < 2 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "an alternate STUN IP of the other family needs a second port too (RFC 5780 uses 2 IPs x 2 ports)",
+                ));
+            }
+            for ip in ips {
+                for &port in &ports {
+                    other_family.push(Arc::new(bind_udp(SocketAddr::new(ip, port)).await?));
+                }
+            }
+            if let (Some(alternate), [first, second]) =
+                (config.other_family_alternate_ip, ports.as_slice())
+            {
+                if alternate == ip {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "the other family's alternate STUN IP {alternate} must differ from {ip}"
+                        ),
+                    ));
+                }
+                other_family_alt = Some(AltConfig {
+                    primary: SocketAddr::new(ip, *first),
+                    alternate: SocketAddr::new(alternate, *second),
+                });
+            }
+            if config.tcp {
+                let addr = SocketAddr::new(ip, primary_addr.port());
+                other_family_tcp = Some(TcpListener::bind(addr).await.map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot listen for STUN over TCP on {addr}: {e}; stop the program using that port or choose another"),
+                    )
+                })?);
+            }
+        }
         let tcp = if config.tcp {
             let listener = TcpListener::bind(primary_addr).await.map_err(|e| {
                 io::Error::new(
@@ -344,6 +416,9 @@ impl StunServer {
         };
         Ok(Self {
             udp,
+            other_family,
+            other_family_tcp,
+            other_family_alt,
             tcp,
             alt,
             tcp_idle_timeout: config.tcp_idle_timeout,
@@ -355,10 +430,12 @@ impl StunServer {
     }
 
     /// The bound UDP addresses: primary first, then the second port, then
-    /// the alternate IP with the primary and second ports.
+    /// the alternate IP with the primary and second ports, then the same
+    /// for the other family's addresses.
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.udp
             .iter()
+            .chain(&self.other_family)
             .filter_map(|s| s.local_addr().ok())
             .collect()
     }
@@ -383,7 +460,7 @@ impl StunServer {
     /// Serves until `shutdown` resolves, then stops every task.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let mut by_addr = HashMap::new();
-        for socket in &self.udp {
+        for socket in self.udp.iter().chain(&self.other_family) {
             by_addr.insert(socket.local_addr()?, socket.clone());
         }
         let by_addr = Arc::new(by_addr);
@@ -406,11 +483,28 @@ impl StunServer {
                 },
             ));
         }
-        if let Some(listener) = self.tcp {
+        // The other family's sockets, with their own RFC 5780 layout (or
+        // none), counted as the primary family's sockets in their place.
+        for (index, socket) in self.other_family.iter().enumerate() {
+            tasks.spawn(serve_udp(
+                socket.clone(),
+                socket.local_addr()?,
+                by_addr.clone(),
+                self.other_family_alt,
+                limiter.clone(),
+                Counted {
+                    metrics: self.metrics.clone(),
+                    socket: StunSocket::from_index(index),
+                },
+            ));
+        }
+        // One budget of TCP clients for both families' listeners.
+        let tcp_clients = Arc::new(Semaphore::new(self.max_tcp_clients));
+        for listener in self.tcp.into_iter().chain(self.other_family_tcp) {
             tasks.spawn(serve_tcp(
                 listener,
                 self.tcp_idle_timeout,
-                Arc::new(Semaphore::new(self.max_tcp_clients)),
+                tcp_clients.clone(),
                 TcpPerSource {
                     bucketing: self.udp_limits.bucketing,
                     max: self.max_tcp_clients_per_ip,
@@ -418,7 +512,7 @@ impl StunServer {
                 self.metrics.clone(),
             ));
         }
-        info!(udp = ?self.udp.iter().filter_map(|s| s.local_addr().ok()).collect::<Vec<_>>(), rfc5780 = self.alt.is_some(), "STUN server running");
+        info!(udp = ?self.udp.iter().chain(&self.other_family).filter_map(|s| s.local_addr().ok()).collect::<Vec<_>>(), rfc5780 = self.alt.is_some(), "STUN server running");
         shutdown.await;
         tasks.shutdown().await;
         info!("STUN server stopped");
@@ -834,6 +928,51 @@ mod tests {
         assert_eq!(from_alt.other_address, Some(p));
         stop.send(()).unwrap();
         handle.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_other_familys_address_answers_plainly_on_both_ports() {
+        // ::1 where this host has IPv6 loopback; without it nothing to test.
+        let lo6 = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+        if std::net::UdpSocket::bind((lo6, 0)).is_err() {
+            return;
+        }
+        let config = StunServerConfig {
+            second_port: Some(0),
+            alternate_ip: Some(LO2),
+            other_family_ip: Some(lo6),
+            ..StunServerConfig::new(SocketAddr::new(LO, 0))
+        };
+        let (handle, udp, _, stop) = start(config).await;
+        assert_eq!(udp.len(), 6);
+        let (p, p2, v6, v6_2) = (udp[0], udp[1], udp[4], udp[5]);
+        assert_eq!((v6.ip(), v6_2.ip()), (lo6, lo6));
+        assert_eq!((v6.port(), v6_2.port()), (p.port(), p2.port()));
+        let client = UdpSocket::bind((lo6, 0)).await.unwrap();
+        for server in [v6, v6_2] {
+            let r = binding_udp(&client, server, fast()).await.unwrap();
+            assert_eq!(r.mapped, client.local_addr().unwrap());
+            assert_eq!(r.source, server);
+            // No RFC 5780 of the other family's addresses here.
+            assert_eq!(r.other_address, None);
+        }
+        // The primary family keeps its RFC 5780 answers.
+        let client4 = UdpSocket::bind((LO, 0)).await.unwrap();
+        let r = binding_udp(&client4, p, fast()).await.unwrap();
+        assert_eq!(r.other_address, Some(udp[3]));
+        stop.send(()).unwrap();
+        handle.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_other_familys_ip_must_be_of_the_other_family() {
+        let config = StunServerConfig {
+            other_family_ip: Some(LO2),
+            ..StunServerConfig::new(SocketAddr::new(LO, 0))
+        };
+        let error = StunServer::bind(config).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(error.to_string().contains("other family"), "{error}");
     }
 
     #[tokio::test]

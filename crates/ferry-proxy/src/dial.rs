@@ -218,7 +218,8 @@ async fn http_connect(
     let target = target.clone();
     let proxy = proxy.clone();
     Err(match response.status {
-        407 => ProxyError::Auth {
+        // tinyproxy answers wrong credentials with 401.
+        401 | 407 => ProxyError::Auth {
             reason: if proxy.credentials.is_some() {
                 format!("{reason} (the user name or password was not accepted)")
             } else {
@@ -227,7 +228,7 @@ async fn http_connect(
             proxy,
             target,
         },
-        401 | 403 | 405 => ProxyError::Refused {
+        403 | 405 => ProxyError::Refused {
             proxy,
             target,
             reason,

@@ -41,6 +41,46 @@ pub fn server_address(arg: &Option<String>) -> Result<String> {
     })
 }
 
+/// The proxy rules of `send`, `receive` and `nat`: `--proxy` (which the
+/// config file's `proxy` key also sets) wins, `none` meaning no proxy;
+/// without it `HTTPS_PROXY`, then `ALL_PROXY`. `NO_PROXY` applies to all.
+/// Made once per process, hence `'static`; `None` when no proxy is set.
+pub fn proxy_rules(arg: &Option<String>) -> Result<Option<&'static ferry_proxy::ProxyRules>> {
+    proxy_rules_from(arg, &|name| std::env::var(name).ok())
+}
+
+fn proxy_rules_from(
+    arg: &Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<&'static ferry_proxy::ProxyRules>> {
+    use ferry_proxy::{Bypass, ProxyRules, Source};
+    let rules = match arg.as_deref().map(str::trim) {
+        Some(off) if off.eq_ignore_ascii_case("none") => {
+            tracing::debug!("no proxy: --proxy none");
+            return Ok(None);
+        }
+        Some(url) => {
+            let proxy = url.parse().map_err(|e| {
+                Failure::usage(format!(
+                    "--proxy (or the config file's proxy key): {e}, or `none` for no proxy"
+                ))
+            })?;
+            ProxyRules::new(proxy, Source::Flag).with_bypass(Bypass::from_env(env))
+        }
+        None => ProxyRules::from_env(env).map_err(|e| {
+            Failure::usage(format!(
+                "{e}; fix it, unset it, or pass --proxy none (or another --proxy)"
+            ))
+        })?,
+    };
+    let Some((proxy, source)) = rules.proxy() else {
+        tracing::debug!("no proxy: none set (--proxy, config, HTTPS_PROXY, ALL_PROXY)");
+        return Ok(None);
+    };
+    tracing::debug!(%proxy, %source, "proxy for the rendezvous server and the relay");
+    Ok(Some(Box::leak(Box::new(rules))))
+}
+
 /// The receiver's server and code from what the user gave: a code with
 /// `--server` (or `FERRY_SERVER`), or a `ferry://` URI, which names the
 /// server itself. Given both a server and a URI naming another one, the

@@ -65,7 +65,9 @@ pub enum ProxyError {
     },
     /// With `socks5://` the target's name is resolved here, and it did
     /// not resolve.
-    #[error("could not resolve {target} (the SOCKS5 proxy {proxy} takes addresses; socks5h:// lets the proxy resolve names): {reason}")]
+    #[error(
+        "could not resolve {target} (the SOCKS5 proxy {proxy} takes addresses; socks5h:// lets the proxy resolve names): {reason}"
+    )]
     TargetResolve {
         /// The proxy.
         proxy: ProxyUrl,
@@ -194,7 +196,9 @@ async fn http_connect(
         let byte = match stream.read_u8().await {
             Ok(byte) => byte,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(protocol("it closed the connection without an answer".into()));
+                return Err(protocol(
+                    "it closed the connection without an answer".into(),
+                ));
             }
             Err(e) => return Err(protocol(format!("reading its answer failed: {e}"))),
         };
@@ -297,7 +301,9 @@ fn socks5_error(error: tokio_socks::Error, proxy: &ProxyUrl, target: &Target) ->
             reason: if proxy.credentials.is_some() {
                 format!("{reason} (it takes none of the ways we can log in)")
             } else {
-                format!("{reason} (it wants a user name and password: socks5h://USER:PASS@HOST:PORT)")
+                format!(
+                    "{reason} (it wants a user name and password: socks5h://USER:PASS@HOST:PORT)"
+                )
             },
             proxy,
             target,

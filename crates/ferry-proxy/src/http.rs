@@ -81,7 +81,10 @@ pub fn parse_response(input: &[u8]) -> Result<Option<Response>, ResponseError> {
                 .code
                 .ok_or_else(|| ResponseError::Malformed("no status".into()))?;
             let reason = response.reason.unwrap_or("");
-            let reason: String = ferry_proto::escape::line(reason).chars().take(100).collect();
+            let reason: String = ferry_proto::escape::line(reason)
+                .chars()
+                .take(100)
+                .collect();
             Ok(Some(Response {
                 status,
                 reason,
@@ -118,14 +121,21 @@ mod tests {
         };
         let with_auth = String::from_utf8(request(&target(), Some(&credentials))).unwrap();
         // RFC 7617's example.
-        assert!(with_auth.contains("\r\nProxy-Authorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==\r\n"));
+        assert!(
+            with_auth.contains("\r\nProxy-Authorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==\r\n")
+        );
         let v6: Target = "[2001:db8::1]:443".parse().unwrap();
-        assert!(String::from_utf8(request(&v6, None)).unwrap().starts_with("CONNECT [2001:db8::1]:443 HTTP/1.1\r\n"));
+        assert!(
+            String::from_utf8(request(&v6, None))
+                .unwrap()
+                .starts_with("CONNECT [2001:db8::1]:443 HTTP/1.1\r\n")
+        );
     }
 
     #[test]
     fn a_response_is_read_once_whole_and_the_tunnel_follows() {
-        let whole = b"HTTP/1.1 200 Connection established\r\nProxy-agent: tinyproxy/1.11.1\r\n\r\nTUNNEL";
+        let whole =
+            b"HTTP/1.1 200 Connection established\r\nProxy-agent: tinyproxy/1.11.1\r\n\r\nTUNNEL";
         for cut in 0..whole.len() - 6 {
             assert_eq!(parse_response(&whole[..cut]).unwrap(), None, "cut at {cut}");
         }

@@ -94,9 +94,7 @@ impl ProxyRules {
             let Some(value) = var(name).filter(|v| !v.trim().is_empty()) else {
                 continue;
             };
-            let proxy = value
-                .parse()
-                .map_err(|error| EnvError { name, error })?;
+            let proxy = value.parse().map_err(|error| EnvError { name, error })?;
             rules.proxy = Some((proxy, Source::Env(name)));
             break;
         }
@@ -138,7 +136,10 @@ enum Entry {
     /// A host name and its subdomains (lower case, no leading dot).
     Domain(String),
     /// An address or a network.
-    Net { ip: IpAddr, prefix: u8 },
+    Net {
+        ip: IpAddr,
+        prefix: u8,
+    },
 }
 
 impl fmt::Display for Entry {
@@ -321,7 +322,10 @@ mod tests {
         ]))
         .unwrap();
         let (proxy, source) = rules.proxy().unwrap();
-        assert_eq!((proxy.scheme, source), (Scheme::Http, Source::Env("HTTPS_PROXY")));
+        assert_eq!(
+            (proxy.scheme, source),
+            (Scheme::Http, Source::Env("HTTPS_PROXY"))
+        );
         let rules = ProxyRules::from_env(env(&[
             ("https_proxy", ""),
             ("all_proxy", "socks5h://s:1080"),
@@ -335,7 +339,10 @@ mod tests {
         let rules =
             ProxyRules::from_env(env(&[("https_proxy", "a:1"), ("HTTPS_PROXY", "b:1")])).unwrap();
         assert_eq!(rules.proxy().unwrap().0.host, "a");
-        assert_eq!(ProxyRules::from_env(env(&[])).unwrap(), ProxyRules::direct());
+        assert_eq!(
+            ProxyRules::from_env(env(&[])).unwrap(),
+            ProxyRules::direct()
+        );
         let err = ProxyRules::from_env(env(&[("ALL_PROXY", "socks4://s:1")])).unwrap_err();
         assert_eq!(err.name, "ALL_PROXY");
     }
@@ -343,8 +350,8 @@ mod tests {
     #[test]
     fn a_flag_proxy_still_honours_no_proxy() {
         let proxy: ProxyUrl = "socks5h://s:1080".parse().unwrap();
-        let rules = ProxyRules::new(proxy.clone(), Source::Flag)
-            .with_bypass(Bypass::parse("10.0.0.0/8"));
+        let rules =
+            ProxyRules::new(proxy.clone(), Source::Flag).with_bypass(Bypass::parse("10.0.0.0/8"));
         assert_eq!(rules.select("10.1.2.3"), None);
         assert_eq!(rules.select("203.0.113.1"), Some(&proxy));
         assert_eq!(ProxyRules::direct().select("203.0.113.1"), None);

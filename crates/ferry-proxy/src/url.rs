@@ -74,7 +74,9 @@ pub struct ProxyUrl {
 #[non_exhaustive]
 pub enum ProxyUrlError {
     /// A scheme other than `http`, `socks5`, `socks5h`.
-    #[error("{url:?}: the proxy scheme {scheme:?} is not supported; use http://, socks5:// or socks5h://")]
+    #[error(
+        "{url:?}: the proxy scheme {scheme:?} is not supported; use http://, socks5:// or socks5h://"
+    )]
     Scheme {
         /// The URL as given (credentials removed).
         url: String,
@@ -374,25 +376,47 @@ mod tests {
         let proxy = url("http://user:secret@proxy:3128");
         assert_eq!(proxy.to_string(), "http://***@proxy:3128");
         assert!(!format!("{proxy:?}").contains("secret"));
-        let err = "ftp://user:secret@proxy:21".parse::<ProxyUrl>().unwrap_err();
+        let err = "ftp://user:secret@proxy:21"
+            .parse::<ProxyUrl>()
+            .unwrap_err();
         assert!(!err.to_string().contains("secret"), "{err}");
-        assert_eq!(url("socks5h://[2001:db8::1]:1080").to_string(), "socks5h://[2001:db8::1]:1080");
+        assert_eq!(
+            url("socks5h://[2001:db8::1]:1080").to_string(),
+            "socks5h://[2001:db8::1]:1080"
+        );
     }
 
     #[test]
     fn bad_urls_say_what_is_wrong() {
         let err = |s: &str| s.parse::<ProxyUrl>().unwrap_err();
-        assert!(matches!(err("https://p:443"), ProxyUrlError::Scheme { scheme, .. } if scheme == "https"));
-        assert!(matches!(err("socks4://p:1080"), ProxyUrlError::Scheme { .. }));
+        assert!(
+            matches!(err("https://p:443"), ProxyUrlError::Scheme { scheme, .. } if scheme == "https")
+        );
+        assert!(matches!(
+            err("socks4://p:1080"),
+            ProxyUrlError::Scheme { .. }
+        ));
         assert!(matches!(err("http://:3128"), ProxyUrlError::NoHost { .. }));
         assert!(matches!(err("http://"), ProxyUrlError::NoHost { .. }));
         assert!(matches!(err("http://p:0"), ProxyUrlError::Port { .. }));
         assert!(matches!(err("http://p:99999"), ProxyUrlError::Port { .. }));
         assert!(matches!(err("http://p:x"), ProxyUrlError::Port { .. }));
-        assert!(matches!(err("http://p:3128/path"), ProxyUrlError::Trailing { .. }));
-        assert!(matches!(err("http://[2001:db8::1]x"), ProxyUrlError::Trailing { .. }));
-        assert!(matches!(err("http://u:%zz@p:1"), ProxyUrlError::Escape { .. }));
-        assert!(matches!(err("http://pro xy:1"), ProxyUrlError::NoHost { .. }));
+        assert!(matches!(
+            err("http://p:3128/path"),
+            ProxyUrlError::Trailing { .. }
+        ));
+        assert!(matches!(
+            err("http://[2001:db8::1]x"),
+            ProxyUrlError::Trailing { .. }
+        ));
+        assert!(matches!(
+            err("http://u:%zz@p:1"),
+            ProxyUrlError::Escape { .. }
+        ));
+        assert!(matches!(
+            err("http://pro xy:1"),
+            ProxyUrlError::NoHost { .. }
+        ));
     }
 
     #[test]

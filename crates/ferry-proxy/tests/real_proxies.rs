@@ -41,7 +41,10 @@ fn free_port() -> u16 {
 
 async fn wait_listening(port: u16) {
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -150,14 +153,22 @@ async fn http_connect_through_tinyproxy_with_and_without_auth() {
 
     // A port its ConnectPort does not allow: 403, named as a refusal.
     let other: Target = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
-    let err = connect(&url(&format!("http://127.0.0.1:{}", proxy.port)), &other, WAIT)
-        .await
-        .unwrap_err();
+    let err = connect(
+        &url(&format!("http://127.0.0.1:{}", proxy.port)),
+        &other,
+        WAIT,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ProxyError::Refused { .. }), "{err}");
     assert!(err.to_string().contains(&other.to_string()), "{err}");
 
     let locked = tinyproxy(target.port, Some(("alice", "s3cret"))).await;
-    echoes(&url(&format!("http://alice:s3cret@127.0.0.1:{}", locked.port)), &target).await;
+    echoes(
+        &url(&format!("http://alice:s3cret@127.0.0.1:{}", locked.port)),
+        &target,
+    )
+    .await;
     for wrong in [
         format!("http://127.0.0.1:{}", locked.port),
         format!("http://alice:guess@127.0.0.1:{}", locked.port),
@@ -175,9 +186,13 @@ async fn tinyproxy_that_cannot_reach_the_target_says_so() {
     let port = closed_port();
     let proxy = tinyproxy(port, None).await;
     let target: Target = format!("127.0.0.1:{port}").parse().unwrap();
-    let err = connect(&url(&format!("http://127.0.0.1:{}", proxy.port)), &target, WAIT)
-        .await
-        .unwrap_err();
+    let err = connect(
+        &url(&format!("http://127.0.0.1:{}", proxy.port)),
+        &target,
+        WAIT,
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_target_unreachable(), "{err}");
 }
 
@@ -193,13 +208,21 @@ async fn socks5_through_microsocks_with_and_without_auth() {
         echoes(&proxy, &named).await;
     }
     let closed: Target = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
-    let err = connect(&url(&format!("socks5h://127.0.0.1:{}", open.port)), &closed, WAIT)
-        .await
-        .unwrap_err();
+    let err = connect(
+        &url(&format!("socks5h://127.0.0.1:{}", open.port)),
+        &closed,
+        WAIT,
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_target_unreachable(), "{err}");
 
     let locked = microsocks(Some(("bob", "pa55"))).await;
-    echoes(&url(&format!("socks5h://bob:pa55@127.0.0.1:{}", locked.port)), &named).await;
+    echoes(
+        &url(&format!("socks5h://bob:pa55@127.0.0.1:{}", locked.port)),
+        &named,
+    )
+    .await;
     for wrong in [
         format!("socks5h://127.0.0.1:{}", locked.port),
         format!("socks5h://bob:nope@127.0.0.1:{}", locked.port),

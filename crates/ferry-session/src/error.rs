@@ -46,6 +46,9 @@ pub enum SessionError {
         /// `--force-path relay` was asked for.
         relay_forced: bool,
     },
+    /// The proxy did not get us to the rendezvous server.
+    #[error(transparent)]
+    Proxy(#[from] ferry_proxy::ProxyError),
     /// A local socket problem.
     #[error("local network error: {0}")]
     Io(#[from] std::io::Error),

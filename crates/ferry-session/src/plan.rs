@@ -542,7 +542,7 @@ mod tests {
         let forced = |kind| PlanInput {
             options: SessionOptions {
                 force_path: Some(kind),
-                no_upnp: false,
+                ..SessionOptions::default()
             },
             ..input(&theirs, false)
         };
@@ -696,7 +696,7 @@ mod tests {
         let forced = |kind| PlanInput {
             options: SessionOptions {
                 force_path: Some(kind),
-                no_upnp: false,
+                ..SessionOptions::default()
             },
             ..input(&theirs, false)
         };

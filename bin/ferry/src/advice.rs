@@ -264,4 +264,40 @@ mod tests {
         let none: anyhow::Result<()> = Err(TransferError::PeerClosed.into());
         assert_eq!(for_error(&none.context("x").unwrap_err()), None);
     }
+
+    #[test]
+    fn proxy_failures_say_what_to_try() {
+        let proxy: ferry_proxy::ProxyUrl = "http://u:pw@proxy.example:3128".parse().unwrap();
+        let target: ferry_proxy::Target = "server.example:8443".parse().unwrap();
+        let refused = ferry_proxy::ProxyError::Refused {
+            proxy: proxy.clone(),
+            target: target.clone(),
+            reason: "403 Forbidden".into(),
+        };
+        let shown = shown(SessionError::from(refused).into());
+        assert_eq!(
+            shown,
+            "the HTTP proxy http://***@proxy.example:3128 does not allow connections to \
+             server.example:8443: 403 Forbidden; the proxy's rules do not allow that port: \
+             many allow only 443, so try the server on port 443, or ask the proxy's operator"
+        );
+        let unreachable = ferry_proxy::ProxyError::Unreachable {
+            proxy,
+            reason: "connection refused".into(),
+        };
+        assert!(for_proxy(&unreachable).contains("--proxy none"));
+        assert_eq!(
+            crate::exit::classify(&SessionError::from(unreachable.clone()).into()).0,
+            4
+        );
+        // The server did not answer through a working proxy.
+        let through = SignalError::Connect {
+            server: "server.example:8443".into(),
+            reason:
+                "the HTTP proxy http://proxy.example:3128 could not reach server.example:8443: \
+                     502 Bad Gateway"
+                    .into(),
+        };
+        assert!(signal_text(&through).contains("a proxy may allow only port 443"));
+    }
 }

@@ -251,7 +251,8 @@ pub struct ServerArg {
     /// proxy key, then https_proxy / HTTPS_PROXY, then all_proxy /
     /// ALL_PROXY; no_proxy / NO_PROXY lists hosts reached directly (names,
     /// .suffixes, addresses, networks, *). Direct paths to the peer are
-    /// still tried; -v logs which proxy was chosen and why.
+    /// still tried; -v logs which proxy was chosen (-vv: for which host, and
+    /// why).
     #[arg(long, value_name = "URL")]
     pub proxy: Option<String>,
 }

@@ -6,6 +6,7 @@
 //! `scripts/e2e-proxy.sh` installs them and runs these with `--ignored`
 //! (or: `apt-get install tinyproxy microsocks` and
 //! `cargo test -p ferry-proxy --test real_proxies -- --ignored`).
+#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -255,7 +255,7 @@ async fn connect_signal_via(
                 reason: error.to_string(),
             }));
         }
-        Err(error) => return Err(SessionError::Proxy(error)),
+        Err(error) => return Err(error.into()),
     };
     let (signal, mut welcome) = SignalClient::connect_over(server, Some(stream)).await?;
     let proxy_addr = welcome.server_addr;

@@ -79,6 +79,7 @@ async fn the_sender_says_hello_before_upnp_is_done_and_sends_the_mapping_after()
     // and no late candidates would follow.
     let (hello_seen, hello_seen_here) = oneshot::channel::<()>();
     let sender_code = code.clone();
+    let sender_server = server.clone();
     let sender = tokio::spawn(async move {
         match timeout(STEP, signal.recv()).await.unwrap().unwrap() {
             SignalEvent::PeerJoined => {}
@@ -97,7 +98,7 @@ async fn the_sender_says_hello_before_upnp_is_done_and_sends_the_mapping_after()
             Ok(gathered)
         });
         run_session(
-            &server,
+            &sender_server,
             signal,
             &mut channel,
             welcome,

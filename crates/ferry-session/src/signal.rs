@@ -49,6 +49,9 @@ pub enum Waiting {
 
 /// How long the proxy may take to connect us to the rendezvous server.
 const PROXY_CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// How long, through a proxy, we try to learn the server's address here
+/// (for STUN; the relay goes by name without it).
+const LOCAL_LOOKUP_WAIT: Duration = Duration::from_secs(2);
 
 /// A receiver told "no transfer is waiting" by a server that has run for
 /// less than this asks once more after [`RESTART_GRACE`] of uptime: the
@@ -259,12 +262,18 @@ async fn connect_signal_via(
     };
     let (signal, mut welcome) = SignalClient::connect_over(server, Some(stream)).await?;
     let proxy_addr = welcome.server_addr;
-    // Resolving here may fail (a network with no DNS but the proxy's):
-    // then there is no STUN, and the relay goes by name.
-    let resolved = tokio::net::lookup_host(server)
-        .await
-        .ok()
-        .and_then(|mut addrs| addrs.find(|a| a.is_ipv4()).or_else(|| addrs.next()));
+    // Resolving here may fail, or hang (a network with no DNS but the
+    // proxy's): then there is no STUN, and the relay goes by name.
+    let lookup = tokio::time::timeout(LOCAL_LOOKUP_WAIT, tokio::net::lookup_host(server));
+    let resolved: Vec<SocketAddr> = match lookup.await {
+        Ok(Ok(addrs)) => addrs.collect(),
+        _ => Vec::new(),
+    };
+    let resolved = resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(resolved.first())
+        .copied();
     welcome.server_addr = match resolved {
         Some(addr) => addr,
         None => {

@@ -38,6 +38,10 @@
 #   symmetric         both NATs masquerade fully-random (new port per destination)
 #   udp-blocked       both port-restricted, and UDP from LAN to WAN is dropped
 #   tcp443-only       both port-restricted, and only TCP to port 443 may leave the LAN
+#   proxy-only        nat-a of kind proxy-only (nothing from a's LAN is forwarded: only
+#                     the router itself, where a proxy would run, gets out), nat-b
+#                     port-restricted. The lab starts no proxy: scripts/e2e-proxy.sh runs
+#                     tinyproxy and microsocks in nat-a, on its LAN address 10.0.1.1
 #   same-lan          a and b on ONE LAN behind nat-a (port-restricted, no hairpinning);
 #                     there is no nat-b
 #   upnp              both port-restricted, each NAT runs miniupnpd (UPnP IGD + NAT-PMP/PCP)
@@ -64,7 +68,8 @@
 #
 # OPTIONS of `up`
 #   --a KIND, --b KIND   kind of nat-a / nat-b: none|full-cone|port-restricted|symmetric|
-#                        udp-blocked|tcp443-only (default port-restricted, for `nat`)
+#                        udp-blocked|tcp443-only|proxy-only (default port-restricted,
+#                        for `nat`)
 #   --cgn KIND           put nat-a behind a carrier-grade NAT `cgn` of that kind
 #   --same-lan           a and b share nat-a's LAN (b becomes 10.0.1.11; no nat-b)
 #   --upnp               run miniupnpd on every NAT router that NATs (implies --stun)
@@ -148,8 +153,8 @@ else
     STATE=/run/ferry-lab
 fi
 LOCK=$STATE.lock
-KINDS="none full-cone port-restricted symmetric udp-blocked tcp443-only"
-TOPOLOGIES="public full-cone port-restricted symmetric udp-blocked tcp443-only same-lan upnp pmp double-nat dual-stack dual-stack-udp-blocked v6-v4 nat"
+KINDS="none full-cone port-restricted symmetric udp-blocked tcp443-only proxy-only"
+TOPOLOGIES="public full-cone port-restricted symmetric udp-blocked tcp443-only proxy-only same-lan upnp pmp double-nat dual-stack dual-stack-udp-blocked v6-v4 nat"
 FAMILIES="dual v4 v6"
 SERVER_NAME=server.test
 STUN_PORT=3478
@@ -282,6 +287,8 @@ EOF
         udp-blocked) echo '        iifname "lan" oifname "wan" meta l4proto udp drop' ;;
         tcp443-only) echo '        iifname "lan" oifname "wan" tcp dport 443 accept'
                      echo '        iifname "lan" oifname "wan" drop' ;;
+        # Only the router's own connections (a proxy on it) leave the LAN.
+        proxy-only) echo '        iifname "lan" oifname "wan" drop' ;;
     esac
     cat <<EOF
         # inbound that was DNATed (full-cone map, miniupnpd mappings) is solicited
@@ -702,6 +709,7 @@ cmd_up() {
     case $topo in
         public) ka=none kb=none ;;
         full-cone|port-restricted|symmetric|udp-blocked|tcp443-only) ka=$topo kb=$topo ;;
+        proxy-only) ka=proxy-only ;;
         same-lan) same_lan=1 ;;
         upnp) upnp=1 ;;
         pmp) upnp=pmp ;;

@@ -57,5 +57,7 @@ else
     scripts/e2e-resilience.sh
     say "lab: bogus, expired and reused relay tokens refused while a genuine pair moves its bytes"
     scripts/e2e-relay-tokens.sh
+    say "lab: through tinyproxy (HTTP CONNECT) and microsocks (SOCKS5) from a network that lets out only the proxy; NO_PROXY; wrong proxies fail clearly"
+    scripts/e2e-proxy.sh
 fi
 say "all tests passed"

@@ -7,6 +7,7 @@
 //! the one line the user sees.
 
 use ferry_connect::{PathFailure, PathKind};
+use ferry_proxy::ProxyError;
 use ferry_relay::Refusal;
 use ferry_rendezvous::SignalError;
 use ferry_session::SessionError;
@@ -25,6 +26,9 @@ pub fn for_error(err: &anyhow::Error) -> Option<&'static str> {
         }
         if let Some(e) = cause.downcast_ref::<SessionError>() {
             return for_session(e);
+        }
+        if let Some(e) = cause.downcast_ref::<ProxyError>() {
+            return Some(for_proxy(e));
         }
         cause.downcast_ref::<SignalError>().and_then(for_signal)
     })
@@ -63,6 +67,7 @@ fn for_transfer(error: &TransferError) -> Option<&'static str> {
 fn for_session(error: &SessionError) -> Option<&'static str> {
     match error {
         SessionError::Signal(e) => for_signal(e),
+        SessionError::Proxy(e) => Some(for_proxy(e)),
         SessionError::NoPath { failures, .. } => {
             let foreign_token = failures.iter().any(|(kind, why)| {
                 matches!((kind, why), (PathKind::Relay, PathFailure::Failed(text))
@@ -77,8 +82,41 @@ fn for_session(error: &SessionError) -> Option<&'static str> {
     }
 }
 
+/// What to do when the proxy did not get us through.
+pub fn for_proxy(error: &ProxyError) -> &'static str {
+    match error {
+        ProxyError::Resolve { .. } | ProxyError::Unreachable { .. } => {
+            "check the proxy's address in --proxy, the config file (`ferry config`), \
+             HTTPS_PROXY or ALL_PROXY; --proxy none goes direct"
+        }
+        ProxyError::Auth { .. } => {
+            "give the proxy's user name and password in the URL (http://USER:PASS@HOST:PORT, \
+             socks5h://USER:PASS@HOST:PORT; %-escape special characters)"
+        }
+        ProxyError::Refused { .. } => {
+            "the proxy's rules do not allow that port: many allow only 443, so try the server \
+             on port 443, or ask the proxy's operator"
+        }
+        ProxyError::TargetResolve { .. } => {
+            "use socks5h:// so that the proxy resolves the name, or check --server"
+        }
+        ProxyError::Protocol { .. } => {
+            "check the scheme: http:// for an HTTP proxy (CONNECT), socks5h:// for SOCKS5"
+        }
+        _ => {
+            "is the server running, on that port? check --server; `ferry nat --proxy URL` \
+             shows what gets through"
+        }
+    }
+}
+
 fn for_signal(error: &SignalError) -> Option<&'static str> {
     match error {
+        // The proxy worked; the server did not answer through it.
+        SignalError::Connect { reason, .. } if reason.contains(" proxy ") => Some(
+            "is `ferry serve` running there, on that port? check --server; a proxy may allow \
+             only port 443; --proxy none goes direct",
+        ),
         SignalError::Resolve { .. } => Some(
             "the name did not resolve: check it in --server, FERRY_SERVER or the config file \
              (`ferry config`), and this computer's DNS",
@@ -225,5 +263,41 @@ mod tests {
         assert_eq!(shown(err), "the transfer failed: disk on fire");
         let none: anyhow::Result<()> = Err(TransferError::PeerClosed.into());
         assert_eq!(for_error(&none.context("x").unwrap_err()), None);
+    }
+
+    #[test]
+    fn proxy_failures_say_what_to_try() {
+        let proxy: ferry_proxy::ProxyUrl = "http://u:pw@proxy.example:3128".parse().unwrap();
+        let target: ferry_proxy::Target = "server.example:8443".parse().unwrap();
+        let refused = ferry_proxy::ProxyError::Refused {
+            proxy: proxy.clone(),
+            target: target.clone(),
+            reason: "403 Forbidden".into(),
+        };
+        let shown = shown(SessionError::from(refused).into());
+        assert_eq!(
+            shown,
+            "the HTTP proxy http://***@proxy.example:3128 does not allow connections to \
+             server.example:8443: 403 Forbidden; the proxy's rules do not allow that port: \
+             many allow only 443, so try the server on port 443, or ask the proxy's operator"
+        );
+        let unreachable = ferry_proxy::ProxyError::Unreachable {
+            proxy,
+            reason: "connection refused".into(),
+        };
+        assert!(for_proxy(&unreachable).contains("--proxy none"));
+        assert_eq!(
+            crate::exit::classify(&SessionError::from(unreachable.clone()).into()).0,
+            4
+        );
+        // The server did not answer through a working proxy.
+        let through = SignalError::Connect {
+            server: "server.example:8443".into(),
+            reason:
+                "the HTTP proxy http://proxy.example:3128 could not reach server.example:8443: \
+                     502 Bad Gateway"
+                    .into(),
+        };
+        assert!(signal_text(&through).contains("a proxy may allow only port 443"));
     }
 }

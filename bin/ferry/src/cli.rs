@@ -22,6 +22,10 @@ Environment:
   FERRY_SERVER   rendezvous server HOST:PORT, used when --server is not given
   FERRY_CODE     the code, for `ferry receive` (and `ferry send`) when none is given
                  on the command line: unlike an argument, it is not in the process list
+  HTTPS_PROXY, ALL_PROXY  the proxy of send, receive and nat when --proxy (or the
+                 config file's proxy key) is not given, as --proxy; lower case too
+  NO_PROXY       hosts to reach without the proxy: a comma list of names (with their
+                 subdomains), .suffixes, addresses, networks (10.0.0.0/8), or *
   FERRY_LOG_FORMAT  text or json, as --log-format
   FERRY_CONFIG   the config file of `ferry serve` and `ferry relay` (--config); every
                  option of theirs is also FERRY_ and the option in capitals
@@ -239,6 +243,18 @@ pub struct ServerArg {
     /// with `ferry serve`.
     #[arg(long, short = 's', env = "FERRY_SERVER", value_name = "HOST:PORT")]
     pub server: Option<String>,
+
+    /// Reach the rendezvous server and the relay through this proxy:
+    /// http://[USER:PASS@]HOST:PORT (HTTP CONNECT), socks5h://HOST:PORT
+    /// (SOCKS5; the proxy resolves names) or socks5://HOST:PORT (names
+    /// resolved here); `none` for no proxy. Without it: the config file's
+    /// proxy key, then https_proxy / HTTPS_PROXY, then all_proxy /
+    /// ALL_PROXY; no_proxy / NO_PROXY lists hosts reached directly (names,
+    /// .suffixes, addresses, networks, *). Direct paths to the peer are
+    /// still tried; -v logs which proxy was chosen (-vv: for which host, and
+    /// why).
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
 }
 
 /// `ferry send`.
@@ -325,6 +341,7 @@ impl PathArgs {
                 _ => PathKind::Tcp,
             }),
             no_upnp: self.no_upnp,
+            proxy: None,
         }
     }
 }

@@ -660,6 +660,29 @@ mod tests {
     }
 
     #[test]
+    fn the_client_file_sets_the_proxy_and_the_command_line_wins() {
+        let (_dir, env) =
+            client("proxy = \"socks5h://proxy.example:1080\"\n[nat]\nproxy = \"none\"\n");
+        let Command::Send(args) = run(&["send", "f"], &env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            args.server.proxy.as_deref(),
+            Some("socks5h://proxy.example:1080")
+        );
+        let Command::Nat(args) = run(&["nat"], &env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(args.server.proxy.as_deref(), Some("none"));
+        let Command::Receive(args) =
+            run(&["receive", "--proxy", "http://other:3128"], &env).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(args.server.proxy.as_deref(), Some("http://other:3128"));
+    }
+
+    #[test]
     fn the_client_file_refuses_unknown_keys_tables_and_codes() {
         for (text, says) in [
             ("servr = \"a:1\"\n", "unknown key servr"),

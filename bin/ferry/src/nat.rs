@@ -209,7 +209,8 @@ struct PeersReport {
 /// Runs `ferry nat`.
 pub async fn run(args: NatArgs, out: &mut Output) -> Result<()> {
     let server = session::server_address(&args.server.server)?;
-    let report = check(&server, args.stun_port, args.gateway).await?;
+    let proxy = session::proxy_rules(&args.server.proxy)?;
+    let report = check(&server, args.stun_port, args.gateway, proxy).await?;
     if out.is_json() {
         out.event("nat", serde_json::to_value(&report)?);
     } else {
@@ -244,11 +245,14 @@ const RTT_SAMPLES: usize = 3;
 /// Runs every check against `server` (HOST:PORT of the rendezvous server,
 /// whose STUN responder listens on the same host: on `stun_port` when
 /// given, else on the port the server's welcome announces). The port
-/// mapping probes ask `gateway`, else the default route's.
+/// mapping probes ask `gateway`, else the default route's. With `proxy`,
+/// the rendezvous server and the relay are reached through the proxy its
+/// rules choose (STUN and the rest go direct, as a transfer's paths do).
 pub async fn check(
     server: &str,
     stun_port: Option<u16>,
     gateway: Option<Ipv4Addr>,
+    proxy: Option<&ferry_proxy::ProxyRules>,
 ) -> Result<Report> {
     let found = ferry_nat::interfaces();
     let global4 = has_global_address(&found, Family::Ipv4);
@@ -268,7 +272,14 @@ pub async fn check(
     // The rendezvous server first: its welcome names the STUN port and
     // the relay (the gateway probes run meanwhile).
     let network = async {
-        let rendezvous = check_rendezvous(server).await;
+        let through = server
+            .parse::<ferry_proxy::Target>()
+            .ok()
+            .and_then(|target| Some((proxy?.select(&target.host)?.clone(), target)));
+        let rendezvous = match &through {
+            Some((proxy, target)) => check_rendezvous_via(server, proxy, target).await,
+            None => check_rendezvous(server).await,
+        };
         let stun_port = stun_port
             .or(rendezvous.stun_port)
             .unwrap_or(DEFAULT_STUN_PORT);
@@ -287,7 +298,7 @@ pub async fn check(
             check_family(Family::Ipv4, stun4, global4),
             check_family(Family::Ipv6, stun6, global6),
             check_tcp(stun_tcp, &rendezvous),
-            check_relay(rendezvous.relay),
+            check_relay(rendezvous.relay, rendezvous.relay_through.clone()),
         );
         if let Some(signal) = rendezvous.client {
             let _ = signal.release(None).await;
@@ -385,7 +396,66 @@ struct Rendezvous {
     client: Option<SignalClient>,
     stun_port: Option<u16>,
     relay: Option<SocketAddr>,
+    /// The relay through the proxy: the proxy and the relay as it should
+    /// see it.
+    relay_through: Option<(ferry_proxy::ProxyUrl, ferry_proxy::Target)>,
     timing: (Option<Duration>, Option<Duration>),
+}
+
+/// [`check_rendezvous`] through `proxy`: the connect time is the
+/// tunnel's, and the observed address is the proxy's mapping.
+async fn check_rendezvous_via(
+    server: &str,
+    proxy: &ferry_proxy::ProxyUrl,
+    target: &ferry_proxy::Target,
+) -> Rendezvous {
+    let failed = |error: String, timing| Rendezvous {
+        report: RendezvousReport {
+            error: Some(error),
+            ..RendezvousReport::default()
+        },
+        client: None,
+        stun_port: None,
+        relay: None,
+        relay_through: None,
+        timing,
+    };
+    let started = Instant::now();
+    let stream = match ferry_proxy::connect(proxy, target, TCP_TIMEOUT).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            let advice = crate::advice::for_proxy(&e);
+            return failed(format!("{e}; {advice}"), (None, None));
+        }
+    };
+    let connect_time = Some(started.elapsed());
+    let started = Instant::now();
+    match SignalClient::connect_over(server, Some(stream)).await {
+        Ok((client, welcome)) => {
+            // No relay advertised: the relay is the server, by its name.
+            let own = welcome.relay_addr == welcome.server_addr;
+            let relay_target = if own {
+                target.clone()
+            } else {
+                welcome.relay_addr.into()
+            };
+            Rendezvous {
+                report: RendezvousReport {
+                    reachable: true,
+                    local: Some(welcome.local_addr),
+                    observed: Some(welcome.observed_addr),
+                    port_preserved: None,
+                    error: None,
+                },
+                client: Some(client),
+                stun_port: welcome.stun_port,
+                relay: Some(welcome.relay_addr),
+                relay_through: Some((proxy.clone(), relay_target)),
+                timing: (connect_time, Some(started.elapsed())),
+            }
+        }
+        Err(e) => failed(crate::advice::signal_text(&e), (connect_time, None)),
+    }
 }
 
 /// Connects to the rendezvous server from a reusable local port (STUN
@@ -400,6 +470,7 @@ async fn check_rendezvous(server: &str) -> Rendezvous {
         client: None,
         stun_port: None,
         relay: None,
+        relay_through: None,
         timing,
     };
     let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(server).await {
@@ -447,6 +518,7 @@ async fn check_rendezvous(server: &str) -> Rendezvous {
             client: Some(client),
             stun_port: welcome.stun_port,
             relay: Some(welcome.relay_addr),
+            relay_through: None,
             timing: (connect_time, Some(started.elapsed())),
         },
         Err(e) => failed(crate::advice::signal_text(&e), (connect_time, None)),
@@ -647,11 +719,22 @@ async fn check_tcp(stun: Option<SocketAddr>, rendezvous: &Rendezvous) -> TcpRepo
 /// closed at once, before any frame.
 async fn check_relay(
     relay: Option<SocketAddr>,
+    through: Option<(ferry_proxy::ProxyUrl, ferry_proxy::Target)>,
 ) -> (Option<SocketAddr>, Option<Duration>, Option<String>) {
     let Some(relay) = relay else {
         return (None, None, None);
     };
     let started = Instant::now();
+    if let Some((proxy, target)) = through {
+        return match ferry_proxy::connect(&proxy, &target, TCP_TIMEOUT).await {
+            Ok(stream) => {
+                let took = started.elapsed();
+                drop(stream);
+                (Some(relay), Some(took), None)
+            }
+            Err(e) => (Some(relay), None, Some(e.to_string())),
+        };
+    }
     match tokio::time::timeout(TCP_TIMEOUT, tokio::net::TcpStream::connect(relay)).await {
         Ok(Ok(stream)) => {
             let took = started.elapsed();

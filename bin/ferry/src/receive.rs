@@ -26,7 +26,11 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
         .with_context(|| format!("cannot create the output folder {}", args.out.display()))
         .map_err(|e| Failure::local(format!("{e:#}")))?;
 
-    let mut link = session::receiver(&server, &code, args.path.options(), out).await?;
+    let options = ferry_session::SessionOptions {
+        proxy: session::proxy_rules(&args.server.proxy)?,
+        ..args.path.options()
+    };
+    let mut link = session::receiver(&server, &code, options, out).await?;
     output::announce_path(&link, out);
     let mut mending = Reconnect::new(&mut link, args.path.retries);
     let mut upgrade = link.upgrade.take();

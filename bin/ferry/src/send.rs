@@ -16,6 +16,10 @@ use ferry_limits::Throttled;
 /// Runs `ferry send`.
 pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
     let server = session::server_address(&args.server.server)?;
+    let options = ferry_session::SessionOptions {
+        proxy: session::proxy_rules(&args.server.proxy)?,
+        ..args.path.options()
+    };
     let source = match args.text {
         Some(text) => Source::Text(text),
         None => ferry_transfer::scan(&args.paths).context("cannot send")?,
@@ -37,8 +41,7 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
         args.code_file.as_deref(),
         std::env::var(session::CODE_VARIABLE).ok(),
     )?;
-    let mut link =
-        session::sender(&server, code.as_deref(), args.path.options(), args.qr, out).await?;
+    let mut link = session::sender(&server, code.as_deref(), options, args.qr, out).await?;
     output::announce_path(&link, out);
     let mut mending = Reconnect::new(&mut link, args.path.retries);
     let (outcome, path) = loop {

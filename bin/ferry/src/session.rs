@@ -41,6 +41,46 @@ pub fn server_address(arg: &Option<String>) -> Result<String> {
     })
 }
 
+/// The proxy rules of `send`, `receive` and `nat`: `--proxy` (which the
+/// config file's `proxy` key also sets) wins, `none` meaning no proxy;
+/// without it `HTTPS_PROXY`, then `ALL_PROXY`. `NO_PROXY` applies to all.
+/// Made once per process, hence `'static`; `None` when no proxy is set.
+pub fn proxy_rules(arg: &Option<String>) -> Result<Option<&'static ferry_proxy::ProxyRules>> {
+    proxy_rules_from(arg, &|name| std::env::var(name).ok())
+}
+
+fn proxy_rules_from(
+    arg: &Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<&'static ferry_proxy::ProxyRules>> {
+    use ferry_proxy::{Bypass, ProxyRules, Source};
+    let rules = match arg.as_deref().map(str::trim) {
+        Some(off) if off.eq_ignore_ascii_case("none") => {
+            tracing::debug!("no proxy: --proxy none");
+            return Ok(None);
+        }
+        Some(url) => {
+            let proxy = url.parse().map_err(|e| {
+                Failure::usage(format!(
+                    "--proxy (or the config file's proxy key): {e}, or `none` for no proxy"
+                ))
+            })?;
+            ProxyRules::new(proxy, Source::Flag).with_bypass(Bypass::from_env(env))
+        }
+        None => ProxyRules::from_env(env).map_err(|e| {
+            Failure::usage(format!(
+                "{e}; fix it, unset it, or pass --proxy none (or another --proxy)"
+            ))
+        })?,
+    };
+    let Some((proxy, source)) = rules.proxy() else {
+        tracing::debug!("no proxy: none set (--proxy, config, HTTPS_PROXY, ALL_PROXY)");
+        return Ok(None);
+    };
+    tracing::info!(%proxy, %source, "proxy for the rendezvous server and the relay");
+    Ok(Some(Box::leak(Box::new(rules))))
+}
+
 /// The receiver's server and code from what the user gave: a code with
 /// `--server` (or `FERRY_SERVER`), or a `ferry://` URI, which names the
 /// server itself. Given both a server and a URI naming another one, the
@@ -501,5 +541,53 @@ mod tests {
         assert_eq!(s("[::1]"), "[::1]:443");
         assert!(server_address(&None).is_err());
         assert!(server_address(&Some("  ".into())).is_err());
+    }
+
+    #[test]
+    fn the_proxy_flag_wins_over_the_environment_and_none_turns_it_off() {
+        let env = |name: &str| match name {
+            "HTTPS_PROXY" => Some("http://env-proxy:3128".to_string()),
+            "ALL_PROXY" => Some("socks5h://all-proxy:1080".to_string()),
+            "NO_PROXY" => Some("intranet.example".to_string()),
+            _ => None,
+        };
+        let chosen = |arg: Option<&str>| {
+            proxy_rules_from(&arg.map(str::to_string), &env)
+                .unwrap()
+                .and_then(|rules| rules.select("server.example").map(|p| p.to_string()))
+        };
+        assert_eq!(chosen(None).as_deref(), Some("http://env-proxy:3128"));
+        assert_eq!(
+            chosen(Some("socks5h://flag-proxy:1080")).as_deref(),
+            Some("socks5h://flag-proxy:1080")
+        );
+        assert_eq!(chosen(Some("none")), None);
+        assert_eq!(chosen(Some(" NONE ")), None);
+        // NO_PROXY holds for a proxy from the flag too.
+        let rules = proxy_rules_from(&Some("http://p:1".into()), &env)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rules.select("a.intranet.example"), None);
+        assert!(proxy_rules_from(&None, &|_| None).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_bad_proxy_is_a_usage_error_that_names_where_it_came_from() {
+        let err = proxy_rules_from(&Some("ftp://p:21".into()), &|_| None).unwrap_err();
+        let (code, message) = crate::exit::classify(&err);
+        assert_eq!(code, 2);
+        assert!(
+            message.contains("--proxy") && message.contains("`none`"),
+            "{message}"
+        );
+        let env = |name: &str| (name == "ALL_PROXY").then(|| "socks4://p:1".to_string());
+        let err = proxy_rules_from(&None, &env).unwrap_err();
+        let (code, message) = crate::exit::classify(&err);
+        assert_eq!(code, 2);
+        assert!(
+            message.starts_with("ALL_PROXY is not a proxy URL"),
+            "{message}"
+        );
+        assert!(message.contains("--proxy none"), "{message}");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! relay_connect(relay, token, timeout):
-//!   TCP connect -> `relay {protocol: 1, token}` ->
+//!   TCP connect (or a tunnel through a proxy: relay_join_via) ->
+//!   `relay {protocol: 1, token}` ->
 //!   read lines: relay-waiting (optional) ... relay-paired -> Ok(stream)
 //!               error {code, message}                     -> Err(Refused)
 //! ```
@@ -37,6 +38,9 @@ pub enum RelayError {
         /// Why, e.g. "connection refused".
         reason: String,
     },
+    /// The proxy did not get us to the relay.
+    #[error("could not reach the relay through the proxy: {0}")]
+    Proxy(#[from] ferry_proxy::ProxyError),
     /// The other side did not come (or the relay did not answer) in time.
     #[error("the relay at {relay} did not pair us with the other side within {secs} s")]
     Timeout {
@@ -117,7 +121,20 @@ pub async fn relay_join(
     token: &Token,
     wait: Duration,
 ) -> Result<(TcpStream, PairLimits), RelayError> {
-    timeout(wait, exchange(relay, token))
+    relay_join_via(relay, None, token, wait).await
+}
+
+/// [`relay_join`] through a proxy: with `through`, the connection is a
+/// tunnel to that target (the relay's name or address, as the proxy
+/// should see it) through that proxy; `relay` only names the relay in
+/// errors then.
+pub async fn relay_join_via(
+    relay: SocketAddr,
+    through: Option<(&ferry_proxy::ProxyUrl, &ferry_proxy::Target)>,
+    token: &Token,
+    wait: Duration,
+) -> Result<(TcpStream, PairLimits), RelayError> {
+    timeout(wait, exchange(relay, through, token))
         .await
         .map_err(|_| RelayError::Timeout {
             relay,
@@ -125,14 +142,22 @@ pub async fn relay_join(
         })?
 }
 
-async fn exchange(relay: SocketAddr, token: &Token) -> Result<(TcpStream, PairLimits), RelayError> {
+async fn exchange(
+    relay: SocketAddr,
+    through: Option<(&ferry_proxy::ProxyUrl, &ferry_proxy::Target)>,
+    token: &Token,
+) -> Result<(TcpStream, PairLimits), RelayError> {
     let protocol = |reason: String| RelayError::Protocol { relay, reason };
-    let mut stream = TcpStream::connect(relay)
-        .await
-        .map_err(|e| RelayError::Connect {
-            relay,
-            reason: e.to_string(),
-        })?;
+    let mut stream = match through {
+        // The caller's `wait` bounds the proxy's handshake too.
+        Some((proxy, target)) => ferry_proxy::connect(proxy, target, Duration::MAX).await?,
+        None => TcpStream::connect(relay)
+            .await
+            .map_err(|e| RelayError::Connect {
+                relay,
+                reason: e.to_string(),
+            })?,
+    };
     let _ = stream.set_nodelay(true);
     let mut first = BytesMut::new();
     let hello = ClientToServer::Relay {

@@ -45,7 +45,7 @@ pub mod pairing;
 pub mod server;
 pub mod token;
 
-pub use client::{PairLimits, RelayError, relay_connect, relay_join};
+pub use client::{PairLimits, RelayError, relay_connect, relay_join, relay_join_via};
 pub use pairing::{ConnId, Join, PairBudget, PairEnd, Refusal, Relay, RelayConfig, Stats};
 pub use server::RelayServer;
 pub use token::{SecretError, Token, TokenKey, token_from_hex, token_to_hex};

@@ -56,6 +56,8 @@ pub(crate) struct Plan {
     /// Both sides can move a running transfer from the relay to a direct
     /// path ([`Upgrade`]).
     pub(crate) can_move: bool,
+    /// How to reach the relay: direct, or through the proxy.
+    pub(crate) relay_route: RelayRoute,
 }
 
 impl Plan {
@@ -218,7 +220,7 @@ impl Plan {
                     return Ok(None);
                 };
                 Box::pin(relay_path(
-                    self.welcome.relay_addr,
+                    self.relay_route.clone(),
                     token,
                     self.identity.clone(),
                     self.peer_fingerprint.clone(),

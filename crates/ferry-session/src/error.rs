@@ -46,6 +46,10 @@ pub enum SessionError {
         /// `--force-path relay` was asked for.
         relay_forced: bool,
     },
+    /// The proxy did not get us to the rendezvous server (boxed: it is
+    /// large and rare).
+    #[error(transparent)]
+    Proxy(Box<ferry_proxy::ProxyError>),
     /// A local socket problem.
     #[error("local network error: {0}")]
     Io(#[from] std::io::Error),
@@ -74,6 +78,12 @@ pub(crate) fn no_path_message(failures: &[(PathKind, PathFailure)], relay_forced
             tried.join("; ")
         }
     )
+}
+
+impl From<ferry_proxy::ProxyError> for SessionError {
+    fn from(e: ferry_proxy::ProxyError) -> Self {
+        SessionError::Proxy(Box::new(e))
+    }
 }
 
 impl From<PairingError> for SessionError {

@@ -57,7 +57,8 @@ impl Sender {
                     })
             })
             .transpose()?;
-        let (mut signal, welcome) = connect_signal_retrying(server, &mut on_wait).await?;
+        let (mut signal, welcome) =
+            connect_signal_retrying(server, options.proxy, &mut on_wait).await?;
         let code = match chosen {
             Some(code) => {
                 signal.reserve(code.nameplate).await?;
@@ -115,7 +116,9 @@ impl Sender {
                 Ok(SignalEvent::Message(_)) => debug!("message before the peer joined; ignored"),
                 Err(error) if error.is_connection_lost() => {
                     info!(%error, "lost the rendezvous server while waiting; reconnecting");
-                    match hold_again(&server, code.nameplate, error, &mut on_wait).await {
+                    match hold_again(&server, options.proxy, code.nameplate, error, &mut on_wait)
+                        .await
+                    {
                         Ok((again, new_welcome)) => {
                             // Simultaneous open uses the new connection's
                             // mapping; the gathered UDP socket stays.
@@ -138,6 +141,7 @@ impl Sender {
         let started = Instant::now();
         let (signal, mut channel) = pair(signal, &code, Role::Sender).await?;
         let mut link = run_session(
+            &server,
             signal,
             &mut channel,
             welcome,
@@ -170,7 +174,8 @@ pub async fn receive_with(
     options: SessionOptions,
     mut on_wait: impl FnMut(Waiting),
 ) -> Result<PeerLink, SessionError> {
-    let (mut signal, welcome) = connect_signal_retrying(server, &mut on_wait).await?;
+    let (mut signal, welcome) =
+        connect_signal_retrying(server, options.proxy, &mut on_wait).await?;
     // Gather while pairing: the receiver listens and maps its ports too,
     // so that a sender whose own gateway maps nothing can connect to it.
     let gathering = start_gathering(&welcome, true, !options.no_upnp);
@@ -196,6 +201,7 @@ pub async fn receive_with(
     let started = Instant::now();
     let (signal, mut channel) = pair(signal, code, Role::Receiver).await?;
     let mut link = run_session(
+        server,
         signal,
         &mut channel,
         welcome,
@@ -210,7 +216,11 @@ pub async fn receive_with(
 }
 
 /// Exchanges hellos, races the paths, releases the nameplate.
+// `server` joined the other seven for the proxy: it names the server the
+// relay may be reached by.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_session(
+    server: &str,
     mut signal: SignalClient,
     channel: &mut SecureChannel,
     welcome: Welcome,
@@ -241,19 +251,24 @@ pub(crate) async fn run_session(
         guard = mapped.guard;
     }
     let mut upnp = Upnp::new(pending, guard, welcome.server_addr);
-    ours.push(Candidate {
-        addr: welcome.observed_addr,
-        transport: Transport::Tcp,
-        kind: CandidateKind::ServerObserved,
-        priority: ferry_connect::priority::of(
-            ferry_connect::priority::Origin::ServerObserved,
-            Transport::Tcp,
-        ),
-    });
+    // Through a proxy, the server observed the proxy's mapping, not ours.
+    let proxied = server_proxy(server, options.proxy).is_some();
+    if !proxied {
+        ours.push(Candidate {
+            addr: welcome.observed_addr,
+            transport: Transport::Tcp,
+            kind: CandidateKind::ServerObserved,
+            priority: ferry_connect::priority::of(
+                ferry_connect::priority::Origin::ServerObserved,
+                Transport::Tcp,
+            ),
+        });
+    }
     let ours = ferry_connect::address::offered_candidates(ours, welcome.server_addr);
     let network = NetworkHint {
         udp: gathered.udp_mapping,
-        tcp_port_kept: Some(welcome.observed_addr.port() == welcome.local_addr.port()),
+        tcp_port_kept: (!proxied)
+            .then(|| welcome.observed_addr.port() == welcome.local_addr.port()),
         udp_ports: gathered.udp_ports,
     };
     let hello = PeerToPeer::Hello {
@@ -291,6 +306,7 @@ pub(crate) async fn run_session(
         });
     }
     let plan = Plan {
+        relay_route: relay_route(server, &welcome, options.proxy),
         identity,
         peer_fingerprint,
         theirs,

@@ -125,6 +125,12 @@ pub struct SessionOptions {
     pub force_path: Option<PathKind>,
     /// Skip port mapping (UPnP / NAT-PMP / PCP).
     pub no_upnp: bool,
+    /// The proxy for the rendezvous server and the relay (`--proxy`,
+    /// `HTTPS_PROXY`, ...; `NO_PROXY` sends some hosts direct); `None`:
+    /// both direct. The direct paths to the peer are raced as ever. The
+    /// rules are made once per process, so a reference keeps these
+    /// options `Copy`.
+    pub proxy: Option<&'static ferry_proxy::ProxyRules>,
 }
 
 impl SessionOptions {
@@ -272,7 +278,7 @@ mod tests {
     fn forced_paths_allow_what_they_say() {
         let only = |kind| SessionOptions {
             force_path: Some(kind),
-            no_upnp: false,
+            ..SessionOptions::default()
         };
         let all = SessionOptions::default();
         assert!(all.allows(PathKind::Tcp) && all.allows(PathKind::Quic));

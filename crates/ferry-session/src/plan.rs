@@ -578,7 +578,7 @@ mod tests {
         let forced = |kind| PlanInput {
             options: SessionOptions {
                 force_path: Some(kind),
-                no_upnp: false,
+                ..SessionOptions::default()
             },
             ..input(&theirs, false)
         };
@@ -732,7 +732,7 @@ mod tests {
         let forced = |kind| PlanInput {
             options: SessionOptions {
                 force_path: Some(kind),
-                no_upnp: false,
+                ..SessionOptions::default()
             },
             ..input(&theirs, false)
         };

@@ -54,7 +54,7 @@ impl Rejoin {
     /// [`REJOIN_WAIT`] for it) and races the paths afresh. One attempt: the
     /// caller decides how often to try, and how long to back off.
     pub async fn reconnect(&mut self) -> Result<PeerLink, SessionError> {
-        let (mut signal, welcome) = connect_signal(&self.server).await?;
+        let (mut signal, welcome) = connect_signal(&self.server, self.options.proxy).await?;
         let gathering = start_gathering(&welcome, true, !self.options.no_upnp);
         if !signal.rejoin(&self.meeting).await? {
             let joined = async {
@@ -82,6 +82,7 @@ impl Rejoin {
         }
         let started = Instant::now();
         run_session(
+            &self.server,
             signal,
             &mut self.channel,
             welcome,

@@ -7,13 +7,46 @@ use std::time::Duration;
 
 use ferry_connect::race::{PathKind, PeerStream};
 use ferry_connect::{ConnectError, Identity};
+use ferry_proxy::{ProxyRules, ProxyUrl, Target};
+use ferry_rendezvous::Welcome;
 
 use crate::*;
+
+/// Where the relay is and how to get there: direct to its address, or
+/// through a proxy to its name (the server's own `host:port` when the
+/// relay is the server, so that with `socks5h://` and `http://` the
+/// proxy resolves it) or address.
+#[derive(Debug, Clone)]
+pub(crate) struct RelayRoute {
+    /// The relay's address (in errors and on the path; unspecified when
+    /// only the proxy knows it).
+    pub(crate) addr: SocketAddr,
+    /// The proxy and the target it connects us to.
+    pub(crate) through: Option<(ProxyUrl, Target)>,
+}
+
+/// The route to the relay of `welcome`, whose server is `server`.
+pub(crate) fn relay_route(
+    server: &str,
+    welcome: &Welcome,
+    proxy: Option<&ProxyRules>,
+) -> RelayRoute {
+    let addr = welcome.relay_addr;
+    let by_name = server
+        .parse::<Target>()
+        .ok()
+        .filter(|_| addr == welcome.server_addr);
+    let target = by_name.unwrap_or_else(|| Target::from(addr));
+    let through = proxy
+        .and_then(|rules| rules.select(&target.host))
+        .map(|proxy| (proxy.clone(), target));
+    RelayRoute { addr, through }
+}
 
 /// Joins the peer through the relay, then runs pinned TLS over it (the
 /// relay sees only ciphertext): the sender is the TLS server.
 pub(crate) async fn relay_path(
-    relay: SocketAddr,
+    route: RelayRoute,
     token: [u8; 32],
     identity: Arc<Identity>,
     fingerprint: String,
@@ -22,7 +55,12 @@ pub(crate) async fn relay_path(
 ) -> Result<Established, ConnectError> {
     tokio::time::sleep(head_start).await;
     let failed = |reason: String| ConnectError::Relay { reason };
-    let (tcp, limits) = ferry_relay::relay_join(relay, &token, RELAY_WAIT)
+    let relay = route.addr;
+    let through = route
+        .through
+        .as_ref()
+        .map(|(proxy, target)| (proxy, target));
+    let (tcp, limits) = ferry_relay::relay_join_via(relay, through, &token, RELAY_WAIT)
         .await
         .map_err(|e| failed(e.to_string()))?;
     let _ = tcp.set_nodelay(true);

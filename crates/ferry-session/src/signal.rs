@@ -9,6 +9,7 @@ use ferry_proto::code::Code;
 use ferry_proto::pairing::{Pairing, PairingError, Role, SecureChannel};
 use ferry_proto::peer::{Candidate, NetworkHint, PeerToPeer};
 use ferry_proto::signal::ErrorCode;
+use ferry_proxy::{ProxyRules, ProxyUrl, Target};
 use ferry_rendezvous::{SignalClient, SignalError, SignalEvent, Welcome};
 use tracing::{debug, info};
 
@@ -46,6 +47,12 @@ pub enum Waiting {
     },
 }
 
+/// How long the proxy may take to connect us to the rendezvous server.
+const PROXY_CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// How long, through a proxy, we try to learn the server's address here
+/// (for STUN; the relay goes by name without it).
+const LOCAL_LOOKUP_WAIT: Duration = Duration::from_secs(2);
+
 /// A receiver told "no transfer is waiting" by a server that has run for
 /// less than this asks once more after [`RESTART_GRACE`] of uptime: the
 /// sender may be reconnecting after the restart.
@@ -60,6 +67,7 @@ pub const RESTART_GRACE: Duration = Duration::from_secs(8);
 /// again.
 pub(crate) async fn hold_again(
     server: &str,
+    proxy: Option<&ProxyRules>,
     nameplate: u32,
     error: SignalError,
     on_wait: &mut impl FnMut(Waiting),
@@ -83,7 +91,7 @@ pub(crate) async fn hold_again(
             retry_in: pause,
         });
         tokio::time::sleep(pause).await;
-        let (mut signal, welcome) = match connect_signal(server).await {
+        let (mut signal, welcome) = match connect_signal(server, proxy).await {
             Ok(connected) => connected,
             Err(SessionError::Signal(error)) if error.is_connection_lost() => {
                 last = error;
@@ -119,12 +127,13 @@ pub(crate) async fn hold_again(
 /// reached ([`Backoff::SERVER_CONNECT`]).
 pub(crate) async fn connect_signal_retrying(
     server: &str,
+    proxy: Option<&ProxyRules>,
     on_wait: &mut impl FnMut(Waiting),
 ) -> Result<(SignalClient, Welcome), SessionError> {
     let first = Instant::now();
     let mut attempt = 0;
     loop {
-        let error = match connect_signal(server).await {
+        let error = match connect_signal(server, proxy).await {
             Ok(connected) => {
                 if attempt > 0 {
                     on_wait(Waiting::ServerBack {
@@ -151,8 +160,15 @@ pub(crate) async fn connect_signal_retrying(
 
 /// Opens the signalling connection from a reusable local port, so that
 /// its public mapping (what the server observes) can later serve TCP
-/// simultaneous open.
-pub(crate) async fn connect_signal(server: &str) -> Result<(SignalClient, Welcome), SessionError> {
+/// simultaneous open; or, when `proxy` has a proxy for the server,
+/// through it ([`connect_signal_via`]).
+pub(crate) async fn connect_signal(
+    server: &str,
+    proxy: Option<&ProxyRules>,
+) -> Result<(SignalClient, Welcome), SessionError> {
+    if let Some(proxy) = server_proxy(server, proxy) {
+        return connect_signal_via(server, proxy).await;
+    }
     let resolved = tokio::net::lookup_host(server).await.map_err(|e| {
         SessionError::Signal(SignalError::Resolve {
             server: server.to_string(),
@@ -199,6 +215,78 @@ pub(crate) async fn connect_signal(server: &str) -> Result<(SignalClient, Welcom
     };
     let (signal, welcome) = SignalClient::connect_over(server, Some(stream)).await?;
     debug!(observed = %welcome.observed_addr, local = %welcome.local_addr, "connected to the rendezvous server");
+    Ok((signal, welcome))
+}
+
+/// The proxy for the rendezvous server `server` (`host:port`), if the
+/// rules have one for its host.
+pub(crate) fn server_proxy<'a>(
+    server: &str,
+    proxy: Option<&'a ProxyRules>,
+) -> Option<&'a ProxyUrl> {
+    let target: Target = server.parse().ok()?;
+    proxy?.select(&target.host)
+}
+
+/// The signalling connection as a tunnel through `proxy`.
+///
+/// The server then sees the proxy, not us: the address it observed is
+/// the proxy's, so it serves no simultaneous open (the journey offers no
+/// server-observed TCP candidate, and the plain socket here is not
+/// reusable, so a simultaneous open from its port fails at once). The
+/// welcome's addresses are the server's own where this computer can
+/// resolve its name (for STUN, which may still get out), and the relay
+/// on the server's port is reached through the proxy as well
+/// ([`relay_route`]).
+async fn connect_signal_via(
+    server: &str,
+    proxy: &ProxyUrl,
+) -> Result<(SignalClient, Welcome), SessionError> {
+    let target: Target = server.parse().map_err(|e: ferry_proxy::TargetError| {
+        SessionError::Signal(SignalError::Resolve {
+            server: server.to_string(),
+            reason: e.to_string(),
+        })
+    })?;
+    let stream = match ferry_proxy::connect(proxy, &target, PROXY_CONNECT_WAIT).await {
+        Ok(stream) => stream,
+        // The proxy works, the server does not answer through it: as when
+        // it does not answer directly, worth another try.
+        Err(error) if error.is_target_unreachable() => {
+            return Err(SessionError::Signal(SignalError::Connect {
+                server: server.to_string(),
+                reason: error.to_string(),
+            }));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let (signal, mut welcome) = SignalClient::connect_over(server, Some(stream)).await?;
+    let proxy_addr = welcome.server_addr;
+    // Resolving here may fail, or hang (a network with no DNS but the
+    // proxy's): then there is no STUN, and the relay goes by name.
+    let lookup = tokio::time::timeout(LOCAL_LOOKUP_WAIT, tokio::net::lookup_host(server));
+    let resolved: Vec<SocketAddr> = match lookup.await {
+        Ok(Ok(addrs)) => addrs.collect(),
+        _ => Vec::new(),
+    };
+    let resolved = resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(resolved.first())
+        .copied();
+    welcome.server_addr = match resolved {
+        Some(addr) => addr,
+        None => {
+            welcome.stun_port = None;
+            welcome.stun_second_port = None;
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, target.port))
+        }
+    };
+    if welcome.relay_addr == proxy_addr {
+        // No relay of its own advertised: the relay is the server.
+        welcome.relay_addr = welcome.server_addr;
+    }
+    debug!(%proxy, server_addr = %welcome.server_addr, observed = %welcome.observed_addr, "connected to the rendezvous server through the proxy");
     Ok((signal, welcome))
 }
 

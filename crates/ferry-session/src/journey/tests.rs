@@ -69,7 +69,7 @@ fn candidate(addr: SocketAddr, transport: Transport, kind: CandidateKind) -> Can
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sender_says_hello_before_upnp_is_done_and_sends_the_mapping_after() {
     let server = server().await;
-    let (mut signal, welcome) = connect_signal(&server).await.unwrap();
+    let (mut signal, welcome) = connect_signal(&server, None).await.unwrap();
     let nameplate = signal.allocate().await.unwrap();
     let code = Code::generate(nameplate, &mut rand::thread_rng());
     let mapped: SocketAddr = "198.51.100.2:41000".parse().unwrap();
@@ -79,6 +79,7 @@ async fn the_sender_says_hello_before_upnp_is_done_and_sends_the_mapping_after()
     // and no late candidates would follow.
     let (hello_seen, hello_seen_here) = oneshot::channel::<()>();
     let sender_code = code.clone();
+    let sender_server = server.clone();
     let sender = tokio::spawn(async move {
         match timeout(STEP, signal.recv()).await.unwrap().unwrap() {
             SignalEvent::PeerJoined => {}
@@ -97,6 +98,7 @@ async fn the_sender_says_hello_before_upnp_is_done_and_sends_the_mapping_after()
             Ok(gathered)
         });
         run_session(
+            &sender_server,
             signal,
             &mut channel,
             welcome,

@@ -208,7 +208,7 @@ struct PeersReport {
 
 /// Runs `ferry nat`.
 pub async fn run(args: NatArgs, out: &mut Output) -> Result<()> {
-    let server = session::server_address(&args.server.server)?;
+    let server = session::server_spec(&args.server)?;
     let report = check(&server, args.stun_port, args.gateway).await?;
     if out.is_json() {
         out.event("nat", serde_json::to_value(&report)?);
@@ -261,6 +261,9 @@ pub async fn check(
             class: i.class,
         })
         .collect();
+    // The spec may carry TLS after '#': names and addresses without it.
+    let spec = server;
+    let server = server.split_once('#').map_or(server, |(addr, _)| addr);
     let host = server
         .rsplit_once(':')
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
@@ -268,7 +271,7 @@ pub async fn check(
     // The rendezvous server first: its welcome names the STUN port and
     // the relay (the gateway probes run meanwhile).
     let network = async {
-        let rendezvous = check_rendezvous(server).await;
+        let rendezvous = check_rendezvous(spec).await;
         let stun_port = stun_port
             .or(rendezvous.stun_port)
             .unwrap_or(DEFAULT_STUN_PORT);
@@ -391,7 +394,8 @@ struct Rendezvous {
 /// Connects to the rendezvous server from a reusable local port (STUN
 /// over TCP then asks from the same port), timing the TCP connect and the
 /// hello-to-welcome exchange.
-async fn check_rendezvous(server: &str) -> Rendezvous {
+async fn check_rendezvous(spec: &str) -> Rendezvous {
+    let server = spec.split_once('#').map_or(spec, |(addr, _)| addr);
     let failed = |error: String, timing| Rendezvous {
         report: RendezvousReport {
             error: Some(error),
@@ -435,7 +439,7 @@ async fn check_rendezvous(server: &str) -> Rendezvous {
         return failed(crate::advice::signal_text(&e), (None, None));
     };
     let started = Instant::now();
-    match SignalClient::connect_over(server, Some(stream)).await {
+    match SignalClient::connect_over(spec, Some(stream)).await {
         Ok((client, welcome)) => Rendezvous {
             report: RendezvousReport {
                 reachable: true,

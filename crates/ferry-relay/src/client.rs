@@ -1,8 +1,9 @@
 //! The relay client.
 //!
 //! ```text
-//! relay_connect(relay, token, timeout):
-//!   TCP connect -> `relay {protocol: 1, token}` ->
+//! relay_join(relay, tls, token, timeout):
+//!   TCP connect -> TLS when the relay's port runs it (tls.rs) ->
+//!   `relay {protocol: 1, token}` ->
 //!   read lines: relay-waiting (optional) ... relay-paired -> Ok(stream)
 //!               error {code, message}                     -> Err(Refused)
 //! ```
@@ -23,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::tls::{Carrier, RelayTls, TlsError};
 use crate::token::{Token, token_to_hex};
 
 /// Errors of [`relay_connect`].
@@ -37,6 +39,9 @@ pub enum RelayError {
         /// Why, e.g. "connection refused".
         reason: String,
     },
+    /// The TLS handshake with the relay failed: never retried in plain.
+    #[error("{0}")]
+    Tls(#[source] TlsError),
     /// The other side did not come (or the relay did not answer) in time.
     #[error("the relay at {relay} did not pair us with the other side within {secs} s")]
     Timeout {
@@ -106,18 +111,25 @@ pub async fn relay_connect(
     token: &Token,
     wait: Duration,
 ) -> Result<TcpStream, RelayError> {
-    relay_join(relay, token, wait)
-        .await
-        .map(|(stream, _)| stream)
+    match relay_join(relay, None, token, wait).await? {
+        (Carrier::Plain(tcp), _) => Ok(tcp),
+        (Carrier::Tls(_), _) => Err(RelayError::Protocol {
+            relay,
+            reason: "a plain join came back in TLS".into(),
+        }),
+    }
 }
 
-/// [`relay_connect`], also returning the limits the relay set on the pair.
+/// [`relay_connect`], inside TLS when `tls` says so (a relay on a TLS
+/// server port; never plain instead), also returning the limits the
+/// relay set on the pair.
 pub async fn relay_join(
     relay: SocketAddr,
+    tls: Option<&RelayTls>,
     token: &Token,
     wait: Duration,
-) -> Result<(TcpStream, PairLimits), RelayError> {
-    timeout(wait, exchange(relay, token))
+) -> Result<(Carrier, PairLimits), RelayError> {
+    timeout(wait, exchange(relay, tls, token))
         .await
         .map_err(|_| RelayError::Timeout {
             relay,
@@ -125,15 +137,27 @@ pub async fn relay_join(
         })?
 }
 
-async fn exchange(relay: SocketAddr, token: &Token) -> Result<(TcpStream, PairLimits), RelayError> {
+async fn exchange(
+    relay: SocketAddr,
+    tls: Option<&RelayTls>,
+    token: &Token,
+) -> Result<(Carrier, PairLimits), RelayError> {
     let protocol = |reason: String| RelayError::Protocol { relay, reason };
-    let mut stream = TcpStream::connect(relay)
+    let tcp = TcpStream::connect(relay)
         .await
         .map_err(|e| RelayError::Connect {
             relay,
             reason: e.to_string(),
         })?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match tls {
+        Some(tls) => tls
+            .tls
+            .connect(tcp, &tls.addr)
+            .await
+            .map_err(RelayError::Tls)?,
+        None => Carrier::Plain(tcp),
+    };
     let mut first = BytesMut::new();
     let hello = ClientToServer::Relay {
         protocol: RELAY_PROTOCOL_VERSION,

@@ -40,6 +40,6 @@ pub mod server;
 
 pub use config::{RelayMode, RelayNodeConfig, ServerConfig, StunConfig};
 pub use error::{ServerError, StartError};
-pub use ferry_relay::{RelayConfig, Stats as RelayStats, TokenKey};
+pub use ferry_relay::{RelayConfig, ServerTls, Stats as RelayStats, TokenKey};
 pub use relay::RelayNode;
 pub use server::{Listening, Server};

@@ -219,6 +219,7 @@ impl Plan {
                 };
                 Box::pin(relay_path(
                     self.welcome.relay_addr,
+                    self.welcome.relay_tls.clone(),
                     token,
                     self.identity.clone(),
                     self.peer_fingerprint.clone(),

@@ -1,5 +1,6 @@
-//! The relay path: join the peer through the relay, then secure the pipe
-//! as every TCP path is ([`ferry_connect::secure_tcp`]).
+//! The relay path: join the peer through the relay (inside TLS to the
+//! relay when the server connection is TLS and the relay offers it), then
+//! secure the pipe as every TCP path is ([`ferry_connect::secure_tcp`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::*;
 /// relay sees only ciphertext): the sender is the TLS server.
 pub(crate) async fn relay_path(
     relay: SocketAddr,
+    relay_tls: Option<ferry_relay::RelayTls>,
     token: [u8; 32],
     identity: Arc<Identity>,
     fingerprint: String,
@@ -22,11 +24,12 @@ pub(crate) async fn relay_path(
 ) -> Result<Established, ConnectError> {
     tokio::time::sleep(head_start).await;
     let failed = |reason: String| ConnectError::Relay { reason };
-    let (tcp, limits) = ferry_relay::relay_join(relay, &token, RELAY_WAIT)
+    // Inside TLS to the relay when we reached the server in TLS and the
+    // relay runs it (the welcome says so): the token stays off the path.
+    let (tcp, limits) = ferry_relay::relay_join(relay, relay_tls.as_ref(), &token, RELAY_WAIT)
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let local = local_of(&tcp);
+    let local = local_of(tcp.tcp());
     // The same securing as the direct paths: pinned TLS, the ferry ALPN,
     // the sender's confirmation.
     let handshake = async {
@@ -46,7 +49,7 @@ pub(crate) async fn relay_path(
         .await
         .map_err(|_| failed("the TLS handshake through the relay timed out".into()))??;
     Ok(Established {
-        stream: PeerStream::Tls(Box::new(tls)),
+        stream: PeerStream::Relayed(Box::new(tls)),
         kind: PathKind::Relay,
         local,
         remote: relay,

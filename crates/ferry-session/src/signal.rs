@@ -152,10 +152,16 @@ pub(crate) async fn connect_signal_retrying(
 /// Opens the signalling connection from a reusable local port, so that
 /// its public mapping (what the server observes) can later serve TCP
 /// simultaneous open.
+///
+/// `server` is a server spec (`HOST:PORT`, maybe with `#sha256=...`,
+/// `#tls` or `#tls-ca=...`): the name is dialled here,
+/// [`SignalClient::connect_over`] wraps the connection in TLS when the
+/// spec asks for it.
 pub(crate) async fn connect_signal(server: &str) -> Result<(SignalClient, Welcome), SessionError> {
-    let resolved = tokio::net::lookup_host(server).await.map_err(|e| {
+    let addr = server.split_once('#').map_or(server, |(addr, _)| addr);
+    let resolved = tokio::net::lookup_host(addr).await.map_err(|e| {
         SessionError::Signal(SignalError::Resolve {
-            server: server.to_string(),
+            server: addr.to_string(),
             reason: e.to_string(),
         })
     })?;
@@ -176,7 +182,7 @@ pub(crate) async fn connect_signal(server: &str) -> Result<(SignalClient, Welcom
         }
         Err(failures) if failures.is_empty() => {
             return Err(SessionError::Signal(SignalError::Connect {
-                server: server.to_string(),
+                server: addr.to_string(),
                 reason: "no address found".into(),
             }));
         }
@@ -192,13 +198,21 @@ pub(crate) async fn connect_signal(server: &str) -> Result<(SignalClient, Welcom
                     .join("; "),
             };
             return Err(SessionError::Signal(SignalError::Connect {
-                server: server.to_string(),
+                server: addr.to_string(),
                 reason,
             }));
         }
     };
     let (signal, welcome) = SignalClient::connect_over(server, Some(stream)).await?;
-    debug!(observed = %welcome.observed_addr, local = %welcome.local_addr, "connected to the rendezvous server");
+    debug!(observed = %welcome.observed_addr, local = %welcome.local_addr, tls = welcome.tls, "connected to the rendezvous server");
+    if welcome.tls_offered && !welcome.tls {
+        info!(
+            server = addr,
+            "this server offers TLS on the same port, which hides the code's nameplate and the \
+             relay token from the network: add --tls (a certificate from a public CA) or \
+             --server HOST:PORT#sha256=... (a self-signed one; `ferry serve` prints it)"
+        );
+    }
     Ok((signal, welcome))
 }
 

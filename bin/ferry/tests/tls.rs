@@ -149,11 +149,22 @@ fn a_self_signed_server_works_with_its_pin_and_a_wrong_pin_is_refused_clearly() 
         .map(|pair| std::str::from_utf8(pair).unwrap())
         .collect::<Vec<_>>()
         .join(":");
-    text_goes_through(
+    let mut cmd = ferry();
+    cmd.args(["send", "--json", "--server", &on_server, "--text", "pinned"]);
+    let mut send = Proc::spawn(cmd);
+    let code = send.wait_event("code", Duration::from_secs(30))["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dst = tempfile::tempdir().unwrap();
+    let mut recv = start_receive(
         &server,
-        &["--server", &on_server],
-        &["--server-sha256", &colons],
+        &code,
+        dst.path(),
+        &["--yes", "--server-sha256", &colons],
     );
+    finish_both(&mut send, &mut recv);
+    assert_eq!(recv.events("text")[0]["text"], "pinned");
 
     let wrong = "ab".repeat(32);
     let mut cmd = ferry();

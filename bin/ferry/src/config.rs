@@ -702,9 +702,8 @@ mod tests {
 
     #[test]
     fn the_tls_keys_round_trip_through_both_files() {
-        let (_dir, path) = file(
-            "tls_cert = \"/etc/ferry/fullchain.pem\"\ntls-key = \"/etc/ferry/privkey.pem\"\n",
-        );
+        let (_dir, path) =
+            file("tls_cert = \"/etc/ferry/fullchain.pem\"\ntls-key = \"/etc/ferry/privkey.pem\"\n");
         let args = serve(&["serve", "--config", &path], &no_env);
         assert_eq!(args.tls.tls_cert, Some("/etc/ferry/fullchain.pem".into()));
         assert_eq!(args.tls.tls_key, Some("/etc/ferry/privkey.pem".into()));

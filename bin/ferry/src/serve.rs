@@ -62,11 +62,7 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
         metrics: args.metrics,
         tls: load_tls(&args.tls)?,
         relay_tls: args.relay_tls,
-        relay_sha256: args
-            .relay_sha256
-            .as_deref()
-            .map(relay_pin)
-            .transpose()?,
+        relay_sha256: args.relay_sha256.as_deref().map(relay_pin).transpose()?,
     };
     let tls = config.tls.clone();
     let server = Server::start(config).await.map_err(|e| match e {

@@ -93,11 +93,7 @@ fn with_trust(addr: &str, fragment: Option<String>, arg: &ServerArg) -> Result<S
 /// server itself. Given both a server and a URI naming another one, the
 /// server the user set wins, with a warning: the URI may say `localhost`
 /// or a name only the sender's network knows, and it may come from anyone.
-pub fn receiver_target(
-    arg: &ServerArg,
-    given: &str,
-    out: &Output,
-) -> Result<(String, Code)> {
+pub fn receiver_target(arg: &ServerArg, given: &str, out: &Output) -> Result<(String, Code)> {
     let server_arg = &arg.server;
     if !crate::uri::looks_like_uri(given) {
         let server = server_spec(arg).map_err(|e| {
@@ -128,7 +124,9 @@ pub fn receiver_target(
         return Ok((spec, uri.code));
     }
     let server = server_spec(arg)?;
-    let addr = server.split_once('#').map_or(server.as_str(), |(addr, _)| addr);
+    let addr = server
+        .split_once('#')
+        .map_or(server.as_str(), |(addr, _)| addr);
     let same = crate::uri::Server::parse(addr).is_ok_and(|set| set == uri.server);
     if !same {
         let message = format!(

@@ -573,8 +573,14 @@ mod tests {
         assert_eq!(back.pin.as_deref(), Some(pin.as_str()));
         assert_eq!(back.to_string(), uri);
         // Capitals are lowered; other TLS settings stay the receiver's own.
-        let upper = format!("ferry://example.org/7-orbit-lantern#sha256={}", pin.to_uppercase());
-        assert_eq!(FerryUri::parse(&upper).unwrap().pin.as_deref(), Some(pin.as_str()));
+        let upper = format!(
+            "ferry://example.org/7-orbit-lantern#sha256={}",
+            pin.to_uppercase()
+        );
+        assert_eq!(
+            FerryUri::parse(&upper).unwrap().pin.as_deref(),
+            Some(pin.as_str())
+        );
         assert_eq!(
             to_uri("example.org:443#tls", &code()).unwrap(),
             format!("ferry://example.org/{}", code())
@@ -582,7 +588,10 @@ mod tests {
         for bad in [
             "ferry://example.org/7-orbit-lantern#sha256=abcd".to_string(),
             format!("ferry://example.org/7-orbit-lantern#sha256={pin}#x"),
-            format!("ferry://example.org/7-orbit-lantern#sha256={}", "zz".repeat(32)),
+            format!(
+                "ferry://example.org/7-orbit-lantern#sha256={}",
+                "zz".repeat(32)
+            ),
         ] {
             assert_eq!(FerryUri::parse(&bad), Err(UriError::Fragment), "{bad}");
         }

@@ -101,7 +101,13 @@ fn a_whole_transfer_through_the_relay_runs_inside_tls_verified_against_a_test_ca
     let ca = ca.to_str().unwrap();
     let (mut send, code) = start_send(
         &server,
-        &["--tls-ca", ca, "--force-path", "relay", file.to_str().unwrap()],
+        &[
+            "--tls-ca",
+            ca,
+            "--force-path",
+            "relay",
+            file.to_str().unwrap(),
+        ],
     );
     let mut recv = start_receive(
         &server,
@@ -128,7 +134,10 @@ fn a_certificate_from_another_ca_is_refused_and_never_falls_back_to_plain() {
         .args(["--text", "x"]);
     let mut send = Proc::spawn(cmd);
     assert_eq!(send.finish(), 4, "{:?}", send.seen);
-    let message = send.events("error")[0]["message"].as_str().unwrap().to_string();
+    let message = send.events("error")[0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(message.contains("TLS handshake"), "{message}");
     assert!(message.contains("not valid"), "{message}");
     assert!(send.events("code").is_empty(), "{:?}", send.seen);
@@ -168,13 +177,26 @@ fn a_self_signed_server_works_with_its_pin_and_a_wrong_pin_is_refused_clearly() 
 
     let wrong = "ab".repeat(32);
     let mut cmd = ferry();
-    cmd.args(["send", "--json", "--server", &server.addr, "--server-sha256", &wrong])
-        .args(["--text", "x"]);
+    cmd.args([
+        "send",
+        "--json",
+        "--server",
+        &server.addr,
+        "--server-sha256",
+        &wrong,
+    ])
+    .args(["--text", "x"]);
     let mut send = Proc::spawn(cmd);
     assert_eq!(send.finish(), 4, "{:?}", send.seen);
-    let message = send.events("error")[0]["message"].as_str().unwrap().to_string();
+    let message = send.events("error")[0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(message.contains(&format!("fingerprint {pin}")), "{message}");
-    assert!(message.contains(&format!("not the pinned {wrong}")), "{message}");
+    assert!(
+        message.contains(&format!("not the pinned {wrong}")),
+        "{message}"
+    );
 }
 
 #[test]
@@ -214,10 +236,21 @@ fn plain_clients_keep_working_on_a_tls_port_and_through_its_relay() {
 fn a_tls_client_of_a_plain_server_is_told_the_server_speaks_no_tls() {
     let server = Server::start();
     let mut cmd = ferry();
-    cmd.args(["send", "--json", "--server", &server.addr, "--tls", "--text", "x"]);
+    cmd.args([
+        "send",
+        "--json",
+        "--server",
+        &server.addr,
+        "--tls",
+        "--text",
+        "x",
+    ]);
     let mut send = Proc::spawn(cmd);
     assert_eq!(send.finish(), 4, "{:?}", send.seen);
-    let message = send.events("error")[0]["message"].as_str().unwrap().to_string();
+    let message = send.events("error")[0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(message.contains("TLS"), "{message}");
 }
 
@@ -258,7 +291,10 @@ fn sighup_reloads_the_certificate_for_new_connections_and_keeps_it_on_a_bad_file
     let new_pin = pin_of_second(dir.path());
     assert_ne!(new_pin, old_pin);
     wait_until_pin_works(&addr, &new_pin);
-    assert!(!pin_works(&addr, &old_pin), "the old certificate is still served");
+    assert!(
+        !pin_works(&addr, &old_pin),
+        "the old certificate is still served"
+    );
 
     // A broken file: logged, and the certificate in use stays.
     std::fs::write(&live.cert, "not a certificate").unwrap();
@@ -299,13 +335,20 @@ fn pin_works(addr: &str, pin: &str) -> bool {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async { ferry_rendezvous::SignalClient::connect(&server).await.is_ok() })
+    runtime.block_on(async {
+        ferry_rendezvous::SignalClient::connect(&server)
+            .await
+            .is_ok()
+    })
 }
 
 fn wait_until_pin_works(addr: &str, pin: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !pin_works(addr, pin) {
-        assert!(Instant::now() < deadline, "the new certificate was never served");
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -347,7 +390,10 @@ fn a_pin_from_the_environment_or_the_client_file_is_checked_as_one_on_the_comman
     std::fs::create_dir(config.path().join("ferry")).unwrap();
     std::fs::write(
         config.path().join("ferry/config.toml"),
-        format!("server = \"{}\"\nserver_sha256 = \"{wrong}\"\n", server.addr),
+        format!(
+            "server = \"{}\"\nserver_sha256 = \"{wrong}\"\n",
+            server.addr
+        ),
     )
     .unwrap();
     let from_file = {
@@ -358,21 +404,39 @@ fn a_pin_from_the_environment_or_the_client_file_is_checked_as_one_on_the_comman
     };
     let from_env = {
         let mut cmd = ferry();
-        cmd.env("FERRY_SERVER_SHA256", &wrong)
-            .args(["send", "--json", "--server", &server.addr, "--text", "x"]);
+        cmd.env("FERRY_SERVER_SHA256", &wrong).args([
+            "send",
+            "--json",
+            "--server",
+            &server.addr,
+            "--text",
+            "x",
+        ]);
         cmd
     };
     for cmd in [from_file, from_env] {
         let mut send = Proc::spawn(cmd);
         assert_eq!(send.finish(), 4, "{:?}", send.seen);
-        let message = send.events("error")[0]["message"].as_str().unwrap().to_string();
-        assert!(message.contains(&format!("not the pinned {wrong}")), "{message}");
+        let message = send.events("error")[0]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            message.contains(&format!("not the pinned {wrong}")),
+            "{message}"
+        );
     }
     // And the right pin from the environment works.
     let pin = fingerprint(&server);
     let mut cmd = ferry();
-    cmd.env("FERRY_SERVER_SHA256", &pin)
-        .args(["send", "--json", "--server", &server.addr, "--text", "x"]);
+    cmd.env("FERRY_SERVER_SHA256", &pin).args([
+        "send",
+        "--json",
+        "--server",
+        &server.addr,
+        "--text",
+        "x",
+    ]);
     let mut send = Proc::spawn(cmd);
     send.wait_event("code", Duration::from_secs(30));
 }

@@ -224,7 +224,9 @@ impl RelayServer {
                 let _open = open;
                 match Carrier::accept(stream, tls.as_ref()).await {
                     Ok(stream) => relay.serve_one(stream, peer).await,
-                    Err(error) => debug!(%peer, %error, "relay connection ended before its first line"),
+                    Err(error) => {
+                        debug!(%peer, %error, "relay connection ended before its first line")
+                    }
                 }
             })
         };

@@ -83,7 +83,9 @@ pub enum TlsError {
         source: io::Error,
     },
     /// A file held no usable PEM of the kind needed.
-    #[error("{path} holds no {what} in PEM form ({reason}); give a PEM file such as Let's Encrypt's fullchain.pem / privkey.pem")]
+    #[error(
+        "{path} holds no {what} in PEM form ({reason}); give a PEM file such as Let's Encrypt's fullchain.pem / privkey.pem"
+    )]
     Pem {
         /// "certificate", "private key".
         what: &'static str,
@@ -329,7 +331,12 @@ fn load_files(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
     )
 }
 
-fn load_pem(cert: &[u8], key: &[u8], cert_path: &Path, key_path: &Path) -> Result<Loaded, TlsError> {
+fn load_pem(
+    cert: &[u8],
+    key: &[u8],
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<Loaded, TlsError> {
     let chain = read_certificates(cert, cert_path)?;
     let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Pem {
         what: "private key",
@@ -548,14 +555,16 @@ impl ClientTls {
             Some(rustls::Error::InvalidCertificate(why)) => format!(
                 "its certificate is not valid ({why:?}){}",
                 match self.trust {
-                    Trust::PublicRoots => "; for a self-signed server pin its fingerprint \
+                    Trust::PublicRoots =>
+                        "; for a self-signed server pin its fingerprint \
                                            (HOST:PORT#sha256=..., `ferry serve` prints it), \
                                            for a private CA give --tls-ca FILE",
                     Trust::CaFile(_) => "; is it signed by the CA in --tls-ca?",
                     Trust::Pin(_) => "",
                 }
             ),
-            Some(rustls::Error::InvalidMessage(_)) | Some(rustls::Error::InappropriateMessage { .. }) => {
+            Some(rustls::Error::InvalidMessage(_))
+            | Some(rustls::Error::InappropriateMessage { .. }) => {
                 "it did not answer in TLS; an older or plain server (e.g. a lab server) speaks \
                  plain TCP only: drop #sha256=/#tls (and --tls) for it"
                     .to_string()
@@ -659,7 +668,13 @@ mod tests {
         ] {
             assert_eq!(ServerSpec::parse(&spec).unwrap().to_string(), spec);
         }
-        let colons = pin.to_uppercase().as_bytes().chunks(2).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join(":");
+        let colons = pin
+            .to_uppercase()
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
         let spec = ServerSpec::parse(&format!("h:1#sha256={colons}")).unwrap();
         assert_eq!(spec.trust, Some(Trust::Pin([0xab; 32])));
         assert_eq!(ServerSpec::parse("[::1]:443").unwrap().host(), "::1");
@@ -670,6 +685,9 @@ mod tests {
         let bad = ServerSpec::parse("h:1#sha256=12").unwrap_err();
         assert!(bad.to_string().contains("64 hex digits"), "{bad}");
         let bad = ServerSpec::parse("h:1#https").unwrap_err();
-        assert!(bad.to_string().contains("sha256=HEX, tls or tls-ca=FILE"), "{bad}");
+        assert!(
+            bad.to_string().contains("sha256=HEX, tls or tls-ca=FILE"),
+            "{bad}"
+        );
     }
 }

@@ -25,8 +25,8 @@ use ferry_proto::signal::{
     ClientToServer, ErrorCode, FrameError, MAX_FRAME, PROTOCOL_VERSION, ReleaseReason,
     ServerToClient, decode_frame, encode_frame,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ferry_relay::{Carrier, ClientTls, RelayTls, ServerSpec, TlsError, Trust};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;

@@ -11,7 +11,10 @@
 //!     arrives; the rest close at once)
 //!   - accept errors back off (up to 1 s)
 //!   - spawns connection(), one task per TCP connection
-//! connection(): reads frames (64 KiB limit, checked before buffering more)
+//! connection(): with TLS configured (ServerConfig::tls), first tells a
+//!   TLS client from a plain one by the first byte (ferry_relay::Carrier::
+//!   accept: at most PEEK_WAIT, 10 s, while holding the permit and the
+//!   bucket slot) and runs the TLS handshake; then, either way, reads frames (64 KiB limit, checked before buffering more)
 //!   -> ActorMsg to the actor; writes the frames the actor encodes for it
 //!   (queue bounded in bytes, OUTBOUND_BYTES; a client that does not keep
 //!   up is dropped). An idle connection holds no read or write buffer:

@@ -93,8 +93,14 @@ async fn a_wrong_pin_is_a_tls_error_that_names_both_fingerprints() {
         panic!("{error:?}")
     };
     assert!(reason.contains(&format!("fingerprint {pin}")), "{reason}");
-    assert!(reason.contains(&format!("not the pinned {wrong}")), "{reason}");
-    assert!(!error.is_connection_lost(), "not retried as if the server were down");
+    assert!(
+        reason.contains(&format!("not the pinned {wrong}")),
+        "{reason}"
+    );
+    assert!(
+        !error.is_connection_lost(),
+        "not retried as if the server were down"
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -137,13 +143,25 @@ async fn a_reload_serves_the_new_certificate_to_new_connections() {
     write(&rcgen::generate_simple_self_signed(names).unwrap());
     let new = tls.reload().unwrap();
     assert_ne!(new, old);
-    assert!(SignalClient::connect(&format!("{addr}#sha256={new}")).await.is_ok());
-    assert!(SignalClient::connect(&format!("{addr}#sha256={old}")).await.is_err());
+    assert!(
+        SignalClient::connect(&format!("{addr}#sha256={new}"))
+            .await
+            .is_ok()
+    );
+    assert!(
+        SignalClient::connect(&format!("{addr}#sha256={old}"))
+            .await
+            .is_err()
+    );
     // A file that does not load leaves the certificate in use.
     std::fs::write(&cert, "garbage").unwrap();
     assert!(tls.reload().is_err());
     assert_eq!(tls.fingerprint(), new);
-    assert!(SignalClient::connect(&format!("{addr}#sha256={new}")).await.is_ok());
+    assert!(
+        SignalClient::connect(&format!("{addr}#sha256={new}"))
+            .await
+            .is_ok()
+    );
     drop(kept);
     server.shutdown().await.unwrap();
 }

@@ -223,6 +223,15 @@ pub async fn sender(
     out: &Output,
 ) -> Result<PeerLink> {
     let sender = Sender::start_with(server, code, options, |w| show_waiting(out, w)).await?;
+    let welcome = sender.welcome();
+    if welcome.tls_offered && !welcome.tls {
+        let message = "this server offers TLS on the same port, which hides the code's nameplate \
+                       and the relay token from the network: add --tls (a certificate from a \
+                       public CA) or --server HOST:PORT#sha256=... (a self-signed one; `ferry \
+                       serve` prints it)";
+        out.event("note", json!({"message": message}));
+        out.say(format!("Note: {message}"));
+    }
     // The URI (and QR code) carries the pin, if any: the receiver then
     // checks the same certificate without typing it.
     let uri = crate::uri::to_uri(server, sender.code());

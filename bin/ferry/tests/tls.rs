@@ -223,6 +223,14 @@ fn plain_clients_keep_working_on_a_tls_port_and_through_its_relay() {
     let dir = tempfile::tempdir().unwrap();
     let pem = self_signed(dir.path(), "self");
     let server = tls_server(&pem);
+    // A plain sender is told TLS is there.
+    let (mut send, _) = start_send(&server, &["--text", "x"]);
+    let note = send.events("note");
+    assert!(
+        note[0]["message"].as_str().unwrap().contains("offers TLS"),
+        "{note:?}"
+    );
+    send.kill();
     // One side plain, the other in TLS, meeting at the same relay.
     let pin = fingerprint(&server);
     text_goes_through(

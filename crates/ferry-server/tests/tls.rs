@@ -1,7 +1,8 @@
 //! TLS on the server port, in-process on 127.0.0.1: a pinned client gets
 //! TLS and the relay inside it, a plain client on the same port stays
 //! plain and is told TLS is there, a wrong pin is an error (never plain),
-//! and a reload serves the new certificate to new connections.
+//! a reload serves the new certificate to new connections, and a silent
+//! connection is let go after the bounded first-byte wait.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -163,5 +164,28 @@ async fn a_reload_serves_the_new_certificate_to_new_connections() {
             .is_ok()
     );
     drop(kept);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_connection_on_a_tls_port_is_let_go_after_the_first_byte_wait() {
+    let (server, _) = tls_server().await;
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(server.signal_addr())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = timeout(
+        ferry_relay::tls::PEEK_WAIT + Duration::from_secs(5),
+        silent.read(&mut buf),
+    )
+    .await
+    .expect("closed within the wait");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited + Duration::from_millis(500) >= ferry_relay::tls::PEEK_WAIT,
+        "{waited:?}"
+    );
     server.shutdown().await.unwrap();
 }

@@ -241,6 +241,8 @@ pub struct NatArgs {
 pub struct ServerArg {
     /// Rendezvous server as HOST:PORT (port 443 when left out). Run one
     /// with `ferry serve`.
+    /// HOST:PORT#sha256=HEX pins the server's TLS certificate (as
+    /// --server-sha256 does).
     #[arg(long, short = 's', env = "FERRY_SERVER", value_name = "HOST:PORT")]
     pub server: Option<String>,
 
@@ -255,6 +257,24 @@ pub struct ServerArg {
     /// why).
     #[arg(long, value_name = "URL")]
     pub proxy: Option<String>,
+
+    /// Reach the server in TLS and accept only the certificate with this
+    /// SHA-256 (hex, colons allowed): for a self-signed server, whose
+    /// `ferry serve` prints it. A mismatch is an error, never plain.
+    #[arg(long, env = "FERRY_SERVER_SHA256", value_name = "HEX")]
+    pub server_sha256: Option<String>,
+
+    /// Reach the server in TLS, its certificate checked against the
+    /// public roots (Mozilla's, built in) for its name: for a server with
+    /// a certificate from a public CA such as Let's Encrypt. Without
+    /// this, --server-sha256 or --tls-ca the connection is plain TCP.
+    #[arg(long, env = "FERRY_TLS")]
+    pub tls: bool,
+
+    /// Reach the server in TLS, its certificate checked against the CA
+    /// certificates in FILE (PEM): for a private CA.
+    #[arg(long, env = "FERRY_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// `ferry send`.
@@ -526,7 +546,37 @@ pub struct ServeArgs {
     pub metrics: Option<SocketAddr>,
 
     #[command(flatten)]
+    pub tls: TlsArgs,
+
+    /// With --relay-url: that relay runs TLS on its port (`ferry relay
+    /// --tls-cert`); clients that reach this server in TLS join it in
+    /// TLS too, checking it as they checked this server.
+    #[arg(long, requires = "relay_url")]
+    pub relay_tls: bool,
+
+    /// With --relay-tls: the SHA-256 of that relay's self-signed
+    /// certificate (what its `ferry relay` prints), told to clients over
+    /// TLS only.
+    #[arg(long, value_name = "HEX", requires = "relay_tls")]
+    pub relay_sha256: Option<String>,
+
+    #[command(flatten)]
     pub relay: RelayLimitArgs,
+}
+
+/// TLS on the server port, for `ferry serve` and `ferry relay`.
+#[derive(Debug, Args, Clone)]
+pub struct TlsArgs {
+    /// Run TLS on the TCP port with this certificate chain (PEM, leaf
+    /// first, e.g. Let's Encrypt's fullchain.pem); plain clients keep
+    /// working on the same port. Read again on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM, e.g. privkey.pem). Read again
+    /// on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The relay's limits, for `ferry serve` and `ferry relay`.
@@ -619,6 +669,9 @@ pub struct RelayArgs {
     /// private address, never to a public one.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     #[command(flatten)]
     pub relay: RelayLimitArgs,

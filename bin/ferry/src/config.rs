@@ -711,6 +711,45 @@ mod tests {
         assert_eq!(env("listen").as_deref(), Some("FERRY_LISTEN"));
         assert_eq!(env("config").as_deref(), Some("FERRY_CONFIG"));
         assert_eq!(env("print_config"), None);
+        assert_eq!(env("tls_cert").as_deref(), Some("FERRY_TLS_CERT"));
+        assert_eq!(env("tls_key").as_deref(), Some("FERRY_TLS_KEY"));
+        assert_eq!(env("relay_sha256").as_deref(), Some("FERRY_RELAY_SHA256"));
+        let relay = command.find_subcommand("relay").unwrap();
+        assert!(
+            relay
+                .get_arguments()
+                .any(|a| a.get_env().is_some_and(|e| e == "FERRY_TLS_CERT"))
+        );
         command.clone().debug_assert();
+    }
+
+    #[test]
+    fn the_tls_keys_round_trip_through_both_files() {
+        let (_dir, path) =
+            file("tls_cert = \"/etc/ferry/fullchain.pem\"\ntls-key = \"/etc/ferry/privkey.pem\"\n");
+        let args = serve(&["serve", "--config", &path], &no_env);
+        assert_eq!(args.tls.tls_cert, Some("/etc/ferry/fullchain.pem".into()));
+        assert_eq!(args.tls.tls_key, Some("/etc/ferry/privkey.pem".into()));
+        let (_dir, path) = file("tls_cert = \"/etc/ferry/fullchain.pem\"\n");
+        let error = parse_from(argv(&["serve", "--config", &path]), &no_env).unwrap_err();
+        assert!(error.to_string().contains("--tls-key"), "{error}");
+        let pin = "ab".repeat(32);
+        let text = format!(
+            "server = \"h:1\"\nserver_sha256 = \"{pin}\"\n[receive]\ntls_ca = \"/etc/ca.pem\"\n"
+        );
+        let (_dir, env) = client(&text);
+        let Command::Send(args) = run(&["send", "f"], &env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(args.server.server_sha256.as_deref(), Some(pin.as_str()));
+        let Command::Receive(args) = run(&["receive"], &env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(args.server.tls_ca, Some("/etc/ca.pem".into()));
+        let (_dir, env) = client("tls = true\n");
+        let Command::Nat(args) = run(&["nat"], &env).unwrap() else {
+            panic!()
+        };
+        assert!(args.server.tls);
     }
 }

@@ -208,7 +208,7 @@ struct PeersReport {
 
 /// Runs `ferry nat`.
 pub async fn run(args: NatArgs, out: &mut Output) -> Result<()> {
-    let server = session::server_address(&args.server.server)?;
+    let server = session::server_spec(&args.server)?;
     let proxy = session::proxy_rules(&args.server.proxy)?;
     let report = check(&server, args.stun_port, args.gateway, proxy).await?;
     if out.is_json() {
@@ -265,6 +265,9 @@ pub async fn check(
             class: i.class,
         })
         .collect();
+    // The spec may carry TLS after '#': names and addresses without it.
+    let spec = server;
+    let server = server.split_once('#').map_or(server, |(addr, _)| addr);
     let host = server
         .rsplit_once(':')
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
@@ -277,8 +280,8 @@ pub async fn check(
             .ok()
             .and_then(|target| Some((proxy?.select(&target.host)?.clone(), target)));
         let rendezvous = match &through {
-            Some((proxy, target)) => check_rendezvous_via(server, proxy, target).await,
-            None => check_rendezvous(server).await,
+            Some((proxy, target)) => check_rendezvous_via(spec, proxy, target).await,
+            None => check_rendezvous(spec).await,
         };
         let stun_port = stun_port
             .or(rendezvous.stun_port)
@@ -461,7 +464,8 @@ async fn check_rendezvous_via(
 /// Connects to the rendezvous server from a reusable local port (STUN
 /// over TCP then asks from the same port), timing the TCP connect and the
 /// hello-to-welcome exchange.
-async fn check_rendezvous(server: &str) -> Rendezvous {
+async fn check_rendezvous(spec: &str) -> Rendezvous {
+    let server = spec.split_once('#').map_or(spec, |(addr, _)| addr);
     let failed = |error: String, timing| Rendezvous {
         report: RendezvousReport {
             error: Some(error),
@@ -506,7 +510,7 @@ async fn check_rendezvous(server: &str) -> Rendezvous {
         return failed(crate::advice::signal_text(&e), (None, None));
     };
     let started = Instant::now();
-    match SignalClient::connect_over(server, Some(stream)).await {
+    match SignalClient::connect_over(spec, Some(stream)).await {
         Ok((client, welcome)) => Rendezvous {
             report: RendezvousReport {
                 reachable: true,

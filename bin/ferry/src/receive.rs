@@ -20,8 +20,7 @@ use crate::session::{self, Reconnect};
 /// Runs `ferry receive`.
 pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
     let given = session::receiver_code(args.code.as_deref(), args.code_file.as_deref()).await?;
-    let (server, code): (String, Code) =
-        session::receiver_target(&args.server.server, &given, out)?;
+    let (server, code): (String, Code) = session::receiver_target(&args.server, &given, out)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create the output folder {}", args.out.display()))
         .map_err(|e| Failure::local(format!("{e:#}")))?;

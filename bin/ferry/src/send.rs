@@ -15,7 +15,7 @@ use ferry_limits::Throttled;
 
 /// Runs `ferry send`.
 pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
-    let server = session::server_address(&args.server.server)?;
+    let server = session::server_spec(&args.server)?;
     let options = ferry_session::SessionOptions {
         proxy: session::proxy_rules(&args.server.proxy)?,
         ..args.path.options()

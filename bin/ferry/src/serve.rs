@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ferry_relay::token::SECRET_HOWTO;
-use ferry_relay::{RelayConfig, TokenKey};
+use ferry_relay::{RelayConfig, ServerTls, TokenKey, Trust};
 use ferry_server::{
     RelayMode, RelayNode, RelayNodeConfig, Server, ServerConfig, StartError, StunConfig,
 };
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::cli::{RelayArgs, RelayLimitArgs, ServeArgs};
+use crate::cli::{RelayArgs, RelayLimitArgs, ServeArgs, TlsArgs};
 use crate::exit::Failure;
 use crate::output::Output;
 
@@ -62,7 +62,11 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
         relay,
         relay_token_ttl: Duration::from_secs(args.relay_token_ttl),
         metrics: args.metrics,
+        tls: load_tls(&args.tls)?,
+        relay_tls: args.relay_tls,
+        relay_sha256: args.relay_sha256.as_deref().map(relay_pin).transpose()?,
     };
+    let tls = config.tls.clone();
     let server = Server::start(config).await.map_err(|e| match e {
         StartError::Listen { source, addr } if Some(addr) == args.metrics => {
             bind_failure(&source, &addr.to_string(), "--metrics")
@@ -87,14 +91,18 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
     let stun_addrs: Vec<String> = listening.stun.iter().map(ToString::to_string).collect();
     let relay_url = listening.relay_url.clone();
     let metrics = listening.metrics;
+    let fingerprint = listening.tls_fingerprint.clone();
     out.event(
         "listening",
-        json!({"signal": local.to_string(), "stun": stun_addrs, "rfc5780": rfc5780, "relay": relay_here, "relay_url": relay_url, "metrics": metrics.map(|a| a.to_string())}),
+        json!({"signal": local.to_string(), "stun": stun_addrs, "rfc5780": rfc5780, "relay": relay_here, "relay_url": relay_url, "metrics": metrics.map(|a| a.to_string()), "tls": fingerprint.is_some(), "tls_sha256": fingerprint}),
     );
     out.say(format!(
         "ferry rendezvous server listening on {local} (TCP){}",
         if relay_here { ", relaying too" } else { "" }
     ));
+    if let Some(fingerprint) = &fingerprint {
+        out.say(tls_line(fingerprint, local.port()));
+    }
     if let Some(url) = &relay_url {
         out.say(format!("Clients relay through {url} (`ferry relay` there)"));
     }
@@ -113,7 +121,11 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
         ));
     }
 
+    let reloading = tls.map(reload_on_hangup);
     shutdown_signal().await;
+    if let Some(reloading) = reloading {
+        reloading.abort();
+    }
     info!("shutting down");
     server.shutdown().await?;
     Ok(())
@@ -131,7 +143,9 @@ pub async fn run_relay(args: RelayArgs, out: &mut Output) -> Result<()> {
         },
         key,
         metrics: args.metrics,
+        tls: load_tls(&args.tls)?,
     };
+    let tls = config.tls.clone();
     let relay = RelayNode::start(config).await.map_err(|e| match e {
         StartError::Listen { source, addr } if Some(addr) == args.metrics => {
             bind_failure(&source, &addr.to_string(), "--metrics")
@@ -143,19 +157,30 @@ pub async fn run_relay(args: RelayArgs, out: &mut Output) -> Result<()> {
     })?;
     let local = relay.addr();
     let metrics = relay.metrics_addr();
+    let fingerprint = tls.as_ref().map(ServerTls::fingerprint);
     out.event(
         "listening",
-        json!({"relay": local.to_string(), "metrics": metrics.map(|a| a.to_string())}),
+        json!({"relay": local.to_string(), "metrics": metrics.map(|a| a.to_string()), "tls": fingerprint.is_some(), "tls_sha256": fingerprint}),
     );
     out.say(format!(
         "ferry relay listening on {local} (TCP); give the rendezvous server \
          --relay-url THIS-HOST:{} and the same secret file",
         local.port()
     ));
+    if let Some(fingerprint) = &fingerprint {
+        out.say(format!(
+            "TLS on this port too; its certificate's SHA-256: {fingerprint} (for a self-signed \
+             relay, give the rendezvous server --relay-tls --relay-sha256 {fingerprint})"
+        ));
+    }
     if let Some(metrics) = metrics {
         out.say(metrics_line(metrics));
     }
+    let reloading = tls.map(reload_on_hangup);
     shutdown_signal().await;
+    if let Some(reloading) = reloading {
+        reloading.abort();
+    }
     info!(
         "shutting down: no new connections; open transfers have {} s to finish",
         args.shutdown_grace
@@ -172,6 +197,66 @@ pub async fn run_relay(args: RelayArgs, out: &mut Output) -> Result<()> {
         "relay stopped"
     );
     Ok(())
+}
+
+/// Loads `--tls-cert` and `--tls-key`, if given.
+fn load_tls(args: &TlsArgs) -> Result<Option<ServerTls>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    ServerTls::load(cert, key)
+        .map(Some)
+        .map_err(|e| Failure::local(format!("{e}; check --tls-cert and --tls-key")))
+}
+
+/// Checks `--relay-sha256`; returns it as lowercase hex.
+fn relay_pin(pin: &str) -> Result<String> {
+    match Trust::pin(pin) {
+        Ok(Trust::Pin(bytes)) => Ok(hex::encode(bytes)),
+        Ok(_) => Err(Failure::usage("--relay-sha256 wants 64 hex digits")),
+        Err(e) => Err(Failure::usage(format!("--relay-sha256: {e}"))),
+    }
+}
+
+/// The line that tells how clients reach this server in TLS.
+fn tls_line(fingerprint: &str, port: u16) -> String {
+    format!(
+        "TLS on this port too (plain clients still served); its certificate's SHA-256: \
+         {fingerprint}. Clients: --server HOST:{port} --tls for a certificate from a public CA, \
+         or --server HOST:{port}#sha256={fingerprint} for a self-signed one"
+    )
+}
+
+/// Reads the certificate and key again on every SIGHUP: new connections
+/// get the new certificate; files that do not load are logged and the
+/// old certificate stays.
+fn reload_on_hangup(tls: ServerTls) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+                warn!("cannot listen for SIGHUP: the TLS certificate will not be reloaded");
+                return;
+            };
+            while hangup.recv().await.is_some() {
+                match tls.reload() {
+                    Ok(fingerprint) => info!(
+                        tls_sha256 = %fingerprint,
+                        "SIGHUP: reloaded the TLS certificate; new connections get it"
+                    ),
+                    Err(error) => warn!(
+                        %error,
+                        "SIGHUP: the TLS certificate did not load; still using the old one"
+                    ),
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tls;
+        }
+    })
 }
 
 /// What `--metrics` serves, and a warning when it is reachable from

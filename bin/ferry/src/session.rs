@@ -12,6 +12,7 @@ use ferry_session::{MendError, MendEvent, Mender, PathEnd, PeerLink, SessionOpti
 use ferry_transfer::TransferError;
 use serde_json::json;
 
+use crate::cli::ServerArg;
 use crate::escape;
 use crate::exit::Failure;
 use crate::output::Output;
@@ -81,18 +82,64 @@ fn proxy_rules_from(
     Ok(Some(Box::leak(Box::new(rules))))
 }
 
+/// The server spec the session dials: [`server_address`] of `--server`,
+/// with the TLS the options ask for (`#sha256=HEX` on --server or
+/// --server-sha256, --tls, --tls-ca; see `ferry_relay::tls`). None of
+/// them: plain TCP, as lab and older servers speak.
+pub fn server_spec(arg: &ServerArg) -> Result<String> {
+    let given = arg.server.as_deref().unwrap_or_default();
+    let (addr, fragment) = match given.split_once('#') {
+        Some((addr, fragment)) => (addr, Some(fragment.to_string())),
+        None => (given, None),
+    };
+    let addr = server_address(&Some(addr.to_string()))?;
+    with_trust(&addr, fragment, arg)
+}
+
+/// `addr` with the trust of `fragment` (from --server or a URI) or of the
+/// TLS options; two different ones are a usage error, not a guess.
+fn with_trust(addr: &str, fragment: Option<String>, arg: &ServerArg) -> Result<String> {
+    let mut asked: Vec<(String, &str)> = Vec::new();
+    if let Some(fragment) = fragment {
+        asked.push((fragment, "--server HOST:PORT#..."));
+    }
+    if let Some(pin) = &arg.server_sha256 {
+        asked.push((format!("sha256={}", pin.trim()), "--server-sha256"));
+    }
+    if arg.tls {
+        asked.push(("tls".into(), "--tls"));
+    }
+    if let Some(ca) = &arg.tls_ca {
+        asked.push((format!("tls-ca={}", ca.display()), "--tls-ca"));
+    }
+    let spec = match asked.as_slice() {
+        [] => return Ok(addr.to_string()),
+        [(fragment, _)] => format!("{addr}#{fragment}"),
+        [(first, a), (second, b), ..] => {
+            return Err(Failure::usage(format!(
+                "{a} and {b} both say how to check the server's TLS certificate ({} and {}); keep one (a pin, --tls or --tls-ca)",
+                escape::line(first),
+                escape::line(second)
+            )));
+        }
+    };
+    ferry_relay::ServerSpec::parse(&spec)
+        .map(|spec| spec.to_string())
+        .map_err(|e| Failure::usage(escape::line(&e.to_string())))
+}
+
 /// The receiver's server and code from what the user gave: a code with
 /// `--server` (or `FERRY_SERVER`), or a `ferry://` URI, which names the
 /// server itself. Given both a server and a URI naming another one, the
 /// server the user set wins, with a warning: the URI may say `localhost`
 /// or a name only the sender's network knows, and it may come from anyone.
-pub fn receiver_target(
-    server_arg: &Option<String>,
-    given: &str,
-    out: &Output,
-) -> Result<(String, Code)> {
+pub fn receiver_target(arg: &ServerArg, given: &str, out: &Output) -> Result<(String, Code)> {
+    let server_arg = &arg.server;
     if !crate::uri::looks_like_uri(given) {
-        let server = server_address(server_arg).map_err(|_| {
+        let server = server_spec(arg).map_err(|e| {
+            if server_arg.as_deref().is_some_and(|s| !s.trim().is_empty()) {
+                return e;
+            }
             Failure::usage(
                 "no rendezvous server given: pass --server HOST:PORT, set FERRY_SERVER, \
                  or give the ferry://HOST:PORT/CODE URI (`ferry send --qr` shows it) \
@@ -110,10 +157,17 @@ pub fn receiver_target(
     let uri = crate::uri::FerryUri::parse(given).map_err(|e| Failure::usage(e.explained()))?;
     let named = uri.server.address();
     if server_arg.as_deref().is_none_or(|s| s.trim().is_empty()) {
-        return Ok((named, uri.code));
+        // The URI's pin, unless the options say how to check the server.
+        let pinned = uri.pin.as_ref().map(|pin| format!("sha256={pin}"));
+        let own = arg.server_sha256.is_some() || arg.tls || arg.tls_ca.is_some();
+        let spec = with_trust(&named, pinned.filter(|_| !own), arg)?;
+        return Ok((spec, uri.code));
     }
-    let server = server_address(server_arg)?;
-    let same = crate::uri::Server::parse(&server).is_ok_and(|set| set == uri.server);
+    let server = server_spec(arg)?;
+    let addr = server
+        .split_once('#')
+        .map_or(server.as_str(), |(addr, _)| addr);
+    let same = crate::uri::Server::parse(addr).is_ok_and(|set| set == uri.server);
     if !same {
         let message = format!(
             "the URI names the server {named}, but --server (or FERRY_SERVER) says {}; \
@@ -209,6 +263,17 @@ pub async fn sender(
     out: &Output,
 ) -> Result<PeerLink> {
     let sender = Sender::start_with(server, code, options, |w| show_waiting(out, w)).await?;
+    let welcome = sender.welcome();
+    if welcome.tls_offered && !welcome.tls {
+        let message = "this server offers TLS on the same port, which hides the code's nameplate \
+                       and the relay token from the network: add --tls (a certificate from a \
+                       public CA) or --server HOST:PORT#sha256=... (a self-signed one; `ferry \
+                       serve` prints it)";
+        out.event("note", json!({"message": message}));
+        out.say(format!("Note: {message}"));
+    }
+    // The URI (and QR code) carries the pin, if any: the receiver then
+    // checks the same certificate without typing it.
     let uri = crate::uri::to_uri(server, sender.code());
     let code = sender.code().to_string();
     // The code is left out of the command: pasted as an argument, it would
@@ -486,6 +551,46 @@ fn describe_break(error: &TransferError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_spec_carries_one_way_to_check_tls_or_none() {
+        let arg = |server: &str| ServerArg {
+            server: Some(server.to_string()),
+            proxy: None,
+            server_sha256: None,
+            tls: false,
+            tls_ca: None,
+        };
+        let pin = "ab".repeat(32);
+        assert_eq!(server_spec(&arg("example.org")).unwrap(), "example.org:443");
+        assert_eq!(
+            server_spec(&arg(&format!("example.org#sha256={}", pin.to_uppercase()))).unwrap(),
+            format!("example.org:443#sha256={pin}")
+        );
+        let tls = ServerArg {
+            tls: true,
+            ..arg("[::1]:8443")
+        };
+        assert_eq!(server_spec(&tls).unwrap(), "[::1]:8443#tls");
+        let ca = ServerArg {
+            tls_ca: Some("/etc/ca.pem".into()),
+            ..arg("h:1")
+        };
+        assert_eq!(server_spec(&ca).unwrap(), "h:1#tls-ca=/etc/ca.pem");
+        // Two ways at once, or a bad pin: usage errors that say which.
+        let both = ServerArg {
+            server_sha256: Some(pin.clone()),
+            ..tls.clone()
+        };
+        let error = server_spec(&both).unwrap_err().to_string();
+        assert!(error.contains("--server-sha256 and --tls"), "{error}");
+        let bad = ServerArg {
+            server_sha256: Some("12".into()),
+            ..arg("h:1")
+        };
+        let error = server_spec(&bad).unwrap_err().to_string();
+        assert!(error.contains("64 hex digits"), "{error}");
+    }
 
     #[test]
     fn code_comes_from_argument_then_file_then_environment() {

@@ -6,7 +6,9 @@
 //! it is parsed strictly, and nothing of it is shown raw:
 //! - at most [`MAX_LEN`] bytes of printable ASCII, no spaces;
 //! - scheme `ferry` (any case), then `//`;
-//! - no userinfo (`user@`), query (`?`), fragment (`#`) or `%` escapes;
+//! - no userinfo (`user@`), query (`?`) or `%` escapes, and no fragment
+//!   (`#`) but `#sha256=HEX` (64 hex digits) at the end: the pin of the
+//!   server's TLS certificate, as `--server HOST:PORT#sha256=HEX` takes it;
 //! - host: a DNS name, an IPv4 address, or an IPv6 address in brackets
 //!   (no zone); port 1 to 65535, 443 when left out;
 //! - exactly one path segment, which parses as a [`Code`].
@@ -38,6 +40,9 @@ pub struct FerryUri {
     pub server: Server,
     /// The code.
     pub code: Code,
+    /// The SHA-256 of the server's TLS certificate (64 lowercase hex
+    /// digits), when the sender pinned it.
+    pub pin: Option<String>,
 }
 
 /// A rendezvous server's host (lowercase; IPv6 without brackets) and port.
@@ -79,8 +84,8 @@ pub enum UriError {
     /// `?...`.
     #[error("the URI has a query (?...); a ferry URI has none")]
     Query,
-    /// `#...`.
-    #[error("the URI has a fragment (#...); a ferry URI has none")]
+    /// `#...` other than `#sha256=HEX`.
+    #[error("the URI has a fragment (#...); a ferry URI has none but #sha256= and 64 hex digits")]
     Fragment,
     /// `%xx`.
     #[error("the URI has a %-escape; a ferry URI needs none")]
@@ -148,6 +153,17 @@ impl FerryUri {
                 found: shorten(scheme),
             });
         }
+        // The pin, the one fragment there may be.
+        let (rest, pin) = match rest.split_once('#') {
+            None => (rest, None),
+            Some((rest, fragment)) => {
+                let pin = fragment
+                    .strip_prefix("sha256=")
+                    .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .ok_or(UriError::Fragment)?;
+                (rest, Some(pin.to_ascii_lowercase()))
+            }
+        };
         // Before the structure: `?`, `#` or `@` anywhere is refused, so a
         // query cannot hide a second path and userinfo cannot fake a host.
         if rest.contains('#') {
@@ -171,7 +187,7 @@ impl FerryUri {
             return Err(UriError::Segments);
         }
         let code = path.parse().map_err(UriError::Code)?;
-        Ok(FerryUri { server, code })
+        Ok(FerryUri { server, code, pin })
     }
 }
 
@@ -187,17 +203,27 @@ impl fmt::Display for FerryUri {
         if self.server.port != DEFAULT_PORT {
             write!(f, ":{}", self.server.port)?;
         }
-        write!(f, "/{}", self.code)
+        write!(f, "/{}", self.code)?;
+        match &self.pin {
+            Some(pin) => write!(f, "#sha256={pin}"),
+            None => Ok(()),
+        }
     }
 }
 
-/// The URI for `code` on `server` (HOST:PORT as `--server` takes it,
-/// after [`crate::session::server_address`]).
+/// The URI for `code` on `server` (the spec the session dials, after
+/// [`crate::session::server_spec`]): a pin in it goes into the URI; other
+/// TLS settings (`#tls`, `#tls-ca=`) are the receiver's own to make.
 pub fn to_uri(server: &str, code: &Code) -> Result<String, UriError> {
-    let server = Server::parse(server)?;
+    let (addr, pin) = match server.split_once('#') {
+        Some((addr, fragment)) => (addr, fragment.strip_prefix("sha256=")),
+        None => (server, None),
+    };
+    let server = Server::parse(addr)?;
     Ok(FerryUri {
         server,
         code: code.clone(),
+        pin: pin.map(str::to_ascii_lowercase),
     }
     .to_string())
 }
@@ -536,5 +562,38 @@ mod tests {
         assert_eq!(back.code, generated);
         assert!(to_uri("bad host:443", &code()).is_err());
         assert!(looks_like_uri("ferry://x/7-a-b") && !looks_like_uri("7-orbit-lantern"));
+    }
+
+    #[test]
+    fn the_pin_of_a_tls_server_rides_in_the_uri_and_nothing_else_does() {
+        let pin = "ab".repeat(32);
+        let uri = to_uri(&format!("example.org:443#sha256={pin}"), &code()).unwrap();
+        assert_eq!(uri, format!("ferry://example.org/{}#sha256={pin}", code()));
+        let back = FerryUri::parse(&uri).unwrap();
+        assert_eq!(back.pin.as_deref(), Some(pin.as_str()));
+        assert_eq!(back.to_string(), uri);
+        // Capitals are lowered; other TLS settings stay the receiver's own.
+        let upper = format!(
+            "ferry://example.org/7-orbit-lantern#sha256={}",
+            pin.to_uppercase()
+        );
+        assert_eq!(
+            FerryUri::parse(&upper).unwrap().pin.as_deref(),
+            Some(pin.as_str())
+        );
+        assert_eq!(
+            to_uri("example.org:443#tls", &code()).unwrap(),
+            format!("ferry://example.org/{}", code())
+        );
+        for bad in [
+            "ferry://example.org/7-orbit-lantern#sha256=abcd".to_string(),
+            format!("ferry://example.org/7-orbit-lantern#sha256={pin}#x"),
+            format!(
+                "ferry://example.org/7-orbit-lantern#sha256={}",
+                "zz".repeat(32)
+            ),
+        ] {
+            assert_eq!(FerryUri::parse(&bad), Err(UriError::Fragment), "{bad}");
+        }
     }
 }

@@ -15,7 +15,6 @@ use std::io;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream, client, server};
 
 use crate::error::{FailureReason, classify_io};
@@ -33,10 +32,14 @@ pub enum Secure<'a> {
 /// Secures `tcp`: the pinned TLS handshake, the ferry ALPN, then the
 /// server confirms (or the client waits for the confirmation). A peer
 /// that speaks TLS but not ferry is [`FailureReason::NotFerry`].
-pub async fn secure_tcp(
-    tcp: TcpStream,
+///
+/// Any stream: TCP for the direct paths, the relay's [`Carrier`]
+/// (`ferry_relay::Carrier`, itself maybe TLS to the relay) for the relay
+/// path.
+pub async fn secure_tcp<S: AsyncRead + AsyncWrite + Unpin>(
+    tcp: S,
     how: Secure<'_>,
-) -> Result<TlsStream<TcpStream>, FailureReason> {
+) -> Result<TlsStream<S>, FailureReason> {
     Ok(match how {
         Secure::Server(acceptor) => secure_server(tcp, acceptor).await?.into(),
         Secure::Client(connector, name) => secure_client(tcp, connector, name).await?.into(),
@@ -44,10 +47,10 @@ pub async fn secure_tcp(
 }
 
 /// [`secure_tcp`] as the TLS server.
-pub async fn secure_server(
-    tcp: TcpStream,
+pub async fn secure_server<S: AsyncRead + AsyncWrite + Unpin>(
+    tcp: S,
     acceptor: &TlsAcceptor,
-) -> Result<server::TlsStream<TcpStream>, FailureReason> {
+) -> Result<server::TlsStream<S>, FailureReason> {
     let mut tls = acceptor.accept(tcp).await.map_err(classify_io)?;
     if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
         return Err(FailureReason::NotFerry);
@@ -57,11 +60,11 @@ pub async fn secure_server(
 }
 
 /// [`secure_tcp`] as the TLS client.
-pub async fn secure_client(
-    tcp: TcpStream,
+pub async fn secure_client<S: AsyncRead + AsyncWrite + Unpin>(
+    tcp: S,
     connector: &TlsConnector,
     name: ServerName<'static>,
-) -> Result<client::TlsStream<TcpStream>, FailureReason> {
+) -> Result<client::TlsStream<S>, FailureReason> {
     let mut tls = connector.connect(name, tcp).await.map_err(classify_io)?;
     if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
         return Err(FailureReason::NotFerry);

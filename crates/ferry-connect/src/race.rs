@@ -457,6 +457,9 @@ impl Nominee {
 pub enum PeerStream {
     /// TLS 1.3 over TCP.
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    /// TLS 1.3 to the peer through the relay, over the connection to the
+    /// relay (plain, or itself TLS on a TLS server port).
+    Relayed(Box<tokio_rustls::TlsStream<ferry_relay::Carrier>>),
     /// A QUIC stream.
     Quic(Box<QuicStream>),
 }
@@ -491,6 +494,7 @@ impl AsyncRead for PeerStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PeerStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            PeerStream::Relayed(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             PeerStream::Quic(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -504,6 +508,7 @@ impl AsyncWrite for PeerStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             PeerStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            PeerStream::Relayed(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             PeerStream::Quic(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -511,6 +516,7 @@ impl AsyncWrite for PeerStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PeerStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            PeerStream::Relayed(s) => Pin::new(s.as_mut()).poll_flush(cx),
             PeerStream::Quic(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -518,6 +524,7 @@ impl AsyncWrite for PeerStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PeerStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            PeerStream::Relayed(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             PeerStream::Quic(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }

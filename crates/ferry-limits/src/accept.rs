@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -187,8 +187,9 @@ where
 
 /// Half-closes `stream` and discards its input for a moment (at most
 /// [`LINGER_AT_MOST`] and 1 MiB), so the last frame written is read rather
-/// than lost to a reset caused by unread data.
-pub async fn linger(stream: &mut TcpStream) {
+/// than lost to a reset caused by unread data. Any stream: plain TCP, or
+/// TLS on the server port.
+pub async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let _ = timeout(LINGER, stream.shutdown()).await;
     let mut discard = vec![0u8; LINGER_CHUNK];
     let mut total = 0;

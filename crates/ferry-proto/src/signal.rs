@@ -167,6 +167,23 @@ pub enum ServerToClient {
         /// again.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         uptime_secs: Option<u64>,
+        /// `Some(true)` when this port also speaks TLS (`ferry serve
+        /// --tls-cert`): a client that came in plain may use it. Absent
+        /// from servers without TLS and from older servers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<bool>,
+        /// `Some(true)` when the relay at `relay_addr` runs TLS on its
+        /// port: a client that reached this server in TLS then joins the
+        /// relay in TLS too, checked as it checked this server, or
+        /// against `relay_sha256`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_tls: Option<bool>,
+        /// The SHA-256 (hex) of the TLS certificate of the relay at
+        /// `relay_addr`, for a self-signed relay: trustworthy only
+        /// because it arrived over a verified TLS connection, so clients
+        /// use it only then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_sha256: Option<String>,
     },
     /// Answer to `allocate`: the client now holds this nameplate.
     Allocated {
@@ -485,6 +502,9 @@ mod tests {
                 stun_second_port: None,
                 relay_addr: None,
                 uptime_secs: None,
+                tls: None,
+                relay_tls: None,
+                relay_sha256: None,
             }),
             "{\"type\":\"welcome\",\"protocol\":1,\"observed_addr\":\"203.0.113.5:40000\",\"heartbeat_secs\":5}\n"
         );
@@ -497,6 +517,9 @@ mod tests {
                 stun_second_port: None,
                 relay_addr: Some("relay.example.org:443".into()),
                 uptime_secs: None,
+                tls: None,
+                relay_tls: None,
+                relay_sha256: None,
             }),
             "{\"type\":\"welcome\",\"protocol\":1,\"observed_addr\":\"203.0.113.5:40000\",\"heartbeat_secs\":5,\"stun_port\":3478,\"relay_addr\":\"relay.example.org:443\"}\n"
         );
@@ -796,6 +819,9 @@ mod tests {
                             stun_second_port,
                             relay_addr,
                             uptime_secs,
+                            tls: None,
+                            relay_tls: None,
+                            relay_sha256: None,
                         }
                     }
                 ),

@@ -1,8 +1,9 @@
 //! The relay client.
 //!
 //! ```text
-//! relay_connect(relay, token, timeout):
+//! relay_join(relay, tls, token, timeout):
 //!   TCP connect (or a tunnel through a proxy: relay_join_via) ->
+//!   TLS when the relay's port runs it (tls.rs) ->
 //!   `relay {protocol: 1, token}` ->
 //!   read lines: relay-waiting (optional) ... relay-paired -> Ok(stream)
 //!               error {code, message}                     -> Err(Refused)
@@ -24,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::tls::{Carrier, RelayTls, TlsError};
 use crate::token::{Token, token_to_hex};
 
 /// Errors of [`relay_connect`].
@@ -41,6 +43,9 @@ pub enum RelayError {
     /// The proxy did not get us to the relay.
     #[error("could not reach the relay through the proxy: {0}")]
     Proxy(#[from] ferry_proxy::ProxyError),
+    /// The TLS handshake with the relay failed: never retried in plain.
+    #[error("{0}")]
+    Tls(#[source] TlsError),
     /// The other side did not come (or the relay did not answer) in time.
     #[error("the relay at {relay} did not pair us with the other side within {secs} s")]
     Timeout {
@@ -110,31 +115,39 @@ pub async fn relay_connect(
     token: &Token,
     wait: Duration,
 ) -> Result<TcpStream, RelayError> {
-    relay_join(relay, token, wait)
-        .await
-        .map(|(stream, _)| stream)
+    match relay_join(relay, None, token, wait).await? {
+        (Carrier::Plain(tcp), _) => Ok(tcp),
+        (Carrier::Tls(_), _) => Err(RelayError::Protocol {
+            relay,
+            reason: "a plain join came back in TLS".into(),
+        }),
+    }
 }
 
-/// [`relay_connect`], also returning the limits the relay set on the pair.
+/// [`relay_connect`], inside TLS when `tls` says so (a relay on a TLS
+/// server port; never plain instead), also returning the limits the
+/// relay set on the pair.
 pub async fn relay_join(
     relay: SocketAddr,
+    tls: Option<&RelayTls>,
     token: &Token,
     wait: Duration,
-) -> Result<(TcpStream, PairLimits), RelayError> {
-    relay_join_via(relay, None, token, wait).await
+) -> Result<(Carrier, PairLimits), RelayError> {
+    relay_join_via(relay, None, tls, token, wait).await
 }
 
 /// [`relay_join`] through a proxy: with `through`, the connection is a
 /// tunnel to that target (the relay's name or address, as the proxy
 /// should see it) through that proxy; `relay` only names the relay in
-/// errors then.
+/// errors then. TLS, when `tls` says so, runs inside the tunnel.
 pub async fn relay_join_via(
     relay: SocketAddr,
     through: Option<(&ferry_proxy::ProxyUrl, &ferry_proxy::Target)>,
+    tls: Option<&RelayTls>,
     token: &Token,
     wait: Duration,
-) -> Result<(TcpStream, PairLimits), RelayError> {
-    timeout(wait, exchange(relay, through, token))
+) -> Result<(Carrier, PairLimits), RelayError> {
+    timeout(wait, exchange(relay, through, tls, token))
         .await
         .map_err(|_| RelayError::Timeout {
             relay,
@@ -145,10 +158,11 @@ pub async fn relay_join_via(
 async fn exchange(
     relay: SocketAddr,
     through: Option<(&ferry_proxy::ProxyUrl, &ferry_proxy::Target)>,
+    tls: Option<&RelayTls>,
     token: &Token,
-) -> Result<(TcpStream, PairLimits), RelayError> {
+) -> Result<(Carrier, PairLimits), RelayError> {
     let protocol = |reason: String| RelayError::Protocol { relay, reason };
-    let mut stream = match through {
+    let tcp = match through {
         // The caller's `wait` bounds the proxy's handshake too.
         Some((proxy, target)) => ferry_proxy::connect(proxy, target, Duration::MAX).await?,
         None => TcpStream::connect(relay)
@@ -158,7 +172,15 @@ async fn exchange(
                 reason: e.to_string(),
             })?,
     };
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match tls {
+        Some(tls) => tls
+            .tls
+            .connect(tcp, &tls.addr)
+            .await
+            .map_err(RelayError::Tls)?,
+        None => Carrier::Plain(tcp),
+    };
     let mut first = BytesMut::new();
     let hello = ClientToServer::Relay {
         protocol: RELAY_PROTOCOL_VERSION,

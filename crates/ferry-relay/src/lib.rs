@@ -17,6 +17,11 @@
 //! - [`client`]: [`relay_connect`], which hands back a TCP stream that is a
 //!   raw pipe to the other peer, ready for TLS.
 //!
+//! - [`tls`]: TLS on the server port ([`Carrier`], plain or TLS, told
+//!   apart by the first byte; [`ServerTls`], the server's reloadable
+//!   certificate; [`ServerSpec`] and [`ClientTls`], how a client names and
+//!   verifies a server: a pin, a CA file or the public roots).
+//!
 //! ```text
 //! rendezvous core --claim--> token = (nameplate, expiry, nonce, MAC under the shared key)
 //!        |
@@ -43,9 +48,11 @@
 pub mod client;
 pub mod pairing;
 pub mod server;
+pub mod tls;
 pub mod token;
 
 pub use client::{PairLimits, RelayError, relay_connect, relay_join, relay_join_via};
 pub use pairing::{ConnId, Join, PairBudget, PairEnd, Refusal, Relay, RelayConfig, Stats};
 pub use server::RelayServer;
+pub use tls::{Carrier, ClientTls, RelayTls, ServerSpec, ServerTls, TlsError, Trust};
 pub use token::{SecretError, Token, TokenKey, token_from_hex, token_to_hex};

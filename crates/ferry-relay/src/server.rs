@@ -63,6 +63,7 @@ use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tracing::{debug, info};
 
 use crate::pairing::{ConnId, Join, PairBudget, PairEnd, Refusal, Relay, RelayConfig, Stats};
+use crate::tls::{Carrier, ServerTls};
 use crate::token::{TokenKey, token_from_hex, unix_secs};
 
 /// Buffer size of each copy direction.
@@ -109,7 +110,7 @@ struct Inner {
 #[derive(Debug)]
 struct Handoff {
     conn: ConnId,
-    stream: TcpStream,
+    stream: Carrier,
     early: BytesMut,
     /// Dropped when the pair is over.
     _done: oneshot::Sender<()>,
@@ -168,6 +169,18 @@ impl RelayServer {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
+        self.serve_tls(listener, None, shutdown).await
+    }
+
+    /// [`serve`](Self::serve), with TLS on the listener when `tls` is
+    /// set: each connection is told apart by its first byte
+    /// ([`Carrier::accept`]), so plain relay clients keep working.
+    pub async fn serve_tls(
+        &self,
+        listener: TcpListener,
+        tls: Option<ServerTls>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let local = listener.local_addr()?;
         debug!(%local, "relay listening");
         let config = &self.inner.config;
@@ -205,10 +218,16 @@ impl RelayServer {
             };
             let relay = self.clone();
             let open = metrics.connections.accepted();
+            let tls = tls.clone();
             Verdict::Serve(permit, async move {
                 let _slot = slot;
                 let _open = open;
-                relay.serve_one(stream, peer).await;
+                match Carrier::accept(stream, tls.as_ref()).await {
+                    Ok(stream) => relay.serve_one(stream, peer).await,
+                    Err(error) => {
+                        debug!(%peer, %error, "relay connection ended before its first line")
+                    }
+                }
             })
         };
         let grace = config.shutdown_grace;
@@ -234,7 +253,7 @@ impl RelayServer {
         Ok(())
     }
 
-    async fn serve_one(&self, mut stream: TcpStream, peer: SocketAddr) {
+    async fn serve_one(&self, mut stream: Carrier, peer: SocketAddr) {
         let mut input = BytesMut::with_capacity(MAX_RELAY_FRAME);
         let mut chunk = [0u8; MAX_RELAY_FRAME];
         let first = timeout(self.inner.config.first_line_timeout, async {
@@ -291,14 +310,14 @@ impl RelayServer {
     /// when the connection is refused, times out, or its pair is over.
     pub async fn handle(
         &self,
-        stream: TcpStream,
+        stream: Carrier,
         peer: SocketAddr,
         token: String,
         buffered: BytesMut,
     ) {
         let conn = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut stream = stream;
-        let _ = stream.set_nodelay(true);
+        let _ = stream.tcp().set_nodelay(true);
         let now = Instant::now().into_std();
         let unix = unix_secs(SystemTime::now());
         let (tx, rx) = oneshot::channel();
@@ -377,7 +396,7 @@ impl RelayServer {
         &self,
         conn: ConnId,
         peer: SocketAddr,
-        mut stream: TcpStream,
+        mut stream: Carrier,
         mut early: BytesMut,
         mut rx: oneshot::Receiver<Handoff>,
         mut deadline: Instant,
@@ -439,7 +458,7 @@ impl RelayServer {
         core.handle_close(other);
     }
 
-    async fn run_pair(&self, conn: ConnId, mut a: TcpStream, early_a: BytesMut, handoff: Handoff) {
+    async fn run_pair(&self, conn: ConnId, mut a: Carrier, early_a: BytesMut, handoff: Handoff) {
         let Handoff {
             conn: other,
             stream: mut b,
@@ -580,7 +599,7 @@ fn refusal_label(refusal: Refusal) -> RelayRefusal {
     }
 }
 
-async fn refuse(stream: &mut TcpStream, refusal: Refusal) {
+async fn refuse(stream: &mut Carrier, refusal: Refusal) {
     let code = match refusal {
         Refusal::PerIpLimit | Refusal::PairsLimit => ErrorCode::ServerFull,
         Refusal::WaitTimeout => ErrorCode::RelayTimeout,
@@ -590,7 +609,7 @@ async fn refuse(stream: &mut TcpStream, refusal: Refusal) {
     linger(stream).await;
 }
 
-async fn send_error(stream: &mut TcpStream, code: ErrorCode, message: &str) -> std::io::Result<()> {
+async fn send_error(stream: &mut Carrier, code: ErrorCode, message: &str) -> std::io::Result<()> {
     let msg = ServerToClient::Error {
         code,
         message: message.to_string(),
@@ -598,13 +617,13 @@ async fn send_error(stream: &mut TcpStream, code: ErrorCode, message: &str) -> s
     send_line(stream, &msg).await
 }
 
-async fn send_line(stream: &mut TcpStream, msg: &ServerToClient) -> std::io::Result<()> {
+async fn send_line(stream: &mut Carrier, msg: &ServerToClient) -> std::io::Result<()> {
     let mut line = BytesMut::new();
     encode_frame(msg, &mut line).map_err(std::io::Error::other)?;
     write_timed(stream, &line).await
 }
 
-async fn write_timed(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+async fn write_timed(stream: &mut Carrier, bytes: &[u8]) -> std::io::Result<()> {
     if bytes.is_empty() {
         return Ok(());
     }

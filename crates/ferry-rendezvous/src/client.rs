@@ -1,7 +1,9 @@
 //! The tokio client of the rendezvous server.
 //!
 //! ```text
-//! SignalClient::connect("host:port")  -- TCP connect, hello, welcome (10 s);
+//! SignalClient::connect("host:port")  -- TCP connect (then TLS when the
+//!                                        spec says #sha256= / #tls /
+//!                                        #tls-ca=), hello, welcome (10 s);
 //!                                        resolves the relay the welcome names
 //!   background task owns the socket:
 //!     answers server pings, pings the server every heartbeat,
@@ -23,6 +25,7 @@ use ferry_proto::signal::{
     ClientToServer, ErrorCode, FrameError, MAX_FRAME, PROTOCOL_VERSION, ReleaseReason,
     ServerToClient, decode_frame, encode_frame,
 };
+use ferry_relay::{Carrier, ClientTls, RelayTls, ServerSpec, TlsError, Trust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -43,7 +46,7 @@ const READ_CHUNK: usize = 8 * 1024;
 const AGENT: &str = concat!("ferry/", env!("CARGO_PKG_VERSION"));
 
 /// What the server told us on connecting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Welcome {
     /// Our address as the server saw it: the public TCP mapping.
     pub observed_addr: SocketAddr,
@@ -63,6 +66,17 @@ pub struct Welcome {
     /// before this field say nothing): a server that started moments ago
     /// has lost the nameplates it held before.
     pub uptime: Option<Duration>,
+    /// Whether this connection runs inside TLS (the server spec asked for
+    /// it: a pin, `#tls` or `#tls-ca=`).
+    pub tls: bool,
+    /// Whether the server's port offers TLS (it said so in the welcome):
+    /// worth telling a client that came in plain.
+    pub tls_offered: bool,
+    /// How to join the relay in TLS, when this connection is TLS and the
+    /// relay runs TLS: here on the server's port (same trust), or
+    /// elsewhere (the trust of this connection, or the relay's pin from
+    /// the welcome). `None`: join it plain.
+    pub relay_tls: Option<RelayTls>,
 }
 
 /// Something the other side of the nameplate did.
@@ -154,6 +168,16 @@ pub enum SignalError {
         /// Why.
         reason: String,
     },
+    /// The server spec is malformed, or the TLS handshake with the server
+    /// failed (its certificate did not verify, or it does not speak TLS).
+    /// Not retried, and never retried in plain.
+    #[error("{reason}")]
+    Tls {
+        /// The server's HOST:PORT.
+        server: String,
+        /// What went wrong and what to do.
+        reason: String,
+    },
     /// The server sent something this client does not understand.
     #[error("the rendezvous server at {server} broke the protocol: {reason}")]
     Protocol {
@@ -218,10 +242,16 @@ impl SignalClient {
     /// Like [`connect`](Self::connect), over a TCP connection the caller
     /// already opened to `server` (e.g. from a reusable local port whose
     /// public mapping then serves TCP simultaneous open).
+    ///
+    /// `server` is a [`ServerSpec`]: `HOST:PORT`, plain, or with
+    /// `#sha256=HEX`, `#tls` or `#tls-ca=FILE` for TLS (then TLS or an
+    /// error, never plain).
     pub async fn connect_over(
         server: &str,
         stream: Option<TcpStream>,
     ) -> Result<(SignalClient, Welcome), SignalError> {
+        let spec = parse_spec(server)?;
+        let server = spec.addr.as_str();
         let name = server.to_string();
         let timed_out = || SignalError::Timeout {
             server: name.clone(),
@@ -229,7 +259,7 @@ impl SignalClient {
             secs: CONNECT_TIMEOUT.as_secs(),
         };
         let (stream, input, welcome, heartbeat) =
-            timeout(CONNECT_TIMEOUT, handshake(server, stream))
+            timeout(CONNECT_TIMEOUT, handshake(&spec, stream))
                 .await
                 .map_err(|_| timed_out())??;
         let (commands, command_rx) = mpsc::channel(64);
@@ -497,9 +527,15 @@ impl Drop for SignalClient {
 
 /// Resolves, connects, says hello, reads welcome.
 async fn handshake(
-    server: &str,
+    spec: &ServerSpec,
     stream: Option<TcpStream>,
-) -> Result<(TcpStream, BytesMut, Welcome, Duration), SignalError> {
+) -> Result<(Carrier, BytesMut, Welcome, Duration), SignalError> {
+    let server = spec.addr.as_str();
+    let tls_failed = |error: TlsError| SignalError::Tls {
+        server: server.to_string(),
+        reason: error.to_string(),
+    };
+    let client_tls = spec.client_tls().map_err(tls_failed)?;
     let addrs: Vec<SocketAddr> = match stream {
         Some(_) => Vec::new(),
         None => tokio::net::lookup_host(server)
@@ -521,13 +557,17 @@ async fn handshake(
             Err(e) => last_error = e.to_string(),
         }
     }
-    let Some(mut stream) = connected else {
+    let Some(tcp) = connected else {
         return Err(SignalError::Connect {
             server: server.to_string(),
             reason: last_error,
         });
     };
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match &client_tls {
+        Some(tls) => tls.connect(tcp, server).await.map_err(tls_failed)?,
+        None => Carrier::Plain(tcp),
+    };
     let gone = |reason: String| SignalError::ServerGone {
         server: server.to_string(),
         reason,
@@ -561,27 +601,42 @@ async fn handshake(
             Err(e) => return Err(gone(e.to_string())),
         }
     };
-    let (observed, heartbeat_secs, stun_port, stun_second_port, relay, uptime) = match first {
-        ServerToClient::Welcome {
-            observed_addr,
-            heartbeat_secs,
-            stun_port,
-            stun_second_port,
-            relay_addr,
-            uptime_secs,
-            ..
-        } => (
-            observed_addr,
-            heartbeat_secs,
-            stun_port,
-            stun_second_port,
-            relay_addr,
-            uptime_secs,
-        ),
-        ServerToClient::Error { code, message } => {
-            return Err(SignalError::Server { code, message });
-        }
-        other => return Err(protocol(format!("expected welcome, got {other:?}"))),
+    let ServerToClient::Welcome {
+        observed_addr: observed,
+        heartbeat_secs,
+        stun_port,
+        stun_second_port,
+        relay_addr: relay,
+        uptime_secs: uptime,
+        tls: tls_offered,
+        relay_tls,
+        relay_sha256,
+        ..
+    } = first
+    else {
+        return Err(match first {
+            ServerToClient::Error { code, message } => SignalError::Server { code, message },
+            other => protocol(format!("expected welcome, got {other:?}")),
+        });
+    };
+    let relay_tls = match (&client_tls, &relay) {
+        // A plain connection joins the relay plain (a TLS port takes both).
+        (None, _) => None,
+        (Some(tls), None) => Some(RelayTls {
+            addr: server.to_string(),
+            tls: tls.clone(),
+        }),
+        (Some(_), Some(_)) if relay_tls != Some(true) => None,
+        (Some(tls), Some(relay)) => Some(RelayTls {
+            addr: relay.clone(),
+            tls: match relay_sha256 {
+                // Trustworthy: it came over the verified connection.
+                Some(pin) => Trust::pin(&pin)
+                    .and_then(|trust| ClientTls::new(&trust))
+                    .map_err(|e| protocol(format!("the relay's fingerprint: {e}")))?,
+                None => tls.clone(),
+            },
+        }),
     };
     // A server listening on [::] (both families on one socket) sees an
     // IPv4 client as ::ffff:a.b.c.d: that is the IPv4 address.
@@ -589,7 +644,7 @@ async fn handshake(
         .parse()
         .map(|a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port()))
         .map_err(|_| protocol(format!("bad observed address {observed:?}")))?;
-    let server_addr = stream.peer_addr().map_err(|e| gone(e.to_string()))?;
+    let server_addr = stream.tcp().peer_addr().map_err(|e| gone(e.to_string()))?;
     let relay_addr = match relay {
         Some(relay) => resolve_relay(server, &relay, server_addr).await?,
         None => server_addr,
@@ -597,14 +652,25 @@ async fn handshake(
     let welcome = Welcome {
         observed_addr,
         server_addr,
-        local_addr: stream.local_addr().map_err(|e| gone(e.to_string()))?,
+        local_addr: stream.tcp().local_addr().map_err(|e| gone(e.to_string()))?,
         stun_port,
         stun_second_port,
         relay_addr,
         uptime: uptime.map(Duration::from_secs),
+        tls: stream.is_tls(),
+        tls_offered: tls_offered == Some(true),
+        relay_tls,
     };
     let heartbeat = Duration::from_secs(u64::from(heartbeat_secs.clamp(1, 300)));
     Ok((stream, input, welcome, heartbeat))
+}
+
+/// Parses the server spec, or says what is wrong with it.
+fn parse_spec(server: &str) -> Result<ServerSpec, SignalError> {
+    ServerSpec::parse(server).map_err(|error| SignalError::Tls {
+        server: server.to_string(),
+        reason: error.to_string(),
+    })
 }
 
 /// Resolves the relay's `host:port`, preferring the address family of the
@@ -635,7 +701,7 @@ async fn resolve_relay(
 /// The background task owning the socket.
 async fn run(
     server: String,
-    mut stream: TcpStream,
+    mut stream: Carrier,
     mut input: BytesMut,
     heartbeat: Duration,
     mut commands: mpsc::Receiver<Command>,

@@ -11,7 +11,10 @@
 //!     arrives; the rest close at once)
 //!   - accept errors back off (up to 1 s)
 //!   - spawns connection(), one task per TCP connection
-//! connection(): reads frames (64 KiB limit, checked before buffering more)
+//! connection(): with TLS configured (ServerConfig::tls), first tells a
+//!   TLS client from a plain one by the first byte (ferry_relay::Carrier::
+//!   accept: at most PEEK_WAIT, 10 s, while holding the permit and the
+//!   bucket slot) and runs the TLS handshake; then, either way, reads frames (64 KiB limit, checked before buffering more)
 //!   -> ActorMsg to the actor; writes the frames the actor encodes for it
 //!   (queue bounded in bytes, OUTBOUND_BYTES; a client that does not keep
 //!   up is dropped). An idle connection holds no read or write buffer:
@@ -47,7 +50,7 @@ use std::time::Duration;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use ferry_limits::accept::{self, AcceptConfig, Accepted, BucketSlot, Verdict, linger};
 use ferry_metrics::{
     Allocation, ClaimOutcome, Closed, ConnectionKind, Limit, Metrics, OpenConnection,
@@ -58,7 +61,7 @@ use ferry_proto::signal::{
     decode_frame, encode_frame,
 };
 use ferry_relay::token::unix_secs;
-use ferry_relay::{RelayConfig, RelayServer, TokenKey};
+use ferry_relay::{Carrier, RelayConfig, RelayServer, ServerTls, TokenKey};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -108,6 +111,11 @@ pub struct ServerConfig {
     /// Where it counts what it does (default: a registry of its own that
     /// nobody reads). [`serve`] gives the relay it makes the same one.
     pub metrics: Metrics,
+    /// TLS on the listener (default none: plain only). With it, each
+    /// connection is told apart by its first byte
+    /// ([`Carrier::accept`]): TLS clients get TLS, plain clients stay
+    /// plain, and the welcome says this port offers TLS.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -121,6 +129,7 @@ impl Default for ServerConfig {
             relay: None,
             shutdown_grace: Duration::from_secs(5),
             metrics: Metrics::default(),
+            tls: None,
         }
     }
 }
@@ -158,6 +167,7 @@ pub async fn serve_with_relay(
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let mut core_config = config.rendezvous.clone();
+    core_config.tls_offered = config.tls.is_some();
     if let Some(relay) = &relay {
         core_config.relay_key = Some(relay.key().clone());
     }
@@ -226,6 +236,7 @@ pub async fn serve_with_relay(
             addr,
             inbox: inbox_tx.clone(),
             relay: relay.clone(),
+            tls: config.tls.clone(),
             metrics: metrics.clone(),
             _open: metrics.connections.accepted(),
             _slot: slot,
@@ -429,6 +440,7 @@ struct Conn {
     addr: SocketAddr,
     inbox: mpsc::Sender<ActorMsg>,
     relay: Option<RelayServer>,
+    tls: Option<ServerTls>,
     metrics: RendezvousMetrics,
     /// Counts it open in the metrics while it lives.
     _open: OpenConnection,
@@ -437,16 +449,26 @@ struct Conn {
 
 /// One connection: frames in to the actor, frames out to the socket; or,
 /// when the first frame is `relay`, a relay connection.
-async fn connection(conn: Conn, mut stream: TcpStream) {
+async fn connection(conn: Conn, tcp: TcpStream) {
     let Conn {
         id,
         addr,
         ref inbox,
         ref relay,
+        ref tls,
         ref metrics,
         ..
     } = conn;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    // Plain or TLS, by the first byte (only with TLS configured); a
+    // silent client waits at most PEEK_WAIT here, holding its slot.
+    let mut stream = match Carrier::accept(tcp, tls.as_ref()).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            debug!(client = id, %addr, %error, "connection ended before its first frame");
+            return;
+        }
+    };
     let mut first_frame = true;
     let (tx, mut out_rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
@@ -522,6 +544,10 @@ async fn connection(conn: Conn, mut stream: TcpStream) {
             // Drained: give the buffer back.
             input = BytesMut::new();
         }
+        // Never more than MAX_FRAME buffered: decode_frame refuses a full
+        // buffer without a newline. A plain connection reserves room only
+        // once readable, so an idle one holds no buffer.
+        let room = READ_CHUNK.min(MAX_FRAME.saturating_sub(input.len()).max(1));
         tokio::select! {
             out = out_rx.recv() => {
                 let mut next = out;
@@ -554,20 +580,10 @@ async fn connection(conn: Conn, mut stream: TcpStream) {
                     }
                 }
             }
-            ready = stream.readable(), if reading => {
-                if let Err(error) = ready {
-                    debug!(client = id, %error, "read failed");
-                    break 'conn;
-                }
-                // Never more than MAX_FRAME buffered: decode_frame refuses
-                // a full buffer without a newline.
-                let room = READ_CHUNK.min(MAX_FRAME.saturating_sub(input.len()).max(1));
-                input.reserve(room);
-                let mut limited = (&mut input).limit(room);
-                match stream.try_read_buf(&mut limited) {
+            read = stream.read_into(&mut input, room), if reading => {
+                match read {
                     Ok(0) => break 'conn,
                     Ok(_) => {}
-                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(error) => {
                         debug!(client = id, %error, "read failed");
                         break 'conn;
@@ -582,7 +598,7 @@ async fn connection(conn: Conn, mut stream: TcpStream) {
 /// A connection whose first frame was `relay`: hand it to the relay, or
 /// refuse it.
 async fn relay_connection(
-    mut stream: TcpStream,
+    mut stream: Carrier,
     addr: SocketAddr,
     protocol: u32,
     token: String,

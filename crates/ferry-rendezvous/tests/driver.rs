@@ -341,6 +341,9 @@ async fn dead_server_is_noticed_by_heartbeat() {
             stun_second_port: None,
             relay_addr: None,
             uptime_secs: None,
+            tls: None,
+            relay_tls: None,
+            relay_sha256: None,
         };
         encode_frame(&welcome, &mut out).unwrap();
         stream.write_all(&out).await.unwrap();

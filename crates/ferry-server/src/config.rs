@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use ferry_relay::{RelayConfig, TokenKey};
+use ferry_relay::{RelayConfig, ServerTls, TokenKey};
 
 /// A whole server: signalling, STUN, relay (`ferry serve`).
 #[derive(Debug, Clone)]
@@ -38,6 +38,17 @@ pub struct ServerConfig {
     /// Where to serve `GET /metrics` and `GET /health` (`--metrics`,
     /// default none). Unauthenticated: loopback or a private address.
     pub metrics: Option<SocketAddr>,
+    /// TLS on the signalling listener, the relay here included
+    /// (`--tls-cert`, `--tls-key`; default none). Plain clients keep
+    /// working on the same port; the welcome tells them TLS is there.
+    /// Keep a clone to [`reload`](ServerTls::reload) it (SIGHUP).
+    pub tls: Option<ServerTls>,
+    /// The relay elsewhere runs TLS on its port (`--relay-tls`): clients
+    /// that reached this server in TLS join it in TLS too.
+    pub relay_tls: bool,
+    /// The SHA-256 of the relay elsewhere's self-signed certificate
+    /// (`--relay-sha256`), told to clients over TLS only.
+    pub relay_sha256: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +65,9 @@ impl Default for ServerConfig {
             relay: RelayMode::Here(RelayConfig::default()),
             relay_token_ttl: Duration::from_secs(120),
             metrics: None,
+            tls: None,
+            relay_tls: false,
+            relay_sha256: None,
         }
     }
 }
@@ -142,4 +156,7 @@ pub struct RelayNodeConfig {
     /// Where to serve `GET /metrics` and `GET /health` (`--metrics`),
     /// if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// TLS on its listener (`--tls-cert`, `--tls-key`), plain clients
+    /// still served.
+    pub tls: Option<ServerTls>,
 }

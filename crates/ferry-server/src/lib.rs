@@ -26,6 +26,11 @@
 //!   both parts stop accepting; open connections get shutdown_grace
 //! ```
 //!
+//! With [`ServerConfig::tls`] (and [`RelayNodeConfig::tls`]) the TCP
+//! listener serves TLS and plain clients side by side, told apart by the
+//! first byte (`ferry_relay::tls`); the same [`ServerTls`] handle reloads
+//! the certificate for new connections.
+//!
 //! Flags, output, signals and exit codes stay in the `ferry` binary; this
 //! crate is what a test (or a multi-server set-up) starts in-process.
 #![forbid(unsafe_code)]
@@ -40,6 +45,6 @@ pub mod server;
 
 pub use config::{RelayMode, RelayNodeConfig, ServerConfig, StunConfig};
 pub use error::{ServerError, StartError};
-pub use ferry_relay::{RelayConfig, Stats as RelayStats, TokenKey};
+pub use ferry_relay::{RelayConfig, ServerTls, Stats as RelayStats, TokenKey};
 pub use relay::RelayNode;
 pub use server::{Listening, Server};

@@ -40,12 +40,17 @@ impl RelayNode {
         let metrics = Metrics::new();
         let relay = RelayServer::with_metrics(config.relay, config.key, metrics.relay());
         let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
-        info!(local = %addr, metrics = ?metrics_addr, "relay listening");
+        let tls_fingerprint = config.tls.as_ref().map(ferry_relay::ServerTls::fingerprint);
+        info!(local = %addr, metrics = ?metrics_addr, ?tls_fingerprint, "relay listening");
         let (stop, stop_rx) = watch::channel(false);
         let serving = relay.clone();
         let stop_serving = stop_rx.clone();
-        let task =
-            tokio::spawn(async move { serving.serve(listener, stopped(stop_serving)).await });
+        let tls = config.tls.clone();
+        let task = tokio::spawn(async move {
+            serving
+                .serve_tls(listener, tls, stopped(stop_serving))
+                .await
+        });
         let metrics_task =
             metrics_listener.map(|(listener, _)| serve_metrics(listener, metrics.clone(), stop_rx));
         Ok(RelayNode {

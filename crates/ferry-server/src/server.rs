@@ -9,6 +9,7 @@ use ferry_limits::Bucketing;
 use ferry_metrics::Metrics;
 use ferry_metrics::http::HttpLimits;
 use ferry_nat::stun::{SourceLimits, StunServer, StunServerConfig};
+use ferry_relay::ServerTls;
 use ferry_rendezvous::Config;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -38,6 +39,9 @@ pub struct Listening {
     pub relay_url: Option<String>,
     /// The metrics listener (`GET /metrics`, `GET /health`), if any.
     pub metrics: Option<SocketAddr>,
+    /// With TLS on the signalling listener: the SHA-256 of the leaf
+    /// certificate at start, what clients of a self-signed server pin.
+    pub tls_fingerprint: Option<String>,
 }
 
 /// A running server. Dropping it without [`shutdown`](Self::shutdown)
@@ -80,6 +84,7 @@ impl Server {
             relay_here,
             relay_url,
             metrics: metrics_listener.as_ref().map(|(_, addr)| *addr),
+            tls_fingerprint: config.tls.as_ref().map(ServerTls::fingerprint),
         };
         info!(
             local = %signal,
@@ -88,6 +93,7 @@ impl Server {
             relay_here,
             relay_url = ?listening.relay_url,
             metrics = ?listening.metrics,
+            tls_fingerprint = ?listening.tls_fingerprint,
             "server listening"
         );
 
@@ -244,6 +250,8 @@ fn rendezvous_config(
             }),
             relay_key,
             relay_addr,
+            relay_tls: config.relay_tls,
+            relay_sha256: config.relay_sha256.clone(),
             relay_token_ttl: config.relay_token_ttl,
             max_nameplates: config.max_nameplates,
             bucketing: Bucketing {
@@ -256,6 +264,7 @@ fn rendezvous_config(
         max_connections_per_ip: config.max_connections_per_ip,
         relay,
         shutdown_grace: config.shutdown_grace,
+        tls: config.tls.clone(),
         ..ferry_rendezvous::ServerConfig::default()
     }
 }

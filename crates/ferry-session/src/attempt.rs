@@ -221,6 +221,7 @@ impl Plan {
                 };
                 Box::pin(relay_path(
                     self.relay_route.clone(),
+                    self.welcome.relay_tls.clone(),
                     token,
                     self.identity.clone(),
                     self.peer_fingerprint.clone(),

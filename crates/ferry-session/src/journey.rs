@@ -347,8 +347,10 @@ pub(crate) async fn run_session(
     for (kind, why) in &lost {
         info!(path = %kind, %why, "path lost");
     }
-    if let PeerStream::Tls(tls) = &established.stream {
-        detect_breaks(tls.get_ref().0);
+    match &established.stream {
+        PeerStream::Tls(tls) => detect_breaks(tls.get_ref().0),
+        PeerStream::Relayed(tls) => detect_breaks(tls.get_ref().0.tcp()),
+        PeerStream::Quic(_) => {}
     }
     let relay_reason = (established.kind == PathKind::Relay).then(|| match hopeless {
         _ if options.force_path == Some(PathKind::Relay) => RelayReason::Forced,

@@ -1,5 +1,6 @@
-//! The relay path: join the peer through the relay, then secure the pipe
-//! as every TCP path is ([`ferry_connect::secure_tcp`]).
+//! The relay path: join the peer through the relay (inside TLS to the
+//! relay when the server connection is TLS and the relay offers it), then
+//! secure the pipe as every TCP path is ([`ferry_connect::secure_tcp`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub(crate) fn relay_route(
     proxy: Option<&ProxyRules>,
 ) -> RelayRoute {
     let addr = welcome.relay_addr;
+    // The spec may carry TLS after '#': the name is before it.
+    let server = server.split_once('#').map_or(server, |(name, _)| name);
     let by_name = server
         .parse::<Target>()
         .ok()
@@ -47,6 +50,7 @@ pub(crate) fn relay_route(
 /// relay sees only ciphertext): the sender is the TLS server.
 pub(crate) async fn relay_path(
     route: RelayRoute,
+    relay_tls: Option<ferry_relay::RelayTls>,
     token: [u8; 32],
     identity: Arc<Identity>,
     fingerprint: String,
@@ -60,11 +64,13 @@ pub(crate) async fn relay_path(
         .through
         .as_ref()
         .map(|(proxy, target)| (proxy, target));
-    let (tcp, limits) = ferry_relay::relay_join_via(relay, through, &token, RELAY_WAIT)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let local = local_of(&tcp);
+    // Inside TLS to the relay when we reached the server in TLS and the
+    // relay runs it (the welcome says so): the token stays off the path.
+    let (tcp, limits) =
+        ferry_relay::relay_join_via(relay, through, relay_tls.as_ref(), &token, RELAY_WAIT)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+    let local = local_of(tcp.tcp());
     // The same securing as the direct paths: pinned TLS, the ferry ALPN,
     // the sender's confirmation.
     let handshake = async {
@@ -84,7 +90,7 @@ pub(crate) async fn relay_path(
         .await
         .map_err(|_| failed("the TLS handshake through the relay timed out".into()))??;
     Ok(Established {
-        stream: PeerStream::Tls(Box::new(tls)),
+        stream: PeerStream::Relayed(Box::new(tls)),
         kind: PathKind::Relay,
         local,
         remote: relay,

@@ -162,16 +162,22 @@ pub(crate) async fn connect_signal_retrying(
 /// its public mapping (what the server observes) can later serve TCP
 /// simultaneous open; or, when `proxy` has a proxy for the server,
 /// through it ([`connect_signal_via`]).
+///
+/// `server` is a server spec (`HOST:PORT`, maybe with `#sha256=...`,
+/// `#tls` or `#tls-ca=...`): the name is dialled here,
+/// [`SignalClient::connect_over`] wraps the connection in TLS when the
+/// spec asks for it.
 pub(crate) async fn connect_signal(
     server: &str,
     proxy: Option<&ProxyRules>,
 ) -> Result<(SignalClient, Welcome), SessionError> {
-    if let Some(proxy) = server_proxy(server, proxy) {
+    let addr = server.split_once('#').map_or(server, |(addr, _)| addr);
+    if let Some(proxy) = server_proxy(addr, proxy) {
         return connect_signal_via(server, proxy).await;
     }
-    let resolved = tokio::net::lookup_host(server).await.map_err(|e| {
+    let resolved = tokio::net::lookup_host(addr).await.map_err(|e| {
         SessionError::Signal(SignalError::Resolve {
-            server: server.to_string(),
+            server: addr.to_string(),
             reason: e.to_string(),
         })
     })?;
@@ -192,7 +198,7 @@ pub(crate) async fn connect_signal(
         }
         Err(failures) if failures.is_empty() => {
             return Err(SessionError::Signal(SignalError::Connect {
-                server: server.to_string(),
+                server: addr.to_string(),
                 reason: "no address found".into(),
             }));
         }
@@ -208,13 +214,21 @@ pub(crate) async fn connect_signal(
                     .join("; "),
             };
             return Err(SessionError::Signal(SignalError::Connect {
-                server: server.to_string(),
+                server: addr.to_string(),
                 reason,
             }));
         }
     };
     let (signal, welcome) = SignalClient::connect_over(server, Some(stream)).await?;
-    debug!(observed = %welcome.observed_addr, local = %welcome.local_addr, "connected to the rendezvous server");
+    debug!(observed = %welcome.observed_addr, local = %welcome.local_addr, tls = welcome.tls, "connected to the rendezvous server");
+    if welcome.tls_offered && !welcome.tls {
+        info!(
+            server = addr,
+            "this server offers TLS on the same port, which hides the code's nameplate and the \
+             relay token from the network: add --tls (a certificate from a public CA) or \
+             --server HOST:PORT#sha256=... (a self-signed one; `ferry serve` prints it)"
+        );
+    }
     Ok((signal, welcome))
 }
 
@@ -239,9 +253,10 @@ pub(crate) fn server_proxy<'a>(
 /// on the server's port is reached through the proxy as well
 /// ([`relay_route`]).
 async fn connect_signal_via(
-    server: &str,
+    spec: &str,
     proxy: &ProxyUrl,
 ) -> Result<(SignalClient, Welcome), SessionError> {
+    let server = spec.split_once('#').map_or(spec, |(addr, _)| addr);
     let target: Target = server.parse().map_err(|e: ferry_proxy::TargetError| {
         SessionError::Signal(SignalError::Resolve {
             server: server.to_string(),
@@ -260,7 +275,7 @@ async fn connect_signal_via(
         }
         Err(error) => return Err(error.into()),
     };
-    let (signal, mut welcome) = SignalClient::connect_over(server, Some(stream)).await?;
+    let (signal, mut welcome) = SignalClient::connect_over(spec, Some(stream)).await?;
     let proxy_addr = welcome.server_addr;
     // Resolving here may fail, or hang (a network with no DNS but the
     // proxy's): then there is no STUN, and the relay goes by name.

@@ -116,8 +116,10 @@ impl Upgrade {
     /// (without a [`Rejoin`]: keep the first link's).
     pub fn take(&mut self) -> Option<PeerLink> {
         let path = self.ready.take()?;
-        if let PeerStream::Tls(tls) = &path.stream {
-            detect_breaks(tls.get_ref().0);
+        match &path.stream {
+            PeerStream::Tls(tls) => detect_breaks(tls.get_ref().0),
+            PeerStream::Relayed(tls) => detect_breaks(tls.get_ref().0.tcp()),
+            PeerStream::Quic(_) => {}
         }
         Some(PeerLink {
             stream: path.stream,

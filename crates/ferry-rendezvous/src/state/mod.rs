@@ -79,6 +79,15 @@ pub struct Config {
     /// when it runs apart from this server (default none: the relay, if
     /// any, answers on this server's own address).
     pub relay_addr: Option<String>,
+    /// Whether this port also speaks TLS, told to clients in the welcome
+    /// (default false).
+    pub tls_offered: bool,
+    /// Whether the relay at `relay_addr` runs TLS (default false), and
+    /// the SHA-256 of its certificate when it is self-signed: told in the
+    /// welcome.
+    pub relay_tls: bool,
+    /// See [`Config::relay_tls`].
+    pub relay_sha256: Option<String>,
     /// Which addresses count as one party for the per-address budgets
     /// (default: IPv4 per address, IPv6 per /64).
     pub bucketing: Bucketing,
@@ -122,6 +131,9 @@ impl Default for Config {
             relay_key: None,
             relay_token_ttl: Duration::from_secs(120),
             relay_addr: None,
+            tls_offered: false,
+            relay_tls: false,
+            relay_sha256: None,
             bucketing: Bucketing::default(),
             failed_claims_per_connection: 3,
             failed_claims_per_minute: 10,
@@ -381,6 +393,14 @@ impl Rendezvous {
                         stun_second_port: self.config.stun_second_port,
                         relay_addr: self.config.relay_addr.clone(),
                         uptime_secs: Some(self.uptime(now).as_secs()),
+                        tls: self.config.tls_offered.then_some(true),
+                        relay_tls: (self.config.relay_addr.is_some() && self.config.relay_tls)
+                            .then_some(true),
+                        relay_sha256: self
+                            .config
+                            .relay_addr
+                            .as_ref()
+                            .and(self.config.relay_sha256.clone()),
                     };
                     self.transmits.push_back((client, welcome));
                     // The ping and idle deadlines start now.

@@ -42,6 +42,9 @@ impl Harness {
                     stun_second_port: None,
                     relay_addr: None,
                     uptime_secs: Some(0),
+                    tls: None,
+                    relay_tls: None,
+                    relay_sha256: None,
                 }
             )]
         );

@@ -25,10 +25,33 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::Command;
 use crate::output::Output;
 
+/// Makes glibc's malloc keep one arena instead of one per thread that
+/// allocates (up to 8 per core). A transfer allocates its 256 KiB chunks
+/// on the disk thread and frees them on a runtime thread (and QUIC's
+/// buffers move between threads too), so with an arena per thread each
+/// arena keeps its own freed chunks: a QUIC receiver of 1 GiB peaked at
+/// 19-21 MB RSS, with one arena at 17-18 MB, at no measurable cost in
+/// CPU (the per-thread caches in front of the arena take the small
+/// allocations without its lock). The servers keep glibc's default: many
+/// connections on every runtime thread.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn one_malloc_arena() {
+    // SAFETY: mallopt only sets a malloc parameter; it is called before
+    // the runtime starts any thread, and a refusal (0) leaves the default.
+    let _ = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn one_malloc_arena() {}
+
 fn main() {
     let cli = config::parse();
     // The servers handle Ctrl-C themselves (graceful shutdown, exit 0).
     let is_server = matches!(cli.command, Command::Serve(_) | Command::Relay(_));
+    if !is_server {
+        one_malloc_arena();
+    }
     install_logging(cli.verbose, is_server, cli.log_format);
     let mut out = Output::new(cli.json);
 

@@ -207,6 +207,11 @@ transfer "dual-stack <-> dual-stack (by name)" quic ipv6 "$SERVER_NAME" "$SERVER
 # IPv4 mapping (STUN over IPv4) and its public IPv6 address; the IPv6
 # address ranks above the mapping and wins.
 transfer "dual-stack <-> dual-stack (server by IPv4)" quic ipv6 "$SIGNAL" "$SIGNAL" dual-stack
+# A dual-stack sender that reached the server over IPv6 (by name) and an
+# IPv4-only receiver: the sender asks STUN over IPv4 too, so its NATed
+# IPv4 mapping is a candidate and the punch meets over IPv4.
+transfer "dual-stack <-> IPv4-only (by name)" quic ipv4 "$SERVER_NAME" "$SERVER_NAME" \
+    dual-stack --family-b v4
 # UDP blocked on both families: TCP simultaneous open over IPv6 through
 # both firewalls (the signalling connections' ports).
 transfer "dual-stack, UDP blocked (by name)" tcp-simultaneous-open ipv6 "$SERVER_NAME" "$SERVER_NAME" \

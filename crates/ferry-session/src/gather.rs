@@ -25,13 +25,57 @@ use crate::*;
 /// Gathering in the background (see [`gather`]) while the peer is on its way.
 pub(crate) type Gathering = tokio::task::JoinHandle<Result<Gathered, SessionError>>;
 
-pub(crate) fn start_gathering(welcome: &Welcome, listen: bool, upnp: bool) -> Gathering {
-    tokio::spawn(gather(
-        stun_server(welcome),
-        welcome.stun_second_port,
-        listen,
-        upnp,
-    ))
+/// `server` is the server spec we reached `welcome`'s server by: its name
+/// gives the server's IPv4 address when we came over IPv6 ([`stun_targets`]).
+pub(crate) fn start_gathering(
+    welcome: &Welcome,
+    server: &str,
+    listen: bool,
+    upnp: bool,
+) -> Gathering {
+    let stun = stun_server(welcome);
+    let server = server
+        .split_once('#')
+        .map_or(server, |(name, _)| name)
+        .to_string();
+    let second_port = welcome.stun_second_port;
+    tokio::spawn(async move {
+        let found = ferry_nat::interfaces();
+        let dual_stack = ferry_nat::family::has_global_address(&found, Family::Ipv6);
+        let targets = stun_targets(stun, &server, dual_stack).await;
+        gather(found, dual_stack, &targets, second_port, listen, upnp).await
+    })
+}
+
+/// How long the server's name may take to resolve again for its IPv4
+/// address; without it, STUN asks where we reached the server.
+const IPV4_LOOKUP_WAIT: Duration = Duration::from_secs(1);
+
+/// The STUN responders to ask, in order, until one answers. Where we
+/// reached the server, normally. But a dual-stack host that reached it
+/// over IPv6 asks the server's IPv4 address first: only IPv4 is behind a
+/// NAT, so the IPv4 mapping is the one a peer needs (our global IPv6
+/// addresses are candidates as they are), and a server's STUN responder
+/// listens on IPv4 unless told otherwise.
+async fn stun_targets(stun: Option<SocketAddr>, server: &str, dual_stack: bool) -> Vec<SocketAddr> {
+    let Some(stun) = stun else {
+        return Vec::new();
+    };
+    if !dual_stack || stun.is_ipv4() {
+        return vec![stun];
+    }
+    let lookup = tokio::time::timeout(IPV4_LOOKUP_WAIT, tokio::net::lookup_host(server)).await;
+    let ipv4 = match lookup {
+        Ok(Ok(mut addrs)) => addrs.find(SocketAddr::is_ipv4),
+        _ => None,
+    };
+    match ipv4 {
+        Some(v4) => {
+            debug!(%v4, "STUN over IPv4 first: the server's name has an IPv4 address");
+            vec![SocketAddr::new(v4.ip(), stun.port()), stun]
+        }
+        None => vec![stun],
+    }
 }
 
 /// Our UDP socket for STUN, punching and QUIC: dual-stack (`[::]`, IPv4
@@ -86,14 +130,18 @@ pub(crate) type UpnpTask = tokio::task::JoinHandle<Option<Mapped>>;
 /// listen now), learns the UDP mapping from the server's STUN responder
 /// and, with `upnp`, maps both ports on the gateway when it lets us
 /// ([`map_ports`]).
+///
+/// `found` are this host's interfaces, `dual_stack` whether one has a
+/// global IPv6 address; `stun` the responders to ask, in order, until one
+/// answers.
 pub(crate) async fn gather(
-    stun: Option<SocketAddr>,
+    found: Vec<ferry_nat::Interface>,
+    dual_stack: bool,
+    stun: &[SocketAddr],
     second_port: Option<u16>,
     listen: bool,
     upnp: bool,
 ) -> Result<Gathered, SessionError> {
-    let found = ferry_nat::interfaces();
-    let dual_stack = ferry_nat::family::has_global_address(&found, Family::Ipv6);
     let udp = bind_udp(dual_stack).map_err(|source| ConnectError::UdpSocket { source })?;
     let dual_stack = udp.local_addr()?.is_ipv6();
     let udp_port = udp.local_addr()?.port();
@@ -127,7 +175,9 @@ pub(crate) async fn gather(
     }
 
     let stun_lookup = async {
-        let server = stun?;
+        if stun.is_empty() {
+            return None;
+        }
         let options = BindingOptions {
             retransmit: RetransmitConfig {
                 rto: Duration::from_millis(200),
@@ -136,12 +186,18 @@ pub(crate) async fn gather(
             },
             ..BindingOptions::default()
         };
-        let first = match binding_udp(&udp, server, options).await {
-            Ok(result) => result,
-            Err(error) => {
-                debug!(%error, "no STUN mapping: UDP may be blocked");
-                return Some((None, UdpMapping::Blocked, None));
+        let mut answered = None;
+        for &server in stun {
+            match binding_udp(&udp, server, options).await {
+                Ok(result) => {
+                    answered = Some((server, result));
+                    break;
+                }
+                Err(error) => debug!(%server, %error, "no STUN mapping: UDP may be blocked"),
             }
+        }
+        let Some((server, first)) = answered else {
+            return Some((None, UdpMapping::Blocked, None));
         };
         // A second port of the server (RFC 5780 servers name it): a NAT
         // that maps each destination apart gives another public port.

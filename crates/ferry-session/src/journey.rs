@@ -69,7 +69,7 @@ impl Sender {
                 Code::generate(nameplate, &mut rand::thread_rng())
             }
         };
-        let gathering = start_gathering(&welcome, true, !options.no_upnp);
+        let gathering = start_gathering(&welcome, server, true, !options.no_upnp);
         Ok(Sender {
             server: server.to_string(),
             signal,
@@ -178,7 +178,7 @@ pub async fn receive_with(
         connect_signal_retrying(server, options.proxy, &mut on_wait).await?;
     // Gather while pairing: the receiver listens and maps its ports too,
     // so that a sender whose own gateway maps nothing can connect to it.
-    let gathering = start_gathering(&welcome, true, !options.no_upnp);
+    let gathering = start_gathering(&welcome, server, true, !options.no_upnp);
     let claimed = match signal.claim(code.nameplate).await {
         Err(SignalError::UnknownNameplate { .. })
             if welcome.uptime.is_some_and(|up| up < RESTARTED_WITHIN) =>

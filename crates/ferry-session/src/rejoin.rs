@@ -55,7 +55,7 @@ impl Rejoin {
     /// caller decides how often to try, and how long to back off.
     pub async fn reconnect(&mut self) -> Result<PeerLink, SessionError> {
         let (mut signal, welcome) = connect_signal(&self.server, self.options.proxy).await?;
-        let gathering = start_gathering(&welcome, true, !self.options.no_upnp);
+        let gathering = start_gathering(&welcome, &self.server, true, !self.options.no_upnp);
         if !signal.rejoin(&self.meeting).await? {
             let joined = async {
                 loop {

@@ -87,7 +87,8 @@ async fn the_sender_says_hello_before_upnp_is_done_and_sends_the_mapping_after()
         }
         let (signal, mut channel) = pair(signal, &sender_code, Role::Sender).await.unwrap();
         let gathering: Gathering = tokio::spawn(async move {
-            let mut gathered = gather(None, None, true, false).await?;
+            let mut gathered =
+                gather(ferry_nat::interfaces(), false, &[], None, true, false).await?;
             gathered.upnp = Some(tokio::spawn(async move {
                 let _ = hello_seen_here.await;
                 Some(Mapped {

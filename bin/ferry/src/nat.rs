@@ -405,6 +405,24 @@ struct Rendezvous {
     timing: (Option<Duration>, Option<Duration>),
 }
 
+impl Rendezvous {
+    /// The server could not be reached (or did not welcome us): why, and
+    /// the times measured until then.
+    fn failed(error: String, timing: (Option<Duration>, Option<Duration>)) -> Rendezvous {
+        Rendezvous {
+            report: RendezvousReport {
+                error: Some(error),
+                ..RendezvousReport::default()
+            },
+            client: None,
+            stun_port: None,
+            relay: None,
+            relay_through: None,
+            timing,
+        }
+    }
+}
+
 /// [`check_rendezvous`] through `proxy`: the connect time is the
 /// tunnel's, and the observed address is the proxy's mapping.
 async fn check_rendezvous_via(
@@ -412,17 +430,7 @@ async fn check_rendezvous_via(
     proxy: &ferry_proxy::ProxyUrl,
     target: &ferry_proxy::Target,
 ) -> Rendezvous {
-    let failed = |error: String, timing| Rendezvous {
-        report: RendezvousReport {
-            error: Some(error),
-            ..RendezvousReport::default()
-        },
-        client: None,
-        stun_port: None,
-        relay: None,
-        relay_through: None,
-        timing,
-    };
+    let failed = Rendezvous::failed;
     let started = Instant::now();
     let stream = match ferry_proxy::connect(proxy, target, TCP_TIMEOUT).await {
         Ok(stream) => stream,
@@ -466,17 +474,7 @@ async fn check_rendezvous_via(
 /// hello-to-welcome exchange.
 async fn check_rendezvous(spec: &str) -> Rendezvous {
     let server = spec.split_once('#').map_or(spec, |(addr, _)| addr);
-    let failed = |error: String, timing| Rendezvous {
-        report: RendezvousReport {
-            error: Some(error),
-            ..RendezvousReport::default()
-        },
-        client: None,
-        stun_port: None,
-        relay: None,
-        relay_through: None,
-        timing,
-    };
+    let failed = Rendezvous::failed;
     let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(server).await {
         Ok(addrs) => addrs.collect(),
         Err(e) => {

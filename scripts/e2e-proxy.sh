@@ -23,10 +23,12 @@ SERVER_NAME=server.lab
 # Only nat-a (where the proxies run) knows the server's name: a cannot
 # resolve it, so socks5h:// and http:// must hand the name to the proxy.
 # `ip netns exec` mounts /etc/netns/NS/hosts over /etc/hosts.
-HOSTS_DIR=
+HOSTS_DIR= HOSTS_DIR_B= HOSTS_DIR_S=
 proxy_cleanup() {
     local rc=$?
     [ -n "$HOSTS_DIR" ] && rm -rf "$HOSTS_DIR"
+    [ -n "$HOSTS_DIR_B" ] && rm -rf "$HOSTS_DIR_B"
+    [ -n "$HOSTS_DIR_S" ] && rm -rf "$HOSTS_DIR_S"
     (exit "$rc")
     e2e_cleanup
 }
@@ -171,7 +173,46 @@ if [ -z "${E2E_ONLY:-}" ] || [[ $CASE =~ $E2E_ONLY ]]; then
     echo "== $CASE"
     report=$(nat_json a --proxy "socks5h://$PROXY_IP:1080")
     expect "rendezvous reachable through the proxy" true "$(field "$report" .rendezvous.reachable)"
+    expect "the report names the proxy" "socks5h://$PROXY_IP:1080" "$(field "$report" .rendezvous.proxy)"
     expect "relay reached through the proxy" number "$(field "$report" '.latency.relay_tcp_ms | type')"
+fi
+
+# A relay on a host of its own, advertised by a name that only the proxy
+# (and b, on an ordinary network) resolves: a, behind the proxy, must hand
+# that name to the proxy, not resolve it itself.
+CASE="a relay on its own host, by a name only the proxy knows"
+if [ -z "${E2E_ONLY:-}" ] || [[ $CASE =~ $E2E_ONLY ]]; then
+    stop_server
+    RELAY_NAME=relay.lab
+    printf '%s %s\n' "$SERVER_ALT_IP" "$RELAY_NAME" >>"$HOSTS_DIR/hosts"
+    HOSTS_DIR_B="/etc/netns/$(lab ns b)"
+    mkdir -p "$HOSTS_DIR_B"
+    printf '127.0.0.1 localhost\n%s %s\n' "$SERVER_ALT_IP" "$RELAY_NAME" >"$HOSTS_DIR_B/hosts"
+    # ferry serve checks that --relay-url resolves
+    HOSTS_DIR_S="/etc/netns/$(lab ns server)"
+    mkdir -p "$HOSTS_DIR_S"
+    cp "$HOSTS_DIR_B/hosts" "$HOSTS_DIR_S/hosts"
+    od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$E2E_WORK/relay.secret"
+    "$LAB" exec server -- "$FERRY" relay --listen "$SERVER_ALT_IP:443" \
+        --relay-secret-file "$E2E_WORK/relay.secret" \
+        >"$E2E_WORK/relay.out" 2>"$E2E_WORK/relay.log" &
+    RELAY_PID=$!
+    if start_server --relay-url "$RELAY_NAME:443" --relay-secret-file "$E2E_WORK/relay.secret"; then
+        if lab exec a -- getent hosts "$RELAY_NAME" >/dev/null; then
+            fail "a resolves $RELAY_NAME: only the proxy should"
+        fi
+        through "a relay on its own host, by a name only the proxy knows (socks5h)" relay \
+            "" "--server $SERVER_NAME:443 --proxy socks5h://$PROXY_IP:1080" "" "$B"
+        through "a relay on its own host, by a name only the proxy knows (HTTP CONNECT)" relay \
+            "" "--server $SIGNAL --proxy http://$PROXY_IP:8888" "" "$B"
+        # b, not behind the proxy, joined the relay at its own address.
+        local_case="a relay on its own host, by a name only the proxy knows (socks5h)"
+        remote=$(jq -r 'select(.event == "path") | .remote' \
+            "$E2E_WORK/recv.${local_case//[^a-zA-Z0-9]/_}.json" 2>/dev/null | tail -n1)
+        expect "the receiver's relay is ferry relay's own address" "$SERVER_ALT_IP:443" "$remote"
+    fi
+    kill "$RELAY_PID" 2>/dev/null || true
+    wait "$RELAY_PID" 2>/dev/null || true
 fi
 
 CASE="the dialer against these proxy programs (cargo test)"

@@ -128,7 +128,8 @@ pub enum Command {
     /// --json prints one `nat` object with these fields (times in ms,
     /// null when not measured):
     ///   server, stun_server, interfaces [{name, addr, class}]
-    ///   rendezvous {reachable, local, observed, port_preserved, error}
+    ///   rendezvous {reachable, local, observed, port_preserved, error,
+    ///     proxy (the proxy it was reached through, or null)}
     ///   ipv4, ipv6 {status (reachable|no_global_address|no_server_address|
     ///     no_route|failed|no_answer), reachable, why, global_address,
     ///     stun_server, blocked, local, mapped, mapping, mapping_why,

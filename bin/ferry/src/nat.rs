@@ -128,6 +128,8 @@ struct RendezvousReport {
     observed: Option<SocketAddr>,
     port_preserved: Option<bool>,
     error: Option<String>,
+    /// The proxy the server was reached through (credentials hidden).
+    proxy: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -279,10 +281,11 @@ pub async fn check(
             .parse::<ferry_proxy::Target>()
             .ok()
             .and_then(|target| Some((proxy?.select(&target.host)?.clone(), target)));
-        let rendezvous = match &through {
+        let mut rendezvous = match &through {
             Some((proxy, target)) => check_rendezvous_via(spec, proxy, target).await,
             None => check_rendezvous(spec).await,
         };
+        rendezvous.report.proxy = through.as_ref().map(|(proxy, _)| proxy.to_string());
         let stun_port = stun_port
             .or(rendezvous.stun_port)
             .unwrap_or(DEFAULT_STUN_PORT);
@@ -445,10 +448,10 @@ async fn check_rendezvous_via(
         Ok((client, welcome)) => {
             // No relay advertised: the relay is the server, by its name.
             let own = welcome.relay_addr == welcome.server_addr;
-            let relay_target = if own {
-                target.clone()
-            } else {
-                welcome.relay_addr.into()
+            let relay_target = match &welcome.relay_name {
+                Some(name) if !own => name.parse().unwrap_or_else(|_| welcome.relay_addr.into()),
+                _ if own => target.clone(),
+                _ => welcome.relay_addr.into(),
             };
             Rendezvous {
                 report: RendezvousReport {
@@ -457,6 +460,7 @@ async fn check_rendezvous_via(
                     observed: Some(welcome.observed_addr),
                     port_preserved: None,
                     error: None,
+                    proxy: None,
                 },
                 client: Some(client),
                 stun_port: welcome.stun_port,
@@ -516,6 +520,7 @@ async fn check_rendezvous(spec: &str) -> Rendezvous {
                 observed: Some(welcome.observed_addr),
                 port_preserved: Some(welcome.local_addr.port() == welcome.observed_addr.port()),
                 error: None,
+                proxy: None,
             },
             client: Some(client),
             stun_port: welcome.stun_port,
@@ -858,6 +863,11 @@ fn print_human(r: &Report, out: &Output) {
         None => "unknown",
     };
     let remote = |s: &str| escape::line(s).into_owned();
+    let through = |proxy: &Option<String>| {
+        proxy.as_deref().map_or(String::new(), |p| {
+            format!(" through the proxy {}", remote(p))
+        })
+    };
     // Loopback and LAN round trips are well under a millisecond.
     let ms = |v: Option<f64>| match v {
         None => "-".to_string(),
@@ -885,12 +895,17 @@ fn print_human(r: &Report, out: &Output) {
         "Rendezvous",
         match &r.rendezvous.error {
             None => format!(
-                "reachable over TCP, {} seen as {} (port kept: {})",
+                "reachable over TCP{}, {} seen as {} (port kept: {})",
+                through(&r.rendezvous.proxy),
                 show(r.rendezvous.local),
                 show(r.rendezvous.observed),
                 yes_no(r.rendezvous.port_preserved)
             ),
-            Some(e) => format!("not reachable: {}", remote(e)),
+            Some(e) => format!(
+                "not reachable{}: {}",
+                through(&r.rendezvous.proxy),
+                remote(e)
+            ),
         },
     );
     for (label, f) in [("IPv4", &r.ipv4), ("IPv6", &r.ipv6)] {

@@ -61,7 +61,15 @@ pub struct Welcome {
     /// Where the relay answers (when the server issues relay tokens): the
     /// address the server advertised in its welcome, resolved, or else
     /// the server's own address ([`server_addr`](Self::server_addr)).
+    /// Through a proxy, the relay's address may stay unresolved (the
+    /// unspecified IP with its port): only the proxy may know the name,
+    /// see [`relay_name`](Self::relay_name).
     pub relay_addr: SocketAddr,
+    /// The relay's `host:port` as the server advertised it, when the
+    /// relay runs apart from the server: through a proxy, the relay is
+    /// reached by this name, so the proxy resolves it (`socks5h://`,
+    /// `http://`) and `NO_PROXY` sees the name.
+    pub relay_name: Option<String>,
     /// How long the server had been running when it welcomed us (servers
     /// before this field say nothing): a server that started moments ago
     /// has lost the nameplates it held before.
@@ -531,6 +539,8 @@ async fn handshake(
     stream: Option<TcpStream>,
 ) -> Result<(Carrier, BytesMut, Welcome, Duration), SignalError> {
     let server = spec.addr.as_str();
+    // A stream handed in came through a proxy.
+    let proxied = stream.is_some();
     let tls_failed = |error: TlsError| SignalError::Tls {
         server: server.to_string(),
         reason: error.to_string(),
@@ -645,8 +655,25 @@ async fn handshake(
         .map(|a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port()))
         .map_err(|_| protocol(format!("bad observed address {observed:?}")))?;
     let server_addr = stream.tcp().peer_addr().map_err(|e| gone(e.to_string()))?;
-    let relay_addr = match relay {
-        Some(relay) => resolve_relay(server, &relay, server_addr).await?,
+    let relay_addr = match &relay {
+        // Through a proxy the name may resolve only there: bounded, and a
+        // failure leaves the address unspecified (the route goes by name).
+        Some(relay) if proxied => {
+            let lookup = timeout(
+                PROXIED_RELAY_LOOKUP,
+                resolve_relay(server, relay, server_addr),
+            );
+            match lookup.await {
+                Ok(Ok(addr)) => addr,
+                _ => SocketAddr::new(
+                    std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    relay_port(relay).ok_or_else(|| {
+                        protocol(format!("the relay address {relay:?} has no port"))
+                    })?,
+                ),
+            }
+        }
+        Some(relay) => resolve_relay(server, relay, server_addr).await?,
         None => server_addr,
     };
     let welcome = Welcome {
@@ -656,6 +683,7 @@ async fn handshake(
         stun_port,
         stun_second_port,
         relay_addr,
+        relay_name: relay,
         uptime: uptime.map(Duration::from_secs),
         tls: stream.is_tls(),
         tls_offered: tls_offered == Some(true),
@@ -671,6 +699,15 @@ fn parse_spec(server: &str) -> Result<ServerSpec, SignalError> {
         server: server.to_string(),
         reason: error.to_string(),
     })
+}
+
+/// How long a client behind a proxy tries to resolve the relay's name
+/// itself (a network with only the proxy's DNS may not answer at all).
+const PROXIED_RELAY_LOOKUP: Duration = Duration::from_secs(2);
+
+/// The port of a `host:port` (`[v6]:port` too).
+fn relay_port(relay: &str) -> Option<u16> {
+    relay.rsplit_once(':')?.1.parse().ok()
 }
 
 /// Resolves the relay's `host:port`, preferring the address family of the

@@ -14,9 +14,10 @@ use ferry_rendezvous::Welcome;
 use crate::*;
 
 /// Where the relay is and how to get there: direct to its address, or
-/// through a proxy to its name (the server's own `host:port` when the
-/// relay is the server, so that with `socks5h://` and `http://` the
-/// proxy resolves it) or address.
+/// through a proxy to its name (the name the server advertised for a relay
+/// of its own, or the server's own `host:port` when the relay is the
+/// server, so that with `socks5h://` and `http://` the proxy resolves it;
+/// the client may not be able to).
 #[derive(Debug, Clone)]
 pub(crate) struct RelayRoute {
     /// The relay's address (in errors and on the path; unspecified when
@@ -35,11 +36,16 @@ pub(crate) fn relay_route(
     let addr = welcome.relay_addr;
     // The spec may carry TLS after '#': the name is before it.
     let server = server.split_once('#').map_or(server, |(name, _)| name);
-    let by_name = server
+    // A relay of its own goes by the name the server advertised; the
+    // server's relay by the server's name.
+    let name = match &welcome.relay_name {
+        Some(relay) => relay.as_str(),
+        None if addr == welcome.server_addr => server,
+        None => "",
+    };
+    let target = name
         .parse::<Target>()
-        .ok()
-        .filter(|_| addr == welcome.server_addr);
-    let target = by_name.unwrap_or_else(|| Target::from(addr));
+        .unwrap_or_else(|_| Target::from(addr));
     let through = proxy
         .and_then(|rules| rules.select(&target.host))
         .map(|proxy| (proxy.clone(), target));
@@ -98,4 +104,56 @@ pub(crate) async fn relay_path(
         found_by: None,
         accepted: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_proxy::{Bypass, Source};
+
+    fn welcome(relay_addr: &str, relay_name: Option<&str>) -> Welcome {
+        Welcome {
+            observed_addr: "192.0.2.7:40000".parse().unwrap(),
+            server_addr: "203.0.113.10:443".parse().unwrap(),
+            local_addr: "10.0.1.2:40000".parse().unwrap(),
+            stun_port: None,
+            stun_second_port: None,
+            relay_addr: relay_addr.parse().unwrap(),
+            relay_name: relay_name.map(str::to_string),
+            uptime: None,
+            tls: false,
+            tls_offered: false,
+            relay_tls: None,
+        }
+    }
+
+    fn proxy() -> ProxyRules {
+        ProxyRules::new("socks5h://10.0.1.1:1080".parse().unwrap(), Source::Flag)
+    }
+
+    #[test]
+    fn through_a_proxy_the_relay_goes_by_the_name_that_names_it() {
+        let server = "server.lab:443#sha256=00";
+        // The relay is the server: the server's name, without the '#...'.
+        let own = relay_route(server, &welcome("203.0.113.10:443", None), Some(&proxy()));
+        let (_, target) = own.through.unwrap();
+        assert_eq!((target.host.as_str(), target.port), ("server.lab", 443));
+        // A relay of its own, unresolved here: the advertised name.
+        let apart = welcome("0.0.0.0:443", Some("relay.lab:443"));
+        let route = relay_route(server, &apart, Some(&proxy()));
+        let (_, target) = route.through.unwrap();
+        assert_eq!((target.host.as_str(), target.port), ("relay.lab", 443));
+        // NO_PROXY sees that name.
+        let bypassed = proxy().with_bypass(Bypass::parse("relay.lab"));
+        assert!(
+            relay_route(server, &apart, Some(&bypassed))
+                .through
+                .is_none()
+        );
+        // Without a proxy, the address.
+        let direct = welcome("203.0.113.11:443", Some("relay.lab:443"));
+        let route = relay_route(server, &direct, None);
+        assert!(route.through.is_none());
+        assert_eq!(route.addr, "203.0.113.11:443".parse().unwrap());
+    }
 }

@@ -24,8 +24,9 @@ pub enum PmpError {
     },
     /// Neither PCP nor NAT-PMP answered.
     #[error(
-        "the gateway {gateway} did not answer PCP or NAT-PMP within {waited:?}; \
-         it may not offer them (enable NAT-PMP/PCP in the router's settings)"
+        "the gateway {gateway} did not answer PCP or NAT-PMP within {:.1} s; \
+         it may not offer them (enable NAT-PMP/PCP in the router's settings)",
+        waited.as_secs_f64()
     )]
     NoAnswer {
         /// The gateway.
@@ -67,4 +68,18 @@ pub enum PmpError {
         /// What was wrong.
         reason: &'static str,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_reads_in_seconds() {
+        let error = PmpError::NoAnswer {
+            gateway: "192.168.2.1:5351".parse().unwrap(),
+            waited: Duration::from_nanos(3_506_113_104),
+        };
+        assert!(error.to_string().contains("within 3.5 s;"), "{error}");
+    }
 }

@@ -294,7 +294,11 @@ impl Client {
 
     /// Releases and waits for the server to close (other frames skipped).
     async fn release(mut self) -> Result<(), WaitError> {
-        self.send(&ClientToServer::Release { reason: None }).await?;
+        self.send(&ClientToServer::Release {
+            reason: None,
+            path: None,
+        })
+        .await?;
         let closed = timeout(STEP_TIMEOUT, async {
             loop {
                 match self.next().await {

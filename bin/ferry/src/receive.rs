@@ -31,6 +31,9 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
     };
     let mut link = session::receiver(&server, &code, options, out).await?;
     output::announce_path(&link, out);
+    // Relay first with direct attempts still on: the server hears the
+    // path once the transfer moved or ended.
+    let path_report = link.report.take();
     let mut mending = Reconnect::new(&mut link, args.path.retries);
     let mut upgrade = link.upgrade.take();
     let mut path = link.path;
@@ -56,6 +59,9 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
                 return session::fail_closing(stream, error.into()).await;
             }
             stream.close().await;
+            if let Some(path_report) = path_report {
+                path_report.finish().await;
+            }
             out.event("text", json!({"text": text}));
             if out.is_json() {
                 out.event("done", json!({"kind": "text", "path": path.code()}));
@@ -171,6 +177,9 @@ pub async fn run(args: ReceiveArgs, out: &mut Output) -> Result<()> {
                 result = again;
             };
             stream.close().await;
+            if let Some(path_report) = path_report {
+                path_report.finish().await;
+            }
             output::announce_done(&report, path, "Received", out);
             Ok(())
         }

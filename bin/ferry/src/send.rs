@@ -43,6 +43,9 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
     )?;
     let mut link = session::sender(&server, code.as_deref(), options, args.qr, out).await?;
     output::announce_path(&link, out);
+    // Relay first with direct attempts still on: the server hears the
+    // path once the transfer moved or ended.
+    let report = link.report.take();
     let mut mending = Reconnect::new(&mut link, args.path.retries);
     let (outcome, path) = loop {
         let path = link.path;
@@ -101,6 +104,9 @@ pub async fn run(args: SendArgs, out: &mut Output) -> Result<()> {
             }
         }
     };
+    if let Some(report) = report {
+        report.finish().await;
+    }
     out.finish_progress();
     match outcome {
         SendOutcome::TextDelivered => {

@@ -83,8 +83,9 @@ fn wait_for(addr: &str, series: &str, want: f64) -> String {
     }
 }
 
-/// Sends one file of `len` random bytes with `path_args` on both sides.
-fn transfer(server: &Server, len: usize, path_args: &[&str]) {
+/// Sends one file of `len` random bytes with `path_args` on both sides;
+/// the path both sides said they took (the `path` event's code).
+fn transfer(server: &Server, len: usize, path_args: &[&str]) -> String {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let file = src.path().join("data.bin");
@@ -93,6 +94,38 @@ fn transfer(server: &Server, len: usize, path_args: &[&str]) {
     let mut recv = start_receive(server, &code, dst.path(), &[path_args, &["--yes"]].concat());
     finish_both(&mut send, &mut recv);
     assert_same_file(&file, &dst.path().join("data.bin"));
+    let path = |proc: &Proc| proc.events("path")[0]["path"].as_str().unwrap().to_string();
+    assert_eq!(path(&send), path(&recv));
+    path(&send)
+}
+
+/// The `path` label of `ferry_path_outcomes_total` for a transfer whose
+/// `path` event said `code`.
+fn outcome_label(code: &str) -> &'static str {
+    match code {
+        "lan" => "lan",
+        "tcp" => "direct_tcp",
+        "tcp-simultaneous-open" => "simultaneous_open",
+        "quic" => "quic",
+        "relay" => "relay",
+        other => panic!("unknown path code {other}"),
+    }
+}
+
+/// Every `ferry_path_outcomes_total` series of `text` with its value.
+fn outcomes(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|line| line.starts_with("ferry_path_outcomes_total{"))
+        .map(|line| {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            (name.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The sum of every path outcome counted.
+fn outcomes_total(text: &str) -> f64 {
+    outcomes(text).iter().map(|(_, n)| n).sum()
 }
 
 #[test]
@@ -108,9 +141,16 @@ fn a_relayed_then_a_direct_transfer_move_the_counters() {
     let before = scrape(&metrics);
     assert_eq!(value(&before, "ferry_relay_pairs_total"), 0.0);
     assert_eq!(value(&before, r#"ferry_claims_total{outcome="ok"}"#), 0.0);
+    // Every outcome is there from the start, at zero.
+    assert_eq!(outcomes(&before).len(), 8, "{before}");
+    assert_eq!(outcomes_total(&before), 0.0);
 
     let relayed = 1024 * 1024;
-    transfer(&server, relayed, &["--force-path", "relay"]);
+    let path = transfer(&server, relayed, &["--force-path", "relay"]);
+    assert_eq!(path, "relay");
+    // Both sides reported the relay; the pairing counts once.
+    let text = wait_for(&metrics, r#"ferry_path_outcomes_total{path="relay"}"#, 1.0);
+    assert_eq!(outcomes_total(&text), 1.0, "{text}");
     let text = wait_for(
         &metrics,
         r#"ferry_relay_pairs_ended_total{reason="closed"}"#,
@@ -133,8 +173,21 @@ fn a_relayed_then_a_direct_transfer_move_the_counters() {
         ) >= 2.0
     );
 
-    transfer(&server, 200_000, &[]);
+    let path = transfer(&server, 200_000, &[]);
+    assert_ne!(path, "relay", "a direct path on loopback");
     let text = wait_for(&metrics, "ferry_nameplates_open", 0.0);
+    // Both sides of the direct transfer reported it: counted once, as
+    // the path they said they took.
+    let series = format!(
+        "ferry_path_outcomes_total{{path=\"{}\"}}",
+        outcome_label(&path)
+    );
+    assert_eq!(value(&text, &series), 1.0, "{text}");
+    assert_eq!(
+        value(&text, r#"ferry_path_outcomes_total{path="relay"}"#),
+        1.0
+    );
+    assert_eq!(outcomes_total(&text), 2.0, "{text}");
     assert_eq!(
         value(&text, r#"ferry_nameplates_allocated_total{kind="random"}"#),
         2.0
@@ -196,6 +249,8 @@ fn a_wrong_code_burns_and_a_late_claim_finds_no_nameplate() {
         value(&text, r#"ferry_nameplates_closed_total{reason="freed"}"#),
         0.0
     );
+    // A pairing that never was reports no path.
+    assert_eq!(outcomes_total(&text), 0.0, "{text}");
 
     let mut late = start_receive(&server, &code, dst.path(), &["--yes"]);
     assert_ne!(late.finish(), 0);

@@ -19,10 +19,10 @@
 //! rendezvous driver from the counters its core keeps, the relay and STUN
 //! drivers where they act.
 //!
-//! Not here yet: path outcomes the clients could report after a transfer
-//! (direct or relayed, which path won); that needs a signalling message.
-//! It would be one more family on [`RendezvousMetrics`], labelled by the
-//! protocol's own path enum.
+//! Path outcomes ([`PathOutcome`], `ferry_path_outcomes_total`) are what
+//! the clients report in `release` (ferry-proto's `PathOutcome`): the
+//! rendezvous core counts the first report of each pairing, so a lying
+//! client can skew only its own pairing's count.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -149,6 +149,11 @@ impl Metrics {
             "Peers that met again on a rejoin channel",
             rendezvous.rejoins.clone(),
         );
+        registry.register(
+            "path_outcomes",
+            "Pairings by the path their transfer took, as a client reported it (one report per pairing)",
+            rendezvous.path_outcomes.clone(),
+        );
 
         let relay = RelayMetrics {
             connections: connections(Listener::Relay),
@@ -210,6 +215,9 @@ impl Metrics {
         }
         for &outcome in ClaimOutcome::ALL {
             let _ = rendezvous.claims.get_or_create(&ClaimLabels { outcome });
+        }
+        for &path in PathOutcome::ALL {
+            let _ = rendezvous.path_outcomes.get_or_create(&PathLabels { path });
         }
         for &reason in PairEnd::ALL {
             let _ = relay.pairs_ended.get_or_create(&PairEndLabels { reason });
@@ -328,6 +336,7 @@ pub struct RendezvousMetrics {
     nameplates_closed: Family<ClosedLabels, Counter>,
     claims: Family<ClaimLabels, Counter>,
     rejoins: Counter,
+    path_outcomes: Family<PathLabels, Counter>,
 }
 
 impl RendezvousMetrics {
@@ -369,6 +378,14 @@ impl RendezvousMetrics {
     /// `n` peers met again on a rejoin channel.
     pub fn rejoins(&self, n: u64) {
         self.rejoins.inc_by(n);
+    }
+
+    /// `n` pairings reported `path`.
+    pub fn path_outcomes(&self, path: PathOutcome, n: u64) {
+        if n > 0 {
+            let labels = PathLabels { path };
+            self.path_outcomes.get_or_create(&labels).inc_by(n);
+        }
     }
 }
 
@@ -584,6 +601,29 @@ label_enum! {
 }
 
 label_enum! {
+    /// Which path a pairing's transfer took, as its client reported it
+    /// (`path`).
+    PathOutcome {
+        /// Direct TCP to a LAN address.
+        Lan => "lan",
+        /// Direct TCP to a public or port-mapped address.
+        DirectTcp => "direct_tcp",
+        /// TCP simultaneous open.
+        SimultaneousOpen => "simultaneous_open",
+        /// QUIC over a punched UDP path.
+        Quic => "quic",
+        /// The relay, the whole way.
+        Relay => "relay",
+        /// The relay first, then a direct path that came up later.
+        MovedToDirect => "moved_to_direct",
+        /// The race found no path.
+        NoPath => "no_path",
+        /// An outcome this server does not know (a newer client's).
+        Unknown => "unknown",
+    }
+}
+
+label_enum! {
     /// Why a relayed pair ended (`reason`).
     PairEnd {
         /// A side closed its connection.
@@ -690,6 +730,11 @@ struct ClaimLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PathLabels {
+    path: PathOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PairEndLabels {
     reason: PairEnd,
 }
@@ -775,6 +820,10 @@ mod tests {
             let series = format!("ferry_claims_total{{outcome=\"{}\"}}", outcome.as_str());
             assert_eq!(sample(&text, &series), Some(0.0), "{series}");
         }
+        for path in PathOutcome::ALL {
+            let series = format!("ferry_path_outcomes_total{{path=\"{}\"}}", path.as_str());
+            assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+        }
         assert_eq!(
             sample(&text, r#"ferry_connections_open{listener="relay"}"#),
             Some(0.0)
@@ -786,6 +835,40 @@ mod tests {
         assert_eq!(sample(&text, &build), Some(1.0), "{text}");
         let started = sample(&text, "ferry_start_time_seconds").unwrap();
         assert!(started > 1.6e9, "{started}");
+    }
+
+    #[test]
+    fn path_outcomes_count_by_their_path() {
+        let metrics = Metrics::new();
+        let rendezvous = metrics.rendezvous();
+        rendezvous.path_outcomes(PathOutcome::Quic, 2);
+        rendezvous.path_outcomes(PathOutcome::MovedToDirect, 1);
+        rendezvous.path_outcomes(PathOutcome::Relay, 0);
+        let text = metrics.encode();
+        assert!(
+            text.contains("# TYPE ferry_path_outcomes_total counter\n"),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, r#"ferry_path_outcomes_total{path="quic"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"ferry_path_outcomes_total{path="moved_to_direct"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, r#"ferry_path_outcomes_total{path="relay"}"#),
+            Some(0.0)
+        );
+        let series = text
+            .lines()
+            .filter(|line| line.starts_with("ferry_path_outcomes_total{"))
+            .count();
+        assert_eq!(series, PathOutcome::ALL.len(), "{text}");
     }
 
     #[test]
@@ -858,6 +941,7 @@ mod tests {
             .iter()
             .map(|l| l.as_str())
             .chain(ClaimOutcome::ALL.iter().map(|o| o.as_str()))
+            .chain(PathOutcome::ALL.iter().map(|o| o.as_str()))
             .chain(PairEnd::ALL.iter().map(|o| o.as_str()))
             .chain(RelayRefusal::ALL.iter().map(|o| o.as_str()))
             .collect();

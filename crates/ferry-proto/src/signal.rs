@@ -18,6 +18,11 @@
 //!   | release ----------------> | peer-left ----------------> |
 //! ```
 //!
+//! `release` may carry `path`, the [`PathOutcome`] the client's race
+//! found, for the server's metrics; the server counts one report per
+//! pairing and passes none on. Older servers ignore the field (no frame
+//! here denies unknown fields), so it needs no new protocol version.
+//!
 //! Either side may send `ping {id}` at any time; the other answers
 //! `pong {id}`. The server drops clients silent for three heartbeats.
 //!
@@ -106,6 +111,18 @@ pub enum ClientToServer {
         /// which the server does not pass on.
         #[serde(default)]
         reason: Option<ReleaseReason>,
+        /// Which path the race found, for the server's metrics (see
+        /// [`PathOutcome`]); never passed on. Absent from older clients
+        /// (and from releases that report nothing), and ignored by older
+        /// servers, whose `release` has no such field. Any value outside
+        /// [`PathOutcome`], a string or not, reads as
+        /// [`PathOutcome::Unknown`].
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "lenient_path"
+        )]
+        path: Option<PathOutcome>,
     },
     /// Ask for the relay token of this nameplate, once the peers have
     /// paired (SPAKE2 key confirmation succeeded). The server answers
@@ -301,6 +318,102 @@ pub enum ErrorCode {
     Unknown,
 }
 
+/// Which path carried a transfer, as a client reports it in `release`
+/// once it knows: a fixed set of codes, carried as kebab-case strings.
+/// The server counts one report per pairing (the first, from either
+/// side, of a nameplate both sides paired on) and shows the counts in its
+/// metrics; a peer that lies can only skew the count of its own pairing.
+/// Reports on rejoin channels are not counted: the pairing was counted
+/// when its first path was found.
+///
+/// ```text
+/// the race won on ...          release {path}      (after the race, at once)
+///   LAN address                lan
+///   public / mapped TCP        direct-tcp
+///   TCP simultaneous open      simultaneous-open
+///   UDP punch, QUIC            quic
+///   relay, no direct attempt   relay
+///    still running
+///   relay, direct attempts     relay | moved-to-direct   (the signalling
+///    still running                                        connection stays
+///                                                         open until the
+///                                                         transfer moved, or
+///                                                         ended, or about
+///                                                         35 s passed)
+///   no path                    no-path
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum PathOutcome {
+    /// Direct TCP to a private (LAN) address.
+    Lan,
+    /// Direct TCP to a public or port-mapped address.
+    DirectTcp,
+    /// TCP simultaneous open through both NATs.
+    SimultaneousOpen,
+    /// QUIC over a punched (or sprayed) UDP path.
+    Quic,
+    /// The relay carried the whole transfer.
+    Relay,
+    /// The transfer started on the relay and moved to a direct path that
+    /// came up later.
+    MovedToDirect,
+    /// The race found no path.
+    NoPath,
+    /// A code this version does not know (from a newer client), or a
+    /// value that is not a code at all.
+    #[serde(other)]
+    Unknown,
+}
+
+impl PathOutcome {
+    /// Every outcome, [`PathOutcome::Unknown`] last.
+    pub const ALL: &'static [PathOutcome] = &[
+        PathOutcome::Lan,
+        PathOutcome::DirectTcp,
+        PathOutcome::SimultaneousOpen,
+        PathOutcome::Quic,
+        PathOutcome::Relay,
+        PathOutcome::MovedToDirect,
+        PathOutcome::NoPath,
+        PathOutcome::Unknown,
+    ];
+
+    /// The wire code, e.g. `"moved-to-direct"`.
+    pub fn code(self) -> &'static str {
+        match self {
+            PathOutcome::Lan => "lan",
+            PathOutcome::DirectTcp => "direct-tcp",
+            PathOutcome::SimultaneousOpen => "simultaneous-open",
+            PathOutcome::Quic => "quic",
+            PathOutcome::Relay => "relay",
+            PathOutcome::MovedToDirect => "moved-to-direct",
+            PathOutcome::NoPath => "no-path",
+            PathOutcome::Unknown => "unknown",
+        }
+    }
+}
+
+/// Reads `release`'s `path` without ever failing: a report is only for
+/// the metrics, and a malformed one must not cost the release itself.
+fn lenient_path<'de, D>(deserializer: D) -> Result<Option<PathOutcome>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lenient {
+        Known(PathOutcome),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Option::<Lenient>::deserialize(deserializer)? {
+        None => None,
+        Some(Lenient::Known(outcome)) => Some(outcome),
+        Some(Lenient::Other(_)) => Some(PathOutcome::Unknown),
+    })
+}
+
 /// Why a side left a nameplate: a fixed set of codes, carried in
 /// `release` and `peer-left` as kebab-case strings. Clients show their own
 /// text for each ([`ReleaseReason::describe`]); the server never passes on
@@ -471,7 +584,8 @@ mod tests {
         );
         assert_eq!(
             encoded(&ClientToServer::Release {
-                reason: Some(ReleaseReason::BadCode)
+                reason: Some(ReleaseReason::BadCode),
+                path: None,
             }),
             "{\"type\":\"release\",\"reason\":\"bad-code\"}\n"
         );
@@ -620,7 +734,13 @@ mod tests {
     fn release_without_reason_field_parses() {
         let mut buf = BytesMut::from(&b"{\"type\":\"release\"}\r\n"[..]);
         let msg: Option<ClientToServer> = decode_frame(&mut buf).unwrap();
-        assert_eq!(msg, Some(ClientToServer::Release { reason: None }));
+        assert_eq!(
+            msg,
+            Some(ClientToServer::Release {
+                reason: None,
+                path: None
+            })
+        );
         assert!(buf.is_empty());
     }
 
@@ -715,8 +835,11 @@ mod tests {
             any::<u32>().prop_map(|nameplate| ClientToServer::Claim { nameplate }),
             "[0-9a-f]{32}".prop_map(|channel| ClientToServer::Rejoin { channel }),
             ".*".prop_map(|body| ClientToServer::Send { body }),
-            proptest::option::of(any_reason())
-                .prop_map(|reason| ClientToServer::Release { reason }),
+            (
+                proptest::option::of(any_reason()),
+                proptest::option::of(proptest::sample::select(PathOutcome::ALL))
+            )
+                .prop_map(|(reason, path)| ClientToServer::Release { reason, path }),
             Just(ClientToServer::RelayRequest),
             any::<u64>().prop_map(|id| ClientToServer::Ping { id }),
             any::<u64>().prop_map(|id| ClientToServer::Pong { id }),
@@ -747,13 +870,15 @@ mod tests {
         assert_eq!(
             decode_frame::<ClientToServer>(&mut buf).unwrap(),
             Some(ClientToServer::Release {
-                reason: Some(ReleaseReason::BadCode)
+                reason: Some(ReleaseReason::BadCode),
+                path: None,
             })
         );
         assert_eq!(
             decode_frame::<ClientToServer>(&mut buf).unwrap(),
             Some(ClientToServer::Release {
-                reason: Some(ReleaseReason::Unknown)
+                reason: Some(ReleaseReason::Unknown),
+                path: None,
             })
         );
         // An old server's free text reads as unknown, not as text to print.
@@ -787,6 +912,98 @@ mod tests {
                 relay_token: Some("0f".into())
             }),
             "{\"type\":\"relay-token\",\"relay_token\":\"0f\"}\n"
+        );
+    }
+
+    #[test]
+    fn release_carries_the_path_outcome_as_a_code() {
+        assert_eq!(
+            encoded(&ClientToServer::Release {
+                reason: None,
+                path: Some(PathOutcome::MovedToDirect),
+            }),
+            "{\"type\":\"release\",\"reason\":null,\"path\":\"moved-to-direct\"}\n"
+        );
+        for &outcome in PathOutcome::ALL {
+            let line = encoded(&ClientToServer::Release {
+                reason: Some(ReleaseReason::Done),
+                path: Some(outcome),
+            });
+            assert_eq!(
+                line,
+                format!(
+                    "{{\"type\":\"release\",\"reason\":\"done\",\"path\":\"{}\"}}\n",
+                    outcome.code()
+                )
+            );
+            let mut buf = BytesMut::from(line.as_bytes());
+            let Some(ClientToServer::Release { path, .. }) = decode_frame(&mut buf).unwrap() else {
+                panic!("not a release: {line}");
+            };
+            assert_eq!(path, Some(outcome));
+        }
+    }
+
+    #[test]
+    fn any_path_value_a_newer_or_hostile_client_sends_reads_as_unknown() {
+        let lines = [
+            "{\"type\":\"release\",\"path\":\"carrier-pigeon\"}\n",
+            "{\"type\":\"release\",\"path\":\"\\u001b]0;pwned\\u0007\"}\n",
+            "{\"type\":\"release\",\"path\":7}\n",
+            "{\"type\":\"release\",\"path\":{\"kind\":\"quic\",\"ms\":20}}\n",
+            "{\"type\":\"release\",\"path\":[\"quic\"],\"reason\":\"done\"}\n",
+        ];
+        for line in lines {
+            let mut buf = BytesMut::from(line.as_bytes());
+            let Some(ClientToServer::Release { path, .. }) = decode_frame(&mut buf).unwrap() else {
+                panic!("not a release: {line}");
+            };
+            assert_eq!(path, Some(PathOutcome::Unknown), "{line}");
+        }
+        let mut buf =
+            BytesMut::from(&b"{\"type\":\"release\",\"path\":null,\"reason\":\"done\"}\n"[..]);
+        assert_eq!(
+            decode_frame::<ClientToServer>(&mut buf).unwrap(),
+            Some(ClientToServer::Release {
+                reason: Some(ReleaseReason::Done),
+                path: None
+            })
+        );
+    }
+
+    #[test]
+    fn a_server_without_path_reports_reads_a_reporting_release_as_before() {
+        // The frames of a server from before `path`: unknown fields are
+        // ignored, as this test's copy of its `release` shows.
+        #[derive(Debug, PartialEq, Deserialize)]
+        #[serde(tag = "type", rename_all = "kebab-case")]
+        enum OldClientToServer {
+            Release {
+                #[serde(default)]
+                reason: Option<ReleaseReason>,
+            },
+        }
+        let line = encoded(&ClientToServer::Release {
+            reason: Some(ReleaseReason::Done),
+            path: Some(PathOutcome::Quic),
+        });
+        let mut buf = BytesMut::from(line.as_bytes());
+        assert_eq!(
+            decode_frame::<OldClientToServer>(&mut buf).unwrap(),
+            Some(OldClientToServer::Release {
+                reason: Some(ReleaseReason::Done)
+            })
+        );
+        // And this version ignores fields a newer client may add.
+        let mut buf = BytesMut::from(
+            &b"{\"type\":\"release\",\"path\":\"lan\",\"path_ms\":12,\"more\":{}}\n"[..],
+        );
+        assert_eq!(
+            decode_frame::<ClientToServer>(&mut buf).unwrap(),
+            Some(ClientToServer::Release {
+                reason: None,
+                path: Some(PathOutcome::Lan)
+            })
         );
     }
 

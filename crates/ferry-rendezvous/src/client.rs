@@ -14,6 +14,7 @@
 //!   send(body)             -- queue a mailbox body
 //!   recv()                 -- next PeerJoined / Message / PeerLeft (cancel-safe)
 //!   release(reason)        -- leave the nameplate and close
+//!   release_reporting(reason, path) -- the same, reporting the path found
 //! ```
 
 use std::collections::VecDeque;
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ferry_proto::signal::{
-    ClientToServer, ErrorCode, FrameError, MAX_FRAME, PROTOCOL_VERSION, ReleaseReason,
+    ClientToServer, ErrorCode, FrameError, MAX_FRAME, PROTOCOL_VERSION, PathOutcome, ReleaseReason,
     ServerToClient, decode_frame, encode_frame,
 };
 use ferry_relay::{Carrier, ClientTls, RelayTls, ServerSpec, TlsError, Trust};
@@ -451,7 +452,18 @@ impl SignalClient {
     /// Leaves the nameplate (reason [`ReleaseReason::BadCode`] burns it)
     /// and closes.
     pub async fn release(self, reason: Option<ReleaseReason>) -> Result<(), SignalError> {
-        let release = ClientToServer::Release { reason };
+        self.release_reporting(reason, None).await
+    }
+
+    /// Like [`release`](Self::release), telling the server which path the
+    /// race found (`path`, for its metrics: see [`PathOutcome`]). A server
+    /// from before path reports ignores it.
+    pub async fn release_reporting(
+        self,
+        reason: Option<ReleaseReason>,
+        path: Option<PathOutcome>,
+    ) -> Result<(), SignalError> {
+        let release = ClientToServer::Release { reason, path };
         self.command(release).await?;
         let (ack_tx, ack_rx) = oneshot::channel();
         if self.commands.send(Command::Close(ack_tx)).await.is_ok() {

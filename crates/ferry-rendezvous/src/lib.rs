@@ -32,6 +32,8 @@ pub mod server;
 pub mod state;
 
 pub use client::{SignalClient, SignalError, SignalEvent, Welcome};
-pub use ferry_proto::signal::ReleaseReason;
+pub use ferry_proto::signal::{PathOutcome, ReleaseReason};
 pub use server::{ServerConfig, serve, serve_with_relay};
-pub use state::{BAD_CODE, ClientId, Config, PEER_DISCONNECTED, PEER_VANISHED, Rendezvous, Stats};
+pub use state::{
+    BAD_CODE, ClientId, Config, PEER_DISCONNECTED, PEER_VANISHED, PathCounts, Rendezvous, Stats,
+};

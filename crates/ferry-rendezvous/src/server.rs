@@ -57,8 +57,8 @@ use ferry_metrics::{
     RendezvousMetrics,
 };
 use ferry_proto::signal::{
-    ClientToServer, ErrorCode, FrameError, MAX_FRAME, RELAY_PROTOCOL_VERSION, ServerToClient,
-    decode_frame, encode_frame,
+    ClientToServer, ErrorCode, FrameError, MAX_FRAME, PathOutcome, RELAY_PROTOCOL_VERSION,
+    ServerToClient, decode_frame, encode_frame,
 };
 use ferry_relay::token::unix_secs;
 use ferry_relay::{Carrier, RelayConfig, RelayServer, ServerTls, TokenKey};
@@ -396,6 +396,9 @@ fn export(metrics: &RendezvousMetrics, before: &Stats, after: &Stats) {
         delta(|s| s.claims_already_holding),
     );
     metrics.rejoins(delta(|s| s.rejoined));
+    for ((outcome, now), (_, then)) in after.paths.iter().zip(before.paths.iter()) {
+        metrics.path_outcomes(path_label(outcome), now.saturating_sub(then));
+    }
     let refusals = &metrics.refusals;
     refusals.count_n(Limit::MaxNameplates, delta(|s| s.nameplates_full));
     refusals.count_n(Limit::ClaimBlock, delta(|s| s.claims_blocked));
@@ -404,6 +407,21 @@ fn export(metrics: &RendezvousMetrics, before: &Stats, after: &Stats) {
         delta(|s| s.failed_claims_closed),
     );
     refusals.count_n(Limit::PendingMessages, delta(|s| s.pending_full));
+}
+
+/// The metrics label of a path outcome the core counted.
+fn path_label(outcome: PathOutcome) -> ferry_metrics::PathOutcome {
+    use ferry_metrics::PathOutcome as Label;
+    match outcome {
+        PathOutcome::Lan => Label::Lan,
+        PathOutcome::DirectTcp => Label::DirectTcp,
+        PathOutcome::SimultaneousOpen => Label::SimultaneousOpen,
+        PathOutcome::Quic => Label::Quic,
+        PathOutcome::Relay => Label::Relay,
+        PathOutcome::MovedToDirect => Label::MovedToDirect,
+        PathOutcome::NoPath => Label::NoPath,
+        _ => Label::Unknown,
+    }
 }
 
 /// Hands the core's frames and closes to the connection tasks.

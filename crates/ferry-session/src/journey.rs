@@ -149,6 +149,7 @@ impl Sender {
             options,
             true,
             started,
+            true,
         )
         .await?;
         link.rejoin = Some(Rejoin::new(&server, channel, true, options));
@@ -209,15 +210,18 @@ pub async fn receive_with(
         options,
         false,
         started,
+        true,
     )
     .await?;
     link.rejoin = Some(Rejoin::new(server, channel, false, options));
     Ok(link)
 }
 
-/// Exchanges hellos, races the paths, releases the nameplate.
+/// Exchanges hellos, races the paths, releases the nameplate; reports
+/// the path to the server when `reporting` (the pairing's first race,
+/// not a rejoin: see [`report`](crate::report)).
 // `server` joined the other seven for the proxy: it names the server the
-// relay may be reached by.
+// relay may be reached by; `reporting` came with the path reports.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_session(
     server: &str,
@@ -228,6 +232,7 @@ pub(crate) async fn run_session(
     options: SessionOptions,
     controlling: bool,
     started: Instant,
+    reporting: bool,
 ) -> Result<PeerLink, SessionError> {
     // Paired (or rejoined) on both sides: only now does the server hand
     // out the relay token, once both of us asked.
@@ -299,7 +304,8 @@ pub(crate) async fn run_session(
     }
     let relay_token = signal.relay_token();
     if options.force_path == Some(PathKind::Relay) && relay_token.is_none() {
-        let _ = signal.release(None).await;
+        let report = reporting.then_some(ferry_proto::signal::PathOutcome::NoPath);
+        let _ = signal.release_reporting(None, report).await;
         return Err(SessionError::NoPath {
             failures: Vec::new(),
             relay_forced: true,
@@ -327,7 +333,7 @@ pub(crate) async fn run_session(
         spray_key: channel.derive_secret(ferry_connect::spray::SPRAY_KEY_CONTEXT),
         can_move: channel.peer_understands(ferry_proto::peer::FEATURE_MOVE),
     };
-    let result = plan
+    let mut result = plan
         .race(
             gathered.udp,
             gathered.listener,
@@ -338,7 +344,7 @@ pub(crate) async fn run_session(
         .await;
     let own_mapping = upnp.mapped_by();
     upnp.close().await;
-    let _ = signal.release(None).await;
+    let report = release_after_race(signal, &mut result, reporting).await;
     let Won {
         path: established,
         lost,
@@ -379,6 +385,7 @@ pub(crate) async fn run_session(
         },
         rejoin: None,
         upgrade,
+        report,
     })
 }
 

@@ -25,7 +25,8 @@
 //! paths, to which targets, with which head start), `attempt` (each
 //! planned path as a socket operation), `race` (the drivers around
 //! `ferry_connect::race`'s cores), `relay` (the relay path), [`upgrade`]
-//! (relay first, then a direct path that comes up later), [`rejoin`]
+//! (relay first, then a direct path that comes up later), [`report`]
+//! (the path, told to the server for its metrics), [`rejoin`]
 //! (finding the peer again), [`mend`] (reconnecting after a break
 //! mid-transfer), [`backoff`] (every retry schedule), [`reason`] (why, as
 //! types the binary renders), `error`.
@@ -51,6 +52,7 @@ mod race;
 pub mod reason;
 pub mod rejoin;
 mod relay;
+pub mod report;
 mod signal;
 pub mod upgrade;
 
@@ -62,6 +64,7 @@ pub use mend::{MendError, MendEvent, Mender, PathEnd, mendable};
 pub use plan::{PlanInput, Spray, Step, direct_hopeless, plan_paths, spray_role};
 pub use reason::{Hopeless, PeerGone, RelayReason, UdpObstacle};
 pub use rejoin::Rejoin;
+pub use report::PathReport;
 pub use signal::{RESTART_GRACE, RESTARTED_WITHIN, Waiting};
 pub use upgrade::{MOVE_WAIT, Upgrade};
 
@@ -71,6 +74,7 @@ pub(crate) use journey::*;
 pub(crate) use plan::*;
 pub(crate) use race::*;
 pub(crate) use relay::*;
+pub(crate) use report::*;
 pub(crate) use signal::*;
 pub(crate) use upgrade::*;
 
@@ -176,6 +180,10 @@ pub struct PeerLink {
     /// run: the direct path that may replace it ([`Upgrade`]; the sender
     /// moves with `ferry_transfer::send_moving`).
     pub upgrade: Option<Upgrade>,
+    /// With [`upgrade`](Self::upgrade) on the first link: the report of
+    /// the path to the server, which waits to learn whether the transfer
+    /// moves; call [`PathReport::finish`] when the transfer is over.
+    pub report: Option<PathReport>,
 }
 
 /// How a direct path was found, where there is more than one way.

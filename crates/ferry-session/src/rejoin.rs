@@ -90,6 +90,7 @@ impl Rejoin {
             self.options,
             self.controlling,
             started,
+            false,
         )
         .await
     }

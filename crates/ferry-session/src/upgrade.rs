@@ -45,6 +45,9 @@ pub struct Upgrade {
     ready: Option<Established>,
     /// When the relay took over.
     since: Instant,
+    /// Told when the direct path is taken: the transfer moved (the
+    /// pairing's path report, [`PathReport`]).
+    moved: Option<MoveNotice>,
 }
 
 impl std::fmt::Debug for Upgrade {
@@ -92,7 +95,13 @@ impl Upgrade {
             task: Some(tokio::spawn(find)),
             ready: None,
             since: Instant::now(),
+            moved: None,
         }
+    }
+
+    /// Tells `notice` when the transfer takes the direct path.
+    pub(crate) fn report_moves(&mut self, notice: MoveNotice) {
+        self.moved = Some(notice);
     }
 
     /// Resolves once a direct path is up; never when none comes.
@@ -116,6 +125,9 @@ impl Upgrade {
     /// (without a [`Rejoin`]: keep the first link's).
     pub fn take(&mut self) -> Option<PeerLink> {
         let path = self.ready.take()?;
+        if let Some(moved) = self.moved.take() {
+            moved.moved();
+        }
         match &path.stream {
             PeerStream::Tls(tls) => detect_breaks(tls.get_ref().0),
             PeerStream::Relayed(tls) => detect_breaks(tls.get_ref().0.tcp()),
@@ -133,6 +145,7 @@ impl Upgrade {
             found_by: path.found_by,
             rejoin: None,
             upgrade: None,
+            report: None,
         })
     }
 

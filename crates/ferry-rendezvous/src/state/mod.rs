@@ -19,6 +19,11 @@
 //!                 (queued, up to MAX_PENDING_MESSAGES, while side 1 has not come)
 //!   release{reason} / disconnect / silence for 3 heartbeats
 //!              -> other side gets peer-left{reason}
+//!   release{path}: the path the race found, counted in Stats::paths once
+//!              per pairing (the first report of a nameplate whose two
+//!              sides both asked for the relay token, i.e. both paired);
+//!              reports from clients that never paired, second reports
+//!              and reports on rejoin channels are not counted
 //!   nameplate freed when no side is left in it; reason "bad-code" burns it
 //!   at once (both sides closed); nameplates expire after the TTL.
 //! ```
@@ -29,7 +34,8 @@ use std::time::{Duration, Instant};
 
 use ferry_limits::{AddrBucket, Bucketing, RateTable};
 use ferry_proto::signal::{
-    ClientToServer, ErrorCode, FrameError, PROTOCOL_VERSION, ReleaseReason, ServerToClient,
+    ClientToServer, ErrorCode, FrameError, PROTOCOL_VERSION, PathOutcome, ReleaseReason,
+    ServerToClient,
 };
 use ferry_relay::TokenKey;
 use rand::rngs::StdRng;
@@ -182,6 +188,50 @@ pub struct Stats {
     pub failed_claims_closed: u64,
     /// Messages refused because too many wait for an absent side.
     pub pending_full: u64,
+    /// The paths the pairings found, as their clients reported them.
+    pub paths: PathCounts,
+}
+
+/// How many pairings reported each [`PathOutcome`]: one report per
+/// pairing, the first of its two sides. What a client reports is not
+/// checked (the server cannot see the path), so a lying client skews
+/// the count of its own pairing, and no other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathCounts {
+    counts: [u64; PathOutcome::ALL.len()],
+}
+
+impl PathCounts {
+    /// How many pairings reported `outcome`.
+    pub fn get(&self, outcome: PathOutcome) -> u64 {
+        self.counts[Self::index(outcome)]
+    }
+
+    /// Every outcome with its count, in [`PathOutcome::ALL`]'s order.
+    pub fn iter(&self) -> impl Iterator<Item = (PathOutcome, u64)> + '_ {
+        PathOutcome::ALL
+            .iter()
+            .map(|&outcome| (outcome, self.get(outcome)))
+    }
+
+    /// The sum over every outcome.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    fn count(&mut self, outcome: PathOutcome) {
+        let count = &mut self.counts[Self::index(outcome)];
+        *count = count.saturating_add(1);
+    }
+
+    fn index(outcome: PathOutcome) -> usize {
+        // Outcomes a later version of ferry-proto adds count as unknown
+        // until this list names them.
+        PathOutcome::ALL
+            .iter()
+            .position(|&o| o == outcome)
+            .unwrap_or(PathOutcome::ALL.len() - 1)
+    }
 }
 
 /// The rendezvous state machine.
@@ -276,6 +326,11 @@ struct Nameplate {
     claimer_bucket: Option<AddrBucket>,
     /// The expiry timer armed for this nameplate (`expires` may be later).
     armed: Instant,
+    /// Both sides asked for the relay token since a join: both paired
+    /// (a side asks only after key confirmation), so path reports count.
+    paired: bool,
+    /// A path report of this pairing was counted.
+    path_counted: bool,
 }
 
 impl Nameplate {
@@ -433,7 +488,10 @@ impl Rendezvous {
             ClientToServer::Rejoin { channel } => self.rejoin(now, client, channel),
             ClientToServer::Send { body } => self.send(client, body),
             ClientToServer::RelayRequest => self.relay_request(client),
-            ClientToServer::Release { reason } => {
+            ClientToServer::Release { reason, path } => {
+                if let Some(path) = path {
+                    self.path_reported(client, path);
+                }
                 // Only known codes are passed on (the type holds no text);
                 // a code this version does not know is dropped.
                 let reason = reason.filter(|r| *r != ReleaseReason::Unknown);

@@ -88,6 +88,8 @@ impl Rendezvous {
                 relay_asked: [false; 2],
                 claimer_bucket: None,
                 armed: now + self.config.nameplate_ttl,
+                paired: false,
+                path_counted: false,
             },
         );
         self.timers
@@ -245,6 +247,7 @@ impl Rendezvous {
             return;
         }
         nameplate.relay_asked = [false; 2];
+        nameplate.paired = true;
         let relay_token = self.relay_token(number);
         debug!(
             nameplate = number,
@@ -299,6 +302,34 @@ impl Rendezvous {
             }
             Side::Gone => debug!(client, "message for a peer that left dropped"),
         }
+    }
+
+    /// `client` reports the path its pairing found: counted when it is
+    /// the first report of a nameplate (not a rejoin channel) whose two
+    /// sides paired. Both sides report the same race, so the second
+    /// report is not counted; nor is one from a client that never paired
+    /// (a stranger that claimed a nameplate, its peer gone), nor a mend
+    /// on a rejoin channel, whose transfer was counted when it began.
+    pub(super) fn path_reported(&mut self, client: ClientId, path: PathOutcome) {
+        let Some(nameplate) = self
+            .nameplate_of(client)
+            .and_then(|number| self.nameplates.get_mut(&number))
+        else {
+            debug!(client, "path report without a nameplate ignored");
+            return;
+        };
+        if nameplate.rejoin.is_some() || !nameplate.paired || nameplate.path_counted {
+            debug!(
+                client,
+                rejoin = nameplate.rejoin.is_some(),
+                paired = nameplate.paired,
+                "path report not counted"
+            );
+            return;
+        }
+        nameplate.path_counted = true;
+        debug!(client, path = path.code(), "path reported");
+        self.stats.paths.count(path);
     }
 
     pub(super) fn nameplate_of(&self, client: ClientId) -> Option<u32> {

@@ -69,24 +69,30 @@ impl Harness {
 
     /// Allocates with client 1 and claims with client 2.
     fn paired(&mut self) -> u32 {
-        self.greet(1);
-        self.greet(2);
-        self.msg(1, ClientToServer::Allocate);
-        let [(1, ServerToClient::Allocated { nameplate })] = self.drain()[..] else {
+        self.paired_again(1, 2)
+    }
+
+    /// Allocates with client `first` and claims with client `second`.
+    fn paired_again(&mut self, first: ClientId, second: ClientId) -> u32 {
+        self.greet(first);
+        self.greet(second);
+        self.msg(first, ClientToServer::Allocate);
+        let [(allocator, ServerToClient::Allocated { nameplate })] = self.drain()[..] else {
             panic!("no allocation");
         };
-        self.msg(2, ClientToServer::Claim { nameplate });
+        assert_eq!(allocator, first);
+        self.msg(second, ClientToServer::Claim { nameplate });
         assert_eq!(
             self.drain(),
             vec![
                 (
-                    2,
+                    second,
                     ServerToClient::Claimed {
                         nameplate,
                         relay_token: None
                     }
                 ),
-                (1, ServerToClient::PeerJoined { relay_token: None })
+                (first, ServerToClient::PeerJoined { relay_token: None })
             ]
         );
         nameplate
@@ -212,6 +218,7 @@ fn release_frees_when_both_left() {
         2,
         ClientToServer::Release {
             reason: Some(ReleaseReason::Done),
+            path: None,
         },
     );
     assert_eq!(
@@ -251,7 +258,13 @@ fn allocator_leaving_alone_frees() {
     h.greet(1);
     h.msg(1, ClientToServer::Allocate);
     h.drain();
-    h.msg(1, ClientToServer::Release { reason: None });
+    h.msg(
+        1,
+        ClientToServer::Release {
+            reason: None,
+            path: None,
+        },
+    );
     assert_eq!(h.core.nameplate_count(), 0);
 }
 
@@ -263,6 +276,7 @@ fn bad_code_burns_at_once() {
         2,
         ClientToServer::Release {
             reason: Some(BAD_CODE),
+            path: None,
         },
     );
     assert_eq!(
@@ -593,6 +607,7 @@ fn three_bad_codes_block_the_claimers_address_for_ten_minutes() {
             id,
             ClientToServer::Release {
                 reason: Some(BAD_CODE),
+                path: None,
             },
         );
         h.drain();
@@ -700,6 +715,7 @@ fn timers_track_only_live_clients_and_nameplates() {
             a + 1,
             ClientToServer::Release {
                 reason: Some(ReleaseReason::Done),
+                path: None,
             },
         );
         h.core.handle_disconnect(h.now, a);
@@ -935,4 +951,140 @@ fn rejoin_refuses_bad_channels_and_double_holding() {
     assert_eq!(error_code(&out), vec![(2, ErrorCode::AlreadyClaimed)]);
     let out = rejoin(&mut h, 3, &CHANNEL.to_uppercase());
     assert!(out.is_empty(), "unknown client ignored");
+}
+
+fn release_reporting(h: &mut Harness, client: ClientId, path: PathOutcome) {
+    h.msg(
+        client,
+        ClientToServer::Release {
+            reason: None,
+            path: Some(path),
+        },
+    );
+}
+
+/// Both sides ask for the relay token (as they do once paired), without
+/// a relay: the answer carries none.
+fn both_paired(h: &mut Harness, first: ClientId, second: ClientId) {
+    h.msg(first, ClientToServer::RelayRequest);
+    h.msg(second, ClientToServer::RelayRequest);
+    let out = h.drain();
+    assert_eq!(out.len(), 2, "{out:?}");
+}
+
+#[test]
+fn a_pairing_counts_its_path_once_though_both_sides_report_it() {
+    let mut h = Harness::new(Config::default());
+    h.paired();
+    both_paired(&mut h, 1, 2);
+    release_reporting(&mut h, 1, PathOutcome::Quic);
+    release_reporting(&mut h, 2, PathOutcome::Quic);
+    assert_eq!(h.core.nameplate_count(), 0);
+    let paths = h.core.stats().paths;
+    assert_eq!(paths.get(PathOutcome::Quic), 1);
+    assert_eq!(paths.total(), 1);
+    // The second side's report differs: still the first one counts.
+    h.paired_again(3, 4);
+    both_paired(&mut h, 3, 4);
+    release_reporting(&mut h, 4, PathOutcome::MovedToDirect);
+    release_reporting(&mut h, 3, PathOutcome::Relay);
+    let paths = h.core.stats().paths;
+    assert_eq!(paths.get(PathOutcome::MovedToDirect), 1);
+    assert_eq!(paths.get(PathOutcome::Relay), 0);
+    assert_eq!(paths.total(), 2);
+    let counted: Vec<_> = paths.iter().filter(|(_, n)| *n > 0).collect();
+    assert_eq!(
+        counted,
+        vec![(PathOutcome::Quic, 1), (PathOutcome::MovedToDirect, 1)]
+    );
+}
+
+#[test]
+fn a_report_after_a_silent_release_of_the_other_side_counts() {
+    // An older peer releases without a report; the newer one's counts.
+    let mut h = Harness::new(Config::default());
+    h.paired();
+    both_paired(&mut h, 1, 2);
+    h.msg(
+        2,
+        ClientToServer::Release {
+            reason: Some(ReleaseReason::Done),
+            path: None,
+        },
+    );
+    assert_eq!(h.core.stats().paths.total(), 0);
+    release_reporting(&mut h, 1, PathOutcome::Lan);
+    assert_eq!(h.core.stats().paths.get(PathOutcome::Lan), 1);
+    assert_eq!(h.core.stats().paths.total(), 1);
+}
+
+#[test]
+fn reports_from_clients_that_never_paired_are_not_counted() {
+    let mut h = Harness::new(Config::default());
+    // No nameplate at all.
+    h.greet(1);
+    release_reporting(&mut h, 1, PathOutcome::DirectTcp);
+    // Alone on a nameplate.
+    h.greet(2);
+    h.msg(2, ClientToServer::Allocate);
+    h.drain();
+    release_reporting(&mut h, 2, PathOutcome::DirectTcp);
+    // Claimed, but only one side asked for the relay token: the claimer
+    // may be a stranger that guessed the nameplate, not the code.
+    h.paired_again(3, 4);
+    h.msg(4, ClientToServer::RelayRequest);
+    release_reporting(&mut h, 4, PathOutcome::DirectTcp);
+    release_reporting(&mut h, 3, PathOutcome::DirectTcp);
+    // A wrong code, reported along with the burn.
+    h.paired_again(5, 6);
+    h.msg(
+        5,
+        ClientToServer::Release {
+            reason: Some(BAD_CODE),
+            path: Some(PathOutcome::NoPath),
+        },
+    );
+    assert_eq!(h.core.stats().burnt, 1);
+    assert_eq!(h.core.stats().paths, PathCounts::default());
+}
+
+#[test]
+fn reports_on_a_rejoin_channel_are_not_counted() {
+    let mut h = Harness::new(Config::default());
+    h.greet(1);
+    h.greet(2);
+    rejoin(&mut h, 1, CHANNEL);
+    rejoin(&mut h, 2, CHANNEL);
+    both_paired(&mut h, 1, 2);
+    release_reporting(&mut h, 1, PathOutcome::Quic);
+    release_reporting(&mut h, 2, PathOutcome::Quic);
+    assert_eq!(h.core.stats().rejoined, 1);
+    assert_eq!(h.core.stats().paths.total(), 0);
+}
+
+#[test]
+fn an_outcome_a_newer_client_sends_counts_as_unknown() {
+    let mut h = Harness::new(Config::default());
+    h.paired();
+    both_paired(&mut h, 1, 2);
+    let mut buf = bytes::BytesMut::from(
+        &b"{\"type\":\"release\",\"path\":\"pigeon\",\"reason\":\"done\"}\n"[..],
+    );
+    let release: ClientToServer = ferry_proto::signal::decode_frame(&mut buf)
+        .unwrap()
+        .unwrap();
+    h.msg(2, release);
+    // The release itself worked as ever.
+    assert_eq!(
+        h.drain(),
+        vec![(
+            1,
+            ServerToClient::PeerLeft {
+                reason: Some(ReleaseReason::Done)
+            }
+        )]
+    );
+    assert_eq!(h.closes(), vec![2]);
+    assert_eq!(h.core.stats().paths.get(PathOutcome::Unknown), 1);
+    assert_eq!(h.core.stats().paths.total(), 1);
 }

@@ -107,6 +107,7 @@ async fn the_sender_says_hello_before_upnp_is_done_and_sends_the_mapping_after()
             SessionOptions::default(),
             true,
             Instant::now(),
+            true,
         )
         .await
     });

@@ -23,6 +23,8 @@ for arg in "$@"; do
 done
 
 ensure_rust
+# The cluster tests start a real redis-server on loopback (Debian's package).
+[ "${FERRY_SKIP_REDIS:-}" = 1 ] || command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 if [ -z "$quick" ]; then
     say "cargo fmt --check"
     cargo fmt --all --check || die "code is not formatted: run cargo fmt --all"

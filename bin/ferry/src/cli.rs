@@ -101,7 +101,7 @@ pub enum Command {
     /// Run the rendezvous server (self-hosted) that peers meet at; it
     /// relays too, unless told the relay runs elsewhere (--relay-url).
     #[command(after_help = EXIT_CODES_HELP)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run only the relay, for a rendezvous server on another host
     ///
     /// The relay joins two peers that have no direct path (symmetric NATs,
@@ -545,6 +545,19 @@ pub struct ServeArgs {
     /// private address, never to a public one.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
+
+    /// Share nameplates and mailboxes with other `ferry serve` instances
+    /// through the Redis at this URL (redis://HOST:PORT/DB, or
+    /// redis://:PASSWORD@HOST:PORT/DB), so that a sender and a receiver
+    /// that reach different instances behind one name still pair. Off by
+    /// default: this instance alone, everything in memory.
+    #[arg(long, value_name = "redis://HOST:PORT/DB")]
+    pub cluster: Option<String>,
+
+    /// This instance's name in the cluster (1 to 64 of a-z, 0-9, -;
+    /// default: a random one at each start). Every instance needs its own.
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    pub instance_id: Option<String>,
 
     #[command(flatten)]
     pub tls: TlsArgs,

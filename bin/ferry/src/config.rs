@@ -474,7 +474,7 @@ mod tests {
     fn serve(args: &[&str], env: Env<'_>) -> crate::cli::ServeArgs {
         match parse_from(argv(args), env).unwrap() {
             Parsed::Run(cli) => match cli.command {
-                Command::Serve(args) => args,
+                Command::Serve(args) => *args,
                 other => panic!("{other:?}"),
             },
             Parsed::Print(text) => panic!("{text}"),

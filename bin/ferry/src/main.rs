@@ -67,7 +67,7 @@ fn main() {
             match cli.command {
                 Command::Send(args) => send::run(args, &mut out).await,
                 Command::Receive(args) => receive::run(args, &mut out).await,
-                Command::Serve(args) => serve::run(args, &mut out).await,
+                Command::Serve(args) => serve::run(*args, &mut out).await,
                 Command::Relay(args) => serve::run_relay(args, &mut out).await,
                 Command::Nat(args) => nat::run(args, &mut out).await,
                 Command::Completions(args) => docs::completions(args),

@@ -43,7 +43,12 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
         _ if args.no_relay => RelayMode::Off,
         _ => RelayMode::Here(relay_config(&args.relay)),
     };
+    let cluster = match &args.cluster {
+        Some(url) => Some(join_cluster(url, args.instance_id.as_deref()).await?),
+        None => None,
+    };
     let config = ServerConfig {
+        cluster,
         listen: args.listen,
         nameplate_ttl: Duration::from_secs(args.nameplate_ttl),
         max_connections: args.max_connections,
@@ -341,6 +346,31 @@ async fn relay_url(url: &str) -> Result<String> {
              as clients will reach it, e.g. relay.example.org:443"
         ))),
     }
+}
+
+/// Connects to the cluster's Redis; unreachable is a start-up error.
+async fn join_cluster(url: &str, instance: Option<&str>) -> Result<ferry_cluster::Directory> {
+    let instance = match instance {
+        Some(name) => {
+            ferry_cluster::check_instance(name).map_err(|e| {
+                Failure::usage(format!("--instance-id: {e}; e.g. --instance-id edge-1"))
+            })?;
+            name.to_string()
+        }
+        None => ferry_cluster::random_instance(),
+    };
+    let directory = ferry_cluster::RedisDirectory::connect(url, &instance)
+        .await
+        .map_err(|e| match e {
+            ferry_cluster::ClusterError::BadUrl { .. } => Failure::usage(format!(
+                "--cluster: {e}; e.g. --cluster redis://127.0.0.1:6379/0"
+            )),
+            e => Failure::local(format!(
+                "cannot join the cluster: {e}; start Redis there (or fix --cluster),                  or run without --cluster to keep everything in this instance"
+            )),
+        })?;
+    info!(instance, "joined the cluster");
+    Ok(directory)
 }
 
 fn bind_failure(e: &std::io::Error, addr: &str, flag: &str) -> anyhow::Error {

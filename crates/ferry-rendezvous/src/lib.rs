@@ -9,6 +9,8 @@
 //! - [`server`]: the tokio driver around it: [`serve`] on a bound listener;
 //!   with a relay configured, the same listener also serves `ferry-relay`
 //!   connections (told apart by their first frame).
+//!   With a cluster directory (`ferry_cluster`), several servers share
+//!   nameplates: see [`server`]'s module doc and [`state::cluster`].
 //! - [`client`]: [`SignalClient`], the tokio client used by `ferry send` and
 //!   `ferry receive`.
 //!
@@ -28,6 +30,8 @@
 
 pub mod admission;
 pub mod client;
+mod hop;
+mod link;
 pub mod server;
 pub mod state;
 

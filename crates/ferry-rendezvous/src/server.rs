@@ -30,6 +30,28 @@
 //!   shutdown_grace (5 s) to finish, then the rest are aborted.
 //! ```
 //!
+//! Cluster (ServerConfig::cluster, `ferry serve --cluster`): several
+//! instances share a `ferry_cluster::Directory`. The core (with
+//! `Config::clustered`) asks it before it opens a nameplate (a cluster-wide
+//! `SET NX`) and before it calls a claim unknown; the link (`link.rs`) runs
+//! those requests as tasks and carries proxied clients through the
+//! instances' inboxes (`hop.rs`):
+//!
+//! ```text
+//!  sender --TCP--> instance A (home of 17)      receiver --TCP--> instance B
+//!                  core: allocate 17                         core: claim 17?
+//!                  directory: SET np:17 A NX                 directory: GET np:17 = A
+//!                                                            core: Proxy -> A
+//!                  core <-- connect/frame ------------------ B's link
+//!                  (remote client, B's addr)  inbox:A
+//!                  core --> to-client/close ----------------> B writes to the
+//!                                             inbox:B          receiver's TCP
+//! ```
+//!
+//! So claims, the one-guess rule, mailbox queues, relay tokens and the
+//! per-address budgets of a nameplate stay in its home's core. Without a
+//! cluster none of this runs: the core asks nothing, as before.
+//!
 //! The first frame of a connection decides what it is for: `hello` is
 //! signalling; `relay {token}` hands the connection (with any bytes read
 //! beyond that line) to the [`RelayServer`], which pairs it and pipes bytes
@@ -69,7 +91,9 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info};
 
 use crate::admission::{Admission, AdmissionLimits, Refusal};
+use crate::link::ClusterLink;
 use crate::state::{ClientId, Config, Rendezvous, Stats};
+use ferry_cluster::Directory;
 
 /// Bytes of frames queued for one client before it counts as too slow and
 /// is dropped.
@@ -116,6 +140,10 @@ pub struct ServerConfig {
     /// ([`Carrier::accept`]): TLS clients get TLS, plain clients stay
     /// plain, and the welcome says this port offers TLS.
     pub tls: Option<ServerTls>,
+    /// The directory shared with other instances (default none: this
+    /// instance is the only one, and keeps everything in memory). See
+    /// the module doc's cluster part.
+    pub cluster: Option<Directory>,
 }
 
 impl Default for ServerConfig {
@@ -130,6 +158,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             metrics: Metrics::default(),
             tls: None,
+            cluster: None,
         }
     }
 }
@@ -171,6 +200,14 @@ pub async fn serve_with_relay(
     if let Some(relay) = &relay {
         core_config.relay_key = Some(relay.key().clone());
     }
+    core_config.clustered = config.cluster.is_some();
+    let cluster = match &config.cluster {
+        Some(directory) => {
+            let inbox = directory.subscribe().await.map_err(std::io::Error::other)?;
+            Some(ClusterLink::new(directory.clone(), inbox))
+        }
+        None => None,
+    };
     info!(
         %local,
         relay_here = relay.is_some(),
@@ -183,7 +220,7 @@ pub async fn serve_with_relay(
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
     let (stop_tx, stop_rx) = oneshot::channel();
     let metrics = config.metrics.rendezvous();
-    let actor = tokio::spawn(actor(core, inbox_rx, stop_rx, metrics.clone()));
+    let actor = tokio::spawn(actor(core, inbox_rx, stop_rx, metrics.clone(), cluster));
 
     let admission = Arc::new(Mutex::new(Admission::new(AdmissionLimits {
         bucketing: config.rendezvous.bucketing,
@@ -267,7 +304,7 @@ fn random_key() -> TokenKey {
 }
 
 /// Messages from connection tasks to the actor.
-enum ActorMsg {
+pub(crate) enum ActorMsg {
     Connect {
         id: ClientId,
         addr: SocketAddr,
@@ -295,7 +332,7 @@ enum Out {
 }
 
 /// The actor's end of one connection's queue, bounded in bytes.
-struct Outbox {
+pub(crate) struct Outbox {
     tx: mpsc::UnboundedSender<Out>,
     /// Bytes queued and not yet written; the connection task subtracts
     /// what it wrote.
@@ -304,7 +341,7 @@ struct Outbox {
 
 impl Outbox {
     /// Queues `msg`; false when the client's queue is full or it is gone.
-    fn frame(&self, msg: &ServerToClient) -> bool {
+    pub(crate) fn frame(&self, msg: &ServerToClient) -> bool {
         let mut buf = BytesMut::new();
         if let Err(error) = encode_frame(msg, &mut buf) {
             debug!(%error, "could not encode frame");
@@ -318,7 +355,7 @@ impl Outbox {
         self.tx.send(Out::Frame(buf.freeze())).is_ok()
     }
 
-    fn close(&self) {
+    pub(crate) fn close(&self) {
         let _ = self.tx.send(Out::Close);
     }
 }
@@ -328,10 +365,17 @@ async fn actor(
     mut inbox: mpsc::Receiver<ActorMsg>,
     mut stop: oneshot::Receiver<()>,
     metrics: RendezvousMetrics,
+    mut cluster: Option<ClusterLink>,
 ) {
     let mut conns: HashMap<ClientId, Outbox> = HashMap::new();
     let mut counted = Stats::default();
     loop {
+        let cluster_input = async {
+            match cluster.as_mut() {
+                Some(link) => link.next().await,
+                None => std::future::pending().await,
+            }
+        };
         let deadline = core.poll_timeout().map(Instant::from_std);
         let timer = async {
             match deadline {
@@ -351,17 +395,39 @@ async fn actor(
                         conns.insert(id, out);
                         core.handle_connect(now, id, addr);
                     }
-                    ActorMsg::Frame { id, msg } => core.handle_message(now, id, msg),
-                    ActorMsg::FrameError { id, error } => core.handle_frame_error(now, id, &error),
+                    ActorMsg::Frame { id, msg } => match cluster.as_mut() {
+                        Some(link) if link.proxied.contains_key(&id) => link.forward(id, msg),
+                        _ => core.handle_message(now, id, msg),
+                    },
+                    ActorMsg::FrameError { id, error } => match cluster.as_mut() {
+                        Some(link) if link.proxied.contains_key(&id) => {
+                            debug!(client = id, %error, "bad frame from a proxied client");
+                            if let Some(out) = conns.remove(&id) {
+                                out.close();
+                            }
+                            link.gone(id);
+                        }
+                        _ => core.handle_frame_error(now, id, &error),
+                    },
                     ActorMsg::Disconnect { id } => {
                         conns.remove(&id);
-                        core.handle_disconnect(now, id);
+                        match cluster.as_mut() {
+                            Some(link) if link.proxied.contains_key(&id) => link.gone(id),
+                            _ => core.handle_disconnect(now, id),
+                        }
                     }
+                }
+            }
+            input = cluster_input => {
+                let now = Instant::now().into_std();
+                core.handle_unix_time(unix_secs(std::time::SystemTime::now()));
+                if let Some(link) = cluster.as_mut() {
+                    link.handle(now, input, &mut core, &mut conns);
                 }
             }
             _ = timer => core.handle_timeout(Instant::now().into_std()),
         }
-        flush(&mut core, &mut conns, &metrics);
+        flush(&mut core, &mut conns, &metrics, cluster.as_mut());
         let stats = core.stats();
         if stats != counted {
             export(&metrics, &counted, &stats);
@@ -369,12 +435,16 @@ async fn actor(
         }
         metrics.set_open(core.client_count(), core.nameplate_count());
     }
+    let shutting_down = ServerToClient::Error {
+        code: ErrorCode::ShuttingDown,
+        message: "the rendezvous server is shutting down; try again in a moment".into(),
+    };
     for (_, out) in conns.drain() {
-        out.frame(&ServerToClient::Error {
-            code: ErrorCode::ShuttingDown,
-            message: "the rendezvous server is shutting down; try again in a moment".into(),
-        });
+        out.frame(&shutting_down);
         out.close();
+    }
+    if let Some(link) = cluster.as_mut() {
+        link.shut_down(&shutting_down).await;
     }
 }
 
@@ -424,15 +494,33 @@ fn path_label(outcome: PathOutcome) -> ferry_metrics::PathOutcome {
     }
 }
 
-/// Hands the core's frames and closes to the connection tasks.
+/// Hands the core's frames and closes to the connection tasks (or, for
+/// remote clients, to their instances), and its directory requests and
+/// proxies to the cluster link.
 fn flush(
     core: &mut Rendezvous,
     conns: &mut HashMap<ClientId, Outbox>,
     metrics: &RendezvousMetrics,
+    mut cluster: Option<&mut ClusterLink>,
 ) {
     loop {
+        if let Some(link) = cluster.as_deref_mut() {
+            while let Some(request) = core.poll_directory() {
+                link.request(request);
+            }
+            while let Some(proxy) = core.poll_proxy() {
+                link.proxy(proxy);
+            }
+        }
         while let Some((id, msg)) = core.poll_transmit() {
-            let Some(out) = conns.get(&id) else { continue };
+            let Some(out) = conns.get(&id) else {
+                if let Some(link) = cluster.as_deref_mut() {
+                    if !link.send_to_remote(id, msg) {
+                        core.handle_disconnect(Instant::now().into_std(), id);
+                    }
+                }
+                continue;
+            };
             if !out.frame(&msg) {
                 metrics.refusals.count(Limit::OutboundQueue);
                 debug!(
@@ -447,6 +535,13 @@ fn flush(
         let Some(id) = core.poll_close() else { break };
         if let Some(out) = conns.remove(&id) {
             out.close();
+        } else if let Some(link) = cluster.as_deref_mut() {
+            link.close_remote(id);
+        }
+    }
+    if let Some(link) = cluster {
+        while let Some(request) = core.poll_directory() {
+            link.request(request);
         }
     }
 }

@@ -49,6 +49,11 @@ pub struct ServerConfig {
     /// The SHA-256 of the relay elsewhere's self-signed certificate
     /// (`--relay-sha256`), told to clients over TLS only.
     pub relay_sha256: Option<String>,
+    /// The directory shared with other instances (`--cluster`, default
+    /// none: this instance alone, all in memory). Connect it first
+    /// ([`ferry_cluster::RedisDirectory::connect`]), so that an
+    /// unreachable Redis is an error before anything is bound.
+    pub cluster: Option<ferry_cluster::Directory>,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +73,7 @@ impl Default for ServerConfig {
             tls: None,
             relay_tls: false,
             relay_sha256: None,
+            cluster: None,
         }
     }
 }

@@ -265,6 +265,7 @@ fn rendezvous_config(
         relay,
         shutdown_grace: config.shutdown_grace,
         tls: config.tls.clone(),
+        cluster: config.cluster.clone(),
         ..ferry_rendezvous::ServerConfig::default()
     }
 }

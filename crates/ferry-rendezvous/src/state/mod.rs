@@ -42,6 +42,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tracing::{debug, info};
 
+pub use cluster::{DirectoryAnswer, DirectoryKey, DirectoryRequest, Proxy};
+
 /// Identifies one client connection; the driver never reuses an id.
 pub type ClientId = u64;
 
@@ -124,6 +126,10 @@ pub struct Config {
     /// 100 000); when full, new buckets are refused rather than the
     /// tables growing.
     pub max_tracked_buckets: usize,
+    /// Whether this core is one instance of several sharing a directory
+    /// (default false: it is the only one, and asks nobody). See
+    /// [`cluster`](self#cluster).
+    pub clustered: bool,
 }
 
 impl Default for Config {
@@ -149,6 +155,7 @@ impl Default for Config {
             bad_code_block: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(30),
             max_tracked_buckets: 100_000,
+            clustered: false,
         }
     }
 }
@@ -264,6 +271,10 @@ pub struct Rendezvous {
     blocked: HashMap<AddrBucket, Instant>,
     /// Armed deadlines, earliest first.
     timers: BTreeSet<(Instant, Timer)>,
+    /// Requests for the cluster directory (only with `Config::clustered`).
+    directory: VecDeque<DirectoryRequest>,
+    /// Clients to hand to another instance.
+    proxies: VecDeque<Proxy>,
 }
 
 /// What a deadline in [`Rendezvous::timers`] is for.
@@ -288,6 +299,12 @@ struct Client {
     nameplate: Option<u32>,
     last_heard: Instant,
     next_ping: Instant,
+    /// Proxied here by another instance (`handle_remote_connect`).
+    remote: bool,
+    /// What it waits for from the directory, if anything.
+    waiting: Option<cluster::Waiting>,
+    /// Its frames that came while it waited.
+    held: VecDeque<ClientToServer>,
 }
 
 impl Client {
@@ -373,6 +390,8 @@ impl Rendezvous {
             bad_codes,
             blocked: HashMap::new(),
             timers: BTreeSet::new(),
+            directory: VecDeque::new(),
+            proxies: VecDeque::new(),
             config,
             stats: Stats::default(),
             rng,
@@ -423,6 +442,9 @@ impl Rendezvous {
                 nameplate: None,
                 last_heard: now,
                 next_ping: now + self.config.heartbeat,
+                remote: false,
+                waiting: None,
+                held: VecDeque::new(),
             },
         );
         self.schedule(client);
@@ -475,6 +497,10 @@ impl Rendezvous {
                     self.fail(now, client, ErrorCode::BadFrame, message);
                 }
             }
+            return;
+        }
+        if state.waiting.is_some() {
+            self.hold(now, client, msg);
             return;
         }
         match msg {
@@ -618,6 +644,7 @@ fn heartbeat_secs(heartbeat: Duration) -> u32 {
 }
 
 mod budgets;
+pub mod cluster;
 mod nameplates;
 mod timers;
 

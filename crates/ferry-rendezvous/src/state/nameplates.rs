@@ -15,12 +15,7 @@ impl Rendezvous {
         }
         if let Some(number) = wanted {
             if number == 0 || self.nameplates.contains_key(&number) {
-                let message = format!(
-                    "nameplate {number} is in use or invalid; choose another code, or let ferry pick one"
-                );
-                self.error(client, ErrorCode::NameplateTaken, message);
-                // Probing which nameplates exist costs like a failed claim.
-                self.claim_failed(now, client);
+                self.refuse_reserve(now, client, number);
                 return;
             }
         }
@@ -33,6 +28,11 @@ impl Rendezvous {
             );
             return;
         };
+        if self.asks_directory(client) {
+            // Opened once the directory confirms no instance holds it.
+            self.ask_reserve(client, number, wanted.is_some(), 0);
+            return;
+        }
         info!(nameplate = number, client, "nameplate allocated");
         if wanted.is_some() {
             self.stats.reserved += 1;
@@ -40,6 +40,16 @@ impl Rendezvous {
             self.stats.allocated += 1;
         }
         self.open_nameplate(now, client, number, None);
+    }
+
+    /// Refuses a `reserve` of `number`, taken or invalid.
+    pub(super) fn refuse_reserve(&mut self, now: Instant, client: ClientId, number: u32) {
+        let message = format!(
+            "nameplate {number} is in use or invalid; choose another code, or let ferry pick one"
+        );
+        self.error(client, ErrorCode::NameplateTaken, message);
+        // Probing which nameplates exist costs like a failed claim.
+        self.claim_failed(now, client);
     }
 
     /// Whether `client` already holds a nameplate (then it is told so).
@@ -117,6 +127,21 @@ impl Rendezvous {
             self.claim_failed(now, client);
             return;
         }
+        let here = self
+            .nameplates
+            .get(&number)
+            .is_some_and(|n| n.rejoin.is_none());
+        if !here && self.asks_directory(client) {
+            // Maybe another instance holds it; the answer decides.
+            self.ask_lookup(client, number);
+            return;
+        }
+        self.claim_here(now, client, number);
+    }
+
+    /// A claim of `number` decided here: this instance is its home, or
+    /// nobody's.
+    pub(super) fn claim_here(&mut self, now: Instant, client: ClientId, number: u32) {
         let bucket = self.clients.get(&client).map(|c| c.bucket);
         let Some(nameplate) = self
             .nameplates
@@ -212,6 +237,15 @@ impl Rendezvous {
         if self.refuse_when_full(client) {
             return;
         }
+        if self.asks_directory(client) {
+            self.ask_channel(client, channel);
+            return;
+        }
+        self.open_rejoin(now, client, channel);
+    }
+
+    /// Opens rejoin channel `channel` here, `client` waiting on it.
+    pub(super) fn open_rejoin(&mut self, now: Instant, client: ClientId, channel: String) {
         // Hidden nameplates live above the range codes use in practice;
         // `claim` refuses them anyway.
         let number = loop {
@@ -413,6 +447,7 @@ impl Rendezvous {
         if let Some(channel) = &nameplate.rejoin {
             self.rejoins.remove(channel);
         }
+        self.released(number, nameplate.rejoin.as_ref());
         Some(nameplate)
     }
 
@@ -421,11 +456,19 @@ impl Rendezvous {
     /// nameplate in use at most half the time, and codes stay short.
     /// Counts per number of digits are kept, so this needs no scan.
     pub(super) fn pick_nameplate(&mut self) -> Option<u32> {
+        self.pick_nameplate_from(0)
+    }
+
+    /// Like [`Rendezvous::pick_nameplate`], from the `min_digits`-th range
+    /// up (0: `1..=99`, 1: `1..=999`, ...): an allocation that keeps losing
+    /// its number to other instances of a cluster (whose nameplates this
+    /// core does not count) moves to a larger range.
+    pub(super) fn pick_nameplate_from(&mut self, min_digits: usize) -> Option<u32> {
         let mut high: u32 = 99;
         let mut used = 0;
         for digits in 0..self.digits_used.len() - 1 {
             used += self.digits_used[digits];
-            if used * 2 < high as usize {
+            if digits >= min_digits && used * 2 < high as usize {
                 // Less than half full: 64 misses in a row are a 2^-64 event.
                 for _ in 0..64 {
                     let candidate = self.rng.gen_range(1..=high);

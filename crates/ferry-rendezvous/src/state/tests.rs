@@ -1091,3 +1091,267 @@ fn an_outcome_a_newer_client_sends_counts_as_unknown() {
     assert_eq!(h.core.stats().paths.get(PathOutcome::Unknown), 1);
     assert_eq!(h.core.stats().paths.total(), 1);
 }
+
+/// Clustered: each directory request, in order, with nothing else queued.
+fn requests(h: &mut Harness) -> Vec<DirectoryRequest> {
+    std::iter::from_fn(|| h.core.poll_directory()).collect()
+}
+
+fn clustered() -> Harness {
+    Harness::new(Config {
+        clustered: true,
+        ..Config::default()
+    })
+}
+
+#[test]
+fn single_instance_never_asks_a_directory() {
+    let mut h = Harness::new(Config::default());
+    let nameplate = h.paired();
+    h.msg(
+        2,
+        ClientToServer::Release {
+            reason: None,
+            path: None,
+        },
+    );
+    h.drain();
+    h.msg(3, ClientToServer::Claim { nameplate });
+    assert!(requests(&mut h).is_empty());
+    assert!(h.core.poll_proxy().is_none());
+}
+
+#[test]
+fn clustered_allocation_waits_for_the_directory_and_holds_frames() {
+    let mut h = clustered();
+    h.greet(1);
+    h.msg(1, ClientToServer::Allocate);
+    h.msg(1, ClientToServer::Ping { id: 9 });
+    assert!(h.drain().is_empty(), "nothing before the directory answers");
+    let [
+        DirectoryRequest::Reserve {
+            client: 1,
+            key,
+            ttl,
+        },
+    ] = &requests(&mut h)[..]
+    else {
+        panic!("no reserve");
+    };
+    assert_eq!(*ttl, Config::default().nameplate_ttl);
+    assert!(matches!(key, DirectoryKey::Nameplate(_)), "{key:?}");
+    // Another instance holds it: try again with another number.
+    h.core.handle_directory(
+        h.now,
+        1,
+        key.clone(),
+        DirectoryAnswer::Elsewhere("b".into()),
+    );
+    let [DirectoryRequest::Reserve { key: second, .. }] = &requests(&mut h)[..] else {
+        panic!("no second try");
+    };
+    assert!(h.drain().is_empty());
+    h.core
+        .handle_directory(h.now, 1, second.clone(), DirectoryAnswer::Reserved);
+    let DirectoryKey::Nameplate(number) = second.clone() else {
+        panic!()
+    };
+    assert_eq!(
+        h.drain(),
+        vec![
+            (1, ServerToClient::Allocated { nameplate: number }),
+            (1, ServerToClient::Pong { id: 9 }),
+        ]
+    );
+    // Gone: the directory hears of it.
+    h.msg(
+        1,
+        ClientToServer::Release {
+            reason: None,
+            path: None,
+        },
+    );
+    assert_eq!(
+        requests(&mut h),
+        vec![DirectoryRequest::Release {
+            key: DirectoryKey::Nameplate(number)
+        }]
+    );
+}
+
+#[test]
+fn clustered_allocation_gives_up_after_bounded_tries() {
+    let mut h = clustered();
+    h.greet(1);
+    h.msg(1, ClientToServer::Allocate);
+    for _ in 0..cluster::RESERVE_TRIES {
+        let [DirectoryRequest::Reserve { key, .. }] = &requests(&mut h)[..] else {
+            break;
+        };
+        h.core
+            .handle_directory(h.now, 1, key.clone(), DirectoryAnswer::Here);
+    }
+    let out = h.drain();
+    assert!(
+        matches!(
+            &out[..],
+            [(
+                1,
+                ServerToClient::Error {
+                    code: ErrorCode::ServerFull,
+                    ..
+                }
+            )]
+        ),
+        "{out:?}"
+    );
+    assert!(requests(&mut h).is_empty());
+}
+
+#[test]
+fn clustered_claim_of_a_nameplate_elsewhere_is_proxied_with_its_frames() {
+    let mut h = clustered();
+    h.greet(2);
+    h.msg(2, ClientToServer::Claim { nameplate: 31 });
+    h.msg(
+        2,
+        ClientToServer::Send {
+            body: "early".into(),
+        },
+    );
+    assert_eq!(
+        requests(&mut h),
+        vec![DirectoryRequest::Lookup {
+            client: 2,
+            key: DirectoryKey::Nameplate(31)
+        }]
+    );
+    h.core.handle_directory(
+        h.now,
+        2,
+        DirectoryKey::Nameplate(31),
+        DirectoryAnswer::Elsewhere("home".into()),
+    );
+    let proxy = h.core.poll_proxy().unwrap();
+    assert_eq!(proxy.home, "home");
+    assert_eq!(proxy.addr, addr(40002));
+    assert_eq!(
+        proxy.frames,
+        vec![
+            ClientToServer::Claim { nameplate: 31 },
+            ClientToServer::Send {
+                body: "early".into()
+            },
+        ]
+    );
+    assert_eq!(h.core.client_count(), 0, "forgotten here");
+    assert!(h.closes().is_empty(), "not closed: the driver proxies it");
+}
+
+#[test]
+fn clustered_claim_unknown_everywhere_counts_as_a_failed_claim() {
+    let mut h = clustered();
+    h.greet(2);
+    for _ in 0..3 {
+        h.msg(2, ClientToServer::Claim { nameplate: 44 });
+        h.core
+            .handle_directory(h.now, 2, DirectoryKey::Nameplate(44), DirectoryAnswer::Free);
+    }
+    let codes: Vec<_> = h
+        .drain()
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            ServerToClient::Error { code, .. } => Some(code),
+            _ => None,
+        })
+        .collect();
+    use ErrorCode::{RateLimited, UnknownNameplate};
+    assert_eq!(
+        codes,
+        vec![
+            UnknownNameplate,
+            UnknownNameplate,
+            UnknownNameplate,
+            RateLimited
+        ]
+    );
+    assert_eq!(h.closes(), vec![2], "closed after three failed claims");
+    assert_eq!(h.core.stats().claims_unknown, 3);
+}
+
+#[test]
+fn remote_client_at_the_home_claims_without_a_lookup() {
+    let mut h = clustered();
+    h.greet(1);
+    h.msg(1, ClientToServer::Allocate);
+    let [DirectoryRequest::Reserve { key, .. }] = &requests(&mut h)[..] else {
+        panic!()
+    };
+    h.core
+        .handle_directory(h.now, 1, key.clone(), DirectoryAnswer::Reserved);
+    let DirectoryKey::Nameplate(nameplate) = key.clone() else {
+        panic!()
+    };
+    h.drain();
+    h.core.handle_remote_connect(h.now, 50, addr(9));
+    h.msg(50, ClientToServer::Claim { nameplate });
+    assert_eq!(
+        h.drain(),
+        vec![
+            (
+                50,
+                ServerToClient::Claimed {
+                    nameplate,
+                    relay_token: None
+                }
+            ),
+            (1, ServerToClient::PeerJoined { relay_token: None }),
+        ]
+    );
+    // A claim of a number not here, from a remote client: unknown, no lookup.
+    h.core.handle_remote_connect(h.now, 51, addr(10));
+    h.msg(51, ClientToServer::Claim { nameplate: 77 });
+    assert!(requests(&mut h).is_empty());
+    assert!(matches!(
+        &h.drain()[..],
+        [(
+            51,
+            ServerToClient::Error {
+                code: ErrorCode::UnknownNameplate,
+                ..
+            }
+        )]
+    ));
+    // Bad code: burnt, and the directory hears of it.
+    h.msg(
+        50,
+        ClientToServer::Release {
+            reason: Some(ReleaseReason::BadCode),
+            path: None,
+        },
+    );
+    assert_eq!(
+        requests(&mut h),
+        vec![DirectoryRequest::Release {
+            key: DirectoryKey::Nameplate(nameplate)
+        }]
+    );
+    assert_eq!(h.core.stats().burnt, 1);
+}
+
+#[test]
+fn reservation_for_a_client_that_left_is_given_back() {
+    let mut h = clustered();
+    h.greet(1);
+    h.msg(1, ClientToServer::Allocate);
+    let [DirectoryRequest::Reserve { key, .. }] = &requests(&mut h)[..] else {
+        panic!()
+    };
+    h.core.handle_disconnect(h.now, 1);
+    h.core
+        .handle_directory(h.now, 1, key.clone(), DirectoryAnswer::Reserved);
+    assert_eq!(
+        requests(&mut h),
+        vec![DirectoryRequest::Release { key: key.clone() }]
+    );
+}

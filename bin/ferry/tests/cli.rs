@@ -116,15 +116,7 @@ fn wrong_code_fails_on_both_sides() {
     let server = Server::start();
     let dst = tempfile::tempdir().unwrap();
     let (mut send, code) = start_send(&server, &["--text", "secret"]);
-    let nameplate = code.split('-').next().unwrap();
-    // Same nameplate, other words.
-    let words = ferry_proto::code::WORDS;
-    let (w1, w2) = if code.ends_with(&format!("-{}-{}", words[0], words[0])) {
-        (words[1], words[1])
-    } else {
-        (words[0], words[0])
-    };
-    let wrong = format!("{nameplate}-{w1}-{w2}");
+    let wrong = wrong_code_for(&code);
     let mut recv = start_receive(&server, &wrong, dst.path(), &["--yes"]);
     assert_eq!(recv.finish(), 3, "receiver: {:?}", recv.seen);
     assert_eq!(send.finish(), 3, "sender: {:?}", send.seen);

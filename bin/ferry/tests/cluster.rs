@@ -41,14 +41,7 @@ fn a_wrong_code_on_another_instance_burns_the_nameplate_on_all() {
     let three = instance(&redis, "three");
     let dst = tempfile::tempdir().unwrap();
     let (mut send, code) = start_send(&one, &["--text", "secret"]);
-    let nameplate = code.split('-').next().unwrap();
-    let words = ferry_proto::code::WORDS;
-    let (w1, w2) = if code.ends_with(&format!("-{}-{}", words[0], words[0])) {
-        (words[1], words[1])
-    } else {
-        (words[0], words[0])
-    };
-    let wrong = format!("{nameplate}-{w1}-{w2}");
+    let wrong = wrong_code_for(&code);
     let mut recv = start_receive(&two, &wrong, dst.path(), &["--yes"]);
     assert_eq!(recv.finish(), 3, "receiver: {:?}", recv.seen);
     assert_eq!(send.finish(), 3, "sender: {:?}", send.seen);

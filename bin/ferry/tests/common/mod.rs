@@ -340,6 +340,19 @@ pub fn relay_secret(path: &Path) {
 }
 
 /// Starts `ferry send --json` and waits for its code.
+/// A code for the same nameplate as `code` with other words: a wrong
+/// guess that reaches the sender's nameplate.
+pub fn wrong_code_for(code: &str) -> String {
+    let nameplate = code.split('-').next().unwrap();
+    let words = ferry_proto::code::WORDS;
+    let (w1, w2) = if code.ends_with(&format!("-{}-{}", words[0], words[0])) {
+        (words[1], words[1])
+    } else {
+        (words[0], words[0])
+    };
+    format!("{nameplate}-{w1}-{w2}")
+}
+
 pub fn start_send(server: &Server, args: &[&str]) -> (Proc, String) {
     let mut cmd = ferry();
     cmd.args(["send", "--json", "--server", &server.addr])

@@ -559,6 +559,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME", requires = "cluster")]
     pub instance_id: Option<String>,
 
+    /// This instance's own HOST:PORT as clients reach it, e.g.
+    /// edge-1.example.org:443 (in a cluster; default: the --listen
+    /// address when it is a specific IP). The sender's instance names its
+    /// relay with each relay token and the receiver joins it there, even
+    /// when it came in through another instance; with TLS, the
+    /// certificate must be valid for this name too.
+    #[arg(long, value_name = "HOST:PORT", requires = "cluster")]
+    pub advertise: Option<String>,
+
     #[command(flatten)]
     pub tls: TlsArgs,
 

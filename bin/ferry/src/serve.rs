@@ -43,6 +43,29 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
         _ if args.no_relay => RelayMode::Off,
         _ => RelayMode::Here(relay_config(&args.relay)),
     };
+    if args.cluster.is_some()
+        && args.advertise.is_none()
+        && args.listen.ip().is_unspecified()
+        && matches!(relay, RelayMode::Here(_))
+    {
+        return Err(Failure::usage(
+            "in a cluster, the relay here needs this instance's own address as clients reach \
+             it, so that a receiver on another instance joins the sender's relay: add \
+             --advertise HOST:PORT (e.g. edge-1.example.org:443), or --listen on one IP",
+        ));
+    }
+    let advertise = match &args.advertise {
+        Some(addr) => Some(
+            host_port(
+                "--advertise",
+                "this instance's own",
+                "edge-1.example.org:443",
+                addr,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let cluster = match &args.cluster {
         Some(url) => Some(join_cluster(url, args.instance_id.as_deref()).await?),
         None => None,
@@ -70,6 +93,7 @@ pub async fn run(args: ServeArgs, out: &mut Output) -> Result<()> {
         tls: load_tls(&args.tls)?,
         relay_tls: args.relay_tls,
         relay_sha256: args.relay_sha256.as_deref().map(relay_pin).transpose()?,
+        advertise,
     };
     let tls = config.tls.clone();
     let server = Server::start(config).await.map_err(|e| match e {
@@ -324,11 +348,18 @@ fn load_relay_key(path: &Path) -> Result<TokenKey> {
 /// Checks that `--relay-url` is a HOST:PORT that resolves; returns it with
 /// the default port added.
 async fn relay_url(url: &str) -> Result<String> {
+    host_port("--relay-url", "the relay's", "relay.example.org:443", url).await
+}
+
+/// Checks that `flag`'s value `url` is a HOST:PORT that resolves (`whose`
+/// HOST:PORT as clients will reach it, like `example`); returns it with
+/// the default port added.
+async fn host_port(flag: &str, whose: &str, example: &str, url: &str) -> Result<String> {
     let url = url.trim();
+    let wanted = format!("give {whose} HOST:PORT as clients will reach it, e.g. {example}");
     if url.is_empty() || url.contains('/') {
         return Err(Failure::usage(format!(
-            "--relay-url wants the relay's HOST:PORT as clients will reach it, \
-             e.g. relay.example.org:443, not {url:?}"
+            "{flag} wants {whose} HOST:PORT as clients will reach it, e.g. {example}, not {url:?}"
         )));
     }
     let addr = crate::session::server_address(&Some(url.to_string()))?;
@@ -338,12 +369,10 @@ async fn relay_url(url: &str) -> Result<String> {
     match found {
         Ok(true) => Ok(addr),
         Ok(false) => Err(Failure::usage(format!(
-            "--relay-url {addr} resolves to no address; give the relay's HOST:PORT \
-             as clients will reach it, e.g. relay.example.org:443"
+            "{flag} {addr} resolves to no address; {wanted}"
         ))),
         Err(e) => Err(Failure::usage(format!(
-            "cannot resolve --relay-url {addr}: {e}; give the relay's HOST:PORT \
-             as clients will reach it, e.g. relay.example.org:443"
+            "cannot resolve {flag} {addr}: {e}; {wanted}"
         ))),
     }
 }

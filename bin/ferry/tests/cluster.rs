@@ -1,7 +1,8 @@
 //! Several real `ferry serve --cluster` instances on 127.0.0.1 sharing one
 //! real `redis-server` (started here, killed by its PID at the end): a
 //! sender on one instance and a receiver on another pair and transfer; a
-//! wrong code burns the nameplate everywhere; an unreachable Redis stops
+//! split pair meets at the relay of the sender's instance (plain and in
+//! TLS); a wrong code burns the nameplate everywhere; an unreachable Redis stops
 //! `ferry serve` at start with a clear error.
 #![allow(clippy::unwrap_used)]
 
@@ -29,6 +30,83 @@ fn a_sender_on_one_instance_and_a_receiver_on_another_transfer_a_file() {
     let mut recv = start_receive(&two, &code, dst.path(), &["--yes"]);
     finish_both(&mut send, &mut recv);
     assert_same_file(&file, &dst.path().join("photo.bin"));
+}
+
+#[test]
+fn a_pair_split_over_two_instances_meets_at_the_relay_of_the_senders() {
+    // Each instance runs a relay of its own: the sender's instance (the
+    // nameplate's home) names its relay with the token, and the receiver,
+    // which came in through the other instance, joins it there.
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let one = instance(&redis, "one");
+    let two = instance(&redis, "two");
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("photo.bin");
+    random_file(&file, 3_000_000);
+    let relay = ["--force-path", "relay"];
+    let (mut send, code) = start_send(&one, &[file.to_str().unwrap(), relay[0], relay[1]]);
+    let mut recv = start_receive(&two, &code, dst.path(), &["--yes", relay[0], relay[1]]);
+    finish_both(&mut send, &mut recv);
+    assert_same_file(&file, &dst.path().join("photo.bin"));
+    for side in [&send, &recv] {
+        let path = &side.events("path")[0];
+        assert_eq!(path["path"], "relay", "{path}");
+        assert_eq!(path["remote"], one.addr.as_str(), "{path}");
+    }
+}
+
+#[test]
+fn in_tls_the_receiver_joins_the_senders_relay_verified_as_its_own_server() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, pem) = certs::ca_and_leaf(dir.path());
+    let tls = [
+        "--tls-cert",
+        pem.cert.to_str().unwrap(),
+        "--tls-key",
+        pem.key.to_str().unwrap(),
+    ];
+    let url = redis.url();
+    let tls_instance = |name: &str| {
+        let mut args = vec!["--cluster", url.as_str(), "--instance-id", name];
+        args.extend(tls);
+        Server::start_with(&args)
+    };
+    let one = tls_instance("one");
+    let two = tls_instance("two");
+    let dst = tempfile::tempdir().unwrap();
+    let client = ["--tls-ca", ca.to_str().unwrap(), "--force-path", "relay"];
+    let mut args = client.to_vec();
+    args.extend(["--text", "across instances, in tls"]);
+    let (mut send, code) = start_send(&one, &args);
+    let mut args = client.to_vec();
+    args.push("--yes");
+    let mut recv = start_receive(&two, &code, dst.path(), &args);
+    finish_both(&mut send, &mut recv);
+    assert_eq!(recv.events("text")[0]["text"], "across instances, in tls");
+    let path = &recv.events("path")[0];
+    assert_eq!(path["path"], "relay", "{path}");
+    assert_eq!(path["remote"], one.addr.as_str(), "{path}");
+}
+
+#[test]
+fn a_cluster_instance_on_every_address_wants_its_own_address_for_its_relay() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let output = ferry()
+        .args(["serve", "--listen", "0.0.0.0:0", "--no-stun", "--cluster"])
+        .arg(redis.url())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--advertise HOST:PORT"), "{stderr}");
 }
 
 #[test]

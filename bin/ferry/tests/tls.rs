@@ -5,46 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::certs::{Pem, ca_and_leaf};
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-
-/// A certificate and key written as PEM files.
-struct Pem {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-/// A test CA (its certificate in `ca.pem`) and a leaf it signed for
-/// 127.0.0.1 and localhost.
-fn ca_and_leaf(dir: &Path) -> (PathBuf, Pem) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "ferry test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    let pem = Pem {
-        cert: dir.join("fullchain.pem"),
-        key: dir.join("privkey.pem"),
-    };
-    // Leaf first, then the CA, as Let's Encrypt's fullchain.pem is.
-    std::fs::write(&pem.cert, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
-    std::fs::write(&pem.key, leaf_key.serialize_pem()).unwrap();
-    (ca_file, pem)
-}
 
 /// A self-signed certificate written to `dir/NAME.pem` and `NAME.key`.
 fn self_signed(dir: &Path, name: &str) -> Pem {

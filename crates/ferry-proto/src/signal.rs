@@ -242,6 +242,21 @@ pub enum ServerToClient {
         /// server issues no relay tokens.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         relay_token: Option<String>,
+        /// The relay of this pair, `host:port`, when it is not the one the
+        /// welcome named: in a cluster the pair's home (the sender's
+        /// instance) picks its relay and the other side follows it, so
+        /// both meet at the same relay. Clients before this field join
+        /// the relay of their welcome.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_addr: Option<String>,
+        /// `Some(true)` when the relay at `relay_addr` runs TLS (as in
+        /// the welcome).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_tls: Option<bool>,
+        /// The SHA-256 (hex) of the TLS certificate of the relay at
+        /// `relay_addr`, for a self-signed one (as in the welcome).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_sha256: Option<String>,
     },
     /// A request failed; `message` says what to do.
     Error {
@@ -909,9 +924,21 @@ mod tests {
         );
         assert_eq!(
             encoded(&ServerToClient::RelayToken {
-                relay_token: Some("0f".into())
+                relay_token: Some("0f".into()),
+                relay_addr: None,
+                relay_tls: None,
+                relay_sha256: None,
             }),
             "{\"type\":\"relay-token\",\"relay_token\":\"0f\"}\n"
+        );
+        assert_eq!(
+            encoded(&ServerToClient::RelayToken {
+                relay_token: Some("0f".into()),
+                relay_addr: Some("edge-1.example.org:443".into()),
+                relay_tls: Some(true),
+                relay_sha256: None,
+            }),
+            "{\"type\":\"relay-token\",\"relay_token\":\"0f\",\"relay_addr\":\"edge-1.example.org:443\",\"relay_tls\":true}\n"
         );
     }
 
@@ -1061,8 +1088,20 @@ mod tests {
             ".*".prop_map(|body| ServerToClient::Message { body }),
             proptest::option::of(any_reason())
                 .prop_map(|reason| ServerToClient::PeerLeft { reason }),
-            proptest::option::of("[0-9a-f]{64}")
-                .prop_map(|relay_token| ServerToClient::RelayToken { relay_token }),
+            (
+                proptest::option::of("[0-9a-f]{64}"),
+                proptest::option::of(".*"),
+                proptest::option::of(any::<bool>()),
+                proptest::option::of("[0-9a-f]{64}"),
+            )
+                .prop_map(|(relay_token, relay_addr, relay_tls, relay_sha256)| {
+                    ServerToClient::RelayToken {
+                        relay_token,
+                        relay_addr,
+                        relay_tls,
+                        relay_sha256,
+                    }
+                }),
             ".*".prop_map(|message| ServerToClient::Error {
                 code: ErrorCode::BadFrame,
                 message

@@ -233,6 +233,10 @@ pub struct SignalClient {
     /// Events that arrived while waiting for a request's answer.
     stash: VecDeque<SignalEvent>,
     relay_token: Option<[u8; 32]>,
+    /// How to follow a relay a token names.
+    relay_context: RelayContext,
+    /// The relay the latest relay token named, if it named one.
+    named_relay: Option<NamedRelay>,
     task: JoinHandle<()>,
 }
 
@@ -267,7 +271,7 @@ impl SignalClient {
             what: "connect and hello",
             secs: CONNECT_TIMEOUT.as_secs(),
         };
-        let (stream, input, welcome, heartbeat) =
+        let (stream, input, welcome, heartbeat, relay_context) =
             timeout(CONNECT_TIMEOUT, handshake(&spec, stream))
                 .await
                 .map_err(|_| timed_out())??;
@@ -287,6 +291,8 @@ impl SignalClient {
             incoming,
             stash: VecDeque::new(),
             relay_token: None,
+            relay_context,
+            named_relay: None,
             task,
         };
         Ok((client, welcome))
@@ -377,22 +383,20 @@ impl SignalClient {
     /// [`relay_token`](Self::relay_token) says the same.
     pub async fn request_relay_token(&mut self) -> Result<Option<[u8; 32]>, SignalError> {
         enum Answer {
-            Token(Option<String>),
+            Token(ServerToClient),
             Left(Option<ReleaseReason>),
         }
         self.command(ClientToServer::RelayRequest).await?;
         let answer = self
             .answer("relay-token", |msg| match msg {
-                ServerToClient::RelayToken { relay_token } => {
-                    Some(Answer::Token(relay_token.clone()))
-                }
+                ServerToClient::RelayToken { .. } => Some(Answer::Token(msg.clone())),
                 ServerToClient::PeerLeft { reason } => Some(Answer::Left(*reason)),
                 _ => None,
             })
             .await?;
         self.relay_token = None;
         match answer {
-            Answer::Token(token) => self.note_relay_token(token.as_deref()),
+            Answer::Token(token) => self.note_relay_answer(&token),
             Answer::Left(reason) => self.stash.push_back(SignalEvent::PeerLeft(reason)),
         }
         Ok(self.relay_token)
@@ -438,9 +442,7 @@ impl SignalClient {
                 }
                 ServerToClient::Message { body } => return Ok(SignalEvent::Message(body)),
                 ServerToClient::PeerLeft { reason } => return Ok(SignalEvent::PeerLeft(reason)),
-                ServerToClient::RelayToken { relay_token } => {
-                    self.note_relay_token(relay_token.as_deref());
-                }
+                answer @ ServerToClient::RelayToken { .. } => self.note_relay_answer(&answer),
                 ServerToClient::Error { code, message } => {
                     return Err(SignalError::Server { code, message });
                 }
@@ -521,6 +523,60 @@ impl SignalClient {
         }
     }
 
+    /// Notes a `relay-token` answer: the token, and the relay it names.
+    fn note_relay_answer(&mut self, answer: &ServerToClient) {
+        let ServerToClient::RelayToken {
+            relay_token,
+            relay_addr,
+            relay_tls,
+            relay_sha256,
+        } = answer
+        else {
+            return;
+        };
+        self.note_relay_token(relay_token.as_deref());
+        self.named_relay = match (relay_token, relay_addr) {
+            (Some(_), Some(addr)) => Some(NamedRelay {
+                addr: addr.clone(),
+                tls: *relay_tls,
+                sha256: relay_sha256.clone(),
+            }),
+            _ => None,
+        };
+    }
+
+    /// Points `welcome` at the relay of our pair when the latest relay
+    /// token named one (its `relay_addr`: in a
+    /// cluster, the relay of the pair's home, where the other side joins
+    /// too); otherwise leaves it as it is. Resolving the name is bounded
+    /// by the connect timeout.
+    pub async fn follow_pair_relay(&self, welcome: &mut Welcome) -> Result<(), SignalError> {
+        let Some(named) = self.named_relay.clone() else {
+            return Ok(());
+        };
+        if welcome.relay_name.as_deref() == Some(named.addr.as_str()) {
+            return Ok(());
+        }
+        let part = relay_part(
+            &self.relay_context,
+            Some(named.addr.clone()),
+            named.tls,
+            named.sha256,
+        );
+        let part = timeout(CONNECT_TIMEOUT, part)
+            .await
+            .map_err(|_| SignalError::Timeout {
+                server: self.server.clone(),
+                what: "resolving the pair's relay",
+                secs: CONNECT_TIMEOUT.as_secs(),
+            })??;
+        debug!(relay = %named.addr, addr = %part.addr, "following the relay the pair's home named");
+        welcome.relay_addr = part.addr;
+        welcome.relay_name = part.name;
+        welcome.relay_tls = part.tls;
+        Ok(())
+    }
+
     fn note_relay_token(&mut self, token: Option<&str>) {
         let Some(token) = token else { return };
         let mut bytes = [0u8; 32];
@@ -549,7 +605,7 @@ impl Drop for SignalClient {
 async fn handshake(
     spec: &ServerSpec,
     stream: Option<TcpStream>,
-) -> Result<(Carrier, BytesMut, Welcome, Duration), SignalError> {
+) -> Result<(Carrier, BytesMut, Welcome, Duration, RelayContext), SignalError> {
     let server = spec.addr.as_str();
     // A stream handed in came through a proxy.
     let proxied = stream.is_some();
@@ -641,7 +697,81 @@ async fn handshake(
             other => protocol(format!("expected welcome, got {other:?}")),
         });
     };
-    let relay_tls = match (&client_tls, &relay) {
+    // A server listening on [::] (both families on one socket) sees an
+    // IPv4 client as ::ffff:a.b.c.d: that is the IPv4 address.
+    let observed_addr = observed
+        .parse()
+        .map(|a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port()))
+        .map_err(|_| protocol(format!("bad observed address {observed:?}")))?;
+    let server_addr = stream.tcp().peer_addr().map_err(|e| gone(e.to_string()))?;
+    let context = RelayContext {
+        server: server.to_string(),
+        client_tls,
+        proxied,
+        server_addr,
+    };
+    let part = relay_part(&context, relay, relay_tls, relay_sha256).await?;
+    let welcome = Welcome {
+        observed_addr,
+        server_addr,
+        local_addr: stream.tcp().local_addr().map_err(|e| gone(e.to_string()))?,
+        stun_port,
+        stun_second_port,
+        relay_addr: part.addr,
+        relay_name: part.name,
+        uptime: uptime.map(Duration::from_secs),
+        tls: stream.is_tls(),
+        tls_offered: tls_offered == Some(true),
+        relay_tls: part.tls,
+    };
+    let heartbeat = Duration::from_secs(u64::from(heartbeat_secs.clamp(1, 300)));
+    Ok((stream, input, welcome, heartbeat, context))
+}
+
+/// What a client needs to follow a relay the server names: in the
+/// welcome, or with a relay token (a cluster's pair relay).
+#[derive(Debug, Clone)]
+struct RelayContext {
+    /// The server as the user gave it (`host:port`), for errors.
+    server: String,
+    /// How we reached the server in TLS, if we did.
+    client_tls: Option<ClientTls>,
+    /// Whether the connection came through a proxy.
+    proxied: bool,
+    /// The server's address as we connected to it.
+    server_addr: SocketAddr,
+}
+
+/// A relay a relay token named, not yet resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NamedRelay {
+    addr: String,
+    tls: Option<bool>,
+    sha256: Option<String>,
+}
+
+/// Where the relay answers, by which name, and how to join it in TLS.
+struct RelayPart {
+    addr: SocketAddr,
+    name: Option<String>,
+    tls: Option<RelayTls>,
+}
+
+/// The relay the server named (`relay`: `None` for its own, on its
+/// address), resolved: see [`Welcome::relay_addr`], [`Welcome::relay_name`]
+/// and [`Welcome::relay_tls`].
+async fn relay_part(
+    context: &RelayContext,
+    relay: Option<String>,
+    relay_tls: Option<bool>,
+    relay_sha256: Option<String>,
+) -> Result<RelayPart, SignalError> {
+    let server = context.server.as_str();
+    let protocol = |reason: String| SignalError::Protocol {
+        server: server.to_string(),
+        reason,
+    };
+    let tls = match (&context.client_tls, &relay) {
         // A plain connection joins the relay plain (a TLS port takes both).
         (None, _) => None,
         (Some(tls), None) => Some(RelayTls {
@@ -660,17 +790,11 @@ async fn handshake(
             },
         }),
     };
-    // A server listening on [::] (both families on one socket) sees an
-    // IPv4 client as ::ffff:a.b.c.d: that is the IPv4 address.
-    let observed_addr = observed
-        .parse()
-        .map(|a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port()))
-        .map_err(|_| protocol(format!("bad observed address {observed:?}")))?;
-    let server_addr = stream.tcp().peer_addr().map_err(|e| gone(e.to_string()))?;
-    let relay_addr = match &relay {
+    let server_addr = context.server_addr;
+    let addr = match &relay {
         // Through a proxy the name may resolve only there: bounded, and a
         // failure leaves the address unspecified (the route goes by name).
-        Some(relay) if proxied => {
+        Some(relay) if context.proxied => {
             let lookup = timeout(
                 PROXIED_RELAY_LOOKUP,
                 resolve_relay(server, relay, server_addr),
@@ -688,21 +812,11 @@ async fn handshake(
         Some(relay) => resolve_relay(server, relay, server_addr).await?,
         None => server_addr,
     };
-    let welcome = Welcome {
-        observed_addr,
-        server_addr,
-        local_addr: stream.tcp().local_addr().map_err(|e| gone(e.to_string()))?,
-        stun_port,
-        stun_second_port,
-        relay_addr,
-        relay_name: relay,
-        uptime: uptime.map(Duration::from_secs),
-        tls: stream.is_tls(),
-        tls_offered: tls_offered == Some(true),
-        relay_tls,
-    };
-    let heartbeat = Duration::from_secs(u64::from(heartbeat_secs.clamp(1, 300)));
-    Ok((stream, input, welcome, heartbeat))
+    Ok(RelayPart {
+        addr,
+        name: relay,
+        tls,
+    })
 }
 
 /// Parses the server spec, or says what is wrong with it.

@@ -39,5 +39,6 @@ pub use client::{SignalClient, SignalError, SignalEvent, Welcome};
 pub use ferry_proto::signal::{PathOutcome, ReleaseReason};
 pub use server::{ServerConfig, serve, serve_with_relay};
 pub use state::{
-    BAD_CODE, ClientId, Config, PEER_DISCONNECTED, PEER_VANISHED, PathCounts, Rendezvous, Stats,
+    BAD_CODE, ClientId, Config, PEER_DISCONNECTED, PEER_VANISHED, PairRelay, PathCounts,
+    Rendezvous, Stats,
 };

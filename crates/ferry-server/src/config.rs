@@ -54,6 +54,12 @@ pub struct ServerConfig {
     /// ([`ferry_cluster::RedisDirectory::connect`]), so that an
     /// unreachable Redis is an error before anything is bound.
     pub cluster: Option<ferry_cluster::Directory>,
+    /// This instance's own `host:port` as clients reach it (`--advertise`,
+    /// default none: the `listen` address when it is a specific IP). In a
+    /// cluster every relay token names the relay of the pair's home, so a
+    /// side that came in through another instance joins it there: the
+    /// relay here by this address, a relay elsewhere by its own.
+    pub advertise: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +80,7 @@ impl Default for ServerConfig {
             relay_tls: false,
             relay_sha256: None,
             cluster: None,
+            advertise: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use ferry_metrics::Metrics;
 use ferry_metrics::http::HttpLimits;
 use ferry_nat::stun::{SourceLimits, StunServer, StunServerConfig};
 use ferry_relay::ServerTls;
-use ferry_rendezvous::Config;
+use ferry_rendezvous::{Config, PairRelay};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -102,7 +102,7 @@ impl Server {
             listener,
             ferry_rendezvous::ServerConfig {
                 metrics: metrics.clone(),
-                ..rendezvous_config(&config, &listening.stun)
+                ..rendezvous_config(&config, signal, &listening.stun)
             },
             stopped(stop_rx.clone()),
         ));
@@ -224,10 +224,39 @@ async fn bind_stun(stun: &StunConfig) -> Result<StunServer, StartError> {
     StunServer::bind(config).await.map_err(StartError::Stun)
 }
 
+/// The relay this instance names with every relay token: in a cluster
+/// only (alone, the welcome's relay is the pair's), the relay here at
+/// its advertised address (or its listening address `signal`, when that is
+/// a specific IP), a relay elsewhere at its own.
+fn pair_relay(config: &ServerConfig, signal: SocketAddr) -> Option<PairRelay> {
+    config.cluster.as_ref()?;
+    match &config.relay {
+        RelayMode::Here(_) => {
+            let addr = match &config.advertise {
+                Some(addr) => addr.clone(),
+                None if !signal.ip().is_unspecified() => signal.to_string(),
+                None => return None,
+            };
+            Some(PairRelay {
+                addr,
+                tls: config.tls.is_some(),
+                sha256: None,
+            })
+        }
+        RelayMode::Elsewhere { addr, .. } => Some(PairRelay {
+            addr: addr.clone(),
+            tls: config.relay_tls,
+            sha256: config.relay_sha256.clone(),
+        }),
+        RelayMode::Off => None,
+    }
+}
+
 /// The rendezvous server's settings: the flags', plus the STUN ports it
 /// tells clients about and where the relay is.
 fn rendezvous_config(
     config: &ServerConfig,
+    signal: SocketAddr,
     stun_udp: &[SocketAddr],
 ) -> ferry_rendezvous::ServerConfig {
     let first = stun_udp.first();
@@ -238,6 +267,7 @@ fn rendezvous_config(
     };
     ferry_rendezvous::ServerConfig {
         rendezvous: Config {
+            pair_relay: pair_relay(config, signal),
             nameplate_ttl: config.nameplate_ttl,
             stun_port: first.map(SocketAddr::port),
             // Another port on the same IP as the first: lets clients see

@@ -227,7 +227,7 @@ pub(crate) async fn run_session(
     server: &str,
     mut signal: SignalClient,
     channel: &mut SecureChannel,
-    welcome: Welcome,
+    mut welcome: Welcome,
     gathering: Gathering,
     options: SessionOptions,
     controlling: bool,
@@ -235,8 +235,10 @@ pub(crate) async fn run_session(
     reporting: bool,
 ) -> Result<PeerLink, SessionError> {
     // Paired (or rejoined) on both sides: only now does the server hand
-    // out the relay token, once both of us asked.
+    // out the relay token, once both of us asked; in a cluster it names
+    // the relay both of us join.
     signal.request_relay_token().await?;
+    signal.follow_pair_relay(&mut welcome).await?;
     let gathered = gathering
         .await
         .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;

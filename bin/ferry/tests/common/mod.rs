@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod certs;
+
 /// How long any one ferry process may run in a test.
 pub const LIMIT: Duration = Duration::from_secs(120);
 

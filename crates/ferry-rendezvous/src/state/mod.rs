@@ -96,6 +96,12 @@ pub struct Config {
     pub relay_tls: bool,
     /// See [`Config::relay_tls`].
     pub relay_sha256: Option<String>,
+    /// The relay this server names in every relay token (default none:
+    /// clients join the relay of their welcome). In a cluster the two
+    /// sides of a pair may have come in through different instances, each
+    /// with a relay of its own: the pair's home names its relay, and the
+    /// side on the other instance follows it, so both meet there.
+    pub pair_relay: Option<PairRelay>,
     /// Which addresses count as one party for the per-address budgets
     /// (default: IPv4 per address, IPv6 per /64).
     pub bucketing: Bucketing,
@@ -132,6 +138,17 @@ pub struct Config {
     pub clustered: bool,
 }
 
+/// Where a pair's relay is, as [`ServerToClient::RelayToken`] names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairRelay {
+    /// `host:port` as clients reach it.
+    pub addr: String,
+    /// Whether it runs TLS.
+    pub tls: bool,
+    /// The SHA-256 (hex) of its certificate, for a self-signed one.
+    pub sha256: Option<String>,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -146,6 +163,7 @@ impl Default for Config {
             tls_offered: false,
             relay_tls: false,
             relay_sha256: None,
+            pair_relay: None,
             bucketing: Bucketing::default(),
             failed_claims_per_connection: 3,
             failed_claims_per_minute: 10,

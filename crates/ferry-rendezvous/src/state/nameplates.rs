@@ -287,13 +287,17 @@ impl Rendezvous {
             nameplate = number,
             "relay token issued to a paired nameplate"
         );
+        // The relay this server names, with a token for it: in a cluster,
+        // the home's (a side on another instance follows it).
+        let pair_relay = relay_token.as_ref().and(self.config.pair_relay.as_ref());
+        let answer = ServerToClient::RelayToken {
+            relay_token,
+            relay_addr: pair_relay.map(|relay| relay.addr.clone()),
+            relay_tls: pair_relay.and_then(|relay| relay.tls.then_some(true)),
+            relay_sha256: pair_relay.and_then(|relay| relay.sha256.clone()),
+        };
         for side in [first, second] {
-            self.transmits.push_back((
-                side,
-                ServerToClient::RelayToken {
-                    relay_token: relay_token.clone(),
-                },
-            ));
+            self.transmits.push_back((side, answer.clone()));
         }
     }
 

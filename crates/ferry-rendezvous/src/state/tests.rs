@@ -678,12 +678,14 @@ fn both_ask(h: &mut Harness, first: ClientId, second: ClientId) -> String {
             a,
             ServerToClient::RelayToken {
                 relay_token: Some(ref x),
+                ..
             },
         ),
         (
             b,
             ServerToClient::RelayToken {
                 relay_token: Some(ref y),
+                ..
             },
         ),
     ] = out[..]
@@ -784,8 +786,67 @@ fn without_a_relay_key_the_answer_has_no_token() {
     h.paired();
     h.msg(1, ClientToServer::RelayRequest);
     h.msg(2, ClientToServer::RelayRequest);
-    let none = ServerToClient::RelayToken { relay_token: None };
+    let none = ServerToClient::RelayToken {
+        relay_token: None,
+        relay_addr: None,
+        relay_tls: None,
+        relay_sha256: None,
+    };
     assert_eq!(h.drain(), vec![(1, none.clone()), (2, none)]);
+}
+
+#[test]
+fn a_pair_relay_is_named_with_every_token_and_only_with_one() {
+    let relay = PairRelay {
+        addr: "edge-1.example.org:443".into(),
+        tls: true,
+        sha256: None,
+    };
+    let config = Config {
+        relay_key: Some(TokenKey::from_secret(&[5; 32]).unwrap()),
+        pair_relay: Some(relay.clone()),
+        ..Config::default()
+    };
+    let mut h = Harness::new(config);
+    h.paired();
+    both_ask(&mut h, 1, 2);
+    h.msg(1, ClientToServer::RelayRequest);
+    h.msg(2, ClientToServer::RelayRequest);
+    let out = h.drain();
+    assert_eq!(out.len(), 2, "{out:?}");
+    for (_, answer) in out {
+        let ServerToClient::RelayToken {
+            relay_token: Some(_),
+            relay_addr: Some(addr),
+            relay_tls: Some(true),
+            relay_sha256: None,
+        } = answer
+        else {
+            panic!("the pair relay is not named: {answer:?}");
+        };
+        assert_eq!(addr, relay.addr);
+    }
+    // Without a key there is no token, so no relay to name.
+    let mut h = Harness::new(Config {
+        pair_relay: Some(relay),
+        ..Config::default()
+    });
+    h.paired();
+    h.msg(1, ClientToServer::RelayRequest);
+    h.msg(2, ClientToServer::RelayRequest);
+    for (_, answer) in h.drain() {
+        assert!(
+            matches!(
+                answer,
+                ServerToClient::RelayToken {
+                    relay_token: None,
+                    relay_addr: None,
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
+    }
 }
 
 #[test]

@@ -26,6 +26,9 @@ SERVER_NAME=server.lab
 HOSTS_DIR= HOSTS_DIR_B= HOSTS_DIR_S=
 proxy_cleanup() {
     local rc=$?
+    # Not under set -e: with a failing rc, `(exit "$rc")` below would end
+    # this trap there, and e2e_cleanup would never take the lab down.
+    set +e
     [ -n "$HOSTS_DIR" ] && rm -rf "$HOSTS_DIR"
     [ -n "$HOSTS_DIR_B" ] && rm -rf "$HOSTS_DIR_B"
     [ -n "$HOSTS_DIR_S" ] && rm -rf "$HOSTS_DIR_S"

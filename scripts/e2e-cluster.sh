@@ -15,6 +15,7 @@
 #   - a wrong code given on edge-2 burns the nameplate homed on edge-1: both
 #     sides exit 3 with "the code did not match", nothing is written, and the
 #     right code then finds no transfer on either instance
+#   - edge-1 stopped: both sides, by the name, end up on edge-2 and pair there
 #   - symmetric NATs on both sides: the pair meets at the relay of the
 #     sender's instance (edge-1), though the receiver came in through edge-2;
 #     bytes compared, edge-1's relay carried them, edge-2's nothing
@@ -152,7 +153,7 @@ cluster_up() {
 
 # metric INSTANCE NAME: one sample of that instance's metrics (0 when absent)
 metric() {
-    lab exec server -- curl -s --max-time 5 "http://127.0.0.1:${METRICS_PORT[$1]}/metrics" 2>/dev/null \
+    { lab exec server -- curl -s --max-time 5 "http://127.0.0.1:${METRICS_PORT[$1]}/metrics" 2>/dev/null || true; } \
         | awk -v n="$2" '$1 == n { v = $2 } END { printf "%d\n", v + 0 }'
 }
 SIGNALLING='ferry_signal_connections_total{kind="signalling"}'
@@ -322,7 +323,8 @@ wrong_code() {
 
 CASES_PR=("port-restricted, sender on edge-1, receiver on edge-2 (by the name $NAME)"
     "port-restricted, sender on edge-2, receiver on edge-1 (by address)"
-    "a wrong code on edge-2 burns edge-1's nameplate")
+    "a wrong code on edge-2 burns edge-1's nameplate"
+    "edge-1 stopped: the name $NAME leads both sides to edge-2")
 CASES_SYM=("symmetric, sender on edge-1, receiver on edge-2: edge-1's relay")
 any_selected() { local c; for c in "$@"; do selected "$c" && return 0; done; return 1; }
 
@@ -333,6 +335,19 @@ if any_selected "${CASES_PR[@]}"; then
         transfer "${CASES_PR[0]}" quic "$NAME:443" edge-1 "$NAME:443" edge-2 198.51.100.2
         transfer "${CASES_PR[1]}" quic "$EDGE2_IP:443" edge-2 "$EDGE1_IP:443" edge-1 198.51.100.2
         wrong_code "${CASES_PR[2]}"
+        CASE=${CASES_PR[3]}
+        if selected "$CASE"; then
+            # a lists edge-1's address first: refused there, it must go on to edge-2's
+            stop_pid "$EDGE1_PID"
+            EDGE1_PID=''
+            if lab exec a -- timeout 3 bash -c "exec 3<>/dev/tcp/$EDGE1_IP/443" 2>/dev/null; then
+                fail "edge-1 still accepts on $EDGE1_IP:443 after it was stopped"
+            else
+                pass "edge-1 is stopped: $EDGE1_IP:443 refuses"
+            fi
+            transfer "$CASE" quic "$NAME:443" edge-2 "$NAME:443" edge-2 198.51.100.2
+            expect "signalling connections edge-2 took (both sides)" 2 "$(delta edge-2 "$SIGNALLING")"
+        fi
     fi
 fi
 

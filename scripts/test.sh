@@ -61,7 +61,7 @@ else
     scripts/e2e-relay-tokens.sh
     say "lab: through tinyproxy (HTTP CONNECT) and microsocks (SOCKS5) from a network that lets out only the proxy; NO_PROXY; wrong proxies fail clearly"
     scripts/e2e-proxy.sh
-    say "lab: a cluster of two ferry serve instances sharing state through Redis: a pair split over them goes direct (QUIC) either way, a wrong code on one burns the other's nameplate, a symmetric pair meets at the sender's instance's relay"
+    say "lab: a cluster of two ferry serve instances sharing state through Redis: a pair split over them goes direct (QUIC) either way, a wrong code on one burns the other's nameplate, one stopped leaves the name to the other, a symmetric pair meets at the sender's instance's relay"
     scripts/e2e-cluster.sh
 fi
 say "all tests passed"

@@ -173,3 +173,78 @@ fn the_cluster_option_shows_in_print_config() {
         "{text}"
     );
 }
+
+/// Polls `GET /health` on `metrics` until its status is `want` (at most
+/// `secs`); the body then.
+fn health_until(metrics: &str, want: u16, secs: u64) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let (status, body) = http_get(metrics, "/health");
+        if status == want {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health stayed {status} {body:?}, wanted {want}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn health_reports_the_directory_lost_and_back_and_pairings_resume_by_themselves() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let one = Server::start_with(&[
+        "--cluster",
+        &redis.url(),
+        "--instance-id",
+        "one",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let metrics = one.listening["metrics"].as_str().unwrap().to_string();
+    let body = health_until(&metrics, 200, 5);
+    assert_eq!(
+        body,
+        format!("ok\ncluster: up, {} as instance one\n", redis.url())
+    );
+
+    // Redis gone: health says so (the probe notices with no traffic), and
+    // a new pairing is refused with a message that says what to do.
+    redis.stop();
+    let body = health_until(&metrics, 503, 10);
+    assert!(body.starts_with("unhealthy\ncluster: down, "), "{body}");
+    // The inbox's loss shows at once; the commands' at the next probe.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !http_get(&metrics, "/health").1.contains("does not answer") {
+        assert!(std::time::Instant::now() < deadline, "no probe noticed");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let scrape = http_get(&metrics, "/metrics").1;
+    assert!(
+        scrape.contains("\nferry_health_check_up{check=\"cluster\"} 0\n"),
+        "{scrape}"
+    );
+    let mut cmd = ferry();
+    cmd.args(["send", "--json", "--server", &one.addr])
+        .args(["--text", "while redis is down"]);
+    let mut send = Proc::spawn(cmd);
+    assert_ne!(send.finish(), 0, "{:?}", send.seen);
+    let error = &send.events("error")[0];
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot reach the directory") && message.contains("try again"),
+        "{error}"
+    );
+
+    // Back: health and pairings recover without restarting ferry.
+    redis.restart();
+    health_until(&metrics, 200, 20);
+    let dst = tempfile::tempdir().unwrap();
+    let (mut send, code) = start_send(&one, &["--text", "redis is back"]);
+    let mut recv = start_receive(&one, &code, dst.path(), &["--yes"]);
+    finish_both(&mut send, &mut recv);
+    assert_eq!(recv.events("text")[0]["text"], "redis is back");
+}

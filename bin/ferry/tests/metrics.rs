@@ -10,8 +10,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 
 /// A `ferry serve` with `--metrics` on a loopback port; the server and the
 /// metrics address.
@@ -21,35 +19,9 @@ fn serve_with_metrics(extra: &[&str]) -> (Server, String) {
     (server, metrics)
 }
 
-/// `GET path` on `addr`: the status and the body.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        let request = hyper::Request::get(path)
-            .header(hyper::header::HOST, addr)
-            .body(Empty::<bytes::Bytes>::new())
-            .unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
-            .await
-            .unwrap()
-            .unwrap();
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8(body.to_vec()).unwrap())
-    })
-}
-
 /// A scrape of `/metrics`.
 fn scrape(addr: &str) -> String {
-    let (status, body) = get(addr, "/metrics");
+    let (status, body) = http_get(addr, "/metrics");
     assert_eq!(status, 200, "{body}");
     body
 }
@@ -131,8 +103,8 @@ fn outcomes_total(text: &str) -> f64 {
 #[test]
 fn health_answers_ok_and_other_paths_404() {
     let (_server, metrics) = serve_with_metrics(&[]);
-    assert_eq!(get(&metrics, "/health"), (200, "ok\n".to_string()));
-    assert_eq!(get(&metrics, "/nothing-here").0, 404);
+    assert_eq!(http_get(&metrics, "/health"), (200, "ok\n".to_string()));
+    assert_eq!(http_get(&metrics, "/nothing-here").0, 404);
 }
 
 #[test]
@@ -332,7 +304,7 @@ fn ferry_relay_counts_its_connections_and_refused_tokens() {
     let listening = proc.wait_event("listening", Duration::from_secs(20));
     let relay: SocketAddr = listening["relay"].as_str().unwrap().parse().unwrap();
     let metrics = listening["metrics"].as_str().unwrap().to_string();
-    assert_eq!(get(&metrics, "/health").0, 200);
+    assert_eq!(http_get(&metrics, "/health").0, 200);
 
     // A token this relay did not sign.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -16,7 +16,15 @@
 //!  inbox ferry:inbox:A  <----- PUBLISH ferry:inbox:A ------ publish(A, frame)
 //!  publish(B, frame) -------->  PUBLISH ferry:inbox:B ----> inbox ferry:inbox:B
 //!  release(np 17) -----------> DEL ferry:np:17 if it is still A's
+//!  every 2 s (probe) ---------> SET ferry:alive:A PX 6000
 //! ```
+//!
+//! An instance that is gone (killed: its `alive` key expired; stopped:
+//! [`Directory::leave`] deleted it) holds nothing any more: a reservation
+//! of one of its keys takes the key over ([`Holder::TookOver`]) and a
+//! lookup finds it free, so that its clients, reconnecting through
+//! another instance, rejoin there (and a waiting sender's code keeps
+//! working) instead of being sent to an instance that cannot answer.
 //!
 //! Two backends behind one [`Directory`]: [`MemoryDirectory`] (instances in
 //! one process share a [`MemoryCluster`]; for tests and as the reference)
@@ -33,7 +41,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -50,6 +58,14 @@ pub const INBOX_DEPTH: usize = 4096;
 
 /// How long one directory command may take.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a Redis directory is pinged while nothing else asks it, so
+/// that its health is known (and its connection comes back) when idle.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long an instance counts as alive after its latest probe: a killed
+/// instance's keys can be taken over this long after it died.
+pub const ALIVE_TTL: Duration = Duration::from_secs(6);
 
 /// The longest instance name: 1 to 64 of `a-z 0-9 -`.
 pub const MAX_INSTANCE_LEN: usize = 64;
@@ -81,6 +97,8 @@ pub enum Holder {
     AlreadyMine,
     /// Another instance, by name.
     Other(String),
+    /// This instance, now: the one that held it, by name, is gone.
+    TookOver(String),
 }
 
 /// What went wrong with the directory.
@@ -138,8 +156,9 @@ impl Directory {
         }
     }
 
-    /// Takes `key` for this instance for `ttl`, unless another holds it:
-    /// atomic across all instances.
+    /// Takes `key` for this instance for `ttl`, unless another instance
+    /// that is alive holds it: atomic across all instances. A key this
+    /// instance holds already gets `ttl` afresh.
     pub async fn reserve(&self, key: &Key, ttl: Duration) -> Result<Holder, ClusterError> {
         match self {
             Directory::Memory(d) => Ok(d.reserve(key, ttl)),
@@ -147,7 +166,7 @@ impl Directory {
         }
     }
 
-    /// Which instance holds `key`, if any.
+    /// Which instance holds `key`, if any that is alive.
     pub async fn lookup(&self, key: &Key) -> Result<Option<String>, ClusterError> {
         match self {
             Directory::Memory(d) => Ok(d.lookup(key)),
@@ -163,6 +182,19 @@ impl Directory {
                 Ok(())
             }
             Directory::Redis(d) => d.release(key).await,
+        }
+    }
+
+    /// Says that this instance is gone (it stops): the keys it holds can
+    /// be taken over at once, not only after [`ALIVE_TTL`]. Commands after
+    /// this still work; the probe stops.
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        match self {
+            Directory::Memory(d) => {
+                d.leave();
+                Ok(())
+            }
+            Directory::Redis(d) => d.leave().await,
         }
     }
 
@@ -198,6 +230,32 @@ impl Directory {
             Directory::Redis(d) => {
                 d.state.commands_ok.load(Ordering::Relaxed)
                     && d.state.subscribed.load(Ordering::Relaxed)
+            }
+        }
+    }
+
+    /// Whether it is healthy (as [`Directory::healthy`]) and a line for
+    /// people: where it is, as which instance, and since when it is down.
+    pub fn status(&self) -> (bool, String) {
+        match self {
+            Directory::Memory(d) => (true, format!("in memory as instance {}", d.instance)),
+            Directory::Redis(d) => {
+                let mut line = format!("{} as instance {}", d.url, d.instance);
+                let commands = d.state.commands_ok.load(Ordering::Relaxed);
+                let subscribed = d.state.subscribed.load(Ordering::Relaxed);
+                if !commands {
+                    line.push_str(": does not answer");
+                    if let Some(since) = d.state.down_since() {
+                        line.push_str(&format!(" for {} s", since.elapsed().as_secs()));
+                    }
+                    line.push_str("; new pairings are refused meanwhile, retrying");
+                } else if !subscribed {
+                    line.push_str(
+                        ": this instance's inbox is not subscribed (frames from other \
+                         instances do not arrive); subscribing again",
+                    );
+                }
+                (commands && subscribed, line)
             }
         }
     }
@@ -239,6 +297,8 @@ pub struct MemoryCluster {
 struct MemoryShared {
     keys: Mutex<HashMap<Key, (String, Instant)>>,
     inboxes: Mutex<HashMap<String, mpsc::Sender<Vec<u8>>>>,
+    /// Instances that left.
+    gone: Mutex<std::collections::HashSet<String>>,
     dropped: AtomicU64,
 }
 
@@ -275,30 +335,59 @@ impl MemoryDirectory {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
+    /// Whether `instance` is alive: it has not left, and its inbox, if it
+    /// subscribed one, is still read (an instance dropped is gone).
+    fn alive(&self, instance: &str) -> bool {
+        let gone = self
+            .shared
+            .gone
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .contains(instance);
+        let closed = self
+            .shared
+            .inboxes
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(instance)
+            .is_some_and(mpsc::Sender::is_closed);
+        !gone && !closed
+    }
+
     fn reserve(&self, key: &Key, ttl: Duration) -> Holder {
         let now = Instant::now();
+        // One lock over the check and the insert: atomic, as the script.
         let mut keys = self.keys();
-        match keys.get(key) {
-            Some((holder, until)) if *until > now => {
-                if *holder == self.instance {
-                    Holder::AlreadyMine
-                } else {
-                    Holder::Other(holder.clone())
-                }
-            }
-            _ => {
-                keys.insert(key.clone(), (self.instance.clone(), now + ttl));
-                Holder::Me
-            }
-        }
+        let held = keys
+            .get(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(holder, _)| holder.clone());
+        let holder = match held {
+            Some(holder) if holder == self.instance => Holder::AlreadyMine,
+            Some(holder) if self.alive(&holder) => return Holder::Other(holder),
+            Some(holder) => Holder::TookOver(holder),
+            None => Holder::Me,
+        };
+        keys.insert(key.clone(), (self.instance.clone(), now + ttl));
+        holder
     }
 
     fn lookup(&self, key: &Key) -> Option<String> {
         let now = Instant::now();
-        let keys = self.keys();
-        keys.get(key)
+        let holder = self
+            .keys()
+            .get(key)
             .filter(|(_, until)| *until > now)
-            .map(|(holder, _)| holder.clone())
+            .map(|(holder, _)| holder.clone())?;
+        self.alive(&holder).then_some(holder)
+    }
+
+    fn leave(&self) {
+        self.shared
+            .gone
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(self.instance.clone());
     }
 
     fn release(&self, key: &Key) {
@@ -353,7 +442,122 @@ struct RedisState {
     /// False while a subscribed inbox is lost (true before any).
     subscribed: AtomicBool,
     dropped: AtomicU64,
+    /// When commands last started failing, while they do.
+    down_since: Mutex<Option<Instant>>,
+    /// Set by leave(): the probe stops renewing the alive key.
+    left: AtomicBool,
 }
+
+impl RedisState {
+    /// Notes whether the latest command (or probe) was answered; logs
+    /// when that changes.
+    fn set_commands_ok(&self, ok: bool, url: &str) {
+        let was = self.commands_ok.swap(ok, Ordering::Relaxed);
+        let mut since = self
+            .down_since
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        match (was, ok) {
+            (true, false) => {
+                *since = Some(Instant::now());
+                warn!(
+                    url,
+                    "the cluster directory does not answer: new pairings are refused until it does; retrying"
+                );
+            }
+            (false, true) => {
+                let down = since.take().map(|at| at.elapsed().as_secs());
+                info!(url, down_secs = ?down, "the cluster directory answers again");
+            }
+            _ => {}
+        }
+    }
+
+    fn down_since(&self) -> Option<Instant> {
+        *self
+            .down_since
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+/// Renews this instance's alive key every [`PROBE_INTERVAL`] while any
+/// handle of it lives and it has not left: others see it alive, its health
+/// stays known when nothing else asks the directory, and the connection
+/// manager reconnects by itself once Redis is back.
+async fn probe(
+    state: Weak<RedisState>,
+    mut commands: ConnectionManager,
+    url: String,
+    instance: String,
+) {
+    let alive = alive_command(&instance);
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        {
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            if state.left.load(Ordering::Relaxed) {
+                return;
+            }
+            let answered = matches!(
+                tokio::time::timeout(COMMAND_TIMEOUT, alive.query_async::<()>(&mut commands)).await,
+                Ok(Ok(()))
+            );
+            state.set_commands_ok(answered, &url);
+        }
+    }
+}
+
+/// `SET ferry:alive:NAME 1 PX ALIVE_TTL`.
+fn alive_command(instance: &str) -> redis::Cmd {
+    let mut alive = redis::cmd("SET");
+    alive
+        .arg(alive_key(instance))
+        .arg(1)
+        .arg("PX")
+        .arg(u64::try_from(ALIVE_TTL.as_millis()).unwrap_or(u64::MAX));
+    alive
+}
+
+fn alive_key(instance: &str) -> String {
+    format!("{ALIVE_PREFIX}{instance}")
+}
+
+const ALIVE_PREFIX: &str = "ferry:alive:";
+
+/// Takes KEYS[1] for ARGV[1] (this instance) for ARGV[2] ms unless an
+/// instance that is alive (its ARGV[3]..name key exists) holds it:
+/// `{"new"}`, `{"mine"}` (held already: its TTL renewed), `{"other", who}`,
+/// or `{"took", who}` (held by an instance that is gone). It renews this
+/// instance's alive key for ARGV[4] ms too, so that a key it just took is
+/// never seen as a dead one's (say, right after Redis restarted empty).
+const RESERVE_SCRIPT: &str = r"
+redis.call('SET', ARGV[3] .. ARGV[1], 1, 'PX', ARGV[4])
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {'mine'}
+end
+if holder and redis.call('EXISTS', ARGV[3] .. holder) == 1 then
+  return {'other', holder}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if holder then
+  return {'took', holder}
+end
+return {'new'}
+";
+
+/// The holder of KEYS[1], if it is alive (its ARGV[1]..name key exists).
+const LOOKUP_SCRIPT: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder and redis.call('EXISTS', ARGV[1] .. holder) == 1 then
+  return holder
+end
+return false
+";
 
 /// Deletes KEYS[1] only while it holds ARGV[1] (this instance), so that a
 /// key that expired and went to another instance is left alone.
@@ -393,7 +597,9 @@ impl RedisDirectory {
         .await
         .map_err(|_| unreachable("no answer in time".into()))?
         .map_err(|error| unreachable(error.to_string()))?;
-        let _: String = redis::cmd("PING")
+        // Alive from now on (the probe renews it): another instance sees
+        // this one's keys as held from its first reservation on.
+        let () = alive_command(instance)
             .query_async(&mut commands)
             .await
             .map_err(|error| unreachable(error.to_string()))?;
@@ -401,6 +607,12 @@ impl RedisDirectory {
         let state = Arc::new(RedisState::default());
         state.commands_ok.store(true, Ordering::Relaxed);
         state.subscribed.store(true, Ordering::Relaxed);
+        tokio::spawn(probe(
+            Arc::downgrade(&state),
+            commands.clone(),
+            shown.clone(),
+            instance.to_string(),
+        ));
         Ok(Directory::Redis(RedisDirectory {
             instance: instance.to_string(),
             url: shown,
@@ -411,7 +623,7 @@ impl RedisDirectory {
     }
 
     fn unreachable(&self, error: impl fmt::Display) -> ClusterError {
-        self.state.commands_ok.store(false, Ordering::Relaxed);
+        self.state.set_commands_ok(false, &self.url);
         ClusterError::Unreachable {
             url: self.url.clone(),
             reason: error.to_string(),
@@ -422,7 +634,7 @@ impl RedisDirectory {
         let mut conn = self.commands.clone();
         match tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async::<T>(&mut conn)).await {
             Ok(Ok(value)) => {
-                self.state.commands_ok.store(true, Ordering::Relaxed);
+                self.state.set_commands_ok(true, &self.url);
                 Ok(value)
             }
             Ok(Err(error)) => Err(self.unreachable(error)),
@@ -432,26 +644,35 @@ impl RedisDirectory {
 
     async fn reserve(&self, key: &Key, ttl: Duration) -> Result<Holder, ClusterError> {
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut set = redis::cmd("SET");
-        set.arg(key.redis_key())
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(RESERVE_SCRIPT)
+            .arg(1)
+            .arg(key.redis_key())
             .arg(&self.instance)
-            .arg("NX")
-            .arg("PX")
             .arg(millis)
-            .arg("GET");
-        // SET NX GET (Redis 7): the old value when it was not set.
-        let old: Option<String> = self.run(&set).await?;
-        Ok(match old {
-            None => Holder::Me,
-            Some(holder) if holder == self.instance => Holder::AlreadyMine,
-            Some(holder) if check_instance(&holder).is_ok() => Holder::Other(holder),
-            Some(_) => return Err(ClusterError::Corrupt),
+            .arg(ALIVE_PREFIX)
+            .arg(u64::try_from(ALIVE_TTL.as_millis()).unwrap_or(u64::MAX));
+        let answer: Vec<String> = self.run(&eval).await?;
+        Ok(match answer.as_slice() {
+            [what] if what == "new" => Holder::Me,
+            [what] if what == "mine" => Holder::AlreadyMine,
+            [what, holder] if what == "other" && check_instance(holder).is_ok() => {
+                Holder::Other(holder.clone())
+            }
+            [what, holder] if what == "took" => {
+                info!(?key, gone = %holder.escape_debug(), "took over a key of an instance that is gone");
+                Holder::TookOver(holder.clone())
+            }
+            _ => return Err(ClusterError::Corrupt),
         })
     }
 
     async fn lookup(&self, key: &Key) -> Result<Option<String>, ClusterError> {
-        let mut get = redis::cmd("GET");
-        get.arg(key.redis_key());
+        let mut get = redis::cmd("EVAL");
+        get.arg(LOOKUP_SCRIPT)
+            .arg(1)
+            .arg(key.redis_key())
+            .arg(ALIVE_PREFIX);
         let holder: Option<String> = self.run(&get).await?;
         match holder {
             Some(holder) if check_instance(&holder).is_err() => Err(ClusterError::Corrupt),
@@ -466,6 +687,15 @@ impl RedisDirectory {
             .arg(key.redis_key())
             .arg(&self.instance);
         let _: i64 = self.run(&eval).await?;
+        Ok(())
+    }
+
+    async fn leave(&self) -> Result<(), ClusterError> {
+        self.state.left.store(true, Ordering::Relaxed);
+        let mut del = redis::cmd("DEL");
+        del.arg(alive_key(&self.instance));
+        let _: i64 = self.run(&del).await?;
+        info!(url = %self.url, instance = %self.instance, "left the cluster");
         Ok(())
     }
 

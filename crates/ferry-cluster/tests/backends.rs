@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use ferry_cluster::testing::RedisServer;
-use ferry_cluster::{ClusterError, Directory, Holder, Key, MemoryCluster, RedisDirectory};
+use ferry_cluster::{
+    ALIVE_TTL, ClusterError, Directory, Holder, Key, MemoryCluster, PROBE_INTERVAL, RedisDirectory,
+};
 use tokio::time::timeout;
 
 /// What every backend must do, for three instances `a`, `b`, `c`.
@@ -67,6 +69,38 @@ async fn contract(a: Directory, b: Directory, c: Directory) {
     // Nobody listens for "nobody": published and lost, not an error.
     a.publish("nobody", b"x".to_vec()).await.unwrap();
     assert!(a.healthy() && b.healthy() && c.healthy());
+
+    // A key held already gets its TTL afresh.
+    let renewed = Key::Nameplate(77);
+    let brief = Duration::from_millis(300);
+    assert_eq!(a.reserve(&renewed, brief).await.unwrap(), Holder::Me);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        a.reserve(&renewed, brief).await.unwrap(),
+        Holder::AlreadyMine
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.lookup(&renewed).await.unwrap().as_deref(), Some("a"));
+
+    // An instance that left holds nothing: a lookup finds its keys free,
+    // a reservation takes them over.
+    let channel = Key::Channel("cd".repeat(16));
+    assert_eq!(a.reserve(&channel, ttl).await.unwrap(), Holder::Me);
+    assert_eq!(
+        b.reserve(&channel, ttl).await.unwrap(),
+        Holder::Other("a".into())
+    );
+    a.leave().await.unwrap();
+    assert_eq!(c.lookup(&channel).await.unwrap(), None);
+    assert_eq!(
+        b.reserve(&channel, ttl).await.unwrap(),
+        Holder::TookOver("a".into())
+    );
+    assert_eq!(c.lookup(&channel).await.unwrap().as_deref(), Some("b"));
+    assert_eq!(
+        c.reserve(&channel, ttl).await.unwrap(),
+        Holder::Other("b".into())
+    );
 }
 
 /// Three instances reserving at once from a small space never share a key.
@@ -123,6 +157,53 @@ async fn redis_backend_keeps_the_contract() {
     concurrent_reservations_never_collide(redis(&server.url()).await).await;
 }
 
+/// A killed instance says nothing: its keys go free once its alive key
+/// expires (at most ALIVE_TTL after its last renewal).
+#[tokio::test]
+async fn a_dead_instances_keys_are_taken_over_once_it_stops_renewing() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let ttl = Duration::from_secs(60);
+    let channel = Key::Channel("ef".repeat(16));
+    let a = RedisDirectory::connect(&server.url(), "a").await.unwrap();
+    let b = RedisDirectory::connect(&server.url(), "b").await.unwrap();
+    assert_eq!(a.reserve(&channel, ttl).await.unwrap(), Holder::Me);
+    // Alive past its first TTL: the probe renews it.
+    tokio::time::sleep(ALIVE_TTL + PROBE_INTERVAL).await;
+    assert_eq!(
+        b.reserve(&channel, ttl).await.unwrap(),
+        Holder::Other("a".into())
+    );
+    drop(a);
+    let started = tokio::time::Instant::now();
+    let taken = loop {
+        match b.reserve(&channel, ttl).await.unwrap() {
+            Holder::Other(_) => {}
+            other => break other,
+        }
+        assert!(
+            started.elapsed() < ALIVE_TTL + PROBE_INTERVAL * 2,
+            "a stayed alive"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(taken, Holder::TookOver("a".into()));
+
+    // In memory, an instance whose inbox is dropped is gone at once.
+    let cluster = MemoryCluster::new();
+    let (a, b) = (cluster.join("a").unwrap(), cluster.join("b").unwrap());
+    let inbox = a.subscribe().await.unwrap();
+    assert_eq!(a.reserve(&channel, ttl).await.unwrap(), Holder::Me);
+    assert_eq!(b.lookup(&channel).await.unwrap().as_deref(), Some("a"));
+    drop(inbox);
+    assert_eq!(b.lookup(&channel).await.unwrap(), None);
+    assert_eq!(
+        b.reserve(&channel, ttl).await.unwrap(),
+        Holder::TookOver("a".into())
+    );
+}
+
 #[tokio::test]
 async fn unreachable_redis_at_start_is_a_clear_error() {
     let port = ferry_cluster::testing::free_port();
@@ -147,7 +228,29 @@ async fn redis_lost_and_back_recovers_by_itself() {
     let a = RedisDirectory::connect(&server.url(), "a").await.unwrap();
     let b = RedisDirectory::connect(&server.url(), "b").await.unwrap();
     let mut inbox = b.subscribe().await.unwrap();
+    // An idle instance: no commands, no inbox; only the probe asks.
+    let idle = RedisDirectory::connect(&server.url(), "idle")
+        .await
+        .unwrap();
+    assert_eq!(
+        idle.status(),
+        (true, format!("{} as instance idle", server.url()))
+    );
     server.stop();
+    let deadline = tokio::time::Instant::now() + PROBE_INTERVAL * 4;
+    while idle.healthy() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the probe did not notice"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (healthy, line) = idle.status();
+    assert!(!healthy);
+    assert!(
+        line.contains("does not answer") && line.contains("new pairings are refused"),
+        "{line}"
+    );
     let lost = a.reserve(&Key::Nameplate(5), Duration::from_secs(60)).await;
     assert!(
         matches!(lost, Err(ClusterError::Unreachable { .. })),
@@ -170,6 +273,15 @@ async fn redis_lost_and_back_recovers_by_itself() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(a.healthy());
+    // The idle one comes back by its probe alone.
+    let deadline = tokio::time::Instant::now() + PROBE_INTERVAL * 4;
+    while !idle.healthy() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the probe did not notice Redis back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     a.publish("b", b"again".to_vec()).await.unwrap();
     let got = timeout(Duration::from_secs(5), inbox.recv()).await.unwrap();
     assert_eq!(got.unwrap(), b"again");

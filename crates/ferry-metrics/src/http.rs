@@ -8,7 +8,8 @@
 //!             max_request_bytes, the whole exchange within
 //!             connection_timeout
 //!   GET /metrics -> 200, Metrics::encode(), text format 0.0.4
-//!   GET /health  -> 200 "ok"
+//!   GET /health  -> 200 "ok", or 503 "unhealthy" while a health check
+//!                   (the cluster directory) is down; a line per check
 //!   other paths  -> 404; other methods -> 405
 //!   shutdown     -> the listener closes, open scrapes are cut
 //! ```
@@ -128,7 +129,15 @@ pub async fn serve(
 fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => (StatusCode::OK, crate::CONTENT_TYPE, metrics.encode()),
-        (&Method::GET, "/health") => (StatusCode::OK, TEXT, "ok\n".to_string()),
+        (&Method::GET, "/health") => {
+            let report = metrics.health();
+            let status = if report.healthy() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, TEXT, report.text())
+        }
         (_, "/metrics" | "/health") => (
             StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
@@ -258,6 +267,50 @@ mod tests {
         assert!(took < Duration::from_secs(3), "{took:?}");
         let got = String::from_utf8_lossy(&got);
         assert!(read.is_err() || !got.contains("200 OK"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn health_follows_its_checks_and_the_gauge_with_it() {
+        use crate::HealthCheck;
+        use crate::health::Probed;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let metrics = Metrics::new();
+        let up = Arc::new(AtomicBool::new(true));
+        let probe = up.clone();
+        metrics.add_health_check(HealthCheck::Cluster, move || Probed {
+            up: probe.load(Ordering::Relaxed),
+            // A newline in a detail must not forge a line of its own.
+            detail: "redis://h:1/0\nfake: up".into(),
+        });
+        let (addr, _stop) = start(metrics, HttpLimits::default()).await;
+        let health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+        let metrics_request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+
+        let got = exchange(addr, health).await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        assert!(
+            got.ends_with("\r\n\r\nok\ncluster: up, redis://h:1/0 fake: up\n"),
+            "{got}"
+        );
+        let got = exchange(addr, metrics_request).await;
+        assert!(
+            got.contains("\nferry_health_check_up{check=\"cluster\"} 1\n"),
+            "{got}"
+        );
+
+        up.store(false, Ordering::Relaxed);
+        let got = exchange(addr, health).await;
+        assert!(
+            got.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{got}"
+        );
+        assert!(got.contains("\r\n\r\nunhealthy\ncluster: down, "), "{got}");
+        let got = exchange(addr, metrics_request).await;
+        assert!(
+            got.contains("\nferry_health_check_up{check=\"cluster\"} 0\n"),
+            "{got}"
+        );
     }
 
     #[tokio::test]

@@ -28,9 +28,12 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
+pub mod health;
 pub mod http;
 
 use std::sync::Arc;
+
+use health::{Health, HealthReport, Probed};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -48,6 +51,7 @@ pub struct Metrics {
     rendezvous: RendezvousMetrics,
     relay: RelayMetrics,
     stun: StunMetrics,
+    health: Health,
 }
 
 impl Default for Metrics {
@@ -233,11 +237,19 @@ impl Metrics {
                 .get_or_create(&StunLabels { transport, socket });
         }
 
+        let health = Health::default();
+        registry.register(
+            "health_check_up",
+            "Whether a part the server depends on while it runs works now (1) or not (0), by check; what GET /health reports",
+            health.up.clone(),
+        );
+
         Metrics {
             registry: Arc::new(registry),
             rendezvous,
             relay,
             stun,
+            health,
         }
     }
 
@@ -258,8 +270,27 @@ impl Metrics {
         self.stun.clone()
     }
 
+    /// Adds a part whose state `GET /health` and `ferry_health_check_up`
+    /// report: `probe` says whether it works now, and where it is. It is
+    /// asked at every scrape and health request, so it must be cheap and
+    /// must not block.
+    pub fn add_health_check(
+        &self,
+        check: HealthCheck,
+        probe: impl Fn() -> Probed + Send + Sync + 'static,
+    ) {
+        self.health.add(check, Arc::new(probe));
+    }
+
+    /// What every health check says now (what `GET /health` answers).
+    pub fn health(&self) -> HealthReport {
+        self.health.report()
+    }
+
     /// Everything, in the Prometheus text format (version 0.0.4).
     pub fn encode(&self) -> String {
+        // The health gauges are read, not counted: fresh at each scrape.
+        let _ = self.health.report();
         let mut text = String::new();
         // Writing to a String cannot fail, and no label value here needs
         // more than `fmt::Write`.
@@ -505,6 +536,14 @@ macro_rules! label_enum {
 }
 
 label_enum! {
+    /// A part of the server that `GET /health` reports on (`check`).
+    HealthCheck {
+        /// The directory a cluster's instances share (`--cluster`).
+        Cluster => "cluster",
+    }
+}
+
+label_enum! {
     /// Which TCP listener (`listener`).
     #[derive(Default)]
     Listener {
@@ -697,6 +736,11 @@ impl StunSocket {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HealthLabels {
+    check: HealthCheck,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -18,7 +18,7 @@ use std::time::Instant;
 use ferry_cluster::{Directory, Holder, Key};
 use ferry_proto::signal::{ErrorCode, ServerToClient};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::hop::Hop;
 use crate::server::Outbox;
@@ -219,7 +219,7 @@ impl ClusterLink {
             let (client, key, answer) = match request {
                 DirectoryRequest::Reserve { client, key, ttl } => {
                     let answer = match directory.reserve(&cluster_key(&key), ttl).await {
-                        Ok(Holder::Me) => DirectoryAnswer::Reserved,
+                        Ok(Holder::Me | Holder::TookOver(_)) => DirectoryAnswer::Reserved,
                         Ok(Holder::AlreadyMine) => DirectoryAnswer::Here,
                         Ok(Holder::Other(home)) if home == me => DirectoryAnswer::Here,
                         Ok(Holder::Other(home)) => DirectoryAnswer::Elsewhere(home),
@@ -241,6 +241,16 @@ impl ClusterLink {
                         }
                     };
                     (client, key, answer)
+                }
+                DirectoryRequest::Renew { key, ttl } => {
+                    match directory.reserve(&cluster_key(&key), ttl).await {
+                        Ok(Holder::Other(home)) if home != me => {
+                            warn!(?key, home, "a channel held here is another instance's now");
+                        }
+                        Ok(_) => {}
+                        Err(error) => debug!(%error, "directory renewal failed"),
+                    }
+                    return;
                 }
                 DirectoryRequest::Release { key } => {
                     if let Err(error) = directory.release(&cluster_key(&key)).await {
@@ -327,6 +337,15 @@ impl ClusterLink {
         };
         self.remote_ids.remove(&(origin.clone(), client));
         self.send(&origin, &Hop::Close { client });
+    }
+
+    /// Tells the directory this instance is gone: what it held can be
+    /// taken over at once, so clients told to go elsewhere rejoin there.
+    /// Before any client hears that it stops.
+    pub(crate) async fn leave(&self) {
+        if let Err(error) = self.directory.leave().await {
+            debug!(%error, "could not tell the directory this instance leaves");
+        }
     }
 
     /// Tells remote clients' origins that this instance stops, and waits a

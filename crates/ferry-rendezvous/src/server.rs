@@ -439,6 +439,9 @@ async fn actor(
         code: ErrorCode::ShuttingDown,
         message: "the rendezvous server is shutting down; try again in a moment".into(),
     };
+    if let Some(link) = cluster.as_ref() {
+        link.leave().await;
+    }
     for (_, out) in conns.drain() {
         out.frame(&shutting_down);
         out.close();

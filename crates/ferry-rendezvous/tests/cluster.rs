@@ -188,11 +188,51 @@ async fn reserve_of_a_number_held_elsewhere_is_taken(nodes: &[Instance; 3]) {
     );
 }
 
+/// The home of a rejoin channel stops while a peer waits there: the
+/// peers, back through the other instances, meet (the channel taken over
+/// by the first to come back), at once, as the home left the directory.
+async fn a_stopped_home_hands_its_channels_over(nodes: [Instance; 3]) {
+    let [one, two, three] = nodes;
+    let channel = "cd".repeat(16);
+    let mut first = client(&one).await;
+    assert!(!first.rejoin(&channel).await.unwrap(), "nobody there yet");
+    drop(one);
+    // Told the server stops (it has left the directory by then).
+    let told = timeout(Duration::from_secs(10), async {
+        loop {
+            match first.recv().await {
+                Ok(event) => eprintln!("while the home stops: {event:?}"),
+                Err(error) => return error,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            told,
+            SignalError::Server {
+                code: ErrorCode::ShuttingDown,
+                ..
+            } | SignalError::ServerGone { .. }
+        ),
+        "{told:?}"
+    );
+    let mut first = client(&two).await;
+    assert!(!first.rejoin(&channel).await.unwrap(), "waits at two");
+    let mut second = client(&three).await;
+    assert!(second.rejoin(&channel).await.unwrap(), "joined at two");
+    assert_eq!(event(&mut first).await, SignalEvent::PeerJoined);
+    second.send("back".into()).await.unwrap();
+    assert_eq!(event(&mut first).await, SignalEvent::Message("back".into()));
+}
+
 async fn all(nodes: [Instance; 3]) {
     pair_across_instances(&nodes).await;
     one_guess_and_two_sides_everywhere(&nodes).await;
     allocations_never_collide(&nodes).await;
     reserve_of_a_number_held_elsewhere_is_taken(&nodes).await;
+    a_stopped_home_hands_its_channels_over(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

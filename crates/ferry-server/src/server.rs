@@ -6,8 +6,9 @@ use std::io;
 use std::net::SocketAddr;
 
 use ferry_limits::Bucketing;
-use ferry_metrics::Metrics;
+use ferry_metrics::health::Probed;
 use ferry_metrics::http::HttpLimits;
+use ferry_metrics::{HealthCheck, Metrics};
 use ferry_nat::stun::{SourceLimits, StunServer, StunServerConfig};
 use ferry_relay::ServerTls;
 use ferry_rendezvous::{Config, PairRelay};
@@ -61,6 +62,13 @@ impl Server {
     /// metrics listener, and starts serving on all of them.
     pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
         let metrics = Metrics::new();
+        if let Some(directory) = config.cluster.clone() {
+            // GET /health answers 503 while the directory is lost.
+            metrics.add_health_check(HealthCheck::Cluster, move || {
+                let (up, detail) = directory.status();
+                Probed { up, detail }
+            });
+        }
         let (listener, signal) = bind(config.listen).await?;
         let stun = match &config.stun {
             Some(stun) => Some(bind_stun(stun).await?.with_metrics(metrics.stun())),

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod certs;
+pub mod http;
+
+#[allow(unused_imports)]
+pub use http::http_get;
 
 /// How long any one ferry process may run in a test.
 pub const LIMIT: Duration = Duration::from_secs(120);

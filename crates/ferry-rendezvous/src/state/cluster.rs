@@ -18,6 +18,7 @@
 //!   Reserved / Here     -> open the channel here
 //!   Elsewhere(home)     -> Proxy, as for claim
 //! Unavailable            -> server-full ("try again"), nothing counted
+//! a peer back on a channel here -> DirectoryRequest::Renew (its TTL)
 //! a nameplate or channel removed here -> DirectoryRequest::Release
 //! ```
 //!
@@ -63,6 +64,14 @@ pub enum DirectoryRequest {
         client: ClientId,
         /// What to look up.
         key: DirectoryKey,
+    },
+    /// This instance holds `key` still, for `ttl` from now (a peer came
+    /// back to a rejoin channel here); no answer.
+    Renew {
+        /// What to hold on to.
+        key: DirectoryKey,
+        /// For how long from now.
+        ttl: Duration,
     },
     /// This instance no longer holds `key`; no answer.
     Release {

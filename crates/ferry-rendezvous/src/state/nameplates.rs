@@ -229,6 +229,13 @@ impl Rendezvous {
             };
             nameplate.sides[index] = Side::Here(client);
             nameplate.expires = now + self.config.nameplate_ttl;
+            if self.config.clustered {
+                // The directory holds the channel as long as this core does.
+                self.directory.push_back(DirectoryRequest::Renew {
+                    key: DirectoryKey::Channel(channel),
+                    ttl: self.config.nameplate_ttl,
+                });
+            }
             info!(nameplate = number, client, "peer rejoined");
             self.stats.rejoined += 1;
             self.join(client, number, index);

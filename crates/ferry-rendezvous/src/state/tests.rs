@@ -1416,3 +1416,40 @@ fn reservation_for_a_client_that_left_is_given_back() {
         vec![DirectoryRequest::Release { key: key.clone() }]
     );
 }
+
+#[test]
+fn a_peer_back_on_a_channel_renews_it_in_the_directory() {
+    let mut h = clustered();
+    let channel = "ab".repeat(16);
+    let ttl = Config::default().nameplate_ttl;
+    h.greet(1);
+    h.msg(
+        1,
+        ClientToServer::Rejoin {
+            channel: channel.clone(),
+        },
+    );
+    let key = DirectoryKey::Channel(channel.clone());
+    assert_eq!(
+        requests(&mut h),
+        vec![DirectoryRequest::Reserve {
+            client: 1,
+            key: key.clone(),
+            ttl
+        }]
+    );
+    h.core
+        .handle_directory(h.now, 1, key.clone(), DirectoryAnswer::Reserved);
+    h.drain();
+    // The peer comes back through another instance, proxied here.
+    h.core.handle_remote_connect(h.now, 50, addr(9));
+    h.msg(50, ClientToServer::Rejoin { channel });
+    assert!(matches!(
+        &h.drain()[..],
+        [
+            (50, ServerToClient::Claimed { .. }),
+            (1, ServerToClient::PeerJoined { .. })
+        ]
+    ));
+    assert_eq!(requests(&mut h), vec![DirectoryRequest::Renew { key, ttl }]);
+}

@@ -712,7 +712,7 @@ cluster_run() {
     # The instances' warnings and errors, for the report.
     for name in one two; do
         [ -f "$work/cl-$name.out.log" ] || continue
-        grep -E 'WARN|ERROR' "$work/cl-$name.out.log" | sed "s/^/$setup instance $name: /" >>"$work/cl-warnings" || true
+        grep -E 'WARN|ERROR' "$work/cl-$name.out.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e "s/^/$setup instance $name: /" >>"$work/cl-warnings" || true
         rm -f "$work/cl-$name.out" "$work/cl-$name.out.log"
     done
 }

@@ -4,7 +4,7 @@
 # under the table and never asserted (machines here are shared).
 #
 #   scripts/bench.sh [--peers] [--micro] [SIZE_MIB] [RUNS]   SIZE_MIB default 1024, RUNS default 3
-#   BENCH_ONLY=loopback|relay-load|rendezvous-load|lab|peers|micro scripts/bench.sh ...   one section only
+#   BENCH_ONLY=loopback|relay-load|rendezvous-load|cluster-load|lab|peers|micro scripts/bench.sh ...   one section only
 #
 #   --peers  also ferry beside magic-wormhole, wormhole-william, croc and
 #            sendme (scripts/bench-peers.sh SIZE_MIB RUNS: its own table,
@@ -18,8 +18,8 @@
 # side (user+system); each side's peak RSS (/usr/bin/time %M); time from the
 # receiver's start to its first data byte; runs; a note. "-" where a column
 # means nothing (iperf3, quic_bench; rates and per-GiB figures under 1 MiB).
-# The load figures of sections 2 and 2b have columns of their own: they are
-# lines of their own in the table. Every file is checked (cmp; a folder
+# The load figures of sections 2, 2b and 2c have columns of their own: they
+# are lines of their own in the table. Every file is checked (cmp; a folder
 # with diff -r, once). Binaries come from CARGO_TARGET_DIR (default target/).
 #
 # 1. Loopback (BENCH_ONLY=loopback), against one local `ferry serve`:
@@ -60,6 +60,26 @@
 #    Needs `ulimit -n` above BENCH_IDLE + 1024 for each process: the bench
 #    raises it (root with CAP_SYS_RESOURCE for the hard limit; fs.nr_open
 #    too if needed, restored at exit).
+# 2c. Cluster load on loopback (BENCH_ONLY=cluster-load; the rendezvous_load
+#    example, as in 2b), side by side: (a) one `ferry serve` in memory (no
+#    --cluster), (b) one instance on Redis (--cluster redis://127.0.0.1:PORT/0
+#    --instance-id one), (c) two instances on one Redis, each pair's sender
+#    on instance one and its receiver (the claiming side) on instance two
+#    (rendezvous_load --claim-server), so every mailbox message crosses Redis
+#    pub/sub. A fresh redis-server (/usr/bin/redis-server, --save ''
+#    --appendonly no, bound to 127.0.0.1 on a free port) and fresh instances
+#    per figure:
+#    - churn: BENCH_CLUSTER_PAIRS (default 16) pairs repeating the whole
+#      allocate/claim/exchange/release cycle for BENCH_CLUSTER_SECS (20) s:
+#      pairings per second, cycle p50/p99;
+#    - p50/p99 of one mailbox message (BENCH_CLUSTER_SAMPLES, default 1000)
+#      while BENCH_CLUSTER_IDLE (default 1000) idle clients hold nameplates
+#      on instance one.
+#    One table, a row per setup: the failed cycles and messages (timeouts
+#    included: Redis pub/sub is at-most-once and an instance's inbox has a
+#    bounded depth), the CPU seconds of every instance and of redis-server
+#    (churn + latency); the first failure reasons under it. A failure makes
+#    the bench exit non-zero, as in 2b.
 # 3. Lab (BENCH_ONLY=lab; as root, BENCH_LAB=0 skips it; scripts/lab.sh,
 #    the server on 203.0.113.10:443, a sends, b receives): per topology,
 #    SIZE_MIB and the time from the receiver's start to the first data byte;
@@ -100,7 +120,7 @@ runs=${2:-3}
 [[ $size_mib =~ ^[1-9][0-9]*$ ]] || die "SIZE_MIB must be a whole number of MiB, 1 or more"
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a whole number, 1 or more"
 only=${BENCH_ONLY:-}
-case $only in "" | loopback | relay-load | rendezvous-load | lab | peers | micro) ;; *) die "BENCH_ONLY must be loopback, relay-load, rendezvous-load, lab, peers or micro" ;; esac
+case $only in "" | loopback | relay-load | rendezvous-load | cluster-load | lab | peers | micro) ;; *) die "BENCH_ONLY must be loopback, relay-load, rendezvous-load, cluster-load, lab, peers or micro" ;; esac
 # The peers and micro sections have tables and set-up of their own: run
 # them and stop when they are the only section asked for.
 if [ "$only" = peers ]; then exec "$FERRY_ROOT/scripts/bench-peers.sh" "$size_mib" "$runs"; fi
@@ -121,8 +141,11 @@ fi
 if section relay-load; then
     cargo build --release --locked -p ferry-tests --example relay_load
 fi
-if section rendezvous-load; then
+if section rendezvous-load || section cluster-load; then
     cargo build --release --locked -p ferry-tests --example rendezvous_load
+fi
+if section cluster-load; then
+    command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 fi
 QUIC_BENCH="$TARGET/release/examples/quic_bench"
 RELAY_LOAD="$TARGET/release/examples/relay_load"
@@ -530,6 +553,32 @@ raise_nofile() {
     ulimit -Sn "$need"
 }
 
+# start_rv_server OUT CONNECTIONS [FLAGS...]: a `ferry serve` for the
+# rendezvous load on 127.0.0.1 (no STUN), sized for CONNECTIONS clients,
+# with FLAGS (e.g. --cluster URL --instance-id NAME), its JSON events in OUT
+# and its log in OUT.log; tracked in pids. Sets rv_addr (its signalling
+# address) and rv_pid.
+start_rv_server() {
+    local out=$1 conns=$2 extra=()
+    shift 2
+    # A nameplate per idle client, when this server has the flag.
+    if "$FERRY" serve --help | grep -q -- '--max-nameplates'; then
+        extra+=(--max-nameplates $((conns + 4096)))
+    fi
+    "$FERRY" serve --listen 127.0.0.1:0 --no-stun --json \
+        --max-connections $((conns + 4096)) "${extra[@]}" "$@" >"$out" 2>"$out.log" &
+    rv_pid=$!
+    pids+=("$rv_pid")
+    rv_addr=
+    for _ in $(seq 1 100); do
+        rv_addr=$(jq -r 'select(.event == "listening") | .signal' "$out" 2>/dev/null | head -n1)
+        [ -n "$rv_addr" ] && break
+        kill -0 "$rv_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -n "$rv_addr" ] || die "ferry serve did not start: $(tail -3 "$out.log")"
+}
+
 # rendezvous_load_run LABEL CONNECTIONS MAX_HWM_MIB -- GENERATOR ARGS...: the
 # generator against a fresh `ferry serve` sized for CONNECTIONS clients;
 # appends the generator's summary with the server's VmHWM, peak VmRSS
@@ -537,22 +586,10 @@ raise_nofile() {
 # (the server did not hold) or a VmHWM over MAX_HWM_MIB (0: no bound) is
 # reported as FAILED and makes the bench exit non-zero at the end.
 rendezvous_load_run() {
-    local label=$1 conns=$2 max_hwm=$3 out=$work/rv-serve.out extra=()
+    local label=$1 conns=$2 max_hwm=$3 rv_addr rv_pid
     shift 4
-    # A nameplate per idle client, when this server has the flag.
-    if "$FERRY" serve --help | grep -q -- '--max-nameplates'; then
-        extra+=(--max-nameplates $((conns + 4096)))
-    fi
-    "$FERRY" serve --listen 127.0.0.1:0 --no-stun --json \
-        --max-connections $((conns + 4096)) "${extra[@]}" >"$out" 2>"$work/rv-serve.log" &
-    local spid=$! addr=
-    pids+=("$spid")
-    for _ in $(seq 1 100); do
-        addr=$(jq -r 'select(.event == "listening") | .signal' "$out" 2>/dev/null | head -n1)
-        [ -n "$addr" ] && break
-        sleep 0.1
-    done
-    [ -n "$addr" ] || die "ferry serve did not start: $(tail -3 "$work/rv-serve.log")"
+    start_rv_server "$work/rv-serve.out" "$conns"
+    local spid=$rv_pid addr=$rv_addr
     local before
     before=$(cpu_secs "$spid")
     say "  $label: rendezvous_load --server $addr $*"
@@ -590,6 +627,168 @@ if section rendezvous-load; then
         churn --pairs "${BENCH_CHURN_PAIRS:-32}" --secs "${BENCH_CHURN_SECS:-30}"
     rendezvous_load_run "rendezvous latency (loopback)" "$latency_idle" 0 -- \
         latency --idle "$latency_idle" --samples "${BENCH_LATENCY_SAMPLES:-1000}"
+fi
+
+# stop_pid PID: stops a process this script started, waits for it and
+# forgets it
+stop_pid() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    forget_pid "$1"
+}
+
+# start_redis: a fresh redis-server on a free loopback port, nothing saved
+# (--save '' --appendonly no), tracked in pids. Sets redis_url and
+# redis_pid. The port is checked to be this redis-server's own (its
+# process_id), not another one that took the port meanwhile.
+start_redis() {
+    local port owner
+    redis_url=
+    for _ in 1 2 3 4 5; do
+        port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+        redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+        redis_pid=$!
+        pids+=("$redis_pid")
+        for _ in $(seq 1 50); do
+            owner=$(redis-cli -h 127.0.0.1 -p "$port" info server 2>/dev/null | tr -d '\r' | awk -F: '$1 == "process_id" {print $2}' || true)
+            if [ "$owner" = "$redis_pid" ]; then
+                redis_url=redis://127.0.0.1:$port/0
+                return 0
+            fi
+            kill -0 "$redis_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        stop_pid "$redis_pid"
+    done
+    die "redis-server did not start: $(tail -3 "$work/redis.log")"
+}
+
+# cluster_run SETUP CONNECTIONS BOUND_SECS JSON -- GENERATOR ARGS...: for
+# SETUP (memory: one instance without --cluster; redis-1: one instance on
+# a fresh Redis; redis-2: two instances on a fresh Redis, the claiming side
+# on the second) fresh instances sized for CONNECTIONS clients, then the
+# generator (stopped after BOUND_SECS), its JSON in JSON; then everything
+# is stopped. Sets cl_rc (the generator's exit code), cl_cpu (the CPU
+# seconds of all instances during the run) and cl_redis_cpu ("-" without
+# Redis).
+cluster_run() {
+    local setup=$1 conns=$2 bound=$3 json=$4 rv_addr rv_pid redis_url redis_pid=
+    shift 5
+    local spids=() addrs=() name n=0
+    if [ "$setup" != memory ]; then start_redis; fi
+    for name in one two; do
+        n=$((n + 1))
+        case $setup in memory | redis-1) [ "$n" -eq 1 ] || break ;; esac
+        if [ "$setup" = memory ]; then
+            start_rv_server "$work/cl-$name.out" "$conns"
+        else
+            start_rv_server "$work/cl-$name.out" "$conns" --cluster "$redis_url" --instance-id "$name"
+        fi
+        spids+=("$rv_pid")
+        addrs+=("$rv_addr")
+    done
+    local claim=${addrs[${#addrs[@]} - 1]} before=0 rbefore=0 pid
+    for pid in "${spids[@]}"; do before=$(awk -v a="$before" -v b="$(cpu_secs "$pid")" 'BEGIN {print a + b}'); done
+    [ -n "$redis_pid" ] && rbefore=$(cpu_secs "$redis_pid")
+    say "  $setup: rendezvous_load --server ${addrs[0]} --claim-server $claim $*"
+    "$RENDEZVOUS_LOAD" --server "${addrs[0]}" --claim-server "$claim" "$@" >"$json" 2>"$json.log" &
+    local lpid=$!
+    pids+=("$lpid")
+    for _ in $(seq 1 $((bound * 10))); do
+        kill -0 "$lpid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill "$lpid" 2>/dev/null || true
+    cl_rc=0
+    wait "$lpid" || cl_rc=$?
+    forget_pid "$lpid"
+    local after=0
+    for pid in "${spids[@]}"; do after=$(awk -v a="$after" -v b="$(cpu_secs "$pid")" 'BEGIN {print a + b}'); done
+    cl_cpu=$(awk -v a="$after" -v b="$before" 'BEGIN {printf "%.2f", a - b}')
+    cl_redis_cpu=-
+    [ -n "$redis_pid" ] && cl_redis_cpu=$(awk -v a="$(cpu_secs "$redis_pid")" -v b="$rbefore" 'BEGIN {printf "%.2f", a - b}')
+    for pid in "${spids[@]}"; do stop_pid "$pid"; done
+    [ -z "$redis_pid" ] || stop_pid "$redis_pid"
+    # The instances' warnings and errors, for the report.
+    for name in one two; do
+        [ -f "$work/cl-$name.out.log" ] || continue
+        grep -E 'WARN|ERROR' "$work/cl-$name.out.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e "s/^/$setup instance $name: /" >>"$work/cl-warnings" || true
+        rm -f "$work/cl-$name.out" "$work/cl-$name.out.log"
+    done
+}
+
+if section cluster-load; then
+    cl_pairs=${BENCH_CLUSTER_PAIRS:-16}
+    cl_secs=${BENCH_CLUSTER_SECS:-20}
+    cl_idle=${BENCH_CLUSTER_IDLE:-1000}
+    cl_samples=${BENCH_CLUSTER_SAMPLES:-1000}
+    for v in "$cl_pairs" "$cl_secs" "$cl_idle" "$cl_samples"; do
+        [[ $v =~ ^[0-9]+$ ]] || die "BENCH_CLUSTER_PAIRS, _SECS, _IDLE and _SAMPLES must be whole numbers"
+    done
+    raise_nofile $((cl_idle + 1024))
+    say "cluster load (loopback): churn $cl_pairs pairs for $cl_secs s; latency of $cl_samples messages with $cl_idle idle clients; redis $(redis-server --version | awk '{print $3}')"
+    cl_started=$EPOCHREALTIME
+    : >"$work/cl-rows"
+    : >"$work/cl-warnings"
+    for setup in memory redis-1 redis-2; do
+        cluster_run "$setup" 4096 $((cl_secs + 120)) "$work/cl-$setup-churn.json" -- \
+            churn --pairs "$cl_pairs" --secs "$cl_secs"
+        churn_rc=$cl_rc churn_cpu=$cl_cpu churn_redis=$cl_redis_cpu
+        cluster_run "$setup" "$cl_idle" 600 "$work/cl-$setup-latency.json" -- \
+            latency --idle "$cl_idle" --samples "$cl_samples" --setup-secs 120 --budget-secs 120
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$setup" "$churn_rc" "$churn_cpu" "$churn_redis" \
+            "$cl_rc" "$cl_cpu" "$cl_redis_cpu" "$work/cl-$setup" >>"$work/cl-rows"
+        [ "$churn_rc" -eq 0 ] && [ "$cl_rc" -eq 0 ] || bench_failed=1
+    done
+    cl_took=$(awk -v a="$EPOCHREALTIME" -v b="$cl_started" 'BEGIN {printf "%.0f", a - b}')
+    # The table's lines (no tab: shown as they are).
+    while IFS= read -r line; do results+=("$line"); done < <(python3 - "$work/cl-rows" "$work/cl-warnings" "$cl_pairs" "$cl_secs" "$cl_idle" "$cl_samples" "$cl_took" <<'PY'
+import json, sys
+rows_file, warnings_file, pairs, secs, idle, samples, took = sys.argv[1:]
+labels = {
+    "memory": "(a) 1 instance, in memory",
+    "redis-1": "(b) 1 instance on Redis",
+    "redis-2": "(c) 2 instances on Redis",
+}
+def load(path):
+    try:
+        with open(path) as f:
+            return json.loads(f.read().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+def num(d, k, spec):
+    v = None if d is None else d.get(k)
+    return "-" if v is None else format(v, spec)
+out = [f"cluster load (loopback; churn {pairs} pairs x {secs} s, latency with {idle} idle; section took {took} s):",
+       f"  {'setup':<27} {'pairings/s':>10} {'cycle p50':>9} {'p99 ms':>7} {'msg p50':>8} {'p99 ms':>7}"
+       f" {'failed churn':>12} {'failed msg':>10} {'serve CPU s churn+lat':>21} {'redis CPU s':>12}"]
+notes = []
+for line in open(rows_file).read().splitlines():
+    setup, crc, ccpu, credis, lrc, lcpu, lredis, base = line.split("\t")
+    churn, lat = load(base + "-churn.json"), load(base + "-latency.json")
+    cfail = "no report" if churn is None else f"{churn['failures']}/{churn['failures'] + churn['cycles']}"
+    lfail = "no report" if lat is None else f"{int(samples) - lat['samples']}/{samples}"
+    redis = "-" if credis == "-" else f"{float(credis):.2f}+{float(lredis):.2f}"
+    flag = "" if crc == "0" and lrc == "0" else "  FAILED"
+    out.append(f"  {labels[setup]:<27} {num(churn, 'cycles_per_sec', '.1f'):>10} {num(churn, 'cycle_ms_p50', '.2f'):>9}"
+               f" {num(churn, 'cycle_ms_p99', '.2f'):>7} {num(lat, 'message_ms_p50', '.3f'):>8} {num(lat, 'message_ms_p99', '.3f'):>7}"
+               f" {cfail:>12} {lfail:>10} {f'{float(ccpu):.2f}+{float(lcpu):.2f}':>21} {redis:>12}{flag}")
+    for what, d, rc in (("churn", churn, crc), ("latency", lat, lrc)):
+        if d is None:
+            notes.append(f"    {labels[setup]} {what}: no report (exit {rc})")
+            continue
+        reasons = list(d.get("failure_reasons") or []) + list((d.get("idle") or {}).get("failure_reasons") or [])
+        if rc != "0" or reasons:
+            notes.append(f"    {labels[setup]} {what} (exit {rc}): {d.get('summary')}")
+            for r in reasons[:5]:
+                notes.append(f"      - {r}")
+warnings = [l for l in open(warnings_file).read().splitlines() if l.strip()]
+if warnings:
+    notes.append(f"    instance warnings/errors: {len(warnings)}; the first:")
+    notes += [f"      {w[:200]}" for w in warnings[:5]]
+print("\n".join(out + notes))
+PY
+    )
 fi
 
 if ! section lab; then

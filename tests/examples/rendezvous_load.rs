@@ -31,6 +31,11 @@
 //!   after another, each exchanging `--per-pair` mailbox messages in turn:
 //!   p50/p99 from one peer's `send` to the other peer reading `message`.
 //!
+//! `--claim-server ADDR` (default: `--server`): the claiming side of each
+//! churn and latency pair connects there instead, e.g. a second instance
+//! of a `ferry serve --cluster` on the same Redis, so that every pair is
+//! split over two instances (the idle population stays on `--server`).
+//!
 //! Bounded: every setup, cycle and read has a timeout, every loop a count
 //! or a deadline. Traffic goes only to a loopback server.
 
@@ -59,6 +64,11 @@ struct Args {
     /// The server, IP:PORT (a loopback address).
     #[arg(long)]
     server: SocketAddr,
+    /// Where the claiming side of each churn and latency pair connects,
+    /// IP:PORT (a loopback address; default: --server): another instance
+    /// of a cluster, so that each pair is split over two instances.
+    #[arg(long, value_name = "ADDR")]
+    claim_server: Option<SocketAddr>,
     /// Client connections per loopback source address.
     #[arg(long, default_value_t = 8)]
     per_source: u32,
@@ -140,8 +150,18 @@ async fn main() -> Result<()> {
             args.server
         );
     }
+    let claim_server = args.claim_server.unwrap_or(args.server);
+    if !claim_server.ip().is_loopback() {
+        bail!(
+            "--claim-server {claim_server} is not a loopback address; this generator loads only a local server"
+        );
+    }
+    let servers = Servers {
+        server: args.server,
+        claim: claim_server,
+    };
     let per_source = args.per_source.max(1);
-    let (report, ok) = match args.mode {
+    let (mut report, ok) = match args.mode {
         Mode::Idle { idle, window_secs } => {
             run_idle(args.server, per_source, &idle, window_secs).await?
         }
@@ -149,7 +169,7 @@ async fn main() -> Result<()> {
             pairs,
             secs,
             sources,
-        } => run_churn(args.server, pairs, secs, sources.max(2)).await?,
+        } => run_churn(servers, pairs, secs, sources.max(2)).await?,
         Mode::Latency {
             idle,
             samples,
@@ -163,9 +183,11 @@ async fn main() -> Result<()> {
                 interval: Duration::from_millis(interval_ms),
                 budget: Duration::from_secs(budget_secs),
             };
-            run_latency(args.server, per_source, &idle, timing).await?
+            run_latency(servers, per_source, &idle, timing).await?
         }
     };
+    report["server"] = json!(servers.server.to_string());
+    report["claim_server"] = json!(servers.claim.to_string());
     println!("{report}");
     if !ok {
         eprintln!(
@@ -175,6 +197,15 @@ async fn main() -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Where the two sides of a pair connect: the allocating side to
+/// `server`, the claiming side to `claim` (the same server, or another
+/// instance of its cluster).
+#[derive(Debug, Clone, Copy)]
+struct Servers {
+    server: SocketAddr,
+    claim: SocketAddr,
 }
 
 /// The `index`-th loopback source address: 127.B.C.D with B varying
@@ -638,7 +669,7 @@ async fn idle_heartbeat(server: SocketAddr) -> Duration {
 /// Figure 2: whole allocate/claim/exchange/release cycles by `pairs`
 /// workers for `secs`.
 async fn run_churn(
-    server: SocketAddr,
+    servers: Servers,
     pairs: usize,
     secs: u64,
     sources: u32,
@@ -659,7 +690,7 @@ async fn run_churn(
                 };
                 let (a, b) = (pick(), pick());
                 let begun = Instant::now();
-                match timeout(CYCLE_TIMEOUT, cycle(server, a, b)).await {
+                match timeout(CYCLE_TIMEOUT, cycle(servers, a, b)).await {
                     Ok(Ok(())) => times.push(begun.elapsed()),
                     Ok(Err(error)) => failures.push(format!("{error:#}")),
                     Err(_) => failures.push(format!("cycle took over {CYCLE_TIMEOUT:?}")),
@@ -703,8 +734,8 @@ async fn run_churn(
 
 /// One whole cycle: `a` allocates, `b` claims, one message each way, both
 /// release and see the server close.
-async fn cycle(server: SocketAddr, a: IpAddr, b: IpAddr) -> Result<()> {
-    let (mut sender, mut receiver) = pair(server, a, b).await?;
+async fn cycle(servers: Servers, a: IpAddr, b: IpAddr) -> Result<()> {
+    let (mut sender, mut receiver) = pair(servers, a, b).await?;
     sender
         .send(&ClientToServer::Send { body: "s".into() })
         .await?;
@@ -721,10 +752,15 @@ async fn cycle(server: SocketAddr, a: IpAddr, b: IpAddr) -> Result<()> {
     Ok(())
 }
 
-/// A paired sender (allocated, saw peer-joined) and receiver (claimed).
-async fn pair(server: SocketAddr, a: IpAddr, b: IpAddr) -> Result<(Client, Client)> {
-    let mut sender = Client::open(server, a).await.context("sender connect")?;
-    let mut receiver = Client::open(server, b).await.context("receiver connect")?;
+/// A paired sender (allocated on `servers.server`, saw peer-joined) and
+/// receiver (claimed on `servers.claim`).
+async fn pair(servers: Servers, a: IpAddr, b: IpAddr) -> Result<(Client, Client)> {
+    let mut sender = Client::open(servers.server, a)
+        .await
+        .context("sender connect")?;
+    let mut receiver = Client::open(servers.claim, b)
+        .await
+        .context("receiver connect")?;
     sender.send(&ClientToServer::Allocate).await?;
     let nameplate = match sender.next().await.context("allocate")? {
         ServerToClient::Allocated { nameplate } => nameplate,
@@ -760,18 +796,20 @@ struct Timing {
 
 /// Figure 3: one mailbox message's latency with an idle population.
 async fn run_latency(
-    server: SocketAddr,
+    servers: Servers,
     per_source: u32,
     args: &IdleArgs,
     timing: Timing,
 ) -> Result<(serde_json::Value, bool)> {
+    // The idle population, and the heartbeat, on --server.
+    let server = servers.server;
     // Pairs use source addresses after the idle population's.
     let first_source = (args.connections as u32).div_ceil(per_source) + 1;
     // The first pair pairs before the idle clients come, so a server
     // whose nameplate cap they fill still has the pair's (each next pair
     // takes the one its predecessor freed); it pings while it waits.
     let (mut sender, mut receiver) = pair(
-        server,
+        servers,
         source_addr(first_source),
         source_addr(first_source + 1),
     )
@@ -823,7 +861,7 @@ async fn run_latency(
         let want = timing.per_pair.min(timing.samples - latencies.len());
         let measured = timeout(
             CYCLE_TIMEOUT + timing.interval * want as u32,
-            measure_pair(server, first_pair.take(), (a, b), want, timing.interval),
+            measure_pair(servers, first_pair.take(), (a, b), want, timing.interval),
         )
         .await;
         match measured {
@@ -874,7 +912,7 @@ async fn run_latency(
 /// One pair exchanging `count` messages in turn; the time from each
 /// `send` to the other side reading its `message`.
 async fn measure_pair(
-    server: SocketAddr,
+    servers: Servers,
     paired: Option<(Client, Client)>,
     (a, b): (IpAddr, IpAddr),
     count: usize,
@@ -882,7 +920,7 @@ async fn measure_pair(
 ) -> Result<Vec<Duration>> {
     let (mut sender, mut receiver) = match paired {
         Some(paired) => paired,
-        None => pair(server, a, b).await?,
+        None => pair(servers, a, b).await?,
     };
     let mut latencies = Vec::with_capacity(count);
     for n in 0..count {

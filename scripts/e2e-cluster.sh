@@ -15,10 +15,17 @@
 #   - a wrong code given on edge-2 burns the nameplate homed on edge-1: both
 #     sides exit 3 with "the code did not match", nothing is written, and the
 #     right code then finds no transfer on either instance
+#   - edge-1 killed (SIGKILL) while a sender waits on it: the sender comes
+#     back by the name through edge-2 and holds its nameplate again there
+#     (taken over once edge-1's alive key expires), and its code still works;
+#     edge-1, started again, joins the cluster again
 #   - edge-1 stopped: both sides, by the name, end up on edge-2 and pair there
 #   - symmetric NATs on both sides: the pair meets at the relay of the
 #     sender's instance (edge-1), though the receiver came in through edge-2;
 #     bytes compared, edge-1's relay carried them, edge-2's nothing
+#   - symmetric NATs, edge-1 (the pair's home and relay) killed a third of the
+#     way through a relayed transfer: both sides come back by the name through
+#     edge-2, rejoin there and resume at edge-2's relay; bytes compared
 #
 #   scripts/e2e-cluster.sh     as root; needs target/release/ferry (or FERRY=path)
 #   E2E_ONLY=REGEX             run only the cases whose name matches
@@ -199,14 +206,16 @@ wait_pid() {
     wait "$pid" || WAIT_RC=$?
 }
 
-# begin CASE SENDER_SERVER: starts the sender on a; sets SEND_OUT, SENDER, CODE
+# begin SENDER_SERVER [SEND ARGS...]: starts the sender on a; sets SEND_OUT, SENDER, CODE
 begin() {
     local tag=${CASE//[^a-zA-Z0-9]/_}
     OUT="$E2E_WORK/out.$tag" SEND_OUT="$E2E_WORK/send.$tag.json" RECV_OUT="$E2E_WORK/recv.$tag.json"
     mkdir -p "$OUT"
     snapshot
     RX0=$(server_rx_bytes)
-    "$LAB" exec a -- "$FERRY" send --json --server "$1" "$E2E_WORK/payload.bin" \
+    local server=$1
+    shift
+    "$LAB" exec a -- "$FERRY" send --json --server "$server" "$@" "$E2E_WORK/payload.bin" \
         >"$SEND_OUT" 2>"$SEND_OUT.log" &
     SENDER=$!
     CODE=
@@ -321,11 +330,114 @@ wrong_code() {
     done
 }
 
+# kill_edge1: SIGKILL, as a crash would (its alive key then expires by itself)
+kill_edge1() {
+    kill -KILL "$EDGE1_PID" 2>/dev/null || true
+    wait "$EDGE1_PID" 2>/dev/null || true
+    EDGE1_PID=''
+}
+
+# waiting_sender_killed_home CASE: the sender waits on edge-1 (a lists it
+# first); edge-1 is killed; the sender must hold its nameplate again through
+# edge-2, and the receiver (b lists edge-2 first) then pairs with that code
+waiting_sender_killed_home() {
+    CASE=$1
+    selected "$CASE" || return 0
+    echo "== $CASE: expect the sender back through edge-2, then quic"
+    begin "$NAME:443" || return 0
+    at_least "edge-1 saw the sender's signalling" 1 "$(delta edge-1 "$SIGNALLING")"
+    kill_edge1
+    local back=
+    for _ in $(seq 1 300); do
+        back=$(event_field "$SEND_OUT" server-back after_secs)
+        [ -n "$back" ] && break
+        kill -0 "$SENDER" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ -n "$back" ]; then
+        pass "the sender holds its nameplate again, through edge-2, after $(printf '%.1f' "$back") s"
+    else
+        fail "the sender never came back: $(tail -3 "$SEND_OUT.log")"
+    fi
+    receive "$NAME:443" "$CODE"
+    wait_pid "$SENDER" 30
+    expect "receiver exit code" 0 "$RECV_RC"
+    expect "sender exit code" 0 "$WAIT_RC"
+    if cmp -s "$E2E_WORK/payload.bin" "$OUT/payload.bin"; then
+        pass "$SIZE_MIB MiB arrived intact with the code edge-1 had handed out"
+    else
+        fail "the received file differs (or is missing)"
+    fi
+    expect "path (receiver)" quic "$(final_path "$RECV_OUT" .path)"
+    at_least "edge-2 saw both sides' signalling" 2 "$(delta edge-2 "$SIGNALLING")"
+    start_edge edge-1 "$EDGE1_IP" 3478 3479 "$EDGE2_IP" || true
+}
+
+# relay_home_killed CASE: symmetric NATs, the pair relayed at edge-1 (the
+# sender's instance); edge-1 killed a third of the way through
+relay_home_killed() {
+    CASE=$1
+    selected "$CASE" || return 0
+    echo "== $CASE: expect relay at edge-1, then relay at edge-2, resumed"
+    begin "$NAME:443" --limit-rate "${RATE:-2M}" || return 0
+    timeout 180 "$LAB" exec b -- "$FERRY" receive --json --yes --server "$NAME:443" --out "$OUT" "$CODE" \
+        >"$RECV_OUT" 2>"$RECV_OUT.log" &
+    local receiver=$! part="$OUT/payload.bin.ferry-part" third=$((SIZE_MIB * 1024 * 1024 / 3)) held=0
+    for _ in $(seq 1 600); do
+        held=$(stat -c %s "$part" 2>/dev/null || echo 0)
+        [ "$held" -ge "$third" ] && break
+        kill -0 "$receiver" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ "$held" -lt "$third" ]; then
+        fail "the transfer never got a third of the way (held $held bytes)"
+    else
+        kill_edge1
+        pass "edge-1 killed at $((held / 1048576)) MiB"
+    fi
+    local recv_rc=0
+    wait "$receiver" || recv_rc=$?
+    wait_pid "$SENDER" 60
+    expect "receiver exit code" 0 "$recv_rc"
+    expect "sender exit code" 0 "$WAIT_RC"
+    if cmp -s "$E2E_WORK/payload.bin" "$OUT/payload.bin"; then
+        pass "$SIZE_MIB MiB arrived intact"
+    else
+        fail "the received file differs (or is missing)"
+    fi
+    local first_remote
+    first_remote=$(jq -r 'select(.event == "path") | "\(.path) \(.remote)"' "$RECV_OUT" | head -n1)
+    expect "first path (receiver)" "relay $EDGE1_IP:443" "$first_remote"
+    expect "receiver reconnected" 1 "$(jq -s '[.[] | select(.event == "reconnected")] | length' "$RECV_OUT")"
+    expect "sender reconnected" 1 "$(jq -s '[.[] | select(.event == "reconnected")] | length' "$SEND_OUT")"
+    local resumed
+    resumed=$(event_field "$RECV_OUT" done bytes_resumed)
+    if [ "${resumed:-0}" -gt 0 ] 2>/dev/null; then
+        pass "resumed from $((resumed / 1048576)) MiB already verified"
+    else
+        fail "nothing resumed (bytes_resumed=$resumed)"
+    fi
+    expect "path after the rejoin (receiver)" "relay $EDGE2_IP:443" \
+        "$(jq -r 'select(.event == "path") | "\(.path) \(.remote)"' "$RECV_OUT" | tail -n1)"
+    at_least "bytes edge-2's relay carried" 1 "$(delta edge-2 "$RELAY_BYTES")"
+    # Both came back through edge-2 at about the same moment: they must meet
+    # on one channel there, not each wait out REJOIN_WAIT (40 s) alone.
+    local after
+    after=$(event_field "$RECV_OUT" reconnected after_secs)
+    if awk -v a="${after:-999}" 'BEGIN { exit !(a < 40) }'; then
+        pass "reconnected after $(printf '%.1f' "$after") s, without waiting out a rejoin alone"
+    else
+        fail "reconnected only after ${after:-never} s: the two rejoins did not meet at once"
+    fi
+}
+
 CASES_PR=("port-restricted, sender on edge-1, receiver on edge-2 (by the name $NAME)"
     "port-restricted, sender on edge-2, receiver on edge-1 (by address)"
     "a wrong code on edge-2 burns edge-1's nameplate"
-    "edge-1 stopped: the name $NAME leads both sides to edge-2")
-CASES_SYM=("symmetric, sender on edge-1, receiver on edge-2: edge-1's relay")
+    "edge-1 stopped: the name $NAME leads both sides to edge-2"
+    "edge-1 killed while the sender waits on it: its code works through edge-2")
+CASES_SYM=("symmetric, sender on edge-1, receiver on edge-2: edge-1's relay"
+    "symmetric, edge-1 (home and relay) killed mid-transfer: rejoined and resumed through edge-2")
 any_selected() { local c; for c in "$@"; do selected "$c" && return 0; done; return 1; }
 
 if any_selected "${CASES_PR[@]}"; then
@@ -335,6 +447,7 @@ if any_selected "${CASES_PR[@]}"; then
         transfer "${CASES_PR[0]}" quic "$NAME:443" edge-1 "$NAME:443" edge-2 198.51.100.2
         transfer "${CASES_PR[1]}" quic "$EDGE2_IP:443" edge-2 "$EDGE1_IP:443" edge-1 198.51.100.2
         wrong_code "${CASES_PR[2]}"
+        waiting_sender_killed_home "${CASES_PR[4]}"
         CASE=${CASES_PR[3]}
         if selected "$CASE"; then
             # a lists edge-1's address first: refused there, it must go on to edge-2's
@@ -356,6 +469,7 @@ if any_selected "${CASES_SYM[@]}"; then
     echo "== $CASE: redis, edge-1 and edge-2 on the server, $NAME in a and b"
     if cluster_up symmetric; then
         transfer "${CASES_SYM[0]}" relay "$NAME:443" edge-1 "$NAME:443" edge-2 "$EDGE1_IP:443"
+        relay_home_killed "${CASES_SYM[1]}"
     fi
 fi
 

@@ -120,7 +120,12 @@ fn install_logging(verbose: u8, server: bool, format: cli::LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         cli::LogFormat::Text => logs
-            .with_ansi(std::env::var_os("NO_COLOR").is_none())
+            // Colours for a person at a terminal only: not in a file or a
+            // journal, and never with NO_COLOR.
+            .with_ansi(
+                std::env::var_os("NO_COLOR").is_none()
+                    && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            )
             .init(),
         cli::LogFormat::Json => logs
             .json()

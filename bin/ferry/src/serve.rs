@@ -395,7 +395,8 @@ async fn join_cluster(url: &str, instance: Option<&str>) -> Result<ferry_cluster
                 "--cluster: {e}; e.g. --cluster redis://127.0.0.1:6379/0"
             )),
             e => Failure::local(format!(
-                "cannot join the cluster: {e}; start Redis there (or fix --cluster),                  or run without --cluster to keep everything in this instance"
+                "cannot join the cluster: {e}; start Redis there (or fix --cluster), \
+                 or run without --cluster to keep everything in this instance"
             )),
         })?;
     info!(instance, "joined the cluster");

@@ -62,6 +62,13 @@ pub const RESTARTED_WITHIN: Duration = Duration::from_secs(30);
 /// the connection.
 pub const RESTART_GRACE: Duration = Duration::from_secs(8);
 
+/// How long a waiting sender that came back keeps asking for its
+/// nameplate while the server says another holds it: in a cluster the
+/// holder may be the instance that just died (its nameplates go free
+/// within `ferry_cluster::ALIVE_TTL`, 6 s), and the sender came back
+/// through another one.
+pub const TAKEN_GRACE: Duration = Duration::from_secs(12);
+
 /// After the connection to the server was lost (`error`) while waiting:
 /// reconnects on [`Backoff::SERVER_RESTART`] and reserves `nameplate`
 /// again.
@@ -75,6 +82,7 @@ pub(crate) async fn hold_again(
     let lost = Instant::now();
     let mut last = error;
     let mut attempt = 0;
+    let mut taken_since: Option<Instant> = None;
     loop {
         attempt += 1;
         let Some(pause) = Backoff::SERVER_RESTART.next(attempt, lost.elapsed()) else {
@@ -108,6 +116,18 @@ pub(crate) async fn hold_again(
                 return Ok((signal, welcome));
             }
             Err(error) if error.is_connection_lost() => last = error,
+            Err(
+                error @ SignalError::Server {
+                    code: ErrorCode::NameplateTaken,
+                    ..
+                },
+            ) if taken_since.get_or_insert_with(Instant::now).elapsed() < TAKEN_GRACE => {
+                info!(
+                    nameplate,
+                    "the nameplate is held elsewhere still; asking again"
+                );
+                last = error;
+            }
             Err(SignalError::Server {
                 code: ErrorCode::NameplateTaken,
                 ..

@@ -188,6 +188,9 @@ impl Rendezvous {
                 DirectoryAnswer::Unavailable => {
                     self.error(client, ErrorCode::ServerFull, UNAVAILABLE.into());
                 }
+                // Its peer may have come meanwhile (it asked the directory
+                // at the same time, or was proxied here): join it.
+                _ if self.join_rejoin(now, client, &channel) => {}
                 _ => self.open_rejoin(now, client, channel),
             },
         }

@@ -218,27 +218,7 @@ impl Rendezvous {
             self.fail(now, client, ErrorCode::BadFrame, message);
             return;
         }
-        if let Some(&number) = self.rejoins.get(&channel) {
-            let Some(nameplate) = self.nameplates.get_mut(&number) else {
-                return;
-            };
-            let Some(index) = nameplate.sides.iter().position(|s| *s == Side::Open) else {
-                let message = "two peers already use this rejoin channel".to_string();
-                self.error(client, ErrorCode::NameplateTaken, message);
-                return;
-            };
-            nameplate.sides[index] = Side::Here(client);
-            nameplate.expires = now + self.config.nameplate_ttl;
-            if self.config.clustered {
-                // The directory holds the channel as long as this core does.
-                self.directory.push_back(DirectoryRequest::Renew {
-                    key: DirectoryKey::Channel(channel),
-                    ttl: self.config.nameplate_ttl,
-                });
-            }
-            info!(nameplate = number, client, "peer rejoined");
-            self.stats.rejoined += 1;
-            self.join(client, number, index);
+        if self.join_rejoin(now, client, &channel) {
             return;
         }
         if self.refuse_when_full(client) {
@@ -249,6 +229,35 @@ impl Rendezvous {
             return;
         }
         self.open_rejoin(now, client, channel);
+    }
+
+    /// Joins `client` to the peer waiting on `channel` here, if there is
+    /// one (or refuses it, two being there already): whether it did.
+    pub(super) fn join_rejoin(&mut self, now: Instant, client: ClientId, channel: &str) -> bool {
+        let Some(&number) = self.rejoins.get(channel) else {
+            return false;
+        };
+        let Some(nameplate) = self.nameplates.get_mut(&number) else {
+            return false;
+        };
+        let Some(index) = nameplate.sides.iter().position(|s| *s == Side::Open) else {
+            let message = "two peers already use this rejoin channel".to_string();
+            self.error(client, ErrorCode::NameplateTaken, message);
+            return true;
+        };
+        nameplate.sides[index] = Side::Here(client);
+        nameplate.expires = now + self.config.nameplate_ttl;
+        if self.config.clustered {
+            // The directory holds the channel as long as this core does.
+            self.directory.push_back(DirectoryRequest::Renew {
+                key: DirectoryKey::Channel(channel.to_string()),
+                ttl: self.config.nameplate_ttl,
+            });
+        }
+        info!(nameplate = number, client, "peer rejoined");
+        self.stats.rejoined += 1;
+        self.join(client, number, index);
+        true
     }
 
     /// Opens rejoin channel `channel` here, `client` waiting on it.

@@ -1453,3 +1453,38 @@ fn a_peer_back_on_a_channel_renews_it_in_the_directory() {
     ));
     assert_eq!(requests(&mut h), vec![DirectoryRequest::Renew { key, ttl }]);
 }
+
+#[test]
+fn two_peers_rejoining_at_once_on_one_instance_meet() {
+    // Both ask the directory before either answer came back: the second
+    // answer must join the channel the first opened, not open another.
+    let mut h = clustered();
+    let channel = "cd".repeat(16);
+    let key = DirectoryKey::Channel(channel.clone());
+    for client in [1, 2] {
+        h.greet(client);
+        h.msg(
+            client,
+            ClientToServer::Rejoin {
+                channel: channel.clone(),
+            },
+        );
+    }
+    assert_eq!(requests(&mut h).len(), 2, "both asked");
+    h.core
+        .handle_directory(h.now, 1, key.clone(), DirectoryAnswer::Reserved);
+    h.drain();
+    h.core
+        .handle_directory(h.now, 2, key.clone(), DirectoryAnswer::Here);
+    assert!(
+        matches!(
+            &h.drain()[..],
+            [
+                (2, ServerToClient::Claimed { .. }),
+                (1, ServerToClient::PeerJoined { .. })
+            ]
+        ),
+        "the second joined the first"
+    );
+    assert_eq!(h.core.stats().rejoined, 1);
+}

@@ -382,18 +382,12 @@ relay_home_killed() {
     begin "$NAME:443" --limit-rate "${RATE:-2M}" || return 0
     timeout 180 "$LAB" exec b -- "$FERRY" receive --json --yes --server "$NAME:443" --out "$OUT" "$CODE" \
         >"$RECV_OUT" 2>"$RECV_OUT.log" &
-    local receiver=$! part="$OUT/payload.bin.ferry-part" third=$((SIZE_MIB * 1024 * 1024 / 3)) held=0
-    for _ in $(seq 1 600); do
-        held=$(stat -c %s "$part" 2>/dev/null || echo 0)
-        [ "$held" -ge "$third" ] && break
-        kill -0 "$receiver" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [ "$held" -lt "$third" ]; then
-        fail "the transfer never got a third of the way (held $held bytes)"
-    else
+    local receiver=$!
+    if wait_part "$OUT/payload.bin.ferry-part" $((SIZE_MIB * 1024 * 1024 / 3)) "$receiver"; then
         kill_edge1
-        pass "edge-1 killed at $((held / 1048576)) MiB"
+        pass "edge-1 killed at $((HELD / 1048576)) MiB"
+    else
+        fail "the transfer never got a third of the way (held $HELD bytes)"
     fi
     local recv_rc=0
     wait "$receiver" || recv_rc=$?

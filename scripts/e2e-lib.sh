@@ -35,6 +35,20 @@ lab() { "$LAB" "$@"; }
 
 pass() { PASSED=$((PASSED + 1)); printf '  ok      %s\n' "$*"; }
 fail() { FAILED=$((FAILED + 1)); FAILED_NAMES+=("$CASE: $*"); printf '  FAILED  %s\n' "$*"; }
+# wait_part PART MIN PID: waits (at most 60 s) until the part file PART
+# holds MIN bytes, or PID ends; what it held last in HELD; fails unless MIN
+wait_part() {
+    local part=$1 min=$2 pid=$3
+    HELD=0
+    for _ in $(seq 1 600); do
+        HELD=$(stat -c %s "$part" 2>/dev/null || echo 0)
+        [ "$HELD" -ge "$min" ] && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
 # expect WHAT EXPECTED SEEN
 expect() { if [ "$2" = "$3" ]; then pass "$1: $3"; else fail "$1: expected '$2', seen '$3'"; fi; }
 

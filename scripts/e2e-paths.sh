@@ -10,6 +10,9 @@
 set -euo pipefail
 source "$(dirname "$0")/e2e-lib.sh"
 
+# curl scrapes the server's metrics in the case that moves to QUIC.
+command -v curl >/dev/null || apt_install curl
+
 SIZE_MIB=${SIZE_MIB:-64}
 SEND_EXTRA=()
 RECV_EXTRA=()
@@ -92,6 +95,7 @@ transfer() {
               check_back_on_relay "$send_out" "$recv_out" ;;
         ?*) check_move "$send_out" "$recv_out" "$want" ;;
     esac
+    [ -n "${WANT_OUTCOME:-}" ] && check_outcome "$WANT_OUTCOME"
     local remote
     remote=$(final_path "$recv_out" .remote)
     case $remote in
@@ -122,6 +126,22 @@ transfer() {
     rate=$(jq -r 'select(.event == "done") | .rate_bytes_per_sec / 1048576 | floor' "$recv_out" | head -n1)
     printf '          connected in %.2f s, %s MiB/s, whole case %d s\n' "$connect" "$rate" "$took"
     TABLE+=("$(printf '%-34s %-22s %8.2f s %6s MiB/s' "$CASE" "$want" "$connect" "$rate")")
+}
+
+# check_outcome LABEL: the server (started with --metrics $METRICS) counted
+# the pairing's path, as its clients reported it, under LABEL, and nothing
+# else (one report per pairing); scraped with curl, at most 10 s
+check_outcome() {
+    local want=$1 text='' got=0 total=0
+    for _ in $(seq 1 50); do
+        text=$(lab exec server -- curl -s --max-time 2 "http://$METRICS/metrics" 2>/dev/null || true)
+        got=$(awk -v s="ferry_path_outcomes_total{path=\"$want\"}" '$1 == s { v = $2 } END { printf "%d", v + 0 }' <<<"$text")
+        [ "$got" -ge 1 ] && break
+        sleep 0.2
+    done
+    total=$(awk '$1 ~ /^ferry_path_outcomes_total\{/ { t += $2 } END { printf "%d", t + 0 }' <<<"$text")
+    expect "the server's ferry_path_outcomes_total{path=\"$want\"}" 1 "$got"
+    expect "path outcomes the server counted in all" 1 "$total"
 }
 
 # The bytes the server host received so far (its one interface's counter)
@@ -368,7 +388,13 @@ RECV_EXTRA=()
 # running when the punch succeeds.
 WANT_MOVE=1
 SEND_EXTRA=(--limit-rate 8M)
+# The clients tell the server the transfer moved: its metrics count it.
+METRICS=127.0.0.1:9109
+SERVER_EXTRA=(--metrics "$METRICS")
+WANT_OUTCOME=moved_to_direct
 transfer "relay first, then a late punch: moves to QUIC" quic 198.51.100.2 port-restricted
+SERVER_EXTRA=()
+WANT_OUTCOME=
 # ... and when that punched path breaks (UDP dropped again, TCP still
 # is), both sides notice within QUIC's idle timeout and reconnect: the
 # relay carries the rest. Slower, so that the transfer outlasts the break.

@@ -81,19 +81,13 @@ survive() {
     local sender=$SENDER_PID code=$CODE
     timeout 300 "$LAB" exec b -- "$FERRY" receive --json --yes --server "$SIGNAL" --out "$out" "$code" \
         >"$recv_out" 2>"$recv_out.log" &
-    local receiver=$! part="$out/payload.bin.ferry-part" third=$((SIZE_MIB * 1024 * 1024 / 3)) held=0
-    # Wait (at most 60 s) until a third has arrived, then break the path.
-    for _ in $(seq 1 600); do
-        held=$(stat -c %s "$part" 2>/dev/null || echo 0)
-        [ "$held" -ge "$third" ] && break
-        kill -0 "$receiver" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [ "$held" -lt "$third" ]; then
-        fail "the transfer never got a third of the way (held $held bytes)"
-    else
-        echo "          breaking the path at $((held / 1048576)) MiB"
+    local receiver=$! part="$out/payload.bin.ferry-part"
+    # Once a third has arrived, break the path.
+    if wait_part "$part" $((SIZE_MIB * 1024 * 1024 / 3)) "$receiver"; then
+        echo "          breaking the path at $((HELD / 1048576)) MiB"
         "$break_with" || fail "$break_with failed"
+    else
+        fail "the transfer never got a third of the way (held $HELD bytes)"
     fi
     local recv_rc=0 send_rc=0
     wait "$receiver" || recv_rc=$?

@@ -414,3 +414,95 @@ fn a_pin_from_the_environment_or_the_client_file_is_checked_as_one_on_the_comman
     let mut send = Proc::spawn(cmd);
     send.wait_event("code", Duration::from_secs(30));
 }
+
+/// `ferry relay` with a self-signed certificate on a port of its own; the
+/// relay's address and its certificate's SHA-256.
+fn tls_relay(dir: &Path, secret: &Path) -> (Proc, String, String) {
+    let pem = self_signed(dir, "relay");
+    let mut cmd = ferry();
+    cmd.args(["relay", "--json", "--listen", "127.0.0.1:0"])
+        .arg("--relay-secret-file")
+        .arg(secret)
+        .arg("--tls-cert")
+        .arg(&pem.cert)
+        .arg("--tls-key")
+        .arg(&pem.key);
+    let mut proc = Proc::spawn(cmd);
+    let listening = proc.wait_event("listening", Duration::from_secs(20));
+    let relay = listening["relay"].as_str().unwrap().to_string();
+    let pin = listening["tls_sha256"].as_str().unwrap().to_string();
+    (proc, relay, pin)
+}
+
+#[test]
+fn a_self_signed_relay_on_a_host_of_its_own_is_reached_in_tls_by_its_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("relay.secret");
+    relay_secret(&secret);
+    let (_relay, relay_addr, pin) = tls_relay(dir.path(), &secret);
+    // The relay's TLS is for clients whose signalling runs in TLS (a plain
+    // client's token crossed the path in the clear already): a TLS server,
+    // self-signed too, its clients pinning it.
+    let server_pem = self_signed(dir.path(), "server");
+    let serve = |pin: &str| {
+        Server::start_with(&[
+            "--tls-cert",
+            server_pem.cert.to_str().unwrap(),
+            "--tls-key",
+            server_pem.key.to_str().unwrap(),
+            "--relay-url",
+            &relay_addr,
+            "--relay-secret-file",
+            secret.to_str().unwrap(),
+            "--relay-tls",
+            "--relay-sha256",
+            pin,
+        ])
+    };
+    let server = serve(&pin);
+    let server_pin = fingerprint(&server);
+    let dst = tempfile::tempdir().unwrap();
+    let relay = ["--force-path", "relay", "--server-sha256", &server_pin];
+    let (mut send, code) = start_send(
+        &server,
+        &[&relay[..], &["--text", "via tls relay"]].concat(),
+    );
+    let mut recv = start_receive(
+        &server,
+        &code,
+        dst.path(),
+        &[&relay[..], &["--yes"]].concat(),
+    );
+    finish_both(&mut send, &mut recv);
+    assert_eq!(recv.events("text")[0]["text"], "via tls relay");
+    for side in [&send, &recv] {
+        let path = &side.events("path")[0];
+        assert_eq!(path["path"], "relay", "{path}");
+        assert_eq!(path["remote"], relay_addr.as_str(), "{path}");
+    }
+
+    // A server that gives its clients the wrong pin: the relay is refused
+    // (never reached without TLS), and both sides say why.
+    let wrong = serve(&"ab".repeat(32));
+    let wrong_pin = fingerprint(&wrong);
+    let relay = ["--force-path", "relay", "--server-sha256", &wrong_pin];
+    let (mut send, code) = start_send(&wrong, &[&relay[..], &["--text", "never"]].concat());
+    let mut recv = start_receive(
+        &wrong,
+        &code,
+        dst.path(),
+        &[&relay[..], &["--yes"]].concat(),
+    );
+    let recv_rc = recv.finish();
+    let send_rc = send.finish();
+    assert_ne!(recv_rc, 0, "{:?}", recv.seen);
+    assert_ne!(send_rc, 0, "{:?}", send.seen);
+    assert!(recv.events("text").is_empty());
+    let error = &recv.events("error")[0];
+    eprintln!("wrong relay pin: {error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("relay") && message.contains("SHA-256"),
+        "{error}"
+    );
+}

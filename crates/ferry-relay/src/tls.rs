@@ -624,8 +624,9 @@ impl ServerCertVerifier for PinVerifier {
         debug!(%got, "server certificate does not match the pin");
         Err(rustls::Error::General(format!(
             "the server's certificate has SHA-256 fingerprint {got}, not the pinned {}; if its \
-             operator replaced the certificate, get the new fingerprint from `ferry serve`'s \
-             output (otherwise someone may be in the middle)",
+             operator replaced the certificate, get the new fingerprint from its output (`ferry \
+             serve` or `ferry relay`; a relay's pin is the server's --relay-sha256), or \
+             someone may be in the middle",
             hex::encode(self.pin)
         )))
     }

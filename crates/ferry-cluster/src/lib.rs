@@ -311,6 +311,12 @@ impl MemoryCluster {
     /// The directory of instance `instance` in this cluster.
     pub fn join(&self, instance: &str) -> Result<Directory, ClusterError> {
         check_instance(instance)?;
+        // Alive again, as a restarted instance renews its alive key.
+        self.inner
+            .gone
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(instance);
         Ok(Directory::Memory(MemoryDirectory {
             instance: instance.to_string(),
             shared: self.inner.clone(),

@@ -347,15 +347,8 @@ waiting_sender_killed_home() {
     begin "$NAME:443" || return 0
     at_least "edge-1 saw the sender's signalling" 1 "$(delta edge-1 "$SIGNALLING")"
     kill_edge1
-    local back=
-    for _ in $(seq 1 300); do
-        back=$(event_field "$SEND_OUT" server-back after_secs)
-        [ -n "$back" ] && break
-        kill -0 "$SENDER" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [ -n "$back" ]; then
-        pass "the sender holds its nameplate again, through edge-2, after $(printf '%.1f' "$back") s"
+    if wait_event "$SEND_OUT" server-back after_secs "$SENDER" 30; then
+        pass "the sender holds its nameplate again, through edge-2, after $(printf '%.1f' "$EVENT_VALUE") s"
     else
         fail "the sender never came back: $(tail -3 "$SEND_OUT.log")"
     fi

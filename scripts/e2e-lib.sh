@@ -49,6 +49,21 @@ wait_part() {
     return 1
 }
 
+# wait_event JSON EVENT FIELD PID SECS: waits (at most SECS) until the
+# JSON lines in JSON have an EVENT with FIELD, or PID ends; its value in
+# EVENT_VALUE (empty when it never came); fails unless it came
+wait_event() {
+    local json=$1 event=$2 field=$3 pid=$4
+    EVENT_VALUE=
+    for _ in $(seq 1 $(($5 * 10))); do
+        EVENT_VALUE=$(jq -r "select(.event == \"$event\") | .$field" "$json" 2>/dev/null | head -n1)
+        [ -n "$EVENT_VALUE" ] && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
 # expect WHAT EXPECTED SEEN
 expect() { if [ "$2" = "$3" ]; then pass "$1: $3"; else fail "$1: expected '$2', seen '$3'"; fi; }
 

@@ -145,12 +145,8 @@ waiting_sender() {
     start_send "$send_out" "$E2E_WORK/small.bin" || return 0
     local sender=$SENDER_PID code=$CODE back=
     restart_server || fail "restart_server failed"
-    for _ in $(seq 1 200); do
-        back=$(jq -r 'select(.event == "server-back") | .after_secs' "$send_out" 2>/dev/null | head -n1)
-        [ -n "$back" ] && break
-        kill -0 "$sender" 2>/dev/null || break
-        sleep 0.1
-    done
+    wait_event "$send_out" server-back after_secs "$sender" 20 || true
+    back=$EVENT_VALUE
     if [ -n "$back" ]; then
         pass "the sender reached the server again after $(printf '%.1f' "$back") s"
     else

@@ -456,9 +456,13 @@ struct RedisState {
 
 impl RedisState {
     /// Notes whether the latest command (or probe) was answered; logs
-    /// when that changes.
+    /// when that changes. Every command calls it: only a change takes the
+    /// lock.
     fn set_commands_ok(&self, ok: bool, url: &str) {
         let was = self.commands_ok.swap(ok, Ordering::Relaxed);
+        if was == ok {
+            return;
+        }
         let mut since = self
             .down_since
             .lock()
